@@ -1,0 +1,13 @@
+# One image for every modelstream service: `modelstream run <service>`.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY modelstream ./modelstream
+COPY services ./services
+COPY schemas ./schemas
+COPY infra ./infra
+RUN pip install . && useradd --create-home --uid 10001 modelstream
+USER modelstream
+ENTRYPOINT ["modelstream"]
+CMD ["--help"]

@@ -1,0 +1,1 @@
+"""Broker, Prometheus and Grafana configuration (package data of `modelstream.infra`)."""

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Fresh-machine entry point behind the README's two commands:
+#   bash infra/dev.sh up     set up, start the embedded broker, provision topics, run the pipeline
+#   bash infra/dev.sh test   set up, start the embedded broker, run the whole test suite
+# "Set up" = a virtualenv in .venv with modelstream[dev], Java + Maven if missing, and the
+# Kafka jars (resolved by Maven once, cached under ~/.cache/modelstream).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+venv=${MODELSTREAM_VENV:-$root/.venv}
+ms="$venv/bin/modelstream"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+apt_install() {
+  # Debian packages, only when a tool is missing (CI machines start with nothing of ours).
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "missing: $* (install them, then re-run)" >&2
+    exit 1
+  fi
+  if [ -z "${_apt_updated:-}" ]; then
+    apt-get update -qq >/dev/null
+    _apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+setup() {
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "modelstream needs Python >= 3.11" >&2; exit 1; }
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    python3 -m venv "$venv"
+  fi
+  local stamp="$venv/.modelstream-installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "installing modelstream[dev] into $venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e ".[dev]"
+    touch "$stamp"
+  fi
+}
+
+ensure_compose() {
+  # Tests validate docker-compose.yml with `docker compose config -q`. The docker client
+  # ships on these machines without the compose plugin, and no engine runs here.
+  if docker compose version >/dev/null 2>&1; then return; fi
+  command -v docker >/dev/null || apt_install docker.io
+  bash "$root/infra/compose-plugin.sh"
+}
+
+started_broker=0
+start_broker() {
+  if [ -n "${MODELSTREAM_BOOTSTRAP_SERVERS:-}" ]; then
+    say "using Kafka at $MODELSTREAM_BOOTSTRAP_SERVERS"
+    return
+  fi
+  if ! "$ms" broker status >/dev/null 2>&1; then started_broker=1; fi
+  say "starting the embedded Kafka broker"
+  "$ms" broker start
+}
+
+stop_broker() {
+  if [ "$started_broker" = 1 ]; then "$ms" broker stop || true; fi
+}
+
+case "${1:-}" in
+  up)
+    shift
+    setup
+    start_broker
+    "$ms" topics create
+    "$ms" topics list
+    say "broker and topics are up; stop with: $ms broker stop"
+    ;;
+  test)
+    shift
+    setup
+    ensure_compose
+    start_broker
+    trap stop_broker EXIT
+    say "running the test suite"
+    "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+    ;;
+  *)
+    echo "usage: bash infra/dev.sh up|test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,223 @@
+"""Model artifacts: tensors, the canonical digest, Ed25519 signatures and AES-GCM encryption.
+
+The digest is SHA-256 over the Avro binary encoding of the artifact's ``body`` record under
+the schema that wrote it; the signature is Ed25519 over ``SIGNATURE_CONTEXT + digest``.
+A consumer recomputes the digest from the bytes it received, so a flipped byte anywhere in
+the body (weights, names, version, lineage) fails verification. Nothing in an artifact is
+code: weights are raw little-endian floats, so loading one executes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from modelstream.codec import AvroCodec, default_codec
+from modelstream.errors import ArtifactVerificationError, ConfigurationError
+
+SIGNATURE_CONTEXT = b"modelstream-artifact-v1:"
+TENSOR_FIELDS = ("weights", "intercepts", "feature_mean", "feature_scale")
+ALLOWED_DTYPES = frozenset({"<f8", "<f4"})
+MAX_TENSOR_ELEMENTS = 50_000_000
+PRIVATE_KEY_NAME = "modelstream.key"
+PUBLIC_KEY_NAME = "modelstream.pub"
+
+
+# -- tensors ---------------------------------------------------------------------------
+def to_tensor(array: np.ndarray) -> dict[str, Any]:
+    """A numpy array as the Avro Tensor record (little-endian float64, C order)."""
+    values = np.ascontiguousarray(array, dtype="<f8")
+    return {"dtype": "<f8", "shape": [int(d) for d in values.shape], "data": values.tobytes()}
+
+
+def from_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
+    """The numpy array of a Tensor record; refuses dtypes and sizes that do not add up."""
+    dtype = tensor["dtype"]
+    if dtype not in ALLOWED_DTYPES:
+        raise ArtifactVerificationError(f"tensor dtype {dtype!r} is not allowed")
+    shape = tuple(int(d) for d in tensor["shape"])
+    if any(d < 0 for d in shape):
+        raise ArtifactVerificationError(f"negative tensor shape {shape}")
+    count = int(np.prod(shape)) if shape else 1
+    if count > MAX_TENSOR_ELEMENTS:
+        raise ArtifactVerificationError(f"tensor of {count} elements exceeds the limit")
+    data = tensor["data"]
+    itemsize = np.dtype(dtype).itemsize
+    if len(data) != count * itemsize:
+        raise ArtifactVerificationError(
+            f"tensor data has {len(data)} bytes, shape {shape} of {dtype} needs {count * itemsize}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(np.float64, copy=False)
+
+
+# -- keys ------------------------------------------------------------------------------
+def generate_keys(out_dir: Path, keep_existing: bool = False) -> tuple[Path, Path]:
+    """Write an Ed25519 key pair (private key readable by its owner only)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out_dir / PRIVATE_KEY_NAME, out_dir / PUBLIC_KEY_NAME
+    if keep_existing and private_path.exists() and public_path.exists():
+        return private_path, public_path
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_path, public_path
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot load private key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot load public key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigurationError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# -- digest and signature --------------------------------------------------------------
+def body_digest(body: Mapping[str, Any], body_schema: Any = None,
+                codec: AvroCodec | None = None) -> str:
+    codec = codec or default_codec()
+    schema = body_schema or codec.schema("ModelArtifact").parsed["fields"][0]["type"]
+    return hashlib.sha256(codec.encode_body(schema, body)).hexdigest()
+
+
+def seal(body: Mapping[str, Any], private_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+    """An artifact record for ``body``: digest always, signature when a key is given."""
+    digest = body_digest(body)
+    if private_key is None:
+        return {"body": dict(body), "digest": digest, "signature": b"", "key_id": ""}
+    signature = private_key.sign(SIGNATURE_CONTEXT + digest.encode("ascii"))
+    return {"body": dict(body), "digest": digest, "signature": signature,
+            "key_id": key_id(private_key.public_key())}
+
+
+@dataclass(frozen=True)
+class Verified:
+    """An artifact whose digest (and signature, unless unsigned ones are allowed) checked out."""
+
+    record: dict[str, Any]
+    signed: bool
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.record["body"]  # type: ignore[no-any-return]
+
+    @property
+    def digest(self) -> str:
+        return self.record["digest"]  # type: ignore[no-any-return]
+
+
+def verify_record(
+    record: Mapping[str, Any],
+    public_key: Ed25519PublicKey | None,
+    *,
+    allow_unsigned: bool = False,
+    body_schema: Any = None,
+) -> Verified:
+    """Check an already decoded artifact; raises ArtifactVerificationError on any mismatch."""
+    digest = body_digest(record["body"], body_schema)
+    if digest != record["digest"]:
+        raise ArtifactVerificationError(
+            f"digest mismatch: computed {digest[:12]}, artifact claims {record['digest'][:12]}"
+        )
+    signature = record["signature"]
+    if not signature:
+        if not allow_unsigned:
+            raise ArtifactVerificationError("artifact is unsigned and unsigned ones are refused")
+        return Verified(dict(record), signed=False)
+    if public_key is None:
+        raise ArtifactVerificationError("artifact is signed but no public key is configured")
+    if record["key_id"] != key_id(public_key):
+        raise ArtifactVerificationError(f"signed by unknown key {record['key_id']!r}")
+    try:
+        public_key.verify(signature, SIGNATURE_CONTEXT + digest.encode("ascii"))
+    except InvalidSignature:
+        raise ArtifactVerificationError("Ed25519 signature does not verify") from None
+    return Verified(dict(record), signed=True)
+
+
+def verify_bytes(
+    data: bytes,
+    public_key: Ed25519PublicKey | None,
+    *,
+    allow_unsigned: bool = False,
+    codec: AvroCodec | None = None,
+) -> Verified:
+    """Decode a ModelArtifact message and verify it against the schema that wrote it."""
+    codec = codec or default_codec()
+    writer = codec.writer_schema(data)
+    record = codec.decode(data, "ModelArtifact")
+    return verify_record(record, public_key, allow_unsigned=allow_unsigned,
+                         body_schema=writer.parsed["fields"][0]["type"])
+
+
+# -- encryption of weight bytes ----------------------------------------------------------
+def _nonce(base: bytes, index: int) -> bytes:
+    return base[:-1] + bytes([base[-1] ^ index])
+
+
+def encrypt_tensors(body: Mapping[str, Any], data_key: bytes, data_key_id: str) -> dict[str, Any]:
+    """AES-256-GCM over each tensor's data; names, shapes and metadata stay readable."""
+    aes = AESGCM(data_key)
+    base = os.urandom(12)
+    out = dict(body)
+    for i, name in enumerate(TENSOR_FIELDS):
+        tensor = dict(body[name])
+        aad = f"{body['name']}:{name}".encode()
+        tensor["data"] = aes.encrypt(_nonce(base, i), tensor["data"], aad)
+        out[name] = tensor
+    out["encryption"] = {"algorithm": "AES-256-GCM", "key_id": data_key_id, "nonce": base}
+    return out
+
+
+def decrypt_tensors(body: Mapping[str, Any], data_key: bytes | None) -> dict[str, Any]:
+    """Plain tensors of an encrypted body; unencrypted bodies pass through unchanged."""
+    encryption = body.get("encryption")
+    if encryption is None:
+        return dict(body)
+    if data_key is None:
+        raise ArtifactVerificationError(
+            f"artifact is encrypted with data key {encryption['key_id']!r}, which is not configured"
+        )
+    aes = AESGCM(data_key)
+    out = dict(body)
+    for i, name in enumerate(TENSOR_FIELDS):
+        tensor = dict(body[name])
+        aad = f"{body['name']}:{name}".encode()
+        try:
+            tensor["data"] = aes.decrypt(_nonce(encryption["nonce"], i), tensor["data"], aad)
+        except InvalidTag:
+            raise ArtifactVerificationError("weights do not decrypt with the data key") from None
+        out[name] = tensor
+    out["encryption"] = None
+    return out

@@ -1,0 +1,347 @@
+"""The embedded Apache Kafka broker: fetched with Maven, run in KRaft mode on loopback.
+
+Every node is a combined broker+controller. Node ``i`` listens on ``broker_port + i`` for
+clients and on ``broker_port + 1000 + i`` for the controller quorum; its data, logs, config
+and pid live under ``<state_dir>/broker-<i>/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from aiokafka.client import AIOKafkaClient
+
+from modelstream.errors import BrokerError
+from modelstream.settings import Settings
+
+CONTROLLER_PORT_OFFSET = 1000
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+
+
+def _pom_text() -> str:
+    return resources.files("modelstream.infra").joinpath("kafka/pom.xml").read_text("utf-8")
+
+
+def _log4j_config() -> Path:
+    return Path(str(resources.files("modelstream.infra").joinpath("kafka/log4j2.properties")))
+
+
+def jar_dir(settings: Settings) -> Path:
+    """Cache directory of the jars for the current pom (a new pom gets a new directory)."""
+    digest = hashlib.sha256(_pom_text().encode()).hexdigest()[:12]
+    return settings.kafka_cache_dir.expanduser() / digest
+
+
+def ensure_jars(settings: Settings) -> Path:
+    """Resolve Kafka and its runtime dependencies with Maven, once; returns the jar directory."""
+    target = jar_dir(settings)
+    marker = target / ".complete"
+    if marker.exists():
+        return target / "jars"
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("Maven (mvn) is not installed; it is needed once to fetch Kafka")
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "pom.xml").write_text(_pom_text(), "utf-8")
+    cmd = [
+        mvn, "-q", "-B", "-f", str(target / "pom.xml"), "dependency:copy-dependencies",
+        f"-DoutputDirectory={target / 'jars'}", "-DincludeScope=runtime",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BrokerError(f"mvn could not resolve Kafka:\n{result.stdout}{result.stderr}")
+    marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return target / "jars"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One combined broker+controller process of the embedded cluster."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def pid(self) -> int | None:
+        """The pid of this node's running JVM, or None (stale pid files are ignored)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return None
+        # The java launcher may briefly show another argv while it re-executes itself.
+        if cmdline and str(self.config_file).encode() not in cmdline:
+            return None
+        return pid
+
+    def log_tail(self, lines: int = 60) -> str:
+        chunks = []
+        for name in ("server.log", "stdout.log"):
+            path = self.log_dir / name
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {path} ---\n" + "\n".join(text))
+        return "\n".join(chunks)
+
+
+class EmbeddedCluster:
+    """Starts, stops and reports on the embedded KRaft cluster described by ``settings``."""
+
+    def __init__(self, settings: Settings, node_count: int | None = None) -> None:
+        self.settings = settings
+        root = settings.state_dir.expanduser().resolve()
+        self.root = root
+        if node_count is None:
+            node_count = self._recorded_node_count() or 1
+        self.nodes = [
+            Node(
+                node_id=i,
+                host=settings.broker_host,
+                port=settings.broker_port + i,
+                controller_port=settings.broker_port + CONTROLLER_PORT_OFFSET + i,
+                home=root / f"broker-{i}",
+            )
+            for i in range(node_count)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    def _recorded_node_count(self) -> int | None:
+        path = self.root / "cluster.nodes"
+        try:
+            return int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _cluster_id(self) -> str:
+        path = self.root / "cluster.id"
+        if path.exists():
+            return path.read_text().strip()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # like Kafka's Uuid: a leading '-' reads as a flag
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(cluster_id)
+        return cluster_id
+
+    def _write_config(self, node: Node) -> None:
+        n = len(self.nodes)
+        voters = ",".join(f"{m.node_id}@{m.host}:{m.controller_port}" for m in self.nodes)
+        replicas = min(3, n)
+        min_isr = 2 if n >= 3 else 1
+        lines = {
+            "process.roles": "broker,controller",
+            "node.id": str(node.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{node.host}:{node.port},"
+            f"CONTROLLER://{node.host}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{node.host}:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(node.data_dir),
+            "num.partitions": "3",
+            "default.replication.factor": str(replicas),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(replicas),
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(min_isr),
+            "transaction.state.log.num.partitions": "12",
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            "num.io.threads": "4",
+            "num.network.threads": "2",
+        }
+        node.home.mkdir(parents=True, exist_ok=True)
+        node.config_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home and (Path(java_home) / "bin" / "java").exists():
+            return str(Path(java_home) / "bin" / "java")
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("Java 17+ is required to run the embedded broker (java not found)")
+        return java
+
+    def _format(self, node: Node, jars: Path, cluster_id: str) -> None:
+        if (node.data_dir / "meta.properties").exists():
+            return
+        cmd = [
+            self._java(), "-cp", f"{jars}/*", f"-Dlog4j2.configurationFile={_log4j_config()}",
+            f"-Dkafka.logs.dir={node.log_dir}", "kafka.tools.StorageTool", "format",
+            f"--cluster-id={cluster_id}", "-c", str(node.config_file),
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BrokerError(f"formatting {node.data_dir} failed:\n{result.stdout}{result.stderr}")
+
+    def _launch(self, node: Node, jars: Path) -> int:
+        node.log_dir.mkdir(parents=True, exist_ok=True)
+        heap = f"{self.settings.broker_heap_mb}m"
+        cmd = [
+            self._java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_log4j_config()}", f"-Dkafka.logs.dir={node.log_dir}",
+            "-cp", f"{jars}/*", "kafka.Kafka", str(node.config_file),
+        ]
+        with open(node.log_dir / "stdout.log", "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        node.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def start(self) -> list[Node]:
+        """Start every node that is not running; wait until the cluster answers metadata."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        recorded = self._recorded_node_count()
+        if recorded is not None and recorded != len(self.nodes) and self.running_nodes():
+            raise BrokerError(
+                f"a {recorded}-node cluster is running in {self.root}; stop it first"
+            )
+        if recorded is not None and recorded != len(self.nodes):
+            # A different cluster shape needs fresh storage: voters are baked into it.
+            for i in range(max(recorded, len(self.nodes))):
+                shutil.rmtree(self.root / f"broker-{i}", ignore_errors=True)
+            (self.root / "cluster.id").unlink(missing_ok=True)
+        (self.root / "cluster.nodes").write_text(str(len(self.nodes)))
+        to_start = [n for n in self.nodes if n.pid() is None]
+        if to_start:
+            jars = ensure_jars(self.settings)
+            cluster_id = self._cluster_id()
+            for node in to_start:
+                self._write_config(node)
+                self._format(node, jars, cluster_id)
+            for node in to_start:
+                self._launch(node, jars)
+        try:
+            asyncio.run(self.wait_ready(START_TIMEOUT_S))
+        except BrokerError:
+            raise
+        return to_start
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until every node is registered and answers a metadata request."""
+        deadline = time.monotonic() + timeout_s
+        last_error = "no answer yet"
+        # Connection refusals are expected while the JVM boots; don't log each one.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        while time.monotonic() < deadline:
+            dead = [n for n in self.nodes if n.pid() is None]
+            if dead:
+                tails = "\n".join(n.log_tail() for n in dead)
+                raise BrokerError(f"broker node(s) {[n.node_id for n in dead]} exited:\n{tails}")
+            try:
+                brokers = await fetch_broker_ids(self.bootstrap, timeout_s=5.0)
+                if len(brokers) >= len(self.nodes):
+                    return
+                last_error = f"{len(brokers)} of {len(self.nodes)} brokers registered"
+            except Exception as exc:  # connection refused while the JVM boots
+                last_error = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(0.5)
+        tails = "\n".join(n.log_tail() for n in self.nodes)
+        raise BrokerError(f"broker not ready after {timeout_s:.0f}s ({last_error}):\n{tails}")
+
+    def running_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.pid() is not None]
+
+    def stop(self) -> list[Node]:
+        """Stop every running node (SIGTERM: controlled shutdown; SIGKILL after a timeout)."""
+        stopped = []
+        for node in reversed(self.nodes):
+            pid = node.pid()
+            if pid is None:
+                node.pid_file.unlink(missing_ok=True)
+                continue
+            stop_node_process(node, pid)
+            stopped.append(node)
+        return stopped
+
+    def kill_node(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to one node (fault tests)."""
+        node = self.nodes[node_id]
+        pid = node.pid()
+        if pid is not None:
+            os.kill(pid, sig)
+
+
+def stop_node_process(node: Node, pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and node.pid() is not None:
+        _reap(pid)
+        time.sleep(0.2)
+    if node.pid() is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while node.pid() is not None:
+            _reap(pid)
+            time.sleep(0.1)
+    node.pid_file.unlink(missing_ok=True)
+
+
+def _reap(pid: int) -> None:
+    # The JVM is our child when started from this process (tests); reap it so it leaves /proc.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+async def fetch_broker_ids(bootstrap: str, timeout_s: float = 5.0) -> list[int]:
+    """Node ids of the brokers a real metadata request returns."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+        metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+        return sorted(b.nodeId for b in metadata.brokers())
+    finally:
+        await client.close()

@@ -1,0 +1,193 @@
+"""The ``modelstream`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelstream.errors import ModelstreamError
+from modelstream.settings import Settings, load
+
+app = typer.Typer(
+    help="Kafka-native machine-learning model lifecycle.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+broker_app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, loopback).",
+                         no_args_is_help=True)
+topics_app = typer.Typer(help="Provision and inspect modelstream's topics.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+keys_app = typer.Typer(help="Ed25519 keys that sign and verify model artifacts.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+SERVICES = ("trainer", "validator", "publisher")
+
+
+class Context:
+    """Settings overrides from global flags, turned into Settings on first use."""
+
+    def __init__(self, overrides: dict[str, object]) -> None:
+        self.overrides = overrides
+
+    def settings(self, cls: type[Settings] = Settings, **more: object) -> Settings:
+        return load(cls, **{**self.overrides, **more})
+
+
+def _ctx(ctx: typer.Context) -> Context:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Context)
+    return obj
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap servers (default: the embedded broker).",
+                                 envvar="MODELSTREAM_BOOTSTRAP_SERVERS", show_envvar=True)
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Directory for broker data, logs, pids and keys.",
+                                  envvar="MODELSTREAM_STATE_DIR", show_envvar=True)
+    ] = None,
+    topic_prefix: Annotated[
+        str | None, typer.Option(help="Prefix of every topic name.",
+                                 envvar="MODELSTREAM_TOPIC_PREFIX", show_envvar=True)
+    ] = None,
+) -> None:
+    ctx.obj = Context(
+        {"bootstrap_servers": bootstrap_servers, "state_dir": state_dir,
+         "topic_prefix": topic_prefix}
+    )
+
+
+@broker_app.command("start")
+def broker_start(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Client port of the first node.",
+                                             envvar="MODELSTREAM_BROKER_PORT")] = None,
+    brokers: Annotated[int, typer.Option(min=1, max=5, help="Number of KRaft nodes.")] = 1,
+) -> None:
+    """Fetch Kafka (once), format storage, start the broker and wait until it answers."""
+    from modelstream.broker import EmbeddedCluster
+
+    settings = _ctx(ctx).settings(broker_port=port)
+    cluster = EmbeddedCluster(settings, node_count=brokers)
+    started = cluster.start()
+    verb = "started" if started else "already running"
+    typer.echo(f"broker {verb} at {cluster.bootstrap} (state: {cluster.root})")
+
+
+@broker_app.command("stop")
+def broker_stop(ctx: typer.Context) -> None:
+    """Stop the embedded broker cleanly (no-op when it is not running)."""
+    from modelstream.broker import EmbeddedCluster
+
+    cluster = EmbeddedCluster(_ctx(ctx).settings())
+    stopped = cluster.stop()
+    typer.echo(f"broker stopped ({len(stopped)} node(s))" if stopped else "broker not running")
+
+
+@broker_app.command("status")
+def broker_status(ctx: typer.Context) -> None:
+    """Say whether the embedded broker runs, where, and whether it answers."""
+    from modelstream.broker import EmbeddedCluster, fetch_broker_ids
+
+    cluster = EmbeddedCluster(_ctx(ctx).settings())
+    running = cluster.running_nodes()
+    for node in cluster.nodes:
+        pid = node.pid()
+        state = f"running (pid {pid})" if pid else "stopped"
+        typer.echo(f"node {node.node_id}: {node.address} {state}")
+    if not running:
+        raise typer.Exit(code=3)
+    try:
+        ids = asyncio.run(fetch_broker_ids(cluster.bootstrap))
+        typer.echo(f"metadata: {len(ids)} broker(s) registered {ids}")
+    except Exception as exc:
+        typer.echo(f"metadata: no answer ({type(exc).__name__})")
+        raise typer.Exit(code=4) from None
+
+
+@topics_app.command("create")
+def topics_create(ctx: typer.Context) -> None:
+    """Create every modelstream topic (idempotent: existing topics keep their data)."""
+    from modelstream.topics import create_topics
+
+    settings = _ctx(ctx).settings()
+    report = asyncio.run(create_topics(settings))
+    typer.echo(
+        f"topics on {settings.bootstrap}: {len(report.created)} created, "
+        f"{len(report.existing)} already present"
+        + (f", grown: {', '.join(report.grown)}" if report.grown else "")
+    )
+
+
+@topics_app.command("list")
+def topics_list(ctx: typer.Context) -> None:
+    """Show every declared topic with its partitions, replication and configs."""
+    from modelstream.topics import TOPOLOGY, describe_topics
+
+    settings = _ctx(ctx).settings()
+    described = asyncio.run(describe_topics(settings))
+    for spec in TOPOLOGY:
+        name = settings.topic(spec.name)
+        info = described.get(name)
+        if info is None:
+            typer.echo(f"{name:40} MISSING")
+            continue
+        configs = " ".join(f"{k}={v}" for k, v in sorted(info["config"].items()))  # type: ignore[union-attr]
+        typer.echo(
+            f"{name:40} partitions={info['partitions']} rf={info['replication_factor']} "
+            f"key={spec.key!r} value={spec.value} {configs}"
+        )
+
+
+@keys_app.command("generate")
+def keys_generate(
+    ctx: typer.Context,
+    out_dir: Annotated[Path | None, typer.Option(help="Directory (default: <state-dir>/keys).")]
+    = None,
+    keep_existing: Annotated[bool, typer.Option(help="Keep a pair that already exists.")] = False,
+) -> None:
+    """Make a key pair: the publisher holds the private key, every consumer the public one."""
+    from modelstream.artifact import generate_keys, key_id, load_public_key
+
+    target = out_dir or _ctx(ctx).settings().state_dir / "keys"
+    private_path, public_path = generate_keys(target, keep_existing=keep_existing)
+    typer.echo(f"private key: {private_path} (give only to the publisher)")
+    typer.echo(f"public key:  {public_path} (key id {key_id(load_public_key(public_path))})")
+    typer.echo(f"export MODELSTREAM_PRIVATE_KEY_FILE={private_path}")
+    typer.echo(f"export MODELSTREAM_PUBLIC_KEY_FILE={public_path}")
+
+
+@app.command("run")
+def run_service(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+) -> None:
+    """Run one service in the foreground until SIGINT/SIGTERM."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    module = importlib.import_module(f"modelstream.services.{service}.__main__")
+    module.main()
+
+
+def main() -> None:
+    """Entry point: clear one-line errors for expected failures, tracebacks only for bugs."""
+    try:
+        app()
+    except ModelstreamError as exc:
+        typer.echo(f"modelstream: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure numpy learners, metrics, cross-validation and artifacts shared by every service."""

@@ -1,0 +1,171 @@
+"""The topology: every topic modelstream uses, declared once, and its idempotent provisioning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from modelstream.kafka import client_options
+from modelstream.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+FOREVER = "-1"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: logical name, what its key and value are, and how the broker keeps it."""
+
+    name: str
+    key: str
+    value: str
+    producers: str
+    consumers: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+TRAINING = "training"
+CONTROL = "control"
+CANDIDATES = "candidates"
+VALIDATIONS = "validations"
+MODELS = "models"
+MODEL_HISTORY = "model-history"
+REQUESTS = "requests"
+PREDICTIONS = "predictions"
+SHADOW_PREDICTIONS = "shadow-predictions"
+FEEDBACK = "feedback"
+AUDIT = "audit"
+DEADLETTER = "deadletter"
+
+TOPOLOGY: tuple[TopicSpec, ...] = (
+    # The log is the dataset: training examples are kept until an operator says otherwise.
+    TopicSpec(TRAINING, "model name", "TrainingExample", "users", "trainer, validator", 3,
+              {"retention.ms": FOREVER}),
+    # One partition: commands about different models stay in issue order for every reader.
+    TopicSpec(CONTROL, "model name", "Command", "users, CLI, monitor",
+              "trainer, validator, publisher, predictor", 1, {"retention.ms": FOREVER}),
+    TopicSpec(CANDIDATES, "model name", "ModelArtifact", "trainer, monitor", "validator", 3,
+              {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec(VALIDATIONS, "model name", "ValidationReport", "validator", "publisher", 3,
+              {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec(MODELS, "model name", "ModelArtifact", "publisher", "predictor, monitor", 3,
+              {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+               "segment.ms": str(3600 * 1000)}),
+    # Keys are name:version, so compaction keeps every version and only drops exact re-sends.
+    TopicSpec(MODEL_HISTORY, "name:version", "ModelArtifact", "publisher",
+              "publisher (rollback), audit, CLI", 3, {"cleanup.policy": "compact"}),
+    TopicSpec(REQUESTS, "request id", "PredictionRequest", "users", "predictor", 6,
+              {"retention.ms": str(DAY_MS)}),
+    TopicSpec(PREDICTIONS, "request id", "Prediction", "predictor", "users, monitor", 6,
+              {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec(SHADOW_PREDICTIONS, "request id", "Prediction", "predictor", "users", 6,
+              {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec(FEEDBACK, "request id", "Feedback", "users", "monitor", 6,
+              {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec(AUDIT, "model name", "AuditEvent", "every service", "operators", 3,
+              {"retention.ms": FOREVER}),
+    TopicSpec(DEADLETTER, "original key", "original bytes (headers: reason, source)",
+              "every service", "operators", 3, {"retention.ms": str(14 * DAY_MS)}),
+)
+
+TOPICS_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPOLOGY}
+
+
+@dataclass
+class ProvisionReport:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    grown: list[str] = field(default_factory=list)
+
+
+def _full_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    config = dict(spec.config)
+    if settings.replication_factor >= 3:
+        config.setdefault("min.insync.replicas", "2")
+    return config
+
+
+async def create_topics(settings: Settings) -> ProvisionReport:
+    """Create missing topics, grow partition counts and re-apply declared configs."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    report = ProvisionReport()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in TOPOLOGY if settings.topic(t.name) not in existing]
+        if missing:
+            new = [
+                NewTopic(settings.topic(t.name), t.partitions, settings.replication_factor,
+                         topic_configs=_full_config(t, settings))
+                for t in missing
+            ]
+            try:
+                await admin.create_topics(new, timeout_ms=30000)
+            except TopicAlreadyExistsError:
+                pass  # a concurrent `topics create` won the race; both are fine
+            report.created = [t.name for t in missing]
+        present = [t for t in TOPOLOGY if settings.topic(t.name) in existing]
+        report.existing = [t.name for t in present]
+        if present:
+            described = await admin.describe_topics([settings.topic(t.name) for t in present])
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            grow = {
+                settings.topic(t.name): NewPartitions(t.partitions)
+                for t in present
+                if counts.get(settings.topic(t.name), t.partitions) < t.partitions
+            }
+            if grow:
+                await admin.create_partitions(grow)
+                report.grown = sorted(grow)
+            await admin.alter_configs([
+                ConfigResource(ConfigResourceType.TOPIC, settings.topic(t.name),
+                               configs=_full_config(t, settings))
+                for t in present
+            ])
+    finally:
+        await admin.close()
+    return report
+
+
+async def describe_topics(settings: Settings) -> dict[str, dict[str, object]]:
+    """Partitions, replication and non-default configs of every declared topic that exists."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = [settings.topic(t.name) for t in TOPOLOGY if settings.topic(t.name) in existing]
+        if not names:
+            return {}
+        described = await admin.describe_topics(names)
+        configs = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+        )
+        result: dict[str, dict[str, object]] = {}
+        for topic in described:
+            partitions = topic["partitions"]
+            result[topic["topic"]] = {
+                "partitions": len(partitions),
+                "replication_factor": len(partitions[0]["replicas"]) if partitions else 0,
+                "config": {},
+            }
+        for response in configs:
+            for resource in response.resources:
+                # (error_code, error_message, type, name, config entries)
+                name, entries = resource[3], resource[4]
+                result[name]["config"] = {
+                    e[0]: e[1] for e in entries if e[1] is not None and not _is_default(e)
+                }
+        return result
+    finally:
+        await admin.close()
+
+
+def _is_default(entry: tuple) -> bool:  # type: ignore[type-arg]
+    # DescribeConfigs v1+ entries: (name, value, read_only, config_source, is_sensitive, ...);
+    # source 1 = DYNAMIC_TOPIC_CONFIG, the only one we set.
+    return len(entry) > 3 and entry[3] != 1

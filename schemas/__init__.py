@@ -1,0 +1,1 @@
+"""The Avro contracts, installed as package data of `modelstream.schemas`."""

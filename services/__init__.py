@@ -1,0 +1,1 @@
+"""The five modelstream services; each is `python -m modelstream.services.<name>`."""

@@ -1,0 +1,94 @@
+"""One valid record of every contract, for round-trip tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def tensor(values: Any) -> dict[str, Any]:
+    array = np.ascontiguousarray(values, dtype="<f8")
+    return {"dtype": "<f8", "shape": list(array.shape), "data": array.tobytes()}
+
+
+def model_artifact() -> dict[str, Any]:
+    return {
+        "body": {
+            "name": "breast-cancer",
+            "version": 3,
+            "stage": "PRODUCTION",
+            "task": "BINARY",
+            "feature_names": ["mean radius", "mean texture"],
+            "classes": ["0", "1"],
+            "weights": tensor([[0.5], [-1.25]]),
+            "intercepts": tensor([0.1]),
+            "feature_mean": tensor([14.1, 19.3]),
+            "feature_scale": tensor([3.5, 4.3]),
+            "training": {
+                "algorithm": "minibatch-gd", "l2": 0.01, "learning_rate": 0.1, "lr_decay": 0.01,
+                "batch_size": 32, "max_epochs": 200, "patience": 10,
+                "validation_fraction": 0.1, "seed": 7, "cv_folds": 5,
+                "l2_grid": [0.001, 0.01, 0.1], "l2_grid_scores": [0.95, 0.97, 0.96],
+                "epochs_run": 42,
+            },
+            "metrics": {"accuracy": 0.97, "log_loss": 0.08},
+            "lineage": {
+                "origin": "BATCH",
+                "ranges": [{"topic": "modelstream.training", "partition": 0, "start": 0,
+                            "end": 569}],
+                "example_count": 569,
+            },
+            "parent_version": 2,
+            "created_at_ms": 1_790_000_000_000,
+            "created_by": "trainer",
+            "encryption": None,
+        },
+        "digest": "ab" * 32,
+        "signature": b"\x01" * 64,
+        "key_id": "0123456789abcdef",
+    }
+
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "ModelArtifact": model_artifact(),
+    "TrainingExample": {
+        "model": "breast-cancer", "features": {"mean radius": 17.99, "mean texture": 10.38},
+        "label": "1", "example_id": "e-1", "timestamp_ms": 1_790_000_000_000,
+    },
+    "PredictionRequest": {
+        "request_id": "r-1", "model": "breast-cancer", "features": [17.99, 10.38],
+        "version": 3, "sent_at_ms": 1_790_000_000_000,
+    },
+    "Prediction": {
+        "request_id": "r-1", "model": "breast-cancer", "version": 3,
+        "digest_prefix": "abababababab", "prediction": "1", "scores": {"0": 0.02, "1": 0.98},
+        "route": "production", "requested_at_ms": 1_790_000_000_000,
+        "predicted_at_ms": 1_790_000_000_004,
+    },
+    "Feedback": {"request_id": "r-1", "model": "breast-cancer", "label": "1",
+                 "timestamp_ms": 1_790_000_000_100},
+    "Command": {
+        "model": "breast-cancer", "action": "DEFINE",
+        "definition": {
+            "task": "BINARY", "feature_names": [], "classes": ["0", "1"], "retrain_every": 500,
+            "min_examples": 50, "window_size": 20000, "cv_folds": 5,
+            "thresholds": {"min_accuracy": 0.9}, "tolerance": 0.01, "l2_grid": [], "seed": 0,
+        },
+        "version": None, "traffic": None, "actor": "cli", "reason": "",
+        "issued_at_ms": 1_790_000_000_000,
+    },
+    "ValidationReport": {
+        "model": "breast-cancer", "candidate_digest": "ab" * 32, "passed": True,
+        "method": "cross-validation",
+        "metrics": {"accuracy_mean": 0.97, "accuracy_std": 0.01},
+        "champion_version": 2, "champion_metrics": {"accuracy_mean": 0.96}, "reasons": [],
+        "folds": 5, "examples": 569, "artifact": model_artifact(),
+        "validated_at_ms": 1_790_000_000_000, "validator": "validator",
+    },
+    "AuditEvent": {
+        "model": "breast-cancer", "event": "published", "version": 3, "digest": "ab" * 32,
+        "actor": "publisher", "service": "publisher", "reason": "passed validation",
+        "details": {"parent": "2"}, "at_ms": 1_790_000_000_000,
+    },
+}

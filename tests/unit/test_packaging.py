@@ -1,0 +1,82 @@
+"""The repository's declarative pieces stay consistent with the code."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelstream.codec import SCHEMA_FILES, default_codec
+from modelstream.topics import TOPOLOGY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_topology_names_are_unique_and_values_are_contracts():
+    names = [t.name for t in TOPOLOGY]
+    assert len(names) == len(set(names))
+    codec = default_codec()
+    for spec in TOPOLOGY:
+        if spec.name != "deadletter":
+            codec.schema(spec.value)  # raises for an undeclared contract
+    registry = {t.name: t for t in TOPOLOGY}
+    assert registry["models"].config["cleanup.policy"] == "compact"
+
+
+def test_every_schema_file_is_loaded():
+    on_disk = {p.stem for p in (ROOT / "schemas").glob("*.avsc")}
+    assert on_disk == set(SCHEMA_FILES)
+
+
+def test_only_one_top_level_import_name(tmp_path):
+    import modelstream.services.trainer as trainer
+
+    assert trainer.__name__.startswith("modelstream.services.")
+    # From outside the checkout, only what the installed distribution provides is importable.
+    top_level = subprocess.run(
+        [sys.executable, "-c", "import services"], capture_output=True, text=True, check=False,
+        cwd=tmp_path,
+    )
+    assert top_level.returncode != 0, "a bare `services` package must not be importable"
+
+
+def test_no_service_imports_another_service():
+    services = [p for p in (ROOT / "services").iterdir() if (p / "__init__.py").exists()]
+    for service in services:
+        others = {s.name for s in services} - {service.name}
+        for source in service.rglob("*.py"):
+            text = source.read_text()
+            for other in others:
+                assert f"modelstream.services.{other}" not in text, (source, other)
+
+
+def _compose(*args):
+    if shutil.which("docker") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the docker client is required under CI")
+        pytest.skip("docker client not installed")
+    return subprocess.run(["docker", "compose", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_docker_compose_config_is_valid():
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_services_run_commands_that_exist():
+    result = _compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    ours = {n: s for n, s in config["services"].items() if s.get("image") == "modelstream:latest"}
+    assert {"topics", "trainer", "validator", "publisher"} <= set(ours)
+    for name, service in ours.items():
+        argv = [a for a in service["command"] if not a.startswith("-")][:2]
+        if argv[0] == "run":
+            argv = argv[:1]
+        helped = subprocess.run([sys.executable, "-m", "modelstream.cli", *argv, "--help"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert helped.returncode == 0, (name, argv, helped.stderr)
