@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from modelstream.errors import ModelstreamError
+from modelstream.models_cli import models_app
 from modelstream.settings import Settings, load
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(topics_app, name="topics")
 keys_app = typer.Typer(help="Ed25519 keys that sign and verify model artifacts.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
 
 SERVICES = ("trainer", "validator", "publisher")
 

@@ -81,18 +81,19 @@ class DeadLetterWriter:
         self._service = service
         self.count = 0
 
-    async def send(self, record: ConsumerRecord, reason: str, message: str) -> None:
+    async def send(self, record: ConsumerRecord, reason: str, message: str) -> asyncio.Future:  # type: ignore[type-arg]
+        """Queue the record; returns its delivery future (await it before committing)."""
         log.warning(
             "dead-letter %s[%d]@%d: %s: %s",
             record.topic, record.partition, record.offset, reason, message,
         )
-        await self._producer.send(
+        self.count += 1
+        return await self._producer.send(  # type: ignore[no-any-return]
             self._topic,
             key=record.key,
             value=record.value,
             headers=dead_letter_headers(record, reason, message, self._service),
         )
-        self.count += 1
 
 
 async def end_offsets(

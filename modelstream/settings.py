@@ -6,6 +6,7 @@ writes into the same object). Service-specific settings subclass :class:`Setting
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
         default=OutputFormat.AVRO, description="Encoding of output topics: avro or json."
     )
     client_id: str = Field(default="modelstream")
+    instance_id: str = Field(
+        default="0", description="Distinguishes copies of one service (transactional ids)."
+    )
     public_key_file: Path | None = Field(
         default=None, description="Ed25519 public key (PEM) that artifacts must verify against."
     )
@@ -53,6 +57,13 @@ class Settings(BaseSettings):
         default=None, description="Ed25519 private key (PEM); only the publisher needs it."
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on.")
+    allow_unsigned: bool = Field(
+        default=False, description="Accept unsigned artifacts (development only)."
+    )
+    data_key_file: Path | None = Field(
+        default=None, description="32-byte AES-256 data key (raw or hex) for encrypted weights."
+    )
     log_level: str = Field(default="INFO")
 
     @property
@@ -65,6 +76,26 @@ class Settings(BaseSettings):
 
     def topic(self, logical_name: str) -> str:
         return f"{self.topic_prefix}{logical_name}"
+
+    def group(self, service: str) -> str:
+        """Consumer group of a service; prefixed so separate deployments never share one."""
+        return f"{self.topic_prefix}{service}"
+
+    def transactional_id(self, service: str) -> str:
+        return f"{self.topic_prefix}{service}-{self.instance_id}"
+
+    def data_key(self) -> tuple[bytes, str] | None:
+        """The AES-256 data key and its id (SHA-256 prefix), when one is configured."""
+        if self.data_key_file is None:
+            return None
+        try:
+            raw = self.data_key_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read data key {self.data_key_file}: {exc}") from None
+        key = bytes.fromhex(raw.decode()) if len(raw) == 64 else raw
+        if len(key) != 32:
+            raise ConfigurationError("the data key must be 32 bytes (or 64 hex characters)")
+        return key, hashlib.sha256(key).hexdigest()[:16]
 
 
 S = TypeVar("S", bound=Settings)

@@ -1,0 +1,92 @@
+"""Following the ``control`` topic: replay every command from the beginning, then poll.
+
+Services that only need the current definitions (trainer, validator, predictor) read
+``control`` without a consumer group, so each copy sees every command. The publisher,
+which must act on each rollback exactly once, consumes it through its group instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from modelstream.codec import default_codec
+from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.kafka import make_consumer, make_producer
+from modelstream.settings import Settings
+from modelstream.topics import CONTROL
+
+log = logging.getLogger(__name__)
+
+Command = dict[str, Any]
+
+
+class ControlFollower:
+    """Hands every decodable command to ``apply(command, replay)``; skips bad ones."""
+
+    def __init__(self, settings: Settings, apply: Callable[[Command, bool], None]) -> None:
+        self._settings = settings
+        self._apply = apply
+        self._consumer = make_consumer(settings, group_id=None)
+        self._codec = default_codec()
+
+    async def start(self) -> list[Command]:
+        """Replay the whole log (``replay=True``); returns the commands replayed."""
+        await self._consumer.start()
+        topic = self._settings.topic(CONTROL)
+        parts = self._consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        ends = await self._consumer.end_offsets(tps)
+        replayed: list[Command] = []
+        while await self._behind(ends):
+            batch = await self._consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    cmd = self._handle(record.value, record.offset, replay=True)
+                    if cmd is not None:
+                        replayed.append(cmd)
+        return replayed
+
+    async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
+        for tp, end in ends.items():
+            if await self._consumer.position(tp) < end:
+                return True
+        return False
+
+    async def poll(self, timeout_ms: int = 0) -> int:
+        """Apply newly arrived commands; returns how many were applied."""
+        applied = 0
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for records in batch.values():
+            for record in records:
+                if self._handle(record.value, record.offset, replay=False) is not None:
+                    applied += 1
+        return applied
+
+    def _handle(self, value: bytes, offset: int, replay: bool) -> Command | None:
+        try:
+            cmd = self._codec.decode_any(value, "Command")
+            self._apply(cmd, replay)
+            return cmd
+        except (DecodeError, InvalidEventError) as exc:
+            log.warning("ignoring control record at offset %d: %s", offset, exc)
+            return None
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+
+async def send_command(settings: Settings, cmd: Command) -> None:
+    """Append one command to ``control`` (Avro), keyed by model name."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic(CONTROL), key=cmd["model"].encode(),
+                                     value=default_codec().encode("Command", cmd))
+    finally:
+        await producer.stop()

@@ -1,0 +1,206 @@
+"""Model definitions and the rules an event must follow to be used with a model.
+
+The same rules run in the trainer (deciding what to dead-letter), in the validator (when
+it re-reads the examples named by a lineage) and in ``models reproduce``, so all three
+see exactly the same dataset.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from modelstream.errors import InvalidEventError
+
+TASKS = ("BINARY", "MULTICLASS", "REGRESSION")
+MAX_FEATURES = 100_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What a DEFINE command says about a model (see Command.avsc: ModelDefinition)."""
+
+    name: str
+    task: str
+    feature_names: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    retrain_every: int = 0
+    min_examples: int = 50
+    window_size: int = 20000
+    cv_folds: int = 5
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    tolerance: float = 0.01
+    l2_grid: tuple[float, ...] = ()
+    seed: int = 0
+
+    @classmethod
+    def from_command(cls, command: Mapping[str, Any]) -> Definition:
+        d = command["definition"]
+        if d is None:
+            raise InvalidEventError("invalid-command", "DEFINE command without a definition")
+        definition = cls(
+            name=command["model"], task=d["task"], feature_names=tuple(d["feature_names"]),
+            classes=tuple(d["classes"]), retrain_every=d["retrain_every"],
+            min_examples=d["min_examples"], window_size=d["window_size"],
+            cv_folds=d["cv_folds"], thresholds=dict(d["thresholds"]),
+            tolerance=d["tolerance"], l2_grid=tuple(d["l2_grid"]), seed=d["seed"],
+        )
+        definition.check()
+        return definition
+
+    def check(self) -> None:
+        problems = []
+        if self.task not in TASKS:
+            problems.append(f"task must be one of {TASKS}")
+        if self.task == "BINARY" and self.classes and len(self.classes) != 2:
+            problems.append("a binary model has exactly 2 classes")
+        if self.task == "REGRESSION" and self.classes:
+            problems.append("a regression model has no classes")
+        if len(set(self.feature_names)) != len(self.feature_names):
+            problems.append("feature names must be unique")
+        if self.window_size < 2 or self.min_examples < 2 or self.cv_folds < 2:
+            problems.append("window_size, min_examples and cv_folds must be >= 2")
+        if self.retrain_every < 0 or self.tolerance < 0:
+            problems.append("retrain_every and tolerance must be >= 0")
+        if any(v <= 0 for v in self.l2_grid):
+            problems.append("l2_grid values must be > 0")
+        for key in self.thresholds:
+            if not key.startswith(("min_", "max_")):
+                problems.append(f"threshold {key!r} must start with min_ or max_")
+        if problems:
+            raise InvalidEventError("invalid-definition", f"{self.name}: " + "; ".join(problems))
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "feature_names": list(self.feature_names),
+            "classes": list(self.classes), "retrain_every": self.retrain_every,
+            "min_examples": self.min_examples, "window_size": self.window_size,
+            "cv_folds": self.cv_folds, "thresholds": dict(self.thresholds),
+            "tolerance": self.tolerance, "l2_grid": list(self.l2_grid), "seed": self.seed,
+        }
+
+    def fixed(self, feature_names: Sequence[str], classes: Sequence[str]) -> Definition:
+        return replace(self, feature_names=tuple(feature_names), classes=tuple(classes))
+
+
+def command(model: str, action: str, *, definition: Definition | None = None,
+            version: int | None = None, traffic: Mapping[str, Any] | None = None,
+            actor: str = "cli", reason: str = "") -> dict[str, Any]:
+    return {
+        "model": model, "action": action,
+        "definition": definition.to_record() if definition else None,
+        "version": version, "traffic": dict(traffic) if traffic else None,
+        "actor": actor, "reason": reason, "issued_at_ms": now_ms(),
+    }
+
+
+def audit_event(model: str, event: str, *, service: str, actor: str | None = None,
+                version: int | None = None, digest: str | None = None, reason: str = "",
+                details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "model": model, "event": event, "version": version, "digest": digest,
+        "actor": actor or service, "service": service, "reason": reason,
+        "details": {k: str(v) for k, v in (details or {}).items()}, "at_ms": now_ms(),
+    }
+
+
+# -- features ----------------------------------------------------------------------------
+def infer_feature_names(features: Any) -> list[str]:
+    """Names from a first example: a map's keys in order, else f0..f{n-1}."""
+    if isinstance(features, Mapping):
+        return list(features)
+    if isinstance(features, bytes | bytearray | memoryview):
+        return [f"f{i}" for i in range(len(features) // 8)]
+    return [f"f{i}" for i in range(len(features))]
+
+
+def feature_vector(features: Any, names: Sequence[str]) -> np.ndarray:
+    """One example's features in ``names`` order; raises InvalidEventError with a reason."""
+    d = len(names)
+    if isinstance(features, Mapping):
+        if len(features) != d or any(n not in features for n in names):
+            missing = [n for n in names if n not in features]
+            extra = [k for k in features if k not in set(names)]
+            if missing:
+                raise InvalidEventError("missing-features", f"missing features {missing[:5]}"
+                                        + (f" (and {len(missing) - 5} more)" if len(missing) > 5
+                                           else ""))
+            raise InvalidEventError("extra-features", f"unknown features {extra[:5]}")
+        row = np.fromiter((features[n] for n in names), dtype=np.float64, count=d)
+    elif isinstance(features, bytes | bytearray | memoryview):
+        if len(features) != 8 * d:
+            raise InvalidEventError(
+                "wrong-feature-count",
+                f"packed features have {len(features)} bytes, the model needs {8 * d}",
+            )
+        row = np.frombuffer(features, dtype="<f8").astype(np.float64)
+    else:
+        if len(features) != d:
+            raise InvalidEventError(
+                "wrong-feature-count", f"{len(features)} features, the model needs {d}"
+            )
+        row = np.asarray(features, dtype=np.float64)
+    if not np.all(np.isfinite(row)):
+        raise InvalidEventError("non-finite", "features contain NaN or infinity")
+    return row
+
+
+def class_label(label: Any, task: str, classes: Sequence[str]) -> str:
+    """A classifier's label as its class string; integral numbers are accepted as '3'."""
+    if isinstance(label, str):
+        text = label
+    elif isinstance(label, float) and math.isfinite(label) and label.is_integer():
+        text = str(int(label))
+    else:
+        raise InvalidEventError("wrong-label-type",
+                                f"{task.lower()} label must be a class name, got {label!r}")
+    if classes and text not in classes:
+        raise InvalidEventError("unknown-class", f"label {text!r} is not one of {list(classes)}")
+    return text
+
+
+def regression_label(label: Any) -> float:
+    if isinstance(label, str) or not isinstance(label, int | float):
+        raise InvalidEventError("wrong-label-type",
+                                f"regression label must be a number, got {label!r}")
+    if not math.isfinite(label):
+        raise InvalidEventError("non-finite", "label is NaN or infinity")
+    return float(label)
+
+
+def check_label(label: Any, definition: Definition) -> str | float:
+    if definition.task == "REGRESSION":
+        return regression_label(label)
+    return class_label(label, definition.task, definition.classes)
+
+
+def labels_to_targets(labels: Sequence[str | float], task: str,
+                      classes: Sequence[str]) -> np.ndarray:
+    if task == "REGRESSION":
+        return np.asarray(labels, dtype=np.float64)
+    index = {c: i for i, c in enumerate(classes)}
+    return np.fromiter((index[str(v)] for v in labels), dtype=np.int64, count=len(labels))
+
+
+def sorted_classes(labels: Sequence[str]) -> list[str]:
+    """Inferred class order: numeric labels numerically ('2' < '10'), others lexically."""
+    unique = set(labels)
+    try:
+        return sorted(unique, key=float)
+    except ValueError:
+        return sorted(unique)
+
+
+def check_feature_count(names: Sequence[str]) -> None:
+    if len(names) == 0 or len(names) > MAX_FEATURES:
+        raise InvalidEventError("wrong-feature-count",
+                                f"a model needs 1..{MAX_FEATURES} features, got {len(names)}")

@@ -1,0 +1,91 @@
+"""A trained linear model as the predictor, validator and monitor score it.
+
+Scoring is standardize -> linear layer -> link (sigmoid, softmax or identity), over a whole
+matrix at once; this is the same math the trainer optimizes.
+
+>>> import numpy as np
+>>> m = LinearModel("BINARY", ["x"], ["0", "1"], np.array([[2.0]]), np.array([0.0]),
+...                 np.array([0.0]), np.array([1.0]))
+>>> m.proba(np.array([[0.0]])).round(2).tolist()
+[[0.5, 0.5]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelstream.artifact import from_tensor, to_tensor
+from modelstream.errors import ArtifactVerificationError
+from modelstream.learn.objectives import sigmoid, softmax
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    task: str
+    feature_names: list[str]
+    classes: list[str]
+    W: np.ndarray  # d × k
+    b: np.ndarray  # k
+    mean: np.ndarray  # d
+    scale: np.ndarray  # d
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def linear(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mean) / self.scale) @ self.W + self.b
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (n × n_classes); for regression, the predicted values (n)."""
+        z = self.linear(X)
+        if self.task == "BINARY":
+            p1 = sigmoid(z[:, 0])
+            return np.column_stack((1.0 - p1, p1))
+        if self.task == "MULTICLASS":
+            return softmax(z)
+        return z[:, 0]
+
+    def output(self, X: np.ndarray) -> np.ndarray:
+        return self.proba(X)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> LinearModel:
+        """Build from an artifact body, checking that every shape agrees."""
+        task = body["task"]
+        names = list(body["feature_names"])
+        classes = list(body["classes"])
+        W = from_tensor(body["weights"])
+        b = from_tensor(body["intercepts"])
+        mean = from_tensor(body["feature_mean"])
+        scale = from_tensor(body["feature_scale"])
+        d = len(names)
+        k = len(classes) if task == "MULTICLASS" else 1
+        if task == "BINARY" and len(classes) != 2:
+            raise ArtifactVerificationError(f"binary model with {len(classes)} classes")
+        if task == "MULTICLASS" and len(classes) < 2:
+            raise ArtifactVerificationError("multiclass model needs at least 2 classes")
+        expected = {"weights": (W.shape, (d, k)), "intercepts": (b.shape, (k,)),
+                    "feature_mean": (mean.shape, (d,)), "feature_scale": (scale.shape, (d,))}
+        for name, (got, want) in expected.items():
+            if tuple(got) != want:
+                raise ArtifactVerificationError(f"{name} has shape {got}, expected {want}")
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b)) and np.all(scale > 0)):
+            raise ArtifactVerificationError("weights must be finite and scales positive")
+        return cls(task, names, classes, W, b, mean, scale)
+
+    def tensors(self) -> dict[str, dict[str, Any]]:
+        return {"weights": to_tensor(self.W), "intercepts": to_tensor(self.b),
+                "feature_mean": to_tensor(self.mean), "feature_scale": to_tensor(self.scale)}
+
+
+def standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (1 where a column is constant)."""
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    return mean, scale

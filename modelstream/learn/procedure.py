@@ -1,0 +1,145 @@
+"""The training procedure: standardize, choose L2 by k-fold CV over a grid, fit, evaluate.
+
+This one function is what the trainer runs, what the validator cross-validates and what
+``modelstream models reproduce`` re-runs; identical inputs give identical bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from modelstream.learn.cv import folds_for
+from modelstream.learn.linear import LinearModel, standardization
+from modelstream.learn.metrics import PRIMARY, evaluate
+from modelstream.learn.sgd import GDConfig, fit_linear
+
+DEFAULT_L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model: LinearModel
+    config: GDConfig
+    epochs_run: int
+    l2_grid: tuple[float, ...]
+    l2_grid_scores: tuple[float, ...]
+    cv_folds: int
+    metrics: dict[str, float]
+
+
+def fit_fixed(
+    X: np.ndarray, y: np.ndarray, task: str, feature_names: Sequence[str],
+    classes: Sequence[str], config: GDConfig,
+) -> tuple[LinearModel, int]:
+    """Standardize on ``X`` and fit with the given hyperparameters (no search)."""
+    mean, scale = standardization(X)
+    fit = fit_linear((X - mean) / scale, y, task, len(classes), config)
+    model = LinearModel(task, list(feature_names), list(classes), fit.W, fit.b, mean, scale)
+    return model, fit.epochs_run
+
+
+def primary_score(task: str, y: np.ndarray, output: np.ndarray) -> float:
+    """The task's primary metric, oriented so that larger is better."""
+    name, larger_is_better = PRIMARY[task]
+    value = evaluate(task, y, output)[name]
+    return value if larger_is_better else -value
+
+
+def search_l2(
+    X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig,
+    grid: Sequence[float], k: int,
+) -> tuple[float, tuple[float, ...]]:
+    """Mean CV score of each L2 value; ties go to the stronger regularization."""
+    folds = folds_for(task, y, k, config.seed)
+    names = [f"x{i}" for i in range(X.shape[1])]
+    classes = [str(c) for c in range(n_classes)]
+    scores = []
+    for l2 in grid:
+        fold_scores = []
+        for train, test in folds:
+            model, _ = fit_fixed(X[train], y[train], task, names, classes, config.with_l2(l2))
+            fold_scores.append(primary_score(task, y[test], model.output(X[test])))
+        scores.append(float(np.mean(fold_scores)))
+    best = max(range(len(grid)), key=lambda i: (round(scores[i], 12), grid[i]))
+    return float(grid[best]), tuple(scores)
+
+
+def train(
+    X: np.ndarray, y: np.ndarray, task: str, feature_names: Sequence[str],
+    classes: Sequence[str], config: GDConfig, l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    cv_folds: int = 5,
+) -> TrainedModel:
+    """The whole procedure; deterministic for a given ``config.seed``."""
+    grid = tuple(float(v) for v in l2_grid)
+    k = min(cv_folds, _max_folds(task, y))
+    if len(grid) > 1 and k >= 2:
+        l2, scores = search_l2(X, y, task, len(classes), config, grid, k)
+    else:
+        l2, scores = (grid[0] if grid else config.l2), tuple(float("nan") for _ in grid)
+    chosen = replace(config, l2=l2)
+    model, epochs = fit_fixed(X, y, task, feature_names, classes, chosen)
+    metrics = {f"train_{k_}": v for k_, v in evaluate(task, y, model.output(X)).items()}
+    if scores:
+        best = max(s for s in scores if not np.isnan(s)) if not all(map(np.isnan, scores)) else 0
+        metrics["cv_primary"] = float(best)
+    return TrainedModel(model, chosen, epochs, grid, scores, k, metrics)
+
+
+def _max_folds(task: str, y: np.ndarray) -> int:
+    if task == "REGRESSION":
+        return len(y)
+    return int(np.bincount(y).min()) if len(y) else 0
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    metrics: dict[str, float]  # <metric>_mean and <metric>_std over the folds
+    # Both models on the held-out rows the champion never trained on (pooled over folds).
+    challenger_on_fresh: dict[str, float]
+    champion_on_fresh: dict[str, float]
+    fresh_examples: int
+    folds: int
+
+
+def cross_validate(
+    X: np.ndarray, y: np.ndarray, task: str, feature_names: Sequence[str],
+    classes: Sequence[str], config: GDConfig, k: int, seed: int,
+    champion: LinearModel | None = None, unseen_by_champion: np.ndarray | None = None,
+) -> CrossValidation:
+    """K-fold CV of the procedure with fixed hyperparameters. The champion (if any) is
+    compared on the held-out rows it never trained on (``unseen_by_champion``), where the
+    challenger's fold models are scored too."""
+    folds = folds_for(task, y, k, seed)
+    per_fold: list[dict[str, float]] = []
+    fresh = np.ones(len(y), bool) if unseen_by_champion is None else unseen_by_champion
+    fresh_rows: list[np.ndarray] = []
+    challenger_out: list[np.ndarray] = []
+    for train_idx, test_idx in folds:
+        model, _ = fit_fixed(X[train_idx], y[train_idx], task, feature_names, classes, config)
+        output = model.output(X[test_idx])
+        per_fold.append(evaluate(task, y[test_idx], output))
+        keep = fresh[test_idx]
+        fresh_rows.append(test_idx[keep])
+        challenger_out.append(output[keep])
+    rows = np.concatenate(fresh_rows)
+    challenger_fresh: dict[str, float] = {}
+    champion_fresh: dict[str, float] = {}
+    if champion is not None and len(rows):
+        challenger_fresh = summarize([evaluate(task, y[rows], np.concatenate(challenger_out))])
+        champion_fresh = summarize([evaluate(task, y[rows], champion.output(X[rows]))])
+    return CrossValidation(summarize(per_fold), challenger_fresh, champion_fresh,
+                           len(rows) if champion is not None else 0, len(folds))
+
+
+def summarize(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if not per_fold:
+        return out
+    for name in per_fold[0]:
+        values = np.array([m[name] for m in per_fold])
+        out[f"{name}_mean"] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else 0.0
+        out[f"{name}_std"] = float(np.nanstd(values)) if not np.all(np.isnan(values)) else 0.0
+    return out

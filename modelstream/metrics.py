@@ -1,0 +1,61 @@
+"""Every Prometheus metric modelstream exports, declared in one place.
+
+Names follow ``modelstream_<thing>_<unit>``; counters end in ``_total``; labels are limited
+to ``service``, ``model`` and ``version``. Each service serves ``/metrics`` on its own port
+(``MODELSTREAM_METRICS_PORT``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_CONSUMED = Counter(
+    "modelstream_events_consumed_total", "Records read from an input topic.", ["service"]
+)
+DEAD_LETTERS = Counter(
+    "modelstream_dead_letters_total", "Records sent to the dead-letter topic.",
+    ["service", "model"],
+)
+TRAINING_EXAMPLES = Counter(
+    "modelstream_training_examples_total", "Valid training examples accepted.", ["model"]
+)
+WINDOW_EXAMPLES = Gauge(
+    "modelstream_training_window_examples", "Examples in a model's training window.", ["model"]
+)
+TRAININGS = Counter(
+    "modelstream_trainings_total", "Candidate models trained and emitted.", ["service", "model"]
+)
+TRAINING_SECONDS = Histogram(
+    "modelstream_training_duration_seconds", "Wall time of one training procedure.", ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+VALIDATIONS = Counter(
+    "modelstream_validations_total", "Validation reports written, passed or not.", ["model"]
+)
+VALIDATIONS_REJECTED = Counter(
+    "modelstream_validations_rejected_total", "Candidates the gate rejected.", ["model"]
+)
+VALIDATION_SECONDS = Histogram(
+    "modelstream_validation_duration_seconds", "Wall time of one validation.", ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+PUBLISHED = Counter(
+    "modelstream_models_published_total", "Versions published to the registry.", ["model"]
+)
+ROLLBACKS = Counter(
+    "modelstream_rollbacks_total", "Rollbacks carried out by the publisher.", ["model"]
+)
+PRODUCTION_VERSION = Gauge(
+    "modelstream_production_version", "Version currently in production, per service's view.",
+    ["service", "model"],
+)
+ARTIFACTS_REFUSED = Counter(
+    "modelstream_artifacts_refused_total",
+    "Artifacts whose digest, signature or shape failed verification.", ["service", "model"],
+)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Start the /metrics HTTP endpoint on ``host:port`` (port 0 = disabled)."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,204 @@
+"""`modelstream models ...`: define models and read or drive the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from modelstream.artifact import body_digest, decrypt_tensors, verify_record
+from modelstream.control import send_command
+from modelstream.definitions import TASKS, Definition, command
+from modelstream.errors import ArtifactVerificationError, ConfigurationError
+from modelstream.lineage import load_lineage, retrain
+from modelstream.registry import load_history, load_production, public_key
+from modelstream.settings import Settings
+
+models_app = typer.Typer(help="Define models; list, show, roll back and reproduce versions.",
+                         no_args_is_help=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.find_root().obj.settings()  # type: ignore[no-any-return]
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+@models_app.command("define")
+def define(
+    ctx: typer.Context,
+    name: str,
+    task: Annotated[str, typer.Option(help="binary, multiclass or regression.")],
+    features: Annotated[str | None, typer.Option(
+        help="Comma-separated feature names (default: inferred from the first example).")] = None,
+    classes: Annotated[str | None, typer.Option(
+        help="Comma-separated class labels (default: inferred at first training).")] = None,
+    retrain_every: Annotated[int, typer.Option(
+        help="Train after this many new examples; 0 = only on `models train`.")] = 0,
+    min_examples: Annotated[int, typer.Option(help="Never train on fewer.")] = 50,
+    window_size: Annotated[int, typer.Option(help="Newest examples kept for training.")] = 20000,
+    cv_folds: Annotated[int, typer.Option(help="k of the validator's k-fold CV.")] = 5,
+    threshold: Annotated[list[str] | None, typer.Option(
+        help="Gate, e.g. min_accuracy=0.9 or max_rmse=3 (repeatable).")] = None,
+    tolerance: Annotated[float, typer.Option(
+        help="Allowed drop of the primary metric against production.")] = 0.01,
+    l2_grid: Annotated[str | None, typer.Option(help="Comma-separated L2 strengths.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of shuffles and splits.")] = 0,
+) -> None:
+    """Declare (or redefine) a model with a DEFINE command on `control`."""
+    thresholds: dict[str, float] = {}
+    for item in threshold or []:
+        key, _, value = item.partition("=")
+        try:
+            thresholds[key.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"threshold {item!r} is not KEY=NUMBER") from None
+    task_name = task.upper()
+    if task_name not in TASKS:
+        raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in TASKS)}")
+    definition = Definition(
+        name=name, task=task_name, feature_names=_csv(features), classes=_csv(classes),
+        retrain_every=retrain_every, min_examples=min_examples, window_size=window_size,
+        cv_folds=cv_folds, thresholds=thresholds, tolerance=tolerance,
+        l2_grid=tuple(float(v) for v in _csv(l2_grid)), seed=seed,
+    )
+    try:
+        definition.check()
+    except Exception as exc:
+        raise typer.BadParameter(str(exc)) from None
+    asyncio.run(send_command(_settings(ctx), command(name, "DEFINE", definition=definition)))
+    typer.echo(f"defined {name} ({task_name.lower()})")
+
+
+@models_app.command("train")
+def train_now(ctx: typer.Context, name: str) -> None:
+    """Ask the trainer to train NAME now on its current window."""
+    asyncio.run(send_command(_settings(ctx), command(name, "TRAIN")))
+    typer.echo(f"train command sent for {name}")
+
+
+@models_app.command("rollback")
+def rollback(
+    ctx: typer.Context, name: str, version: int,
+    reason: Annotated[str, typer.Option(help="Recorded on the audit topic.")] = "",
+) -> None:
+    """Make VERSION (from the history) production again; the publisher carries it out."""
+    asyncio.run(send_command(_settings(ctx), command(name, "ROLLBACK", version=version,
+                                                     reason=reason)))
+    typer.echo(f"rollback of {name} to v{version} requested")
+
+
+def _summary(artifact: dict[str, Any], verified: str) -> dict[str, Any]:
+    body = artifact["body"]
+    return {
+        "name": body["name"], "version": body["version"], "stage": body["stage"],
+        "task": body["task"].lower(), "digest": artifact["digest"],
+        "key_id": artifact["key_id"], "signature": verified,
+        "parent_version": body["parent_version"], "created_at_ms": body["created_at_ms"],
+        "created_by": body["created_by"], "features": body["feature_names"],
+        "classes": body["classes"], "encrypted": body["encryption"] is not None,
+        "training": body["training"], "metrics": body["metrics"], "lineage": body["lineage"],
+    }
+
+
+def _verification(settings: Settings, artifact: dict[str, Any]) -> str:
+    key = public_key(settings)
+    if key is None:
+        return "not checked (no MODELSTREAM_PUBLIC_KEY_FILE)"
+    try:
+        verify_record(artifact, key)
+        return "verified"
+    except ArtifactVerificationError as exc:
+        return f"FAILED: {exc}"
+
+
+@models_app.command("list")
+def list_models(ctx: typer.Context) -> None:
+    """Every model with its production version and how many versions exist."""
+    settings = _settings(ctx)
+
+    async def gather() -> tuple[dict[str, Any], dict[tuple[str, int], Any]]:
+        production = await load_production(settings, public_key(settings),
+                                           allow_unsigned=public_key(settings) is None)
+        return production, await load_history(settings)
+
+    production, history = asyncio.run(gather())
+    names = sorted({n for n, _ in history} | set(production))
+    if not names:
+        typer.echo("no published models")
+        return
+    typer.echo(f"{'model':24} {'production':>10} {'versions':>8}  digest        metrics")
+    for name in names:
+        current = production.get(name)
+        count = sum(1 for n, _ in history if n == name)
+        if current is None:
+            typer.echo(f"{name:24} {'-':>10} {count:>8}")
+            continue
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(current.body["metrics"].items())
+                           if k.startswith(("cv_", "train_accuracy", "train_rmse")))
+        typer.echo(f"{name:24} {'v' + str(current.body['version']):>10} {count:>8}  "
+                   f"{current.digest[:12]}  {metrics}")
+
+
+@models_app.command("show")
+def show(
+    ctx: typer.Context, name: str,
+    version: Annotated[int | None, typer.Option(help="Default: the production version.")] = None,
+) -> None:
+    """Everything an artifact says about itself (weights omitted), as JSON."""
+    settings = _settings(ctx)
+    if version is None:
+        production = asyncio.run(load_production(settings, public_key(settings),
+                                                 allow_unsigned=public_key(settings) is None))
+        if name not in production:
+            raise ConfigurationError(f"{name!r} has no production version")
+        artifact = production[name].record
+    else:
+        history = asyncio.run(load_history(settings))
+        if (name, version) not in history:
+            raise ConfigurationError(f"{name!r} has no version {version}")
+        artifact = history[(name, version)]
+    typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
+
+
+@models_app.command("reproduce")
+def reproduce(ctx: typer.Context, name: str, version: int) -> None:
+    """Re-read VERSION's lineage from Kafka, retrain with its recorded hyperparameters and
+    seed, and say whether the result matches the published digest bit for bit."""
+    settings = _settings(ctx)
+    history = asyncio.run(load_history(settings))
+    if (name, version) not in history:
+        raise ConfigurationError(f"{name!r} has no version {version}")
+    artifact = history[(name, version)]
+    published = artifact["body"]
+    if published["lineage"]["origin"] != "BATCH":
+        raise ConfigurationError(f"v{version} was not trained from the training log")
+    data_key = settings.data_key()
+    plain = decrypt_tensors(published, data_key[0] if data_key else None)
+    data = asyncio.run(load_lineage(settings, plain))
+    trained = retrain(plain, data)
+    rebuilt = dict(plain)
+    rebuilt.update(trained.model.tensors())
+    # Metrics the publisher added after validation are not training output; keep them, in
+    # the same map order, since the digest covers their encoding.
+    rebuilt["metrics"] = {**trained.metrics, **{k: v for k, v in plain["metrics"].items()
+                                                if k.startswith("validation_")}}
+    rebuilt["training"] = {**plain["training"], "l2": trained.config.l2,
+                           "l2_grid_scores": list(trained.l2_grid_scores),
+                           "epochs_run": trained.epochs_run}
+    matches_plain = body_digest(rebuilt) == body_digest(plain)
+    if published["encryption"] is None:
+        matches = body_digest(rebuilt) == artifact["digest"]
+        typer.echo(f"{name} v{version}: re-read {len(data.y)} examples; retrained digest "
+                   f"{body_digest(rebuilt)[:16]} vs published {artifact['digest'][:16]}: "
+                   + ("MATCH (bit for bit)" if matches else "MISMATCH"))
+    else:
+        matches = matches_plain
+        typer.echo(f"{name} v{version}: weights are encrypted; compared decrypted bodies: "
+                   + ("MATCH (bit for bit)" if matches else "MISMATCH"))
+    if not matches:
+        raise typer.Exit(code=1)

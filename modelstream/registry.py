@@ -1,0 +1,89 @@
+"""Reading the registry and the control log back from Kafka.
+
+``models`` is compacted: reading it to the end and keeping the newest record per key gives
+the production version of every model. ``model-history`` holds every version published;
+``control`` holds every definition and command ever issued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from modelstream.artifact import Verified, load_public_key, verify_bytes
+from modelstream.codec import default_codec
+from modelstream.definitions import Definition
+from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.kafka import read_to_end
+from modelstream.settings import Settings
+from modelstream.topics import CONTROL, MODEL_HISTORY, MODELS
+
+log = logging.getLogger(__name__)
+
+
+def public_key(settings: Settings) -> Ed25519PublicKey | None:
+    return load_public_key(settings.public_key_file) if settings.public_key_file else None
+
+
+@dataclass
+class ControlLog:
+    definitions: dict[str, Definition] = field(default_factory=dict)
+    commands: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def load_control(settings: Settings) -> ControlLog:
+    """Every definition (newest wins) and command on ``control``; bad ones are skipped."""
+    codec = default_codec()
+    state = ControlLog()
+    async for record in read_to_end(settings, settings.topic(CONTROL)):
+        try:
+            cmd = codec.decode_any(record.value, "Command")
+            if cmd["action"] == "DEFINE":
+                state.definitions[cmd["model"]] = Definition.from_command(cmd)
+        except (DecodeError, InvalidEventError) as exc:
+            log.debug("skipping control record %d: %s", record.offset, exc)
+            continue
+        state.commands.append(cmd)
+    return state
+
+
+async def load_production(
+    settings: Settings, key: Ed25519PublicKey | None = None, *, allow_unsigned: bool | None = None
+) -> dict[str, Verified]:
+    """The newest verified artifact per model on ``models``; a record that fails
+    verification is skipped (the previous good one stays)."""
+    allow = settings.allow_unsigned if allow_unsigned is None else allow_unsigned
+    out: dict[str, Verified] = {}
+    async for record in read_to_end(settings, settings.topic(MODELS)):
+        try:
+            verified = verify_bytes(record.value, key, allow_unsigned=allow)
+        except (ArtifactVerificationError, DecodeError) as exc:
+            log.warning("registry record %d refused: %s", record.offset, exc)
+            continue
+        out[verified.body["name"]] = verified
+    return out
+
+
+async def load_history(settings: Settings) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every published artifact record by (name, version), as written (not re-verified)."""
+    codec = default_codec()
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    async for record in read_to_end(settings, settings.topic(MODEL_HISTORY)):
+        try:
+            artifact = codec.decode(record.value, "ModelArtifact")
+        except DecodeError:
+            continue
+        body = artifact["body"]
+        out[(body["name"], body["version"])] = artifact
+    return out
+
+
+def latest_versions(history: Mapping[tuple[str, int], Any]) -> dict[str, int]:
+    latest: dict[str, int] = {}
+    for name, version in history:
+        latest[name] = max(version, latest.get(name, 0))
+    return latest

@@ -1,0 +1,197 @@
+"""Per-model training windows and candidate building; pure Python/numpy, no Kafka."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelstream.artifact import seal
+from modelstream.definitions import (
+    Definition,
+    check_feature_count,
+    check_label,
+    feature_vector,
+    infer_feature_names,
+    labels_to_targets,
+    now_ms,
+    sorted_classes,
+)
+from modelstream.errors import InvalidEventError
+from modelstream.learn.procedure import DEFAULT_L2_GRID, TrainedModel, train
+from modelstream.learn.sgd import GDConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    partition: int
+    offset: int
+    x: np.ndarray
+    label: str | float
+
+
+@dataclass
+class ModelWindow:
+    """The newest ``window_size`` valid examples of one model, and what is due."""
+
+    definition: Definition
+    examples: deque[Example] = field(default_factory=deque)
+    new_since_training: int = 0
+    train_requested: bool = False
+
+    def __post_init__(self) -> None:
+        self.examples = deque(self.examples, maxlen=self.definition.window_size)
+
+    def redefine(self, definition: Definition) -> None:
+        kept = list(self.examples)
+        self.definition = definition
+        self.examples = deque(kept, maxlen=definition.window_size)
+
+    @property
+    def due(self) -> bool:
+        d = self.definition
+        enough = len(self.examples) >= d.min_examples
+        by_count = d.retrain_every > 0 and self.new_since_training >= d.retrain_every
+        return enough and (self.train_requested or by_count)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    body: dict[str, Any]
+    trained: TrainedModel
+    inferred: Definition | None  # set when feature names or classes were just fixed
+
+
+class TrainingError(InvalidEventError):
+    pass
+
+
+class TrainerLogic:
+    def __init__(self, gd: GDConfig) -> None:
+        self.gd = gd
+        self.windows: dict[str, ModelWindow] = {}
+
+    def define(self, definition: Definition) -> None:
+        window = self.windows.get(definition.name)
+        if window is None:
+            self.windows[definition.name] = ModelWindow(definition)
+        else:
+            window.redefine(definition)
+
+    def request_training(self, model: str) -> None:
+        window = self.windows.get(model)
+        if window is None:
+            raise InvalidEventError("unknown-model", f"no model named {model!r} is defined")
+        window.train_requested = True
+
+    def accept(self, example: Mapping[str, Any], partition: int, offset: int,
+               *, count_as_new: bool = True) -> None:
+        """Validate one TrainingExample and add it to its model's window."""
+        name = example["model"]
+        window = self.windows.get(name)
+        if window is None:
+            raise InvalidEventError("unknown-model", f"no model named {name!r} is defined")
+        d = window.definition
+        names = d.feature_names
+        if not names:
+            names = tuple(infer_feature_names(example["features"]))
+            check_feature_count(names)
+            d = d.fixed(names, d.classes)
+            window.redefine(d)  # fixed from now on
+        x = feature_vector(example["features"], names)
+        label = check_label(example["label"], d)
+        window.examples.append(Example(partition, offset, x, label))
+        if count_as_new:
+            window.new_since_training += 1
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        for window in self.windows.values():
+            kept = [e for e in window.examples if e.partition not in gone]
+            window.examples = deque(kept, maxlen=window.definition.window_size)
+
+    def due_models(self) -> list[str]:
+        return sorted(name for name, w in self.windows.items() if w.due)
+
+    def build_candidate(self, name: str, topic: str, parent_version: int | None) -> Candidate:
+        """Train on the window and wrap the result as an (unsigned) candidate artifact."""
+        window = self.windows[name]
+        d = window.definition
+        examples = list(window.examples)
+        labels = [e.label for e in examples]
+        classes: tuple[str, ...] = d.classes
+        if d.task != "REGRESSION" and not classes:
+            classes = tuple(sorted_classes([str(v) for v in labels]))
+        if d.task == "BINARY" and len(classes) != 2:
+            raise TrainingError("too-few-classes",
+                                f"binary model {name!r} has seen classes {list(classes)}")
+        if d.task == "MULTICLASS" and len(classes) < 2:
+            raise TrainingError("too-few-classes", f"{name!r} has seen only {list(classes)}")
+        inferred = d.fixed(d.feature_names, classes) if classes != d.classes else None
+        X = np.vstack([e.x for e in examples])
+        y = labels_to_targets(labels, d.task, classes)
+        config = GDConfig(
+            learning_rate=self.gd.learning_rate, lr_decay=self.gd.lr_decay,
+            momentum=self.gd.momentum, batch_size=self.gd.batch_size,
+            max_epochs=self.gd.max_epochs, patience=self.gd.patience,
+            validation_fraction=self.gd.validation_fraction, seed=d.seed,
+        )
+        trained = train(X, y, d.task, d.feature_names, classes, config,
+                        d.l2_grid or DEFAULT_L2_GRID, d.cv_folds)
+        body = candidate_body(name, d.task, trained, lineage_ranges(topic, examples),
+                              len(examples), parent_version)
+        return Candidate(body, trained, inferred)
+
+    def trained(self, name: str) -> None:
+        window = self.windows[name]
+        window.new_since_training = 0
+        window.train_requested = False
+
+
+def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[dict[str, Any]]:
+    bounds: dict[int, list[int]] = {}
+    for e in examples:
+        lo_hi = bounds.setdefault(e.partition, [e.offset, e.offset])
+        lo_hi[0] = min(lo_hi[0], e.offset)
+        lo_hi[1] = max(lo_hi[1], e.offset)
+    return [{"topic": topic, "partition": p, "start": lo, "end": hi + 1}
+            for p, (lo, hi) in sorted(bounds.items())]
+
+
+def candidate_body(
+    name: str, task: str, trained: TrainedModel, ranges: list[dict[str, Any]],
+    example_count: int, parent_version: int | None, *, created_at_ms: int | None = None,
+    created_by: str = "trainer",
+) -> dict[str, Any]:
+    cfg = trained.config
+    return {
+        "name": name, "version": 0, "stage": "CANDIDATE", "task": task,
+        "feature_names": list(trained.model.feature_names),
+        "classes": list(trained.model.classes),
+        **trained.model.tensors(),
+        "training": {
+            "algorithm": "minibatch-gd", "l2": cfg.l2, "learning_rate": cfg.learning_rate,
+            "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
+            "max_epochs": cfg.max_epochs, "patience": cfg.patience,
+            "validation_fraction": cfg.validation_fraction, "seed": cfg.seed,
+            "cv_folds": trained.cv_folds, "l2_grid": list(trained.l2_grid),
+            "l2_grid_scores": list(trained.l2_grid_scores), "epochs_run": trained.epochs_run,
+        },
+        "metrics": dict(trained.metrics),
+        "lineage": {"origin": "BATCH", "ranges": ranges, "example_count": example_count},
+        "parent_version": parent_version,
+        "created_at_ms": now_ms() if created_at_ms is None else created_at_ms,
+        "created_by": created_by,
+        "encryption": None,
+    }
+
+
+def sealed_candidate(candidate: Candidate) -> dict[str, Any]:
+    """Candidates carry a digest (integrity) but no signature: only the publisher signs."""
+    return seal(candidate.body)

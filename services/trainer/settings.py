@@ -1,0 +1,18 @@
+"""Trainer settings: the shared ones plus the optimizer's defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from modelstream.settings import Settings
+
+
+class TrainerSettings(Settings):
+    metrics_port: int = Field(default=9101, ge=0, le=65535)
+    learning_rate: float = Field(default=0.1, gt=0)
+    lr_decay: float = Field(default=0.01, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    max_epochs: int = Field(default=200, ge=1)
+    patience: int = Field(default=10, ge=1)
+    validation_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+    poll_max_records: int = Field(default=5000, ge=1)

@@ -1,0 +1,217 @@
+"""The validator's Kafka side: judge each candidate, write a report, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from aiokafka import ConsumerRecord, TopicPartition
+
+from modelstream.artifact import Verified, decrypt_tensors, verify_bytes
+from modelstream.codec import default_codec
+from modelstream.control import ControlFollower
+from modelstream.definitions import (
+    Definition,
+    audit_event,
+    check_label,
+    feature_vector,
+    labels_to_targets,
+)
+from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.kafka import (
+    DeadLetterWriter,
+    OffsetRange,
+    make_consumer,
+    make_producer,
+    read_ranges,
+)
+from modelstream.learn.linear import LinearModel
+from modelstream.lineage import config_from_record, load_lineage, within_lineage
+from modelstream.metrics import (
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    VALIDATION_SECONDS,
+    VALIDATIONS,
+    VALIDATIONS_REJECTED,
+    serve_metrics,
+)
+from modelstream.registry import load_production, public_key
+from modelstream.services.validator.logic import (
+    Champion,
+    Verdict,
+    cross_validation_verdict,
+    holdout_verdict,
+    report,
+)
+from modelstream.services.validator.settings import ValidatorSettings
+from modelstream.topics import AUDIT, CANDIDATES, DEADLETTER, TRAINING
+from modelstream.topics import VALIDATIONS as REPORTS
+
+log = logging.getLogger("modelstream.validator")
+SERVICE = "validator"
+
+
+class ValidatorApp:
+    def __init__(self, settings: ValidatorSettings) -> None:
+        self.settings = settings
+        self.codec = default_codec()
+        self.definitions: dict[str, Definition] = {}
+        self.public_key = public_key(settings)
+        data_key = settings.data_key()
+        self.data_key = data_key[0] if data_key else None
+        self.group = settings.group(SERVICE)
+        self.consumer = make_consumer(settings, settings.topic(CANDIDATES), group_id=self.group,
+                                      max_poll_records=1)
+        self.producer = make_producer(
+            settings, transactional_id=settings.transactional_id(SERVICE))
+        self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
+        self.control = ControlFollower(settings, self._apply_command)
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _apply_command(self, cmd: dict[str, Any], replay: bool) -> None:
+        if cmd["action"] == "DEFINE":
+            self.definitions[cmd["model"]] = Definition.from_command(cmd)
+
+    async def start(self) -> None:
+        serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
+        await self.producer.start()
+        await self.control.start()
+        await self.consumer.start()
+        log.info("validator started on %s", self.settings.bootstrap)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.control.stop()
+        await self.producer.stop()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            batch = await self.consumer.getmany(timeout_ms=200)
+            await self.control.poll()
+            for tp, records in batch.items():
+                for record in records:
+                    EVENTS_CONSUMED.labels(SERVICE).inc()
+                    await self._process(tp, record)
+
+    async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        name = record.key.decode(errors="replace") if record.key else ""
+        try:
+            candidate = verify_bytes(record.value, None, allow_unsigned=True, codec=self.codec)
+            name = candidate.body["name"]
+            definition = self.definitions.get(name)
+            if definition is None:
+                raise InvalidEventError("unknown-model", f"no model named {name!r} is defined")
+            if candidate.body["encryption"] is not None:
+                raise InvalidEventError("encrypted-candidate",
+                                        "candidates must not be encrypted; the publisher encrypts")
+            model = LinearModel.from_body(candidate.body)
+        except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
+            DEAD_LETTERS.labels(SERVICE, name).inc()
+            async with self.producer.transaction():
+                await self.dead.send(record, exc.reason, str(exc))
+                await self._commit(tp, record)
+            return
+        with VALIDATION_SECONDS.labels(name).time():
+            champion, champion_body = await self._champion(name, model)
+            verdict = await self._judge(candidate, model, definition, champion, champion_body)
+        champion_version = champion_body["version"] if champion_body else None
+        result = report(candidate.body, candidate.record, verdict, champion_version, SERVICE)
+        event = "validated" if verdict.passed else "rejected"
+        audit = audit_event(
+            name, event, service=SERVICE, digest=candidate.digest,
+            reason="; ".join(verdict.reasons) or "passed the gate",
+            details={"method": verdict.method, "examples": verdict.examples,
+                     "champion_version": champion_version, "comparison": verdict.comparison,
+                     **{k: f"{v:.6g}" for k, v in verdict.metrics.items()}},
+        )
+        fmt = self.settings.output_format.value
+        async with self.producer.transaction():
+            await self.producer.send(self.settings.topic(REPORTS), key=name.encode(),
+                                     value=self.codec.encode("ValidationReport", result))
+            await self.producer.send(self.settings.topic(AUDIT), key=name.encode(),
+                                     value=self.codec.encode_as("AuditEvent", audit, fmt))
+            await self._commit(tp, record)
+        VALIDATIONS.labels(name).inc()
+        if not verdict.passed:
+            VALIDATIONS_REJECTED.labels(name).inc()
+        log.info("%s candidate %s of %s: %s", event, candidate.digest[:12], name,
+                 "; ".join(verdict.reasons) or verdict.metrics)
+
+    async def _commit(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        await self.producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
+
+    async def _champion(self, name: str, candidate: LinearModel
+                        ) -> tuple[Champion | None, dict[str, Any] | None]:
+        production = await load_production(self.settings, self.public_key)
+        current: Verified | None = production.get(name)
+        if current is None:
+            return None, None
+        version = current.body["version"]
+        try:
+            model = LinearModel.from_body(decrypt_tensors(current.body, self.data_key))
+        except ArtifactVerificationError as exc:
+            log.warning("champion %s v%d unusable: %s", name, version, exc)
+            return None, current.body
+        if model.feature_names != candidate.feature_names or model.classes != candidate.classes:
+            log.warning("champion %s v%d has other features or classes; no comparison", name,
+                        version)
+            return None, current.body
+        return Champion(model, version, dict(current.body["metrics"])), current.body
+
+    async def _judge(self, candidate: Verified, model: LinearModel, definition: Definition,
+                     champion: Champion | None, champion_body: dict[str, Any] | None) -> Verdict:
+        body = candidate.body
+        if body["lineage"]["origin"] == "BATCH":
+            data = await load_lineage(self.settings, body)
+            unseen = (~within_lineage(data.positions, champion_body)
+                      if champion_body is not None else None)
+            return await asyncio.to_thread(
+                cross_validation_verdict, body, data.X, data.y, definition,
+                config_from_record(body["training"]), champion, unseen)
+        X, y, positions = await self._holdout(body)
+        unseen = (~within_lineage(positions, champion_body) if champion_body is not None
+                  else np.ones(len(y), bool))
+        return holdout_verdict(body, model, X, y, definition, champion, unseen)
+
+    async def _holdout(self, body: dict[str, Any]
+                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
+        """The newest labelled examples of the model on ``training``."""
+        topic = self.settings.topic(TRAINING)
+        probe = make_consumer(self.settings, group_id=None)
+        await probe.start()
+        try:
+            parts = sorted(probe.partitions_for_topic(topic) or set())
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await probe.end_offsets(tps)
+            begins = await probe.beginning_offsets(tps)
+        finally:
+            await probe.stop()
+        ranges = [OffsetRange(topic, tp.partition,
+                              max(begins[tp], ends[tp] - self.settings.holdout_scan), ends[tp])
+                  for tp in tps]
+        rules = Definition(name=body["name"], task=body["task"],
+                           feature_names=tuple(body["feature_names"]),
+                           classes=tuple(body["classes"]))
+        rows: list[tuple[int, np.ndarray, str | float, tuple[str, int, int]]] = []
+        async for record in read_ranges(self.settings, ranges):
+            try:
+                example = self.codec.decode_any(record.value, "TrainingExample")
+                if example["model"] != rules.name:
+                    continue
+                rows.append((record.timestamp, feature_vector(example["features"],
+                                                              rules.feature_names),
+                             check_label(example["label"], rules),
+                             (record.topic, record.partition, record.offset)))
+            except (DecodeError, InvalidEventError):
+                continue
+        rows.sort(key=lambda r: r[0])
+        rows = rows[-self.settings.holdout_size:]
+        d = len(rules.feature_names)
+        X = np.vstack([r[1] for r in rows]) if rows else np.empty((0, d))
+        y = labels_to_targets([r[2] for r in rows], rules.task, rules.classes)
+        return X, y, [r[3] for r in rows]

@@ -1,0 +1,149 @@
+"""The gate: absolute thresholds and champion/challenger; pure numpy, no Kafka.
+
+A fair comparison needs data neither model trained on. The challenger's fold models are
+scored on their held-out folds; the champion is scored only on held-out rows outside its
+own lineage (rows it never trained on), and the challenger on the same rows. When fewer
+than ``MIN_FRESH`` such rows exist (a retrain on the same window), the challenger's CV
+estimate is compared with the champion's CV estimate recorded when it was published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from modelstream.definitions import Definition, now_ms
+from modelstream.learn.linear import LinearModel
+from modelstream.learn.metrics import PRIMARY, evaluate
+from modelstream.learn.procedure import cross_validate, summarize
+from modelstream.learn.sgd import GDConfig
+
+MIN_FRESH = 30
+RECORDED_PREFIX = "validation_"
+
+
+@dataclass(frozen=True)
+class Champion:
+    model: LinearModel
+    version: int
+    recorded: Mapping[str, float]  # the published artifact's metrics
+
+
+@dataclass
+class Verdict:
+    method: str
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    folds: int = 0
+    examples: int = 0
+    comparison: str = "no champion"
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+
+def cross_validation_verdict(
+    body: Mapping[str, Any], X: np.ndarray, y: np.ndarray, definition: Definition,
+    config: GDConfig, champion: Champion | None, unseen_by_champion: np.ndarray | None,
+) -> Verdict:
+    """Re-train the candidate's procedure on k folds of the re-read examples."""
+    claimed = body["lineage"]["example_count"]
+    verdict = Verdict("cross-validation", {}, examples=len(y))
+    if len(y) != claimed:
+        verdict.reasons.append(
+            f"lineage names {claimed} examples but {len(y)} were re-read from Kafka")
+        return verdict
+    k = definition.cv_folds
+    if body["task"] == "REGRESSION":
+        smallest = len(y)
+    else:
+        smallest = int(np.bincount(y, minlength=len(body["classes"])).min()) if len(y) else 0
+    if smallest < k:
+        verdict.reasons.append(f"{k}-fold cross-validation needs >= {k} examples per class")
+        return verdict
+    cv = cross_validate(X, y, body["task"], body["feature_names"], body["classes"], config, k,
+                        seed=definition.seed, champion=champion.model if champion else None,
+                        unseen_by_champion=unseen_by_champion)
+    verdict.metrics, verdict.folds = cv.metrics, cv.folds
+    apply_thresholds(verdict, definition)
+    if champion is not None:
+        compare(verdict, body["task"], definition, champion, cv.challenger_on_fresh,
+                cv.champion_on_fresh, cv.fresh_examples)
+    return verdict
+
+
+def holdout_verdict(
+    body: Mapping[str, Any], candidate: LinearModel, X: np.ndarray, y: np.ndarray,
+    definition: Definition, champion: Champion | None, unseen_by_champion: np.ndarray,
+) -> Verdict:
+    """Score fixed weights (online-learned, imported) on recent labelled examples."""
+    verdict = Verdict("holdout", {}, examples=len(y), folds=1)
+    if len(y) < 10:
+        verdict.reasons.append(f"only {len(y)} labelled examples available for the holdout")
+        return verdict
+    task = body["task"]
+    verdict.metrics = summarize([evaluate(task, y, candidate.output(X))])
+    apply_thresholds(verdict, definition)
+    if champion is not None:
+        rows = np.flatnonzero(unseen_by_champion)
+        ours = summarize([evaluate(task, y[rows], candidate.output(X[rows]))]) if len(rows) else {}
+        theirs = (summarize([evaluate(task, y[rows], champion.model.output(X[rows]))])
+                  if len(rows) else {})
+        compare(verdict, task, definition, champion, ours, theirs, len(rows))
+    return verdict
+
+
+def apply_thresholds(verdict: Verdict, definition: Definition) -> None:
+    for key, bound in sorted(definition.thresholds.items()):
+        kind, metric = key.split("_", 1)
+        value = verdict.metrics.get(f"{metric}_mean")
+        if value is None:
+            verdict.reasons.append(f"threshold {key}: metric {metric!r} is not computed")
+        elif kind == "min" and value < bound:
+            verdict.reasons.append(f"{metric} {value:.4f} is below the minimum {bound}")
+        elif kind == "max" and value > bound:
+            verdict.reasons.append(f"{metric} {value:.4f} is above the maximum {bound}")
+
+
+def compare(verdict: Verdict, task: str, definition: Definition, champion: Champion,
+            challenger_fresh: Mapping[str, float], champion_fresh: Mapping[str, float],
+            fresh: int) -> None:
+    name, larger_is_better = PRIMARY[task]
+    key = f"{name}_mean"
+    recorded = {k[len(RECORDED_PREFIX):]: v for k, v in champion.recorded.items()
+                if k.startswith(RECORDED_PREFIX)}
+    if fresh >= MIN_FRESH:
+        ours, theirs = challenger_fresh[key], champion_fresh[key]
+        verdict.champion_metrics = {**champion_fresh, "fresh_examples": float(fresh)}
+        verdict.comparison = f"both on {fresh} held-out examples the champion never trained on"
+    elif key in recorded:
+        ours, theirs = verdict.metrics[key], recorded[key]
+        verdict.champion_metrics = dict(recorded)
+        verdict.comparison = (f"cross-validation estimates (only {fresh} held-out examples "
+                              f"were new to the champion)")
+    else:
+        verdict.comparison = "no fair comparison possible (no fresh data, no recorded estimate)"
+        return
+    tol = definition.tolerance
+    worse = ours < theirs - tol if larger_is_better else ours > theirs + tol
+    if worse:
+        verdict.reasons.append(
+            f"{name} {ours:.4f} is worse than champion v{champion.version}'s {theirs:.4f} by "
+            f"more than {tol} ({verdict.comparison})")
+
+
+def report(body: Mapping[str, Any], artifact: Mapping[str, Any], verdict: Verdict,
+           champion_version: int | None, validator: str) -> dict[str, Any]:
+    return {
+        "model": body["name"], "candidate_digest": artifact["digest"],
+        "passed": verdict.passed, "method": verdict.method, "metrics": verdict.metrics,
+        "champion_version": champion_version, "champion_metrics": verdict.champion_metrics,
+        "reasons": verdict.reasons, "folds": verdict.folds, "examples": verdict.examples,
+        "artifact": dict(artifact) if verdict.passed else None,
+        "validated_at_ms": now_ms(), "validator": validator,
+    }

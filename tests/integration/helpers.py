@@ -1,0 +1,81 @@
+"""Small helpers for integration tests: run services in-process, produce, consume."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+
+from modelstream.codec import default_codec
+from modelstream.runner import Service
+from modelstream.settings import Settings
+
+
+@asynccontextmanager
+async def running(service: Service):  # type: ignore[no-untyped-def]
+    """Start a service, run it as a task, and stop it cleanly on exit."""
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()
+        raise
+    task = asyncio.create_task(service.run())
+    try:
+        yield service
+    finally:
+        service.request_stop()
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            await service.stop()
+
+
+async def produce(settings: Settings, topic: str,
+                  items: Iterable[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(settings.topic(topic), value=v, key=k) for k, v in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_records(settings: Settings, topic: str, type_name: str,
+                          records: Iterable[dict[str, Any]], key: Callable[[dict], str]) -> None:
+    codec = default_codec()
+    await produce(settings, topic, ((key(r).encode(), codec.encode(type_name, r))
+                                    for r in records))
+
+
+async def consume_until(
+    settings: Settings, topic: str, done: Callable[[list[ConsumerRecord]], bool],
+    timeout_s: float = 60.0,
+) -> list[ConsumerRecord]:
+    """Read ``topic`` from the beginning (read_committed) until ``done(records)``."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.bootstrap, group_id=None,
+        auto_offset_reset="earliest", isolation_level="read_committed")
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(records):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: condition not met after {timeout_s}s "
+                                   f"({len(records)} records)")
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def decoded(records: Iterable[ConsumerRecord], type_name: str) -> list[dict[str, Any]]:
+    codec = default_codec()
+    return [codec.decode_any(r.value, type_name) for r in records]
