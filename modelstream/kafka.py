@@ -106,7 +106,7 @@ async def read_to_end(
     settings: Settings, topic: str, *, timeout_s: float = 30.0
 ) -> AsyncIterator[ConsumerRecord]:
     """Every committed record of ``topic`` from the beginning up to its end at call time."""
-    consumer = make_consumer(settings, group_id=None)
+    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -140,7 +140,7 @@ async def read_ranges(
     wanted = [r for r in ranges if r.end > r.start]
     if not wanted:
         return
-    consumer = make_consumer(settings, group_id=None)
+    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
     try:
         tps = {TopicPartition(r.topic, r.partition): r for r in wanted}

@@ -39,6 +39,11 @@ VALIDATION_SECONDS = Histogram(
     "modelstream_validation_duration_seconds", "Wall time of one validation.", ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+CROSS_VALIDATION_SECONDS = Histogram(
+    "modelstream_cross_validation_duration_seconds",
+    "Compute time of one k-fold cross-validation (without reading Kafka).", ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 PUBLISHED = Counter(
     "modelstream_models_published_total", "Versions published to the registry.", ["model"]
 )

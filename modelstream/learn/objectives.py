@@ -1,13 +1,13 @@
-"""Loss functions of the three linear tasks: mean loss and its gradient, vectorized.
+"""Loss functions of the three linear tasks, vectorized over a grid of models.
 
-Each objective works on standardized features ``X`` (n × d), weights ``W`` (d × k) and
-intercepts ``b`` (k). Targets are ``y``: class indices for classifiers, values for regression.
-The L2 penalty ``l2/2 · ||W||²`` (never the intercept) is part of the loss.
+Weights hold ``G`` models side by side: ``W`` is (d × G·k) and ``b`` is (G·k), model ``g``
+owning columns ``g·k … g·k+k-1`` (k = 1 for binary and regression, the class count for
+softmax). Training a whole L2 grid is then one matrix product per step instead of G.
+The L2 penalty ``l2_g/2 · ||W_g||²`` (never the intercept) is part of each model's loss.
 
 >>> import numpy as np
 >>> X = np.array([[0.0], [1.0]]); y = np.array([0, 1])
->>> obj = objective_for("BINARY")
->>> loss, gW, gb = obj.loss_grad(X, y, np.zeros((1, 1)), np.zeros(1), l2=0.0)
+>>> loss, gW, gb = loss_grad("BINARY", X, y, np.zeros((1, 1)), np.zeros(1), l2=0.0)
 >>> round(float(loss), 4)
 0.6931
 """
@@ -23,19 +23,15 @@ EPS = 1e-15
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    # exp of a non-positive number never overflows, whatever the sign of z
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
+    # tanh form: one ufunc pass, no overflow for any z
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    shifted = z - z.max(axis=1, keepdims=True)
+    """Softmax over the last axis."""
+    shifted = z - z.max(axis=-1, keepdims=True)
     np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
+    shifted /= shifted.sum(axis=-1, keepdims=True)
     return shifted
 
 
@@ -44,78 +40,80 @@ class Objective(Protocol):
 
     def outputs(self, n_classes: int) -> int: ...
 
-    def loss_grad(
-        self, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, l2: float
-    ) -> tuple[float, np.ndarray, np.ndarray]: ...
+    def residual(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int
+                 ) -> np.ndarray: ...
 
-    def loss(self, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray) -> float: ...
+    def losses(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int
+               ) -> np.ndarray: ...
+
+
+# Inputs ``Xa`` end with a column of ones and ``W``'s last row holds the intercepts.
+# ``residual`` is d(mean loss)/d(linear output): the gradient is then ``Xa.T @ residual``.
 
 
 @dataclass(frozen=True)
 class BinaryLogistic:
-    """Log-loss of a sigmoid over one output column; ``y`` in {0, 1}."""
+    """Log-loss of a sigmoid per model; ``y`` in {0, 1}."""
 
     task: str = "BINARY"
 
     def outputs(self, n_classes: int) -> int:
         return 1
 
-    def loss_grad(self, X, y, W, b, l2):  # type: ignore[no-untyped-def]
-        p = sigmoid(X @ W[:, 0] + b[0])
-        n = X.shape[0]
-        loss = -np.mean(y * np.log(p + EPS) + (1 - y) * np.log(1 - p + EPS))
-        residual = (p - y) / n
-        grad_w = (X.T @ residual)[:, None] + l2 * W
-        return float(loss + 0.5 * l2 * np.sum(W * W)), grad_w, np.array([residual.sum()])
+    def residual(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+        r = Xa @ W
+        r *= 0.5
+        np.tanh(r, out=r)
+        r += 1.0 - 2.0 * y[:, None]  # = 2·(sigmoid(z) - y)
+        r *= 0.5 / Xa.shape[0]
+        return r
 
-    def loss(self, X, y, W, b):  # type: ignore[no-untyped-def]
-        p = sigmoid(X @ W[:, 0] + b[0])
-        return float(-np.mean(y * np.log(p + EPS) + (1 - y) * np.log(1 - p + EPS)))
+    def losses(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+        p = sigmoid(Xa @ W)
+        yc = y[:, None]
+        return -np.mean(yc * np.log(p + EPS) + (1 - yc) * np.log(1 - p + EPS), axis=0)
 
 
 @dataclass(frozen=True)
 class MultinomialLogistic:
-    """Cross-entropy of a softmax over one column per class; ``y`` are class indices."""
+    """Cross-entropy of a softmax over k columns per model; ``y`` are class indices."""
 
     task: str = "MULTICLASS"
 
     def outputs(self, n_classes: int) -> int:
         return n_classes
 
-    def loss_grad(self, X, y, W, b, l2):  # type: ignore[no-untyped-def]
-        n = X.shape[0]
-        p = softmax(X @ W + b)
-        rows = np.arange(n)
-        loss = -np.mean(np.log(p[rows, y] + EPS))
-        p[rows, y] -= 1.0
+    def residual(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+        n = Xa.shape[0]
+        p = softmax((Xa @ W).reshape(n, groups, -1))
+        p[np.arange(n), :, y] -= 1.0
         p /= n
-        grad_w = X.T @ p + l2 * W
-        return float(loss + 0.5 * l2 * np.sum(W * W)), grad_w, p.sum(axis=0)
+        return p.reshape(n, -1)
 
-    def loss(self, X, y, W, b):  # type: ignore[no-untyped-def]
-        p = softmax(X @ W + b)
-        return float(-np.mean(np.log(p[np.arange(X.shape[0]), y] + EPS)))
+    def losses(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+        n = Xa.shape[0]
+        p = softmax((Xa @ W).reshape(n, groups, -1))
+        return -np.mean(np.log(p[np.arange(n), :, y] + EPS), axis=0)
 
 
 @dataclass(frozen=True)
 class SquaredError:
-    """Half mean squared error of a linear output; ``y`` are real values."""
+    """Half mean squared error of a linear output per model; ``y`` are real values."""
 
     task: str = "REGRESSION"
 
     def outputs(self, n_classes: int) -> int:
         return 1
 
-    def loss_grad(self, X, y, W, b, l2):  # type: ignore[no-untyped-def]
-        n = X.shape[0]
-        residual = X @ W[:, 0] + b[0] - y
-        loss = 0.5 * np.mean(residual * residual)
-        grad_w = (X.T @ residual / n)[:, None] + l2 * W
-        return float(loss + 0.5 * l2 * np.sum(W * W)), grad_w, np.array([residual.mean()])
+    def residual(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+        r = Xa @ W
+        r -= y[:, None]
+        r /= Xa.shape[0]
+        return r
 
-    def loss(self, X, y, W, b):  # type: ignore[no-untyped-def]
-        residual = X @ W[:, 0] + b[0] - y
-        return float(0.5 * np.mean(residual * residual))
+    def losses(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+        r = Xa @ W - y[:, None]
+        return 0.5 * np.mean(r * r, axis=0)
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -127,3 +125,14 @@ OBJECTIVES: dict[str, Objective] = {
 
 def objective_for(task: str) -> Objective:
     return OBJECTIVES[task]
+
+
+def loss_grad(task: str, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray,
+              l2: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Penalized mean loss of one model and its gradient in (W, b)."""
+    objective = objective_for(task)
+    Xa = np.hstack((X, np.ones((X.shape[0], 1))))
+    Wa = np.vstack((W, b[None, :]))
+    grad = Xa.T @ objective.residual(Xa, y, Wa, 1)
+    loss = float(objective.losses(Xa, y, Wa, 1)[0]) + 0.5 * l2 * float(np.sum(W * W))
+    return loss, grad[:-1] + l2 * W, grad[-1]

@@ -14,7 +14,7 @@ import numpy as np
 from modelstream.learn.cv import folds_for
 from modelstream.learn.linear import LinearModel, standardization
 from modelstream.learn.metrics import PRIMARY, evaluate
-from modelstream.learn.sgd import GDConfig, fit_linear
+from modelstream.learn.sgd import GDConfig, fit_linear, fit_linear_grid
 
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -52,19 +52,20 @@ def search_l2(
     X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig,
     grid: Sequence[float], k: int,
 ) -> tuple[float, tuple[float, ...]]:
-    """Mean CV score of each L2 value; ties go to the stronger regularization."""
+    """Mean CV score of each L2 value (the whole grid trained at once per fold); ties go to
+    the stronger regularization."""
     folds = folds_for(task, y, k, config.seed)
-    names = [f"x{i}" for i in range(X.shape[1])]
-    classes = [str(c) for c in range(n_classes)]
-    scores = []
-    for l2 in grid:
-        fold_scores = []
-        for train, test in folds:
-            model, _ = fit_fixed(X[train], y[train], task, names, classes, config.with_l2(l2))
-            fold_scores.append(primary_score(task, y[test], model.output(X[test])))
-        scores.append(float(np.mean(fold_scores)))
+    fold_scores = np.zeros((len(folds), len(grid)))
+    for f, (train_idx, test_idx) in enumerate(folds):
+        mean, scale = standardization(X[train_idx])
+        fits = fit_linear_grid((X[train_idx] - mean) / scale, y[train_idx], task, n_classes,
+                               config, tuple(grid))
+        for g, fit in enumerate(fits):
+            model = LinearModel(task, [], [], fit.W, fit.b, mean, scale)
+            fold_scores[f, g] = primary_score(task, y[test_idx], model.output(X[test_idx]))
+    scores = tuple(float(v) for v in fold_scores.mean(axis=0))
     best = max(range(len(grid)), key=lambda i: (round(scores[i], 12), grid[i]))
-    return float(grid[best]), tuple(scores)
+    return float(grid[best]), scores
 
 
 def train(

@@ -23,11 +23,11 @@ from modelstream.learn.objectives import objective_for
 @dataclass(frozen=True)
 class GDConfig:
     l2: float = 1e-3
-    learning_rate: float = 0.1
+    learning_rate: float = 0.05
     lr_decay: float = 0.01
     momentum: float = 0.9
-    batch_size: int = 64
-    max_epochs: int = 200
+    batch_size: int = 128
+    max_epochs: int = 100
     patience: int = 10
     validation_fraction: float = 0.1
     tolerance: float = 1e-5
@@ -49,48 +49,71 @@ def fit_linear(
     X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig
 ) -> LinearFit:
     """Fit weights on standardized ``X``; keeps the weights of the best validation epoch."""
+    return fit_linear_grid(X, y, task, n_classes, config, (config.l2,))[0]
+
+
+def fit_linear_grid(
+    X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig,
+    l2_values: tuple[float, ...],
+) -> list[LinearFit]:
+    """Fit one model per L2 value in a single pass: the models share the shuffles (same
+    seed), so each equals its own separate run up to BLAS rounding, at the cost of one."""
     objective = objective_for(task)
     n, d = X.shape
     k = objective.outputs(n_classes)
+    groups = len(l2_values)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
     n_val = round(n * config.validation_fraction) if n >= 20 else 0
+    # A ones column carries the intercepts as the last weight row, so one matrix product
+    # and one update serve weights and intercepts alike; its penalty is masked off.
+    Xa = np.hstack((X, np.ones((n, 1))))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    X_train, y_train = X[train_idx], y[train_idx]
-    X_val, y_val = X[val_idx], y[val_idx]
+    X_train, y_train = Xa[train_idx], y[train_idx]
+    X_val, y_val = Xa[val_idx], y[val_idx]
     n_train = X_train.shape[0]
+    l2 = np.asarray(l2_values, dtype=np.float64)
+    penalty_mask = np.repeat(l2, k)[None, :] * np.r_[np.ones(d), 0.0][:, None]
 
-    W = np.zeros((d, k))
-    b = np.zeros(k)
-    vel_w = np.zeros_like(W)
-    vel_b = np.zeros_like(b)
-    best = (np.inf, W.copy(), b.copy(), 0)
-    stale = 0
-    epoch = 0
+    W = np.zeros((d + 1, groups * k))
+    velocity = np.zeros_like(W)
+    grad = np.empty_like(W)
+    best_loss = np.full(groups, np.inf)
+    best_W = W.copy()
+    stopped_at = np.zeros(groups, dtype=np.int64)
+    stale = np.zeros(groups, dtype=np.int64)
+    active = np.ones(groups, dtype=bool)
     batch = max(1, min(config.batch_size, n_train))
+    epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         lr = config.learning_rate / (1.0 + config.lr_decay * (epoch - 1))
         perm = rng.permutation(n_train)
+        Xs, ys = X_train[perm], y_train[perm]  # one gather per epoch; batches are views
         for start in range(0, n_train, batch):
-            idx = perm[start:start + batch]
-            _, grad_w, grad_b = objective.loss_grad(X_train[idx], y_train[idx], W, b, config.l2)
-            vel_w *= config.momentum
-            vel_w -= lr * grad_w
-            vel_b *= config.momentum
-            vel_b -= lr * grad_b
-            W += vel_w
-            b += vel_b
-        if n_val:
-            val_loss = objective.loss(X_val, y_val, W, b) + 0.5 * config.l2 * float(np.sum(W * W))
-        else:
-            val_loss = objective.loss_grad(X_train, y_train, W, b, config.l2)[0]
-        if not np.isfinite(val_loss):
-            break  # diverged: keep the best weights so far
-        if val_loss < best[0] - config.tolerance:
-            best = (val_loss, W.copy(), b.copy(), epoch)
-            stale = 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    return LinearFit(W=best[1], b=best[2], epochs_run=epoch, best_validation_loss=best[0])
+            Xb = Xs[start:start + batch]
+            residual = objective.residual(Xb, ys[start:start + batch], W, groups)
+            np.matmul(Xb.T, residual, out=grad)
+            grad += penalty_mask * W
+            velocity *= config.momentum
+            grad *= lr
+            velocity -= grad
+            W += velocity
+        Xe, ye = (X_val, y_val) if n_val else (X_train, y_train)
+        penalty = 0.5 * l2 * (W[:d] * W[:d]).reshape(d, groups, k).sum(axis=(0, 2))
+        val_loss = objective.losses(Xe, ye, W, groups) + penalty
+        improved = active & np.isfinite(val_loss) & (val_loss < best_loss - config.tolerance)
+        for g in np.flatnonzero(improved):
+            best_W[:, g * k:(g + 1) * k] = W[:, g * k:(g + 1) * k]
+        best_loss = np.where(improved, val_loss, best_loss)
+        stale = np.where(improved, 0, stale + 1)
+        done = active & ((stale >= config.patience) | ~np.isfinite(val_loss))
+        stopped_at[done] = epoch
+        active &= ~done
+        if not active.any():
+            break
+    stopped_at[active] = epoch
+    return [
+        LinearFit(W=best_W[:d, g * k:(g + 1) * k].copy(), b=best_W[d, g * k:(g + 1) * k].copy(),
+                  epochs_run=int(stopped_at[g]), best_validation_loss=float(best_loss[g]))
+        for g in range(groups)
+    ]

@@ -9,10 +9,10 @@ from modelstream.settings import Settings
 
 class TrainerSettings(Settings):
     metrics_port: int = Field(default=9101, ge=0, le=65535)
-    learning_rate: float = Field(default=0.1, gt=0)
+    learning_rate: float = Field(default=0.05, gt=0)
     lr_decay: float = Field(default=0.01, ge=0)
-    batch_size: int = Field(default=64, ge=1)
-    max_epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=100, ge=1)
     patience: int = Field(default=10, ge=1)
     validation_fraction: float = Field(default=0.1, ge=0, lt=0.5)
     poll_max_records: int = Field(default=5000, ge=1)

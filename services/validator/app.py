@@ -30,6 +30,7 @@ from modelstream.kafka import (
 from modelstream.learn.linear import LinearModel
 from modelstream.lineage import config_from_record, load_lineage, within_lineage
 from modelstream.metrics import (
+    CROSS_VALIDATION_SECONDS,
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     VALIDATION_SECONDS,
@@ -170,9 +171,10 @@ class ValidatorApp:
             data = await load_lineage(self.settings, body)
             unseen = (~within_lineage(data.positions, champion_body)
                       if champion_body is not None else None)
-            return await asyncio.to_thread(
-                cross_validation_verdict, body, data.X, data.y, definition,
-                config_from_record(body["training"]), champion, unseen)
+            with CROSS_VALIDATION_SECONDS.labels(body["name"]).time():
+                return await asyncio.to_thread(
+                    cross_validation_verdict, body, data.X, data.y, definition,
+                    config_from_record(body["training"]), champion, unseen)
         X, y, positions = await self._holdout(body)
         unseen = (~within_lineage(positions, champion_body) if champion_body is not None
                   else np.ones(len(y), bool))
