@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 
 from modelstream.codec import default_codec
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka import make_consumer, make_producer
+from modelstream.kafka import make_consumer, make_producer, partitions_of
 from modelstream.settings import Settings
 from modelstream.topics import CONTROL
 
@@ -37,8 +37,7 @@ class ControlFollower:
         """Replay the whole log (``replay=True``); returns the commands replayed."""
         await self._consumer.start()
         topic = self._settings.topic(CONTROL)
-        parts = self._consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await partitions_of(self._consumer, topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         ends = await self._consumer.end_offsets(tps)

@@ -96,6 +96,16 @@ class DeadLetterWriter:
         )
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """A topic's partitions, fetching metadata first when the consumer has none for it."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        await consumer._client._wait_on_metadata(topic)
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
 async def end_offsets(
     consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
 ) -> dict[TopicPartition, int]:
@@ -109,11 +119,7 @@ async def read_to_end(
     consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()  # topic created moments ago
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await partitions_of(consumer, topic)
         if not tps:
             return
         consumer.assign(tps)

@@ -25,6 +25,7 @@ from modelstream.kafka import (
     OffsetRange,
     make_consumer,
     make_producer,
+    partitions_of,
     read_ranges,
 )
 from modelstream.learn.linear import LinearModel
@@ -101,6 +102,7 @@ class ValidatorApp:
 
     async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         name = record.key.decode(errors="replace") if record.key else ""
+        log.debug("candidate at %s[%d]@%d", tp.topic, tp.partition, record.offset)
         try:
             candidate = verify_bytes(record.value, None, allow_unsigned=True, codec=self.codec)
             name = candidate.body["name"]
@@ -176,6 +178,7 @@ class ValidatorApp:
                     cross_validation_verdict, body, data.X, data.y, definition,
                     config_from_record(body["training"]), champion, unseen)
         X, y, positions = await self._holdout(body)
+        log.debug("holdout of %s: %d examples", body["name"], len(y))
         unseen = (~within_lineage(positions, champion_body) if champion_body is not None
                   else np.ones(len(y), bool))
         return holdout_verdict(body, model, X, y, definition, champion, unseen)
@@ -187,8 +190,7 @@ class ValidatorApp:
         probe = make_consumer(self.settings, group_id=None)
         await probe.start()
         try:
-            parts = sorted(probe.partitions_for_topic(topic) or set())
-            tps = [TopicPartition(topic, p) for p in parts]
+            tps = await partitions_of(probe, topic)
             ends = await probe.end_offsets(tps)
             begins = await probe.beginning_offsets(tps)
         finally:

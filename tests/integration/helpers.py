@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ async def running(service: Service):  # type: ignore[no-untyped-def]
         await service.stop()
         raise
     task = asyncio.create_task(service.run())
+    task.add_done_callback(_report_crash)
     try:
         yield service
     finally:
@@ -32,6 +34,11 @@ async def running(service: Service):  # type: ignore[no-untyped-def]
             await asyncio.wait_for(task, 30)
         finally:
             await service.stop()
+
+
+def _report_crash(task: asyncio.Task) -> None:  # type: ignore[type-arg]
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("tests").error("service crashed", exc_info=task.exception())
 
 
 async def produce(settings: Settings, topic: str,

@@ -150,3 +150,10 @@ def test_packed_features_survive_json_as_base64():
     text = CODEC.encode_json("PredictionRequest", packed)
     assert json.loads(text)["features"] == "AAAAAAAAAAAAAAAAAAAAAA=="
     assert CODEC.decode_any(text, "PredictionRequest") == packed
+
+
+@pytest.mark.parametrize("type_name", ["TrainingExample", "PredictionRequest"])
+@pytest.mark.parametrize("features", [b"\x00" * 16, [1.0, 2.0], {"a": 1.0}])
+def test_every_feature_form_keeps_its_union_branch(type_name, features):
+    record = {**SAMPLES[type_name], "features": features}
+    assert CODEC.decode(CODEC.encode(type_name, record), type_name)["features"] == features
