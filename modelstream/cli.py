@@ -30,7 +30,7 @@ keys_app = typer.Typer(help="Ed25519 keys that sign and verify model artifacts."
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 
-SERVICES = ("trainer", "validator", "publisher")
+SERVICES = ("trainer", "validator", "publisher", "predictor")
 
 
 class Context:

@@ -92,6 +92,26 @@ def rollback(
     typer.echo(f"rollback of {name} to v{version} requested")
 
 
+@models_app.command("traffic")
+def traffic(
+    ctx: typer.Context, name: str,
+    challenger: Annotated[int | None, typer.Option(help="Challenger version.")] = None,
+    fraction: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                            help="Share of requests routed to it.")] = 0.0,
+    shadow: Annotated[bool, typer.Option(
+        help="Score the challenger on every request, to the shadow topic only.")] = False,
+    clear: Annotated[bool, typer.Option(help="Remove any split: production only.")] = False,
+) -> None:
+    """Split traffic between production and a challenger version (by request id)."""
+    if clear:
+        challenger, fraction, shadow = None, 0.0, False
+    elif challenger is None:
+        raise typer.BadParameter("give --challenger VERSION (or --clear)")
+    split = {"challenger_version": challenger, "fraction": fraction, "shadow": shadow}
+    asyncio.run(send_command(_settings(ctx), command(name, "SET_TRAFFIC", traffic=split)))
+    typer.echo(f"traffic for {name}: {split}")
+
+
 def _summary(artifact: dict[str, Any], verified: str) -> dict[str, Any]:
     body = artifact["body"]
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -26,8 +27,12 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
-def run_service(service: Service) -> None:
+def run_service(make: Callable[[], Service]) -> None:
+    """Build the service inside the event loop (aiokafka clients need one), run it until
+    SIGINT/SIGTERM, then stop it cleanly."""
+
     async def main() -> None:
+        service = make()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.request_stop)

@@ -9,7 +9,7 @@ from modelstream.settings import load
 def main() -> None:
     settings = load(PublisherSettings)
     configure_logging(settings.log_level)
-    run_service(PublisherApp(settings))
+    run_service(lambda: PublisherApp(settings))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from modelstream.settings import load
 def main() -> None:
     settings = load(TrainerSettings)
     configure_logging(settings.log_level)
-    run_service(TrainerApp(settings))
+    run_service(lambda: TrainerApp(settings))
 
 
 if __name__ == "__main__":

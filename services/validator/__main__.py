@@ -9,7 +9,7 @@ from modelstream.settings import load
 def main() -> None:
     settings = load(ValidatorSettings)
     configure_logging(settings.log_level)
-    run_service(ValidatorApp(settings))
+    run_service(lambda: ValidatorApp(settings))
 
 
 if __name__ == "__main__":

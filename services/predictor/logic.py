@@ -1,0 +1,268 @@
+"""Batched, vectorized scoring with routing; pure numpy, no Kafka.
+
+A batch is decoded, grouped by (model version, route), turned into one matrix per group and
+scored with one matrix product; bad events are dead-lettered one by one while the rest of
+their batch is scored. There is no per-event model call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from aiokafka import ConsumerRecord, TopicPartition
+
+from modelstream.artifact import Verified, decrypt_tensors
+from modelstream.codec import AvroCodec, is_json, parse_json_object
+from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.kafka import dead_letter_headers
+from modelstream.learn.linear import LinearModel
+from modelstream.pipeline import Outgoing
+
+log = logging.getLogger(__name__)
+FRACTION_SCALE = 2**32
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    name: str
+    version: int
+    digest: str
+    model: LinearModel
+    index: Mapping[str, int]  # feature name -> column
+
+    @property
+    def digest_prefix(self) -> str:
+        return self.digest[:12]
+
+    @classmethod
+    def from_verified(cls, verified: Verified, data_key: bytes | None) -> ServingModel:
+        body = decrypt_tensors(verified.body, data_key)
+        model = LinearModel.from_body(body)
+        return cls(body["name"], body["version"], verified.digest, model,
+                   {n: i for i, n in enumerate(model.feature_names)})
+
+
+@dataclass(frozen=True)
+class Traffic:
+    challenger_version: int | None = None
+    fraction: float = 0.0
+    shadow: bool = False
+
+
+def challenger_bucket(request_id: str, fraction: float) -> bool:
+    """Deterministic by request id: the same request always takes the same route."""
+    return zlib.crc32(request_id.encode()) < fraction * FRACTION_SCALE
+
+
+@dataclass
+class Stats:
+    """What one call to ``process`` did, for metrics."""
+
+    predicted: dict[tuple[str, int, bool], int]  # (model, version, shadow) -> count
+    dead: dict[tuple[str, str], int]  # (model or "", reason) -> count
+    latencies_ms: list[tuple[str, np.ndarray]]
+
+
+class PredictorLogic:
+    def __init__(self, codec: AvroCodec, *, predictions_topic: str, shadow_topic: str,
+                 deadletter_topic: str, output_format: str, service: str = "predictor",
+                 max_versions: int = 10) -> None:
+        self.codec = codec
+        self.predictions_topic = predictions_topic
+        self.shadow_topic = shadow_topic
+        self.deadletter_topic = deadletter_topic
+        self.output_format = output_format
+        self.service = service
+        self.max_versions = max_versions
+        self.versions: dict[str, dict[int, ServingModel]] = {}
+        self.production: dict[str, int] = {}
+        self.traffic: dict[str, Traffic] = {}
+        request = codec.schema("PredictionRequest")
+        self._request_fp = request.fingerprint
+        self._request_schema = request.parsed
+        self.last_stats = Stats({}, {}, [])
+
+    # -- registry --------------------------------------------------------------------------
+    def install(self, model: ServingModel, *, production: bool) -> None:
+        """Add a verified version; with ``production`` it serves unpinned requests from the
+        next batch on (batches never see a half-installed model)."""
+        versions = self.versions.setdefault(model.name, {})
+        versions[model.version] = model
+        if production:
+            self.production[model.name] = model.version
+        keep = {self.production.get(model.name), self.traffic.get(
+            model.name, Traffic()).challenger_version}
+        for old in sorted(versions)[:-self.max_versions]:
+            if old not in keep:
+                del versions[old]
+
+    def set_traffic(self, model: str, traffic: Traffic) -> None:
+        self.traffic[model] = traffic
+
+    # -- the hot path ------------------------------------------------------------------------
+    def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[Outgoing]:
+        now_ms = int(time.time() * 1000)
+        out: list[Outgoing] = []
+        stats = Stats(defaultdict(int), defaultdict(int), [])
+        groups: dict[tuple[str, int, str], list[tuple[ConsumerRecord, dict[str, Any]]]] = (
+            defaultdict(list))
+        for record in records:
+            try:
+                request = self._decode(record.value)
+                for version, route in self._routes(request):
+                    groups[(request["model"], version, route)].append((record, request))
+            except (DecodeError, InvalidEventError) as exc:
+                out.append(self._dead(record, exc, stats, self._model_hint(record)))
+        for (name, version, route), items in groups.items():
+            model = self.versions[name][version]
+            X, good, bad = self._matrix(model, items)
+            for (record, _), exc in bad:
+                if route != "shadow":  # the production route reports it once
+                    out.append(self._dead(record, exc, stats, name))
+            if not good:
+                continue
+            output = model.model.proba(X)
+            topic = self.shadow_topic if route == "shadow" else self.predictions_topic
+            out.extend(self._encode(model, route, good, output, topic, tp.partition, now_ms,
+                                    stats))
+        self.last_stats = stats
+        return out
+
+    def _decode(self, data: bytes) -> dict[str, Any]:
+        if data[:2] == b"\xc3\x01" and data[2:10] == self._request_fp:
+            return self.codec.decode(data, "PredictionRequest")
+        if is_json(data):
+            return self.codec.json_form("PredictionRequest").from_plain(parse_json_object(data))
+        return self.codec.decode(data, "PredictionRequest")  # raises a precise error
+
+    def _routes(self, request: Mapping[str, Any]) -> Iterable[tuple[int, str]]:
+        name = request["model"]
+        versions = self.versions.get(name)
+        if not versions or name not in self.production:
+            raise InvalidEventError("unknown-model", f"no production version of {name!r}")
+        pinned = request["version"]
+        if pinned is not None:
+            if pinned not in versions:
+                raise InvalidEventError("unknown-version",
+                                        f"{name} v{pinned} is not loaded by this predictor")
+            return ((pinned, "pinned"),)
+        traffic = self.traffic.get(name)
+        production = self.production[name]
+        if traffic is None or traffic.challenger_version not in versions:
+            return ((production, "production"),)
+        if traffic.shadow:
+            return ((production, "production"), (traffic.challenger_version, "shadow"))
+        if challenger_bucket(request["request_id"], traffic.fraction):
+            return ((traffic.challenger_version, "challenger"),)
+        return ((production, "production"),)
+
+    def _matrix(self, model: ServingModel, items: list[tuple[ConsumerRecord, dict[str, Any]]]
+                ) -> tuple[np.ndarray, list[tuple[ConsumerRecord, dict[str, Any]]], list[Any]]:
+        d = model.model.n_features
+        X = np.empty((len(items), d))
+        good_rows: list[int] = []
+        bad: list[Any] = []
+        names = model.model.feature_names
+        for i, item in enumerate(items):
+            features = item[1]["features"]
+            try:
+                if isinstance(features, bytes):
+                    if len(features) != 8 * d:
+                        raise InvalidEventError("wrong-feature-count",
+                                                f"packed features have {len(features)} bytes, "
+                                                f"{model.name} v{model.version} needs {8 * d}")
+                    X[i] = np.frombuffer(features, dtype="<f8")
+                elif isinstance(features, dict):
+                    if len(features) != d:
+                        raise _feature_error(features, names)
+                    try:
+                        X[i] = [features[n] for n in names]
+                    except KeyError:
+                        raise _feature_error(features, names) from None
+                else:
+                    if len(features) != d:
+                        raise InvalidEventError("wrong-feature-count",
+                                                f"{len(features)} features, {model.name} "
+                                                f"v{model.version} needs {d}")
+                    X[i] = features
+                good_rows.append(i)
+            except InvalidEventError as exc:
+                bad.append((item, exc))
+        if len(good_rows) != len(items):
+            X = X[good_rows]
+            items = [items[i] for i in good_rows]
+        finite = np.isfinite(X).all(axis=1)
+        if not finite.all():
+            keep = np.flatnonzero(finite)
+            for i in np.flatnonzero(~finite):
+                bad.append((items[i], InvalidEventError("non-finite",
+                                                        "features contain NaN or infinity")))
+            X = X[keep]
+            items = [items[i] for i in keep]
+        return X, items, bad
+
+    def _encode(self, model: ServingModel, route: str,
+                items: list[tuple[ConsumerRecord, dict[str, Any]]], output: np.ndarray,
+                topic: str, partition: int, now_ms: int, stats: Stats) -> list[Outgoing]:
+        classes = model.model.classes
+        if model.model.task == "REGRESSION":
+            predictions: list[Any] = output.tolist()
+            scores: list[dict[str, float]] = [{}] * len(items)
+        else:
+            best = output.argmax(axis=1)
+            predictions = [classes[i] for i in best.tolist()]
+            scores = [dict(zip(classes, row, strict=True)) for row in output.tolist()]
+        requested = np.fromiter(
+            (req["sent_at_ms"] if req["sent_at_ms"] is not None else rec.timestamp
+             for rec, req in items), dtype=np.int64, count=len(items))
+        shadow = route == "shadow"
+        if not shadow:
+            stats.latencies_ms.append((model.name, now_ms - requested))
+        stats.predicted[(model.name, model.version, shadow)] += len(items)
+        encode = self.codec.encode_json if self.output_format == "json" else self.codec.encode
+        digest_prefix = model.digest_prefix
+        out = []
+        for (record, request), prediction, score, requested_ms in zip(
+                items, predictions, scores, requested.tolist(), strict=True):
+            value = encode("Prediction", {
+                "request_id": request["request_id"], "model": model.name,
+                "version": model.version, "digest_prefix": digest_prefix,
+                "prediction": prediction, "scores": score, "route": route,
+                "requested_at_ms": requested_ms, "predicted_at_ms": now_ms,
+            })
+            out.append(Outgoing(topic, record.key, value, partition))
+        return out
+
+    def _model_hint(self, record: ConsumerRecord) -> str:
+        """The model a bad record names, when that model is known (bounded metric labels)."""
+        key = record.key.decode(errors="replace") if record.key else ""
+        try:
+            if is_json(record.value):
+                named = json.loads(record.value).get("model")
+                key = named if isinstance(named, str) else key
+        except (ValueError, AttributeError):
+            pass
+        return key if key in self.versions else ""
+
+    def _dead(self, record: ConsumerRecord, exc: DecodeError | InvalidEventError,
+              stats: Stats, model: str) -> Outgoing:
+        stats.dead[(model, exc.reason)] += 1
+        return Outgoing(self.deadletter_topic, record.key, record.value, None,
+                        dead_letter_headers(record, exc.reason, str(exc), self.service))
+
+
+def _feature_error(features: Mapping[str, Any], names: list[str]) -> InvalidEventError:
+    known = set(names)
+    missing = [n for n in names if n not in features]
+    if missing:
+        return InvalidEventError("missing-features", f"missing features {missing[:5]}")
+    extra = [k for k in features if k not in known]
+    return InvalidEventError("extra-features", f"unknown features {extra[:5]}")

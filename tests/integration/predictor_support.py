@@ -1,0 +1,55 @@
+"""Trained models and a signing 'publisher' for predictor tests."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_digits
+
+from modelstream.artifact import load_private_key
+from modelstream.codec import default_codec
+from modelstream.learn.procedure import train
+from modelstream.learn.sgd import GDConfig
+from modelstream.services.publisher.logic import history_key, publishable
+from modelstream.services.trainer.logic import candidate_body
+from modelstream.settings import Settings
+from tests.integration.helpers import produce
+
+
+@cache
+def dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    data = load_breast_cancer() if name == "breast-cancer" else load_digits()
+    names = [str(n) for n in getattr(data, "feature_names", [])] or [
+        f"pixel_{i}" for i in range(data.data.shape[1])]
+    classes = [str(c) for c in sorted(set(data.target.tolist()))]
+    return data.data.astype(np.float64), data.target, names, classes
+
+
+@cache
+def trained_body(name: str, seed: int = 0) -> dict[str, Any]:
+    X, y, names, classes = dataset(name)
+    task = "BINARY" if len(classes) == 2 else "MULTICLASS"
+    trained = train(X, y, task, names, classes, GDConfig(seed=seed, max_epochs=30), (1e-3,), 2)
+    ranges = [{"topic": "external", "partition": 0, "start": 0, "end": len(y)}]
+    return candidate_body(name, task, trained, ranges, len(y), None, created_at_ms=1)
+
+
+async def publish(settings: Settings, keys: Path, body: dict[str, Any], version: int,
+                  *, tamper: bool = False, data_key: tuple[bytes, str] | None = None,
+                  production: bool = True) -> dict[str, Any]:
+    """Sign ``body`` as ``version`` and write it to history and registry, like the publisher."""
+    artifact = publishable(body, version, version - 1 or None,
+                           load_private_key(keys / "modelstream.key"), data_key)
+    value = default_codec().encode("ModelArtifact", artifact)
+    if tamper:  # flip one bit inside the weight bytes; digest and signature stay as signed
+        weights = artifact["body"]["weights"]["data"]
+        at = value.index(weights) + len(weights) // 2
+        value = value[:at] + bytes([value[at] ^ 0x01]) + value[at + 1:]
+    name = body["name"]
+    await produce(settings, "model-history", [(history_key(name, version), value)])
+    if production:
+        await produce(settings, "models", [(name.encode(), value)])
+    return artifact

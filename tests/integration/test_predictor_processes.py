@@ -1,0 +1,122 @@
+"""Real predictor processes: scale-out in one group, SIGKILL mid-stream, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from modelstream.artifact import generate_keys
+from tests.integration.conftest import free_port_pair
+from tests.integration.helpers import consume_until, produce
+from tests.integration.predictor_support import publish, trained_body
+from tests.integration.test_predictor import BC, requests_for
+
+
+class Predictor:
+    def __init__(self, base, keys: Path, instance: str, log_dir: Path) -> None:  # type: ignore[no-untyped-def]
+        self.metrics_port = free_port_pair()
+        self.log_path = log_dir / f"predictor-{instance}.log"
+        env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
+               "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
+               "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+               "MODELSTREAM_METRICS_PORT": str(self.metrics_port),
+               "MODELSTREAM_INSTANCE_ID": instance, "MODELSTREAM_SESSION_TIMEOUT_MS": "6000"}
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelstream.cli", "run", "predictor"], env=env,
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def consumed(self) -> float:
+        try:
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
+            if line.startswith('modelstream_events_consumed_total{service="predictor"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.kill()
+        code = self.process.wait(timeout=30)
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def keys(tmp_path):  # type: ignore[no-untyped-def]
+    generate_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+async def _eventually(check, timeout_s, what):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.2)
+
+
+async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    a = Predictor(base, keys, "a", tmp_path)
+    b = Predictor(base, keys, "b", tmp_path)
+    try:
+        # Warm up until both members own partitions (the second may join a little later).
+        warmup, rounds = 0, 0
+        while not (a.consumed() > 0 and b.consumed() > 0):
+            assert rounds < 30, "both predictors should own partitions"
+            await produce(base, "requests",
+                          requests_for(BC, 300, warmup, packed=True, prefix="warm"))
+            warmup += 300
+            rounds += 1
+            await consume_until(base, "predictions",
+                                lambda r, n=warmup: len({x.key for x in r}) >= n, timeout_s=90)
+            await asyncio.sleep(1.0)
+        await _eventually(lambda: a.consumed() + b.consumed() == warmup, 10,
+                          "every warm-up request consumed exactly once")
+
+        total, chunk, killed_at = 20000, 500, 6000
+        for start in range(0, total, chunk):
+            await produce(base, "requests", requests_for(BC, chunk, start, packed=True))
+            if start == killed_at:
+                b.process.send_signal(signal.SIGKILL)  # mid-stream, transactions in flight
+            await asyncio.sleep(0.1)
+        expected = total + warmup
+        records = await consume_until(base, "predictions",
+                                      lambda r: len({x.key for x in r}) >= expected,
+                                      timeout_s=120)
+        await asyncio.sleep(2)  # anything duplicated would arrive right behind
+        records = await consume_until(base, "predictions", lambda r: len(r) >= len(records))
+        counts = Counter(r.key for r in records)
+        duplicated = sum(c - 1 for c in counts.values() if c > 1)
+        lost = expected - len(counts)
+        print(f"sent {expected}, answered {len(counts)}, lost {lost}, duplicated {duplicated}")
+        assert lost == 0 and duplicated == 0
+        assert b.process.poll() == -signal.SIGKILL
+
+        a.process.send_signal(signal.SIGTERM)
+        assert a.process.wait(timeout=30) == 0, a.output()
+        assert "predictor stopped" in a.output()
+    except BaseException:
+        print(a.output(), b.output())
+        raise
+    finally:
+        a.stop()
+        b.stop()
