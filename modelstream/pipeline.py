@@ -90,7 +90,7 @@ class BatchPipeline:
             settings, group_id=self.group, max_poll_records=max_records,
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
-            max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=1024 * 1024, fetch_max_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=20,
         )
         self._producers: dict[int, AIOKafkaProducer] = {}
@@ -149,7 +149,10 @@ class BatchPipeline:
         async with lock:
             producer = self._producers.get(partition)
             if producer is None:
-                producer = make_producer(self.settings, linger_ms=2,
+                # Right after a commit the coordinator answers CONCURRENT_TRANSACTIONS until
+                # its markers are written; aiokafka then sleeps retry_backoff (100 ms by
+                # default) before the next batch's transaction can start.
+                producer = make_producer(self.settings, linger_ms=2, retry_backoff_ms=10,
                                          transactional_id=self.transactional_id(partition))
                 await producer.start()  # InitProducerId: fences and aborts the previous owner
                 self._producers[partition] = producer

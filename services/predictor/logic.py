@@ -25,6 +25,13 @@ from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka import dead_letter_headers
 from modelstream.learn.linear import LinearModel
 from modelstream.pipeline import Outgoing
+from modelstream.services.predictor.fastpath import (
+    MapSection,
+    MapTemplate,
+    PredictionWriter,
+    Request,
+    RequestReader,
+)
 
 log = logging.getLogger(__name__)
 FRACTION_SCALE = 2**32
@@ -36,7 +43,7 @@ class ServingModel:
     version: int
     digest: str
     model: LinearModel
-    index: Mapping[str, int]  # feature name -> column
+    template: MapTemplate  # byte layout of this version's features as an Avro map
 
     @property
     def digest_prefix(self) -> str:
@@ -47,7 +54,7 @@ class ServingModel:
         body = decrypt_tensors(verified.body, data_key)
         model = LinearModel.from_body(body)
         return cls(body["name"], body["version"], verified.digest, model,
-                   {n: i for i, n in enumerate(model.feature_names)})
+                   MapTemplate(model.feature_names))
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,6 @@ class Traffic:
     challenger_version: int | None = None
     fraction: float = 0.0
     shadow: bool = False
-
-
-def challenger_bucket(request_id: str, fraction: float) -> bool:
-    """Deterministic by request id: the same request always takes the same route."""
-    return zlib.crc32(request_id.encode()) < fraction * FRACTION_SCALE
 
 
 @dataclass
@@ -85,9 +87,9 @@ class PredictorLogic:
         self.versions: dict[str, dict[int, ServingModel]] = {}
         self.production: dict[str, int] = {}
         self.traffic: dict[str, Traffic] = {}
-        request = codec.schema("PredictionRequest")
-        self._request_fp = request.fingerprint
-        self._request_schema = request.parsed
+        self._reader = RequestReader(codec.schema("PredictionRequest").fingerprint)
+        self._prediction_fp = codec.schema("Prediction").fingerprint
+        self._writers: dict[tuple[str, int, str], PredictionWriter] = {}
         self.last_stats = Stats({}, {}, [])
 
     # -- registry --------------------------------------------------------------------------
@@ -98,6 +100,7 @@ class PredictorLogic:
         versions[model.version] = model
         if production:
             self.production[model.name] = model.version
+            self._reader.expect_maps(model.name, model.model.feature_names)
         keep = {self.production.get(model.name), self.traffic.get(
             model.name, Traffic()).challenger_version}
         for old in sorted(versions)[:-self.max_versions]:
@@ -112,13 +115,13 @@ class PredictorLogic:
         now_ms = int(time.time() * 1000)
         out: list[Outgoing] = []
         stats = Stats(defaultdict(int), defaultdict(int), [])
-        groups: dict[tuple[str, int, str], list[tuple[ConsumerRecord, dict[str, Any]]]] = (
+        groups: dict[tuple[str, int, str], list[tuple[ConsumerRecord, Request]]] = (
             defaultdict(list))
         for record in records:
             try:
                 request = self._decode(record.value)
                 for version, route in self._routes(request):
-                    groups[(request["model"], version, route)].append((record, request))
+                    groups[(request[1], version, route)].append((record, request))
             except (DecodeError, InvalidEventError) as exc:
                 out.append(self._dead(record, exc, stats, self._model_hint(record)))
         for (name, version, route), items in groups.items():
@@ -136,19 +139,22 @@ class PredictorLogic:
         self.last_stats = stats
         return out
 
-    def _decode(self, data: bytes) -> dict[str, Any]:
-        if data[:2] == b"\xc3\x01" and data[2:10] == self._request_fp:
-            return self.codec.decode(data, "PredictionRequest")
+    def _decode(self, data: bytes) -> Request:
+        fast = self._reader.read(data)
+        if fast is not None:
+            return fast
         if is_json(data):
-            return self.codec.json_form("PredictionRequest").from_plain(parse_json_object(data))
-        return self.codec.decode(data, "PredictionRequest")  # raises a precise error
+            r = self.codec.json_form("PredictionRequest").from_plain(parse_json_object(data))
+        else:
+            r = self.codec.decode(data, "PredictionRequest")  # raises a precise error
+        return r["request_id"].encode(), r["model"], r["features"], r["version"], r["sent_at_ms"]
 
-    def _routes(self, request: Mapping[str, Any]) -> Iterable[tuple[int, str]]:
-        name = request["model"]
+    def _routes(self, request: Request) -> Iterable[tuple[int, str]]:
+        name = request[1]
         versions = self.versions.get(name)
         if not versions or name not in self.production:
             raise InvalidEventError("unknown-model", f"no production version of {name!r}")
-        pinned = request["version"]
+        pinned = request[3]
         if pinned is not None:
             if pinned not in versions:
                 raise InvalidEventError("unknown-version",
@@ -160,86 +166,123 @@ class PredictorLogic:
             return ((production, "production"),)
         if traffic.shadow:
             return ((production, "production"), (traffic.challenger_version, "shadow"))
-        if challenger_bucket(request["request_id"], traffic.fraction):
+        if zlib.crc32(request[0]) < traffic.fraction * FRACTION_SCALE:
             return ((traffic.challenger_version, "challenger"),)
         return ((production, "production"),)
 
-    def _matrix(self, model: ServingModel, items: list[tuple[ConsumerRecord, dict[str, Any]]]
-                ) -> tuple[np.ndarray, list[tuple[ConsumerRecord, dict[str, Any]]], list[Any]]:
+    def _matrix(self, model: ServingModel, items: list[tuple[ConsumerRecord, Request]]
+                ) -> tuple[np.ndarray, list[tuple[ConsumerRecord, Request]], list[Any]]:
         d = model.model.n_features
-        X = np.empty((len(items), d))
-        good_rows: list[int] = []
+        width = 8 * d
         bad: list[Any] = []
-        names = model.model.feature_names
-        for i, item in enumerate(items):
-            features = item[1]["features"]
-            try:
-                if isinstance(features, bytes):
-                    if len(features) != 8 * d:
-                        raise InvalidEventError("wrong-feature-count",
-                                                f"packed features have {len(features)} bytes, "
-                                                f"{model.name} v{model.version} needs {8 * d}")
-                    X[i] = np.frombuffer(features, dtype="<f8")
-                elif isinstance(features, dict):
-                    if len(features) != d:
-                        raise _feature_error(features, names)
-                    try:
-                        X[i] = [features[n] for n in names]
-                    except KeyError:
-                        raise _feature_error(features, names) from None
-                else:
-                    if len(features) != d:
-                        raise InvalidEventError("wrong-feature-count",
-                                                f"{len(features)} features, {model.name} "
-                                                f"v{model.version} needs {d}")
-                    X[i] = features
-                good_rows.append(i)
-            except InvalidEventError as exc:
-                bad.append((item, exc))
-        if len(good_rows) != len(items):
-            X = X[good_rows]
-            items = [items[i] for i in good_rows]
+        payloads = [item[1][2] for item in items]
+        template = model.template
+        if all(type(p) is bytes and len(p) == width for p in payloads):
+            # all packed: one copy into the batch matrix
+            X = np.frombuffer(b"".join(payloads), dtype="<f8").reshape(len(items), d)  # type: ignore[arg-type]
+        elif all(type(p) is MapSection and len(p.raw) == template.length  # type: ignore[attr-defined]
+                 for p in payloads):
+            # maps in feature order: every key byte checked and every value read at once
+            X, matches = template.matrix([p.raw for p in payloads])  # type: ignore[attr-defined]
+            if not matches.all():
+                X, items, bad = self._rows(model, items, X, matches)
+        else:
+            X, items, bad = self._rows(model, items, None, None)
         finite = np.isfinite(X).all(axis=1)
         if not finite.all():
-            keep = np.flatnonzero(finite)
             for i in np.flatnonzero(~finite):
                 bad.append((items[i], InvalidEventError("non-finite",
                                                         "features contain NaN or infinity")))
+            keep = np.flatnonzero(finite)
             X = X[keep]
             items = [items[i] for i in keep]
         return X, items, bad
 
+    def _rows(self, model: ServingModel, items: list[tuple[ConsumerRecord, Request]],
+              fast: np.ndarray | None, fast_ok: np.ndarray | None
+              ) -> tuple[np.ndarray, list[tuple[ConsumerRecord, Request]], list[Any]]:
+        """Row by row, for mixed forms; ``fast`` rows flagged ok are taken as they are."""
+        d = model.model.n_features
+        width = 8 * d
+        names = model.model.feature_names
+        X = np.empty((len(items), d))
+        good_rows: list[int] = []
+        bad: list[Any] = []
+        for i, (record, request) in enumerate(items):
+            features = request[2]
+            try:
+                if fast is not None and fast_ok is not None and fast_ok[i]:
+                    X[i] = fast[i]
+                elif isinstance(features, MapSection):  # not in feature order: decode fully
+                    features = self.codec.decode(record.value, "PredictionRequest")["features"]
+                    X[i] = self._named(features, names, d)
+                elif isinstance(features, bytes):
+                    if len(features) != width:
+                        raise InvalidEventError(
+                            "wrong-feature-count", f"packed features have {len(features)} "
+                            f"bytes, {model.name} v{model.version} needs {width}")
+                    X[i] = np.frombuffer(features, dtype="<f8")
+                elif isinstance(features, dict):
+                    X[i] = self._named(features, names, d)
+                else:
+                    if len(features) != d:  # type: ignore[arg-type]
+                        raise InvalidEventError(
+                            "wrong-feature-count", f"{len(features)} features, "  # type: ignore[arg-type]
+                            f"{model.name} v{model.version} needs {d}")
+                    X[i] = features
+                good_rows.append(i)
+            except (InvalidEventError, DecodeError) as exc:
+                bad.append(((record, request), exc))
+        if len(good_rows) != len(items):
+            X = X[good_rows]
+            items = [items[i] for i in good_rows]
+        return X, items, bad
+
+    @staticmethod
+    def _named(features: Mapping[str, float], names: list[str], d: int) -> list[float]:
+        if len(features) != d:
+            raise _feature_error(features, names)
+        try:
+            return [features[n] for n in names]
+        except KeyError:
+            raise _feature_error(features, names) from None
+
     def _encode(self, model: ServingModel, route: str,
-                items: list[tuple[ConsumerRecord, dict[str, Any]]], output: np.ndarray,
+                items: list[tuple[ConsumerRecord, Request]], output: np.ndarray,
                 topic: str, partition: int, now_ms: int, stats: Stats) -> list[Outgoing]:
+        requested = [req[4] if req[4] is not None else rec.timestamp for rec, req in items]
+        shadow = route == "shadow"
+        if not shadow:
+            stats.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
+        stats.predicted[(model.name, model.version, shadow)] += len(items)
+        if self.output_format == "json":
+            values = self._encode_json(model, route, items, output, requested, now_ms)
+        else:
+            writer = self._writers.get((model.name, model.version, route))
+            if writer is None:
+                writer = self._writers[(model.name, model.version, route)] = PredictionWriter(
+                    self._prediction_fp, model.name, model.version, model.digest_prefix,
+                    model.model.classes if model.model.task != "REGRESSION" else [], route)
+            values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
+        return [Outgoing(topic, record.key, value, partition)
+                for (record, _), value in zip(items, values, strict=True)]
+
+    def _encode_json(self, model: ServingModel, route: str,
+                     items: list[tuple[ConsumerRecord, Request]], output: np.ndarray,
+                     requested: list[int], now_ms: int) -> list[bytes]:
         classes = model.model.classes
         if model.model.task == "REGRESSION":
             predictions: list[Any] = output.tolist()
             scores: list[dict[str, float]] = [{}] * len(items)
         else:
-            best = output.argmax(axis=1)
-            predictions = [classes[i] for i in best.tolist()]
+            predictions = [classes[i] for i in output.argmax(axis=1).tolist()]
             scores = [dict(zip(classes, row, strict=True)) for row in output.tolist()]
-        requested = np.fromiter(
-            (req["sent_at_ms"] if req["sent_at_ms"] is not None else rec.timestamp
-             for rec, req in items), dtype=np.int64, count=len(items))
-        shadow = route == "shadow"
-        if not shadow:
-            stats.latencies_ms.append((model.name, now_ms - requested))
-        stats.predicted[(model.name, model.version, shadow)] += len(items)
-        encode = self.codec.encode_json if self.output_format == "json" else self.codec.encode
-        digest_prefix = model.digest_prefix
-        out = []
-        for (record, request), prediction, score, requested_ms in zip(
-                items, predictions, scores, requested.tolist(), strict=True):
-            value = encode("Prediction", {
-                "request_id": request["request_id"], "model": model.name,
-                "version": model.version, "digest_prefix": digest_prefix,
-                "prediction": prediction, "scores": score, "route": route,
-                "requested_at_ms": requested_ms, "predicted_at_ms": now_ms,
-            })
-            out.append(Outgoing(topic, record.key, value, partition))
-        return out
+        return [self.codec.encode_json("Prediction", {
+            "request_id": req[0].decode(), "model": model.name, "version": model.version,
+            "digest_prefix": model.digest_prefix, "prediction": prediction, "scores": score,
+            "route": route, "requested_at_ms": requested_ms, "predicted_at_ms": now_ms,
+        }) for (_, req), prediction, score, requested_ms in zip(
+            items, predictions, scores, requested, strict=True)]
 
     def _model_hint(self, record: ConsumerRecord) -> str:
         """The model a bad record names, when that model is known (bounded metric labels)."""

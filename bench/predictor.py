@@ -1,0 +1,439 @@
+"""Predictor throughput, latency, memory and hot swap, against the real broker.
+
+Every candidate runs as its own worker process on a preloaded ``requests`` topic (fresh
+topic prefix each) and reports events/s (first batch to last) and its peak RSS:
+
+1. ``passthrough`` - the BatchPipeline forwarding bytes untouched (the transport limit),
+   ``identity`` - the same pipeline decoding and re-encoding each request (codec limit);
+2. the modelstream predictor (PredictorApp, exactly-once) on breast-cancer (30 features)
+   with map-encoded and with packed requests, and on digits (64 features, 10 classes);
+3. ``naive`` - what a user might write with faust-streaming and river: one agent, one
+   ``predict_proba_one`` and one ``send`` per event.
+
+Then one predictor serves a fixed offered rate: end-to-end latency (client send to
+prediction readable by a read_committed consumer), and a hot swap in the middle: time
+from publishing v2 to the first v2 prediction, and request ids lost or duplicated.
+
+    python bench/predictor.py [--events 200000]      # last line: one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import broker
+
+from modelstream.artifact import generate_keys, load_private_key
+from modelstream.client import RequestEncoder
+from modelstream.codec import default_codec
+from modelstream.learn.procedure import train
+from modelstream.learn.sgd import GDConfig
+from modelstream.pipeline import BatchPipeline, Outgoing
+from modelstream.services.publisher.logic import history_key, publishable
+from modelstream.services.trainer.logic import candidate_body
+from modelstream.settings import Settings, load
+from modelstream.topics import create_topics
+
+HERE = Path(__file__).resolve()
+
+
+# -- data and models ------------------------------------------------------------------------
+def dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from sklearn.datasets import load_breast_cancer, load_digits
+
+    data = load_breast_cancer() if name == "breast-cancer" else load_digits()
+    names = ([str(n) for n in data.feature_names] if name == "breast-cancer"
+             else [f"pixel_{i}" for i in range(64)])
+    return data.data.astype(np.float64), data.target, names
+
+
+def body_for(name: str, seed: int = 0) -> dict[str, Any]:
+    X, y, names = dataset(name)
+    classes = [str(c) for c in sorted(set(y.tolist()))]
+    task = "BINARY" if len(classes) == 2 else "MULTICLASS"
+    trained = train(X, y, task, names, classes, GDConfig(seed=seed, max_epochs=30), (1e-3,), 2)
+    return candidate_body(name, task, trained, [], len(y), None, created_at_ms=1)
+
+
+def request_bytes(name: str, n: int, *, packed: bool, prefix: str = "r",
+                  sent_at: bool = False) -> list[tuple[bytes, bytes]]:
+    X, _, names = dataset(name)
+    encoder = RequestEncoder(names)
+    out = []
+    for i in range(n):
+        row = X[i % len(X)]
+        rid = f"{prefix}{i}"
+        features = row if packed else dict(zip(names, row.tolist(), strict=True))
+        out.append((rid.encode(), encoder.encode(
+            rid, name, features, packed=packed,
+            sent_at_ms=int(time.time() * 1000) if sent_at else None)))
+    return out
+
+
+async def preload(settings: Settings, items: list[tuple[bytes, bytes]]) -> None:
+    """Write requests fast: batch builders, round-robin over the partitions."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=20,
+                                max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        topic = settings.topic("requests")
+        partitions = sorted(await producer.partitions_for(topic))
+        per_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
+        for i, item in enumerate(items):
+            per_partition[partitions[i % len(partitions)]].append(item)
+        futures = []
+        for partition, chunk in per_partition.items():
+            builder = producer.create_batch()
+            for key, value in chunk:
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(builder, topic, partition=partition))
+                    builder = producer.create_batch()
+                    builder.append(key=key, value=value, timestamp=None)
+            futures.append(await producer.send_batch(builder, topic, partition=partition))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def publish(settings: Settings, keys: Path, body: dict[str, Any], version: int) -> float:
+    """Sign and publish like the publisher; returns the time the registry write was acked."""
+    from aiokafka import AIOKafkaProducer
+
+    artifact = publishable(body, version, None, load_private_key(keys / "modelstream.key"), None)
+    value = default_codec().encode("ModelArtifact", artifact)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic("model-history"),
+                                     key=history_key(body["name"], version), value=value)
+        await producer.send_and_wait(settings.topic("models"), key=body["name"].encode(),
+                                     value=value)
+        return time.time()
+    finally:
+        await producer.stop()
+
+
+# -- workers (run in their own process) -------------------------------------------------------
+def peak_rss_mib() -> float:
+    """This process's own high-water RSS. (getrusage's ru_maxrss survives execve, so a worker
+    spawned by a large parent would report the parent's size.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+class Timed:
+    """Wraps a processor; remembers when the first and the last batch were handled."""
+
+    def __init__(self, inner: Any, target: int, done: asyncio.Event) -> None:
+        self.inner, self.target, self.done = inner, target, done
+        self.first: float | None = None
+        self.last = 0.0
+        self.count = 0
+
+    def process(self, tp, records):  # type: ignore[no-untyped-def]
+        if self.first is None:
+            self.first = time.perf_counter()
+        out = self.inner.process(tp, records)
+        self.count += len(records)
+        return out
+
+    async def refresh(self) -> None:
+        if self.count >= self.target and not self.done.is_set():
+            self.last = time.perf_counter()
+            self.done.set()
+        await self.inner.refresh()
+
+
+class Passthrough:
+    def __init__(self, out_topic: str) -> None:
+        self.out_topic = out_topic
+
+    def process(self, tp, records):  # type: ignore[no-untyped-def]
+        return [Outgoing(self.out_topic, r.key, r.value, tp.partition) for r in records]
+
+    async def refresh(self) -> None:
+        return None
+
+
+class Identity(Passthrough):
+    def __init__(self, out_topic: str) -> None:
+        super().__init__(out_topic)
+        self.codec = default_codec()
+
+    def process(self, tp, records):  # type: ignore[no-untyped-def]
+        codec = self.codec
+        return [Outgoing(self.out_topic, r.key,
+                         codec.encode("PredictionRequest", codec.decode(r.value,
+                                                                        "PredictionRequest")),
+                         tp.partition) for r in records]
+
+
+async def run_worker(kind: str, settings: Settings, events: int) -> dict[str, float]:
+    done = asyncio.Event()
+    if kind in ("passthrough", "identity"):
+        processor = (Passthrough if kind == "passthrough" else Identity)(
+            settings.topic("predictions"))
+        timed = Timed(processor, events, done)
+        service: Any = BatchPipeline(settings, f"bench-{kind}", settings.topic("requests"),
+                                     timed)
+        pipeline = service
+    else:
+        from modelstream.services.predictor.app import PredictorApp
+        from modelstream.services.predictor.settings import PredictorSettings
+
+        service = PredictorApp(load(PredictorSettings, **_same(settings)))
+        pipeline = service.pipeline
+        timed = Timed(pipeline.processor, events, done)
+        pipeline.processor = timed
+    await service.start()
+    task = asyncio.create_task(service.run())
+    await done.wait()
+    service.request_stop()
+    await task
+    await service.stop()
+    assert timed.first is not None
+    rss_mib = peak_rss_mib()
+    return {"eps": timed.count / (timed.last - timed.first), "rss_mib": rss_mib,
+            "events": timed.count}
+
+
+def naive_worker(settings: Settings, events: int) -> dict[str, float]:
+    """One faust agent, one river predict_proba_one and one send per event."""
+    import faust
+    from river import compose, linear_model, preprocessing
+
+    X, y, names = dataset("breast-cancer")
+    model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
+    for row, label in zip(X, y, strict=True):
+        model.learn_one(dict(zip(names, row.tolist(), strict=True)), bool(label))
+    codec = default_codec()
+    app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{settings.bootstrap}",
+                    value_serializer="raw", key_serializer="raw", web_enabled=False,
+                    consumer_auto_offset_reset="earliest", topic_allow_declare=False,
+                    topic_disable_leader=True)
+    requests = app.topic(settings.topic("requests"), value_serializer="raw")
+    predictions = app.topic(settings.topic("predictions"), value_serializer="raw")
+    state: dict[str, Any] = {"count": 0, "first": None}
+
+    @app.agent(requests)
+    async def predict(stream):  # type: ignore[no-untyped-def]
+        async for key, value in stream.items():
+            if state["first"] is None:
+                state["first"] = time.perf_counter()
+            request = codec.decode(value, "PredictionRequest")
+            proba = model.predict_proba_one(request["features"])
+            await predictions.send(key=key, value=codec.encode("Prediction", {
+                "request_id": request["request_id"], "model": request["model"], "version": 1,
+                "digest_prefix": "", "prediction": "1" if proba[True] >= 0.5 else "0",
+                "scores": {"0": proba[False], "1": proba[True]}, "route": "production",
+                "requested_at_ms": 0, "predicted_at_ms": int(time.time() * 1000)}))
+            state["count"] += 1
+            if state["count"] >= events:
+                elapsed = time.perf_counter() - state["first"]
+                rss = peak_rss_mib()
+                print(json.dumps({"eps": events / elapsed, "rss_mib": rss, "events": events}),
+                      flush=True)
+                os._exit(0)
+
+    worker = faust.Worker(app, loglevel=os.environ.get("BENCH_FAUST_LOG", "ERROR"), quiet=True,
+                          redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return {}
+
+
+def _same(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.bootstrap, "topic_prefix": settings.topic_prefix,
+            "metrics_port": 0, "public_key_file": settings.public_key_file,
+            "log_level": "WARNING"}
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    settings = load(bootstrap_servers=args.bootstrap, topic_prefix=args.prefix, metrics_port=0,
+                    public_key_file=Path(args.public_key) if args.public_key else None)
+    if args.worker == "naive":
+        naive_worker(settings, args.events)
+        return
+    result = asyncio.run(run_worker(args.worker, settings, args.events))
+    print(json.dumps(result), flush=True)
+
+
+# -- orchestration ---------------------------------------------------------------------------
+async def fresh(base: Settings) -> Settings:
+    settings = load(bootstrap_servers=base.bootstrap,
+                    topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", metrics_port=0)
+    await create_topics(settings)
+    return settings
+
+
+def spawn(kind: str, settings: Settings, events: int, keys: Path) -> dict[str, float]:
+    cmd = [sys.executable, str(HERE), "--worker", kind, "--bootstrap", settings.bootstrap,
+           "--prefix", settings.topic_prefix, "--events", str(events),
+           "--public-key", str(keys / "modelstream.pub")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    # faust may put terminal control codes in front of the line
+    lines = [line[line.index("{"):] for line in result.stdout.splitlines() if "{" in line]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {kind} failed:\n{result.stdout[-2000:]}\n"
+                           f"{result.stderr[-4000:]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+async def throughput(base: Settings, keys: Path, kind: str, model: str, packed: bool,
+                     events: int, bodies: dict[str, dict[str, Any]]) -> dict[str, float]:
+    settings = await fresh(base)
+    await publish(settings, keys, bodies[model], 1)
+    await preload(settings, request_bytes(model, events, packed=packed))
+    return await asyncio.to_thread(spawn, kind, settings, events, keys)
+
+
+async def latency_and_swap(base: Settings, keys: Path, rate: int, seconds: float,
+                           bodies: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Offer ``rate`` requests/s to one predictor process; swap to v2 halfway."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    settings = await fresh(base)
+    await publish(settings, keys, bodies["breast-cancer"], 1)
+    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
+           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+           "MODELSTREAM_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", "predictor"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    consumer = AIOKafkaConsumer(settings.topic("predictions"), bootstrap_servers=settings.bootstrap,
+                                group_id=None, auto_offset_reset="earliest",
+                                isolation_level="read_committed", fetch_max_wait_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
+    await consumer.start()
+    await producer.start()
+    codec = default_codec()
+    received: list[tuple[float, dict[str, Any]]] = []
+    total = int(rate * seconds)
+    stop = asyncio.Event()
+
+    async def collect() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for records in batch.values():
+                received.extend((now, codec.decode(r.value, "Prediction")) for r in records)
+
+    collector = asyncio.create_task(collect())
+    try:
+        # wait for the predictor to be up and serving
+        await producer.send_and_wait(settings.topic("requests"), key=b"probe",
+                                     value=request_bytes("breast-cancer", 1, packed=True,
+                                                         prefix="probe", sent_at=True)[0][1])
+        while not received:
+            await asyncio.sleep(0.05)
+        X, _, names = dataset("breast-cancer")
+        encoder = RequestEncoder(names)
+        start = time.perf_counter()
+        swap_published = 0.0
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rid = f"l{i}"
+            await producer.send(settings.topic("requests"), key=rid.encode(), value=encoder.encode(
+                rid, "breast-cancer", X[i % len(X)], packed=True,
+                sent_at_ms=int(time.time() * 1000)))
+            if i == total // 2:
+                swap_published = await publish(settings, keys, body_for("breast-cancer", 7), 2)
+        await producer.flush()
+        deadline = time.time() + 60
+        while len({p["request_id"] for _, p in received}) < total + 1 and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await collector
+        await consumer.stop()
+        await producer.stop()
+        process.terminate()
+        process.wait(timeout=30)
+    answers = [(t, p) for t, p in received if p["request_id"].startswith("l")]
+    counts = Counter(p["request_id"] for _, p in answers)
+    latencies = np.array([t * 1000 - p["requested_at_ms"] for t, p in answers])
+    first_v2 = min((t for t, p in answers if p["version"] == 2), default=float("nan"))
+    return {
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "swap_s": first_v2 - swap_published,
+        "swap_lost": total - len(counts),
+        "swap_duplicated": sum(c - 1 for c in counts.values()),
+        "offered_rate": rate,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker")
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--prefix")
+    parser.add_argument("--public-key")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--naive-events", type=int, default=20_000)
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args)
+        return
+    keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    generate_keys(keys)
+    bodies = {"breast-cancer": body_for("breast-cancer"), "digits": body_for("digits")}
+    n = args.events
+    results: dict[str, float] = {}
+    with broker() as base:
+        print(f"broker {base.bootstrap}; {n} events per run, each in its own process")
+        runs = [
+            ("passthrough_eps", "passthrough", "breast-cancer", True, n),
+            ("identity_eps", "identity", "breast-cancer", False, n),
+            ("predictor_packed_eps", "predictor", "breast-cancer", True, n),
+            ("predictor_eps", "predictor", "breast-cancer", False, n),
+            ("predictor_digits_eps", "predictor", "digits", True, n),
+            ("naive_eps", "naive", "breast-cancer", False, args.naive_events),
+        ]
+        for key, kind, model, packed, events in runs:
+            result = asyncio.run(throughput(base, keys, kind, model, packed, events, bodies))
+            results[key] = round(result["eps"])
+            if key == "predictor_packed_eps":
+                results["rss_mib"] = round(result["rss_mib"], 1)
+            print(f"  {key:22} {result['eps']:>10,.0f} events/s   peak RSS "
+                  f"{result['rss_mib']:6.1f} MiB   ({kind}, {model}, "
+                  f"{'packed' if packed else 'map'}, {int(result['events'])} events)")
+        swap = asyncio.run(latency_and_swap(base, keys, args.rate, args.seconds, bodies))
+    results.update({k: round(v, 3) if isinstance(v, float) else v for k, v in swap.items()})
+    print(f"  latency at {args.rate}/s offered: p50 {swap['p50_ms']:.1f} ms, p99 "
+          f"{swap['p99_ms']:.1f} ms; hot swap {swap['swap_s']:.3f} s, lost "
+          f"{swap['swap_lost']}, duplicated {swap['swap_duplicated']}")
+    ratios = {
+        "packed / passthrough": results["predictor_packed_eps"] / results["passthrough_eps"],
+        "map / identity": results["predictor_eps"] / results["identity_eps"],
+        "map / naive": results["predictor_eps"] / results["naive_eps"],
+    }
+    print("  ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
