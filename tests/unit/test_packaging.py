@@ -72,7 +72,7 @@ def test_compose_services_run_commands_that_exist():
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     ours = {n: s for n, s in config["services"].items() if s.get("image") == "modelstream:latest"}
-    assert {"topics", "trainer", "validator", "publisher"} <= set(ours)
+    assert {"topics", "trainer", "validator", "publisher", "predictor"} <= set(ours)
     for name, service in ours.items():
         argv = [a for a in service["command"] if not a.startswith("-")][:2]
         if argv[0] == "run":
