@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
+
+from modelstream.settings import Settings, load
 
 
 class Service(Protocol):
@@ -43,3 +45,10 @@ def run_service(make: Callable[[], Service]) -> None:
             await service.stop()
 
     asyncio.run(main())
+
+
+def service_main(settings_cls: type[Settings], app_cls: Callable[[Any], Service]) -> None:
+    """Entry point of `modelstream run <service>`: settings, logging, run until signalled."""
+    settings = load(settings_cls)
+    configure_logging(settings.log_level)
+    run_service(lambda: app_cls(settings))

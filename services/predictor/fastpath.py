@@ -91,6 +91,16 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos:pos + n], pos + n
 
 
+def _optional_long(data: bytes, pos: int, field: str) -> tuple[int | None, int]:
+    """A ["null", "long"] union."""
+    branch, pos = _read_long(data, pos)
+    if branch == 0:
+        return None, pos
+    if branch == 1:
+        return _read_long(data, pos)
+    raise DecodeError(f"bad union branch {branch} for {field}")
+
+
 class RequestReader:
     """Parses PredictionRequests written with the current schema whose features are packed;
     returns None for any other form (map or list features) so the caller uses fastavro."""
@@ -123,18 +133,8 @@ class RequestReader:
                 pos = end
             else:  # arrays, and maps of models without a template: generic decoding
                 return None
-            branch, pos = _read_long(data, pos)
-            version = None
-            if branch == 1:
-                version, pos = _read_long(data, pos)
-            elif branch != 0:
-                raise DecodeError(f"bad union branch {branch} for version")
-            branch, pos = _read_long(data, pos)
-            sent_at = None
-            if branch == 1:
-                sent_at, pos = _read_long(data, pos)
-            elif branch != 0:
-                raise DecodeError(f"bad union branch {branch} for sent_at_ms")
+            version, pos = _optional_long(data, pos, "version")
+            sent_at, pos = _optional_long(data, pos, "sent_at_ms")
         except IndexError:
             if kind == 1:
                 return None  # a map of another shape: let the generic decoder judge it

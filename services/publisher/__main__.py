@@ -1,15 +1,12 @@
 """`modelstream run publisher` / `python -m modelstream.services.publisher`."""
 
-from modelstream.runner import configure_logging, run_service
+from modelstream.runner import service_main
 from modelstream.services.publisher.app import PublisherApp
 from modelstream.services.publisher.settings import PublisherSettings
-from modelstream.settings import load
 
 
 def main() -> None:
-    settings = load(PublisherSettings)
-    configure_logging(settings.log_level)
-    run_service(lambda: PublisherApp(settings))
+    service_main(PublisherSettings, PublisherApp)
 
 
 if __name__ == "__main__":

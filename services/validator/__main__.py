@@ -1,15 +1,12 @@
 """`modelstream run validator` / `python -m modelstream.services.validator`."""
 
-from modelstream.runner import configure_logging, run_service
+from modelstream.runner import service_main
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
-from modelstream.settings import load
 
 
 def main() -> None:
-    settings = load(ValidatorSettings)
-    configure_logging(settings.log_level)
-    run_service(lambda: ValidatorApp(settings))
+    service_main(ValidatorSettings, ValidatorApp)
 
 
 if __name__ == "__main__":

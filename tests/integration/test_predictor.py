@@ -222,3 +222,17 @@ def test_client_round_trip():
                   "prediction": "1", "scores": {"1": 1.0}, "route": "production",
                   "requested_at_ms": 1, "predicted_at_ms": 2}
     assert decode_prediction(default_codec().encode("Prediction", prediction)) == prediction
+
+
+async def test_at_least_once_mode_scores_without_transactions(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    app = PredictorApp(predictor_settings(base, keys, delivery="at-least-once"))
+    assert not app.pipeline.exactly_once
+    async with running(app):
+        await produce(base, "requests", requests_for(BC, 500, packed=True))
+        records = await consume_until(base, "predictions", ids_done(500))
+        committed = await app.pipeline.consumer.committed(
+            next(iter(app.pipeline.assigned_partitions())))
+    assert len({r.key for r in records}) == 500
+    assert committed is not None and committed > 0  # offsets committed after delivery
