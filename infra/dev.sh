@@ -52,6 +52,13 @@ ensure_compose() {
   bash "$root/infra/compose-plugin.sh"
 }
 
+ensure_test_tools() {
+  # Outside tools the integration tests drive: kcat (a non-Python Kafka client) and
+  # Prometheus with promtool, all from Debian's packages.
+  command -v kcat >/dev/null || apt_install kcat
+  { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || apt_install prometheus
+}
+
 started_broker=0
 start_broker() {
   if [ -n "${MODELSTREAM_BOOTSTRAP_SERVERS:-}" ]; then
@@ -80,6 +87,7 @@ case "${1:-}" in
     shift
     setup
     ensure_compose
+    ensure_test_tools
     start_broker
     trap stop_broker EXIT
     say "running the test suite"

@@ -22,14 +22,16 @@ from tests.integration.test_predictor import BC, requests_for
 
 
 class Predictor:
-    def __init__(self, base, keys: Path, instance: str, log_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, base, keys: Path, instance: str, log_dir: Path,  # type: ignore[no-untyped-def]
+                 **extra_env: str) -> None:
         self.metrics_port = free_port_pair()
         self.log_path = log_dir / f"predictor-{instance}.log"
         env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
                "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
                "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
                "MODELSTREAM_METRICS_PORT": str(self.metrics_port),
-               "MODELSTREAM_INSTANCE_ID": instance, "MODELSTREAM_SESSION_TIMEOUT_MS": "6000"}
+               "MODELSTREAM_INSTANCE_ID": instance, "MODELSTREAM_SESSION_TIMEOUT_MS": "6000",
+               **extra_env}
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "modelstream.cli", "run", "predictor"], env=env,
