@@ -12,6 +12,7 @@ import typer
 
 from modelstream.errors import ModelstreamError
 from modelstream.models_cli import models_app
+from modelstream.ops_cli import register as register_ops_commands
 from modelstream.settings import Settings, load
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ keys_app = typer.Typer(help="Ed25519 keys that sign and verify model artifacts."
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+register_ops_commands(app)
 
 SERVICES = ("trainer", "validator", "publisher", "predictor")
 

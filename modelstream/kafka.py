@@ -100,7 +100,8 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     """A topic's partitions, fetching metadata first when the consumer has none for it."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        await consumer._client.force_metadata_update()
+        if topic not in await consumer.topics():  # fresh cluster metadata
+            return []
         await consumer._client._wait_on_metadata(topic)
         parts = consumer.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(parts)]
@@ -183,3 +184,13 @@ async def _drain(
             if await consumer.position(tp) >= ends[tp]:
                 pending.discard(tp)
         await asyncio.sleep(0)
+
+
+def fix_describe_groups_decoding() -> None:
+    """aiokafka 0.14 pairs the DescribeGroups v3 request with the v2 response schema, which
+    lacks v3's ``authorized_operations`` field, so decoding any v3 answer (Kafka >= 2.3)
+    underruns. Point the request at its own response schema; a no-op once fixed upstream."""
+    from aiokafka.protocol import admin as protocol
+
+    if protocol.DescribeGroupsRequest_v3.RESPONSE_TYPE is protocol.DescribeGroupsResponse_v2:
+        protocol.DescribeGroupsRequest_v3.RESPONSE_TYPE = protocol.DescribeGroupsResponse_v3

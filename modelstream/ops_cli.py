@@ -1,0 +1,248 @@
+"""`modelstream send`, `tail` and `status`: talk to the topics as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from modelstream.codec import SCHEMA_FILES, default_codec
+from modelstream.errors import ConfigurationError, DecodeError, InvalidEventError
+from modelstream.kafka import (
+    client_options,
+    fix_describe_groups_decoding,
+    make_consumer,
+    make_producer,
+    partitions_of,
+)
+from modelstream.registry import load_production, public_key
+from modelstream.settings import Settings
+from modelstream.topics import TOPICS_BY_NAME
+
+INPUT_TYPES = {"requests": "PredictionRequest", "feedback": "Feedback",
+               "training": "TrainingExample", "control": "Command"}
+KEY_FIELDS = {"requests": "request_id", "feedback": "request_id", "training": "model",
+              "control": "model"}
+SERVICES = ("trainer", "validator", "publisher", "predictor", "monitor")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.find_root().obj.settings()  # type: ignore[no-any-return]
+
+
+def _csv_records(path: Path, topic: str, model: str | None) -> list[dict[str, Any]]:
+    """CSV rows as the topic's JSON shape: feature columns become named features."""
+    reserved = {"request_id", "model", "label", "version"}
+    out = []
+    with path.open(newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            name = row.get("model") or model
+            if not name:
+                raise ConfigurationError(f"{path}: no `model` column; pass --model")
+            record: dict[str, Any] = {"model": name}
+            features = {k: float(v) for k, v in row.items() if k not in reserved}
+            if topic in ("requests", "training"):
+                record["features"] = features
+            if topic in ("requests", "feedback"):
+                record["request_id"] = row.get("request_id") or f"{path.stem}-{i}"
+            if topic in ("training", "feedback"):
+                label = row.get("label")
+                if label is None:
+                    raise ConfigurationError(f"{path}: a `label` column is needed for {topic}")
+                record["label"] = label
+            if topic == "requests" and row.get("version"):
+                record["version"] = int(row["version"])
+            out.append(record)
+    return out
+
+
+def send(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="A .jsonl (one JSON object per line) or .csv file.")],
+    topic: Annotated[str, typer.Option(help="requests, feedback, training or control.")],
+    model: Annotated[str | None, typer.Option(help="Model name for CSV rows without one.")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Send the JSON text instead of Avro.")]
+    = False,
+) -> None:
+    """Validate every record against the topic's contract, then produce them all."""
+    if topic not in INPUT_TYPES:
+        raise typer.BadParameter(f"topic must be one of {', '.join(INPUT_TYPES)}")
+    type_name = INPUT_TYPES[topic]
+    codec = default_codec()
+    if path.suffix == ".csv":
+        plain = _csv_records(path, topic, model)
+    else:
+        plain = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    plain.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigurationError(f"{path}:{number}: not JSON: {exc}") from None
+    messages = []
+    for number, item in enumerate(plain, 1):
+        text = json.dumps(item).encode()
+        try:
+            record = codec.decode_any(text, type_name)
+        except (DecodeError, InvalidEventError) as exc:
+            raise ConfigurationError(f"{path} record {number}: {exc}") from None
+        key = str(record[KEY_FIELDS[topic]]).encode()
+        messages.append((key, text if as_json else codec.encode(type_name, record)))
+    settings = _settings(ctx)
+
+    async def produce() -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            futures = [await producer.send(settings.topic(topic), key=k, value=v)
+                       for k, v in messages]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    typer.echo(f"sent {len(messages)} {type_name} record(s) to {settings.topic(topic)}")
+
+
+def tail(
+    ctx: typer.Context,
+    topic: Annotated[str, typer.Argument(help="Any modelstream topic, e.g. predictions.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = False,
+    limit: Annotated[int, typer.Option(help="Stop after this many records (0: follow).")] = 0,
+    idle_exit: Annotated[float, typer.Option(
+        help="With --from-beginning: stop after this many seconds without records (0: never).")]
+    = 0.0,
+) -> None:
+    """Print a topic's records decoded (Avro or JSON); dead letters show their headers."""
+    spec = TOPICS_BY_NAME.get(topic)
+    if spec is None:
+        raise typer.BadParameter(f"unknown topic {topic!r}")
+    settings = _settings(ctx)
+    codec = default_codec()
+
+    async def follow() -> None:
+        consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=100)
+        await consumer.start()
+        try:
+            tps = await partitions_of(consumer, settings.topic(topic))
+            consumer.assign(tps)
+            if from_beginning:
+                await consumer.seek_to_beginning(*tps)
+            else:
+                await consumer.seek_to_end(*tps)
+            shown, last = 0, time.monotonic()
+            while not limit or shown < limit:
+                batch = await consumer.getmany(timeout_ms=500)
+                if not batch and idle_exit and time.monotonic() - last > idle_exit:
+                    return
+                for records in batch.values():
+                    for record in records:
+                        last = time.monotonic()
+                        typer.echo(_render(codec, spec.value, record, as_json))
+                        shown += 1
+                        if limit and shown >= limit:
+                            return
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        pass
+
+
+def _render(codec: Any, type_name: str, record: Any, as_json: bool) -> str:
+    key = record.key.decode(errors="replace") if record.key else ""
+    if type_name in SCHEMA_FILES:
+        try:
+            value: Any = codec.json_form(type_name).to_plain(codec.decode_any(record.value,
+                                                                              type_name))
+        except (DecodeError, InvalidEventError) as exc:
+            value = {"undecodable": str(exc)}
+        if type_name == "ModelArtifact":  # weights are bytes: show what they are, not them
+            body = value["body"]
+            for tensor in ("weights", "intercepts", "feature_mean", "feature_scale"):
+                body[tensor] = {"dtype": body[tensor]["dtype"], "shape": body[tensor]["shape"]}
+    else:
+        value = {"headers": {k: v.decode(errors="replace") for k, v in record.headers},
+                 "value": record.value.decode(errors="replace")}
+    if as_json:
+        return json.dumps(value, separators=(",", ":"))
+    return f"{record.partition}:{record.offset} {key} {json.dumps(value)}"
+
+
+def status(ctx: typer.Context) -> None:
+    """Broker, topics, each service's consumer group (members, lag) and production models."""
+    settings = _settings(ctx)
+    fix_describe_groups_decoding()
+
+    async def gather() -> None:
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [n for n in TOPICS_BY_NAME if settings.topic(n) not in existing]
+            typer.echo(f"broker {settings.bootstrap}: reachable; topics "
+                       + ("all present" if not missing else f"missing {missing}"))
+            groups = [settings.group(s) for s in SERVICES]
+            described = await admin.describe_consumer_groups(groups)
+            members = {}
+            for response in described:
+                for group in response.groups:
+                    # (error_code, group_id, state, protocol_type, protocol, members, ...)
+                    members[group[1]] = (group[2], len(group[5]))
+            probe = make_consumer(settings, group_id=None)
+            await probe.start()
+            try:
+                for service in SERVICES:
+                    group = settings.group(service)
+                    state, count = members.get(group, ("Dead", 0))
+                    lag = await _lag(admin, probe, group)
+                    lag_text = "-" if lag is None else str(lag)
+                    up = "up" if count else "down"
+                    typer.echo(f"  {service:10} {up:5} members={count} state={state} "
+                               f"lag={lag_text}")
+            finally:
+                await probe.stop()
+        finally:
+            await admin.close()
+        production = await load_production(settings, public_key(settings),
+                                           allow_unsigned=public_key(settings) is None)
+        if not production:
+            typer.echo("models: none in production")
+        for name, verified in sorted(production.items()):
+            typer.echo(f"  model {name}: v{verified.body['version']} "
+                       f"({verified.digest[:12]}, {'signed' if verified.signed else 'unsigned'})")
+
+    try:
+        asyncio.run(gather())
+    except Exception as exc:  # the broker is down: say so in one line
+        typer.echo(f"broker {settings.bootstrap}: not reachable ({type(exc).__name__}: {exc})",
+                   err=True)
+        raise typer.Exit(code=3) from None
+
+
+async def _lag(admin: AIOKafkaAdminClient, probe: Any, group: str) -> int | None:
+    offsets = await admin.list_consumer_group_offsets(group)
+    if not offsets:
+        return None
+    ends = await probe.end_offsets(list(offsets))
+    return sum(max(0, ends[tp] - meta.offset) for tp, meta in offsets.items()
+               if isinstance(tp, TopicPartition) and meta.offset >= 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("send")(send)
+    app.command("tail")(tail)
+    app.command("status")(status)
+
