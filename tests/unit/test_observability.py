@@ -97,3 +97,10 @@ def test_observe_many_equals_observe():
                         if not s.name.endswith("_created")})
     assert results[0] == results[1]
     assert results[0][("h_seconds_bucket", "0.5")] == 4.0  # cumulative: 0.05, 0.1, 0.2, 0.5
+
+
+def test_readme_lists_every_metric():
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(modelstream_[a-z_]+)` \|", readme, flags=re.M))
+    documented = {m.name + ("_total" if m.type == "counter" else "") for m in families()}
+    assert listed == documented
