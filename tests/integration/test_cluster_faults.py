@@ -149,3 +149,163 @@ async def _count_predictions(settings, total, timeout_s):  # type: ignore[no-unt
     finally:
         await consumer.stop()
     return counts, recovered
+
+
+class Load:
+    """Sends uniquely-identified requests at a steady rate, running a hook at fractions."""
+
+    def __init__(self, settings, total: int = 50_000, rate: int = 5_000) -> None:  # type: ignore[no-untyped-def]
+        self.settings, self.total, self.rate = settings, total, rate
+
+    async def run(self, hooks: dict[float, object]) -> float:
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all",
+                                    enable_idempotence=True, linger_ms=5)
+        await producer.start()
+        chunk = 500
+        pending = sorted(hooks.items())
+        try:
+            start = time.monotonic()
+            for i in range(0, self.total, chunk):
+                await asyncio.sleep(max(0.0, start + i / self.rate - time.monotonic()))
+                futures = [await producer.send(self.settings.topic("requests"), key=k, value=v)
+                           for k, v in requests_for(BC, chunk, i, packed=True, prefix="z")]
+                await asyncio.gather(*futures)
+                while pending and i >= pending[0][0] * self.total:
+                    hook = pending.pop(0)[1]
+                    result = hook()  # type: ignore[operator]
+                    if asyncio.iscoroutine(result):
+                        await result
+            return time.monotonic() - start
+        finally:
+            await producer.stop()
+
+
+def start_predictor(settings, keys, log_path, instance):  # type: ignore[no-untyped-def]
+    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
+           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+           "MODELSTREAM_SESSION_TIMEOUT_MS": "6000", "MODELSTREAM_INSTANCE_ID": instance}
+    log = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", "predictor"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, log
+
+
+async def _fresh_cluster_settings(cluster, tmp_path, name):  # type: ignore[no-untyped-def]
+    settings = load(bootstrap_servers=cluster.bootstrap,
+                    topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.", replication_factor=3)
+    await create_topics(settings)
+    generate_keys(tmp_path / "keys")
+    await publish(settings, tmp_path / "keys", trained_body(BC), 1)
+    return settings
+
+
+async def _wait_members(settings, processes, seconds=8.0):  # type: ignore[no-untyped-def]
+    # Let every copy join the group before the load starts, so the faults hit owners.
+    await asyncio.sleep(seconds)
+    for process, _ in processes:
+        assert process.poll() is None
+
+
+@pytest.mark.parametrize("fault", ["sigkill-one-of-three", "sigstop-zombie"])
+async def test_predictor_faults_lose_and_duplicate_nothing(cluster, tmp_path, fault):  # type: ignore[no-untyped-def]
+    settings = await _fresh_cluster_settings(cluster, tmp_path, "p")
+    copies = 3 if fault == "sigkill-one-of-three" else 2
+    processes = [start_predictor(settings, tmp_path / "keys", tmp_path / f"p{i}.log", str(i))
+                 for i in range(copies)]
+    victim = processes[-1][0]
+    events: dict[str, float] = {}
+
+    def kill() -> None:
+        victim.send_signal(signal.SIGKILL)
+        events["fault"] = time.monotonic()
+
+    def pause() -> None:
+        victim.send_signal(signal.SIGSTOP)  # longer than the 6 s session timeout
+        events["fault"] = time.monotonic()
+
+    def resume() -> None:
+        victim.send_signal(signal.SIGCONT)  # a zombie: its late transactions must be fenced
+        events["resumed"] = time.monotonic()
+
+    hooks = {0.25: kill} if fault == "sigkill-one-of-three" else {0.25: pause, 0.6: resume}
+    try:
+        await _wait_members(settings, processes)
+        sent_s = await Load(settings).run(hooks)
+        counts, recovered = await _count_predictions(settings, 50_000, timeout_s=180)
+    finally:
+        for process, log in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+            log.close()
+    lost = 50_000 - len(counts)
+    duplicated = sum(c - 1 for c in counts.values() if c > 1)
+    print(f"{fault}: sent 50000 in {sent_s:.1f}s, answered {len(counts)}, lost {lost}, "
+          f"duplicated {duplicated}, all answered {recovered - events['fault']:.1f}s after "
+          f"the fault")
+    assert lost == 0 and duplicated == 0
+
+
+async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path):  # type: ignore[no-untyped-def]
+    from modelstream.artifact import load_public_key, seal
+    from modelstream.codec import default_codec
+    from modelstream.registry import load_history, load_production
+    from tests.integration.helpers import produce
+
+    settings = await _fresh_cluster_settings(cluster, tmp_path, "pub")
+    keys = tmp_path / "keys"
+    codec = default_codec()
+    queued = 20
+    reports = []
+    for seed in range(queued):
+        candidate = seal(dict(trained_body(BC, seed=seed + 10)))
+        reports.append((BC.encode(), codec.encode("ValidationReport", {
+            "model": BC, "candidate_digest": candidate["digest"], "passed": True,
+            "method": "cross-validation", "metrics": {"accuracy_mean": 0.97},
+            "champion_version": None, "champion_metrics": {}, "reasons": [], "folds": 5,
+            "examples": 569, "artifact": candidate, "validated_at_ms": 0,
+            "validator": "test"})))
+    await produce(settings, "validations", reports)
+    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
+           "MODELSTREAM_PRIVATE_KEY_FILE": str(keys / "modelstream.key"),
+           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub")}
+    public = load_public_key(keys / "modelstream.pub")
+
+    def run_publisher():  # type: ignore[no-untyped-def]
+        return subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", "publisher"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first = run_publisher()
+    try:
+        deadline = time.monotonic() + 60
+        while len(await load_history(settings)) < 6:  # v1 (seeded) + some published
+            assert time.monotonic() < deadline, "the publisher published nothing"
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # in the middle of the queue
+        first.wait(timeout=30)
+        published_before = len(await load_history(settings)) - 1
+        second = run_publisher()
+        try:
+            deadline = time.monotonic() + 120
+            while len(await load_history(settings)) < queued + 1:
+                assert time.monotonic() < deadline, "the restarted publisher did not finish"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2)  # anything published twice would show up now
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    history = await load_history(settings)
+    versions = sorted(v for n, v in history if n == BC)
+    production = await load_production(settings, public)
+    print(f"publisher SIGKILL after {published_before} of {queued} versions: history "
+          f"v{versions[0]}..v{versions[-1]} ({len(versions)} versions), production "
+          f"v{production[BC].body['version']}")
+    assert versions == list(range(1, queued + 2))  # no gap, no duplicate
+    assert production[BC].signed and production[BC].body["version"] == queued + 1
+    assert 0 < published_before < queued
