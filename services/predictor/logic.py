@@ -132,7 +132,21 @@ class PredictorLogic:
                     out.append(self._dead(record, exc, stats, name))
             if not good:
                 continue
-            output = model.model.proba(X)
+            with np.errstate(over="ignore", invalid="ignore"):
+                output = model.model.proba(X)
+            finite = np.isfinite(output).reshape(len(good), -1)
+            if not finite.all():
+                # finite but extreme inputs can overflow standardization: never publish NaN
+                keep = finite.all(axis=1)
+                for i in np.flatnonzero(~keep):
+                    if route != "shadow":
+                        out.append(self._dead(good[i][0], InvalidEventError(
+                            "non-finite-score", "features overflow the model's arithmetic"),
+                            stats, name))
+                output = output[keep]
+                good = [item for item, k in zip(good, keep.tolist(), strict=True) if k]
+                if not good:
+                    continue
             topic = self.shadow_topic if route == "shadow" else self.predictions_topic
             out.extend(self._encode(model, route, good, output, topic, tp.partition, now_ms,
                                     stats))

@@ -17,7 +17,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.artifact import key_id, load_private_key, verify_record
 from modelstream.codec import default_codec
-from modelstream.definitions import audit_event
+from modelstream.definitions import Definition, audit_event
 from modelstream.errors import (
     ArtifactVerificationError,
     ConfigurationError,
@@ -106,7 +106,7 @@ class PublisherApp:
 
     async def _dead_letter(self, tp: TopicPartition, record: ConsumerRecord, model: str,
                            exc: Exception, reason: str) -> None:
-        DEAD_LETTERS.labels(SERVICE, model).inc()
+        DEAD_LETTERS.labels(SERVICE, model if model in self.latest else "").inc()
         async with self.producer.transaction():
             await self.dead.send(record, reason, str(exc))
             await self._commit(tp, record)
@@ -157,10 +157,13 @@ class PublisherApp:
     async def _on_command(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
             cmd = self.codec.decode_any(record.value, "Command")
-        except (DecodeError, InvalidEventError):
-            # Other services report bad control records; the publisher only needs rollbacks.
-            async with self.producer.transaction():
-                await self._commit(tp, record)
+            if cmd["action"] == "DEFINE":
+                Definition.from_command(cmd)  # the same check every other reader applies
+        except (DecodeError, InvalidEventError) as exc:
+            # Every service skips a bad command; the publisher, the one reader of `control`
+            # in a consumer group, dead-letters it exactly once.
+            model = record.key.decode(errors="replace") if record.key else ""
+            await self._dead_letter(tp, record, model, exc, exc.reason)
             return
         if cmd["action"] != "ROLLBACK":
             async with self.producer.transaction():

@@ -173,7 +173,7 @@ class TrainerApp:
             model = example["model"]
             self.logic.accept(example, record.partition, record.offset)
         except (DecodeError, InvalidEventError) as exc:
-            DEAD_LETTERS.labels(SERVICE, model).inc()
+            DEAD_LETTERS.labels(SERVICE, model if model in self.logic.windows else "").inc()
             return [await self.dead.send(record, exc.reason, str(exc))]
         TRAINING_EXAMPLES.labels(model).inc()
         return []

@@ -114,7 +114,7 @@ class ValidatorApp:
                                         "candidates must not be encrypted; the publisher encrypts")
             model = LinearModel.from_body(candidate.body)
         except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
-            DEAD_LETTERS.labels(SERVICE, name).inc()
+            DEAD_LETTERS.labels(SERVICE, name if name in self.definitions else "").inc()
             async with self.producer.transaction():
                 await self.dead.send(record, exc.reason, str(exc))
                 await self._commit(tp, record)
