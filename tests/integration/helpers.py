@@ -86,3 +86,10 @@ async def consume_until(
 def decoded(records: Iterable[ConsumerRecord], type_name: str) -> list[dict[str, Any]]:
     codec = default_codec()
     return [codec.decode_any(r.value, type_name) for r in records]
+
+
+async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:
+    """Every committed record of ``topic`` up to its end now."""
+    from modelstream.kafka import read_to_end
+
+    return [record async for record in read_to_end(settings, settings.topic(topic))]

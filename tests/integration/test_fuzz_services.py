@@ -1,0 +1,87 @@
+"""10,000 hostile messages per input topic through the running services on the real broker:
+no service crashes, and every message is processed or dead-lettered (count in = out)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+
+import pytest
+
+from modelstream.artifact import generate_keys
+from modelstream.control import send_command
+from modelstream.definitions import Definition, command
+from modelstream.metrics import TRAINING_EXAMPLES
+from modelstream.services.trainer.app import TrainerApp
+from modelstream.services.trainer.settings import TrainerSettings
+from modelstream.settings import load
+from tests.fuzzing import SeededFuzzer
+from tests.integration.helpers import produce, read_all, running
+from tests.integration.predictor_support import publish, trained_body
+from tests.integration.test_predictor_processes import Predictor
+
+BC = "breast-cancer"
+N = 10_000
+
+
+@pytest.fixture
+def keys(tmp_path):  # type: ignore[no-untyped-def]
+    generate_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+async def test_fuzzed_requests_through_a_predictor_process(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    base = topics
+    body = trained_body(BC)
+    await publish(base, keys, body, 1)
+    fuzz = SeededFuzzer(7, [BC], body["feature_names"])
+    messages = [(f"z{i}".encode(), fuzz.message("PredictionRequest")) for i in range(N)]
+    predictor = Predictor(base, keys, "fuzz", tmp_path)
+    try:
+        await produce(base, "requests", messages)
+        # wait until every key is accounted for on one of the two output topics
+        deadline = asyncio.get_running_loop().time() + 180
+        while True:
+            answered = await read_all(base, "predictions")
+            dead = await read_all(base, "deadletter")
+            if len(answered) + len(dead) >= N or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(1)
+        assert predictor.process.poll() is None, predictor.output()  # still running
+    finally:
+        predictor.process.send_signal(signal.SIGTERM)
+        code = predictor.process.wait(timeout=60)
+        predictor.stop()
+    keys_out = Counter(r.key for r in answered) + Counter(r.key for r in dead)
+    reasons = Counter(dict(r.headers)["reason"].decode() for r in dead)
+    print(f"requests: in {N}, predicted {len(answered)}, dead-lettered {len(dead)} {dict(reasons)}")
+    assert code == 0
+    assert len(answered) + len(dead) == N and set(keys_out) == {k for k, _ in messages}
+    assert max(keys_out.values()) == 1
+    assert all(dict(r.headers)["error"] for r in dead)
+
+
+async def test_fuzzed_training_examples_through_the_trainer(topics, tmp_path):  # type: ignore[no-untyped-def]
+    base = topics
+    body = trained_body(BC)
+    await send_command(base, command(BC, "DEFINE", definition=Definition(
+        name=BC, task="BINARY", feature_names=tuple(body["feature_names"]),
+        classes=("0", "1"), window_size=N)))
+    fuzz = SeededFuzzer(11, [BC], body["feature_names"])
+    await produce(base, "training", [(BC.encode(), fuzz.message("TrainingExample"))
+                                     for _ in range(N)])
+    before = TRAINING_EXAMPLES.labels(BC)._value.get()
+    settings = load(TrainerSettings, bootstrap_servers=base.bootstrap,
+                    topic_prefix=base.topic_prefix, metrics_port=0)
+    async with running(TrainerApp(settings)) as trainer:
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:
+            dead = await read_all(base, "deadletter")
+            accepted = TRAINING_EXAMPLES.labels(BC)._value.get() - before
+            if accepted + len(dead) >= N or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        window = len(trainer.logic.windows[BC].examples)
+    print(f"training: in {N}, accepted {accepted:.0f}, dead-lettered {len(dead)}")
+    assert accepted + len(dead) == N and window == accepted
