@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Any
 
 import typer
@@ -183,6 +184,45 @@ def show(
             raise ConfigurationError(f"{name!r} has no version {version}")
         artifact = history[(name, version)]
     typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
+
+
+@models_app.command("history")
+def history(
+    ctx: typer.Context, name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+) -> None:
+    """Replay `audit` into the model's timeline: trained from which offsets, validated with
+    which metrics, published, rolled back or refused, and by whom."""
+    settings = _settings(ctx)
+    for event in asyncio.run(audit_trail(settings, name)):
+        if as_json:
+            typer.echo(json.dumps(event, separators=(",", ":")))
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["at_ms"] / 1000))
+        version = f" v{event['version']}" if event["version"] is not None else ""
+        digest = f" {event['digest'][:12]}" if event["digest"] else ""
+        details = " ".join(f"{k}={v}" for k, v in sorted(event["details"].items()))
+        typer.echo(f"{when} {event['event']}{version}{digest} by {event['actor']} "
+                   f"({event['service']}): {event['reason']} {details}".rstrip())
+
+
+async def audit_trail(settings: Settings, name: str) -> list[dict[str, Any]]:
+    """Every audit event about ``name``, in the order the audit log holds them per model."""
+    from modelstream.codec import default_codec
+    from modelstream.errors import DecodeError, InvalidEventError
+    from modelstream.kafka import read_to_end
+    from modelstream.topics import AUDIT
+
+    codec = default_codec()
+    events = []
+    async for record in read_to_end(settings, settings.topic(AUDIT)):
+        if record.key != name.encode():
+            continue
+        try:
+            events.append(codec.decode_any(record.value, "AuditEvent"))
+        except (DecodeError, InvalidEventError):
+            continue
+    return sorted(events, key=lambda e: e["at_ms"])
 
 
 @models_app.command("reproduce")

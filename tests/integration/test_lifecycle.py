@@ -17,6 +17,7 @@ from modelstream.artifact import generate_keys, load_public_key
 from modelstream.control import send_command
 from modelstream.definitions import Definition, command
 from modelstream.learn.linear import LinearModel
+from modelstream.models_cli import audit_trail
 from modelstream.registry import load_history, load_production
 from modelstream.services.publisher.app import PublisherApp
 from modelstream.services.publisher.settings import PublisherSettings
@@ -160,7 +161,26 @@ async def test_model_lifecycle_on_kafka(topics, keys):  # type: ignore[no-untype
         await _eventually(lambda: len(restarted.logic.windows[MODEL].examples) == len(data))
         assert restarted.logic.windows[MODEL].new_since_training == 0
 
-    # 6. the published v1 is reproducible bit for bit from the log
+    # 6. the audit log alone tells the model's whole story
+    trail = await audit_trail(base, MODEL)
+    story = [(e["event"], e["version"], e["actor"]) for e in trail]
+    assert story[:3] == [("trained", None, "trainer"), ("validated", None, "validator"),
+                         ("published", 1, "publisher")]
+    assert ("rolled_back", 1, "cli") in story
+    trained_v1 = trail[0]
+    first_range = v1.body["lineage"]["ranges"][0]
+    assert trained_v1["details"]["ranges"] == (
+        f"{first_range['partition']}:{first_range['start']}-{first_range['end']}")
+    assert trained_v1["digest"] == next(e for e in trail if e["event"] == "published"
+                                        )["details"]["candidate_digest"]
+    validated = trail[1]
+    assert float(validated["details"]["accuracy_mean"]) == pytest.approx(
+        first["metrics"]["accuracy_mean"], rel=1e-5)
+    published_v1 = next(e for e in trail if e["event"] == "published" and e["version"] == 1)
+    assert published_v1["digest"] == v1.digest
+    assert published_v1["details"]["key_id"] == v1.record["key_id"]
+
+    # 7. the published v1 is reproducible bit for bit from the log
     env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
            "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix}
     result = await asyncio.to_thread(
