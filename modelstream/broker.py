@@ -21,10 +21,12 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 
 from modelstream.errors import BrokerError
+from modelstream.security import BrokerSecurity
 from modelstream.settings import Settings
 
 CONTROLLER_PORT_OFFSET = 1000
@@ -129,8 +131,10 @@ class Node:
 class EmbeddedCluster:
     """Starts, stops and reports on the embedded KRaft cluster described by ``settings``."""
 
-    def __init__(self, settings: Settings, node_count: int | None = None) -> None:
+    def __init__(self, settings: Settings, node_count: int | None = None,
+                 security: BrokerSecurity | None = None) -> None:
         self.settings = settings
+        self.security = security
         root = settings.state_dir.expanduser().resolve()
         self.root = root
         if node_count is None:
@@ -172,16 +176,17 @@ class EmbeddedCluster:
         voters = ",".join(f"{m.node_id}@{m.host}:{m.controller_port}" for m in self.nodes)
         replicas = min(3, n)
         min_isr = 2 if n >= 3 else 1
+        client = "SASL_SSL" if self.security else "PLAINTEXT"
         lines = {
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://{node.host}:{node.port},"
+            "listeners": f"{client}://{node.host}:{node.port},"
             f"CONTROLLER://{node.host}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{node.host}:{node.port}",
+            "advertised.listeners": f"{client}://{node.host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": client,
+            "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
             "log.dirs": str(node.data_dir),
             "num.partitions": "3",
             "default.replication.factor": str(replicas),
@@ -199,6 +204,22 @@ class EmbeddedCluster:
             "num.io.threads": "4",
             "num.network.threads": "2",
         }
+        if self.security is not None:
+            sec = self.security
+            lines.update({
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{sec.admin}" password="{sec.admin_password}";',
+                "ssl.keystore.type": "PEM", "ssl.keystore.location": str(sec.tls.broker),
+                "ssl.truststore.type": "PEM", "ssl.truststore.location": str(sec.tls.ca),
+                "authorizer.class.name":
+                    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                # The controller listener is loopback PLAINTEXT inside the cluster.
+                "super.users": f"User:{sec.admin};User:ANONYMOUS",
+                "allow.everyone.if.no.acl.found": "false",
+            })
         node.home.mkdir(parents=True, exist_ok=True)
         node.config_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
 
@@ -219,6 +240,8 @@ class EmbeddedCluster:
             f"-Dkafka.logs.dir={node.log_dir}", "kafka.tools.StorageTool", "format",
             f"--cluster-id={cluster_id}", "-c", str(node.config_file),
         ]
+        for user, password in (self.security.users.items() if self.security else ()):
+            cmd += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BrokerError(f"formatting {node.data_dir} failed:\n{result.stdout}{result.stderr}")
@@ -281,7 +304,8 @@ class EmbeddedCluster:
                 tails = "\n".join(n.log_tail() for n in dead)
                 raise BrokerError(f"broker node(s) {[n.node_id for n in dead]} exited:\n{tails}")
             try:
-                brokers = await fetch_broker_ids(self.bootstrap, timeout_s=5.0)
+                brokers = await fetch_broker_ids(self.bootstrap, timeout_s=5.0,
+                                                 **self.admin_options())
                 if len(brokers) >= len(self.nodes):
                     return
                 last_error = f"{len(brokers)} of {len(self.nodes)} brokers registered"
@@ -290,6 +314,17 @@ class EmbeddedCluster:
             await asyncio.sleep(0.5)
         tails = "\n".join(n.log_tail() for n in self.nodes)
         raise BrokerError(f"broker not ready after {timeout_s:.0f}s ({last_error}):\n{tails}")
+
+    def admin_options(self) -> dict[str, Any]:
+        """Client security options of the admin principal (empty without security)."""
+        if self.security is None:
+            return {}
+        from aiokafka.helpers import create_ssl_context
+
+        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": self.security.admin,
+                "sasl_plain_password": self.security.admin_password,
+                "ssl_context": create_ssl_context(cafile=str(self.security.tls.ca))}
 
     def running_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.pid() is not None]
@@ -336,9 +371,11 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-async def fetch_broker_ids(bootstrap: str, timeout_s: float = 5.0) -> list[int]:
+async def fetch_broker_ids(bootstrap: str, timeout_s: float = 5.0,
+                           **security: Any) -> list[int]:
     """Node ids of the brokers a real metadata request returns."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                            **security)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)
         metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)

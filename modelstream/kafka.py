@@ -20,7 +20,28 @@ Header = tuple[str, bytes]
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options common to producers, consumers and admin clients."""
-    return {"bootstrap_servers": settings.bootstrap, "client_id": settings.client_id}
+    options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap,
+                               "client_id": settings.client_id}
+    options.update(security_options(settings))
+    return options
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """TLS and SASL options from the settings (none for PLAINTEXT)."""
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        cafile = str(settings.ssl_ca_file) if settings.ssl_ca_file else None
+        options["ssl_context"] = create_ssl_context(cafile=cafile)
+    if protocol.startswith("SASL"):
+        options.update(sasl_mechanism=settings.sasl_mechanism,
+                       sasl_plain_username=settings.sasl_username,
+                       sasl_plain_password=settings.sasl_password)
+    return options
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

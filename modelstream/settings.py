@@ -65,6 +65,15 @@ class Settings(BaseSettings):
         default=None, description="32-byte AES-256 data key (raw or hex) for encrypted weights."
     )
     log_level: str = Field(default="INFO")
+    security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="Kafka security protocol of every client.",
+    )
+    sasl_mechanism: str = Field(default="SCRAM-SHA-512",
+                                pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")
+    sasl_username: str | None = Field(default=None, description="This service's principal.")
+    sasl_password: str | None = Field(default=None)
+    ssl_ca_file: Path | None = Field(default=None, description="CA that signed the brokers.")
 
     @property
     def embedded(self) -> bool:
