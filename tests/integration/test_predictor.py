@@ -236,3 +236,24 @@ async def test_at_least_once_mode_scores_without_transactions(topics, keys):  # 
             next(iter(app.pipeline.assigned_partitions())))
     assert len({r.key for r in records}) == 500
     assert committed is not None and committed > 0  # offsets committed after delivery
+
+
+async def test_encrypted_artifact_is_served_only_with_the_data_key(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    import os
+
+    base = topics
+    key = os.urandom(32)
+    (tmp_path / "data.key").write_text(key.hex())
+    await publish(base, keys, trained_body(BC), 1, data_key=(key, "k1"))
+    with_key = PredictorApp(predictor_settings(base, keys, data_key_file=tmp_path / "data.key"))
+    async with running(with_key):
+        assert with_key.logic.production == {BC: 1}
+        await produce(base, "requests", requests_for(BC, 20, packed=True))
+        served = await consume_until(base, "predictions", ids_done(20))
+    assert {p["version"] for p in decoded(served, "Prediction")} == {1}
+
+    without_key = PredictorApp(predictor_settings(base, keys))
+    async with running(without_key):
+        assert without_key.logic.production == {}  # refused, never served
+        audit = decoded(await consume_until(base, "audit", lambda r: len(r) >= 1), "AuditEvent")
+        assert any("not configured" in a["reason"] for a in audit)
