@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -184,6 +185,87 @@ def show(
             raise ConfigurationError(f"{name!r} has no version {version}")
         artifact = history[(name, version)]
     typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
+
+
+@models_app.command("export")
+def export(
+    ctx: typer.Context, name: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the model.")],
+    version: Annotated[int | None, typer.Option(help="Default: the production version.")]
+    = None,
+    fmt: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+) -> None:
+    """Write a published version as a standard ONNX graph (opset 17)."""
+    from modelstream.learn.linear import LinearModel
+    from modelstream.onnx_interop import export_onnx
+
+    if fmt != "onnx":
+        raise typer.BadParameter("the only export format is onnx")
+    settings = _settings(ctx)
+    key = public_key(settings)
+    if version is None:
+        production = asyncio.run(load_production(settings, key, allow_unsigned=key is None))
+        if name not in production:
+            raise ConfigurationError(f"{name!r} has no production version")
+        artifact = production[name].record
+    else:
+        history = asyncio.run(load_history(settings))
+        if (name, version) not in history:
+            raise ConfigurationError(f"{name!r} has no version {version}")
+        artifact = history[(name, version)]
+        verify_record(artifact, key, allow_unsigned=key is None)
+    data_key = settings.data_key()
+    body = decrypt_tensors(artifact["body"], data_key[0] if data_key else None)
+    model = LinearModel.from_body(body)
+    output.write_bytes(export_onnx(model, name=name, version=body["version"],
+                                   digest=artifact["digest"]))
+    typer.echo(f"wrote {name} v{body['version']} ({artifact['digest'][:12]}) to {output}")
+
+
+@models_app.command("import")
+def import_model(
+    ctx: typer.Context, name: str,
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An .onnx file.")],
+    features: Annotated[str | None, typer.Option(
+        help="Comma-separated feature names (default: from the file, else f0..fN).")] = None,
+) -> None:
+    """Turn a linear ONNX model (skl2onnx or modelstream export) into a candidate; the
+    validator gates it on recent labelled data like any other candidate."""
+    from modelstream.artifact import seal
+    from modelstream.codec import default_codec
+    from modelstream.definitions import now_ms
+    from modelstream.kafka import make_producer
+    from modelstream.onnx_interop import import_onnx
+    from modelstream.topics import CANDIDATES
+
+    imported = import_onnx(path.read_bytes(), _csv(features) or None)
+    body = {
+        "name": name, "version": 0, "stage": "CANDIDATE", "task": imported.task,
+        "feature_names": imported.feature_names, "classes": imported.classes,
+        **imported.tensors(),
+        "training": {"algorithm": "imported", "l2": 0.0, "learning_rate": 0.0,
+                     "lr_decay": 0.0, "batch_size": 0, "max_epochs": 0, "patience": 0,
+                     "validation_fraction": 0.0, "seed": 0, "cv_folds": 0, "l2_grid": [],
+                     "l2_grid_scores": [], "epochs_run": 0},
+        "metrics": {}, "lineage": {"origin": "IMPORTED", "ranges": [], "example_count": 0},
+        "parent_version": None, "created_at_ms": now_ms(), "created_by": f"import:{path.name}",
+        "encryption": None,
+    }
+    artifact = seal(body)
+    settings = _settings(ctx)
+
+    async def send() -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic(CANDIDATES), key=name.encode(),
+                                         value=default_codec().encode("ModelArtifact", artifact))
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    typer.echo(f"candidate {artifact['digest'][:12]} for {name} ({imported.task.lower()}, "
+               f"{len(imported.feature_names)} features) sent for validation")
 
 
 @models_app.command("history")
