@@ -173,18 +173,22 @@ def show(
 ) -> None:
     """Everything an artifact says about itself (weights omitted), as JSON."""
     settings = _settings(ctx)
+    artifact = _artifact(settings, name, version)
+    typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
+
+
+def _artifact(settings: Settings, name: str, version: int | None) -> dict[str, Any]:
+    """The production artifact (verified when a public key is set), or a historical one."""
+    key = public_key(settings)
     if version is None:
-        production = asyncio.run(load_production(settings, public_key(settings),
-                                                 allow_unsigned=public_key(settings) is None))
+        production = asyncio.run(load_production(settings, key, allow_unsigned=key is None))
         if name not in production:
             raise ConfigurationError(f"{name!r} has no production version")
-        artifact = production[name].record
-    else:
-        history = asyncio.run(load_history(settings))
-        if (name, version) not in history:
-            raise ConfigurationError(f"{name!r} has no version {version}")
-        artifact = history[(name, version)]
-    typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
+        return production[name].record
+    history = asyncio.run(load_history(settings))
+    if (name, version) not in history:
+        raise ConfigurationError(f"{name!r} has no version {version}")
+    return history[(name, version)]
 
 
 @models_app.command("export")
@@ -202,18 +206,9 @@ def export(
     if fmt != "onnx":
         raise typer.BadParameter("the only export format is onnx")
     settings = _settings(ctx)
+    artifact = _artifact(settings, name, version)
     key = public_key(settings)
-    if version is None:
-        production = asyncio.run(load_production(settings, key, allow_unsigned=key is None))
-        if name not in production:
-            raise ConfigurationError(f"{name!r} has no production version")
-        artifact = production[name].record
-    else:
-        history = asyncio.run(load_history(settings))
-        if (name, version) not in history:
-            raise ConfigurationError(f"{name!r} has no version {version}")
-        artifact = history[(name, version)]
-        verify_record(artifact, key, allow_unsigned=key is None)
+    verify_record(artifact, key, allow_unsigned=key is None)
     data_key = settings.data_key()
     body = decrypt_tensors(artifact["body"], data_key[0] if data_key else None)
     model = LinearModel.from_body(body)
