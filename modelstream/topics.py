@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ async def create_topics(settings: Settings) -> ProvisionReport:
             except TopicAlreadyExistsError:
                 pass  # a concurrent `topics create` won the race; both are fine
             report.created = [t.name for t in missing]
+            await _until_visible(admin, {settings.topic(t.name) for t in missing})
         present = [t for t in TOPOLOGY if settings.topic(t.name) in existing]
         report.existing = [t.name for t in present]
         if present:
@@ -130,6 +132,17 @@ async def create_topics(settings: Settings) -> ProvisionReport:
     finally:
         await admin.close()
     return report
+
+
+async def _until_visible(admin: AIOKafkaAdminClient, names: set[str],
+                         timeout_s: float = 30.0) -> None:
+    """Creation returns once the controller committed it; brokers' metadata follows a moment
+    later. Wait for it, so a `topics list` right after `topics create` sees every topic."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not names <= set(await admin.list_topics()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"created topics not visible after {timeout_s}s")
+        await asyncio.sleep(0.1)
 
 
 async def describe_topics(settings: Settings) -> dict[str, dict[str, object]]:
