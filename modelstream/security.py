@@ -47,7 +47,7 @@ class ServiceAccess:
 # deployment's topic prefix and the service name.
 SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
     "trainer": ServiceAccess((TRAINING, CONTROL, CANDIDATES, MODEL_HISTORY, MODELS),
-                             (CANDIDATES, CONTROL, AUDIT, DEADLETTER)),
+                             (CANDIDATES, CONTROL, AUDIT, DEADLETTER), transactional=True),
     "validator": ServiceAccess((CANDIDATES, CONTROL, TRAINING, MODELS),
                                (VALIDATIONS, AUDIT, DEADLETTER), transactional=True),
     "publisher": ServiceAccess((VALIDATIONS, CONTROL, MODEL_HISTORY, MODELS),

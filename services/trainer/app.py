@@ -62,8 +62,10 @@ class TrainerApp:
             patience=settings.patience, validation_fraction=settings.validation_fraction,
         ))
         self.training_topic = settings.topic(TRAINING)
-        self.producer = make_producer(settings)
-        self.consumer = make_consumer(settings, group_id=settings.group(SERVICE),
+        self.group = settings.group(SERVICE)
+        self.producer = make_producer(settings,
+                                      transactional_id=settings.transactional_id(SERVICE))
+        self.consumer = make_consumer(settings, group_id=self.group,
                                       max_poll_records=settings.poll_max_records)
         self.control = ControlFollower(settings, self._apply_command)
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
@@ -153,20 +155,25 @@ class TrainerApp:
     async def run(self) -> None:
         while not self._stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
-            sends = []
-            for records in batch.values():
-                for record in records:
-                    EVENTS_CONSUMED.labels(SERVICE).inc()
-                    sends.extend(await self._handle_example(record))
             await self.control.poll()
-            if sends:
-                await asyncio.gather(*sends)
-            if batch:
-                await self.consumer.commit()
-            for name in self.logic.due_models():
-                await self._train(name)
+            if not batch and not self.logic.due_models():
+                continue
+            # Dead letters, candidates, definition updates, audit events and the consumed
+            # offsets commit together: after a crash either all of a batch's effects are
+            # visible or none are, and the rebuild retrains the same candidate exactly once.
+            async with self.producer.transaction():
+                for records in batch.values():
+                    for record in records:
+                        EVENTS_CONSUMED.labels(SERVICE).inc()
+                        await self._handle_example(record)
+                for name in self.logic.due_models():
+                    await self._train(name)
+                if batch:
+                    await self.producer.send_offsets_to_transaction(
+                        {tp: records[-1].offset + 1 for tp, records in batch.items()},
+                        self.group)
 
-    async def _handle_example(self, record: ConsumerRecord) -> list[Any]:
+    async def _handle_example(self, record: ConsumerRecord) -> None:
         model = record.key.decode(errors="replace") if record.key else ""
         try:
             example = self.codec.decode_any(record.value, "TrainingExample")
@@ -174,9 +181,9 @@ class TrainerApp:
             self.logic.accept(example, record.partition, record.offset)
         except (DecodeError, InvalidEventError) as exc:
             DEAD_LETTERS.labels(SERVICE, model if model in self.logic.windows else "").inc()
-            return [await self.dead.send(record, exc.reason, str(exc))]
+            await self.dead.send(record, exc.reason, str(exc))
+            return
         TRAINING_EXAMPLES.labels(model).inc()
-        return []
 
     async def _train(self, name: str) -> None:
         production = await load_production(self.settings, allow_unsigned=True)
@@ -192,13 +199,13 @@ class TrainerApp:
             return
         if candidate.inferred is not None:
             self.logic.define(candidate.inferred)
-            await self.producer.send_and_wait(
+            await self.producer.send(
                 self.settings.topic(CONTROL), key=name.encode(),
                 value=self.codec.encode("Command", command(
                     name, "DEFINE", definition=candidate.inferred, actor=SERVICE,
                     reason="feature names and classes fixed at first training")))
         artifact = sealed_candidate(candidate)
-        await self.producer.send_and_wait(
+        await self.producer.send(
             self.settings.topic(CANDIDATES), key=name.encode(),
             value=self.codec.encode("ModelArtifact", artifact))
         body = candidate.body
@@ -219,7 +226,7 @@ class TrainerApp:
                  artifact["digest"][:12])
 
     async def _audit(self, model: str, event: str, **kwargs: Any) -> None:
-        await self.producer.send_and_wait(
+        await self.producer.send(
             self.settings.topic(AUDIT), key=model.encode(),
             value=self.codec.encode_as("AuditEvent",
                                        audit_event(model, event, service=SERVICE, **kwargs),
