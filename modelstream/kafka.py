@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,14 +71,6 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """Why one record could not be processed."""
-
-    reason: str
-    message: str
-
-
 def dead_letter_headers(
     record: ConsumerRecord, reason: str, message: str, service: str
 ) -> list[Header]:
@@ -100,7 +92,6 @@ class DeadLetterWriter:
         self._producer = producer
         self._topic = topic
         self._service = service
-        self.count = 0
 
     async def send(self, record: ConsumerRecord, reason: str, message: str) -> asyncio.Future:  # type: ignore[type-arg]
         """Queue the record; returns its delivery future (await it before committing)."""
@@ -108,7 +99,6 @@ class DeadLetterWriter:
             "dead-letter %s[%d]@%d: %s: %s",
             record.topic, record.partition, record.offset, reason, message,
         )
-        self.count += 1
         return await self._producer.send(  # type: ignore[no-any-return]
             self._topic,
             key=record.key,
@@ -128,12 +118,6 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
-async def end_offsets(
-    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
-) -> dict[TopicPartition, int]:
-    return dict(await consumer.end_offsets(list(partitions)))
-
-
 async def read_to_end(
     settings: Settings, topic: str, *, timeout_s: float = 30.0
 ) -> AsyncIterator[ConsumerRecord]:
@@ -146,7 +130,7 @@ async def read_to_end(
             return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await end_offsets(consumer, tps)
+        ends = await consumer.end_offsets(tps)
         async for record in _drain(consumer, ends, timeout_s):
             yield record
     finally:

@@ -1,54 +1,30 @@
-"""Reading the registry and the control log back from Kafka.
+"""Reading the registry back from Kafka.
 
 ``models`` is compacted: reading it to the end and keeping the newest record per key gives
-the production version of every model. ``model-history`` holds every version published;
-``control`` holds every definition and command ever issued.
+the production version of every model. ``model-history`` holds every version published.
+(The ``control`` log is followed by ``modelstream.control.ControlFollower``.)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from modelstream.artifact import Verified, load_public_key, verify_bytes
 from modelstream.codec import default_codec
-from modelstream.definitions import Definition
-from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.errors import ArtifactVerificationError, DecodeError
 from modelstream.kafka import read_to_end
 from modelstream.settings import Settings
-from modelstream.topics import CONTROL, MODEL_HISTORY, MODELS
+from modelstream.topics import MODEL_HISTORY, MODELS
 
 log = logging.getLogger(__name__)
 
 
 def public_key(settings: Settings) -> Ed25519PublicKey | None:
     return load_public_key(settings.public_key_file) if settings.public_key_file else None
-
-
-@dataclass
-class ControlLog:
-    definitions: dict[str, Definition] = field(default_factory=dict)
-    commands: list[dict[str, Any]] = field(default_factory=list)
-
-
-async def load_control(settings: Settings) -> ControlLog:
-    """Every definition (newest wins) and command on ``control``; bad ones are skipped."""
-    codec = default_codec()
-    state = ControlLog()
-    async for record in read_to_end(settings, settings.topic(CONTROL)):
-        try:
-            cmd = codec.decode_any(record.value, "Command")
-            if cmd["action"] == "DEFINE":
-                state.definitions[cmd["model"]] = Definition.from_command(cmd)
-        except (DecodeError, InvalidEventError) as exc:
-            log.debug("skipping control record %d: %s", record.offset, exc)
-            continue
-        state.commands.append(cmd)
-    return state
 
 
 async def load_production(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
@@ -93,3 +96,12 @@ async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:
     from modelstream.kafka import read_to_end
 
     return [record async for record in read_to_end(settings, settings.topic(topic))]
+
+
+async def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`modelstream ARGS` in a subprocess against ``settings``' broker and topic prefix."""
+    full_env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+                "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, **env}
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "modelstream.cli", *args], env=full_env,
+        capture_output=True, text=True, timeout=120, check=False)

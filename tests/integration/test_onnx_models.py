@@ -4,9 +4,6 @@ and the served model exported to ONNX scores like the predictor in onnxruntime."
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -27,19 +24,14 @@ from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import load
-from tests.integration.helpers import consume_until, decoded, produce_records, running
+from tests.integration.helpers import consume_until, decoded, produce_records, run_cli, running
 from tests.integration.predictor_support import dataset
 
 BC = "breast-cancer"
 
 
 async def cli(base, keys, *args):  # type: ignore[no-untyped-def]
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub")}
-    return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "modelstream.cli", *args], env=env,
-        capture_output=True, text=True, timeout=120, check=False)
+    return await run_cli(base, *args, MODELSTREAM_PUBLIC_KEY_FILE=str(keys / "modelstream.pub"))
 
 
 async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp_path):  # type: ignore[no-untyped-def]

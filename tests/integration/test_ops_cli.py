@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from modelstream.artifact import generate_keys
 from modelstream.services.predictor.app import PredictorApp
-from tests.integration.helpers import consume_until, decoded, running
+from tests.integration.helpers import consume_until, decoded, run_cli, running
 from tests.integration.predictor_support import dataset, publish, trained_body
 from tests.integration.test_predictor import BC, predictor_settings
 
@@ -25,12 +21,7 @@ def keys(tmp_path):  # type: ignore[no-untyped-def]
 
 
 async def cli(base, keys, *args):  # type: ignore[no-untyped-def]
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub")}
-    return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "modelstream.cli", *args], env=env,
-        capture_output=True, text=True, timeout=120, check=False)
+    return await run_cli(base, *args, MODELSTREAM_PUBLIC_KEY_FILE=str(keys / "modelstream.pub"))
 
 
 async def test_send_tail_and_status(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
