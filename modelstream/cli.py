@@ -32,7 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 register_ops_commands(app)
 
-SERVICES = ("trainer", "validator", "publisher", "predictor")
+SERVICES = ("trainer", "validator", "publisher", "predictor", "monitor")
 
 
 class Context:

@@ -40,6 +40,7 @@ SCHEMA_FILES: tuple[str, ...] = (
     "Command",
     "ValidationReport",
     "AuditEvent",
+    "MonitorJoin",
 )
 
 Record = dict[str, Any]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,12 @@ from modelstream.errors import InvalidEventError
 
 TASKS = ("BINARY", "MULTICLASS", "REGRESSION")
 MAX_FEATURES = 100_000
+MAX_REQUEST_ID = 256
+# Labelled examples the monitor writes to ``training`` carry this example-id prefix. One in
+# ONLINE_HOLDOUT_MODULUS of them is never learned online, so the validator can judge
+# online-learned candidates on rows they have not seen.
+FEEDBACK_EXAMPLE_PREFIX = "feedback:"
+ONLINE_HOLDOUT_MODULUS = 5
 
 
 def now_ms() -> int:
@@ -204,3 +211,30 @@ def check_feature_count(names: Sequence[str]) -> None:
     if len(names) == 0 or len(names) > MAX_FEATURES:
         raise InvalidEventError("wrong-feature-count",
                                 f"a model needs 1..{MAX_FEATURES} features, got {len(names)}")
+
+
+def check_request_id(request_id: str, key: bytes | None) -> None:
+    """A request id joins requests, predictions and feedback: it must be usable as the
+    Kafka key all three are partitioned by."""
+    if not request_id or len(request_id) > MAX_REQUEST_ID:
+        raise InvalidEventError("bad-request-id",
+                                f"request id must have 1..{MAX_REQUEST_ID} characters")
+    if not request_id.isprintable():
+        raise InvalidEventError("bad-request-id", "request id has control characters")
+    if key is not None and key != request_id.encode():
+        raise InvalidEventError("bad-request-id",
+                                "the record key differs from the request id, so the record "
+                                "is not co-partitioned with its request and prediction")
+
+
+def in_online_holdout(request_id: str) -> bool:
+    """Whether a labelled request is held out of online learning (stable across processes)."""
+    return zlib.crc32(request_id.encode()) % ONLINE_HOLDOUT_MODULUS == 0
+
+
+def unseen_by_online_learning(example_id: str | None) -> bool:
+    """Whether a ``training`` row can judge an online-learned candidate: rows the monitor
+    wrote are usable only if held out of online learning; other rows never reach it."""
+    if example_id is None or not example_id.startswith(FEEDBACK_EXAMPLE_PREFIX):
+        return True
+    return in_online_holdout(example_id[len(FEEDBACK_EXAMPLE_PREFIX):])

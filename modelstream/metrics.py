@@ -108,3 +108,79 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Start the /metrics HTTP endpoint on ``host:port`` (port 0 = disabled)."""
     if port:
         start_http_server(port, addr=host)
+
+
+# -- the monitor: live quality of what is served ----------------------------------------------
+LIVE_ACCURACY = Gauge(
+    "modelstream_live_accuracy_ratio", "Accuracy over the newest labelled predictions.",
+    ["model", "version"],
+)
+LIVE_LOG_LOSS = Gauge(
+    "modelstream_live_log_loss_nats", "Mean log-loss over the newest labelled predictions.",
+    ["model", "version"],
+)
+LIVE_CALIBRATION_ERROR = Gauge(
+    "modelstream_live_calibration_error_ratio",
+    "Expected calibration error (10 bins) over the newest labelled predictions.",
+    ["model", "version"],
+)
+LIVE_MAE = Gauge(
+    "modelstream_live_mae", "Regression: mean absolute error over the newest labels.",
+    ["model", "version"],
+)
+LIVE_RMSE = Gauge(
+    "modelstream_live_rmse", "Regression: root mean squared error over the newest labels.",
+    ["model", "version"],
+)
+LIVE_WINDOW_LABELS = Gauge(
+    "modelstream_live_window_labels", "Labelled predictions in the sliding metric window.",
+    ["model", "version"],
+)
+LABEL_DELAY = Gauge(
+    "modelstream_label_delay_seconds", "Mean time from prediction to its label, in the window.",
+    ["model", "version"],
+)
+LABELS_JOINED = Counter(
+    "modelstream_labels_joined_total", "Feedback labels joined with their request and prediction.",
+    ["model"],
+)
+JOIN_EXPIRED = Counter(
+    "modelstream_join_expired_total",
+    "Request ids dropped from the join after the TTL without all three parts.", ["model"],
+)
+JOIN_DUPLICATES = Counter(
+    "modelstream_join_duplicates_total",
+    "Joins seen again after a restart and ignored (already learned).", ["model"],
+)
+JOIN_MATCH_RATIO = Gauge(
+    "modelstream_join_match_ratio", "Joined / (joined + expired) since the monitor started.",
+    ["model"],
+)
+JOIN_PENDING = Gauge(
+    "modelstream_join_pending_entries", "Request ids held in the join table.", ["service"]
+)
+ONLINE_LEARNED = Counter(
+    "modelstream_online_labels_learned_total", "Labels the online learner learned from.",
+    ["model"],
+)
+ONLINE_LEARNER_LABELS = Gauge(
+    "modelstream_online_learner_labels",
+    "Labels the current online learner has learned since it started from production "
+    "(restored after a restart).", ["model"],
+)
+ONLINE_GAIN = Gauge(
+    "modelstream_online_gain_ratio",
+    "Online learner minus production on the same recent labels (accuracy, or -MAE).", ["model"],
+)
+ONLINE_CANDIDATES = Counter(
+    "modelstream_online_candidates_total", "Online-learned candidates sent to the validator.",
+    ["model"],
+)
+DRIFT_EVENTS = Counter(
+    "modelstream_drift_events_total", "Drift detections (error stream or feature distribution).",
+    ["model", "version"],
+)
+ROLLBACKS_REQUESTED = Counter(
+    "modelstream_rollbacks_requested_total", "Automatic rollbacks the monitor asked for.",
+    ["model"],
+)

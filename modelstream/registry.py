@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from modelstream.artifact import Verified, load_public_key, verify_bytes
 from modelstream.codec import default_codec
 from modelstream.errors import ArtifactVerificationError, DecodeError
-from modelstream.kafka import read_to_end
+from modelstream.kafka import make_consumer, partitions_of, read_to_end
 from modelstream.settings import Settings
 from modelstream.topics import MODEL_HISTORY, MODELS
 
@@ -63,3 +63,51 @@ def latest_versions(history: Mapping[tuple[str, int], Any]) -> dict[str, int]:
     for name, version in history:
         latest[name] = max(version, latest.get(name, 0))
     return latest
+
+
+class ProductionFollower:
+    """Follows ``models``: the verified production artifact of every model, kept current.
+
+    ``start()`` reads the registry to its end; ``poll()`` applies what arrived since and
+    returns the names whose production artifact changed. Records that fail verification are
+    counted in ``refused`` and leave the previous version in place."""
+
+    def __init__(self, settings: Settings, key: Ed25519PublicKey | None) -> None:
+        self._settings = settings
+        self._key = key
+        self._consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
+        self.production: dict[str, Verified] = {}
+        self.refused: list[tuple[str, str]] = []  # (model, reason), drained by the owner
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        tps = await partitions_of(self._consumer, self._settings.topic(MODELS))
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        ends = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            while await self._consumer.position(tp) < ends[tp]:
+                await self.poll(timeout_ms=500)
+
+    async def poll(self, timeout_ms: int = 0) -> set[str]:
+        changed: set[str] = set()
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for records in batch.values():
+            for record in records:
+                try:
+                    verified = verify_bytes(record.value, self._key,
+                                            allow_unsigned=self._settings.allow_unsigned)
+                except (ArtifactVerificationError, DecodeError) as exc:
+                    model = record.key.decode(errors="replace") if record.key else ""
+                    log.warning("registry record %d refused: %s", record.offset, exc)
+                    self.refused.append((model, str(exc)))
+                    continue
+                name = verified.body["name"]
+                current = self.production.get(name)
+                if current is None or current.record["digest"] != verified.record["digest"]:
+                    self.production[name] = verified
+                    changed.add(name)
+        return changed
+
+    async def stop(self) -> None:
+        await self._consumer.stop()

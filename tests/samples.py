@@ -91,4 +91,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "actor": "publisher", "service": "publisher", "reason": "passed validation",
         "details": {"parent": "2"}, "at_ms": 1_790_000_000_000,
     },
+    "MonitorJoin": {
+        "request_id": "r-1", "model": "breast-cancer", "partition": 4,
+        "first_seen_ms": 1_790_000_000_000, "features": {"mean radius": 14.1},
+        "requested_at_ms": 1_790_000_000_000, "version": 3, "route": "production",
+        "prediction": "1", "scores": {"0": 0.1, "1": 0.9}, "predicted_at_ms": 1_790_000_000_002,
+        "label": "1", "labelled_at_ms": 1_790_000_000_100, "feedback_offset": 17,
+        "completed_by": "feedback", "completed_offset": 17,
+    },
 }

@@ -23,6 +23,8 @@ import numpy as np
 from river import drift, linear_model, optim, preprocessing
 
 from modelstream.artifact import from_tensor, to_tensor
+from modelstream.definitions import feature_vector, in_online_holdout
+from modelstream.errors import InvalidEventError
 
 BIAS = "__bias__"  # river's softmax has no intercept: a constant input carries it
 
@@ -105,6 +107,38 @@ class OnlineLearner:
             self.model.learn_one(scaled, float(label))
         self.learned += 1
 
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue learning after a restart (JSON-friendly)."""
+        names = self.feature_names
+        if self.task == "MULTICLASS":
+            weights = [[self.model.weights[c].get(n, 0.0) for n in [*names, BIAS]]
+                       for c in self.classes]
+            intercept = 0.0
+        else:
+            weights = [[self.model._weights.get(n, 0.0) for n in names]]
+            intercept = float(self.model.intercept)
+        return {"weights": weights, "intercept": intercept, "learned": self.learned,
+                "counts": [self.scaler.counts.get(n, 0) for n in names],
+                "means": [self.scaler.means.get(n, 0.0) for n in names],
+                "vars": [self.scaler.vars.get(n, 0.0) for n in names]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        names = self.feature_names
+        for i, name in enumerate(names):
+            self.scaler.counts[name] = int(state["counts"][i])
+            self.scaler.means[name] = float(state["means"][i])
+            self.scaler.vars[name] = float(state["vars"][i])
+        if self.task == "MULTICLASS":
+            for label, row in zip(self.classes, state["weights"], strict=True):
+                weights = self.model.weights[label]
+                for name, w in zip([*names, BIAS], row, strict=True):
+                    weights[name] = float(w)
+        else:
+            for name, w in zip(names, state["weights"][0], strict=True):
+                self.model._weights[name] = float(w)
+            self.model.intercept = float(state["intercept"])
+        self.learned = int(state["learned"])
+
     def export(self) -> dict[str, Any]:
         """Weights and standardization as artifact tensors (the predictor's format)."""
         names = self.feature_names
@@ -173,6 +207,18 @@ class LiveMetrics:
                 "log_loss": float(np.mean([o.log_loss for o in self.outcomes])),
                 "calibration_error": expected_calibration_error(confidence, correct),
                 "label_delay_ms": delay}
+
+    def state(self) -> dict[str, Any]:
+        columns = list(zip(*((o.correct, o.log_loss, o.confidence, o.abs_error, o.delay_ms)
+                             for o in self.outcomes), strict=True)) if self.outcomes else []
+        return {"total": self.total, "columns": [list(c) for c in columns]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.total = int(state["total"])
+        self.outcomes.clear()
+        if state["columns"]:
+            for row in zip(*state["columns"], strict=True):
+                self.outcomes.append(Outcome(*row))
 
     def primary(self) -> float:
         """Accuracy (larger is better), or negative RMSE for regression."""
@@ -257,3 +303,355 @@ def should_roll_back(newest: int, parent: int | None, metrics: Mapping[int, Live
         return RollbackDecision(newest, parent, ours.primary(), theirs.primary(),
                                 len(ours.outcomes))
     return None
+
+
+# -- the join of requests, predictions and feedback ------------------------------------------
+REQUESTS, PREDICTIONS, FEEDBACK = "requests", "predictions", "feedback"
+INPUTS = (REQUESTS, PREDICTIONS, FEEDBACK)
+
+
+def new_entry(request_id: str, model: str, partition: int, now_ms: int) -> dict[str, Any]:
+    return {"request_id": request_id, "model": model, "partition": partition,
+            "first_seen_ms": now_ms, "features": None, "requested_at_ms": None,
+            "version": None, "route": None, "prediction": None, "scores": {},
+            "predicted_at_ms": None, "label": None, "labelled_at_ms": None,
+            "feedback_offset": None, "completed_by": None, "completed_offset": None}
+
+
+def is_complete(entry: Mapping[str, Any]) -> bool:
+    return (entry["features"] is not None and entry["version"] is not None
+            and entry["label"] is not None)
+
+
+def missing_parts(entry: Mapping[str, Any]) -> list[str]:
+    return [kind for kind, field_name in ((REQUESTS, "features"), (PREDICTIONS, "version"),
+                                          (FEEDBACK, "label"))
+            if entry[field_name] is None]
+
+
+def merge(entry: dict[str, Any] | None, kind: str, value: Mapping[str, Any], partition: int,
+          offset: int, now_ms: int) -> dict[str, Any]:
+    """Fold one decoded input into the join entry of its request id (new when ``None``).
+
+    Inputs may arrive in any order. A complete entry never changes again, so a re-delivered
+    input after a restart re-emits exactly what was first completed, with the position of
+    the input that completed it (learners de-duplicate on that position).
+
+    >>> e = merge(None, FEEDBACK, {"request_id": "r", "model": "m", "label": "1",
+    ...                            "timestamp_ms": 5}, 0, 7, 1)
+    >>> e = merge(e, REQUESTS, {"request_id": "r", "model": "m", "features": [1.0],
+    ...                         "sent_at_ms": 2}, 0, 3, 1)
+    >>> is_complete(e), missing_parts(e)
+    (False, ['predictions'])
+    >>> e = merge(e, PREDICTIONS, {"request_id": "r", "model": "m", "version": 1,
+    ...     "route": "production", "prediction": "1", "scores": {"1": 0.9, "0": 0.1},
+    ...     "requested_at_ms": 2, "predicted_at_ms": 3}, 0, 4, 1)
+    >>> e["completed_by"], e["completed_offset"]
+    ('predictions', 4)
+    """
+    if entry is None:
+        entry = new_entry(value["request_id"], value["model"], partition, now_ms)
+    elif is_complete(entry):
+        return entry
+    if kind == REQUESTS:
+        entry["features"] = value["features"]
+        if entry["requested_at_ms"] is None:
+            entry["requested_at_ms"] = value["sent_at_ms"]
+    elif kind == PREDICTIONS:
+        entry.update(model=value["model"], version=value["version"], route=value["route"],
+                     prediction=value["prediction"], scores=dict(value["scores"]),
+                     predicted_at_ms=value["predicted_at_ms"],
+                     requested_at_ms=value["requested_at_ms"])
+    else:
+        entry.update(label=value["label"], labelled_at_ms=value["timestamp_ms"] or now_ms,
+                     feedback_offset=offset)
+    if is_complete(entry):
+        entry["completed_by"], entry["completed_offset"] = kind, offset
+    return entry
+
+
+def expired(entry: Mapping[str, Any], now_ms: int, ttl_ms: int) -> bool:
+    return now_ms - entry["first_seen_ms"] > ttl_ms
+
+
+# -- one model: live metrics, drift, online learning, rollback ------------------------------
+@dataclass(frozen=True)
+class WatchConfig:
+    window: int = 1000
+    drift_delta: float = 0.002
+    feature_drift_window: int = 500
+    feature_drift_threshold: float = 0.5
+    learning_rate: float = 0.01
+    l2: float = 0.0
+    export_every_labels: int = 2000
+    export_every_ms: int = 60_000
+    export_min_labels: int = 200
+    export_min_gain: float = 0.01
+    rollback_margin: float = 0.05
+    rollback_min_labels: int = 200
+    train_cooldown_ms: int = 60_000
+
+
+@dataclass
+class DriftEvent:
+    kind: str  # "error" (ADWIN on a version's error stream) or "features"
+    version: int
+    detail: str
+
+
+@dataclass
+class Decisions:
+    """What one batch of labelled outcomes asks the application to do."""
+
+    fresh: list[Mapping[str, Any]] = field(default_factory=list)  # joins not seen before
+    joined: int = 0
+    duplicates: int = 0
+    learned: int = 0
+    unusable: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)
+    drift: list[DriftEvent] = field(default_factory=list)
+    train_reason: str | None = None
+    rollback: RollbackDecision | None = None
+    candidate: dict[str, Any] | None = None
+
+
+def _float(value: Any) -> float:
+    return float(value) if value is not None else 0.0
+
+
+class ModelWatch:
+    """Everything the monitor knows about one model. Fed batches of complete joins
+    (:func:`merge`) in the order they were completed; pure, so the app and the tests drive
+    it the same way.
+
+    ``state()``/``restore()`` carry the online learner, the metric windows and the
+    de-duplication positions across restarts; drift detectors start afresh."""
+
+    def __init__(self, name: str, config: WatchConfig) -> None:
+        self.name = name
+        self.config = config
+        self.body: dict[str, Any] | None = None  # production body, tensors as numpy arrays
+        self.learner: OnlineLearner | None = None
+        self.metrics: dict[int, LiveMetrics] = {}
+        self.error_drift: dict[int, ErrorDrift] = {}
+        self.feature_drift: FeatureDrift | None = None
+        self.positions: dict[str, int] = {}  # "input:partition" -> newest completed offset
+        self.feedback_ranges: dict[int, list[int]] = {}  # partition -> [first, last + 1]
+        self.learned_since_export = 0
+        self.last_export_ms = 0
+        self.paired: deque[tuple[float, float]] = deque(maxlen=config.window)
+        self.rolled_back: set[int] = set()
+        self.last_train_ms = 0
+        self.joined_total = 0
+
+    @property
+    def version(self) -> int | None:
+        return self.body["version"] if self.body is not None else None
+
+    # -- production changes ------------------------------------------------------------
+    def install(self, body: Mapping[str, Any]) -> None:
+        """A new production version: the learner restarts from its weights."""
+        self.body = dict(body)
+        self.learner = OnlineLearner.from_arrays(body, self.config.learning_rate,
+                                                 self.config.l2)
+        self.feature_drift = FeatureDrift(
+            np.asarray(body["feature_mean"]), np.asarray(body["feature_scale"]),
+            body["feature_names"], self.config.feature_drift_window,
+            self.config.feature_drift_threshold)
+        self.feedback_ranges.clear()
+        self.learned_since_export = 0
+        self.paired.clear()
+        for version in sorted(self.metrics)[:-3]:
+            if version not in (body["version"], body["parent_version"]):
+                del self.metrics[version]
+                self.error_drift.pop(version, None)
+
+    # -- one batch -----------------------------------------------------------------------
+    def observe(self, joins: Sequence[Mapping[str, Any]], now_ms: int) -> Decisions:
+        out = Decisions()
+        fresh = []
+        for join in joins:
+            where = f"{join['completed_by']}:{join['partition']}"
+            if join["completed_offset"] <= self.positions.get(where, -1):
+                out.duplicates += 1
+                continue
+            self.positions[where] = join["completed_offset"]
+            fresh.append(join)
+        out.fresh, out.joined = fresh, len(fresh)
+        self.joined_total += len(fresh)
+        if self.body is None or not fresh:
+            return out
+        task, classes = self.body["task"], self.body["classes"]
+        names = self.body["feature_names"]
+        rows: list[np.ndarray] = []
+        usable: list[Mapping[str, Any]] = []
+        for join in fresh:
+            version = join["version"]
+            metrics = self.metrics.setdefault(version, LiveMetrics(task, self.config.window))
+            delay = _float(join["labelled_at_ms"]) - _float(join["predicted_at_ms"])
+            try:
+                result = outcome(task, classes, join["scores"], join["prediction"],
+                                 join["label"], max(0.0, delay))
+                row = feature_vector(join["features"], names)
+            except (ValueError, InvalidEventError) as exc:
+                reason = getattr(exc, "reason", "invalid-label")
+                out.unusable.append((dict(join), reason, str(exc)))
+                continue
+            metrics.add(result)
+            detector = self.error_drift.setdefault(version, ErrorDrift(self.config.drift_delta))
+            error = result.abs_error if task == "REGRESSION" else 1.0 - result.correct
+            if detector.update(error):
+                out.drift.append(DriftEvent("error", version, (
+                    f"ADWIN: error rate of v{version} changed; window mean now "
+                    f"{detector.detector.estimation:.4f}")))
+            rows.append(row)
+            usable.append(join)
+        if usable:
+            self._drift_in_features(np.vstack(rows), out)
+            self._learn(np.vstack(rows), usable, out)
+        if out.drift and now_ms - self.last_train_ms >= self.config.train_cooldown_ms:
+            self.last_train_ms = now_ms
+            out.train_reason = "; ".join(sorted({d.detail for d in out.drift}))
+        out.rollback = self._rollback()
+        out.candidate = self._export(now_ms)
+        return out
+
+    def _drift_in_features(self, X: np.ndarray, out: Decisions) -> None:
+        assert self.feature_drift is not None and self.body is not None
+        shifted: list[str] = []
+        for row in X:
+            shifted = self.feature_drift.update(row) or shifted
+            if shifted:
+                break
+        if shifted:
+            self.feature_drift.rows.clear()  # one event per window, not one per row
+            out.drift.append(DriftEvent("features", self.body["version"], (
+                f"features moved > {self.feature_drift.threshold} training standard "
+                f"deviations: {', '.join(shifted[:5])}")))
+
+    def _learn(self, X: np.ndarray, joins: Sequence[Mapping[str, Any]], out: Decisions) -> None:
+        assert self.learner is not None and self.body is not None
+        task, names = self.body["task"], self.learner.feature_names
+        # Progressive validation: the learner as it was at the start of the batch scores the
+        # batch before learning from it, beside the production version's own predictions.
+        online_scores = _linear_output(self.body, self.learner.export(), X)
+        for i, join in enumerate(joins):
+            label = join["label"]
+            if task == "REGRESSION":
+                ours = -abs(float(online_scores[i, 0]) - float(label))
+                theirs = -abs(float(join["prediction"]) - float(label))
+            else:
+                ours = float(self.learner.classes[int(np.argmax(online_scores[i]))] == str(label))
+                theirs = float(str(join["prediction"]) == str(label))
+            self.paired.append((ours, theirs))
+            if in_online_holdout(join["request_id"]):
+                continue
+            self.learner.learn_one(dict(zip(names, X[i].tolist(), strict=True)),
+                                   label if task != "REGRESSION" else float(label))
+            partition, offset = join["partition"], join["feedback_offset"]
+            span = self.feedback_ranges.setdefault(partition, [offset, offset + 1])
+            span[0], span[1] = min(span[0], offset), max(span[1], offset + 1)
+            self.learned_since_export += 1
+            out.learned += 1
+
+    def gain(self) -> float:
+        """Online learner minus production on the same recent labels (accuracy or -MAE)."""
+        if not self.paired:
+            return 0.0
+        pairs = np.asarray(self.paired)
+        return float(pairs[:, 0].mean() - pairs[:, 1].mean())
+
+    def _export(self, now_ms: int) -> dict[str, Any] | None:
+        c = self.config
+        if self.learner is None or self.body is None:
+            return None
+        due = (self.learned_since_export >= c.export_every_labels
+               or (now_ms - self.last_export_ms >= c.export_every_ms
+                   and self.learned_since_export >= c.export_min_labels))
+        if not due or len(self.paired) < c.export_min_labels or self.gain() < c.export_min_gain:
+            return None
+        self.last_export_ms = now_ms
+        self.learned_since_export = 0
+        return self.candidate_body(now_ms)
+
+    def candidate_body(self, now_ms: int) -> dict[str, Any]:
+        """The learner's weights as a candidate the validator gates like any other."""
+        assert self.learner is not None and self.body is not None
+        body = self.body
+        return {
+            "name": self.name, "version": 0, "stage": "CANDIDATE", "task": body["task"],
+            "feature_names": list(body["feature_names"]), "classes": list(body["classes"]),
+            **self.learner.export(),
+            "training": {"algorithm": "river-online", "l2": self.config.l2,
+                         "learning_rate": self.config.learning_rate, "lr_decay": 0.0,
+                         "batch_size": 1, "max_epochs": 1, "patience": 0,
+                         "validation_fraction": 0.0, "seed": 0, "cv_folds": 0, "l2_grid": [],
+                         "l2_grid_scores": [], "epochs_run": 1},
+            "metrics": {"online_gain": self.gain(), "online_labels": float(len(self.paired))},
+            "lineage": {"origin": "ONLINE", "example_count": self.learner.learned,
+                        "ranges": [{"topic": FEEDBACK, "partition": p, "start": a, "end": b}
+                                   for p, (a, b) in sorted(self.feedback_ranges.items())]},
+            "parent_version": body["version"], "created_at_ms": now_ms,
+            "created_by": "monitor", "encryption": None,
+        }
+
+    def _rollback(self) -> RollbackDecision | None:
+        if self.body is None or self.version in self.rolled_back:
+            return None
+        decision = should_roll_back(self.body["version"], self.body["parent_version"],
+                                    self.metrics, margin=self.config.rollback_margin,
+                                    min_labels=self.config.rollback_min_labels)
+        if decision is not None:
+            self.rolled_back.add(decision.version)
+        return decision
+
+    # -- persistence -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "learner": self.learner.state() if self.learner is not None else None,
+            "metrics": {str(v): m.state() for v, m in self.metrics.items()},
+            "positions": dict(self.positions),
+            "feedback_ranges": {str(p): r for p, r in self.feedback_ranges.items()},
+            "learned_since_export": self.learned_since_export,
+            "last_export_ms": self.last_export_ms,
+            "paired": [list(p) for p in self.paired],
+            "rolled_back": sorted(self.rolled_back),
+            "last_train_ms": self.last_train_ms,
+            "joined_total": self.joined_total,
+        }
+
+    def restore(self, state: Mapping[str, Any], task: str) -> None:
+        """Continue from ``state``; the learner only when it belongs to the production
+        version already installed (else learning restarts from the new production)."""
+        for version, metrics_state in state["metrics"].items():
+            metrics = LiveMetrics(task, self.config.window)
+            metrics.restore(metrics_state)
+            self.metrics[int(version)] = metrics
+        self.positions = dict(state["positions"])
+        self.rolled_back = set(state["rolled_back"])
+        self.last_train_ms = state["last_train_ms"]
+        self.joined_total = state["joined_total"]
+        self.last_export_ms = state["last_export_ms"]
+        if (self.learner is not None and state["learner"] is not None
+                and state["version"] == self.version):
+            self.learner.restore(state["learner"])
+            self.feedback_ranges = {int(p): list(r)
+                                    for p, r in state["feedback_ranges"].items()}
+            self.learned_since_export = state["learned_since_export"]
+            self.paired.extend(tuple(p) for p in state["paired"])
+
+
+def _linear_output(body: Mapping[str, Any], tensors: Mapping[str, Any],
+                   X: np.ndarray) -> np.ndarray:
+    """Scores of exported learner weights on a batch (probabilities, or the prediction)."""
+    W, b = from_tensor(tensors["weights"]), from_tensor(tensors["intercepts"])
+    Z = ((X - from_tensor(tensors["feature_mean"])) / from_tensor(tensors["feature_scale"])
+         ) @ W + b
+    if body["task"] == "BINARY":
+        p = 1.0 / (1.0 + np.exp(-np.clip(Z[:, 0], -500, 500)))
+        return np.column_stack([1.0 - p, p])
+    if body["task"] == "MULTICLASS":
+        Z = Z - Z.max(axis=1, keepdims=True)
+        E = np.exp(Z)
+        return E / E.sum(axis=1, keepdims=True)
+    return Z

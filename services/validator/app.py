@@ -18,6 +18,7 @@ from modelstream.definitions import (
     check_label,
     feature_vector,
     labels_to_targets,
+    unseen_by_online_learning,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
 from modelstream.kafka import (
@@ -201,12 +202,15 @@ class ValidatorApp:
         rules = Definition(name=body["name"], task=body["task"],
                            feature_names=tuple(body["feature_names"]),
                            classes=tuple(body["classes"]))
+        online = body["lineage"]["origin"] == "ONLINE"
         rows: list[tuple[int, np.ndarray, str | float, tuple[str, int, int]]] = []
         async for record in read_ranges(self.settings, ranges):
             try:
                 example = self.codec.decode_any(record.value, "TrainingExample")
                 if example["model"] != rules.name:
                     continue
+                if online and not unseen_by_online_learning(example["example_id"]):
+                    continue  # the monitor's learners learned this row
                 rows.append((record.timestamp, feature_vector(example["features"],
                                                               rules.feature_names),
                              check_label(example["label"], rules),

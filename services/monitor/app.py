@@ -1,0 +1,433 @@
+"""The monitor's Kafka side: a faust-streaming application with two agents.
+
+``join`` reads ``requests``, ``predictions`` and ``feedback`` (co-partitioned by request id)
+and folds them into the changelog-backed ``join`` table; every complete join goes to the
+internal ``monitor-labelled`` topic keyed by model name. ``learn`` reads that topic, so each
+model is handled by exactly one worker: live metrics, drift detection, online learning and
+rollback decisions, with the model's state in the changelog-backed ``models`` table.
+
+Both tables are written explicitly to the changelog partition of the input that owns the key,
+once per batch of ``take_events``; faust flushes the producer before it commits offsets, so
+after a crash the tables are never behind the committed input. The learner de-duplicates
+re-delivered joins on their completing input position, so no label is learned twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+from faust.types import EventT
+
+from modelstream.artifact import TENSOR_FIELDS, decrypt_tensors, from_tensor, seal
+from modelstream.codec import default_codec
+from modelstream.definitions import (
+    FEEDBACK_EXAMPLE_PREFIX,
+    Definition,
+    audit_event,
+    check_label,
+    check_request_id,
+    command,
+    now_ms,
+)
+from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.kafka import dead_letter_headers, security_options
+from modelstream.metrics import (
+    ARTIFACTS_REFUSED,
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    DEAD_LETTERS,
+    DRIFT_EVENTS,
+    EVENTS_CONSUMED,
+    JOIN_DUPLICATES,
+    JOIN_EXPIRED,
+    JOIN_MATCH_RATIO,
+    JOIN_PENDING,
+    LABEL_DELAY,
+    LABELS_JOINED,
+    LIVE_ACCURACY,
+    LIVE_CALIBRATION_ERROR,
+    LIVE_LOG_LOSS,
+    LIVE_MAE,
+    LIVE_RMSE,
+    LIVE_WINDOW_LABELS,
+    ONLINE_CANDIDATES,
+    ONLINE_GAIN,
+    ONLINE_LEARNED,
+    ONLINE_LEARNER_LABELS,
+    PRODUCTION_VERSION,
+    ROLLBACKS_REQUESTED,
+    serve_metrics,
+)
+from modelstream.registry import ProductionFollower, public_key
+from modelstream.services.monitor.logic import (
+    FEEDBACK,
+    PREDICTIONS,
+    REQUESTS,
+    Decisions,
+    ModelWatch,
+    expired,
+    is_complete,
+    merge,
+    missing_parts,
+)
+from modelstream.services.monitor.settings import MonitorSettings
+from modelstream.topics import AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING
+from modelstream.topics import FEEDBACK as FEEDBACK_TOPIC
+from modelstream.topics import PREDICTIONS as PREDICTIONS_TOPIC
+from modelstream.topics import REQUESTS as REQUESTS_TOPIC
+
+log = logging.getLogger("modelstream.monitor")
+SERVICE = "monitor"
+LABELLED = "monitor-labelled"
+LABELLED_PARTITIONS = 3
+JOIN_CODEC = "modelstream-join"
+
+
+class _JoinCodec(codecs.Codec):
+    """Join-table values as Avro single-object ``MonitorJoin`` records (never pickle)."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return default_codec().encode("MonitorJoin", obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return None if s is None else default_codec().decode(s, "MonitorJoin")
+
+
+codecs.register(JOIN_CODEC, _JoinCodec())
+
+
+def _credentials(settings: MonitorSettings) -> Any:
+    """faust's spelling of the same SASL/TLS settings every other service uses."""
+    options = security_options(settings)
+    if not options:
+        return None
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return faust.SASLCredentials(
+        username=settings.sasl_username, password=settings.sasl_password,
+        mechanism=settings.sasl_mechanism, ssl_context=options.get("ssl_context"))
+
+
+class MonitorApp:
+    """Wires the topics, tables and agents; ``start``/``run``/``stop`` like every service."""
+
+    def __init__(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        self.codec = default_codec()
+        self.data_key = settings.data_key()
+        self.config = settings.watch_config()
+        self.ttl_ms = int(settings.join_ttl_s * 1000)
+        self.registry = ProductionFollower(settings, public_key(settings))
+        self.watches: dict[str, ModelWatch] = {}
+        self.expired: dict[str, int] = defaultdict(int)
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._kinds = {settings.topic(REQUESTS_TOPIC): REQUESTS,
+                       settings.topic(PREDICTIONS_TOPIC): PREDICTIONS,
+                       settings.topic(FEEDBACK_TOPIC): FEEDBACK}
+        self.app = faust.App(
+            settings.group(SERVICE),
+            broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            datadir=str(settings.state_dir / "monitor"),
+            autodiscover=False,
+            web_enabled=False,
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            topic_replication_factor=settings.replication_factor,
+            topic_partitions=LABELLED_PARTITIONS,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_every=10_000,
+            broker_commit_interval=1.0,
+            stream_buffer_maxsize=4 * settings.batch_max_records,
+        )
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+               "value_serializer": "raw"}
+        self.inputs = self.app.topic(*self._kinds, **raw)  # type: ignore[arg-type]
+        self.labelled = self.app.topic(settings.topic(LABELLED), partitions=LABELLED_PARTITIONS,
+                                       internal=True, **raw)  # type: ignore[arg-type]
+        self.out = {name: self.app.topic(settings.topic(name), **raw)  # type: ignore[arg-type]
+                    for name in (AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING)}
+        input_partitions = 6  # requests, predictions and feedback (see topics.TOPOLOGY)
+        self.joins = self.app.Table("join", partitions=input_partitions, key_type=bytes)
+        self.states = self.app.Table("models", partitions=LABELLED_PARTITIONS, key_type=bytes)
+        # faust derives serializers from model types; ours are raw keys and Avro/JSON values.
+        self.joins.key_serializer, self.joins.value_serializer = "raw", JOIN_CODEC
+        self.states.key_serializer, self.states.value_serializer = "raw", "json"
+        self.app.agent(self.inputs, name="join")(self._join_agent)
+        self.app.agent(self.labelled, name="learn")(self._learn_agent)
+        self.app.timer(1.0)(self._housekeeping)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
+        (self.settings.state_dir / "monitor").mkdir(parents=True, exist_ok=True)
+        await self.registry.start()
+        self._refresh_registry(set(self.registry.production))
+        self.ready.set()
+        await self.app.start()
+
+    async def run(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        await self.app.stop()
+        await self.registry.stop()
+
+    # -- registry ----------------------------------------------------------------------
+    def _refresh_registry(self, changed: set[str]) -> None:
+        for name in sorted(changed):
+            body = self.registry.production[name].body
+            try:
+                plain = decrypt_tensors(body, self.data_key[0] if self.data_key else None)
+            except ArtifactVerificationError as exc:
+                log.warning("cannot learn online from %s v%d: %s", name, body["version"], exc)
+                continue
+            arrays = {**plain, **{f: from_tensor(plain[f]) for f in TENSOR_FIELDS}}
+            watch = self.watches.get(name)
+            if watch is None:
+                watch = self.watches[name] = ModelWatch(name, self.config)
+                watch.install(arrays)
+                state = self.states.data.get(name.encode())
+                if state is not None:
+                    watch.restore(state, body["task"])
+                    log.info("%s: continuing from saved state (%d labels joined, learner "
+                             "at %d labels)", name, watch.joined_total,
+                             watch.learner.learned if watch.learner else 0)
+            else:
+                watch.install(arrays)
+            PRODUCTION_VERSION.labels(SERVICE, name).set(body["version"])
+            log.info("%s: production is v%d", name, body["version"])
+        for model, _reason in self.registry.refused:
+            ARTIFACTS_REFUSED.labels(SERVICE, model).inc()
+        self.registry.refused.clear()
+
+    def _definition(self, model: str) -> Definition | None:
+        verified = self.registry.production.get(model)
+        if verified is None:
+            return None
+        body = verified.body
+        return Definition(name=model, task=body["task"],
+                          feature_names=tuple(body["feature_names"]),
+                          classes=tuple(body["classes"]))
+
+    # -- agent 1: the join ---------------------------------------------------------------
+    async def _join_agent(self, stream: Any) -> None:
+        await self.ready.wait()
+        async for events in stream.take_events(self.settings.batch_max_records,
+                                               within=self.settings.batch_within_s):
+            started = time.perf_counter()
+            await self._join(events)
+            BATCH_SIZE.labels(SERVICE).observe(len(events))
+            BATCH_SECONDS.labels(SERVICE).observe(time.perf_counter() - started)
+
+    async def _join(self, events: Sequence[EventT]) -> None:
+        store = self.joins.data
+        now = now_ms()
+        changed: dict[bytes, dict[str, Any]] = {}
+        for event in events:
+            message = event.message
+            kind = self._kinds[message.topic]
+            EVENTS_CONSUMED.labels(SERVICE).inc()
+            value = self._decode(kind, message)
+            if value is None:
+                continue
+            key = value["request_id"].encode()
+            entry = changed.get(key) or store.get(key)
+            was_complete = entry is not None and is_complete(entry)
+            entry = merge(entry, kind, value, message.partition, message.offset, now)
+            changed[key] = entry
+            # Emit when this input completes the join, and again when the completing input
+            # itself is re-delivered after a restart (the learner drops what it has seen).
+            if is_complete(entry) and (not was_complete or (
+                    kind == entry["completed_by"]
+                    and message.offset == entry["completed_offset"])):
+                await self.labelled.send(key=entry["model"].encode(),
+                                         value=self.codec.encode("MonitorJoin", entry))
+        for key, entry in changed.items():
+            store[key] = entry
+            self.joins.send_changelog(entry["partition"], key, entry)
+
+    def _decode(self, kind: str, message: Any) -> dict[str, Any] | None:
+        """The decoded input, or None: bad feedback is dead-lettered here; bad requests
+        are the predictor's to dead-letter (it reads them first), so they are skipped."""
+        type_name = {REQUESTS: "PredictionRequest", PREDICTIONS: "Prediction",
+                     FEEDBACK: "Feedback"}[kind]
+        try:
+            value = self.codec.decode_any(message.value, type_name)
+            if kind == FEEDBACK:
+                check_request_id(value["request_id"], message.key)
+                definition = self._definition(value["model"])
+                if definition is None:
+                    raise InvalidEventError("unknown-model",
+                                            f"no production version of {value['model']!r}")
+                value["label"] = check_label(value["label"], definition)
+            return value
+        except (DecodeError, InvalidEventError) as exc:
+            if kind == FEEDBACK:
+                self._dead_letter(message, exc.reason, str(exc))
+            else:
+                log.debug("skipping undecodable %s record: %s", kind, exc)
+            return None
+
+    def _dead_letter(self, message: Any, reason: str, error: str, model: str = "") -> None:
+        log.warning("dead-letter %s[%d]@%d: %s: %s", message.topic, message.partition,
+                    message.offset, reason, error)
+        DEAD_LETTERS.labels(SERVICE, model).inc()
+        self.out[DEADLETTER].send_soon(
+            key=message.key, value=message.value,
+            headers=dead_letter_headers(message, reason, error, SERVICE))
+
+    # -- agent 2: metrics, drift, learning, rollback -------------------------------------
+    async def _learn_agent(self, stream: Any) -> None:
+        await self.ready.wait()
+        async for events in stream.take_events(self.settings.batch_max_records,
+                                               within=self.settings.batch_within_s):
+            by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            partitions: dict[str, int] = {}
+            for event in events:
+                join = self.codec.decode(event.message.value, "MonitorJoin")
+                by_model[join["model"]].append(join)
+                partitions[join["model"]] = event.message.partition
+            for model, joins in by_model.items():
+                await self._learn(model, joins, partitions[model])
+
+    async def _learn(self, model: str, joins: list[dict[str, Any]], partition: int) -> None:
+        watch = self.watches.get(model)
+        if watch is None:
+            watch = self.watches[model] = ModelWatch(model, self.config)
+            state = self.states.data.get(model.encode())
+            if state is not None and self._definition(model) is not None:
+                watch.restore(state, self.registry.production[model].body["task"])
+        now = now_ms()
+        decisions = await asyncio.to_thread(watch.observe, joins, now)
+        await self._act(watch, decisions)
+        state = watch.state()
+        self.states.data[model.encode()] = state
+        self.states.send_changelog(partition, model.encode(), state)
+        self._export_metrics(watch, decisions)
+
+    async def _act(self, watch: ModelWatch, d: Decisions) -> None:
+        model = watch.name
+        for join, reason, error in d.unusable:
+            DEAD_LETTERS.labels(SERVICE, model).inc()
+            log.warning("unusable join of %s: %s: %s", join["request_id"], reason, error)
+            self.out[DEADLETTER].send_soon(
+                key=join["request_id"].encode(), value=self.codec.encode("MonitorJoin", join),
+                headers=[("reason", reason.encode()), ("error", error[:1000].encode()),
+                         ("source.topic", self.settings.topic(LABELLED).encode()),
+                         ("service", SERVICE.encode())])
+        if self.settings.write_training:
+            for join in d.fresh:
+                example = {"model": model, "features": join["features"], "label": join["label"],
+                           "example_id": FEEDBACK_EXAMPLE_PREFIX + join["request_id"],
+                           "timestamp_ms": join["labelled_at_ms"]}
+                self.out[TRAINING].send_soon(key=model.encode(),
+                                             value=self.codec.encode("TrainingExample", example))
+        for event in d.drift:
+            DRIFT_EVENTS.labels(model, str(event.version)).inc()
+            log.warning("%s: %s drift on v%d: %s", model, event.kind, event.version,
+                        event.detail)
+            self._audit(model, "drift_detected", version=event.version, reason=event.detail,
+                        details={"kind": event.kind})
+        if d.train_reason is not None:
+            self._command(model, "TRAIN", reason=f"drift: {d.train_reason}")
+        if d.rollback is not None:
+            ROLLBACKS_REQUESTED.labels(model).inc()
+            log.warning("%s: rolling back: %s", model, d.rollback.reason)
+            self._command(model, "ROLLBACK", version=d.rollback.parent, reason=d.rollback.reason)
+            self._audit(model, "rollback_requested", version=d.rollback.version,
+                        reason=d.rollback.reason,
+                        details={"to_version": str(d.rollback.parent),
+                                 "labels": str(d.rollback.labels)})
+        if d.candidate is not None:
+            artifact = seal(d.candidate)
+            ONLINE_CANDIDATES.labels(model).inc()
+            lineage = d.candidate["lineage"]
+            log.info("%s: online candidate %s from v%s after %d labels", model,
+                     artifact["digest"][:12], d.candidate["parent_version"],
+                     lineage["example_count"])
+            self.out[CANDIDATES].send_soon(key=model.encode(),
+                                           value=self.codec.encode("ModelArtifact", artifact))
+            self._audit(model, "online_candidate", digest=artifact["digest"],
+                        version=d.candidate["parent_version"],
+                        details={"examples": str(lineage["example_count"]),
+                                 "ranges": ",".join(f"{r['partition']}:{r['start']}-{r['end']}"
+                                                    for r in lineage["ranges"]),
+                                 "gain": f"{d.candidate['metrics']['online_gain']:.4f}"})
+
+    def _audit(self, model: str, event: str, **kwargs: Any) -> None:
+        record = audit_event(model, event, service=SERVICE, **kwargs)
+        self.out[AUDIT].send_soon(
+            key=model.encode(),
+            value=self.codec.encode_as("AuditEvent", record, self.settings.output_format.value))
+
+    def _command(self, model: str, action: str, **kwargs: Any) -> None:
+        self.out[CONTROL].send_soon(
+            key=model.encode(),
+            value=self.codec.encode("Command", command(model, action, actor=SERVICE, **kwargs)))
+
+    def _export_metrics(self, watch: ModelWatch, d: Decisions) -> None:
+        model = watch.name
+        LABELS_JOINED.labels(model).inc(d.joined)
+        if d.duplicates:
+            JOIN_DUPLICATES.labels(model).inc(d.duplicates)
+        if d.learned:
+            ONLINE_LEARNED.labels(model).inc(d.learned)
+        if watch.learner is not None:
+            ONLINE_LEARNER_LABELS.labels(model).set(watch.learner.learned)
+        ONLINE_GAIN.labels(model).set(watch.gain())
+        joined, lost = watch.joined_total, self.expired.get(model, 0)
+        if joined + lost:
+            JOIN_MATCH_RATIO.labels(model).set(joined / (joined + lost))
+        for version, metrics in watch.metrics.items():
+            snap = metrics.snapshot()
+            labels = (model, str(version))
+            LIVE_WINDOW_LABELS.labels(*labels).set(snap["labels"])
+            if snap["labels"] == 0:
+                continue
+            LABEL_DELAY.labels(*labels).set(snap["label_delay_ms"] / 1000.0)
+            if metrics.task == "REGRESSION":
+                LIVE_MAE.labels(*labels).set(snap["mae"])
+                LIVE_RMSE.labels(*labels).set(snap["rmse"])
+            else:
+                LIVE_ACCURACY.labels(*labels).set(snap["accuracy"])
+                LIVE_LOG_LOSS.labels(*labels).set(snap["log_loss"])
+                LIVE_CALIBRATION_ERROR.labels(*labels).set(snap["calibration_error"])
+
+    # -- every second: registry, expiry ------------------------------------------------
+    async def _housekeeping(self) -> None:
+        self._refresh_registry(await self.registry.poll())
+        store = self.joins.data
+        now = now_ms()
+        owned = {tp.partition for tp in self.app.assignor.assigned_actives()
+                 if tp.topic in self._kinds}
+        gone: list[bytes] = []
+        # Entries are inserted in first-seen order, so the oldest come first.
+        for key in store.keys():
+            entry = store[key]
+            if not expired(entry, now, self.ttl_ms):
+                break
+            if entry["partition"] in owned:
+                gone.append(key)
+        for key in gone:
+            entry = store.pop(key)
+            self.joins.send_changelog(entry["partition"], key, None, value_serializer="raw")
+            if not is_complete(entry):
+                self.expired[entry["model"]] += 1
+                JOIN_EXPIRED.labels(entry["model"]).inc()
+                log.info("join of %s expired without %s", entry["request_id"],
+                         " and ".join(missing_parts(entry)))
+        JOIN_PENDING.labels(SERVICE).set(len(store))
