@@ -115,6 +115,14 @@ def _credentials(settings: MonitorSettings) -> Any:
         mechanism=settings.sasl_mechanism, ssl_context=options.get("ssl_context"))
 
 
+def _serialize(table: Any, value_serializer: str) -> None:
+    """faust derives a table's serializers from model types and builds its changelog topic
+    when the table is registered; ours are raw keys and Avro/JSON values, so both the table
+    and a rebuilt changelog topic (which recovery decodes with) get them here."""
+    table.key_serializer, table.value_serializer = "raw", value_serializer
+    table.changelog_topic = table._new_changelog_topic()
+
+
 class MonitorApp:
     """Wires the topics, tables and agents; ``start``/``run``/``stop`` like every service."""
 
@@ -126,6 +134,7 @@ class MonitorApp:
         self.ttl_ms = int(settings.join_ttl_s * 1000)
         self.registry = ProductionFollower(settings, public_key(settings))
         self.watches: dict[str, ModelWatch] = {}
+        self.restored: set[str] = set()
         self.expired: dict[str, int] = defaultdict(int)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -147,6 +156,8 @@ class MonitorApp:
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             broker_commit_every=10_000,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.session_timeout_s / 5,
             broker_commit_interval=1.0,
             stream_buffer_maxsize=4 * settings.batch_max_records,
         )
@@ -160,9 +171,8 @@ class MonitorApp:
         input_partitions = 6  # requests, predictions and feedback (see topics.TOPOLOGY)
         self.joins = self.app.Table("join", partitions=input_partitions, key_type=bytes)
         self.states = self.app.Table("models", partitions=LABELLED_PARTITIONS, key_type=bytes)
-        # faust derives serializers from model types; ours are raw keys and Avro/JSON values.
-        self.joins.key_serializer, self.joins.value_serializer = "raw", JOIN_CODEC
-        self.states.key_serializer, self.states.value_serializer = "raw", "json"
+        _serialize(self.joins, JOIN_CODEC)
+        _serialize(self.states, "json")
         self.app.agent(self.inputs, name="join")(self._join_agent)
         self.app.agent(self.labelled, name="learn")(self._learn_agent)
         self.app.timer(1.0)(self._housekeeping)
@@ -177,6 +187,8 @@ class MonitorApp:
         await self.registry.start()
         self._refresh_registry(set(self.registry.production))
         self.ready.set()
+        # Sends of one batch are queued together; faust warns above 100 by default.
+        self.app.producer.buffer.max_messages = 10 * self.settings.batch_max_records
         await self.app.start()
 
     async def run(self) -> None:
@@ -196,18 +208,7 @@ class MonitorApp:
                 log.warning("cannot learn online from %s v%d: %s", name, body["version"], exc)
                 continue
             arrays = {**plain, **{f: from_tensor(plain[f]) for f in TENSOR_FIELDS}}
-            watch = self.watches.get(name)
-            if watch is None:
-                watch = self.watches[name] = ModelWatch(name, self.config)
-                watch.install(arrays)
-                state = self.states.data.get(name.encode())
-                if state is not None:
-                    watch.restore(state, body["task"])
-                    log.info("%s: continuing from saved state (%d labels joined, learner "
-                             "at %d labels)", name, watch.joined_total,
-                             watch.learner.learned if watch.learner else 0)
-            else:
-                watch.install(arrays)
+            self.watches.setdefault(name, ModelWatch(name, self.config)).install(arrays)
             PRODUCTION_VERSION.labels(SERVICE, name).set(body["version"])
             log.info("%s: production is v%d", name, body["version"])
         for model, _reason in self.registry.refused:
@@ -305,12 +306,16 @@ class MonitorApp:
                 await self._learn(model, joins, partitions[model])
 
     async def _learn(self, model: str, joins: list[dict[str, Any]], partition: int) -> None:
-        watch = self.watches.get(model)
-        if watch is None:
-            watch = self.watches[model] = ModelWatch(model, self.config)
+        watch = self.watches.setdefault(model, ModelWatch(model, self.config))
+        if model not in self.restored:
+            # The first batch after (re)start: the tables are recovered by now.
+            self.restored.add(model)
             state = self.states.data.get(model.encode())
             if state is not None and self._definition(model) is not None:
                 watch.restore(state, self.registry.production[model].body["task"])
+                log.info("%s: continuing from saved state (%d labels joined, learner at %d "
+                         "labels)", model, watch.joined_total,
+                         watch.learner.learned if watch.learner else 0)
         now = now_ms()
         decisions = await asyncio.to_thread(watch.observe, joins, now)
         await self._act(watch, decisions)

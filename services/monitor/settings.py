@@ -32,6 +32,9 @@ class MonitorSettings(Settings):
     train_cooldown_s: float = Field(default=60.0, ge=0)
     write_training: bool = Field(
         default=True, description="Write joined labels to `training` (retraining, holdouts).")
+    session_timeout_s: float = Field(
+        default=10.0, ge=6, description="Consumer-group session: how fast a dead monitor's "
+                                        "partitions move to another.")
     batch_max_records: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.1, gt=0)
 

@@ -19,7 +19,7 @@ from modelstream.settings import load
 from tests.fuzzing import SeededFuzzer
 from tests.integration.helpers import produce, read_all, running
 from tests.integration.predictor_support import publish, trained_body
-from tests.integration.test_predictor_processes import Predictor
+from tests.integration.processes import Predictor
 
 BC = "breast-cancer"
 N = 10_000

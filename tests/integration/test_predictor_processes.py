@@ -3,61 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from modelstream.artifact import generate_keys
-from tests.integration.conftest import free_port_pair
 from tests.integration.helpers import consume_until, produce
 from tests.integration.predictor_support import publish, trained_body
+from tests.integration.processes import Predictor
 from tests.integration.test_predictor import BC, requests_for
-
-
-class Predictor:
-    def __init__(self, base, keys: Path, instance: str, log_dir: Path,  # type: ignore[no-untyped-def]
-                 **extra_env: str) -> None:
-        self.metrics_port = free_port_pair()
-        self.log_path = log_dir / f"predictor-{instance}.log"
-        env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
-               "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
-               "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-               "MODELSTREAM_METRICS_PORT": str(self.metrics_port),
-               "MODELSTREAM_INSTANCE_ID": instance, "MODELSTREAM_SESSION_TIMEOUT_MS": "6000",
-               **extra_env}
-        self.log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelstream.cli", "run", "predictor"], env=env,
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def consumed(self) -> float:
-        try:
-            text = urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
-        except OSError:
-            return 0.0
-        for line in text.splitlines():
-            if line.startswith('modelstream_events_consumed_total{service="predictor"}'):
-                return float(line.split()[-1])
-        return 0.0
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.kill()
-        code = self.process.wait(timeout=30)
-        self.log.close()
-        return code
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from modelstream.codec import default_codec
 from tests.integration.conftest import free_port_pair
 from tests.integration.helpers import produce
 from tests.integration.predictor_support import dataset, publish, trained_body
+from tests.integration.processes import Predictor
 from tests.integration.test_predictor import BC, requests_for
-from tests.integration.test_predictor_processes import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,64 @@
+"""modelstream services as real OS processes (`modelstream run SERVICE`), for crash tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from modelstream.settings import Settings
+from tests.integration.conftest import free_port_pair
+
+
+class ServiceProcess:
+    def __init__(self, service: str, base: Settings, keys: Path, instance: str, log_dir: Path,
+                 **extra_env: str) -> None:
+        self.service = service
+        self.metrics_port = free_port_pair()
+        self.log_path = log_dir / f"{service}-{instance}.log"
+        env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
+               "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
+               "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+               "MODELSTREAM_METRICS_PORT": str(self.metrics_port),
+               "MODELSTREAM_INSTANCE_ID": instance, **extra_env}
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelstream.cli", "run", service], env=env,
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the process's /metrics (0 when absent or not yet serving)."""
+        try:
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        prefix = f"{name}{{{wanted}}}" if wanted else name
+        for line in text.splitlines():
+            if line.startswith(prefix + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.kill()
+        code = self.process.wait(timeout=30)
+        self.log.close()
+        return code
+
+
+class Predictor(ServiceProcess):
+    def __init__(self, base: Settings, keys: Path, instance: str, log_dir: Path,
+                 **extra_env: str) -> None:
+        super().__init__("predictor", base, keys, instance, log_dir,
+                         MODELSTREAM_SESSION_TIMEOUT_MS="6000", **extra_env)
+
+    def consumed(self) -> float:
+        return self.metric("modelstream_events_consumed_total", service="predictor")

@@ -1,0 +1,271 @@
+"""The monitor on the real broker: concept drift, a bad release, a kill -9 restart.
+
+Every scenario runs the real predictor and monitor (and, where a step needs them, the
+trainer, validator and publisher) against Kafka, with labels arriving on ``feedback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from river import datasets
+
+from modelstream.artifact import generate_keys, to_tensor
+from modelstream.client import RequestEncoder
+from modelstream.codec import default_codec
+from modelstream.control import send_command
+from modelstream.definitions import Definition, command, in_online_holdout
+from modelstream.models_cli import audit_trail
+from modelstream.registry import load_history
+from modelstream.services.monitor.app import MonitorApp
+from modelstream.services.monitor.settings import MonitorSettings
+from modelstream.services.predictor.app import PredictorApp
+from modelstream.services.predictor.settings import PredictorSettings
+from modelstream.services.publisher.app import PublisherApp
+from modelstream.services.publisher.settings import PublisherSettings
+from modelstream.services.trainer.app import TrainerApp
+from modelstream.services.trainer.settings import TrainerSettings
+from modelstream.services.validator.app import ValidatorApp
+from modelstream.services.validator.settings import ValidatorSettings
+from modelstream.settings import Settings, load
+from tests.integration.helpers import consume_until, decoded, produce, read_all, running
+from tests.integration.predictor_support import dataset, publish, trained_body
+from tests.integration.processes import ServiceProcess
+from tests.integration.test_predictor import BC, requests_for
+
+CODEC = default_codec()
+
+
+@pytest.fixture
+def keys(tmp_path):  # type: ignore[no-untyped-def]
+    generate_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+def settings_for(cls, base: Settings, keys, **extra: Any):  # type: ignore[no-untyped-def]
+    return load(cls, bootstrap_servers=base.bootstrap, topic_prefix=base.topic_prefix,
+                metrics_port=0, public_key_file=keys / "modelstream.pub",
+                private_key_file=keys / "modelstream.key", state_dir=base.state_dir, **extra)
+
+
+def feedback(model: str, labelled: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(rid.encode(), CODEC.encode("Feedback", {"request_id": rid, "model": model,
+                                                    "label": label, "timestamp_ms": None}))
+            for rid, label in labelled]
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.2)
+
+
+def accuracy(predictions: list[dict[str, Any]], truth: dict[str, str]) -> float:
+    return float(np.mean([p["prediction"] == truth[p["request_id"]] for p in predictions]))
+
+
+# -- 1. concept drift ---------------------------------------------------------------------
+SEA = "sea"
+SEA_NAMES = ["x0", "x1", "x2"]
+
+
+def sea(variant: int, seed: int, n: int) -> tuple[np.ndarray, list[str]]:
+    rows = list(datasets.synth.SEA(variant=variant, seed=seed).take(n))
+    X = np.array([[x[0], x[1], x[2]] for x, _ in rows])
+    return X, [str(int(label)) for _, label in rows]
+
+
+async def test_concept_drift_is_detected_learned_online_and_recovered(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    # Training data and the first requests follow SEA concept 0; from request 2000 on the
+    # stream follows concept 3 (river's synthetic SEA generator, threshold 8 -> 9.5).
+    X_train, y_train = sea(0, 1, 2000)
+    X_before, y_before = sea(0, 2, 2000)
+    X_after, y_after = sea(3, 3, 8000)
+    await send_command(base, command(SEA, "DEFINE", definition=Definition(
+        name=SEA, task="BINARY", feature_names=tuple(SEA_NAMES), classes=("0", "1"),
+        min_examples=100, tolerance=0.01)))
+    await produce(base, "training", [(SEA.encode(), CODEC.encode("TrainingExample", {
+        "model": SEA, "features": dict(zip(SEA_NAMES, row.tolist(), strict=True)),
+        "label": label, "example_id": f"e{i}", "timestamp_ms": None}))
+        for i, (row, label) in enumerate(zip(X_train, y_train, strict=True))])
+    async with running(TrainerApp(settings_for(TrainerSettings, base, keys))), \
+            running(ValidatorApp(settings_for(ValidatorSettings, base, keys, holdout_size=300))), \
+            running(PublisherApp(settings_for(PublisherSettings, base, keys))):
+        await send_command(base, command(SEA, "TRAIN"))
+        await consume_until(base, "models", lambda r: len(r) >= 1, timeout_s=90)
+    monitor = MonitorApp(settings_for(MonitorSettings, base, keys, export_every_labels=400,
+                                      export_min_labels=200, export_min_gain=0.02,
+                                      batch_max_records=500))
+    encoder = RequestEncoder(SEA_NAMES)
+    X = np.vstack([X_before, X_after])
+    y = y_before + y_after
+    truth = {f"s-{i}": label for i, label in enumerate(y)}
+    change_ms = 0
+    validator = ValidatorApp(settings_for(ValidatorSettings, base, keys, holdout_size=300))
+    async with running(validator), \
+            running(PublisherApp(settings_for(PublisherSettings, base, keys))), \
+            running(PredictorApp(settings_for(PredictorSettings, base, keys))), \
+            running(monitor):
+        chunk = 250
+        for start in range(0, len(y), chunk):
+            if start == len(y_before):
+                change_ms = int(time.time() * 1000)
+            ids = [f"s-{i}" for i in range(start, start + chunk)]
+            await produce(base, "requests", [
+                (rid.encode(), encoder.encode(rid, SEA, X[i], packed=True))
+                for rid, i in zip(ids, range(start, start + chunk), strict=True)])
+            await produce(base, "feedback", feedback(SEA, [(rid, truth[rid]) for rid in ids]))
+            await eventually(lambda n=start + chunk: monitor.watches[SEA].joined_total >= n, 60,
+                             f"monitor did not join {start + chunk} labels")
+        predictions = decoded(await consume_until(
+            base, "predictions", lambda r: len(r) >= len(y)), "Prediction")
+
+    events = await audit_trail(base, SEA)
+    drifts = [e for e in events if e["event"] == "drift_detected"]
+    assert any(e["at_ms"] >= change_ms for e in drifts), drifts
+    commands = decoded(await read_all(base, "control"), "Command")
+    assert any(c["action"] == "TRAIN" and c["actor"] == "monitor" for c in commands)
+
+    history = await load_history(base)
+    online = [a["body"] for (name, _), a in sorted(history.items())
+              if name == SEA and a["body"]["lineage"]["origin"] == "ONLINE"]
+    assert online, "no online-learned candidate was published"
+    first_online = online[0]
+    assert first_online["parent_version"] == 1
+    assert first_online["lineage"]["ranges"][0]["topic"] == "feedback"
+    assert first_online["lineage"]["example_count"] > 0
+
+    by_id = {p["request_id"]: p for p in predictions}
+    ordered = [by_id[f"s-{i}"] for i in range(len(y))]
+    pre = accuracy(ordered[:len(y_before)], truth)
+    just_after = accuracy(ordered[len(y_before):len(y_before) + 500], truth)
+    swapped = [p for p in ordered[len(y_before):] if p["version"] >= first_online["version"]]
+    assert len(swapped) >= 1000, f"only {len(swapped)} requests were served after the swap"
+    recovered = accuracy(swapped[-1000:], truth)
+    print(f"\nSEA drift: accuracy before the change {pre:.4f}, first 500 after {just_after:.4f}, "
+          f"last 1000 on online-learned v{swapped[-1]['version']} {recovered:.4f}; "
+          f"{len(drifts)} drift events, {len(online)} online versions published")
+    assert just_after < pre - 0.05  # the change really hurts the batch model
+    assert recovered >= pre - 0.03  # stated margin: within 3 accuracy points
+
+
+# -- 2. a bad release -------------------------------------------------------------------
+def degraded(body: dict[str, Any]) -> dict[str, Any]:
+    """The same model with its weights negated: confidently wrong."""
+    W = np.frombuffer(body["weights"]["data"], dtype="<f8").reshape(body["weights"]["shape"])
+    return {**body, "weights": to_tensor(-W), "created_by": "test:degraded"}
+
+
+async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    good = trained_body(BC)
+    await publish(base, keys, good, 1)
+    _, y, _, _ = dataset(BC)
+    min_labels, chunk = 200, 100
+    monitor = MonitorApp(settings_for(MonitorSettings, base, keys,
+                                      rollback_min_labels=min_labels, rollback_margin=0.05))
+    sent = 0
+
+    async def traffic(n: int) -> None:
+        nonlocal sent
+        await produce(base, "requests", requests_for(BC, n, start=sent))
+        await produce(base, "feedback", feedback(
+            BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(sent, sent + n)]))
+        sent += n
+        await eventually(lambda: monitor.watches[BC].joined_total >= sent, 60,
+                         f"monitor did not join {sent} labels")
+
+    async with running(PublisherApp(settings_for(PublisherSettings, base, keys))), \
+            running(PredictorApp(settings_for(PredictorSettings, base, keys))) as predictor, \
+            running(monitor):
+        await traffic(600)
+        await publish(base, keys, degraded(good), 2)
+        await eventually(lambda: predictor.logic.production.get(BC) == 2, 30, "no swap to v2")
+        while BC not in {c["model"] for c in decoded(await read_all(base, "control"), "Command")
+                         if c["action"] == "ROLLBACK"}:
+            assert sent < 3000, "no rollback after 2,400 labels on the degraded version"
+            await traffic(chunk)
+        await eventually(lambda: predictor.logic.production[BC] == 1, 30,
+                         "predictor did not switch back to v1")
+        after = sent
+        await traffic(200)
+        predictions = decoded(await consume_until(base, "predictions",
+                                                  lambda r: len(r) >= sent), "Prediction")
+
+    events = await audit_trail(base, BC)
+    requested = [e for e in events if e["event"] == "rollback_requested"]
+    assert len(requested) == 1 and requested[0]["version"] == 2
+    assert requested[0]["details"]["to_version"] == "1"
+    assert int(requested[0]["details"]["labels"]) <= min_labels + chunk
+    assert "worse than parent v1" in requested[0]["reason"]
+    assert any(e["event"] == "rolled_back" for e in events), [e["event"] for e in events]
+    late = [p for p in predictions if int(p["request_id"].split("-")[1]) >= after]
+    assert len(late) == 200 and {p["version"] for p in late} == {1}
+
+
+# -- 3. kill -9 and restart -----------------------------------------------------------------
+async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Requests and predictions for ``n`` ids, then labels at a steady rate; the monitor
+    process is SIGKILLed mid-stream and restarted. Returns the counts it checked."""
+    await publish(base, keys, trained_body(BC), 1)
+    _, y, _, _ = dataset(BC)
+    env = {"MODELSTREAM_STATE_DIR": str(log_dir / "monitor-state"),
+           "MODELSTREAM_BATCH_MAX_RECORDS": "200", "MODELSTREAM_EXPORT_MIN_GAIN": "1.0"}
+    learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
+    async with running(PredictorApp(settings_for(PredictorSettings, base, keys))):
+        await produce(base, "requests", requests_for(BC, n))
+        await consume_until(base, "predictions", lambda r: len(r) >= n, timeout_s=120)
+    first = ServiceProcess("monitor", base, keys, "a", log_dir, **env)
+    second = None
+    try:
+        labels = feedback(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)])
+        half = n // 2
+
+        async def steady(items: list[tuple[bytes, bytes]], per_s: float) -> None:
+            for start in range(0, len(items), 100):
+                await produce(base, "feedback", items[start:start + 100])
+                await asyncio.sleep(100 / per_s)
+
+        sender = asyncio.create_task(steady(labels[:half], per_s=1000))
+        await eventually(lambda: first.metric("modelstream_online_learner_labels", model=BC)
+                         >= 500, 90, "monitor never started learning:\n" + first.output())
+        before_kill = first.metric("modelstream_online_learner_labels", model=BC)
+        first.process.send_signal(signal.SIGKILL)
+        assert first.process.wait(timeout=30) == -signal.SIGKILL
+        first.stop()
+        await sender  # labels keep arriving while no monitor runs
+        await produce(base, "feedback", labels[half:])
+        second = ServiceProcess("monitor", base, keys, "b", log_dir, **env)
+        await eventually(
+            lambda: second.metric("modelstream_online_learner_labels", model=BC)
+            >= learned_expected, 120,
+            f"learner stopped short of {learned_expected}:\n" + second.output())
+        await asyncio.sleep(2)  # anything more would be a label learned twice
+        learned = second.metric("modelstream_online_learner_labels", model=BC)
+        log = second.log_path.read_text(errors="replace")
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.stop()
+    written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
+    ids = [CODEC.decode(r.value, "TrainingExample")["example_id"] for r in written]
+    print(f"\nmonitor kill -9: learner at {before_kill:.0f} labels when killed; after restart "
+          f"{learned:.0f} of {learned_expected} learnable labels; {len(set(ids))} of {n} "
+          f"labels joined ({len(ids) - len(set(ids))} re-written after the crash)")
+    assert "continuing from saved state" in log
+    assert learned == learned_expected  # continued from its state: none lost, none twice
+    assert set(ids) == {f"feedback:r-{i}" for i in range(n)}  # no label lost from the join
+    return {"labels": n, "learned": int(learned), "rewritten": len(ids) - len(set(ids))}
+
+
+async def test_monitor_survives_kill_9_without_losing_a_label(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    await monitor_restart_scenario(topics, keys, tmp_path)
