@@ -85,15 +85,17 @@ def request_bytes(name: str, n: int, *, packed: bool, prefix: str = "r",
     return out
 
 
-async def preload(settings: Settings, items: list[tuple[bytes, bytes]]) -> None:
-    """Write requests fast: batch builders, round-robin over the partitions."""
+async def preload(settings: Settings, items: list[tuple[bytes, bytes]],
+                  topic_name: str = "requests") -> None:
+    """Write records fast: batch builders, item i to partition i mod partitions (so equal
+    positions in equally partitioned topics are co-partitioned)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=20,
                                 max_batch_size=1024 * 1024)
     await producer.start()
     try:
-        topic = settings.topic("requests")
+        topic = settings.topic(topic_name)
         partitions = sorted(await producer.partitions_for(topic))
         per_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
         for i, item in enumerate(items):

@@ -41,6 +41,7 @@ SCHEMA_FILES: tuple[str, ...] = (
     "ValidationReport",
     "AuditEvent",
     "MonitorJoin",
+    "MonitorJoinBatch",
 )
 
 Record = dict[str, Any]

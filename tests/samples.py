@@ -99,4 +99,5 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "label": "1", "labelled_at_ms": 1_790_000_000_100, "feedback_offset": 17,
         "completed_by": "feedback", "completed_offset": 17,
     },
+    "MonitorJoinBatch": {"joins": []},
 }

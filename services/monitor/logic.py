@@ -258,22 +258,42 @@ class ErrorDrift:
 class FeatureDrift:
     """Compares a window of live features with the training statistics in the artifact:
     flags features whose window mean moved more than ``threshold`` training standard
-    deviations (well beyond the 1/sqrt(n) noise of a window mean)."""
+    deviations (well beyond the 1/sqrt(n) noise of a window mean). A ring buffer with a
+    running sum keeps each update O(features), whatever the window."""
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, names: Sequence[str],
                  window: int = 500, threshold: float = 0.5) -> None:
         self.mean, self.scale, self.names = mean, scale, list(names)
         self.window, self.threshold = window, threshold
-        self.rows: deque[np.ndarray] = deque(maxlen=window)
+        self.reset()
+
+    def reset(self) -> None:
+        self.ring = np.zeros((self.window, len(self.names)))
+        self.total = np.zeros(len(self.names))
+        self.seen = 0
 
     def update(self, x: np.ndarray) -> list[str]:
-        self.rows.append((x - self.mean) / self.scale)
-        if len(self.rows) < self.window:
+        return self.update_many(np.asarray(x, dtype=np.float64)[None, :])
+
+    def update_many(self, X: np.ndarray) -> list[str]:
+        """Add rows; the features whose window mean has moved, checked after the last row."""
+        Z = (X - self.mean) / self.scale
+        if len(Z) >= self.window:
+            Z = Z[-self.window:]
+            self.ring[:] = Z
+            self.total = Z.sum(axis=0)
+            self.seen += len(X)
+        else:
+            slots = (self.seen + np.arange(len(Z))) % self.window
+            self.total += Z.sum(axis=0) - self.ring[slots].sum(axis=0)
+            self.ring[slots] = Z
+            self.seen += len(Z)
+        if self.seen < self.window:
             return []
-        shift = np.abs(np.mean(self.rows, axis=0))
-        noise = 4.0 / math.sqrt(len(self.rows))
-        return [n for n, s in zip(self.names, shift, strict=True)
-                if s > max(self.threshold, noise)]
+        shift = np.abs(self.total / self.window)
+        noise = 4.0 / math.sqrt(self.window)
+        return [n for n, v in zip(self.names, shift, strict=True)
+                if v > max(self.threshold, noise)]
 
 
 @dataclass(frozen=True)
@@ -517,13 +537,9 @@ class ModelWatch:
 
     def _drift_in_features(self, X: np.ndarray, out: Decisions) -> None:
         assert self.feature_drift is not None and self.body is not None
-        shifted: list[str] = []
-        for row in X:
-            shifted = self.feature_drift.update(row) or shifted
-            if shifted:
-                break
+        shifted = self.feature_drift.update_many(X)
         if shifted:
-            self.feature_drift.rows.clear()  # one event per window, not one per row
+            self.feature_drift.reset()  # one event per window, not one per batch
             out.drift.append(DriftEvent("features", self.body["version"], (
                 f"features moved > {self.feature_drift.threshold} training standard "
                 f"deviations: {', '.join(shifted[:5])}")))
