@@ -125,11 +125,13 @@ LIVE_CALIBRATION_ERROR = Gauge(
     ["model", "version"],
 )
 LIVE_MAE = Gauge(
-    "modelstream_live_mae", "Regression: mean absolute error over the newest labels.",
+    "modelstream_live_mae_units",
+    "Regression: mean absolute error over the newest labels (in the label's units).",
     ["model", "version"],
 )
 LIVE_RMSE = Gauge(
-    "modelstream_live_rmse", "Regression: root mean squared error over the newest labels.",
+    "modelstream_live_rmse_units",
+    "Regression: root mean squared error over the newest labels (in the label's units).",
     ["model", "version"],
 )
 LIVE_WINDOW_LABELS = Gauge(
@@ -157,7 +159,7 @@ JOIN_MATCH_RATIO = Gauge(
     ["model"],
 )
 JOIN_PENDING = Gauge(
-    "modelstream_join_pending_entries", "Request ids held in the join table.", ["service"]
+    "modelstream_join_pending_records", "Request ids held in the join table.", ["service"]
 )
 ONLINE_LEARNED = Counter(
     "modelstream_online_labels_learned_total", "Labels the online learner learned from.",

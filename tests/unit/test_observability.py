@@ -29,7 +29,7 @@ def exported_names() -> set[str]:
 def test_metric_names_units_and_labels():
     assert len(families()) >= 15
     unit = re.compile(r"^modelstream_[a-z_]+_(total|seconds|records|version|examples|"
-                      r"bytes|ratio)$")
+                      r"bytes|ratio|labels|nats|units)$")
     for family in families():
         for name in {family.name + s for s in SUFFIXES[family.type]} - {family.name + "_bucket",
                                                                       family.name + "_sum",
