@@ -41,6 +41,8 @@ class ServiceAccess:
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     transactional: bool = False
+    # faust creates, reads and writes its own topics, all named <prefix><service>-...
+    internal_topics: bool = False
 
 
 # What each service's principal may do; groups and transactional ids are prefixed by the
@@ -56,7 +58,8 @@ SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
                                (PREDICTIONS, SHADOW_PREDICTIONS, DEADLETTER, AUDIT),
                                transactional=True),
     "monitor": ServiceAccess((PREDICTIONS, FEEDBACK, REQUESTS, MODELS, CONTROL),
-                             (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING)),
+                             (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING),
+                             internal_topics=True),
 }
 
 
@@ -141,6 +144,10 @@ def grant_service(java: str, jars: Path, bootstrap: str, security: BrokerSecurit
         commands.append([*base, "--operation", "Write", "--operation", "Describe",
                          "--transactional-id", f"{prefix}{service}",
                          "--resource-pattern-type", "prefixed"])
+    if access.internal_topics:
+        commands.append([*base, *[a for op in ("Create", "Read", "Write", "Describe",
+                                               "DescribeConfigs") for a in ("--operation", op)],
+                         "--topic", f"{prefix}{service}-", "--resource-pattern-type", "prefixed"])
     for cmd in commands:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
