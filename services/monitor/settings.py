@@ -18,8 +18,8 @@ class MonitorSettings(Settings):
     feature_drift_window: int = Field(default=500, ge=50)
     feature_drift_threshold: float = Field(
         default=0.5, gt=0, description="Shift of a feature's window mean, in training stds.")
-    learning_rate: float = Field(default=0.01, gt=0, description="Online SGD step.")
-    l2: float = Field(default=0.0, ge=0)
+    online_learning_rate: float = Field(default=0.01, gt=0, description="Online SGD step.")
+    online_l2: float = Field(default=0.0, ge=0)
     export_every_labels: int = Field(default=2000, ge=1)
     export_every_s: float = Field(default=60.0, gt=0)
     export_min_labels: int = Field(default=200, ge=1)
@@ -43,7 +43,7 @@ class MonitorSettings(Settings):
             window=self.window, drift_delta=self.drift_delta,
             feature_drift_window=self.feature_drift_window,
             feature_drift_threshold=self.feature_drift_threshold,
-            learning_rate=self.learning_rate, l2=self.l2,
+            learning_rate=self.online_learning_rate, l2=self.online_l2,
             export_every_labels=self.export_every_labels,
             export_every_ms=int(self.export_every_s * 1000),
             export_min_labels=self.export_min_labels, export_min_gain=self.export_min_gain,
