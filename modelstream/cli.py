@@ -184,6 +184,42 @@ def run_service(
     module.main()
 
 
+@app.command("up")
+def up(
+    ctx: typer.Context,
+    demo: Annotated[str | None, typer.Option(
+        help="Also drive real traffic: breast-cancer or digits.")] = None,
+    predictors: Annotated[int, typer.Option(min=1, max=8, help="Predictor processes.")] = 2,
+    requests: Annotated[int, typer.Option(min=1, help="Demo: requests to send.")] = 5000,
+    rate: Annotated[float, typer.Option(min=1, help="Demo: requests per second.")] = 100.0,
+    label_delay: Annotated[float, typer.Option(
+        min=0, help="Demo: seconds between a request and its label on `feedback`.")] = 2.0,
+    refresh: Annotated[float, typer.Option(min=0.2, help="Seconds between screens.")] = 1.0,
+    metrics_base_port: Annotated[int, typer.Option(
+        help="trainer's /metrics port; the others follow (predictor +3, monitor +4, "
+             "further predictors +10+i).")] = 9101,
+) -> None:
+    """Start the broker (unless MODELSTREAM_BOOTSTRAP_SERVERS is set), the topics and every
+    service, and watch them live; Ctrl-C stops everything."""
+    from modelstream.up import DEMOS, Stack, run_up
+
+    if demo is not None and demo not in DEMOS:
+        raise typer.BadParameter(f"unknown demo {demo!r}; choose from {', '.join(DEMOS)}")
+    stack = Stack(_ctx(ctx).settings(), predictors=predictors,
+                  metrics_base_port=metrics_base_port)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        stack.start(typer.echo)
+        asyncio.run(run_up(stack, demo, requests, rate, label_delay, refresh, write,
+                           tty=sys.stdout.isatty()))
+    finally:
+        stack.stop(typer.echo)
+
+
 def main() -> None:
     """Entry point: clear one-line errors for expected failures, tracebacks only for bugs."""
     try:

@@ -42,6 +42,7 @@ SCHEMA_FILES: tuple[str, ...] = (
     "AuditEvent",
     "MonitorJoin",
     "MonitorJoinBatch",
+    "MonitorModelState",
 )
 
 Record = dict[str, Any]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -42,6 +42,14 @@ SHADOW_PREDICTIONS = "shadow-predictions"
 FEEDBACK = "feedback"
 AUDIT = "audit"
 DEADLETTER = "deadletter"
+# The monitor's own topics. faust names a table's changelog "<app id>-<table>-changelog" and
+# the app id is the monitor's group (<prefix>monitor), so these are its exact names. They are
+# provisioned with the rest: a topic faust creates itself can be missing from the metadata
+# its first partition assignment sees, leaving it unassigned.
+MONITOR_LABELLED = "monitor-labelled"
+MONITOR_JOIN_CHANGELOG = "monitor-join-changelog"
+MONITOR_MODELS_CHANGELOG = "monitor-models-changelog"
+MONITOR_TOPICS = (MONITOR_LABELLED, MONITOR_JOIN_CHANGELOG, MONITOR_MODELS_CHANGELOG)
 
 TOPOLOGY: tuple[TopicSpec, ...] = (
     # The log is the dataset: training examples are kept until an operator says otherwise.
@@ -72,6 +80,13 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
               {"retention.ms": FOREVER}),
     TopicSpec(DEADLETTER, "original key", "original bytes (headers: reason, source)",
               "every service", "operators", 3, {"retention.ms": str(14 * DAY_MS)}),
+    TopicSpec(MONITOR_LABELLED, "model name", "MonitorJoinBatch", "monitor", "monitor", 3,
+              {"retention.ms": str(DAY_MS)}),
+    # Changelogs are the tables: compacted, and partitioned like the inputs they follow.
+    TopicSpec(MONITOR_JOIN_CHANGELOG, "request id", "MonitorJoin", "monitor", "monitor", 6,
+              {"cleanup.policy": "compact"}),
+    TopicSpec(MONITOR_MODELS_CHANGELOG, "model name", "MonitorModelState", "monitor",
+              "monitor", 3, {"cleanup.policy": "compact"}),
 )
 
 TOPICS_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPOLOGY}
@@ -91,14 +106,17 @@ def _full_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     return config
 
 
-async def create_topics(settings: Settings) -> ProvisionReport:
-    """Create missing topics, grow partition counts and re-apply declared configs."""
+async def create_topics(settings: Settings,
+                        only: Collection[str] | None = None) -> ProvisionReport:
+    """Create missing topics, grow partition counts and re-apply declared configs (of every
+    declared topic, or of the logical names in ``only``)."""
+    declared = [t for t in TOPOLOGY if only is None or t.name in only]
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     report = ProvisionReport()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in TOPOLOGY if settings.topic(t.name) not in existing]
+        missing = [t for t in declared if settings.topic(t.name) not in existing]
         if missing:
             new = [
                 NewTopic(settings.topic(t.name), t.partitions, settings.replication_factor,
@@ -111,7 +129,7 @@ async def create_topics(settings: Settings) -> ProvisionReport:
                 pass  # a concurrent `topics create` won the race; both are fine
             report.created = [t.name for t in missing]
             await _until_visible(admin, {settings.topic(t.name) for t in missing})
-        present = [t for t in TOPOLOGY if settings.topic(t.name) in existing]
+        present = [t for t in declared if settings.topic(t.name) in existing]
         report.existing = [t.name for t in present]
         if present:
             described = await admin.describe_topics([settings.topic(t.name) for t in present])

@@ -100,4 +100,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "completed_by": "feedback", "completed_offset": 17,
     },
     "MonitorJoinBatch": {"joins": []},
+    "MonitorModelState": {
+        "version": 3,
+        "learner": {"weights": [[0.5, -0.25]], "intercept": 0.1, "learned": 40,
+                    "counts": [140, 140], "means": [1.0, 2.0], "vars": [0.5, 4.0]},
+        "metrics": {"3": {"total": 2, "columns": [[1.0, 0.0], [0.1, 2.3], [0.9, 0.9],
+                                                  [0.0, 0.0], [120.0, 80.0]]}},
+        "positions": {"feedback:2": 17}, "feedback_ranges": {"2": [3, 18]},
+        "learned_since_export": 12, "last_export_ms": 1_790_000_000_000,
+        "paired": [[1.0, 0.0]], "rolled_back": [], "last_train_ms": 0, "joined_total": 2,
+    },
 }

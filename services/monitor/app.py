@@ -78,29 +78,45 @@ from modelstream.services.monitor.logic import (
     missing_parts,
 )
 from modelstream.services.monitor.settings import MonitorSettings
-from modelstream.topics import AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING
+from modelstream.topics import (
+    AUDIT,
+    CANDIDATES,
+    CONTROL,
+    DEADLETTER,
+    MONITOR_JOIN_CHANGELOG,
+    MONITOR_LABELLED,
+    MONITOR_TOPICS,
+    TOPICS_BY_NAME,
+    TRAINING,
+    create_topics,
+)
 from modelstream.topics import FEEDBACK as FEEDBACK_TOPIC
 from modelstream.topics import PREDICTIONS as PREDICTIONS_TOPIC
 from modelstream.topics import REQUESTS as REQUESTS_TOPIC
 
 log = logging.getLogger("modelstream.monitor")
 SERVICE = "monitor"
-LABELLED = "monitor-labelled"
-LABELLED_PARTITIONS = 3
+LABELLED_PARTITIONS = TOPICS_BY_NAME[MONITOR_LABELLED].partitions
 JOIN_CODEC = "modelstream-join"
+STATE_CODEC = "modelstream-model-state"
 
 
-class _JoinCodec(codecs.Codec):
-    """Join-table values as Avro single-object ``MonitorJoin`` records (never pickle)."""
+class _AvroCodec(codecs.Codec):
+    """Table values as Avro single-object records of one contract (never pickle)."""
+
+    def __init__(self, type_name: str) -> None:
+        super().__init__()
+        self.type_name = type_name
 
     def _dumps(self, obj: Any) -> bytes:
-        return default_codec().encode("MonitorJoin", obj)
+        return default_codec().encode(self.type_name, obj)
 
     def _loads(self, s: bytes) -> Any:
-        return None if s is None else default_codec().decode(s, "MonitorJoin")
+        return None if s is None else default_codec().decode(s, self.type_name)
 
 
-codecs.register(JOIN_CODEC, _JoinCodec())
+codecs.register(JOIN_CODEC, _AvroCodec("MonitorJoin"))
+codecs.register(STATE_CODEC, _AvroCodec("MonitorModelState"))
 
 
 def _credentials(settings: MonitorSettings) -> Any:
@@ -117,7 +133,7 @@ def _credentials(settings: MonitorSettings) -> Any:
 
 def _serialize(table: Any, value_serializer: str) -> None:
     """faust derives a table's serializers from model types and builds its changelog topic
-    when the table is registered; ours are raw keys and Avro/JSON values, so both the table
+    when the table is registered; ours are raw keys and Avro values, so both the table
     and a rebuilt changelog topic (which recovery decodes with) get them here."""
     table.key_serializer, table.value_serializer = "raw", value_serializer
     table.changelog_topic = table._new_changelog_topic()
@@ -168,15 +184,17 @@ class MonitorApp:
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                "value_serializer": "raw"}
         self.inputs = self.app.topic(*self._kinds, **raw)  # type: ignore[arg-type]
-        self.labelled = self.app.topic(settings.topic(LABELLED), partitions=LABELLED_PARTITIONS,
-                                       internal=True, **raw)  # type: ignore[arg-type]
+        self.labelled = self.app.topic(settings.topic(MONITOR_LABELLED),
+                                       partitions=LABELLED_PARTITIONS, internal=True,
+                                       **raw)  # type: ignore[arg-type]
         self.out = {name: self.app.topic(settings.topic(name), **raw)  # type: ignore[arg-type]
                     for name in (AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING)}
-        input_partitions = 6  # requests, predictions and feedback (see topics.TOPOLOGY)
-        self.joins = self.app.Table("join", partitions=input_partitions, key_type=bytes)
+        # A table's partitions are those of the inputs that own its keys.
+        self.joins = self.app.Table("join", key_type=bytes,
+                                    partitions=TOPICS_BY_NAME[MONITOR_JOIN_CHANGELOG].partitions)
         self.states = self.app.Table("models", partitions=LABELLED_PARTITIONS, key_type=bytes)
         _serialize(self.joins, JOIN_CODEC)
-        _serialize(self.states, "json")
+        _serialize(self.states, STATE_CODEC)
         self.app.agent(self.inputs, name="join")(self._join_agent)
         self.app.agent(self.labelled, name="learn")(self._learn_agent)
         self.app.timer(1.0)(self._housekeeping)
@@ -188,6 +206,7 @@ class MonitorApp:
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         (self.settings.state_dir / "monitor").mkdir(parents=True, exist_ok=True)
+        await create_topics(self.settings, only=MONITOR_TOPICS)
         await self.registry.start()
         self._refresh_registry(set(self.registry.production))
         self.ready.set()
@@ -345,7 +364,7 @@ class MonitorApp:
             self.out[DEADLETTER].send_soon(
                 key=join["request_id"].encode(), value=self.codec.encode("MonitorJoin", join),
                 headers=[("reason", reason.encode()), ("error", error[:1000].encode()),
-                         ("source.topic", self.settings.topic(LABELLED).encode()),
+                         ("source.topic", self.settings.topic(MONITOR_LABELLED).encode()),
                          ("service", SERVICE.encode())])
         if self.settings.write_training:
             training, key = self.settings.topic(TRAINING), model.encode()

@@ -1,7 +1,6 @@
 """The monitor's decisions on river's synthetic drift streams and real data."""
 
 import itertools
-import json
 
 import numpy as np
 import pytest
@@ -194,7 +193,8 @@ def test_watch_learns_each_join_once_and_resumes_from_its_state():
     assert replay.joined == 0 and replay.duplicates == 50 and replay.learned == 0
 
     # A fresh watch restored from the state carries on exactly where this one is.
-    saved = json.loads(json.dumps(watch.state()))
+    codec = default_codec()  # the state travels as Avro on the changelog
+    saved = codec.decode(codec.encode("MonitorModelState", watch.state()), "MonitorModelState")
     resumed = ModelWatch("m", config)
     resumed.install(_body())
     resumed.restore(saved, "BINARY")
