@@ -151,6 +151,7 @@ class MonitorApp:
         self.registry = ProductionFollower(settings, public_key(settings))
         self.watches: dict[str, ModelWatch] = {}
         self.restored: set[str] = set()
+        self._registry_looked = 0.0
         self.expired: dict[str, int] = defaultdict(int)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -265,7 +266,7 @@ class MonitorApp:
         for event in events:
             message = event.message
             kind = self._kinds[message.topic]
-            value = self._decode(kind, message)
+            value = await self._decode(kind, message)
             if value is None:
                 continue
             key = value["request_id"].encode()
@@ -291,7 +292,7 @@ class MonitorApp:
             await send(labelled, model.encode(),
                        self.codec.encode("MonitorJoinBatch", {"joins": joins}), None, None, None)
 
-    def _decode(self, kind: str, message: Any) -> dict[str, Any] | None:
+    async def _decode(self, kind: str, message: Any) -> dict[str, Any] | None:
         """The decoded input, or None: bad feedback is dead-lettered here; bad requests
         are the predictor's to dead-letter (it reads them first), so they are skipped."""
         type_name = {REQUESTS: "PredictionRequest", PREDICTIONS: "Prediction",
@@ -301,6 +302,12 @@ class MonitorApp:
             if kind == FEEDBACK:
                 check_request_id(value["request_id"], message.key)
                 definition = self._definition(value["model"])
+                if definition is None and time.monotonic() - self._registry_looked > 1.0:
+                    # Published since the last registry poll? Look (at most once a second)
+                    # before refusing.
+                    self._registry_looked = time.monotonic()
+                    self._refresh_registry(await self.registry.poll(timeout_ms=500))
+                    definition = self._definition(value["model"])
                 if definition is None:
                     raise InvalidEventError("unknown-model",
                                             f"no production version of {value['model']!r}")
