@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fresh-machine entry point behind the README's two commands:
-#   bash infra/dev.sh up     set up, start the embedded broker, provision topics, run the pipeline
+#   bash infra/dev.sh up     set up, then `modelstream up --demo breast-cancer`: embedded broker,
+#                            topics, every service, real demo traffic and a live view (Ctrl-C
+#                            stops everything); extra arguments go to `modelstream up`
 #   bash infra/dev.sh test   set up, start the embedded broker, run the whole test suite
 # "Set up" = a virtualenv in .venv with modelstream[dev], Java + Maven if missing, and the
 # Kafka jars (resolved by Maven once, cached under ~/.cache/modelstream).
@@ -78,10 +80,8 @@ case "${1:-}" in
   up)
     shift
     setup
-    start_broker
-    "$ms" topics create
-    "$ms" topics list
-    say "broker and topics are up; stop with: $ms broker stop"
+    # `modelstream up` starts the embedded broker itself and stops it on Ctrl-C.
+    exec "$ms" up --demo breast-cancer "$@"
     ;;
   test)
     shift
@@ -94,7 +94,7 @@ case "${1:-}" in
     "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
   *)
-    echo "usage: bash infra/dev.sh up|test [pytest args]" >&2
+    echo "usage: bash infra/dev.sh up [modelstream up args] | test [pytest args]" >&2
     exit 2
     ;;
 esac
