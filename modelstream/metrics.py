@@ -186,3 +186,10 @@ ROLLBACKS_REQUESTED = Counter(
     "modelstream_rollbacks_requested_total", "Automatic rollbacks the monitor asked for.",
     ["model"],
 )
+INFLUX_POINTS = Counter(
+    "modelstream_influxdb_points_total", "Points written to InfluxDB.", ["service"]
+)
+INFLUX_WRITE_FAILURES = Counter(
+    "modelstream_influxdb_write_failures_total",
+    "Points InfluxDB did not take after retries, or dropped from a full queue.", ["service"],
+)

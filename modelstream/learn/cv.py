@@ -2,7 +2,7 @@
 
 >>> import numpy as np
 >>> folds = stratified_kfold(np.array([0, 0, 0, 0, 1, 1, 1, 1]), k=2, seed=0)
->>> [sorted(np.bincount(np.array([0, 0, 0, 0, 1, 1, 1, 1])[test])) for _, test in folds]
+>>> [np.bincount(np.array([0, 0, 0, 0, 1, 1, 1, 1])[test]).tolist() for _, test in folds]
 [[2, 2], [2, 2]]
 """
 

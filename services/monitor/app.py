@@ -37,6 +37,7 @@ from modelstream.definitions import (
     now_ms,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.influx import InfluxWriter
 from modelstream.kafka import dead_letter_headers, security_options
 from modelstream.metrics import (
     ARTIFACTS_REFUSED,
@@ -151,6 +152,11 @@ class MonitorApp:
         self.registry = ProductionFollower(settings, public_key(settings))
         self.watches: dict[str, ModelWatch] = {}
         self.restored: set[str] = set()
+        self.influx = (InfluxWriter(settings.influxdb_url, settings.influxdb_database,
+                                    username=settings.influxdb_username,
+                                    password=settings.influxdb_password)
+                       if settings.influxdb_url else None)
+        self._history_written: dict[str, float] = {}
         self._registry_looked = 0.0
         self.expired: dict[str, int] = defaultdict(int)
         self.ready = asyncio.Event()
@@ -208,6 +214,8 @@ class MonitorApp:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         (self.settings.state_dir / "monitor").mkdir(parents=True, exist_ok=True)
         await create_topics(self.settings, only=MONITOR_TOPICS)
+        if self.influx is not None:
+            await self.influx.start()
         await self.registry.start()
         self._refresh_registry(set(self.registry.production))
         self.ready.set()
@@ -221,6 +229,8 @@ class MonitorApp:
     async def stop(self) -> None:
         await self.app.stop()
         await self.registry.stop()
+        if self.influx is not None:
+            await self.influx.stop()
 
     # -- registry ----------------------------------------------------------------------
     def _refresh_registry(self, changed: set[str]) -> None:
@@ -388,6 +398,10 @@ class MonitorApp:
                         event.detail)
             self._audit(model, "drift_detected", version=event.version, reason=event.detail,
                         details={"kind": event.kind})
+            if self.influx is not None:
+                self.influx.write("drift", {"model": model, "version": str(event.version),
+                                            "kind": event.kind},
+                                  {"events": 1, "detail": event.detail}, now_ms())
         if d.train_reason is not None:
             self._command(model, "TRAIN", reason=f"drift: {d.train_reason}")
         if d.rollback is not None:
@@ -438,6 +452,7 @@ class MonitorApp:
         joined, lost = watch.joined_total, self.expired.get(model, 0)
         if joined + lost:
             JOIN_MATCH_RATIO.labels(model).set(joined / (joined + lost))
+        self._history(watch)
         for version, metrics in watch.metrics.items():
             snap = metrics.snapshot()
             labels = (model, str(version))
@@ -452,6 +467,30 @@ class MonitorApp:
                 LIVE_ACCURACY.labels(*labels).set(snap["accuracy"])
                 LIVE_LOG_LOSS.labels(*labels).set(snap["log_loss"])
                 LIVE_CALIBRATION_ERROR.labels(*labels).set(snap["calibration_error"])
+
+    def _history(self, watch: ModelWatch) -> None:
+        """Live metrics as InfluxDB points, at most once per history interval per model."""
+        now = time.monotonic()
+        if self.influx is None or (now - self._history_written.get(watch.name, -1e9)
+                                   < self.settings.history_interval_s):
+            return
+        self._history_written[watch.name] = now
+        at = now_ms()
+        for version, metrics in watch.metrics.items():
+            snap = metrics.snapshot()
+            if snap["labels"] == 0:
+                continue
+            fields: dict[str, float | int] = {
+                "labels_window": int(snap["labels"]), "labelled_total": metrics.total,
+                "label_delay_s": snap["label_delay_ms"] / 1000.0}
+            for key in ("accuracy", "log_loss", "calibration_error", "mae", "rmse"):
+                if key in snap:
+                    fields[key] = snap[key]
+            tags = {"model": watch.name, "version": str(version)}
+            if version == watch.version:
+                fields["joined_total"] = watch.joined_total
+                fields["online_gain"] = watch.gain()
+            self.influx.write("model_quality", tags, fields, at)
 
     # -- every second: registry, expiry ------------------------------------------------
     async def _housekeeping(self) -> None:

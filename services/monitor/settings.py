@@ -35,6 +35,14 @@ class MonitorSettings(Settings):
     session_timeout_s: float = Field(
         default=10.0, ge=6, description="Consumer-group session: how fast a dead monitor's "
                                         "partitions move to another.")
+    influxdb_url: str | None = Field(
+        default=None, description="InfluxDB 1.x base URL (e.g. http://127.0.0.1:8086); unset: "
+                                  "no long-term history.")
+    influxdb_database: str = Field(default="modelstream")
+    influxdb_username: str | None = Field(default=None)
+    influxdb_password: str | None = Field(default=None)
+    history_interval_s: float = Field(
+        default=1.0, gt=0, description="At most one InfluxDB point per model version per this.")
     batch_max_records: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.1, gt=0)
 

@@ -1,0 +1,16 @@
+"""The runnable examples in docstrings run, and say what they print."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["modelstream.client", "modelstream.influx", "modelstream.learn.cv",
+           "modelstream.learn.metrics", "modelstream.learn.objectives", "modelstream.learn.sgd",
+           "modelstream.learn.linear", "modelstream.services.monitor.logic"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
