@@ -55,10 +55,11 @@ ensure_compose() {
 }
 
 ensure_test_tools() {
-  # Outside tools the integration tests drive: kcat (a non-Python Kafka client) and
-  # Prometheus with promtool, all from Debian's packages.
+  # Outside tools the integration tests drive: kcat (a non-Python Kafka client), Prometheus
+  # with promtool, and InfluxDB 1.x, all from Debian's packages.
   command -v kcat >/dev/null || apt_install kcat
   { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || apt_install prometheus
+  command -v influxd >/dev/null || apt_install influxdb
 }
 
 started_broker=0

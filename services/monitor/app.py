@@ -98,6 +98,13 @@ from modelstream.topics import REQUESTS as REQUESTS_TOPIC
 log = logging.getLogger("modelstream.monitor")
 SERVICE = "monitor"
 LABELLED_PARTITIONS = TOPICS_BY_NAME[MONITOR_LABELLED].partitions
+# What the monitor writes to InfluxDB: measurement -> fields (tags: model, version; drift: kind).
+INFLUX_MEASUREMENTS = {
+    "model_quality": ("accuracy", "log_loss", "calibration_error", "mae", "rmse",
+                      "label_delay_s", "labels_window", "labelled_total", "joined_total",
+                      "online_gain"),
+    "drift": ("events", "detail"),
+}
 JOIN_CODEC = "modelstream-join"
 STATE_CODEC = "modelstream-model-state"
 
@@ -157,6 +164,7 @@ class MonitorApp:
                                     password=settings.influxdb_password)
                        if settings.influxdb_url else None)
         self._history_written: dict[str, float] = {}
+        self._history_joined: dict[str, int] = {}
         self._registry_looked = 0.0
         self.expired: dict[str, int] = defaultdict(int)
         self.ready = asyncio.Event()
@@ -230,6 +238,8 @@ class MonitorApp:
         await self.app.stop()
         await self.registry.stop()
         if self.influx is not None:
+            for watch in self.watches.values():
+                self._history(watch, force=True)
             await self.influx.stop()
 
     # -- registry ----------------------------------------------------------------------
@@ -468,13 +478,17 @@ class MonitorApp:
                 LIVE_LOG_LOSS.labels(*labels).set(snap["log_loss"])
                 LIVE_CALIBRATION_ERROR.labels(*labels).set(snap["calibration_error"])
 
-    def _history(self, watch: ModelWatch) -> None:
-        """Live metrics as InfluxDB points, at most once per history interval per model."""
+    def _history(self, watch: ModelWatch, *, force: bool = False) -> None:
+        """Live metrics as InfluxDB points, at most once per history interval per model
+        (the housekeeping timer and the stop write what the last batch changed)."""
         now = time.monotonic()
-        if self.influx is None or (now - self._history_written.get(watch.name, -1e9)
-                                   < self.settings.history_interval_s):
+        if self.influx is None or (not force and now - self._history_written.get(
+                watch.name, -1e9) < self.settings.history_interval_s):
             return
+        if self._history_joined.get(watch.name) == watch.joined_total and not force:
+            return  # nothing new since the last point
         self._history_written[watch.name] = now
+        self._history_joined[watch.name] = watch.joined_total
         at = now_ms()
         for version, metrics in watch.metrics.items():
             snap = metrics.snapshot()
@@ -516,3 +530,5 @@ class MonitorApp:
                 log.info("join of %s expired without %s", entry["request_id"],
                          " and ".join(missing_parts(entry)))
         JOIN_PENDING.labels(SERVICE).set(len(store))
+        for watch in self.watches.values():
+            self._history(watch)

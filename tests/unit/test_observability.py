@@ -104,3 +104,19 @@ def test_readme_lists_every_metric():
     listed = set(re.findall(r"^\| `(modelstream_[a-z_]+)` \|", readme, flags=re.M))
     documented = {m.name + ("_total" if m.type == "counter" else "") for m in families()}
     assert listed == documented
+
+
+def test_history_dashboard_queries_only_what_the_monitor_writes_to_influxdb():
+    from modelstream.services.monitor.app import INFLUX_MEASUREMENTS
+
+    dashboard = json.loads(
+        (ROOT / "infra/grafana/dashboards/modelstream-history.json").read_text())
+    queries = [t["query"] for p in dashboard["panels"] for t in p["targets"]]
+    assert queries
+    for query in queries:
+        (measurement,) = re.findall(r'FROM "([a-z_]+)"', query)
+        fields = set(re.findall(r'(?:mean|sum|last|max)\("([a-z_]+)"\)', query))
+        assert fields and fields <= set(INFLUX_MEASUREMENTS[measurement]), query
+    datasource = yaml.safe_load(
+        (ROOT / "infra/grafana/provisioning/datasources/influxdb.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "influxdb"

@@ -1,0 +1,148 @@
+"""The monitor's long-term history in a real InfluxDB 1.x (Debian's `influxdb`), queried back
+through InfluxDB's HTTP API; and a dead InfluxDB costs counted points, never labels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelstream.artifact import generate_keys
+from modelstream.metrics import INFLUX_WRITE_FAILURES
+from modelstream.services.monitor.app import MonitorApp
+from modelstream.services.monitor.settings import MonitorSettings
+from modelstream.services.predictor.app import PredictorApp
+from modelstream.services.predictor.settings import PredictorSettings
+from modelstream.settings import load
+from tests.integration.conftest import free_port_pair
+from tests.integration.helpers import produce, running
+from tests.integration.predictor_support import dataset, publish, trained_body
+from tests.integration.test_monitor import eventually, feedback, settings_for
+from tests.integration.test_predictor import BC, requests_for
+
+N = 600
+
+
+@pytest.fixture
+def keys(tmp_path):  # type: ignore[no-untyped-def]
+    generate_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def influxdb(tmp_path: Path) -> Iterator[str]:
+    """influxd on loopback with its own directories and ports; yields its base URL."""
+    if shutil.which("influxd") is None:
+        if os.environ.get("CI"):
+            pytest.fail("influxd (Debian package influxdb) is required under CI")
+        pytest.skip("influxd not installed")
+    http_port, rpc_port = free_port_pair(), free_port_pair()
+    home = tmp_path / "influxdb"
+    config = home / "influxdb.conf"
+    home.mkdir()
+    config.write_text(f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{home}/meta"
+[data]
+  dir = "{home}/data"
+  wal-dir = "{home}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+""")
+    log = (home / "influxd.log").open("wb")
+    process = subprocess.Popen(["influxd", "-config", str(config)], stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=1) as response:
+                    if response.status == 204:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (home / "influxd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "influxd did not answer /ping in 30 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def query(url: str, database: str, q: str) -> list[dict]:  # type: ignore[type-arg]
+    params = urllib.parse.urlencode({"db": database, "q": q})
+    with urllib.request.urlopen(f"{url}/query?{params}", timeout=5) as response:
+        result = json.loads(response.read())["results"][0]
+    return result.get("series", [])  # type: ignore[no-any-return]
+
+
+async def labelled_traffic(base, monitor: MonitorApp) -> None:  # type: ignore[no-untyped-def]
+    _, y, _, _ = dataset(BC)
+    await produce(base, "requests", requests_for(BC, N))
+    await produce(base, "feedback", feedback(BC, [(f"r-{i}", str(y[i % len(y)]))
+                                                 for i in range(N)]))
+    await eventually(lambda: BC in monitor.watches and monitor.watches[BC].joined_total >= N,
+                     60, "monitor did not join every label")
+
+
+async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb):  # type: ignore[no-untyped-def]
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    monitor = MonitorApp(settings_for(MonitorSettings, base, keys, influxdb_url=influxdb,
+                                      influxdb_database="history", history_interval_s=0.2))
+    async with running(PredictorApp(load(PredictorSettings, bootstrap_servers=base.bootstrap,
+                                         topic_prefix=base.topic_prefix, metrics_port=0,
+                                         public_key_file=keys / "modelstream.pub"))), \
+            running(monitor):
+        await labelled_traffic(base, monitor)
+        await asyncio.sleep(1.5)  # one more flush interval
+    series: list[dict] = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        series = await asyncio.to_thread(
+            query, influxdb, "history",
+            "SELECT last(accuracy), last(labelled_total), last(joined_total), "
+            f"count(accuracy) FROM model_quality WHERE model = '{BC}' GROUP BY version")
+        if series and series[0]["values"][0][2] == N:
+            break
+        await asyncio.sleep(0.5)
+    assert series, "no points in InfluxDB"
+    _, accuracy, labelled, joined, points = series[0]["values"][0]
+    print(f"\nInfluxDB: {points} points for {BC} v{series[0]['tags']['version']}, last "
+          f"accuracy {accuracy:.4f}, {labelled} labelled")
+    assert series[0]["tags"]["version"] == "1"
+    assert labelled == N and joined == N and points >= 2
+    assert 0.9 < accuracy <= 1.0
+
+
+async def test_a_dead_influxdb_costs_counted_points_not_labels(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    before = INFLUX_WRITE_FAILURES.labels("monitor")._value.get()
+    dead = f"http://127.0.0.1:{free_port_pair()}"  # nothing listens there
+    monitor = MonitorApp(settings_for(MonitorSettings, base, keys, influxdb_url=dead,
+                                      history_interval_s=0.2))
+    async with running(PredictorApp(load(PredictorSettings, bootstrap_servers=base.bootstrap,
+                                         topic_prefix=base.topic_prefix, metrics_port=0,
+                                         public_key_file=keys / "modelstream.pub"))), \
+            running(monitor):
+        await labelled_traffic(base, monitor)
+    assert monitor.watches[BC].joined_total == N  # the join never waited for InfluxDB
+    assert INFLUX_WRITE_FAILURES.labels("monitor")._value.get() > before
