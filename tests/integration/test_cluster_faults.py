@@ -309,3 +309,12 @@ async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path)
     assert versions == list(range(1, queued + 2))  # no gap, no duplicate
     assert production[BC].signed and production[BC].body["version"] == queued + 1
     assert 0 < published_before < queued
+
+
+async def test_monitor_kill_9_on_the_cluster_loses_no_label(cluster, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.integration.test_monitor import monitor_restart_scenario
+
+    settings = await _fresh_cluster_settings(cluster, tmp_path, "mon")
+    counts = await monitor_restart_scenario(settings, tmp_path / "keys", tmp_path, n=50_000,
+                                            per_s=5000)
+    print(f"monitor SIGKILL on 3 brokers: {counts}")
