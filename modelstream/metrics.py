@@ -193,3 +193,7 @@ INFLUX_WRITE_FAILURES = Counter(
     "modelstream_influxdb_write_failures_total",
     "Points InfluxDB did not take after retries, or dropped from a full queue.", ["service"],
 )
+FEEDBACK_ACCEPTED = Counter(
+    "modelstream_feedback_accepted_total", "Valid feedback records taken into the join.",
+    ["model"],
+)

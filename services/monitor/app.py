@@ -46,6 +46,7 @@ from modelstream.metrics import (
     DEAD_LETTERS,
     DRIFT_EVENTS,
     EVENTS_CONSUMED,
+    FEEDBACK_ACCEPTED,
     JOIN_DUPLICATES,
     JOIN_EXPIRED,
     JOIN_MATCH_RATIO,
@@ -289,6 +290,8 @@ class MonitorApp:
             value = await self._decode(kind, message)
             if value is None:
                 continue
+            if kind == FEEDBACK:
+                FEEDBACK_ACCEPTED.labels(value["model"]).inc()
             key = value["request_id"].encode()
             entry = changed.get(key) or store.get(key)
             was_complete = entry is not None and is_complete(entry)
