@@ -106,10 +106,11 @@ def _full_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     return config
 
 
-async def create_topics(settings: Settings,
-                        only: Collection[str] | None = None) -> ProvisionReport:
-    """Create missing topics, grow partition counts and re-apply declared configs (of every
-    declared topic, or of the logical names in ``only``)."""
+async def create_topics(settings: Settings, only: Collection[str] | None = None, *,
+                        reconcile: bool = True) -> ProvisionReport:
+    """Create missing topics and, with ``reconcile``, grow partition counts and re-apply
+    declared configs (of every declared topic, or of the logical names in ``only``).
+    Without it only Create and Describe ACLs are needed, as a service's principal has."""
     declared = [t for t in TOPOLOGY if only is None or t.name in only]
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
@@ -131,7 +132,7 @@ async def create_topics(settings: Settings,
             await _until_visible(admin, {settings.topic(t.name) for t in missing})
         present = [t for t in declared if settings.topic(t.name) in existing]
         report.existing = [t.name for t in present]
-        if present:
+        if present and reconcile:
             described = await admin.describe_topics([settings.topic(t.name) for t in present])
             counts = {d["topic"]: len(d["partitions"]) for d in described}
             grow = {

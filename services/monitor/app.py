@@ -222,7 +222,7 @@ class MonitorApp:
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         (self.settings.state_dir / "monitor").mkdir(parents=True, exist_ok=True)
-        await create_topics(self.settings, only=MONITOR_TOPICS)
+        await create_topics(self.settings, only=MONITOR_TOPICS, reconcile=False)
         if self.influx is not None:
             await self.influx.start()
         await self.registry.start()

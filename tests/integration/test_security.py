@@ -15,6 +15,8 @@ from modelstream.client import RequestEncoder
 from modelstream.codec import default_codec
 from modelstream.kafka import client_options
 from modelstream.security import BrokerSecurity, generate_tls, grant_service
+from modelstream.services.monitor.app import MonitorApp
+from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.logic import history_key, publishable
@@ -24,7 +26,7 @@ from tests.integration.helpers import running
 from tests.integration.predictor_support import dataset, trained_body
 from tests.integration.test_cluster_faults import free_port_block
 
-USERS = {"admin": "admin-secret", "predictor": "predictor-secret"}
+USERS = {"admin": "admin-secret", "predictor": "predictor-secret", "monitor": "monitor-secret"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,8 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     await asyncio.to_thread(grant_service, cluster._java(), ensure_jars(admin),
                             cluster.bootstrap, security, "predictor", "predictor", prefix,
                             tmp_path)
+    await asyncio.to_thread(grant_service, cluster._java(), ensure_jars(admin),
+                            cluster.bootstrap, security, "monitor", "monitor", prefix, tmp_path)
     predictor = as_principal(cluster, security, "predictor", prefix)
 
     # The predictor principal may write predictions but not the registry.
@@ -116,6 +120,22 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
                     seen.update(r.key for recs in batch.values() for r in recs)
             finally:
                 await consumer.stop()
+        # The monitor (faust) as its own principal: it joins the predictions with labels.
+        monitor = MonitorApp(as_principal(cluster, security, "monitor", prefix,
+                                          MonitorSettings, state_dir=tmp_path / "monitor",
+                                          public_key_file=tmp_path / "keys" / "modelstream.pub"))
+        async with running(monitor):
+            for i in range(50):
+                await admin_producer.send(admin.topic("feedback"), key=f"s{i}".encode(),
+                                          value=codec.encode("Feedback", {
+                                              "request_id": f"s{i}", "model": "breast-cancer",
+                                              "label": "1", "timestamp_ms": None}))
+            await admin_producer.flush()
+            deadline = asyncio.get_running_loop().time() + 60
+            while ("breast-cancer" not in monitor.watches
+                   or monitor.watches["breast-cancer"].joined_total < 50):
+                assert asyncio.get_running_loop().time() < deadline, "monitor joined nothing"
+                await asyncio.sleep(0.2)
     finally:
         await admin_producer.stop()
     assert {f"s{i}".encode() for i in range(50)} <= seen
