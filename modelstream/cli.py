@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from modelstream.errors import ModelstreamError
+from modelstream.errors import ConfigurationError, ModelstreamError
 from modelstream.models_cli import models_app
 from modelstream.ops_cli import register as register_ops_commands
 from modelstream.settings import Settings, load
@@ -205,6 +206,9 @@ def up(
 
     if demo is not None and demo not in DEMOS:
         raise typer.BadParameter(f"unknown demo {demo!r}; choose from {', '.join(DEMOS)}")
+    if demo is not None and importlib.util.find_spec("sklearn") is None:
+        raise ConfigurationError("the demo plays scikit-learn's bundled data sets: "
+                                 "pip install 'modelstream[demo]'")
     stack = Stack(_ctx(ctx).settings(), predictors=predictors,
                   metrics_base_port=metrics_base_port)
 
