@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelstream.errors import ConfigurationError
 from modelstream.settings import Settings
 
 DEMOS = ("breast-cancer", "digits")
@@ -76,6 +78,10 @@ class Stack:
                 ("monitor", base + 4, {})]
         plan += [("predictor", base + 3 if i == 0 else base + 10 + i,
                   {"MODELSTREAM_INSTANCE_ID": str(i)}) for i in range(self.predictors)]
+        busy = [port for _, port, _ in plan if not _port_free(port)]
+        if busy:
+            raise ConfigurationError(
+                f"/metrics port(s) {busy} are in use; choose others with --metrics-base-port")
         for service, port, extra in plan:
             self._spawn(service, port, extra)
         (self.settings.state_dir / "up.pids").write_text(
@@ -117,6 +123,15 @@ class Stack:
         if self.started_broker:
             EmbeddedCluster(self.settings).stop()
             say("embedded broker stopped")
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def scrape(port: int) -> Samples:

@@ -381,6 +381,10 @@ class MonitorApp:
         now = now_ms()
         decisions = await asyncio.to_thread(watch.observe, joins, now)
         await self._act(watch, decisions)
+        # The state says these joins are learned, so what learning them produced (training
+        # rows, candidates, commands, audit) must be durable first: after a crash either
+        # both are there or the joins are learned - and their effects written - again.
+        await self.app.producer.flush()
         state = watch.state()
         self.states.data[model.encode()] = state
         self.states.send_changelog(partition, model.encode(), state)

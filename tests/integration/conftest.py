@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import time
 import uuid
@@ -63,6 +64,26 @@ def free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free port pair on loopback")
+
+
+def free_base_below_ephemeral(span: int = 16) -> int:
+    """A base port with ``span`` free ports after it, below the kernel's ephemeral range.
+    A port found by bind(0) is ephemeral: until the child process that should listen on it
+    starts, any process's outgoing connection (Kafka clients open many) may take it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for base in random.sample(range(20_000, low - span, span), 200):
+        if all(_free(port) for port in range(base, base + span)):
+            return base
+    raise RuntimeError("no free port block below the ephemeral range")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 _BROKER: Broker | None = None

@@ -9,14 +9,14 @@ import urllib.request
 from pathlib import Path
 
 from modelstream.settings import Settings
-from tests.integration.conftest import free_port_pair
+from tests.integration.conftest import free_base_below_ephemeral
 
 
 class ServiceProcess:
     def __init__(self, service: str, base: Settings, keys: Path, instance: str, log_dir: Path,
                  **extra_env: str) -> None:
         self.service = service
-        self.metrics_port = free_port_pair()
+        self.metrics_port = free_base_below_ephemeral(1)
         self.log_path = log_dir / f"{service}-{instance}.log"
         env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
                "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.conftest import free_port_pair
+from tests.integration.conftest import free_base_below_ephemeral, free_port_pair
 
 REQUESTS = 1000
 
@@ -38,7 +38,7 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: P
         up = subprocess.Popen(
             [sys.executable, "-m", "modelstream.cli", "up", "--demo", "breast-cancer",
              "--requests", str(REQUESTS), "--rate", "250", "--label-delay", "1",
-             "--refresh", "1", "--metrics-base-port", str(free_port_pair())],
+             "--refresh", "1", "--metrics-base-port", str(free_base_below_ephemeral())],
             env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
