@@ -214,6 +214,7 @@ class MonitorApp:
         self.app.agent(self.inputs, name="join")(self._join_agent)
         self.app.agent(self.labelled, name="learn")(self._learn_agent)
         self.app.timer(1.0)(self._housekeeping)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
 
     # -- lifecycle ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -242,6 +243,17 @@ class MonitorApp:
             for watch in self.watches.values():
                 self._history(watch, force=True)
             await self.influx.stop()
+
+    async def _on_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
+        """Another copy may take these partitions: what this process holds for them is
+        left to the changelogs, and models are re-read from the state table when they
+        come back (the copy that had them meanwhile moved them on)."""
+        inputs = {tp.partition for tp in revoked if tp.topic in self._kinds}
+        if inputs:
+            store = self.joins.data
+            for key in [k for k in store.keys() if store[k]["partition"] in inputs]:
+                del store[key]
+        self.restored.clear()
 
     # -- registry ----------------------------------------------------------------------
     def _refresh_registry(self, changed: set[str]) -> None:
@@ -370,10 +382,13 @@ class MonitorApp:
     async def _learn(self, model: str, joins: list[dict[str, Any]], partition: int) -> None:
         watch = self.watches.setdefault(model, ModelWatch(model, self.config))
         if model not in self.restored:
-            # The first batch after (re)start: the tables are recovered by now.
+            # The first batch after a (re)start or rebalance: the tables are recovered by
+            # now, and the state table, not this process's memory, says where the model is.
             self.restored.add(model)
             state = self.states.data.get(model.encode())
             if state is not None and self._definition(model) is not None:
+                watch = self.watches[model] = ModelWatch(model, self.config)
+                self._refresh_registry({model})
                 watch.restore(state, self.registry.production[model].body["task"])
                 log.info("%s: continuing from saved state (%d labels joined, learner at %d "
                          "labels)", model, watch.joined_total,

@@ -103,8 +103,8 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
         await send_command(base, command(SEA, "TRAIN"))
         await consume_until(base, "models", lambda r: len(r) >= 1, timeout_s=90)
     monitor = MonitorApp(settings_for(MonitorSettings, base, keys, export_every_labels=400,
-                                      export_min_labels=200, export_min_gain=0.02,
-                                      batch_max_records=500))
+                                      export_min_labels=200, export_min_gain=0.01,
+                                      online_learning_rate=0.03, batch_max_records=500))
     encoder = RequestEncoder(SEA_NAMES)
     X = np.vstack([X_before, X_after])
     y = y_before + y_after
@@ -274,3 +274,45 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
 
 async def test_monitor_survives_kill_9_without_losing_a_label(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
     await monitor_restart_scenario(topics, keys, tmp_path)
+
+
+# -- 4. two copies share the work -------------------------------------------------------------
+async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    base = topics
+    n = 4000
+    await publish(base, keys, trained_body(BC), 1)
+    _, y, _, _ = dataset(BC)
+    async with running(PredictorApp(settings_for(PredictorSettings, base, keys))):
+        await produce(base, "requests", requests_for(BC, n))
+        await consume_until(base, "predictions", lambda r: len(r) >= n, timeout_s=120)
+    copies = [ServiceProcess("monitor", base, keys, name, tmp_path,
+                             MODELSTREAM_STATE_DIR=str(tmp_path / name),
+                             MODELSTREAM_EXPORT_MIN_GAIN="1.0")
+              for name in ("a", "b")]
+    consumed = "modelstream_events_consumed_total"
+    learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
+    try:
+        # both copies are in the group and reading their share of requests and predictions
+        await eventually(lambda: all(c.metric(consumed, service="monitor") > 0 for c in copies),
+                         90, "a copy never got partitions:\n" + copies[1].output())
+        await produce(base, "feedback", feedback(
+            BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)]))
+
+        def learner_labels() -> float:
+            return max(c.metric("modelstream_online_learner_labels", model=BC) for c in copies)
+
+        await eventually(lambda: learner_labels() >= learned_expected, 120,
+                         "learning stopped short:\n" + copies[0].output())
+        await asyncio.sleep(2)
+        shares = [c.metric(consumed, service="monitor") for c in copies]
+        learned = learner_labels()
+    finally:
+        for copy in copies:
+            copy.stop()
+    written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
+    ids = {CODEC.decode(r.value, "TrainingExample")["example_id"] for r in written}
+    print(f"\ntwo monitors: records consumed {shares[0]:.0f} + {shares[1]:.0f}; learner at "
+          f"{learned:.0f} of {learned_expected}; {len(ids)} of {n} labels joined")
+    assert min(shares) > 0  # both copies did part of the join
+    assert learned == learned_expected
+    assert ids == {f"feedback:r-{i}" for i in range(n)}
