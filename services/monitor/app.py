@@ -106,6 +106,7 @@ INFLUX_MEASUREMENTS = {
                       "online_gain"),
     "drift": ("events", "detail"),
 }
+MAX_LABELLED_BYTES = 256 * 1024  # well under Kafka's default 1 MiB message limit
 JOIN_CODEC = "modelstream-join"
 STATE_CODEC = "modelstream-model-state"
 
@@ -215,6 +216,7 @@ class MonitorApp:
         self.app.agent(self.labelled, name="learn")(self._learn_agent)
         self.app.timer(1.0)(self._housekeeping)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
 
     # -- lifecycle ---------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -245,15 +247,17 @@ class MonitorApp:
             await self.influx.stop()
 
     async def _on_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
-        """Another copy may take these partitions: what this process holds for them is
-        left to the changelogs, and models are re-read from the state table when they
-        come back (the copy that had them meanwhile moved them on)."""
-        inputs = {tp.partition for tp in revoked if tp.topic in self._kinds}
-        if inputs:
-            store = self.joins.data
-            for key in [k for k in store.keys() if store[k]["partition"] in inputs]:
-                del store[key]
+        """A returning model is re-read from the state table: the copy that had it
+        meanwhile may have moved it on."""
         self.restored.clear()
+
+    async def _on_assigned(self, app: Any, assigned: set[Any], **_: Any) -> None:
+        """Join entries of input partitions another copy now owns are left to it (it
+        recovers them from the changelog); those this copy kept stay as they are."""
+        owned = {tp.partition for tp in assigned if tp.topic in self._kinds}
+        store = self.joins.data
+        for key in [k for k in store.keys() if store[k]["partition"] not in owned]:
+            del store[key]
 
     # -- registry ----------------------------------------------------------------------
     def _refresh_registry(self, changed: set[str]) -> None:
@@ -324,8 +328,17 @@ class MonitorApp:
                        entry["partition"], None, None)
         labelled = self.labelled.get_topic_name()
         for model, joins in complete.items():
-            await send(labelled, model.encode(),
-                       self.codec.encode("MonitorJoinBatch", {"joins": joins}), None, None, None)
+            for value in self._labelled_records(joins):
+                await send(labelled, model.encode(), value, None, None, None)
+
+    def _labelled_records(self, joins: list[dict[str, Any]]) -> list[bytes]:
+        """``MonitorJoinBatch`` records of at most MAX_LABELLED_BYTES each (a batch of joins
+        with large feature vectors would otherwise exceed Kafka's message size)."""
+        value = self.codec.encode("MonitorJoinBatch", {"joins": joins})
+        if len(value) <= MAX_LABELLED_BYTES or len(joins) == 1:
+            return [value]
+        half = len(joins) // 2
+        return self._labelled_records(joins[:half]) + self._labelled_records(joins[half:])
 
     async def _decode(self, kind: str, message: Any) -> dict[str, Any] | None:
         """The decoded input, or None: bad feedback is dead-lettered here; bad requests
