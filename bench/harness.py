@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -48,3 +51,19 @@ def broker() -> Iterator[Settings]:
     finally:
         if owned is not None:
             owned.stop()
+
+
+def spawn_worker(script: Path, kind: str, settings: Settings, events: int,
+                 public_key: Path) -> dict[str, float]:
+    """Run ``script --worker KIND`` in its own process against ``settings``' broker and topic
+    prefix; its result is the JSON object on the last line it prints."""
+    cmd = [sys.executable, str(script), "--worker", kind, "--bootstrap", settings.bootstrap,
+           "--prefix", settings.topic_prefix, "--events", str(events),
+           "--public-key", str(public_key)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    # faust may put terminal control codes in front of the line
+    lines = [line[line.index("{"):] for line in result.stdout.splitlines() if "{" in line]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {kind} failed:\n{result.stdout[-2000:]}\n"
+                           f"{result.stderr[-4000:]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]

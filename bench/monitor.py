@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import broker
+from harness import broker, spawn_worker
 from predictor import body_for, dataset, peak_rss_mib, preload, publish, request_bytes
 
 from modelstream.artifact import generate_keys
@@ -174,18 +173,6 @@ async def prepared(base: Settings, keys: Path, body: dict[str, Any], events: int
     return settings
 
 
-def spawn(kind: str, settings: Settings, events: int) -> dict[str, float]:
-    cmd = [sys.executable, str(HERE), "--worker", kind, "--bootstrap", settings.bootstrap,
-           "--prefix", settings.topic_prefix, "--events", str(events),
-           "--public-key", str(settings.public_key_file)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    lines = [line[line.index("{"):] for line in result.stdout.splitlines() if "{" in line]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {kind} failed:\n{result.stdout[-2000:]}\n"
-                           f"{result.stderr[-4000:]}")
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
@@ -212,7 +199,7 @@ def main() -> None:
         for key, kind, events in (("monitor_eps", "monitor", args.events),
                                   ("naive_eps", "naive", args.naive_events)):
             settings = asyncio.run(prepared(base, keys, body, events))
-            result = spawn(kind, settings, events)
+            result = spawn_worker(HERE, kind, settings, events, settings.public_key_file)
             results[key] = round(result["eps"])
             print(f"  {key:20} {result['eps']:>9,.0f} labelled events/s   peak RSS "
                   f"{result['rss_mib']:6.1f} MiB   ({events} events)")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import broker
+from harness import broker, spawn_worker
 
 from modelstream.artifact import generate_keys, load_private_key
 from modelstream.client import RequestEncoder
@@ -285,25 +285,13 @@ async def fresh(base: Settings) -> Settings:
     return settings
 
 
-def spawn(kind: str, settings: Settings, events: int, keys: Path) -> dict[str, float]:
-    cmd = [sys.executable, str(HERE), "--worker", kind, "--bootstrap", settings.bootstrap,
-           "--prefix", settings.topic_prefix, "--events", str(events),
-           "--public-key", str(keys / "modelstream.pub")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    # faust may put terminal control codes in front of the line
-    lines = [line[line.index("{"):] for line in result.stdout.splitlines() if "{" in line]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {kind} failed:\n{result.stdout[-2000:]}\n"
-                           f"{result.stderr[-4000:]}")
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
-
-
 async def throughput(base: Settings, keys: Path, kind: str, model: str, packed: bool,
                      events: int, bodies: dict[str, dict[str, Any]]) -> dict[str, float]:
     settings = await fresh(base)
     await publish(settings, keys, bodies[model], 1)
     await preload(settings, request_bytes(model, events, packed=packed))
-    return await asyncio.to_thread(spawn, kind, settings, events, keys)
+    return await asyncio.to_thread(spawn_worker, HERE, kind, settings, events,
+                                   keys / "modelstream.pub")
 
 
 async def latency_and_swap(base: Settings, keys: Path, rate: int, seconds: float,

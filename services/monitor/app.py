@@ -368,10 +368,10 @@ class MonitorApp:
                 log.debug("skipping undecodable %s record: %s", kind, exc)
             return None
 
-    def _dead_letter(self, message: Any, reason: str, error: str, model: str = "") -> None:
+    def _dead_letter(self, message: Any, reason: str, error: str) -> None:
         log.warning("dead-letter %s[%d]@%d: %s: %s", message.topic, message.partition,
                     message.offset, reason, error)
-        DEAD_LETTERS.labels(SERVICE, model).inc()
+        DEAD_LETTERS.labels(SERVICE, "").inc()
         self.out[DEADLETTER].send_soon(
             key=message.key, value=message.value,
             headers=dead_letter_headers(message, reason, error, SERVICE))

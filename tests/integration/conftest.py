@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from modelstream.artifact import generate_keys
 from modelstream.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.settings import Settings, load
 from modelstream.topics import create_topics
@@ -135,6 +136,13 @@ async def topics(settings: Settings) -> AsyncIterator[Settings]:
     """This test's topics, provisioned from the topology."""
     await create_topics(settings)
     yield settings
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """An Ed25519 pair for this test: the publisher's private key and everyone's public one."""
+    generate_keys(tmp_path / "keys")
+    return tmp_path / "keys"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,13 +10,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from modelstream.codec import default_codec
 from modelstream.runner import Service
-from modelstream.settings import Settings
+from modelstream.settings import Settings, load
 
 
 @asynccontextmanager
@@ -105,3 +106,20 @@ async def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.Comp
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "modelstream.cli", *args], env=full_env,
         capture_output=True, text=True, timeout=120, check=False)
+
+
+def service_settings(cls, base: Settings, keys: Path, **extra: Any):  # type: ignore[no-untyped-def]
+    """A service's settings on ``base``'s broker and topic prefix, with the test's key pair
+    and no /metrics endpoint."""
+    return load(cls, bootstrap_servers=base.bootstrap, topic_prefix=base.topic_prefix,
+                metrics_port=0, public_key_file=keys / "modelstream.pub",
+                private_key_file=keys / "modelstream.key", state_dir=base.state_dir, **extra)
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``check`` until it holds; TimeoutError(what) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.2)

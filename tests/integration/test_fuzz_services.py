@@ -7,9 +7,6 @@ import asyncio
 import signal
 from collections import Counter
 
-import pytest
-
-from modelstream.artifact import generate_keys
 from modelstream.control import send_command
 from modelstream.definitions import Definition, command
 from modelstream.metrics import TRAINING_EXAMPLES
@@ -23,12 +20,6 @@ from tests.integration.processes import Predictor
 
 BC = "breast-cancer"
 N = 10_000
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
 
 
 async def test_fuzzed_requests_through_a_predictor_process(topics, keys, tmp_path):  # type: ignore[no-untyped-def]

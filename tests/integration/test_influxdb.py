@@ -16,26 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from modelstream.artifact import generate_keys
 from modelstream.metrics import INFLUX_WRITE_FAILURES
 from modelstream.services.monitor.app import MonitorApp
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
-from modelstream.settings import load
 from tests.integration.conftest import free_port_pair
-from tests.integration.helpers import produce, running
+from tests.integration.helpers import eventually, produce, running, service_settings
 from tests.integration.predictor_support import dataset, publish, trained_body
-from tests.integration.test_monitor import eventually, feedback, settings_for
+from tests.integration.test_monitor import feedback
 from tests.integration.test_predictor import BC, requests_for
 
 N = 600
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
 
 
 @pytest.fixture
@@ -105,11 +97,9 @@ async def labelled_traffic(base, monitor: MonitorApp) -> None:  # type: ignore[n
 async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb):  # type: ignore[no-untyped-def]
     base = topics
     await publish(base, keys, trained_body(BC), 1)
-    monitor = MonitorApp(settings_for(MonitorSettings, base, keys, influxdb_url=influxdb,
+    monitor = MonitorApp(service_settings(MonitorSettings, base, keys, influxdb_url=influxdb,
                                       influxdb_database="history", history_interval_s=0.2))
-    async with running(PredictorApp(load(PredictorSettings, bootstrap_servers=base.bootstrap,
-                                         topic_prefix=base.topic_prefix, metrics_port=0,
-                                         public_key_file=keys / "modelstream.pub"))), \
+    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))), \
             running(monitor):
         await labelled_traffic(base, monitor)
         await asyncio.sleep(1.5)  # one more flush interval
@@ -137,11 +127,9 @@ async def test_a_dead_influxdb_costs_counted_points_not_labels(topics, keys):  #
     await publish(base, keys, trained_body(BC), 1)
     before = INFLUX_WRITE_FAILURES.labels("monitor")._value.get()
     dead = f"http://127.0.0.1:{free_port_pair()}"  # nothing listens there
-    monitor = MonitorApp(settings_for(MonitorSettings, base, keys, influxdb_url=dead,
+    monitor = MonitorApp(service_settings(MonitorSettings, base, keys, influxdb_url=dead,
                                       history_interval_s=0.2))
-    async with running(PredictorApp(load(PredictorSettings, bootstrap_servers=base.bootstrap,
-                                         topic_prefix=base.topic_prefix, metrics_port=0,
-                                         public_key_file=keys / "modelstream.pub"))), \
+    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))), \
             running(monitor):
         await labelled_traffic(base, monitor)
     assert monitor.watches[BC].joined_total == N  # the join never waited for InfluxDB

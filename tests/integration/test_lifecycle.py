@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from modelstream.artifact import generate_keys, load_public_key
+from modelstream.artifact import load_public_key
 from modelstream.control import send_command
 from modelstream.definitions import Definition, command
 from modelstream.learn.linear import LinearModel
@@ -25,16 +25,16 @@ from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
-from modelstream.settings import load
-from tests.integration.helpers import consume_until, decoded, produce, produce_records, running
+from tests.integration.helpers import (
+    consume_until,
+    decoded,
+    produce,
+    produce_records,
+    running,
+    service_settings,
+)
 
 MODEL = "breast-cancer"
-
-
-def service_settings(cls, base, keys_dir):  # type: ignore[no-untyped-def]
-    return load(cls, bootstrap_servers=base.bootstrap, topic_prefix=base.topic_prefix,
-                metrics_port=0, public_key_file=keys_dir / "modelstream.pub",
-                private_key_file=keys_dir / "modelstream.key", state_dir=base.state_dir)
 
 
 def examples():  # type: ignore[no-untyped-def]
@@ -49,12 +49,6 @@ def examples():  # type: ignore[no-untyped-def]
 
 def reports_for(records, n):  # type: ignore[no-untyped-def]
     return len(records) >= n
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
 
 
 async def test_model_lifecycle_on_kafka(topics, keys):  # type: ignore[no-untyped-def]

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pytest
 from river import datasets
 
-from modelstream.artifact import generate_keys, to_tensor
+from modelstream.artifact import to_tensor
 from modelstream.client import RequestEncoder
 from modelstream.codec import default_codec
 from modelstream.control import send_command
@@ -33,8 +31,16 @@ from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
-from modelstream.settings import Settings, load
-from tests.integration.helpers import consume_until, decoded, produce, read_all, running
+from modelstream.settings import Settings
+from tests.integration.helpers import (
+    consume_until,
+    decoded,
+    eventually,
+    produce,
+    read_all,
+    running,
+    service_settings,
+)
 from tests.integration.predictor_support import dataset, publish, trained_body
 from tests.integration.processes import ServiceProcess
 from tests.integration.test_predictor import BC, requests_for
@@ -42,30 +48,10 @@ from tests.integration.test_predictor import BC, requests_for
 CODEC = default_codec()
 
 
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
-
-
-def settings_for(cls, base: Settings, keys, **extra: Any):  # type: ignore[no-untyped-def]
-    return load(cls, bootstrap_servers=base.bootstrap, topic_prefix=base.topic_prefix,
-                metrics_port=0, public_key_file=keys / "modelstream.pub",
-                private_key_file=keys / "modelstream.key", state_dir=base.state_dir, **extra)
-
-
 def feedback(model: str, labelled: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(rid.encode(), CODEC.encode("Feedback", {"request_id": rid, "model": model,
                                                     "label": label, "timestamp_ms": None}))
             for rid, label in labelled]
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.2)
 
 
 def accuracy(predictions: list[dict[str, Any]], truth: dict[str, str]) -> float:
@@ -97,12 +83,13 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
         "model": SEA, "features": dict(zip(SEA_NAMES, row.tolist(), strict=True)),
         "label": label, "example_id": f"e{i}", "timestamp_ms": None}))
         for i, (row, label) in enumerate(zip(X_train, y_train, strict=True))])
-    async with running(TrainerApp(settings_for(TrainerSettings, base, keys))), \
-            running(ValidatorApp(settings_for(ValidatorSettings, base, keys, holdout_size=300))), \
-            running(PublisherApp(settings_for(PublisherSettings, base, keys))):
+    validator_settings = service_settings(ValidatorSettings, base, keys, holdout_size=300)
+    async with running(TrainerApp(service_settings(TrainerSettings, base, keys))), \
+            running(ValidatorApp(validator_settings)), \
+            running(PublisherApp(service_settings(PublisherSettings, base, keys))):
         await send_command(base, command(SEA, "TRAIN"))
         await consume_until(base, "models", lambda r: len(r) >= 1, timeout_s=90)
-    monitor = MonitorApp(settings_for(MonitorSettings, base, keys, export_every_labels=400,
+    monitor = MonitorApp(service_settings(MonitorSettings, base, keys, export_every_labels=400,
                                       export_min_labels=200, export_min_gain=0.01,
                                       online_learning_rate=0.03, batch_max_records=500))
     encoder = RequestEncoder(SEA_NAMES)
@@ -110,10 +97,10 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     y = y_before + y_after
     truth = {f"s-{i}": label for i, label in enumerate(y)}
     change_ms = 0
-    validator = ValidatorApp(settings_for(ValidatorSettings, base, keys, holdout_size=300))
+    validator = ValidatorApp(validator_settings)
     async with running(validator), \
-            running(PublisherApp(settings_for(PublisherSettings, base, keys))), \
-            running(PredictorApp(settings_for(PredictorSettings, base, keys))), \
+            running(PublisherApp(service_settings(PublisherSettings, base, keys))), \
+            running(PredictorApp(service_settings(PredictorSettings, base, keys))), \
             running(monitor):
         chunk = 250
         for start in range(0, len(y), chunk):
@@ -171,7 +158,7 @@ async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  #
     await publish(base, keys, good, 1)
     _, y, _, _ = dataset(BC)
     min_labels, chunk = 200, 100
-    monitor = MonitorApp(settings_for(MonitorSettings, base, keys,
+    monitor = MonitorApp(service_settings(MonitorSettings, base, keys,
                                       rollback_min_labels=min_labels, rollback_margin=0.05))
     sent = 0
 
@@ -184,8 +171,8 @@ async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  #
         await eventually(lambda: monitor.watches[BC].joined_total >= sent, 60,
                          f"monitor did not join {sent} labels")
 
-    async with running(PublisherApp(settings_for(PublisherSettings, base, keys))), \
-            running(PredictorApp(settings_for(PredictorSettings, base, keys))) as predictor, \
+    async with running(PublisherApp(service_settings(PublisherSettings, base, keys))), \
+            running(PredictorApp(service_settings(PredictorSettings, base, keys))) as predictor, \
             running(monitor):
         await traffic(600)
         await publish(base, keys, degraded(good), 2)
@@ -222,7 +209,7 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
     env = {"MODELSTREAM_STATE_DIR": str(log_dir / "monitor-state"),
            "MODELSTREAM_BATCH_MAX_RECORDS": "200", "MODELSTREAM_EXPORT_MIN_GAIN": "1.0"}
     learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
-    async with running(PredictorApp(settings_for(PredictorSettings, base, keys))):
+    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))):
         await produce(base, "requests", requests_for(BC, n))
         await consume_until(base, "predictions", lambda r: len(r) >= n, timeout_s=300)
     first = ServiceProcess("monitor", base, keys, "a", log_dir, **env)
@@ -282,7 +269,7 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
     n = 4000
     await publish(base, keys, trained_body(BC), 1)
     _, y, _, _ = dataset(BC)
-    async with running(PredictorApp(settings_for(PredictorSettings, base, keys))):
+    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))):
         await produce(base, "requests", requests_for(BC, n))
         await consume_until(base, "predictions", lambda r: len(r) >= n, timeout_s=120)
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-
-from modelstream.artifact import generate_keys
 from modelstream.services.predictor.app import PredictorApp
 from tests.integration.helpers import consume_until, decoded, run_cli, running
 from tests.integration.predictor_support import dataset, publish, trained_body
 from tests.integration.test_predictor import BC, predictor_settings
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
 
 
 async def cli(base, keys, *args):  # type: ignore[no-untyped-def]

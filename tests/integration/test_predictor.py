@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelstream.artifact import generate_keys, seal
+from modelstream.artifact import seal
 from modelstream.client import RequestEncoder, decode_prediction
 from modelstream.codec import default_codec
 from modelstream.control import send_command
@@ -23,12 +23,6 @@ from tests.integration.helpers import consume_until, decoded, produce, running
 from tests.integration.predictor_support import dataset, publish, trained_body
 
 BC = "breast-cancer"
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
 
 
 def predictor_settings(base, keys, **extra):  # type: ignore[no-untyped-def]

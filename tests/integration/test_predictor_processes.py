@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections import Counter
 
-import pytest
-
-from modelstream.artifact import generate_keys
-from tests.integration.helpers import consume_until, produce
+from tests.integration.helpers import consume_until, eventually, produce
 from tests.integration.predictor_support import publish, trained_body
 from tests.integration.processes import Predictor
 from tests.integration.test_predictor import BC, requests_for
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
-
-
-async def _eventually(check, timeout_s, what):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.2)
 
 
 async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
@@ -47,7 +29,7 @@ async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys,
             await consume_until(base, "predictions",
                                 lambda r, n=warmup: len({x.key for x in r}) >= n, timeout_s=90)
             await asyncio.sleep(1.0)
-        await _eventually(lambda: a.consumed() + b.consumed() == warmup, 10,
+        await eventually(lambda: a.consumed() + b.consumed() == warmup, 10,
                           "every warm-up request consumed exactly once")
 
         total, chunk, killed_at = 20000, 500, 6000

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelstream.artifact import generate_keys
 from modelstream.codec import default_codec
 from tests.integration.conftest import free_port_pair
 from tests.integration.helpers import produce
@@ -33,12 +32,6 @@ def tool(name: str) -> str:
             pytest.fail(f"{name} is required under CI (infra/dev.sh installs it)")
         pytest.skip(f"{name} not installed")
     return path
-
-
-@pytest.fixture
-def keys(tmp_path):  # type: ignore[no-untyped-def]
-    generate_keys(tmp_path / "keys")
-    return tmp_path / "keys"
 
 
 def query(port: int, promql: str) -> list[dict]:  # type: ignore[type-arg]
