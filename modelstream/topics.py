@@ -156,9 +156,12 @@ async def create_topics(settings: Settings, only: Collection[str] | None = None,
 async def _until_visible(admin: AIOKafkaAdminClient, names: set[str],
                          timeout_s: float = 30.0) -> None:
     """Creation returns once the controller committed it; brokers' metadata follows a moment
-    later. Wait for it, so a `topics list` right after `topics create` sees every topic."""
+    later, and their partitions' replicas a moment after that. Wait for both, so a
+    `topics list` right after `topics create` sees every topic whole."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not names <= set(await admin.list_topics()):
+    while not (names <= set(await admin.list_topics()) and all(
+            d["partitions"] and all(p["replicas"] for p in d["partitions"])
+            for d in await admin.describe_topics(sorted(names)))):
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"created topics not visible after {timeout_s}s")
         await asyncio.sleep(0.1)
