@@ -1,1 +1,0 @@
-"""Broker, Prometheus and Grafana configuration (package data of `modelstream.infra`)."""
