@@ -6,7 +6,6 @@ COPY pyproject.toml README.md ./
 COPY modelstream ./modelstream
 COPY services ./services
 COPY schemas ./schemas
-COPY infra ./infra
 RUN pip install . && useradd --create-home --uid 10001 modelstream
 USER modelstream
 ENTRYPOINT ["modelstream"]

@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelstream.broker import EmbeddedCluster, fetch_broker_ids
+from modelstream.kafka.topology import create_topics
+from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.settings import Settings, load
-from modelstream.topics import create_topics
 
 
 def _free_port_pair() -> int:

@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import broker, spawn_worker
+from common import broker, spawn_worker
 from predictor import body_for, dataset, peak_rss_mib, preload, publish, request_bytes
 
-from modelstream.artifact import generate_keys
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
+from modelstream.kafka.topology import create_topics
 from modelstream.learn.linear import LinearModel
+from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
-from modelstream.topics import create_topics
 
 HERE = Path(__file__).resolve()
 MODEL = "breast-cancer"

@@ -36,18 +36,18 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import broker, spawn_worker
+from common import broker, spawn_worker
 
-from modelstream.artifact import generate_keys, load_private_key
-from modelstream.client import RequestEncoder
-from modelstream.codec import default_codec
+from modelstream.contracts.client import RequestEncoder
+from modelstream.contracts.codec import default_codec
+from modelstream.kafka.pipeline import BatchPipeline, Outgoing
+from modelstream.kafka.topology import create_topics
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
-from modelstream.pipeline import BatchPipeline, Outgoing
+from modelstream.registry.artifact import generate_keys, load_private_key
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.services.trainer.logic import candidate_body
 from modelstream.settings import Settings, load
-from modelstream.topics import create_topics
 
 HERE = Path(__file__).resolve()
 

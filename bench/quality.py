@@ -26,23 +26,23 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import broker
+from common import broker
 
-from modelstream.codec import default_codec
-from modelstream.control import send_command
-from modelstream.definitions import Definition, command
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import Definition, command
+from modelstream.kafka.control import send_command
 from modelstream.learn.cv import stratified_kfold
 from modelstream.learn.procedure import DEFAULT_L2_GRID
-from modelstream.metrics import (
-    CROSS_VALIDATION_SECONDS,
-    TRAINING_SECONDS,
-    VALIDATION_SECONDS,
-)
 from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import Settings, load
+from modelstream.telemetry import (
+    CROSS_VALIDATION_SECONDS,
+    TRAINING_SECONDS,
+    VALIDATION_SECONDS,
+)
 
 FOLDS = 5
 SEED = 0

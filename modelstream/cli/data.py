@@ -13,28 +13,24 @@ import typer
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from modelstream.codec import SCHEMA_FILES, default_codec
+from modelstream.cli.common import SERVICES, settings_of
+from modelstream.contracts.codec import SCHEMA_FILES, default_codec
 from modelstream.errors import ConfigurationError, DecodeError, InvalidEventError
-from modelstream.kafka import (
+from modelstream.kafka.clients import (
     client_options,
     fix_describe_groups_decoding,
     make_consumer,
     make_producer,
     partitions_of,
 )
-from modelstream.registry import load_production, public_key
-from modelstream.settings import Settings
-from modelstream.topics import TOPICS_BY_NAME
+from modelstream.kafka.topology import TOPICS_BY_NAME
+from modelstream.registry.follower import load_production, public_key
 
 INPUT_TYPES = {"requests": "PredictionRequest", "feedback": "Feedback",
                "training": "TrainingExample", "control": "Command"}
 KEY_FIELDS = {"requests": "request_id", "feedback": "request_id", "training": "model",
               "control": "model"}
-SERVICES = ("trainer", "validator", "publisher", "predictor", "monitor")
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    return ctx.find_root().obj.settings()  # type: ignore[no-any-return]
+app = typer.Typer()
 
 
 def _csv_records(path: Path, topic: str, model: str | None) -> list[dict[str, Any]]:
@@ -63,6 +59,7 @@ def _csv_records(path: Path, topic: str, model: str | None) -> list[dict[str, An
     return out
 
 
+@app.command("send")
 def send(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
@@ -97,7 +94,7 @@ def send(
             raise ConfigurationError(f"{path} record {number}: {exc}") from None
         key = str(record[KEY_FIELDS[topic]]).encode()
         messages.append((key, text if as_json else codec.encode(type_name, record)))
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def produce() -> None:
         producer = make_producer(settings)
@@ -113,6 +110,7 @@ def send(
     typer.echo(f"sent {len(messages)} {type_name} record(s) to {settings.topic(topic)}")
 
 
+@app.command("tail")
 def tail(
     ctx: typer.Context,
     topic: Annotated[str, typer.Argument(help="Any modelstream topic, e.g. predictions.")],
@@ -127,7 +125,7 @@ def tail(
     spec = TOPICS_BY_NAME.get(topic)
     if spec is None:
         raise typer.BadParameter(f"unknown topic {topic!r}")
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     codec = default_codec()
 
     async def follow() -> None:
@@ -181,9 +179,10 @@ def _render(codec: Any, type_name: str, record: Any, as_json: bool) -> str:
     return f"{record.partition}:{record.offset} {key} {json.dumps(value)}"
 
 
+@app.command("status")
 def status(ctx: typer.Context) -> None:
     """Broker, topics, each service's consumer group (members, lag) and production models."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     fix_describe_groups_decoding()
 
     async def gather() -> None:
@@ -239,10 +238,3 @@ async def _lag(admin: AIOKafkaAdminClient, probe: Any, group: str) -> int | None
     ends = await probe.end_offsets(list(offsets))
     return sum(max(0, ends[tp] - meta.offset) for tp, meta in offsets.items()
                if isinstance(tp, TopicPartition) and meta.offset >= 0)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("send")(send)
-    app.command("tail")(tail)
-    app.command("status")(status)
-

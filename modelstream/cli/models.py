@@ -10,27 +10,20 @@ from typing import Annotated, Any
 
 import typer
 
-from modelstream.artifact import body_digest, decrypt_tensors, verify_record
-from modelstream.control import send_command
-from modelstream.definitions import TASKS, Definition, command
+from modelstream.cli.common import csv_list, settings_of
+from modelstream.contracts.definitions import TASKS, Definition, command
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
-from modelstream.lineage import load_lineage, retrain
-from modelstream.registry import load_history, load_production, public_key
+from modelstream.kafka.control import send_command
+from modelstream.registry.artifact import body_digest, decrypt_tensors, verify_record
+from modelstream.registry.follower import load_history, load_production, public_key
+from modelstream.registry.lineage import load_lineage, retrain
 from modelstream.settings import Settings
 
-models_app = typer.Typer(help="Define models; list, show, roll back and reproduce versions.",
-                         no_args_is_help=True)
+app = typer.Typer(help="Define models; list, show, roll back and reproduce versions.",
+                  no_args_is_help=True)
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    return ctx.find_root().obj.settings()  # type: ignore[no-any-return]
-
-
-def _csv(value: str | None) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
-
-
-@models_app.command("define")
+@app.command("define")
 def define(
     ctx: typer.Context,
     name: str,
@@ -63,38 +56,38 @@ def define(
     if task_name not in TASKS:
         raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in TASKS)}")
     definition = Definition(
-        name=name, task=task_name, feature_names=_csv(features), classes=_csv(classes),
+        name=name, task=task_name, feature_names=csv_list(features), classes=csv_list(classes),
         retrain_every=retrain_every, min_examples=min_examples, window_size=window_size,
         cv_folds=cv_folds, thresholds=thresholds, tolerance=tolerance,
-        l2_grid=tuple(float(v) for v in _csv(l2_grid)), seed=seed,
+        l2_grid=tuple(float(v) for v in csv_list(l2_grid)), seed=seed,
     )
     try:
         definition.check()
     except Exception as exc:
         raise typer.BadParameter(str(exc)) from None
-    asyncio.run(send_command(_settings(ctx), command(name, "DEFINE", definition=definition)))
+    asyncio.run(send_command(settings_of(ctx), command(name, "DEFINE", definition=definition)))
     typer.echo(f"defined {name} ({task_name.lower()})")
 
 
-@models_app.command("train")
+@app.command("train")
 def train_now(ctx: typer.Context, name: str) -> None:
     """Ask the trainer to train NAME now on its current window."""
-    asyncio.run(send_command(_settings(ctx), command(name, "TRAIN")))
+    asyncio.run(send_command(settings_of(ctx), command(name, "TRAIN")))
     typer.echo(f"train command sent for {name}")
 
 
-@models_app.command("rollback")
+@app.command("rollback")
 def rollback(
     ctx: typer.Context, name: str, version: int,
     reason: Annotated[str, typer.Option(help="Recorded on the audit topic.")] = "",
 ) -> None:
     """Make VERSION (from the history) production again; the publisher carries it out."""
-    asyncio.run(send_command(_settings(ctx), command(name, "ROLLBACK", version=version,
+    asyncio.run(send_command(settings_of(ctx), command(name, "ROLLBACK", version=version,
                                                      reason=reason)))
     typer.echo(f"rollback of {name} to v{version} requested")
 
 
-@models_app.command("traffic")
+@app.command("traffic")
 def traffic(
     ctx: typer.Context, name: str,
     challenger: Annotated[int | None, typer.Option(help="Challenger version.")] = None,
@@ -110,7 +103,7 @@ def traffic(
     elif challenger is None:
         raise typer.BadParameter("give --challenger VERSION (or --clear)")
     split = {"challenger_version": challenger, "fraction": fraction, "shadow": shadow}
-    asyncio.run(send_command(_settings(ctx), command(name, "SET_TRAFFIC", traffic=split)))
+    asyncio.run(send_command(settings_of(ctx), command(name, "SET_TRAFFIC", traffic=split)))
     typer.echo(f"traffic for {name}: {split}")
 
 
@@ -138,10 +131,10 @@ def _verification(settings: Settings, artifact: dict[str, Any]) -> str:
         return f"FAILED: {exc}"
 
 
-@models_app.command("list")
+@app.command("list")
 def list_models(ctx: typer.Context) -> None:
     """Every model with its production version and how many versions exist."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def gather() -> tuple[dict[str, Any], dict[tuple[str, int], Any]]:
         production = await load_production(settings, public_key(settings),
@@ -166,13 +159,13 @@ def list_models(ctx: typer.Context) -> None:
                    f"{current.digest[:12]}  {metrics}")
 
 
-@models_app.command("show")
+@app.command("show")
 def show(
     ctx: typer.Context, name: str,
     version: Annotated[int | None, typer.Option(help="Default: the production version.")] = None,
 ) -> None:
     """Everything an artifact says about itself (weights omitted), as JSON."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     artifact = _artifact(settings, name, version)
     typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
 
@@ -191,7 +184,7 @@ def _artifact(settings: Settings, name: str, version: int | None) -> dict[str, A
     return history[(name, version)]
 
 
-@models_app.command("export")
+@app.command("export")
 def export(
     ctx: typer.Context, name: str,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the model.")],
@@ -201,11 +194,11 @@ def export(
 ) -> None:
     """Write a published version as a standard ONNX graph (opset 17)."""
     from modelstream.learn.linear import LinearModel
-    from modelstream.onnx_interop import export_onnx
+    from modelstream.registry.onnx_interop import export_onnx
 
     if fmt != "onnx":
         raise typer.BadParameter("the only export format is onnx")
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     artifact = _artifact(settings, name, version)
     key = public_key(settings)
     verify_record(artifact, key, allow_unsigned=key is None)
@@ -217,7 +210,7 @@ def export(
     typer.echo(f"wrote {name} v{body['version']} ({artifact['digest'][:12]}) to {output}")
 
 
-@models_app.command("import")
+@app.command("import")
 def import_model(
     ctx: typer.Context, name: str,
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An .onnx file.")],
@@ -226,14 +219,14 @@ def import_model(
 ) -> None:
     """Turn a linear ONNX model (skl2onnx or modelstream export) into a candidate; the
     validator gates it on recent labelled data like any other candidate."""
-    from modelstream.artifact import seal
-    from modelstream.codec import default_codec
-    from modelstream.definitions import now_ms
-    from modelstream.kafka import make_producer
-    from modelstream.onnx_interop import import_onnx
-    from modelstream.topics import CANDIDATES
+    from modelstream.contracts.codec import default_codec
+    from modelstream.contracts.definitions import now_ms
+    from modelstream.kafka.clients import make_producer
+    from modelstream.kafka.topology import CANDIDATES
+    from modelstream.registry.artifact import seal
+    from modelstream.registry.onnx_interop import import_onnx
 
-    imported = import_onnx(path.read_bytes(), _csv(features) or None)
+    imported = import_onnx(path.read_bytes(), csv_list(features) or None)
     body = {
         "name": name, "version": 0, "stage": "CANDIDATE", "task": imported.task,
         "feature_names": imported.feature_names, "classes": imported.classes,
@@ -247,7 +240,7 @@ def import_model(
         "encryption": None,
     }
     artifact = seal(body)
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def send() -> None:
         producer = make_producer(settings)
@@ -263,14 +256,14 @@ def import_model(
                f"{len(imported.feature_names)} features) sent for validation")
 
 
-@models_app.command("history")
+@app.command("history")
 def history(
     ctx: typer.Context, name: str,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Replay `audit` into the model's timeline: trained from which offsets, validated with
     which metrics, published, rolled back or refused, and by whom."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     for event in asyncio.run(audit_trail(settings, name)):
         if as_json:
             typer.echo(json.dumps(event, separators=(",", ":")))
@@ -285,10 +278,10 @@ def history(
 
 async def audit_trail(settings: Settings, name: str) -> list[dict[str, Any]]:
     """Every audit event about ``name``, in the order the audit log holds them per model."""
-    from modelstream.codec import default_codec
+    from modelstream.contracts.codec import default_codec
     from modelstream.errors import DecodeError, InvalidEventError
-    from modelstream.kafka import read_to_end
-    from modelstream.topics import AUDIT
+    from modelstream.kafka.clients import read_to_end
+    from modelstream.kafka.topology import AUDIT
 
     codec = default_codec()
     events = []
@@ -302,11 +295,11 @@ async def audit_trail(settings: Settings, name: str) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: e["at_ms"])
 
 
-@models_app.command("reproduce")
+@app.command("reproduce")
 def reproduce(ctx: typer.Context, name: str, version: int) -> None:
     """Re-read VERSION's lineage from Kafka, retrain with its recorded hyperparameters and
     seed, and say whether the result matches the published digest bit for bit."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     history = asyncio.run(load_history(settings))
     if (name, version) not in history:
         raise ConfigurationError(f"{name!r} has no version {version}")

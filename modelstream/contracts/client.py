@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.codec import default_codec, is_json
+from modelstream.contracts.codec import default_codec, is_json
 
 Features = Mapping[str, float] | Sequence[float] | np.ndarray
 

@@ -23,8 +23,8 @@ from typing import Any
 import fastavro
 import fastavro.schema
 
+from modelstream.contracts.jsonform import JsonForm
 from modelstream.errors import DecodeError, SchemaMismatchError
-from modelstream.jsonform import JsonForm
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10  # magic (2) + fingerprint (8)

@@ -13,11 +13,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka import make_consumer, make_producer, partitions_of
+from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
+from modelstream.kafka.topology import CONTROL
 from modelstream.settings import Settings
-from modelstream.topics import CONTROL
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from modelstream.kafka import make_consumer, make_producer
+from modelstream.kafka.clients import make_consumer, make_producer
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from modelstream.kafka import client_options
+from modelstream.kafka.clients import client_options
 from modelstream.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -167,7 +167,16 @@ async def _until_visible(admin: AIOKafkaAdminClient, names: set[str],
         await asyncio.sleep(0.1)
 
 
-async def describe_topics(settings: Settings) -> dict[str, dict[str, object]]:
+@dataclass(frozen=True)
+class TopicState:
+    """What the broker holds for one topic."""
+
+    partitions: int
+    replication_factor: int
+    config: dict[str, str]  # non-default configs only
+
+
+async def describe_topics(settings: Settings) -> dict[str, TopicState]:
     """Partitions, replication and non-default configs of every declared topic that exists."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
@@ -180,21 +189,20 @@ async def describe_topics(settings: Settings) -> dict[str, dict[str, object]]:
         configs = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
         )
-        result: dict[str, dict[str, object]] = {}
-        for topic in described:
-            partitions = topic["partitions"]
-            result[topic["topic"]] = {
-                "partitions": len(partitions),
-                "replication_factor": len(partitions[0]["replicas"]) if partitions else 0,
-                "config": {},
-            }
+        non_default: dict[str, dict[str, str]] = {}
         for response in configs:
             for resource in response.resources:
                 # (error_code, error_message, type, name, config entries)
                 name, entries = resource[3], resource[4]
-                result[name]["config"] = {
+                non_default[name] = {
                     e[0]: e[1] for e in entries if e[1] is not None and not _is_default(e)
                 }
+        result: dict[str, TopicState] = {}
+        for topic in described:
+            partitions = topic["partitions"]
+            result[topic["topic"]] = TopicState(
+                len(partitions), len(partitions[0]["replicas"]) if partitions else 0,
+                non_default.get(topic["topic"], {}))
         return result
     finally:
         await admin.close()

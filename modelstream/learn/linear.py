@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.artifact import from_tensor, to_tensor
 from modelstream.errors import ArtifactVerificationError
 from modelstream.learn.objectives import sigmoid, softmax
+from modelstream.registry.artifact import from_tensor, to_tensor
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka.client import AIOKafkaClient
 
 from modelstream.errors import BrokerError
-from modelstream.security import BrokerSecurity
+from modelstream.ops.security import BrokerSecurity
 from modelstream.settings import Settings
 
 CONTROLLER_PORT_OFFSET = 1000
@@ -35,11 +35,11 @@ STOP_TIMEOUT_S = 60.0
 
 
 def _pom_text() -> str:
-    return resources.files("modelstream.infra").joinpath("kafka/pom.xml").read_text("utf-8")
+    return resources.files("modelstream.ops").joinpath("kafka/pom.xml").read_text("utf-8")
 
 
 def _log4j_config() -> Path:
-    return Path(str(resources.files("modelstream.infra").joinpath("kafka/log4j2.properties")))
+    return Path(str(resources.files("modelstream.ops").joinpath("kafka/log4j2.properties")))
 
 
 def jar_dir(settings: Settings) -> Path:

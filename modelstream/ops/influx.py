@@ -18,7 +18,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Mapping
 
-from modelstream.metrics import INFLUX_POINTS, INFLUX_WRITE_FAILURES
+from modelstream.telemetry import INFLUX_POINTS, INFLUX_WRITE_FAILURES
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from modelstream.errors import BrokerError
-from modelstream.topics import (
+from modelstream.kafka.topology import (
     AUDIT,
     CANDIDATES,
     CONTROL,

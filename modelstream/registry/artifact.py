@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from modelstream.codec import AvroCodec, default_codec
+from modelstream.contracts.codec import AvroCodec, default_codec
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 
 SIGNATURE_CONTEXT = b"modelstream-artifact-v1:"

@@ -13,12 +13,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from modelstream.artifact import Verified, load_public_key, verify_bytes
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 from modelstream.errors import ArtifactVerificationError, DecodeError
-from modelstream.kafka import make_consumer, partitions_of, read_to_end
+from modelstream.kafka.clients import make_consumer, partitions_of, read_to_end
+from modelstream.kafka.topology import MODEL_HISTORY, MODELS
+from modelstream.registry.artifact import Verified, load_public_key, verify_bytes
 from modelstream.settings import Settings
-from modelstream.topics import MODEL_HISTORY, MODELS
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.codec import default_codec
-from modelstream.definitions import (
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import (
     Definition,
     check_label,
     feature_vector,
     labels_to_targets,
 )
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka import OffsetRange, read_ranges
+from modelstream.kafka.clients import OffsetRange, read_ranges
 from modelstream.learn.procedure import TrainedModel, train
 from modelstream.learn.sgd import GDConfig
 from modelstream.settings import Settings

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.artifact import to_tensor
 from modelstream.errors import ModelstreamError
 from modelstream.learn.linear import LinearModel
+from modelstream.registry.artifact import to_tensor
 
 OPSET = 17
 ML_OPSET = 1

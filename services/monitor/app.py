@@ -25,9 +25,8 @@ import faust
 from faust.serializers import codecs
 from faust.types import EventT
 
-from modelstream.artifact import TENSOR_FIELDS, decrypt_tensors, from_tensor, seal
-from modelstream.codec import default_codec
-from modelstream.definitions import (
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import (
     FEEDBACK_EXAMPLE_PREFIX,
     Definition,
     audit_event,
@@ -37,9 +36,38 @@ from modelstream.definitions import (
     now_ms,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
-from modelstream.influx import InfluxWriter
-from modelstream.kafka import dead_letter_headers, security_options
-from modelstream.metrics import (
+from modelstream.kafka.clients import dead_letter_headers, security_options
+from modelstream.kafka.topology import (
+    AUDIT,
+    CANDIDATES,
+    CONTROL,
+    DEADLETTER,
+    MONITOR_JOIN_CHANGELOG,
+    MONITOR_LABELLED,
+    MONITOR_TOPICS,
+    TOPICS_BY_NAME,
+    TRAINING,
+    create_topics,
+)
+from modelstream.kafka.topology import FEEDBACK as FEEDBACK_TOPIC
+from modelstream.kafka.topology import PREDICTIONS as PREDICTIONS_TOPIC
+from modelstream.kafka.topology import REQUESTS as REQUESTS_TOPIC
+from modelstream.ops.influx import InfluxWriter
+from modelstream.registry.artifact import TENSOR_FIELDS, decrypt_tensors, from_tensor, seal
+from modelstream.registry.follower import ProductionFollower, public_key
+from modelstream.services.monitor.logic import (
+    FEEDBACK,
+    PREDICTIONS,
+    REQUESTS,
+    Decisions,
+    ModelWatch,
+    expired,
+    is_complete,
+    merge,
+    missing_parts,
+)
+from modelstream.services.monitor.settings import MonitorSettings
+from modelstream.telemetry import (
     ARTIFACTS_REFUSED,
     BATCH_SECONDS,
     BATCH_SIZE,
@@ -67,34 +95,6 @@ from modelstream.metrics import (
     ROLLBACKS_REQUESTED,
     serve_metrics,
 )
-from modelstream.registry import ProductionFollower, public_key
-from modelstream.services.monitor.logic import (
-    FEEDBACK,
-    PREDICTIONS,
-    REQUESTS,
-    Decisions,
-    ModelWatch,
-    expired,
-    is_complete,
-    merge,
-    missing_parts,
-)
-from modelstream.services.monitor.settings import MonitorSettings
-from modelstream.topics import (
-    AUDIT,
-    CANDIDATES,
-    CONTROL,
-    DEADLETTER,
-    MONITOR_JOIN_CHANGELOG,
-    MONITOR_LABELLED,
-    MONITOR_TOPICS,
-    TOPICS_BY_NAME,
-    TRAINING,
-    create_topics,
-)
-from modelstream.topics import FEEDBACK as FEEDBACK_TOPIC
-from modelstream.topics import PREDICTIONS as PREDICTIONS_TOPIC
-from modelstream.topics import REQUESTS as REQUESTS_TOPIC
 
 log = logging.getLogger("modelstream.monitor")
 SERVICE = "monitor"

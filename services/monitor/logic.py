@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from river import drift, linear_model, optim, preprocessing
 
-from modelstream.artifact import from_tensor, to_tensor
-from modelstream.definitions import feature_vector, in_online_holdout
+from modelstream.contracts.definitions import feature_vector, in_online_holdout
 from modelstream.errors import InvalidEventError
+from modelstream.registry.artifact import from_tensor, to_tensor
 
 BIAS = "__bias__"  # river's softmax has no intercept: a constant input carries it
 

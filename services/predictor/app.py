@@ -8,13 +8,30 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from modelstream.artifact import verify_bytes
-from modelstream.codec import default_codec
-from modelstream.control import ControlFollower
-from modelstream.definitions import audit_event
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import audit_event
 from modelstream.errors import ArtifactVerificationError, DecodeError
-from modelstream.kafka import make_consumer, make_producer, partitions_of
-from modelstream.metrics import (
+from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
+from modelstream.kafka.control import ControlFollower
+from modelstream.kafka.pipeline import BatchPipeline
+from modelstream.kafka.topology import (
+    AUDIT,
+    DEADLETTER,
+    MODEL_HISTORY,
+    MODELS,
+    REQUESTS,
+)
+from modelstream.kafka.topology import (
+    PREDICTIONS as PREDICTIONS_TOPIC,
+)
+from modelstream.kafka.topology import (
+    SHADOW_PREDICTIONS as SHADOW_TOPIC,
+)
+from modelstream.registry.artifact import verify_bytes
+from modelstream.registry.follower import public_key
+from modelstream.services.predictor.logic import PredictorLogic, ServingModel, Traffic
+from modelstream.services.predictor.settings import Delivery, PredictorSettings
+from modelstream.telemetry import (
     ARTIFACTS_REFUSED,
     BATCH_SECONDS,
     BATCH_SIZE,
@@ -27,23 +44,6 @@ from modelstream.metrics import (
     SHADOW_PREDICTIONS,
     observe_many,
     serve_metrics,
-)
-from modelstream.pipeline import BatchPipeline
-from modelstream.registry import public_key
-from modelstream.services.predictor.logic import PredictorLogic, ServingModel, Traffic
-from modelstream.services.predictor.settings import Delivery, PredictorSettings
-from modelstream.topics import (
-    AUDIT,
-    DEADLETTER,
-    MODEL_HISTORY,
-    MODELS,
-    REQUESTS,
-)
-from modelstream.topics import (
-    PREDICTIONS as PREDICTIONS_TOPIC,
-)
-from modelstream.topics import (
-    SHADOW_PREDICTIONS as SHADOW_TOPIC,
 )
 
 log = logging.getLogger("modelstream.predictor")

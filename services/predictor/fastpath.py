@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from modelstream.codec import MAGIC
+from modelstream.contracts.codec import MAGIC
 from modelstream.errors import DecodeError
 
 Request = tuple[bytes, str, object, int | None, int | None]  # id, model, features, ver, sent

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 
-from modelstream.artifact import Verified, decrypt_tensors
-from modelstream.codec import AvroCodec, is_json, parse_json_object
+from modelstream.contracts.codec import AvroCodec, is_json, parse_json_object
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka import dead_letter_headers
+from modelstream.kafka.clients import dead_letter_headers
+from modelstream.kafka.pipeline import Outgoing
 from modelstream.learn.linear import LinearModel
-from modelstream.pipeline import Outgoing
+from modelstream.registry.artifact import Verified, decrypt_tensors
 from modelstream.services.predictor.fastpath import (
     MapSection,
     MapTemplate,

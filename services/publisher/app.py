@@ -15,17 +15,28 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from modelstream.artifact import key_id, load_private_key, verify_record
-from modelstream.codec import default_codec
-from modelstream.definitions import Definition, audit_event
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import Definition, audit_event
 from modelstream.errors import (
     ArtifactVerificationError,
     ConfigurationError,
     DecodeError,
     InvalidEventError,
 )
-from modelstream.kafka import DeadLetterWriter, make_consumer, make_producer
-from modelstream.metrics import (
+from modelstream.kafka.clients import DeadLetterWriter, make_consumer, make_producer
+from modelstream.kafka.topology import (
+    AUDIT,
+    CONTROL,
+    DEADLETTER,
+    MODEL_HISTORY,
+    MODELS,
+    VALIDATIONS,
+)
+from modelstream.registry.artifact import key_id, load_private_key, verify_record
+from modelstream.registry.follower import latest_versions, load_history, load_production
+from modelstream.services.publisher.logic import history_key, publishable
+from modelstream.services.publisher.settings import PublisherSettings
+from modelstream.telemetry import (
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     PRODUCTION_VERSION,
@@ -33,10 +44,6 @@ from modelstream.metrics import (
     ROLLBACKS,
     serve_metrics,
 )
-from modelstream.registry import latest_versions, load_history, load_production
-from modelstream.services.publisher.logic import history_key, publishable
-from modelstream.services.publisher.settings import PublisherSettings
-from modelstream.topics import AUDIT, CONTROL, DEADLETTER, MODEL_HISTORY, MODELS, VALIDATIONS
 
 log = logging.getLogger("modelstream.publisher")
 SERVICE = "publisher"

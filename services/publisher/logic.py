@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelstream.artifact import encrypt_tensors, seal
+from modelstream.registry.artifact import encrypt_tensors, seal
 
 
 def production_body(candidate: Mapping[str, Any], version: int,

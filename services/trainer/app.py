@@ -8,11 +8,10 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from modelstream.codec import default_codec
-from modelstream.control import ControlFollower
-from modelstream.definitions import Definition, audit_event, command
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import Definition, audit_event, command
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka import (
+from modelstream.kafka.clients import (
     DeadLetterWriter,
     OffsetRange,
     make_consumer,
@@ -20,8 +19,13 @@ from modelstream.kafka import (
     read_ranges,
     read_to_end,
 )
+from modelstream.kafka.control import ControlFollower
+from modelstream.kafka.topology import AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING
 from modelstream.learn.sgd import GDConfig
-from modelstream.metrics import (
+from modelstream.registry.follower import load_history, load_production
+from modelstream.services.trainer.logic import TrainerLogic, TrainingError, sealed_candidate
+from modelstream.services.trainer.settings import TrainerSettings
+from modelstream.telemetry import (
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     TRAINING_EXAMPLES,
@@ -30,10 +34,6 @@ from modelstream.metrics import (
     WINDOW_EXAMPLES,
     serve_metrics,
 )
-from modelstream.registry import load_history, load_production
-from modelstream.services.trainer.logic import TrainerLogic, TrainingError, sealed_candidate
-from modelstream.services.trainer.settings import TrainerSettings
-from modelstream.topics import AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING
 
 log = logging.getLogger("modelstream.trainer")
 SERVICE = "trainer"

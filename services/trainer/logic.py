@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.artifact import seal
-from modelstream.definitions import (
+from modelstream.contracts.definitions import (
     Definition,
     check_feature_count,
     check_label,
@@ -24,6 +23,7 @@ from modelstream.definitions import (
 from modelstream.errors import InvalidEventError
 from modelstream.learn.procedure import DEFAULT_L2_GRID, TrainedModel, train
 from modelstream.learn.sgd import GDConfig
+from modelstream.registry.artifact import seal
 
 log = logging.getLogger(__name__)
 

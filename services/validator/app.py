@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 
-from modelstream.artifact import Verified, decrypt_tensors, verify_bytes
-from modelstream.codec import default_codec
-from modelstream.control import ControlFollower
-from modelstream.definitions import (
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import (
     Definition,
     audit_event,
     check_label,
@@ -21,7 +19,7 @@ from modelstream.definitions import (
     unseen_by_online_learning,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
-from modelstream.kafka import (
+from modelstream.kafka.clients import (
     DeadLetterWriter,
     OffsetRange,
     make_consumer,
@@ -29,18 +27,13 @@ from modelstream.kafka import (
     partitions_of,
     read_ranges,
 )
+from modelstream.kafka.control import ControlFollower
+from modelstream.kafka.topology import AUDIT, CANDIDATES, DEADLETTER, TRAINING
+from modelstream.kafka.topology import VALIDATIONS as REPORTS
 from modelstream.learn.linear import LinearModel
-from modelstream.lineage import config_from_record, load_lineage, within_lineage
-from modelstream.metrics import (
-    CROSS_VALIDATION_SECONDS,
-    DEAD_LETTERS,
-    EVENTS_CONSUMED,
-    VALIDATION_SECONDS,
-    VALIDATIONS,
-    VALIDATIONS_REJECTED,
-    serve_metrics,
-)
-from modelstream.registry import load_production, public_key
+from modelstream.registry.artifact import Verified, decrypt_tensors, verify_bytes
+from modelstream.registry.follower import load_production, public_key
+from modelstream.registry.lineage import config_from_record, load_lineage, within_lineage
 from modelstream.services.validator.logic import (
     Champion,
     Verdict,
@@ -49,8 +42,15 @@ from modelstream.services.validator.logic import (
     report,
 )
 from modelstream.services.validator.settings import ValidatorSettings
-from modelstream.topics import AUDIT, CANDIDATES, DEADLETTER, TRAINING
-from modelstream.topics import VALIDATIONS as REPORTS
+from modelstream.telemetry import (
+    CROSS_VALIDATION_SECONDS,
+    DEAD_LETTERS,
+    EVENTS_CONSUMED,
+    VALIDATION_SECONDS,
+    VALIDATIONS,
+    VALIDATIONS_REJECTED,
+    serve_metrics,
+)
 
 log = logging.getLogger("modelstream.validator")
 SERVICE = "validator"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.definitions import Definition, now_ms
+from modelstream.contracts.definitions import Definition, now_ms
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.procedure import cross_validate, summarize

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from modelstream.artifact import generate_keys
-from modelstream.broker import EmbeddedCluster, fetch_broker_ids
+from modelstream.kafka.topology import create_topics
+from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
+from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
-from modelstream.topics import create_topics
 
 READY_TIMEOUT_S = 60.0
 

@@ -15,12 +15,12 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from modelstream.artifact import generate_keys
-from modelstream.broker import CONTROLLER_PORT_OFFSET, EmbeddedCluster, fetch_broker_ids
+from modelstream.kafka.topology import create_topics, describe_topics
+from modelstream.ops.broker import CONTROLLER_PORT_OFFSET, EmbeddedCluster, fetch_broker_ids
+from modelstream.registry.artifact import generate_keys
 from modelstream.settings import load
-from modelstream.topics import create_topics, describe_topics
-from tests.integration.predictor_support import publish, trained_body
 from tests.integration.test_predictor import BC, requests_for
+from tests.support.models import publish, trained_body
 
 pytestmark = pytest.mark.faults
 
@@ -70,8 +70,8 @@ def test_three_node_cluster_has_replicated_topics(cluster):  # type: ignore[no-u
     asyncio.run(create_topics(settings))
     described = asyncio.run(describe_topics(settings))
     for name, info in described.items():
-        assert info["replication_factor"] == 3, name
-        assert info["config"]["min.insync.replicas"] == "2", name
+        assert info.replication_factor == 3, name
+        assert info.config["min.insync.replicas"] == "2", name
     status = subprocess.run(
         [sys.executable, "-m", "modelstream.cli", "broker", "status"],
         env={**os.environ, "MODELSTREAM_STATE_DIR": str(cluster.root),
@@ -249,10 +249,10 @@ async def test_predictor_faults_lose_and_duplicate_nothing(cluster, tmp_path, fa
 
 
 async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path):  # type: ignore[no-untyped-def]
-    from modelstream.artifact import load_public_key, seal
-    from modelstream.codec import default_codec
-    from modelstream.registry import load_history, load_production
-    from tests.integration.helpers import produce
+    from modelstream.contracts.codec import default_codec
+    from modelstream.registry.artifact import load_public_key, seal
+    from modelstream.registry.follower import load_history, load_production
+    from tests.support.helpers import produce
 
     settings = await _fresh_cluster_settings(cluster, tmp_path, "pub")
     keys = tmp_path / "keys"

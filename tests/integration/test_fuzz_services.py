@@ -7,16 +7,16 @@ import asyncio
 import signal
 from collections import Counter
 
-from modelstream.control import send_command
-from modelstream.definitions import Definition, command
-from modelstream.metrics import TRAINING_EXAMPLES
+from modelstream.contracts.definitions import Definition, command
+from modelstream.kafka.control import send_command
 from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.settings import load
-from tests.fuzzing import SeededFuzzer
-from tests.integration.helpers import produce, read_all, running
-from tests.integration.predictor_support import publish, trained_body
-from tests.integration.processes import Predictor
+from modelstream.telemetry import TRAINING_EXAMPLES
+from tests.support.fuzzing import SeededFuzzer
+from tests.support.helpers import produce, read_all, running
+from tests.support.models import publish, trained_body
+from tests.support.processes import Predictor
 
 BC = "breast-cancer"
 N = 10_000
@@ -79,10 +79,10 @@ async def test_fuzzed_training_examples_through_the_trainer(topics, tmp_path):  
 
 
 async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignore[no-untyped-def]
-    from modelstream.codec import default_codec
-    from modelstream.metrics import FEEDBACK_ACCEPTED
+    from modelstream.contracts.codec import default_codec
     from modelstream.services.monitor.app import MonitorApp
     from modelstream.services.monitor.settings import MonitorSettings
+    from modelstream.telemetry import FEEDBACK_ACCEPTED
 
     base = topics
     body = trained_body(BC)

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from modelstream.metrics import INFLUX_WRITE_FAILURES
 from modelstream.services.monitor.app import MonitorApp
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
+from modelstream.telemetry import INFLUX_WRITE_FAILURES
 from tests.integration.conftest import free_port_pair
-from tests.integration.helpers import eventually, produce, running, service_settings
-from tests.integration.predictor_support import dataset, publish, trained_body
 from tests.integration.test_monitor import feedback
 from tests.integration.test_predictor import BC, requests_for
+from tests.support.helpers import eventually, produce, running, service_settings
+from tests.support.models import dataset, publish, trained_body
 
 N = 600
 

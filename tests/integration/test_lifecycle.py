@@ -13,19 +13,19 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from modelstream.artifact import load_public_key
-from modelstream.control import send_command
-from modelstream.definitions import Definition, command
+from modelstream.cli.models import audit_trail
+from modelstream.contracts.definitions import Definition, command
+from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
-from modelstream.models_cli import audit_trail
-from modelstream.registry import load_history, load_production
+from modelstream.registry.artifact import load_public_key
+from modelstream.registry.follower import load_history, load_production
 from modelstream.services.publisher.app import PublisherApp
 from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
-from tests.integration.helpers import (
+from tests.support.helpers import (
     consume_until,
     decoded,
     produce,

@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes
 
-from modelstream.artifact import (
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import Definition, command
+from modelstream.kafka.control import send_command
+from modelstream.learn.linear import LinearModel
+from modelstream.registry.artifact import (
     decrypt_tensors,
     from_tensor,
     generate_keys,
@@ -21,11 +25,7 @@ from modelstream.artifact import (
     seal,
     to_tensor,
 )
-from modelstream.codec import default_codec
-from modelstream.control import send_command
-from modelstream.definitions import Definition, command
-from modelstream.learn.linear import LinearModel
-from modelstream.registry import load_production
+from modelstream.registry.follower import load_production
 from modelstream.services.publisher.app import PublisherApp
 from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.services.trainer.app import TrainerApp
@@ -33,7 +33,7 @@ from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import load
-from tests.integration.helpers import consume_until, decoded, produce, running
+from tests.support.helpers import consume_until, decoded, produce, running
 
 MODEL = "diabetes"
 

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from river import datasets
 
-from modelstream.artifact import to_tensor
-from modelstream.client import RequestEncoder
-from modelstream.codec import default_codec
-from modelstream.control import send_command
-from modelstream.definitions import Definition, command, in_online_holdout
-from modelstream.models_cli import audit_trail
-from modelstream.registry import load_history
+from modelstream.cli.models import audit_trail
+from modelstream.contracts.client import RequestEncoder
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import Definition, command, in_online_holdout
+from modelstream.kafka.control import send_command
+from modelstream.registry.artifact import to_tensor
+from modelstream.registry.follower import load_history
 from modelstream.services.monitor.app import MonitorApp
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
@@ -32,7 +32,8 @@ from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import Settings
-from tests.integration.helpers import (
+from tests.integration.test_predictor import BC, requests_for
+from tests.support.helpers import (
     consume_until,
     decoded,
     eventually,
@@ -41,9 +42,8 @@ from tests.integration.helpers import (
     running,
     service_settings,
 )
-from tests.integration.predictor_support import dataset, publish, trained_body
-from tests.integration.processes import ServiceProcess
-from tests.integration.test_predictor import BC, requests_for
+from tests.support.models import dataset, publish, trained_body
+from tests.support.processes import ServiceProcess
 
 CODEC = default_codec()
 

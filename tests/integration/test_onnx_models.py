@@ -12,11 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from modelstream.artifact import generate_keys, load_public_key
-from modelstream.client import RequestEncoder
-from modelstream.control import send_command
-from modelstream.definitions import Definition, command
-from modelstream.registry import load_production
+from modelstream.contracts.client import RequestEncoder
+from modelstream.contracts.definitions import Definition, command
+from modelstream.kafka.control import send_command
+from modelstream.registry.artifact import generate_keys, load_public_key
+from modelstream.registry.follower import load_production
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.app import PublisherApp
@@ -24,8 +24,8 @@ from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import load
-from tests.integration.helpers import consume_until, decoded, produce_records, run_cli, running
-from tests.integration.predictor_support import dataset
+from tests.support.helpers import consume_until, decoded, produce_records, run_cli, running
+from tests.support.models import dataset
 
 BC = "breast-cancer"
 
@@ -70,7 +70,7 @@ async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp
 
     encoder = RequestEncoder(names)
     async with running(PredictorApp(load(PredictorSettings, **common))):
-        from tests.integration.helpers import produce
+        from tests.support.helpers import produce
 
         await produce(base, "requests", [(f"o{i}".encode(), encoder.encode(
             f"o{i}", BC, X[i], packed=True)) for i in range(len(y))])

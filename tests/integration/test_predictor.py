@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelstream.artifact import seal
-from modelstream.client import RequestEncoder, decode_prediction
-from modelstream.codec import default_codec
-from modelstream.control import send_command
-from modelstream.definitions import command
+from modelstream.contracts.client import RequestEncoder, decode_prediction
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import command
+from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
+from modelstream.registry.artifact import seal
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.settings import load
-from tests.integration.helpers import consume_until, decoded, produce, running
-from tests.integration.predictor_support import dataset, publish, trained_body
+from tests.support.helpers import consume_until, decoded, produce, running
+from tests.support.models import dataset, publish, trained_body
 
 BC = "breast-cancer"
 

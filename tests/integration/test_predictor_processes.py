@@ -6,10 +6,10 @@ import asyncio
 import signal
 from collections import Counter
 
-from tests.integration.helpers import consume_until, eventually, produce
-from tests.integration.predictor_support import publish, trained_body
-from tests.integration.processes import Predictor
 from tests.integration.test_predictor import BC, requests_for
+from tests.support.helpers import consume_until, eventually, produce
+from tests.support.models import publish, trained_body
+from tests.support.processes import Predictor
 
 
 async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys, tmp_path):  # type: ignore[no-untyped-def]

@@ -9,22 +9,22 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from modelstream.artifact import generate_keys, load_private_key
-from modelstream.broker import EmbeddedCluster, ensure_jars, fetch_broker_ids
-from modelstream.client import RequestEncoder
-from modelstream.codec import default_codec
-from modelstream.kafka import client_options
-from modelstream.security import BrokerSecurity, generate_tls, grant_service
+from modelstream.contracts.client import RequestEncoder
+from modelstream.contracts.codec import default_codec
+from modelstream.kafka.clients import client_options
+from modelstream.kafka.topology import create_topics
+from modelstream.ops.broker import EmbeddedCluster, ensure_jars, fetch_broker_ids
+from modelstream.ops.security import BrokerSecurity, generate_tls, grant_service
+from modelstream.registry.artifact import generate_keys, load_private_key
 from modelstream.services.monitor.app import MonitorApp
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.settings import load
-from modelstream.topics import create_topics
-from tests.integration.helpers import running
-from tests.integration.predictor_support import dataset, trained_body
 from tests.integration.test_cluster_faults import free_port_block
+from tests.support.helpers import running
+from tests.support.models import dataset, trained_body
 
 USERS = {"admin": "admin-secret", "predictor": "predictor-secret", "monitor": "monitor-secret"}
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from modelstream.artifact import generate_keys
+from modelstream.registry.artifact import generate_keys
 from tests.integration.conftest import free_port_pair
 
 

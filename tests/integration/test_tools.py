@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 from tests.integration.conftest import free_port_pair
-from tests.integration.helpers import produce
-from tests.integration.predictor_support import dataset, publish, trained_body
-from tests.integration.processes import Predictor
 from tests.integration.test_predictor import BC, requests_for
+from tests.support.helpers import produce
+from tests.support.models import dataset, publish, trained_body
+from tests.support.processes import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
 

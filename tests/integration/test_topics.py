@@ -6,10 +6,16 @@ import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from modelstream.codec import default_codec
-from modelstream.kafka import DeadLetterWriter, make_producer
-from modelstream.topics import DEADLETTER, TOPOLOGY, TRAINING, create_topics, describe_topics
-from tests.samples import SAMPLES
+from modelstream.contracts.codec import default_codec
+from modelstream.kafka.clients import DeadLetterWriter, make_producer
+from modelstream.kafka.topology import (
+    DEADLETTER,
+    TOPOLOGY,
+    TRAINING,
+    create_topics,
+    describe_topics,
+)
+from tests.support.samples import SAMPLES
 
 
 async def test_create_topics_is_idempotent_and_matches_topology(settings):
@@ -22,11 +28,11 @@ async def test_create_topics_is_idempotent_and_matches_topology(settings):
     assert set(described) == {settings.topic(t.name) for t in TOPOLOGY}
     for spec in TOPOLOGY:
         info = described[settings.topic(spec.name)]
-        assert info["partitions"] == spec.partitions, spec.name
-        assert info["replication_factor"] == settings.replication_factor
+        assert info.partitions == spec.partitions, spec.name
+        assert info.replication_factor == settings.replication_factor
         for key, value in spec.config.items():
-            assert info["config"].get(key) == value, (spec.name, key)
-    assert described[settings.topic("models")]["config"]["cleanup.policy"] == "compact"
+            assert info.config.get(key) == value, (spec.name, key)
+    assert described[settings.topic("models")].config["cleanup.policy"] == "compact"
     assert described[settings.topic("requests")]["config"].get("cleanup.policy") != "compact"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 
 CODEC = default_codec()
 INPUT_TYPES = {"requests": "PredictionRequest", "training": "TrainingExample",

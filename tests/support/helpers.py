@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 from modelstream.runner import Service
 from modelstream.settings import Settings, load
 
@@ -94,7 +94,7 @@ def decoded(records: Iterable[ConsumerRecord], type_name: str) -> list[dict[str,
 
 async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:
     """Every committed record of ``topic`` up to its end now."""
-    from modelstream.kafka import read_to_end
+    from modelstream.kafka.clients import read_to_end
 
     return [record async for record in read_to_end(settings, settings.topic(topic))]
 

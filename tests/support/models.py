@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from modelstream.artifact import load_private_key
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
+from modelstream.registry.artifact import load_private_key
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.services.trainer.logic import candidate_body
 from modelstream.settings import Settings
-from tests.integration.helpers import produce
+from tests.support.helpers import produce
 
 
 @cache

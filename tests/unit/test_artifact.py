@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelstream.artifact import (
+from modelstream.contracts.codec import HEADER_SIZE, default_codec
+from modelstream.errors import ArtifactVerificationError
+from modelstream.registry.artifact import (
     decrypt_tensors,
     encrypt_tensors,
     from_tensor,
@@ -13,9 +15,7 @@ from modelstream.artifact import (
     to_tensor,
     verify_bytes,
 )
-from modelstream.codec import HEADER_SIZE, default_codec
-from modelstream.errors import ArtifactVerificationError
-from tests.samples import model_artifact
+from tests.support.samples import model_artifact
 
 CODEC = default_codec()
 

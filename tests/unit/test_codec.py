@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from modelstream.codec import (
+from modelstream.contracts.codec import (
     HEADER_SIZE,
     MAGIC,
     SCHEMA_FILES,
@@ -14,7 +14,7 @@ from modelstream.codec import (
     parse_schemas,
 )
 from modelstream.errors import DecodeError, InvalidEventError, SchemaMismatchError
-from tests.samples import SAMPLES
+from tests.support.samples import SAMPLES
 
 CODEC = default_codec()
 

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["modelstream.client", "modelstream.influx", "modelstream.learn.cv",
+MODULES = ["modelstream.contracts.client", "modelstream.ops.influx", "modelstream.learn.cv",
            "modelstream.learn.metrics", "modelstream.learn.objectives", "modelstream.learn.sgd",
            "modelstream.learn.linear", "modelstream.services.monitor.logic"]
 

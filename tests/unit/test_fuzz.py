@@ -14,15 +14,15 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelstream.artifact import Verified, seal
-from modelstream.codec import default_codec
-from modelstream.definitions import Definition
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import Definition
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.learn.sgd import GDConfig
+from modelstream.registry.artifact import Verified, seal
 from modelstream.services.predictor.logic import PredictorLogic, ServingModel
 from modelstream.services.trainer.logic import TrainerLogic
-from tests.fuzzing import INPUT_TYPES, message_strategy
-from tests.integration.predictor_support import trained_body
+from tests.support.fuzzing import INPUT_TYPES, message_strategy
+from tests.support.models import trained_body
 
 CODEC = default_codec()
 BODY = trained_body("breast-cancer")

@@ -6,8 +6,8 @@ from pathlib import Path
 import avro.io
 import avro.schema
 
-from modelstream.codec import HEADER_SIZE, default_codec
-from tests.samples import SAMPLES
+from modelstream.contracts.codec import HEADER_SIZE, default_codec
+from tests.support.samples import SAMPLES
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -7,8 +7,8 @@ import pytest
 from river import datasets
 from sklearn.datasets import load_breast_cancer
 
-from modelstream.codec import default_codec
-from modelstream.definitions import in_online_holdout
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import in_online_holdout
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import modelstream.metrics  # noqa: F401 - registers every metric
+import modelstream.telemetry  # noqa: F401 - registers every metric
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED_LABELS = {"service", "model", "version"}
@@ -80,7 +80,7 @@ def test_observe_many_equals_observe():
     import numpy as np
     from prometheus_client import CollectorRegistry, Histogram
 
-    from modelstream.metrics import observe_many
+    from modelstream.telemetry import observe_many
 
     values = [0.05, 0.1, 0.2, 0.5, 0.7, 1.0, 3.0]
     results = []

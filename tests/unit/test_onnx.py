@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
-from modelstream.onnx_interop import UnsupportedModelError, export_onnx, import_onnx
+from modelstream.registry.onnx_interop import UnsupportedModelError, export_onnx, import_onnx
 
 
 def trained(loader, task):  # type: ignore[no-untyped-def]

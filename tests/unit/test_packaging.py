@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from modelstream.codec import SCHEMA_FILES, default_codec
-from modelstream.topics import TOPOLOGY
+from modelstream.contracts.codec import SCHEMA_FILES, default_codec
+from modelstream.kafka.topology import TOPOLOGY
 
 ROOT = Path(__file__).resolve().parents[2]
 

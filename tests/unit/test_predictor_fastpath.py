@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from modelstream.codec import default_codec
+from modelstream.contracts.codec import default_codec
 from modelstream.errors import DecodeError
 from modelstream.services.predictor.fastpath import (
     PredictionWriter,

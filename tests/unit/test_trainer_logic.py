@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from modelstream.definitions import Definition
+from modelstream.contracts.definitions import Definition
 from modelstream.errors import InvalidEventError
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.sgd import GDConfig

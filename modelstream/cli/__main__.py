@@ -1,0 +1,3 @@
+from modelstream.cli.main import main
+
+main()
