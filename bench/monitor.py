@@ -30,8 +30,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import broker, spawn_worker
-from predictor import body_for, dataset, peak_rss_mib, preload, publish, request_bytes
+from common import (
+    body_for,
+    broker,
+    dataset,
+    peak_rss_mib,
+    preload,
+    publish,
+    request_bytes,
+    spawn_worker,
+)
 
 from modelstream.contracts.codec import default_codec
 from modelstream.kafka.topology import create_topics

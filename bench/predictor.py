@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,111 +35,28 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import broker, spawn_worker
+from common import (
+    body_for,
+    broker,
+    dataset,
+    peak_rss_mib,
+    preload,
+    publish,
+    request_bytes,
+    spawn_worker,
+)
 
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.kafka.pipeline import BatchPipeline, Outgoing
 from modelstream.kafka.topology import create_topics
-from modelstream.learn.procedure import train
-from modelstream.learn.sgd import GDConfig
-from modelstream.registry.artifact import generate_keys, load_private_key
-from modelstream.services.publisher.logic import history_key, publishable
-from modelstream.services.trainer.logic import candidate_body
+from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
 
 HERE = Path(__file__).resolve()
 
 
-# -- data and models ------------------------------------------------------------------------
-def dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from sklearn.datasets import load_breast_cancer, load_digits
-
-    data = load_breast_cancer() if name == "breast-cancer" else load_digits()
-    names = ([str(n) for n in data.feature_names] if name == "breast-cancer"
-             else [f"pixel_{i}" for i in range(64)])
-    return data.data.astype(np.float64), data.target, names
-
-
-def body_for(name: str, seed: int = 0) -> dict[str, Any]:
-    X, y, names = dataset(name)
-    classes = [str(c) for c in sorted(set(y.tolist()))]
-    task = "BINARY" if len(classes) == 2 else "MULTICLASS"
-    trained = train(X, y, task, names, classes, GDConfig(seed=seed, max_epochs=30), (1e-3,), 2)
-    return candidate_body(name, task, trained, [], len(y), None, created_at_ms=1)
-
-
-def request_bytes(name: str, n: int, *, packed: bool, prefix: str = "r",
-                  sent_at: bool = False) -> list[tuple[bytes, bytes]]:
-    X, _, names = dataset(name)
-    encoder = RequestEncoder(names)
-    out = []
-    for i in range(n):
-        row = X[i % len(X)]
-        rid = f"{prefix}{i}"
-        features = row if packed else dict(zip(names, row.tolist(), strict=True))
-        out.append((rid.encode(), encoder.encode(
-            rid, name, features, packed=packed,
-            sent_at_ms=int(time.time() * 1000) if sent_at else None)))
-    return out
-
-
-async def preload(settings: Settings, items: list[tuple[bytes, bytes]],
-                  topic_name: str = "requests") -> None:
-    """Write records fast: batch builders, item i to partition i mod partitions (so equal
-    positions in equally partitioned topics are co-partitioned)."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=20,
-                                max_batch_size=1024 * 1024)
-    await producer.start()
-    try:
-        topic = settings.topic(topic_name)
-        partitions = sorted(await producer.partitions_for(topic))
-        per_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
-        for i, item in enumerate(items):
-            per_partition[partitions[i % len(partitions)]].append(item)
-        futures = []
-        for partition, chunk in per_partition.items():
-            builder = producer.create_batch()
-            for key, value in chunk:
-                if builder.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(await producer.send_batch(builder, topic, partition=partition))
-                    builder = producer.create_batch()
-                    builder.append(key=key, value=value, timestamp=None)
-            futures.append(await producer.send_batch(builder, topic, partition=partition))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def publish(settings: Settings, keys: Path, body: dict[str, Any], version: int) -> float:
-    """Sign and publish like the publisher; returns the time the registry write was acked."""
-    from aiokafka import AIOKafkaProducer
-
-    artifact = publishable(body, version, None, load_private_key(keys / "modelstream.key"), None)
-    value = default_codec().encode("ModelArtifact", artifact)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic("model-history"),
-                                     key=history_key(body["name"], version), value=value)
-        await producer.send_and_wait(settings.topic("models"), key=body["name"].encode(),
-                                     value=value)
-        return time.time()
-    finally:
-        await producer.stop()
-
-
 # -- workers (run in their own process) -------------------------------------------------------
-def peak_rss_mib() -> float:
-    """This process's own high-water RSS. (getrusage's ru_maxrss survives execve, so a worker
-    spawned by a large parent would report the parent's size.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 class Timed:
     """Wraps a processor; remembers when the first and the last batch were handled."""
 

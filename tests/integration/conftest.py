@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +22,7 @@ from modelstream.kafka.topology import create_topics
 from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
+from tests.support.ports import free_port_pair
 
 READY_TIMEOUT_S = 60.0
 
@@ -48,43 +47,6 @@ def _answers(bootstrap: str, timeout_s: float) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(1.0)
-
-
-def free_port_pair() -> int:
-    """A port P with P and P+1000 (the controller port) both free on loopback."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 1000 > 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on loopback")
-
-
-def free_base_below_ephemeral(span: int = 16) -> int:
-    """A base port with ``span`` free ports after it, below the kernel's ephemeral range.
-    A port found by bind(0) is ephemeral: until the child process that should listen on it
-    starts, any process's outgoing connection (Kafka clients open many) may take it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for base in random.sample(range(20_000, low - span, span), 200):
-        if all(_free(port) for port in range(base, base + span)):
-            return base
-    raise RuntimeError("no free port block below the ephemeral range")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 _BROKER: Broker | None = None

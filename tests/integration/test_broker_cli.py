@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.integration.conftest import free_port_pair
+from tests.support.ports import free_port_pair
 
 
 def run(state, *args):

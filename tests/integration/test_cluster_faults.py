@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,38 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from modelstream.kafka.topology import create_topics, describe_topics
-from modelstream.ops.broker import CONTROLLER_PORT_OFFSET, EmbeddedCluster, fetch_broker_ids
+from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.registry.artifact import generate_keys
 from modelstream.settings import load
-from tests.integration.test_predictor import BC, requests_for
-from tests.support.models import publish, trained_body
+from tests.support.models import BC, publish, requests_for, trained_body
+from tests.support.ports import free_port_block
 
 pytestmark = pytest.mark.faults
-
-
-def free_port_block(nodes: int) -> int:
-    """A port P such that P..P+n-1 and P+1000..P+1000+n-1 are free on loopback."""
-    for _ in range(500):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        wanted = [base + i for i in range(nodes)] + [
-            base + CONTROLLER_PORT_OFFSET + i for i in range(nodes)]
-        if max(wanted) > 65535:
-            continue
-        sockets = []
-        try:
-            for port in wanted:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free port block")
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,9 @@ from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.telemetry import INFLUX_WRITE_FAILURES
-from tests.integration.conftest import free_port_pair
-from tests.integration.test_monitor import feedback
-from tests.integration.test_predictor import BC, requests_for
 from tests.support.helpers import eventually, produce, running, service_settings
-from tests.support.models import dataset, publish, trained_body
+from tests.support.models import BC, dataset, feedback_records, publish, requests_for, trained_body
+from tests.support.ports import free_port_pair
 
 N = 600
 
@@ -88,7 +86,7 @@ def query(url: str, database: str, q: str) -> list[dict]:  # type: ignore[type-a
 async def labelled_traffic(base, monitor: MonitorApp) -> None:  # type: ignore[no-untyped-def]
     _, y, _, _ = dataset(BC)
     await produce(base, "requests", requests_for(BC, N))
-    await produce(base, "feedback", feedback(BC, [(f"r-{i}", str(y[i % len(y)]))
+    await produce(base, "feedback", feedback_records(BC, [(f"r-{i}", str(y[i % len(y)]))
                                                  for i in range(N)]))
     await eventually(lambda: BC in monitor.watches and monitor.watches[BC].joined_total >= N,
                      60, "monitor did not join every label")

@@ -32,7 +32,6 @@ from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import Settings
-from tests.integration.test_predictor import BC, requests_for
 from tests.support.helpers import (
     consume_until,
     decoded,
@@ -42,16 +41,17 @@ from tests.support.helpers import (
     running,
     service_settings,
 )
-from tests.support.models import dataset, publish, trained_body
+from tests.support.models import (
+    BC,
+    dataset,
+    feedback_records,
+    publish,
+    requests_for,
+    trained_body,
+)
 from tests.support.processes import ServiceProcess
 
 CODEC = default_codec()
-
-
-def feedback(model: str, labelled: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(rid.encode(), CODEC.encode("Feedback", {"request_id": rid, "model": model,
-                                                    "label": label, "timestamp_ms": None}))
-            for rid, label in labelled]
 
 
 def accuracy(predictions: list[dict[str, Any]], truth: dict[str, str]) -> float:
@@ -110,7 +110,8 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
             await produce(base, "requests", [
                 (rid.encode(), encoder.encode(rid, SEA, X[i], packed=True))
                 for rid, i in zip(ids, range(start, start + chunk), strict=True)])
-            await produce(base, "feedback", feedback(SEA, [(rid, truth[rid]) for rid in ids]))
+            await produce(base, "feedback",
+                          feedback_records(SEA, [(rid, truth[rid]) for rid in ids]))
             await eventually(lambda n=start + chunk: monitor.watches[SEA].joined_total >= n, 60,
                              f"monitor did not join {start + chunk} labels")
         predictions = decoded(await consume_until(
@@ -165,7 +166,7 @@ async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  #
     async def traffic(n: int) -> None:
         nonlocal sent
         await produce(base, "requests", requests_for(BC, n, start=sent))
-        await produce(base, "feedback", feedback(
+        await produce(base, "feedback", feedback_records(
             BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(sent, sent + n)]))
         sent += n
         await eventually(lambda: monitor.watches[BC].joined_total >= sent, 60,
@@ -215,7 +216,7 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
     first = ServiceProcess("monitor", base, keys, "a", log_dir, **env)
     second = None
     try:
-        labels = feedback(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)])
+        labels = feedback_records(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)])
         half = n // 2
 
         async def steady(items: list[tuple[bytes, bytes]], per_s: float) -> None:
@@ -299,7 +300,7 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
         # counted); so the labels are sent once both copies have settled.
         await eventually(lambda: all(settled(c) for c in copies), 60, "no settled group")
         await asyncio.sleep(1)
-        await produce(base, "feedback", feedback(
+        await produce(base, "feedback", feedback_records(
             BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)]))
 
         def learner_labels() -> float:

@@ -6,9 +6,8 @@ import csv
 import json
 
 from modelstream.services.predictor.app import PredictorApp
-from tests.integration.test_predictor import BC, predictor_settings
 from tests.support.helpers import consume_until, decoded, run_cli, running
-from tests.support.models import dataset, publish, trained_body
+from tests.support.models import BC, dataset, predictor_settings, publish, trained_body
 
 
 async def cli(base, keys, *args):  # type: ignore[no-untyped-def]

@@ -17,31 +17,15 @@ from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import seal
 from modelstream.services.predictor.app import PredictorApp
-from modelstream.services.predictor.settings import PredictorSettings
-from modelstream.settings import load
 from tests.support.helpers import consume_until, decoded, produce, running
-from tests.support.models import dataset, publish, trained_body
-
-BC = "breast-cancer"
-
-
-def predictor_settings(base, keys, **extra):  # type: ignore[no-untyped-def]
-    return load(PredictorSettings, bootstrap_servers=base.bootstrap,
-                topic_prefix=base.topic_prefix, metrics_port=0,
-                public_key_file=keys / "modelstream.pub", **extra)
-
-
-def requests_for(name, n, start=0, *, packed=False, version=None, prefix="r"):  # type: ignore[no-untyped-def]
-    X, _, names, _ = dataset(name)
-    encoder = RequestEncoder(names)
-    out = []
-    for i in range(start, start + n):
-        row = X[i % len(X)]
-        rid = f"{prefix}-{i}"
-        features = row if packed else dict(zip(names, row.tolist(), strict=True))
-        out.append((rid.encode(), encoder.encode(rid, name, features, packed=packed,
-                                                 version=version)))
-    return out
+from tests.support.models import (
+    BC,
+    dataset,
+    predictor_settings,
+    publish,
+    requests_for,
+    trained_body,
+)
 
 
 def ids_done(n):  # type: ignore[no-untyped-def]

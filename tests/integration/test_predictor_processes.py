@@ -6,9 +6,8 @@ import asyncio
 import signal
 from collections import Counter
 
-from tests.integration.test_predictor import BC, requests_for
 from tests.support.helpers import consume_until, eventually, produce
-from tests.support.models import publish, trained_body
+from tests.support.models import BC, publish, requests_for, trained_body
 from tests.support.processes import Predictor
 
 

@@ -22,9 +22,9 @@ from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.settings import load
-from tests.integration.test_cluster_faults import free_port_block
 from tests.support.helpers import running
 from tests.support.models import dataset, trained_body
+from tests.support.ports import free_port_block
 
 USERS = {"admin": "admin-secret", "predictor": "predictor-secret", "monitor": "monitor-secret"}
 

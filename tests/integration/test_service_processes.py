@@ -11,7 +11,7 @@ import time
 import pytest
 
 from modelstream.registry.artifact import generate_keys
-from tests.integration.conftest import free_port_pair
+from tests.support.ports import free_port_pair
 
 
 @pytest.mark.parametrize("service", ["trainer", "validator", "publisher", "predictor"])

@@ -16,10 +16,9 @@ import pytest
 import yaml
 
 from modelstream.contracts.codec import default_codec
-from tests.integration.conftest import free_port_pair
-from tests.integration.test_predictor import BC, requests_for
 from tests.support.helpers import produce
-from tests.support.models import dataset, publish, trained_body
+from tests.support.models import BC, dataset, publish, requests_for, trained_body
+from tests.support.ports import free_port_pair
 from tests.support.processes import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.conftest import free_base_below_ephemeral, free_port_pair
+from tests.support.ports import free_base_below_ephemeral, free_port_pair
 
 REQUESTS = 1000
 

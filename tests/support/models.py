@@ -1,4 +1,4 @@
-"""Trained models and a signing 'publisher' for predictor tests."""
+"""Data sets, trained models, a signing 'publisher', requests and feedback for tests."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits
 
+from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import load_private_key
+from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.services.trainer.logic import candidate_body
-from modelstream.settings import Settings
+from modelstream.settings import Settings, load
 from tests.support.helpers import produce
 
 
@@ -53,3 +55,31 @@ async def publish(settings: Settings, keys: Path, body: dict[str, Any], version:
     if production:
         await produce(settings, "models", [(name.encode(), value)])
     return artifact
+
+
+BC = "breast-cancer"
+
+
+def predictor_settings(base, keys, **extra):  # type: ignore[no-untyped-def]
+    return load(PredictorSettings, bootstrap_servers=base.bootstrap,
+                topic_prefix=base.topic_prefix, metrics_port=0,
+                public_key_file=keys / "modelstream.pub", **extra)
+
+
+def requests_for(name, n, start=0, *, packed=False, version=None, prefix="r"):  # type: ignore[no-untyped-def]
+    X, _, names, _ = dataset(name)
+    encoder = RequestEncoder(names)
+    out = []
+    for i in range(start, start + n):
+        row = X[i % len(X)]
+        rid = f"{prefix}-{i}"
+        features = row if packed else dict(zip(names, row.tolist(), strict=True))
+        out.append((rid.encode(), encoder.encode(rid, name, features, packed=packed,
+                                                 version=version)))
+    return out
+
+
+def feedback_records(model: str, labelled: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(rid.encode(), default_codec().encode("Feedback", {"request_id": rid, "model": model,
+                                                    "label": label, "timestamp_ms": None}))
+            for rid, label in labelled]

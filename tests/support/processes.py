@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from modelstream.settings import Settings
-from tests.integration.conftest import free_base_below_ephemeral
+from tests.support.ports import free_base_below_ephemeral
 
 
 class ServiceProcess:
