@@ -21,13 +21,14 @@ import numpy as np
 
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import ModelArtifact
 from modelstream.kafka.topology import create_topics
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.registry.artifact import load_private_key
 from modelstream.services.publisher.logic import history_key, publishable
-from modelstream.services.trainer.logic import candidate_body
+from modelstream.services.trainer.logic import trained_candidate
 from modelstream.settings import Settings, load
 
 
@@ -97,7 +98,7 @@ def body_for(name: str, seed: int = 0) -> dict[str, Any]:
     classes = [str(c) for c in sorted(set(y.tolist()))]
     task = "BINARY" if len(classes) == 2 else "MULTICLASS"
     trained = train(X, y, task, names, classes, GDConfig(seed=seed, max_epochs=30), (1e-3,), 2)
-    return candidate_body(name, task, trained, [], len(y), None, created_at_ms=1)
+    return trained_candidate(name, trained, [], len(y), None, created_at_ms=1)
 
 
 def request_bytes(name: str, n: int, *, packed: bool, prefix: str = "r",
@@ -149,7 +150,7 @@ async def publish(settings: Settings, keys: Path, body: dict[str, Any], version:
     from aiokafka import AIOKafkaProducer
 
     artifact = publishable(body, version, None, load_private_key(keys / "modelstream.key"), None)
-    value = default_codec().encode("ModelArtifact", artifact)
+    value = default_codec().encode(ModelArtifact, artifact)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
     await producer.start()
     try:

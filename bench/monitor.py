@@ -42,6 +42,7 @@ from common import (
 )
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Feedback, Prediction
 from modelstream.kafka.topology import create_topics
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import generate_keys
@@ -65,11 +66,11 @@ def predictions_and_feedback(body: dict[str, Any], n: int
     now = int(time.time() * 1000)
     predictions, feedback = [], []
     for rid, p, label in zip(ids, proba, labels, strict=True):
-        predictions.append((rid.encode(), codec.encode("Prediction", {
+        predictions.append((rid.encode(), codec.encode(Prediction, {
             "request_id": rid, "model": MODEL, "version": 1, "digest_prefix": "",
             "prediction": str(int(p.argmax())), "scores": {"0": float(p[0]), "1": float(p[1])},
             "route": "production", "requested_at_ms": now, "predicted_at_ms": now})))
-        feedback.append((rid.encode(), codec.encode("Feedback", {
+        feedback.append((rid.encode(), codec.encode(Feedback, {
             "request_id": rid, "model": MODEL, "label": label, "timestamp_ms": now + 1000})))
     return predictions, feedback
 

@@ -48,6 +48,7 @@ from common import (
 
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Prediction, PredictionRequest
 from modelstream.kafka.pipeline import BatchPipeline, Outgoing
 from modelstream.kafka.topology import create_topics
 from modelstream.registry.artifact import generate_keys
@@ -99,8 +100,8 @@ class Identity(Passthrough):
     def process(self, tp, records):  # type: ignore[no-untyped-def]
         codec = self.codec
         return [Outgoing(self.out_topic, r.key,
-                         codec.encode("PredictionRequest", codec.decode(r.value,
-                                                                        "PredictionRequest")),
+                         codec.encode(PredictionRequest, codec.decode(r.value,
+                                                                        PredictionRequest)),
                          tp.partition) for r in records]
 
 
@@ -156,9 +157,9 @@ def naive_worker(settings: Settings, events: int) -> dict[str, float]:
         async for key, value in stream.items():
             if state["first"] is None:
                 state["first"] = time.perf_counter()
-            request = codec.decode(value, "PredictionRequest")
+            request = codec.decode(value, PredictionRequest)
             proba = model.predict_proba_one(request["features"])
-            await predictions.send(key=key, value=codec.encode("Prediction", {
+            await predictions.send(key=key, value=codec.encode(Prediction, {
                 "request_id": request["request_id"], "model": request["model"], "version": 1,
                 "digest_prefix": "", "prediction": "1" if proba[True] >= 0.5 else "0",
                 "scores": {"0": proba[False], "1": proba[True]}, "route": "production",
@@ -239,7 +240,7 @@ async def latency_and_swap(base: Settings, keys: Path, rate: int, seconds: float
             batch = await consumer.getmany(timeout_ms=50)
             now = time.time()
             for records in batch.values():
-                received.extend((now, codec.decode(r.value, "Prediction")) for r in records)
+                received.extend((now, codec.decode(r.value, Prediction)) for r in records)
 
     collector = asyncio.create_task(collect())
     try:

@@ -30,6 +30,7 @@ from common import broker
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.records import TrainingExample, ValidationReport
 from modelstream.kafka.control import send_command
 from modelstream.learn.cv import stratified_kfold
 from modelstream.learn.procedure import DEFAULT_L2_GRID
@@ -62,7 +63,7 @@ async def modelstream_run(settings: Settings, name: str, X: np.ndarray, y: np.nd
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
     await producer.start()
     futures = [await producer.send(settings.topic("training"), key=name.encode(),
-                                   value=codec.encode("TrainingExample", {
+                                   value=codec.encode(TrainingExample, {
                                        "model": name, "features": row.tolist(),
                                        "label": str(label)}))
                for row, label in zip(X, y, strict=True)]
@@ -101,7 +102,7 @@ async def _first_report(settings: Settings, name: str) -> dict:
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    report = default_codec().decode(record.value, "ValidationReport")
+                    report = default_codec().decode(record.value, ValidationReport)
                     if report["model"] == name:
                         return report
     finally:

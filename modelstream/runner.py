@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any, Protocol, TypeVar
 
 from modelstream.settings import Settings, load
 
@@ -19,6 +20,28 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
     def request_stop(self) -> None: ...
+
+
+C = TypeVar("C")
+
+
+class Lifecycle:
+    """What every service app shares: a stop request, and the clients it owns, closed in the
+    reverse order of opening when the service stops (also when its start failed halfway)."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self._owned = AsyncExitStack()
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    async def own(self, client: AbstractAsyncContextManager[C]) -> C:
+        """Enter ``client`` (start it) and close it when the service stops."""
+        return await self._owned.enter_async_context(client)
+
+    async def stop(self) -> None:
+        await self._owned.aclose()
 
 
 def configure_logging(level: str) -> None:

@@ -10,24 +10,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from modelstream.cli.common import SERVICES, settings_of
-from modelstream.contracts.codec import SCHEMA_FILES, default_codec
-from modelstream.errors import ConfigurationError, DecodeError, InvalidEventError
-from modelstream.kafka.clients import (
-    client_options,
-    fix_describe_groups_decoding,
-    make_consumer,
-    make_producer,
-    partitions_of,
+from modelstream.contracts.codec import AvroCodec, default_codec
+from modelstream.contracts.records import (
+    RECORD_TYPES,
+    Command,
+    Feedback,
+    ModelArtifact,
+    PredictionRequest,
+    TrainingExample,
 )
+from modelstream.errors import ConfigurationError, DecodeError, InvalidEventError
+from modelstream.kafka.clients import admin_client, make_consumer, make_producer, partitions_of
+from modelstream.kafka.compat import fix_describe_groups_decoding
 from modelstream.kafka.topology import TOPICS_BY_NAME
+from modelstream.registry.artifact import TENSOR_FIELDS
 from modelstream.registry.follower import load_production, public_key
 
-INPUT_TYPES = {"requests": "PredictionRequest", "feedback": "Feedback",
-               "training": "TrainingExample", "control": "Command"}
+INPUT_TYPES: dict[str, type] = {"requests": PredictionRequest, "feedback": Feedback,
+                                "training": TrainingExample, "control": Command}
 KEY_FIELDS = {"requests": "request_id", "feedback": "request_id", "training": "model",
               "control": "model"}
 app = typer.Typer()
@@ -73,7 +77,7 @@ def send(
     """Validate every record against the topic's contract, then produce them all."""
     if topic not in INPUT_TYPES:
         raise typer.BadParameter(f"topic must be one of {', '.join(INPUT_TYPES)}")
-    type_name = INPUT_TYPES[topic]
+    record_type = INPUT_TYPES[topic]
     codec = default_codec()
     if path.suffix == ".csv":
         plain = _csv_records(path, topic, model)
@@ -89,25 +93,22 @@ def send(
     for number, item in enumerate(plain, 1):
         text = json.dumps(item).encode()
         try:
-            record = codec.decode_any(text, type_name)
+            record = codec.decode_any(text, record_type)
         except (DecodeError, InvalidEventError) as exc:
             raise ConfigurationError(f"{path} record {number}: {exc}") from None
         key = str(record[KEY_FIELDS[topic]]).encode()
-        messages.append((key, text if as_json else codec.encode(type_name, record)))
+        messages.append((key, text if as_json else codec.encode(record_type, record)))
     settings = settings_of(ctx)
 
     async def produce() -> None:
-        producer = make_producer(settings)
-        await producer.start()
-        try:
+        async with make_producer(settings) as producer:
             futures = [await producer.send(settings.topic(topic), key=k, value=v)
                        for k, v in messages]
             await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
 
     asyncio.run(produce())
-    typer.echo(f"sent {len(messages)} {type_name} record(s) to {settings.topic(topic)}")
+    typer.echo(f"sent {len(messages)} {record_type.__name__} record(s) to "
+               f"{settings.topic(topic)}")
 
 
 @app.command("tail")
@@ -129,9 +130,7 @@ def tail(
     codec = default_codec()
 
     async def follow() -> None:
-        consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=100)
-        await consumer.start()
-        try:
+        async with make_consumer(settings, group_id=None, fetch_max_wait_ms=100) as consumer:
             tps = await partitions_of(consumer, settings.topic(topic))
             consumer.assign(tps)
             if from_beginning:
@@ -150,8 +149,6 @@ def tail(
                         shown += 1
                         if limit and shown >= limit:
                             return
-        finally:
-            await consumer.stop()
 
     try:
         asyncio.run(follow())
@@ -159,17 +156,20 @@ def tail(
         pass
 
 
-def _render(codec: Any, type_name: str, record: Any, as_json: bool) -> str:
+def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: bool) -> str:
     key = record.key.decode(errors="replace") if record.key else ""
-    if type_name in SCHEMA_FILES:
+    record_type = RECORD_TYPES.get(type_name)
+    value: Any
+    if record_type is not None:
         try:
-            value: Any = codec.json_form(type_name).to_plain(codec.decode_any(record.value,
-                                                                              type_name))
+            value = codec.json_form(record_type).to_plain(
+                codec.decode_any(record.value, record_type))
         except (DecodeError, InvalidEventError) as exc:
             value = {"undecodable": str(exc)}
-        if type_name == "ModelArtifact":  # weights are bytes: show what they are, not them
+        if record_type is ModelArtifact and "body" in value:
+            # weights are bytes: show what they are, not them
             body = value["body"]
-            for tensor in ("weights", "intercepts", "feature_mean", "feature_scale"):
+            for tensor in TENSOR_FIELDS:
                 body[tensor] = {"dtype": body[tensor]["dtype"], "shape": body[tensor]["shape"]}
     else:
         value = {"headers": {k: v.decode(errors="replace") for k, v in record.headers},
@@ -186,9 +186,8 @@ def status(ctx: typer.Context) -> None:
     fix_describe_groups_decoding()
 
     async def gather() -> None:
-        admin = AIOKafkaAdminClient(**client_options(settings))
-        await admin.start()
-        try:
+        async with admin_client(settings) as admin, \
+                make_consumer(settings, group_id=None) as probe:
             existing = set(await admin.list_topics())
             missing = [n for n in TOPICS_BY_NAME if settings.topic(n) not in existing]
             typer.echo(f"broker {settings.bootstrap}: reachable; topics "
@@ -200,21 +199,14 @@ def status(ctx: typer.Context) -> None:
                 for group in response.groups:
                     # (error_code, group_id, state, protocol_type, protocol, members, ...)
                     members[group[1]] = (group[2], len(group[5]))
-            probe = make_consumer(settings, group_id=None)
-            await probe.start()
-            try:
-                for service in SERVICES:
-                    group = settings.group(service)
-                    state, count = members.get(group, ("Dead", 0))
-                    lag = await _lag(admin, probe, group)
-                    lag_text = "-" if lag is None else str(lag)
-                    up = "up" if count else "down"
-                    typer.echo(f"  {service:10} {up:5} members={count} state={state} "
-                               f"lag={lag_text}")
-            finally:
-                await probe.stop()
-        finally:
-            await admin.close()
+            for service in SERVICES:
+                group = settings.group(service)
+                state, count = members.get(group, ("Dead", 0))
+                lag = await _lag(admin, probe, group)
+                lag_text = "-" if lag is None else str(lag)
+                up = "up" if count else "down"
+                typer.echo(f"  {service:10} {up:5} members={count} state={state} "
+                           f"lag={lag_text}")
         production = await load_production(settings, public_key(settings),
                                            allow_unsigned=public_key(settings) is None)
         if not production:
@@ -231,7 +223,7 @@ def status(ctx: typer.Context) -> None:
         raise typer.Exit(code=3) from None
 
 
-async def _lag(admin: AIOKafkaAdminClient, probe: Any, group: str) -> int | None:
+async def _lag(admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, group: str) -> int | None:
     offsets = await admin.list_consumer_group_offsets(group)
     if not offsets:
         return None

@@ -11,10 +11,25 @@ from typing import Annotated, Any
 import typer
 
 from modelstream.cli.common import csv_list, settings_of
-from modelstream.contracts.definitions import TASKS, Definition, command
+from modelstream.contracts.builders import command
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import (
+    Action,
+    AuditEvent,
+    ModelArtifact,
+    Origin,
+    Task,
+    TrafficSplit,
+)
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 from modelstream.kafka.control import send_command
-from modelstream.registry.artifact import body_digest, decrypt_tensors, verify_record
+from modelstream.registry.artifact import (
+    TENSOR_FIELDS,
+    Verified,
+    body_digest,
+    decrypt_tensors,
+    verify_record,
+)
 from modelstream.registry.follower import load_history, load_production, public_key
 from modelstream.registry.lineage import load_lineage, retrain
 from modelstream.settings import Settings
@@ -53,10 +68,11 @@ def define(
         except ValueError:
             raise typer.BadParameter(f"threshold {item!r} is not KEY=NUMBER") from None
     task_name = task.upper()
-    if task_name not in TASKS:
-        raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in TASKS)}")
+    if task_name not in Task.__members__:
+        raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in Task)}")
     definition = Definition(
-        name=name, task=task_name, feature_names=csv_list(features), classes=csv_list(classes),
+        name=name, task=Task(task_name), feature_names=csv_list(features),
+        classes=csv_list(classes),
         retrain_every=retrain_every, min_examples=min_examples, window_size=window_size,
         cv_folds=cv_folds, thresholds=thresholds, tolerance=tolerance,
         l2_grid=tuple(float(v) for v in csv_list(l2_grid)), seed=seed,
@@ -65,14 +81,15 @@ def define(
         definition.check()
     except Exception as exc:
         raise typer.BadParameter(str(exc)) from None
-    asyncio.run(send_command(settings_of(ctx), command(name, "DEFINE", definition=definition)))
+    asyncio.run(send_command(settings_of(ctx), command(name, Action.DEFINE,
+                                                        definition=definition)))
     typer.echo(f"defined {name} ({task_name.lower()})")
 
 
 @app.command("train")
 def train_now(ctx: typer.Context, name: str) -> None:
     """Ask the trainer to train NAME now on its current window."""
-    asyncio.run(send_command(settings_of(ctx), command(name, "TRAIN")))
+    asyncio.run(send_command(settings_of(ctx), command(name, Action.TRAIN)))
     typer.echo(f"train command sent for {name}")
 
 
@@ -82,8 +99,8 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Recorded on the audit topic.")] = "",
 ) -> None:
     """Make VERSION (from the history) production again; the publisher carries it out."""
-    asyncio.run(send_command(settings_of(ctx), command(name, "ROLLBACK", version=version,
-                                                     reason=reason)))
+    asyncio.run(send_command(settings_of(ctx), command(name, Action.ROLLBACK, version=version,
+                                                       reason=reason)))
     typer.echo(f"rollback of {name} to v{version} requested")
 
 
@@ -102,12 +119,13 @@ def traffic(
         challenger, fraction, shadow = None, 0.0, False
     elif challenger is None:
         raise typer.BadParameter("give --challenger VERSION (or --clear)")
-    split = {"challenger_version": challenger, "fraction": fraction, "shadow": shadow}
-    asyncio.run(send_command(settings_of(ctx), command(name, "SET_TRAFFIC", traffic=split)))
+    split: TrafficSplit = {"challenger_version": challenger, "fraction": fraction,
+                           "shadow": shadow}
+    asyncio.run(send_command(settings_of(ctx), command(name, Action.SET_TRAFFIC, traffic=split)))
     typer.echo(f"traffic for {name}: {split}")
 
 
-def _summary(artifact: dict[str, Any], verified: str) -> dict[str, Any]:
+def _summary(artifact: ModelArtifact, verified: str) -> dict[str, Any]:
     body = artifact["body"]
     return {
         "name": body["name"], "version": body["version"], "stage": body["stage"],
@@ -120,7 +138,7 @@ def _summary(artifact: dict[str, Any], verified: str) -> dict[str, Any]:
     }
 
 
-def _verification(settings: Settings, artifact: dict[str, Any]) -> str:
+def _verification(settings: Settings, artifact: ModelArtifact) -> str:
     key = public_key(settings)
     if key is None:
         return "not checked (no MODELSTREAM_PUBLIC_KEY_FILE)"
@@ -136,7 +154,7 @@ def list_models(ctx: typer.Context) -> None:
     """Every model with its production version and how many versions exist."""
     settings = settings_of(ctx)
 
-    async def gather() -> tuple[dict[str, Any], dict[tuple[str, int], Any]]:
+    async def gather() -> tuple[dict[str, Verified], dict[tuple[str, int], ModelArtifact]]:
         production = await load_production(settings, public_key(settings),
                                            allow_unsigned=public_key(settings) is None)
         return production, await load_history(settings)
@@ -170,7 +188,7 @@ def show(
     typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
 
 
-def _artifact(settings: Settings, name: str, version: int | None) -> dict[str, Any]:
+def _artifact(settings: Settings, name: str, version: int | None) -> ModelArtifact:
     """The production artifact (verified when a public key is set), or a historical one."""
     key = public_key(settings)
     if version is None:
@@ -219,37 +237,25 @@ def import_model(
 ) -> None:
     """Turn a linear ONNX model (skl2onnx or modelstream export) into a candidate; the
     validator gates it on recent labelled data like any other candidate."""
+    from modelstream.contracts.builders import candidate_body, lineage, training_config
     from modelstream.contracts.codec import default_codec
-    from modelstream.contracts.definitions import now_ms
     from modelstream.kafka.clients import make_producer
     from modelstream.kafka.topology import CANDIDATES
     from modelstream.registry.artifact import seal
     from modelstream.registry.onnx_interop import import_onnx
 
     imported = import_onnx(path.read_bytes(), csv_list(features) or None)
-    body = {
-        "name": name, "version": 0, "stage": "CANDIDATE", "task": imported.task,
-        "feature_names": imported.feature_names, "classes": imported.classes,
-        **imported.tensors(),
-        "training": {"algorithm": "imported", "l2": 0.0, "learning_rate": 0.0,
-                     "lr_decay": 0.0, "batch_size": 0, "max_epochs": 0, "patience": 0,
-                     "validation_fraction": 0.0, "seed": 0, "cv_folds": 0, "l2_grid": [],
-                     "l2_grid_scores": [], "epochs_run": 0},
-        "metrics": {}, "lineage": {"origin": "IMPORTED", "ranges": [], "example_count": 0},
-        "parent_version": None, "created_at_ms": now_ms(), "created_by": f"import:{path.name}",
-        "encryption": None,
-    }
-    artifact = seal(body)
+    artifact = seal(candidate_body(
+        name=name, task=imported.task, feature_names=imported.feature_names,
+        classes=imported.classes, tensors=imported.tensors(),
+        training=training_config("imported"), lineage=lineage(Origin.IMPORTED),
+        created_by=f"import:{path.name}"))
     settings = settings_of(ctx)
 
     async def send() -> None:
-        producer = make_producer(settings)
-        await producer.start()
-        try:
+        async with make_producer(settings) as producer:
             await producer.send_and_wait(settings.topic(CANDIDATES), key=name.encode(),
-                                         value=default_codec().encode("ModelArtifact", artifact))
-        finally:
-            await producer.stop()
+                                         value=default_codec().encode(ModelArtifact, artifact))
 
     asyncio.run(send())
     typer.echo(f"candidate {artifact['digest'][:12]} for {name} ({imported.task.lower()}, "
@@ -276,7 +282,7 @@ def history(
                    f"({event['service']}): {event['reason']} {details}".rstrip())
 
 
-async def audit_trail(settings: Settings, name: str) -> list[dict[str, Any]]:
+async def audit_trail(settings: Settings, name: str) -> list[AuditEvent]:
     """Every audit event about ``name``, in the order the audit log holds them per model."""
     from modelstream.contracts.codec import default_codec
     from modelstream.errors import DecodeError, InvalidEventError
@@ -284,12 +290,12 @@ async def audit_trail(settings: Settings, name: str) -> list[dict[str, Any]]:
     from modelstream.kafka.topology import AUDIT
 
     codec = default_codec()
-    events = []
+    events: list[AuditEvent] = []
     async for record in read_to_end(settings, settings.topic(AUDIT)):
         if record.key != name.encode():
             continue
         try:
-            events.append(codec.decode_any(record.value, "AuditEvent"))
+            events.append(codec.decode_any(record.value, AuditEvent))
         except (DecodeError, InvalidEventError):
             continue
     return sorted(events, key=lambda e: e["at_ms"])
@@ -305,14 +311,16 @@ def reproduce(ctx: typer.Context, name: str, version: int) -> None:
         raise ConfigurationError(f"{name!r} has no version {version}")
     artifact = history[(name, version)]
     published = artifact["body"]
-    if published["lineage"]["origin"] != "BATCH":
+    if published["lineage"]["origin"] != Origin.BATCH:
         raise ConfigurationError(f"v{version} was not trained from the training log")
     data_key = settings.data_key()
     plain = decrypt_tensors(published, data_key[0] if data_key else None)
     data = asyncio.run(load_lineage(settings, plain))
     trained = retrain(plain, data)
-    rebuilt = dict(plain)
-    rebuilt.update(trained.model.tensors())
+    rebuilt = plain.copy()
+    tensors = trained.model.tensors()
+    for field in TENSOR_FIELDS:
+        rebuilt[field] = tensors[field]
     # Metrics the publisher added after validation are not training output; keep them, in
     # the same map order, since the digest covers their encoding.
     rebuilt["metrics"] = {**trained.metrics, **{k: v for k, v in plain["metrics"].items()

@@ -3,7 +3,7 @@
 >>> encoder = RequestEncoder(["mean radius", "mean texture"])
 >>> data = encoder.encode("r-1", "breast-cancer", {"mean radius": 17.99, "mean texture": 10.38},
 ...                       packed=True)
->>> default_codec().decode(data, "PredictionRequest")["features"] == (
+>>> default_codec().decode(data, PredictionRequest)["features"] == (
 ...     np.array([17.99, 10.38], dtype="<f8").tobytes())
 True
 
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from modelstream.contracts.codec import default_codec, is_json
+from modelstream.contracts.records import Prediction, PredictionRequest
 
 Features = Mapping[str, float] | Sequence[float] | np.ndarray
 
@@ -45,8 +46,8 @@ class RequestEncoder:
         record = {"request_id": request_id, "model": model, "features": payload,
                   "version": version, "sent_at_ms": sent_at_ms}
         if self.fmt == "json":
-            return self._codec.encode_json("PredictionRequest", record)
-        return self._codec.encode("PredictionRequest", record)
+            return self._codec.encode_json(PredictionRequest, record)
+        return self._codec.encode(PredictionRequest, record)
 
     def _ordered(self, features: Features) -> np.ndarray:
         if isinstance(features, Mapping):
@@ -61,4 +62,4 @@ def decode_prediction(data: bytes) -> dict[str, Any]:
     codec = default_codec()
     if is_json(data):
         return json.loads(data)  # type: ignore[no-any-return]
-    return codec.decode(data, "Prediction")
+    return codec.decode(data, Prediction)

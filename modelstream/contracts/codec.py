@@ -18,39 +18,29 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import fastavro
 import fastavro.schema
 
 from modelstream.contracts.jsonform import JsonForm
+from modelstream.contracts.records import RECORD_TYPES
 from modelstream.errors import DecodeError, SchemaMismatchError
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10  # magic (2) + fingerprint (8)
 NAMESPACE = "io.modelstream"
 
-# Dependency order: later files refer to named types defined by earlier ones.
-SCHEMA_FILES: tuple[str, ...] = (
-    "ModelArtifact",
-    "TrainingExample",
-    "PredictionRequest",
-    "Prediction",
-    "Feedback",
-    "Command",
-    "ValidationReport",
-    "AuditEvent",
-    "MonitorJoin",
-    "MonitorJoinBatch",
-    "MonitorModelState",
-)
+# One file per top-level contract; each is self-contained (defines every type it uses), so
+# each parses on its own with any Avro implementation.
+SCHEMA_FILES: tuple[str, ...] = tuple(RECORD_TYPES)
 
-Record = dict[str, Any]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class Schema:
-    """A fully expanded, parsed schema with its single-object fingerprint."""
+    """A parsed schema with its single-object fingerprint."""
 
     name: str
     parsed: dict[str, Any]
@@ -58,88 +48,43 @@ class Schema:
     canonical_form: str
 
     @classmethod
-    def from_parsed(cls, parsed: dict[str, Any], named: Mapping[str, Any]) -> Schema:
-        expanded = fastavro.schema.parse_schema(inline_first_references(parsed, named, set()))
-        canonical = fastavro.schema.to_parsing_canonical_form(expanded)
+    def parse(cls, raw: Mapping[str, Any]) -> Schema:
+        parsed = fastavro.schema.parse_schema(dict(raw))
+        canonical = fastavro.schema.to_parsing_canonical_form(parsed)
         fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
-        return cls(str(expanded["name"]).rsplit(".", 1)[-1], expanded, fingerprint, canonical)
-
-
-_PRIMITIVES = frozenset(
-    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-)
-
-
-def inline_first_references(node: Any, named: Mapping[str, Any], seen: set[str]) -> Any:
-    """Replace a reference to a type defined in another file by its definition.
-
-    Only the first occurrence is inlined; later ones stay names, as the Avro specification's
-    Parsing Canonical Form (and every other implementation) expects.
-    """
-    if isinstance(node, str):
-        if node in _PRIMITIVES or node in seen or node not in named:
-            return node
-        return inline_first_references(named[node], named, seen)
-    if isinstance(node, list):
-        return [inline_first_references(branch, named, seen) for branch in node]
-    if not isinstance(node, dict):
-        return node
-    out = dict(node)
-    kind = node.get("type")
-    if kind in ("record", "error", "enum", "fixed"):
-        seen.add(node["name"])
-    if kind in ("record", "error"):
-        out["fields"] = [
-            {**f, "type": inline_first_references(f["type"], named, seen)} for f in node["fields"]
-        ]
-    elif kind == "array":
-        out["items"] = inline_first_references(node["items"], named, seen)
-    elif kind == "map":
-        out["values"] = inline_first_references(node["values"], named, seen)
-    elif isinstance(kind, dict | list):
-        out["type"] = inline_first_references(kind, named, seen)
-    return out
-
-
-def parse_schemas(raw: Iterable[Mapping[str, Any]]) -> dict[str, Schema]:
-    """Parse schemas in dependency order; returns them by short name."""
-    named: dict[str, Any] = {}
-    out: dict[str, Schema] = {}
-    for schema in raw:
-        parsed = fastavro.schema.parse_schema(dict(schema), named_schemas=named)
-        info = Schema.from_parsed(parsed, named)
-        out[info.name] = info
-    return out
+        return cls(str(parsed["name"]).rsplit(".", 1)[-1], parsed, fingerprint, canonical)
 
 
 def load_schema_json(name: str) -> dict[str, Any]:
     """The raw JSON of ``schemas/<name>.avsc`` as installed with the package."""
     text = resources.files("modelstream.schemas").joinpath(f"{name}.avsc").read_text("utf-8")
-    return json.loads(text)
+    return cast(dict[str, Any], json.loads(text))
 
 
 class AvroCodec:
-    """Encodes and decodes modelstream records.
+    """Encodes and decodes modelstream records, named by their record type
+    (``codec.decode(data, Prediction)``).
 
     ``readers`` are the schemas this process reads and writes with (the newest);
     ``writers`` are extra, older schemas it can still resolve messages from.
     """
 
-    def __init__(self, readers: Mapping[str, Schema], writers: Iterable[Schema] = ()) -> None:
-        self._readers = dict(readers)
-        self._by_fingerprint: dict[bytes, Schema] = {s.fingerprint: s for s in readers.values()}
+    def __init__(self, readers: Iterable[Schema], writers: Iterable[Schema] = ()) -> None:
+        self._readers = {s.name: s for s in readers}
+        self._by_fingerprint: dict[bytes, Schema] = {
+            s.fingerprint: s for s in self._readers.values()}
         for schema in writers:
             self._by_fingerprint.setdefault(schema.fingerprint, schema)
         self._json_forms: dict[str, JsonForm] = {}
 
-    def schema(self, type_name: str) -> Schema:
+    def schema(self, record_type: type) -> Schema:
         try:
-            return self._readers[type_name]
+            return self._readers[record_type.__name__]
         except KeyError:
-            raise KeyError(f"no schema named {type_name!r}") from None
+            raise KeyError(f"no schema named {record_type.__name__!r}") from None
 
-    def encode(self, type_name: str, record: Mapping[str, Any]) -> bytes:
-        schema = self._readers[type_name]
+    def encode(self, record_type: type[R], record: R) -> bytes:
+        schema = self.schema(record_type)
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(schema.fingerprint)
@@ -157,9 +102,9 @@ class AvroCodec:
             )
         return writer
 
-    def decode(self, data: bytes, type_name: str) -> Record:
-        """Decode a single-object encoded message into ``type_name``'s reader schema."""
-        reader = self._readers[type_name]
+    def decode(self, data: bytes, record_type: type[R]) -> R:
+        """Decode a single-object encoded message into ``record_type``'s reader schema."""
+        reader = self.schema(record_type)
         writer = self.writer_schema(data)
         if writer.name != reader.name:
             raise SchemaMismatchError(f"expected {reader.name}, message is a {writer.name}")
@@ -174,31 +119,32 @@ class AvroCodec:
             raise DecodeError(f"corrupt {reader.name} body: {type(exc).__name__}: {exc}") from exc
         if stream.tell() != len(data):
             raise DecodeError(f"{len(data) - stream.tell()} trailing bytes after {reader.name}")
-        return record  # type: ignore[return-value]
+        return cast(R, record)
 
-    def json_form(self, type_name: str) -> JsonForm:
-        form = self._json_forms.get(type_name)
+    def json_form(self, record_type: type) -> JsonForm:
+        name = record_type.__name__
+        form = self._json_forms.get(name)
         if form is None:
-            form = self._json_forms[type_name] = JsonForm(self._readers[type_name].parsed)
+            form = self._json_forms[name] = JsonForm(self.schema(record_type).parsed)
         return form
 
-    def decode_any(self, data: bytes, type_name: str) -> Record:
+    def decode_any(self, data: bytes, record_type: type[R]) -> R:
         """Decode Avro single-object or a plain JSON object (user-facing input topics)."""
         if is_json(data):
-            return self.json_form(type_name).from_plain(parse_json_object(data))
-        return self.decode(data, type_name)
+            return cast(R, self.json_form(record_type).from_plain(parse_json_object(data)))
+        return self.decode(data, record_type)
 
-    def encode_json(self, type_name: str, record: Mapping[str, Any]) -> bytes:
-        plain = self.json_form(type_name).to_plain(record)
+    def encode_json(self, record_type: type[R], record: R) -> bytes:
+        plain = self.json_form(record_type).to_plain(cast(Mapping[str, Any], record))
         return json.dumps(plain, separators=(",", ":"), allow_nan=False).encode()
 
-    def encode_as(self, type_name: str, record: Mapping[str, Any], fmt: str) -> bytes:
+    def encode_as(self, record_type: type[R], record: R, fmt: str) -> bytes:
         """Encode for an output topic in the configured format ('avro' or 'json')."""
         if fmt == "json":
-            return self.encode_json(type_name, record)
-        return self.encode(type_name, record)
+            return self.encode_json(record_type, record)
+        return self.encode(record_type, record)
 
-    def encode_body(self, schema: dict[str, Any], record: Mapping[str, Any]) -> bytes:
+    def encode_body(self, schema: Any, record: Mapping[str, Any]) -> bytes:
         """Schemaless Avro binary of ``record``: the canonical bytes that digests cover."""
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, record)
@@ -227,4 +173,4 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
 @cache
 def default_codec() -> AvroCodec:
     """The codec over the schemas shipped in ``schemas/`` (parsed once per process)."""
-    return AvroCodec(parse_schemas(load_schema_json(n) for n in SCHEMA_FILES))
+    return AvroCodec(Schema.parse(load_schema_json(n)) for n in SCHEMA_FILES)

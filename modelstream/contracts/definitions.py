@@ -8,17 +8,15 @@ see exactly the same dataset.
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
+from modelstream.contracts.records import Command, Features, Label, ModelDefinition, Task
 from modelstream.errors import InvalidEventError
 
-TASKS = ("BINARY", "MULTICLASS", "REGRESSION")
 MAX_FEATURES = 100_000
 MAX_REQUEST_ID = 256
 # Labelled examples the monitor writes to ``training`` carry this example-id prefix. One in
@@ -28,16 +26,12 @@ FEEDBACK_EXAMPLE_PREFIX = "feedback:"
 ONLINE_HOLDOUT_MODULUS = 5
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class Definition:
     """What a DEFINE command says about a model (see Command.avsc: ModelDefinition)."""
 
     name: str
-    task: str
+    task: Task
     feature_names: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
     retrain_every: int = 0
@@ -50,12 +44,12 @@ class Definition:
     seed: int = 0
 
     @classmethod
-    def from_command(cls, command: Mapping[str, Any]) -> Definition:
+    def from_command(cls, command: Command) -> Definition:
         d = command["definition"]
         if d is None:
             raise InvalidEventError("invalid-command", "DEFINE command without a definition")
         definition = cls(
-            name=command["model"], task=d["task"], feature_names=tuple(d["feature_names"]),
+            name=command["model"], task=Task(d["task"]), feature_names=tuple(d["feature_names"]),
             classes=tuple(d["classes"]), retrain_every=d["retrain_every"],
             min_examples=d["min_examples"], window_size=d["window_size"],
             cv_folds=d["cv_folds"], thresholds=dict(d["thresholds"]),
@@ -66,8 +60,8 @@ class Definition:
 
     def check(self) -> None:
         problems = []
-        if self.task not in TASKS:
-            problems.append(f"task must be one of {TASKS}")
+        if self.task not in Task.__members__:
+            problems.append(f"task must be one of {list(Task)}")
         if self.task == "BINARY" and self.classes and len(self.classes) != 2:
             problems.append("a binary model has exactly 2 classes")
         if self.task == "REGRESSION" and self.classes:
@@ -86,7 +80,7 @@ class Definition:
         if problems:
             raise InvalidEventError("invalid-definition", f"{self.name}: " + "; ".join(problems))
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> ModelDefinition:
         return {
             "task": self.task, "feature_names": list(self.feature_names),
             "classes": list(self.classes), "retrain_every": self.retrain_every,
@@ -99,29 +93,8 @@ class Definition:
         return replace(self, feature_names=tuple(feature_names), classes=tuple(classes))
 
 
-def command(model: str, action: str, *, definition: Definition | None = None,
-            version: int | None = None, traffic: Mapping[str, Any] | None = None,
-            actor: str = "cli", reason: str = "") -> dict[str, Any]:
-    return {
-        "model": model, "action": action,
-        "definition": definition.to_record() if definition else None,
-        "version": version, "traffic": dict(traffic) if traffic else None,
-        "actor": actor, "reason": reason, "issued_at_ms": now_ms(),
-    }
-
-
-def audit_event(model: str, event: str, *, service: str, actor: str | None = None,
-                version: int | None = None, digest: str | None = None, reason: str = "",
-                details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "model": model, "event": event, "version": version, "digest": digest,
-        "actor": actor or service, "service": service, "reason": reason,
-        "details": {k: str(v) for k, v in (details or {}).items()}, "at_ms": now_ms(),
-    }
-
-
 # -- features ----------------------------------------------------------------------------
-def infer_feature_names(features: Any) -> list[str]:
+def infer_feature_names(features: Features) -> list[str]:
     """Names from a first example: a map's keys in order, else f0..f{n-1}."""
     if isinstance(features, Mapping):
         return list(features)
@@ -130,7 +103,7 @@ def infer_feature_names(features: Any) -> list[str]:
     return [f"f{i}" for i in range(len(features))]
 
 
-def feature_vector(features: Any, names: Sequence[str]) -> np.ndarray:
+def feature_vector(features: Features, names: Sequence[str]) -> np.ndarray:
     """One example's features in ``names`` order; raises InvalidEventError with a reason."""
     d = len(names)
     if isinstance(features, Mapping):
@@ -161,7 +134,7 @@ def feature_vector(features: Any, names: Sequence[str]) -> np.ndarray:
     return row
 
 
-def class_label(label: Any, task: str, classes: Sequence[str]) -> str:
+def class_label(label: object, task: Task, classes: Sequence[str]) -> str:
     """A classifier's label as its class string; integral numbers are accepted as '3'."""
     if isinstance(label, str):
         text = label
@@ -175,7 +148,7 @@ def class_label(label: Any, task: str, classes: Sequence[str]) -> str:
     return text
 
 
-def regression_label(label: Any) -> float:
+def regression_label(label: object) -> float:
     if isinstance(label, str) or not isinstance(label, int | float):
         raise InvalidEventError("wrong-label-type",
                                 f"regression label must be a number, got {label!r}")
@@ -184,15 +157,15 @@ def regression_label(label: Any) -> float:
     return float(label)
 
 
-def check_label(label: Any, definition: Definition) -> str | float:
-    if definition.task == "REGRESSION":
+def check_label(label: object, definition: Definition) -> Label:
+    if definition.task == Task.REGRESSION:
         return regression_label(label)
     return class_label(label, definition.task, definition.classes)
 
 
-def labels_to_targets(labels: Sequence[str | float], task: str,
+def labels_to_targets(labels: Sequence[Label], task: Task,
                       classes: Sequence[str]) -> np.ndarray:
-    if task == "REGRESSION":
+    if task == Task.REGRESSION:
         return np.asarray(labels, dtype=np.float64)
     index = {c: i for i, c in enumerate(classes)}
     return np.fromiter((index[str(v)] for v in labels), dtype=np.int64, count=len(labels))

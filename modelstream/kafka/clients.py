@@ -1,21 +1,19 @@
-"""Kafka plumbing shared by every service: clients, dead letters and log re-reads."""
+"""Kafka clients configured from the settings, and re-reads of a log's committed records."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from modelstream.kafka.compat import wait_for_metadata
 from modelstream.settings import Settings
-
-log = logging.getLogger(__name__)
-
-Header = tuple[str, bytes]
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -38,14 +36,16 @@ def security_options(settings: Settings) -> dict[str, Any]:
         cafile = str(settings.ssl_ca_file) if settings.ssl_ca_file else None
         options["ssl_context"] = create_ssl_context(cafile=cafile)
     if protocol.startswith("SASL"):
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
         options.update(sasl_mechanism=settings.sasl_mechanism,
                        sasl_plain_username=settings.sasl_username,
-                       sasl_plain_password=settings.sasl_password)
+                       sasl_plain_password=password)
     return options
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    """A durable producer: acks from all in-sync replicas, idempotent, lz4-free (pure python)."""
+    """A durable producer: acks from all in-sync replicas, idempotent. Use it with
+    ``async with`` where the caller owns it."""
     options: dict[str, Any] = {
         **client_options(settings),
         "acks": "all",
@@ -60,6 +60,7 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
+    """A consumer that commits only when told to and never reads aborted transactions."""
     options: dict[str, Any] = {
         **client_options(settings),
         "group_id": group_id,
@@ -71,40 +72,15 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
-def dead_letter_headers(
-    record: ConsumerRecord, reason: str, message: str, service: str
-) -> list[Header]:
-    return [
-        ("reason", reason.encode()),
-        ("error", message[:1000].encode("utf-8", "replace")),
-        ("source.topic", record.topic.encode()),
-        ("source.partition", str(record.partition).encode()),
-        ("source.offset", str(record.offset).encode()),
-        ("service", service.encode()),
-        ("failed.at.ms", str(int(time.time() * 1000)).encode()),
-    ]
-
-
-class DeadLetterWriter:
-    """Sends an undecodable or invalid record, unchanged, to the dead-letter topic."""
-
-    def __init__(self, producer: AIOKafkaProducer, topic: str, service: str) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._service = service
-
-    async def send(self, record: ConsumerRecord, reason: str, message: str) -> asyncio.Future:  # type: ignore[type-arg]
-        """Queue the record; returns its delivery future (await it before committing)."""
-        log.warning(
-            "dead-letter %s[%d]@%d: %s: %s",
-            record.topic, record.partition, record.offset, reason, message,
-        )
-        return await self._producer.send(  # type: ignore[no-any-return]
-            self._topic,
-            key=record.key,
-            value=record.value,
-            headers=dead_letter_headers(record, reason, message, self._service),
-        )
+@asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, closed on exit (aiokafka's has no ``async with`` of its own)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -113,7 +89,7 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     if not parts:
         if topic not in await consumer.topics():  # fresh cluster metadata
             return []
-        await consumer._client._wait_on_metadata(topic)
+        await wait_for_metadata(consumer, topic)
         parts = consumer.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
@@ -122,9 +98,7 @@ async def read_to_end(
     settings: Settings, topic: str, *, timeout_s: float = 30.0
 ) -> AsyncIterator[ConsumerRecord]:
     """Every committed record of ``topic`` from the beginning up to its end at call time."""
-    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
-    await consumer.start()
-    try:
+    async with make_consumer(settings, group_id=None, fetch_max_wait_ms=50) as consumer:
         tps = await partitions_of(consumer, topic)
         if not tps:
             return
@@ -133,8 +107,6 @@ async def read_to_end(
         ends = await consumer.end_offsets(tps)
         async for record in _drain(consumer, ends, timeout_s):
             yield record
-    finally:
-        await consumer.stop()
 
 
 @dataclass(frozen=True)
@@ -152,9 +124,7 @@ async def read_ranges(
     wanted = [r for r in ranges if r.end > r.start]
     if not wanted:
         return
-    consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
-    await consumer.start()
-    try:
+    async with make_consumer(settings, group_id=None, fetch_max_wait_ms=50) as consumer:
         tps = {TopicPartition(r.topic, r.partition): r for r in wanted}
         consumer.assign(list(tps))
         for tp, r in tps.items():
@@ -163,8 +133,6 @@ async def read_ranges(
         async for record in _drain(consumer, ends, timeout_s):
             if record.offset < ends[TopicPartition(record.topic, record.partition)]:
                 yield record
-    finally:
-        await consumer.stop()
 
 
 async def _drain(
@@ -189,13 +157,3 @@ async def _drain(
             if await consumer.position(tp) >= ends[tp]:
                 pending.discard(tp)
         await asyncio.sleep(0)
-
-
-def fix_describe_groups_decoding() -> None:
-    """aiokafka 0.14 pairs the DescribeGroups v3 request with the v2 response schema, which
-    lacks v3's ``authorized_operations`` field, so decoding any v3 answer (Kafka >= 2.3)
-    underruns. Point the request at its own response schema; a no-op once fixed upstream."""
-    from aiokafka.protocol import admin as protocol
-
-    if protocol.DescribeGroupsRequest_v3.RESPONSE_TYPE is protocol.DescribeGroupsResponse_v2:
-        protocol.DescribeGroupsRequest_v3.RESPONSE_TYPE = protocol.DescribeGroupsResponse_v3

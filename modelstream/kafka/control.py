@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from types import TracebackType
 
 from aiokafka import TopicPartition
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Command
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.topology import CONTROL
@@ -21,11 +22,10 @@ from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Command = dict[str, Any]
-
 
 class ControlFollower:
-    """Hands every decodable command to ``apply(command, replay)``; skips bad ones."""
+    """Hands every decodable command to ``apply(command, replay)``; skips bad ones.
+    Use with ``async with``, then :meth:`replay` once and :meth:`poll` between batches."""
 
     def __init__(self, settings: Settings, apply: Callable[[Command, bool], None]) -> None:
         self._settings = settings
@@ -33,9 +33,16 @@ class ControlFollower:
         self._consumer = make_consumer(settings, group_id=None)
         self._codec = default_codec()
 
-    async def start(self) -> list[Command]:
-        """Replay the whole log (``replay=True``); returns the commands replayed."""
+    async def __aenter__(self) -> ControlFollower:
         await self._consumer.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._consumer.stop()
+
+    async def replay(self) -> list[Command]:
+        """Apply the whole log (``replay=True``); returns the commands replayed."""
         topic = self._settings.topic(CONTROL)
         tps = await partitions_of(self._consumer, topic)
         self._consumer.assign(tps)
@@ -69,23 +76,16 @@ class ControlFollower:
 
     def _handle(self, value: bytes, offset: int, replay: bool) -> Command | None:
         try:
-            cmd = self._codec.decode_any(value, "Command")
+            cmd = self._codec.decode_any(value, Command)
             self._apply(cmd, replay)
             return cmd
         except (DecodeError, InvalidEventError) as exc:
             log.warning("ignoring control record at offset %d: %s", offset, exc)
             return None
 
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
 
 async def send_command(settings: Settings, cmd: Command) -> None:
     """Append one command to ``control`` (Avro), keyed by model name."""
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         await producer.send_and_wait(settings.topic(CONTROL), key=cmd["model"].encode(),
-                                     value=default_codec().encode("Command", cmd))
-    finally:
-        await producer.stop()
+                                     value=default_codec().encode(Command, cmd))

@@ -20,17 +20,19 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from modelstream.kafka.clients import make_consumer, make_producer
+from modelstream.kafka.writers import Header
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Header = tuple[str, bytes]
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,14 @@ class BatchPipeline:
         self.records_out = 0
 
     # -- lifecycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> BatchPipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
     async def start(self) -> None:
         if not self.exactly_once:
             self._shared = make_producer(self.settings, linger_ms=2)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from modelstream.contracts.records import Task
+
 Fold = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)
 
 
@@ -46,7 +48,7 @@ def stratified_kfold(y: np.ndarray, k: int, seed: int) -> list[Fold]:
     return folds
 
 
-def folds_for(task: str, y: np.ndarray, k: int, seed: int) -> list[Fold]:
-    if task == "REGRESSION":
+def folds_for(task: Task, y: np.ndarray, k: int, seed: int) -> list[Fold]:
+    if task == Task.REGRESSION:
         return kfold(len(y), k, seed)
     return stratified_kfold(y, k, seed)

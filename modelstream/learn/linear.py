@@ -4,7 +4,7 @@ Scoring is standardize -> linear layer -> link (sigmoid, softmax or identity), o
 matrix at once; this is the same math the trainer optimizes.
 
 >>> import numpy as np
->>> m = LinearModel("BINARY", ["x"], ["0", "1"], np.array([[2.0]]), np.array([0.0]),
+>>> m = LinearModel(Task.BINARY, ["x"], ["0", "1"], np.array([[2.0]]), np.array([0.0]),
 ...                 np.array([0.0]), np.array([1.0]))
 >>> m.proba(np.array([[0.0]])).round(2).tolist()
 [[0.5, 0.5]]
@@ -12,12 +12,13 @@ matrix at once; this is the same math the trainer optimizes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from modelstream.contracts.builders import LinearTensors
+from modelstream.contracts.records import ModelBody, Task
 from modelstream.errors import ArtifactVerificationError
 from modelstream.learn.objectives import sigmoid, softmax
 from modelstream.registry.artifact import from_tensor, to_tensor
@@ -25,7 +26,7 @@ from modelstream.registry.artifact import from_tensor, to_tensor
 
 @dataclass(frozen=True)
 class LinearModel:
-    task: str
+    task: Task
     feature_names: list[str]
     classes: list[str]
     W: np.ndarray  # d × k
@@ -43,10 +44,10 @@ class LinearModel:
     def proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n × n_classes); for regression, the predicted values (n)."""
         z = self.linear(X)
-        if self.task == "BINARY":
+        if self.task == Task.BINARY:
             p1 = sigmoid(z[:, 0])
             return np.column_stack((1.0 - p1, p1))
-        if self.task == "MULTICLASS":
+        if self.task == Task.MULTICLASS:
             return softmax(z)
         return z[:, 0]
 
@@ -54,20 +55,26 @@ class LinearModel:
         return self.proba(X)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> LinearModel:
-        """Build from an artifact body, checking that every shape agrees."""
-        task = body["task"]
-        names = list(body["feature_names"])
-        classes = list(body["classes"])
-        W = from_tensor(body["weights"])
-        b = from_tensor(body["intercepts"])
-        mean = from_tensor(body["feature_mean"])
-        scale = from_tensor(body["feature_scale"])
+    def from_body(cls, body: ModelBody) -> LinearModel:
+        """Build from a (decrypted) artifact body, checking that every shape agrees."""
+        return cls.from_tensors(Task(body["task"]), body["feature_names"], body["classes"],
+                                body)
+
+    @classmethod
+    def from_tensors(cls, task: Task, feature_names: Sequence[str], classes: Sequence[str],
+                     tensors: LinearTensors | ModelBody) -> LinearModel:
+        """Build from the four tensors, checking that every shape agrees."""
+        names = list(feature_names)
+        classes = list(classes)
+        W = from_tensor(tensors["weights"])
+        b = from_tensor(tensors["intercepts"])
+        mean = from_tensor(tensors["feature_mean"])
+        scale = from_tensor(tensors["feature_scale"])
         d = len(names)
-        k = len(classes) if task == "MULTICLASS" else 1
-        if task == "BINARY" and len(classes) != 2:
+        k = len(classes) if task == Task.MULTICLASS else 1
+        if task == Task.BINARY and len(classes) != 2:
             raise ArtifactVerificationError(f"binary model with {len(classes)} classes")
-        if task == "MULTICLASS" and len(classes) < 2:
+        if task == Task.MULTICLASS and len(classes) < 2:
             raise ArtifactVerificationError("multiclass model needs at least 2 classes")
         expected = {"weights": (W.shape, (d, k)), "intercepts": (b.shape, (k,)),
                     "feature_mean": (mean.shape, (d,)), "feature_scale": (scale.shape, (d,))}
@@ -78,7 +85,7 @@ class LinearModel:
             raise ArtifactVerificationError("weights must be finite and scales positive")
         return cls(task, names, classes, W, b, mean, scale)
 
-    def tensors(self) -> dict[str, dict[str, Any]]:
+    def tensors(self) -> LinearTensors:
         return {"weights": to_tensor(self.W), "intercepts": to_tensor(self.b),
                 "feature_mean": to_tensor(self.mean), "feature_scale": to_tensor(self.scale)}
 

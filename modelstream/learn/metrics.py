@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from modelstream.contracts.records import Task
+
 EPS = 1e-15
 
 
@@ -70,12 +72,12 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(1.0 - np.sum((y - pred) ** 2) / total)
 
 
-def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
+def evaluate(task: Task, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
     """Every metric of a task: ``output`` is probabilities (classifiers) or values."""
-    if task == "REGRESSION":
+    if task == Task.REGRESSION:
         return {"rmse": rmse(y, output), "mae": mae(y, output), "r2": r2(y, output)}
     metrics = {"accuracy": accuracy(y, output), "log_loss": log_loss(y, output)}
-    if task == "BINARY":
+    if task == Task.BINARY:
         metrics["roc_auc"] = roc_auc(y, output[:, 1])
     else:
         metrics["macro_f1"] = macro_f1(y, output)
@@ -83,8 +85,8 @@ def evaluate(task: str, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
 
 
 # The metric each task is judged by, and whether larger is better.
-PRIMARY: dict[str, tuple[str, bool]] = {
-    "BINARY": ("accuracy", True),
-    "MULTICLASS": ("accuracy", True),
-    "REGRESSION": ("rmse", False),
+PRIMARY: dict[Task, tuple[str, bool]] = {
+    Task.BINARY: ("accuracy", True),
+    Task.MULTICLASS: ("accuracy", True),
+    Task.REGRESSION: ("rmse", False),
 }

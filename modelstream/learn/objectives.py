@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from modelstream.contracts.records import Task
+
 EPS = 1e-15
 
 
@@ -36,7 +38,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 class Objective(Protocol):
-    task: str
+    task: Task
 
     def outputs(self, n_classes: int) -> int: ...
 
@@ -55,7 +57,7 @@ class Objective(Protocol):
 class BinaryLogistic:
     """Log-loss of a sigmoid per model; ``y`` in {0, 1}."""
 
-    task: str = "BINARY"
+    task: Task = Task.BINARY
 
     def outputs(self, n_classes: int) -> int:
         return 1
@@ -78,7 +80,7 @@ class BinaryLogistic:
 class MultinomialLogistic:
     """Cross-entropy of a softmax over k columns per model; ``y`` are class indices."""
 
-    task: str = "MULTICLASS"
+    task: Task = Task.MULTICLASS
 
     def outputs(self, n_classes: int) -> int:
         return n_classes
@@ -100,7 +102,7 @@ class MultinomialLogistic:
 class SquaredError:
     """Half mean squared error of a linear output per model; ``y`` are real values."""
 
-    task: str = "REGRESSION"
+    task: Task = Task.REGRESSION
 
     def outputs(self, n_classes: int) -> int:
         return 1
@@ -116,18 +118,18 @@ class SquaredError:
         return 0.5 * np.mean(r * r, axis=0)
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "BINARY": BinaryLogistic(),
-    "MULTICLASS": MultinomialLogistic(),
-    "REGRESSION": SquaredError(),
+OBJECTIVES: dict[Task, Objective] = {
+    Task.BINARY: BinaryLogistic(),
+    Task.MULTICLASS: MultinomialLogistic(),
+    Task.REGRESSION: SquaredError(),
 }
 
 
-def objective_for(task: str) -> Objective:
+def objective_for(task: Task) -> Objective:
     return OBJECTIVES[task]
 
 
-def loss_grad(task: str, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray,
+def loss_grad(task: Task, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray,
               l2: float) -> tuple[float, np.ndarray, np.ndarray]:
     """Penalized mean loss of one model and its gradient in (W, b)."""
     objective = objective_for(task)

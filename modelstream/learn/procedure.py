@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from modelstream.contracts.records import Task
 from modelstream.learn.cv import folds_for
 from modelstream.learn.linear import LinearModel, standardization
 from modelstream.learn.metrics import PRIMARY, evaluate
@@ -31,7 +32,7 @@ class TrainedModel:
 
 
 def fit_fixed(
-    X: np.ndarray, y: np.ndarray, task: str, feature_names: Sequence[str],
+    X: np.ndarray, y: np.ndarray, task: Task, feature_names: Sequence[str],
     classes: Sequence[str], config: GDConfig,
 ) -> tuple[LinearModel, int]:
     """Standardize on ``X`` and fit with the given hyperparameters (no search)."""
@@ -41,7 +42,7 @@ def fit_fixed(
     return model, fit.epochs_run
 
 
-def primary_score(task: str, y: np.ndarray, output: np.ndarray) -> float:
+def primary_score(task: Task, y: np.ndarray, output: np.ndarray) -> float:
     """The task's primary metric, oriented so that larger is better."""
     name, larger_is_better = PRIMARY[task]
     value = evaluate(task, y, output)[name]
@@ -49,7 +50,7 @@ def primary_score(task: str, y: np.ndarray, output: np.ndarray) -> float:
 
 
 def search_l2(
-    X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig,
+    X: np.ndarray, y: np.ndarray, task: Task, n_classes: int, config: GDConfig,
     grid: Sequence[float], k: int,
 ) -> tuple[float, tuple[float, ...]]:
     """Mean CV score of each L2 value (the whole grid trained at once per fold); ties go to
@@ -69,7 +70,7 @@ def search_l2(
 
 
 def train(
-    X: np.ndarray, y: np.ndarray, task: str, feature_names: Sequence[str],
+    X: np.ndarray, y: np.ndarray, task: Task, feature_names: Sequence[str],
     classes: Sequence[str], config: GDConfig, l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     cv_folds: int = 5,
 ) -> TrainedModel:
@@ -89,8 +90,8 @@ def train(
     return TrainedModel(model, chosen, epochs, grid, scores, k, metrics)
 
 
-def _max_folds(task: str, y: np.ndarray) -> int:
-    if task == "REGRESSION":
+def _max_folds(task: Task, y: np.ndarray) -> int:
+    if task == Task.REGRESSION:
         return len(y)
     return int(np.bincount(y).min()) if len(y) else 0
 
@@ -106,7 +107,7 @@ class CrossValidation:
 
 
 def cross_validate(
-    X: np.ndarray, y: np.ndarray, task: str, feature_names: Sequence[str],
+    X: np.ndarray, y: np.ndarray, task: Task, feature_names: Sequence[str],
     classes: Sequence[str], config: GDConfig, k: int, seed: int,
     champion: LinearModel | None = None, unseen_by_champion: np.ndarray | None = None,
 ) -> CrossValidation:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from modelstream.contracts.records import Task
 from modelstream.learn.objectives import objective_for
 
 
@@ -46,14 +47,14 @@ class LinearFit:
 
 
 def fit_linear(
-    X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig
+    X: np.ndarray, y: np.ndarray, task: Task, n_classes: int, config: GDConfig
 ) -> LinearFit:
     """Fit weights on standardized ``X``; keeps the weights of the best validation epoch."""
     return fit_linear_grid(X, y, task, n_classes, config, (config.l2,))[0]
 
 
 def fit_linear_grid(
-    X: np.ndarray, y: np.ndarray, task: str, n_classes: int, config: GDConfig,
+    X: np.ndarray, y: np.ndarray, task: Task, n_classes: int, config: GDConfig,
     l2_values: tuple[float, ...],
 ) -> list[LinearFit]:
     """Fit one model per L2 value in a single pass: the models share the shuffles (same

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -23,10 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelstream.contracts.codec import AvroCodec, default_codec
+from modelstream.contracts.records import ModelArtifact, ModelBody, Tensor
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 
 SIGNATURE_CONTEXT = b"modelstream-artifact-v1:"
-TENSOR_FIELDS = ("weights", "intercepts", "feature_mean", "feature_scale")
+TensorField = Literal["weights", "intercepts", "feature_mean", "feature_scale"]
+TENSOR_FIELDS: tuple[TensorField, ...] = ("weights", "intercepts", "feature_mean", "feature_scale")
 ALLOWED_DTYPES = frozenset({"<f8", "<f4"})
 MAX_TENSOR_ELEMENTS = 50_000_000
 PRIVATE_KEY_NAME = "modelstream.key"
@@ -34,13 +35,13 @@ PUBLIC_KEY_NAME = "modelstream.pub"
 
 
 # -- tensors ---------------------------------------------------------------------------
-def to_tensor(array: np.ndarray) -> dict[str, Any]:
+def to_tensor(array: np.ndarray) -> Tensor:
     """A numpy array as the Avro Tensor record (little-endian float64, C order)."""
     values = np.ascontiguousarray(array, dtype="<f8")
     return {"dtype": "<f8", "shape": [int(d) for d in values.shape], "data": values.tobytes()}
 
 
-def from_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
+def from_tensor(tensor: Tensor) -> np.ndarray:
     """The numpy array of a Tensor record; refuses dtypes and sizes that do not add up."""
     dtype = tensor["dtype"]
     if dtype not in ALLOWED_DTYPES:
@@ -104,20 +105,20 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 # -- digest and signature --------------------------------------------------------------
-def body_digest(body: Mapping[str, Any], body_schema: Any = None,
+def body_digest(body: ModelBody, body_schema: Any = None,
                 codec: AvroCodec | None = None) -> str:
     codec = codec or default_codec()
-    schema = body_schema or codec.schema("ModelArtifact").parsed["fields"][0]["type"]
+    schema = body_schema or codec.schema(ModelArtifact).parsed["fields"][0]["type"]
     return hashlib.sha256(codec.encode_body(schema, body)).hexdigest()
 
 
-def seal(body: Mapping[str, Any], private_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+def seal(body: ModelBody, private_key: Ed25519PrivateKey | None = None) -> ModelArtifact:
     """An artifact record for ``body``: digest always, signature when a key is given."""
     digest = body_digest(body)
     if private_key is None:
-        return {"body": dict(body), "digest": digest, "signature": b"", "key_id": ""}
+        return {"body": body, "digest": digest, "signature": b"", "key_id": ""}
     signature = private_key.sign(SIGNATURE_CONTEXT + digest.encode("ascii"))
-    return {"body": dict(body), "digest": digest, "signature": signature,
+    return {"body": body, "digest": digest, "signature": signature,
             "key_id": key_id(private_key.public_key())}
 
 
@@ -125,20 +126,20 @@ def seal(body: Mapping[str, Any], private_key: Ed25519PrivateKey | None = None) 
 class Verified:
     """An artifact whose digest (and signature, unless unsigned ones are allowed) checked out."""
 
-    record: dict[str, Any]
+    record: ModelArtifact
     signed: bool
 
     @property
-    def body(self) -> dict[str, Any]:
-        return self.record["body"]  # type: ignore[no-any-return]
+    def body(self) -> ModelBody:
+        return self.record["body"]
 
     @property
     def digest(self) -> str:
-        return self.record["digest"]  # type: ignore[no-any-return]
+        return self.record["digest"]
 
 
 def verify_record(
-    record: Mapping[str, Any],
+    record: ModelArtifact,
     public_key: Ed25519PublicKey | None,
     *,
     allow_unsigned: bool = False,
@@ -154,7 +155,7 @@ def verify_record(
     if not signature:
         if not allow_unsigned:
             raise ArtifactVerificationError("artifact is unsigned and unsigned ones are refused")
-        return Verified(dict(record), signed=False)
+        return Verified(record, signed=False)
     if public_key is None:
         raise ArtifactVerificationError("artifact is signed but no public key is configured")
     if record["key_id"] != key_id(public_key):
@@ -163,7 +164,7 @@ def verify_record(
         public_key.verify(signature, SIGNATURE_CONTEXT + digest.encode("ascii"))
     except InvalidSignature:
         raise ArtifactVerificationError("Ed25519 signature does not verify") from None
-    return Verified(dict(record), signed=True)
+    return Verified(record, signed=True)
 
 
 def verify_bytes(
@@ -176,7 +177,7 @@ def verify_bytes(
     """Decode a ModelArtifact message and verify it against the schema that wrote it."""
     codec = codec or default_codec()
     writer = codec.writer_schema(data)
-    record = codec.decode(data, "ModelArtifact")
+    record = codec.decode(data, ModelArtifact)
     return verify_record(record, public_key, allow_unsigned=allow_unsigned,
                          body_schema=writer.parsed["fields"][0]["type"])
 
@@ -186,13 +187,13 @@ def _nonce(base: bytes, index: int) -> bytes:
     return base[:-1] + bytes([base[-1] ^ index])
 
 
-def encrypt_tensors(body: Mapping[str, Any], data_key: bytes, data_key_id: str) -> dict[str, Any]:
+def encrypt_tensors(body: ModelBody, data_key: bytes, data_key_id: str) -> ModelBody:
     """AES-256-GCM over each tensor's data; names, shapes and metadata stay readable."""
     aes = AESGCM(data_key)
     base = os.urandom(12)
-    out = dict(body)
+    out = body.copy()
     for i, name in enumerate(TENSOR_FIELDS):
-        tensor = dict(body[name])
+        tensor = body[name].copy()
         aad = f"{body['name']}:{name}".encode()
         tensor["data"] = aes.encrypt(_nonce(base, i), tensor["data"], aad)
         out[name] = tensor
@@ -200,19 +201,19 @@ def encrypt_tensors(body: Mapping[str, Any], data_key: bytes, data_key_id: str) 
     return out
 
 
-def decrypt_tensors(body: Mapping[str, Any], data_key: bytes | None) -> dict[str, Any]:
+def decrypt_tensors(body: ModelBody, data_key: bytes | None) -> ModelBody:
     """Plain tensors of an encrypted body; unencrypted bodies pass through unchanged."""
     encryption = body.get("encryption")
     if encryption is None:
-        return dict(body)
+        return body
     if data_key is None:
         raise ArtifactVerificationError(
             f"artifact is encrypted with data key {encryption['key_id']!r}, which is not configured"
         )
     aes = AESGCM(data_key)
-    out = dict(body)
+    out = body.copy()
     for i, name in enumerate(TENSOR_FIELDS):
-        tensor = dict(body[name])
+        tensor = body[name].copy()
         aad = f"{body['name']}:{name}".encode()
         try:
             tensor["data"] = aes.decrypt(_nonce(encryption["nonce"], i), tensor["data"], aad)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import ModelArtifact
 from modelstream.errors import ArtifactVerificationError, DecodeError
 from modelstream.kafka.clients import make_consumer, partitions_of, read_to_end
 from modelstream.kafka.topology import MODEL_HISTORY, MODELS
@@ -44,13 +45,13 @@ async def load_production(
     return out
 
 
-async def load_history(settings: Settings) -> dict[tuple[str, int], dict[str, Any]]:
+async def load_history(settings: Settings) -> dict[tuple[str, int], ModelArtifact]:
     """Every published artifact record by (name, version), as written (not re-verified)."""
     codec = default_codec()
-    out: dict[tuple[str, int], dict[str, Any]] = {}
+    out: dict[tuple[str, int], ModelArtifact] = {}
     async for record in read_to_end(settings, settings.topic(MODEL_HISTORY)):
         try:
-            artifact = codec.decode(record.value, "ModelArtifact")
+            artifact = codec.decode(record.value, ModelArtifact)
         except DecodeError:
             continue
         body = artifact["body"]
@@ -58,7 +59,7 @@ async def load_history(settings: Settings) -> dict[tuple[str, int], dict[str, An
     return out
 
 
-def latest_versions(history: Mapping[tuple[str, int], Any]) -> dict[str, int]:
+def latest_versions(history: Mapping[tuple[str, int], object]) -> dict[str, int]:
     latest: dict[str, int] = {}
     for name, version in history:
         latest[name] = max(version, latest.get(name, 0))
@@ -68,9 +69,9 @@ def latest_versions(history: Mapping[tuple[str, int], Any]) -> dict[str, int]:
 class ProductionFollower:
     """Follows ``models``: the verified production artifact of every model, kept current.
 
-    ``start()`` reads the registry to its end; ``poll()`` applies what arrived since and
-    returns the names whose production artifact changed. Records that fail verification are
-    counted in ``refused`` and leave the previous version in place."""
+    Use with ``async with``; ``load()`` reads the registry to its end; ``poll()`` applies
+    what arrived since and returns the names whose production artifact changed. Records that
+    fail verification are counted in ``refused`` and leave the previous version in place."""
 
     def __init__(self, settings: Settings, key: Ed25519PublicKey | None) -> None:
         self._settings = settings
@@ -79,8 +80,15 @@ class ProductionFollower:
         self.production: dict[str, Verified] = {}
         self.refused: list[tuple[str, str]] = []  # (model, reason), drained by the owner
 
-    async def start(self) -> None:
+    async def __aenter__(self) -> ProductionFollower:
         await self._consumer.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._consumer.stop()
+
+    async def load(self) -> None:
         tps = await partitions_of(self._consumer, self._settings.topic(MODELS))
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
@@ -108,6 +116,3 @@ class ProductionFollower:
                     self.production[name] = verified
                     changed.add(name)
         return changed
-
-    async def stop(self) -> None:
-        await self._consumer.stop()

@@ -19,6 +19,7 @@ from modelstream.contracts.definitions import (
     feature_vector,
     labels_to_targets,
 )
+from modelstream.contracts.records import TrainingExample
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.clients import OffsetRange, read_ranges
 from modelstream.learn.procedure import TrainedModel, train
@@ -68,7 +69,7 @@ async def load_lineage(settings: Settings, body: Mapping[str, Any]) -> LineageDa
     skipped = 0
     async for record in read_ranges(settings, ranges):
         try:
-            example = codec.decode_any(record.value, "TrainingExample")
+            example = codec.decode_any(record.value, TrainingExample)
         except (DecodeError, InvalidEventError):
             continue  # not an example of any model
         if example["model"] != rules.name:

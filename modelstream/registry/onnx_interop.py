@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from modelstream.contracts.records import Task
 from modelstream.errors import ModelstreamError
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import to_tensor
@@ -54,7 +55,7 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
         helper.make_node("MatMul", ["standardized", "weights"], ["product"]),
         helper.make_node("Add", ["product", "intercepts"], ["linear"]),
     ]
-    if model.task == "BINARY":
+    if model.task == Task.BINARY:
         inits.append(numpy_helper.from_array(np.array([1.0], dtype=f32), "one"))
         nodes += [
             helper.make_node("Sigmoid", ["linear"], ["p_positive"]),
@@ -62,7 +63,7 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
             helper.make_node("Concat", ["p_negative", "p_positive"], ["probabilities"], axis=1),
         ]
         output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
-    elif model.task == "MULTICLASS":
+    elif model.task == Task.MULTICLASS:
         nodes.append(helper.make_node("Softmax", ["linear"], ["probabilities"], axis=1))
         output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
                                                [None, len(model.classes)])
@@ -87,7 +88,7 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
 
 @dataclass(frozen=True)
 class ImportedModel:
-    task: str
+    task: Task
     feature_names: list[str]
     classes: list[str]
     W: np.ndarray
@@ -217,7 +218,7 @@ def _from_modelstream(ops: dict[str, Any], tensors: dict[str, np.ndarray],
     task = props.get("modelstream.task") or (
         "MULTICLASS" if "Softmax" in ops else "BINARY" if "Sigmoid" in ops else "REGRESSION")
     classes = json.loads(props.get("modelstream.classes", "[]"))
-    if task != "REGRESSION" and not classes:
+    if task != Task.REGRESSION and not classes:
         classes = [str(i) for i in range(max(2, W.shape[1]))]
     return ImportedModel(task, [], classes, W.reshape(W.shape[0], -1), b.reshape(-1), mean,
                          scale)

@@ -25,18 +25,25 @@ import faust
 from faust.serializers import codecs
 from faust.types import EventT
 
+from modelstream.contracts.builders import audit_event, command, now_ms
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import (
     FEEDBACK_EXAMPLE_PREFIX,
     Definition,
-    audit_event,
     check_label,
     check_request_id,
-    command,
-    now_ms,
+)
+from modelstream.contracts.records import (
+    Action,
+    AuditEvent,
+    Command,
+    ModelArtifact,
+    MonitorJoin,
+    MonitorJoinBatch,
+    TrainingExample,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
-from modelstream.kafka.clients import dead_letter_headers, security_options
+from modelstream.kafka.clients import security_options
 from modelstream.kafka.topology import (
     AUDIT,
     CANDIDATES,
@@ -52,6 +59,7 @@ from modelstream.kafka.topology import (
 from modelstream.kafka.topology import FEEDBACK as FEEDBACK_TOPIC
 from modelstream.kafka.topology import PREDICTIONS as PREDICTIONS_TOPIC
 from modelstream.kafka.topology import REQUESTS as REQUESTS_TOPIC
+from modelstream.kafka.writers import SourcePosition, dead_letter_headers
 from modelstream.ops.influx import InfluxWriter
 from modelstream.registry.artifact import TENSOR_FIELDS, decrypt_tensors, from_tensor, seal
 from modelstream.registry.follower import ProductionFollower, public_key
@@ -324,7 +332,7 @@ class MonitorApp:
         changelog = self.joins.changelog_topic.get_topic_name()
         for key, entry in changed.items():
             store[key] = entry
-            await send(changelog, key, self.codec.encode("MonitorJoin", entry),
+            await send(changelog, key, self.codec.encode(MonitorJoin, entry),
                        entry["partition"], None, None)
         labelled = self.labelled.get_topic_name()
         for model, joins in complete.items():
@@ -334,7 +342,7 @@ class MonitorApp:
     def _labelled_records(self, joins: list[dict[str, Any]]) -> list[bytes]:
         """``MonitorJoinBatch`` records of at most MAX_LABELLED_BYTES each (a batch of joins
         with large feature vectors would otherwise exceed Kafka's message size)."""
-        value = self.codec.encode("MonitorJoinBatch", {"joins": joins})
+        value = self.codec.encode(MonitorJoinBatch, {"joins": joins})
         if len(value) <= MAX_LABELLED_BYTES or len(joins) == 1:
             return [value]
         half = len(joins) // 2
@@ -384,7 +392,7 @@ class MonitorApp:
             by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
             partitions: dict[str, int] = {}
             for event in events:
-                batch = self.codec.decode(event.message.value, "MonitorJoinBatch")["joins"]
+                batch = self.codec.decode(event.message.value, MonitorJoinBatch)["joins"]
                 if batch:
                     model = batch[0]["model"]
                     by_model[model].extend(batch)
@@ -423,19 +431,21 @@ class MonitorApp:
         for join, reason, error in d.unusable:
             DEAD_LETTERS.labels(SERVICE, model).inc()
             log.warning("unusable join of %s: %s: %s", join["request_id"], reason, error)
+            # The label is what is unusable: the dead letter points at its feedback record.
+            source = SourcePosition(self.settings.topic(FEEDBACK_TOPIC), join["partition"],
+                                    join["feedback_offset"] or 0)
             self.out[DEADLETTER].send_soon(
-                key=join["request_id"].encode(), value=self.codec.encode("MonitorJoin", join),
-                headers=[("reason", reason.encode()), ("error", error[:1000].encode()),
-                         ("source.topic", self.settings.topic(MONITOR_LABELLED).encode()),
-                         ("service", SERVICE.encode())])
+                key=join["request_id"].encode(), value=self.codec.encode(MonitorJoin, join),
+                headers=dead_letter_headers(source, reason, error, SERVICE))
         if self.settings.write_training:
             training, key = self.settings.topic(TRAINING), model.encode()
             for join in d.fresh:
-                example = {"model": model, "features": join["features"], "label": join["label"],
-                           "example_id": FEEDBACK_EXAMPLE_PREFIX + join["request_id"],
-                           "timestamp_ms": join["labelled_at_ms"]}
+                example: TrainingExample = {
+                    "model": model, "features": join["features"], "label": join["label"],
+                    "example_id": FEEDBACK_EXAMPLE_PREFIX + join["request_id"],
+                    "timestamp_ms": join["labelled_at_ms"]}
                 await self.app.producer.send(training, key,
-                                             self.codec.encode("TrainingExample", example),
+                                             self.codec.encode(TrainingExample, example),
                                              None, None, None)
         for event in d.drift:
             DRIFT_EVENTS.labels(model, str(event.version)).inc()
@@ -448,11 +458,12 @@ class MonitorApp:
                                             "kind": event.kind},
                                   {"events": 1, "detail": event.detail}, now_ms())
         if d.train_reason is not None:
-            self._command(model, "TRAIN", reason=f"drift: {d.train_reason}")
+            self._command(model, Action.TRAIN, reason=f"drift: {d.train_reason}")
         if d.rollback is not None:
             ROLLBACKS_REQUESTED.labels(model).inc()
             log.warning("%s: rolling back: %s", model, d.rollback.reason)
-            self._command(model, "ROLLBACK", version=d.rollback.parent, reason=d.rollback.reason)
+            self._command(model, Action.ROLLBACK, version=d.rollback.parent,
+                          reason=d.rollback.reason)
             self._audit(model, "rollback_requested", version=d.rollback.version,
                         reason=d.rollback.reason,
                         details={"to_version": str(d.rollback.parent),
@@ -465,7 +476,7 @@ class MonitorApp:
                      artifact["digest"][:12], d.candidate["parent_version"],
                      lineage["example_count"])
             self.out[CANDIDATES].send_soon(key=model.encode(),
-                                           value=self.codec.encode("ModelArtifact", artifact))
+                                           value=self.codec.encode(ModelArtifact, artifact))
             self._audit(model, "online_candidate", digest=artifact["digest"],
                         version=d.candidate["parent_version"],
                         details={"examples": str(lineage["example_count"]),
@@ -477,12 +488,12 @@ class MonitorApp:
         record = audit_event(model, event, service=SERVICE, **kwargs)
         self.out[AUDIT].send_soon(
             key=model.encode(),
-            value=self.codec.encode_as("AuditEvent", record, self.settings.output_format.value))
+            value=self.codec.encode_as(AuditEvent, record, self.settings.output_format.value))
 
-    def _command(self, model: str, action: str, **kwargs: Any) -> None:
+    def _command(self, model: str, action: Action, **kwargs: Any) -> None:
         self.out[CONTROL].send_soon(
             key=model.encode(),
-            value=self.codec.encode("Command", command(model, action, actor=SERVICE, **kwargs)))
+            value=self.codec.encode(Command, command(model, action, actor=SERVICE, **kwargs)))
 
     def _export_metrics(self, watch: ModelWatch, d: Decisions) -> None:
         model = watch.name

@@ -22,8 +22,16 @@ from typing import Any
 import numpy as np
 from river import drift, linear_model, optim, preprocessing
 
+from modelstream.contracts.builders import (
+    LinearTensors,
+    candidate_body,
+    lineage,
+    training_config,
+)
 from modelstream.contracts.definitions import feature_vector, in_online_holdout
+from modelstream.contracts.records import ModelBody, OffsetRange, Origin, Task
 from modelstream.errors import InvalidEventError
+from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import from_tensor, to_tensor
 
 BIAS = "__bias__"  # river's softmax has no intercept: a constant input carries it
@@ -42,9 +50,9 @@ class OnlineLearner:
         self.l2 = l2
         self.scaler = preprocessing.StandardScaler()
         sgd = optim.SGD(learning_rate)
-        if task == "BINARY":
+        if task == Task.BINARY:
             self.model: Any = linear_model.LogisticRegression(optimizer=sgd, l2=l2)
-        elif task == "MULTICLASS":
+        elif task == Task.MULTICLASS:
             self.model = linear_model.SoftmaxRegression(optimizer=sgd, l2=l2)
         else:
             self.model = linear_model.LinearRegression(optimizer=sgd, l2=l2)
@@ -67,7 +75,7 @@ class OnlineLearner:
             learner.scaler.counts[name] = n0
             learner.scaler.means[name] = float(mean[i])
             learner.scaler.vars[name] = float(scale[i]) ** 2
-        if learner.task == "MULTICLASS":
+        if learner.task == Task.MULTICLASS:
             for k, label in enumerate(learner.classes):
                 weights = learner.model.weights[label]
                 for i, name in enumerate(names):
@@ -81,17 +89,17 @@ class OnlineLearner:
 
     def _scaled(self, x: Mapping[str, float]) -> dict[str, float]:
         scaled = self.scaler.transform_one(dict(x))
-        if self.task == "MULTICLASS":
+        if self.task == Task.MULTICLASS:
             scaled[BIAS] = 1.0
         return scaled
 
     def proba_one(self, x: Mapping[str, float]) -> list[float]:
         """Class probabilities in class order (regression: [prediction])."""
         scaled = self._scaled(x)
-        if self.task == "BINARY":
+        if self.task == Task.BINARY:
             p = self.model.predict_proba_one(scaled)[True]
             return [1.0 - p, p]
-        if self.task == "MULTICLASS":
+        if self.task == Task.MULTICLASS:
             proba = self.model.predict_proba_one(scaled)
             return [proba.get(c, 0.0) for c in self.classes]
         return [float(self.model.predict_one(scaled))]
@@ -99,9 +107,9 @@ class OnlineLearner:
     def learn_one(self, x: Mapping[str, float], label: str | float) -> None:
         self.scaler.learn_one(dict(x))
         scaled = self._scaled(x)
-        if self.task == "BINARY":
+        if self.task == Task.BINARY:
             self.model.learn_one(scaled, label == self.classes[1])
-        elif self.task == "MULTICLASS":
+        elif self.task == Task.MULTICLASS:
             self.model.learn_one(scaled, label)
         else:
             self.model.learn_one(scaled, float(label))
@@ -110,7 +118,7 @@ class OnlineLearner:
     def state(self) -> dict[str, Any]:
         """Everything needed to continue learning after a restart (JSON-friendly)."""
         names = self.feature_names
-        if self.task == "MULTICLASS":
+        if self.task == Task.MULTICLASS:
             weights = [[self.model.weights[c].get(n, 0.0) for n in [*names, BIAS]]
                        for c in self.classes]
             intercept = 0.0
@@ -128,7 +136,7 @@ class OnlineLearner:
             self.scaler.counts[name] = int(state["counts"][i])
             self.scaler.means[name] = float(state["means"][i])
             self.scaler.vars[name] = float(state["vars"][i])
-        if self.task == "MULTICLASS":
+        if self.task == Task.MULTICLASS:
             for label, row in zip(self.classes, state["weights"], strict=True):
                 weights = self.model.weights[label]
                 for name, w in zip([*names, BIAS], row, strict=True):
@@ -139,14 +147,14 @@ class OnlineLearner:
             self.model.intercept = float(state["intercept"])
         self.learned = int(state["learned"])
 
-    def export(self) -> dict[str, Any]:
+    def export(self) -> LinearTensors:
         """Weights and standardization as artifact tensors (the predictor's format)."""
         names = self.feature_names
         mean = np.array([self.scaler.means.get(n, 0.0) for n in names])
         var = np.array([self.scaler.vars.get(n, 0.0) for n in names])
         scale = np.sqrt(var)
         scale[scale < 1e-12] = 1.0
-        if self.task == "MULTICLASS":
+        if self.task == Task.MULTICLASS:
             W = np.array([[self.model.weights[c].get(n, 0.0) for c in self.classes]
                           for n in names])
             b = np.array([self.model.weights[c].get(BIAS, 0.0) for c in self.classes])
@@ -170,7 +178,7 @@ class Outcome:
 
 def outcome(task: str, classes: Sequence[str], scores: Mapping[str, float],
             prediction: str | float, label: str | float, delay_ms: float) -> Outcome:
-    if task == "REGRESSION":
+    if task == Task.REGRESSION:
         return Outcome(0.0, 0.0, 0.0, abs(float(prediction) - float(label)), delay_ms)
     p_true = max(float(scores.get(str(label), 0.0)), 1e-15)
     return Outcome(float(str(prediction) == str(label)), -math.log(p_true),
@@ -197,7 +205,7 @@ class LiveMetrics:
         if n == 0:
             return {"labels": 0.0}
         delay = float(np.mean([o.delay_ms for o in self.outcomes]))
-        if self.task == "REGRESSION":
+        if self.task == Task.REGRESSION:
             errors = np.array([o.abs_error for o in self.outcomes])
             return {"labels": float(n), "mae": float(errors.mean()),
                     "rmse": float(np.sqrt(np.mean(errors ** 2))), "label_delay_ms": delay}
@@ -223,7 +231,7 @@ class LiveMetrics:
     def primary(self) -> float:
         """Accuracy (larger is better), or negative RMSE for regression."""
         snap = self.snapshot()
-        return snap["accuracy"] if self.task != "REGRESSION" else -snap["rmse"]
+        return snap["accuracy"] if self.task != Task.REGRESSION else -snap["rmse"]
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
@@ -518,7 +526,7 @@ class ModelWatch:
                 continue
             metrics.add(result)
             detector = self.error_drift.setdefault(version, ErrorDrift(self.config.drift_delta))
-            error = result.abs_error if task == "REGRESSION" else 1.0 - result.correct
+            error = result.abs_error if task == Task.REGRESSION else 1.0 - result.correct
             if detector.update(error):
                 out.drift.append(DriftEvent("error", version, (
                     f"ADWIN: error rate of v{version} changed; window mean now "
@@ -549,11 +557,12 @@ class ModelWatch:
         task, names = self.body["task"], self.learner.feature_names
         # Progressive validation: the learner as it was at the start of the batch scores the
         # batch before learning from it, beside the production version's own predictions.
-        online_scores = _linear_output(self.body, self.learner.export(), X)
+        online_scores = LinearModel.from_tensors(
+            task, names, self.learner.classes, self.learner.export()).proba(X)
         for i, join in enumerate(joins):
             label = join["label"]
-            if task == "REGRESSION":
-                ours = -abs(float(online_scores[i, 0]) - float(label))
+            if task == Task.REGRESSION:
+                ours = -abs(float(online_scores[i]) - float(label))
                 theirs = -abs(float(join["prediction"]) - float(label))
             else:
                 ours = float(self.learner.classes[int(np.argmax(online_scores[i]))] == str(label))
@@ -562,7 +571,7 @@ class ModelWatch:
             if in_online_holdout(join["request_id"]):
                 continue
             self.learner.learn_one(dict(zip(names, X[i].tolist(), strict=True)),
-                                   label if task != "REGRESSION" else float(label))
+                                   label if task != Task.REGRESSION else float(label))
             partition, offset = join["partition"], join["feedback_offset"]
             span = self.feedback_ranges.setdefault(partition, [offset, offset + 1])
             span[0], span[1] = min(span[0], offset), max(span[1], offset + 1)
@@ -589,26 +598,21 @@ class ModelWatch:
         self.learned_since_export = 0
         return self.candidate_body(now_ms)
 
-    def candidate_body(self, now_ms: int) -> dict[str, Any]:
+    def candidate_body(self, now_ms: int) -> ModelBody:
         """The learner's weights as a candidate the validator gates like any other."""
         assert self.learner is not None and self.body is not None
         body = self.body
-        return {
-            "name": self.name, "version": 0, "stage": "CANDIDATE", "task": body["task"],
-            "feature_names": list(body["feature_names"]), "classes": list(body["classes"]),
-            **self.learner.export(),
-            "training": {"algorithm": "river-online", "l2": self.config.l2,
-                         "learning_rate": self.config.learning_rate, "lr_decay": 0.0,
-                         "batch_size": 1, "max_epochs": 1, "patience": 0,
-                         "validation_fraction": 0.0, "seed": 0, "cv_folds": 0, "l2_grid": [],
-                         "l2_grid_scores": [], "epochs_run": 1},
-            "metrics": {"online_gain": self.gain(), "online_labels": float(len(self.paired))},
-            "lineage": {"origin": "ONLINE", "example_count": self.learner.learned,
-                        "ranges": [{"topic": FEEDBACK, "partition": p, "start": a, "end": b}
-                                   for p, (a, b) in sorted(self.feedback_ranges.items())]},
-            "parent_version": body["version"], "created_at_ms": now_ms,
-            "created_by": "monitor", "encryption": None,
-        }
+        ranges: list[OffsetRange] = [{"topic": FEEDBACK, "partition": p, "start": a, "end": b}
+                                     for p, (a, b) in sorted(self.feedback_ranges.items())]
+        return candidate_body(
+            name=self.name, task=body["task"], feature_names=body["feature_names"],
+            classes=body["classes"], tensors=self.learner.export(),
+            training=training_config(
+                "river-online", l2=self.config.l2, learning_rate=self.config.learning_rate,
+                batch_size=1, max_epochs=1, epochs_run=1),
+            metrics={"online_gain": self.gain(), "online_labels": float(len(self.paired))},
+            lineage=lineage(Origin.ONLINE, ranges, self.learner.learned),
+            parent_version=body["version"], created_by="monitor", created_at_ms=now_ms)
 
     def _rollback(self) -> RollbackDecision | None:
         if self.body is None or self.version in self.rolled_back:
@@ -655,19 +659,3 @@ class ModelWatch:
                                     for p, r in state["feedback_ranges"].items()}
             self.learned_since_export = state["learned_since_export"]
             self.paired.extend(tuple(p) for p in state["paired"])
-
-
-def _linear_output(body: Mapping[str, Any], tensors: Mapping[str, Any],
-                   X: np.ndarray) -> np.ndarray:
-    """Scores of exported learner weights on a batch (probabilities, or the prediction)."""
-    W, b = from_tensor(tensors["weights"]), from_tensor(tensors["intercepts"])
-    Z = ((X - from_tensor(tensors["feature_mean"])) / from_tensor(tensors["feature_scale"])
-         ) @ W + b
-    if body["task"] == "BINARY":
-        p = 1.0 / (1.0 + np.exp(-np.clip(Z[:, 0], -500, 500)))
-        return np.column_stack([1.0 - p, p])
-    if body["task"] == "MULTICLASS":
-        Z = Z - Z.max(axis=1, keepdims=True)
-        E = np.exp(Z)
-        return E / E.sum(axis=1, keepdims=True)
-    return Z

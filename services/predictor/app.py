@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import audit_event
+from modelstream.contracts.records import Action, AuditEvent, Command
 from modelstream.errors import ArtifactVerificationError, DecodeError
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.control import ControlFollower
-from modelstream.kafka.pipeline import BatchPipeline
+from modelstream.kafka.pipeline import BatchPipeline, Outgoing
 from modelstream.kafka.topology import (
     AUDIT,
     DEADLETTER,
@@ -27,8 +26,10 @@ from modelstream.kafka.topology import (
 from modelstream.kafka.topology import (
     SHADOW_PREDICTIONS as SHADOW_TOPIC,
 )
+from modelstream.kafka.writers import AuditWriter, dead_letter_headers
 from modelstream.registry.artifact import verify_bytes
 from modelstream.registry.follower import public_key
+from modelstream.runner import Lifecycle
 from modelstream.services.predictor.logic import PredictorLogic, ServingModel, Traffic
 from modelstream.services.predictor.settings import Delivery, PredictorSettings
 from modelstream.telemetry import (
@@ -51,22 +52,32 @@ SERVICE = "predictor"
 
 
 class _Processor:
-    """Adapts the pure logic to the pipeline: registry refresh between batches, metrics."""
+    """Adapts the pure logic to the pipeline: records in, predictions to the partition of
+    their request, rejects to the dead-letter topic; registry refresh between batches."""
 
     def __init__(self, app: PredictorApp) -> None:
         self.app = app
+        settings = app.settings
+        self.topics = {False: settings.topic(PREDICTIONS_TOPIC), True: settings.topic(SHADOW_TOPIC)}
+        self.deadletter = settings.topic(DEADLETTER)
 
-    def process(self, tp, records):  # type: ignore[no-untyped-def]
+    def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[Outgoing]:
         started = time.perf_counter()
-        out = self.app.logic.process(tp, records)
-        stats = self.app.logic.last_stats
+        scored = self.app.logic.process(records)
+        out = [Outgoing(self.topics[group.shadow], key, value, tp.partition)
+               for group in scored.groups
+               for key, value in zip(group.keys, group.values, strict=True)]
+        for rejected in scored.rejected:
+            record = rejected.message
+            out.append(Outgoing(self.deadletter, record.key, record.value, None,
+                                dead_letter_headers(record, rejected.reason, rejected.error,
+                                                    SERVICE)))
+            DEAD_LETTERS.labels(SERVICE, rejected.model).inc()
         EVENTS_CONSUMED.labels(SERVICE).inc(len(records))
         BATCH_SIZE.labels(SERVICE).observe(len(records))
-        for (name, version, shadow), count in stats.predicted.items():
+        for (name, version, shadow), count in scored.predicted.items():
             (SHADOW_PREDICTIONS if shadow else PREDICTIONS).labels(name, str(version)).inc(count)
-        for (name, _reason), count in stats.dead.items():
-            DEAD_LETTERS.labels(SERVICE, name).inc(count)
-        for name, latencies in stats.latencies_ms:
+        for name, latencies in scored.latencies_ms:
             observe_many(PREDICTION_LATENCY.labels(name), latencies / 1000.0)
         BATCH_SECONDS.labels(SERVICE).observe(time.perf_counter() - started)
         return out
@@ -75,19 +86,17 @@ class _Processor:
         await self.app.refresh()
 
 
-class PredictorApp:
+class PredictorApp(Lifecycle):
     def __init__(self, settings: PredictorSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.codec = default_codec()
         self.public_key = public_key(settings)
         data_key = settings.data_key()
         self.data_key = data_key[0] if data_key else None
-        self.logic = PredictorLogic(
-            self.codec, predictions_topic=settings.topic(PREDICTIONS_TOPIC),
-            shadow_topic=settings.topic(SHADOW_TOPIC), deadletter_topic=settings.topic(DEADLETTER),
-            output_format=settings.output_format.value, service=SERVICE,
-            max_versions=settings.max_versions,
-        )
+        self.logic: PredictorLogic = PredictorLogic(
+            self.codec, output_format=settings.output_format.value,
+            max_versions=settings.max_versions)
         self.pipeline = BatchPipeline(
             settings, SERVICE, settings.topic(REQUESTS), _Processor(self),
             exactly_once=settings.delivery == Delivery.EXACTLY_ONCE,
@@ -97,26 +106,28 @@ class PredictorApp:
         self.registry = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
         self.control = ControlFollower(settings, self._apply_command)
         self.audit_producer = make_producer(settings)
-        self._audits: list[dict[str, Any]] = []
+        self.audit = AuditWriter(self.audit_producer, settings.topic(AUDIT), SERVICE,
+                                 settings.output_format.value)
+        self._audits: list[AuditEvent] = []
         self._last_lag = 0.0
 
     def request_stop(self) -> None:
+        super().request_stop()
         self.pipeline.request_stop()
 
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
-        await self.audit_producer.start()
+        await self.own(self.audit_producer)
+        await self.own(self.registry)
         await self._load_registry()
-        await self.control.start()
-        await self.pipeline.start()
+        await self.own(self.control)
+        await self.control.replay()
+        await self.own(self.pipeline)
         log.info("predictor started on %s serving %s", self.settings.bootstrap,
                  {n: f"v{v}" for n, v in self.logic.production.items()})
 
     async def stop(self) -> None:
-        await self.pipeline.stop()
-        await self.control.stop()
-        await self.registry.stop()
-        await self.audit_producer.stop()
+        await super().stop()
         log.info("predictor stopped after %d batches, %d requests",
                  self.pipeline.batches, self.pipeline.records_in)
 
@@ -126,7 +137,6 @@ class PredictorApp:
     # -- registry ------------------------------------------------------------------------
     async def _load_registry(self) -> None:
         """Read history then the compacted registry to their ends; follow both afterwards."""
-        await self.registry.start()
         tps = []
         for topic in (self.settings.topic(MODEL_HISTORY), self.settings.topic(MODELS)):
             tps.extend(await partitions_of(self.registry, topic))
@@ -142,7 +152,7 @@ class PredictorApp:
                     pending.discard(tp)
         await self._flush_audits()
 
-    def _apply_registry(self, batch: dict[Any, list[ConsumerRecord]]) -> None:
+    def _apply_registry(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         models_topic = self.settings.topic(MODELS)
         # History first, then the registry, so production is decided by `models`.
         for tp in sorted(batch, key=lambda t: t.topic == models_topic):
@@ -159,9 +169,9 @@ class PredictorApp:
             ARTIFACTS_REFUSED.labels(SERVICE, name if name in self.logic.versions else "").inc()
             log.warning("refused artifact %s[%d]@%d for %s: %s", record.topic, record.partition,
                         record.offset, name, exc)
-            self._audits.append(audit_event(
+            self._audits.append(self.audit.event(
                 name, "signature_refused" if "sign" in str(exc) else "artifact_refused",
-                service=SERVICE, reason=str(exc),
+                reason=str(exc),
                 details={"topic": record.topic, "partition": record.partition,
                          "offset": record.offset}))
             return
@@ -174,21 +184,17 @@ class PredictorApp:
                          model.digest_prefix, f"v{previous}" if previous else "nothing")
 
     async def _flush_audits(self) -> None:
-        fmt = self.settings.output_format.value
         while self._audits:
-            event = self._audits.pop(0)
-            await self.audit_producer.send_and_wait(
-                self.settings.topic(AUDIT), key=event["model"].encode(),
-                value=self.codec.encode_as("AuditEvent", event, fmt))
+            await (await self.audit.send_event(self._audits.pop(0)))
 
-    def _apply_command(self, cmd: dict[str, Any], replay: bool) -> None:
-        if cmd["action"] != "SET_TRAFFIC":
+    def _apply_command(self, cmd: Command, replay: bool) -> None:
+        if cmd["action"] != Action.SET_TRAFFIC:
             return
-        split = cmd["traffic"] or {}
-        self.logic.set_traffic(cmd["model"], Traffic(
-            split.get("challenger_version"), float(split.get("fraction", 0.0)),
-            bool(split.get("shadow", False))))
-        log.info("traffic for %s: %s", cmd["model"], split)
+        split = cmd["traffic"]
+        traffic = (Traffic(split["challenger_version"], split["fraction"], split["shadow"])
+                   if split is not None else Traffic())
+        self.logic.set_traffic(cmd["model"], traffic)
+        log.info("traffic for %s: %s", cmd["model"], traffic)
 
     async def refresh(self) -> None:
         """Between batches: new registry records and commands take effect here, atomically."""

@@ -1,8 +1,11 @@
 """Batched, vectorized scoring with routing; pure numpy, no Kafka.
 
-A batch is decoded, grouped by (model version, route), turned into one matrix per group and
-scored with one matrix product; bad events are dead-lettered one by one while the rest of
-their batch is scored. There is no per-event model call.
+A batch of messages is decoded, grouped by (model version, route), turned into one matrix
+per group and scored with one matrix product. The result keeps the good and the bad apart:
+encoded predictions per group, and the messages that could not be scored with the reason
+(the app dead-letters them) - the rest of their batch is scored. There is no per-event model
+call. The logic knows nothing of Kafka: a message is anything with a key, a value and a
+timestamp (aiokafka's ConsumerRecord is one).
 """
 
 from __future__ import annotations
@@ -12,17 +15,15 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
-from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.contracts.codec import AvroCodec, is_json, parse_json_object
+from modelstream.contracts.records import Prediction, PredictionRequest, Task
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka.clients import dead_letter_headers
-from modelstream.kafka.pipeline import Outgoing
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import Verified, decrypt_tensors
 from modelstream.services.predictor.fastpath import (
@@ -35,6 +36,23 @@ from modelstream.services.predictor.fastpath import (
 
 log = logging.getLogger(__name__)
 FRACTION_SCALE = 2**32
+
+
+class Message(Protocol):
+    """What the logic reads of one input record."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+
+M = TypeVar("M", bound=Message)
+Item = tuple[M, Request]
 
 
 @dataclass(frozen=True)
@@ -64,33 +82,50 @@ class Traffic:
     shadow: bool = False
 
 
-@dataclass
-class Stats:
-    """What one call to ``process`` did, for metrics."""
+@dataclass(frozen=True, slots=True)
+class ScoredGroup:
+    """Encoded predictions of one (model, version, route) group, in input order."""
 
-    predicted: dict[tuple[str, int, bool], int]  # (model, version, shadow) -> count
-    dead: dict[tuple[str, str], int]  # (model or "", reason) -> count
-    latencies_ms: list[tuple[str, np.ndarray]]
+    shadow: bool
+    keys: list[bytes | None]
+    values: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Generic[M]):
+    """A message that could not be scored, with the dead-letter reason."""
+
+    message: M
+    model: str  # the model it names, when that model is known ("" otherwise)
+    reason: str
+    error: str
+
+
+@dataclass
+class Scored(Generic[M]):
+    """What one batch became: predictions, rejects, and counts for the metrics."""
+
+    groups: list[ScoredGroup] = field(default_factory=list)
+    rejected: list[Rejected[M]] = field(default_factory=list)
+    predicted: dict[tuple[str, int, bool], int] = field(
+        default_factory=lambda: defaultdict(int))  # (model, version, shadow) -> count
+    latencies_ms: list[tuple[str, np.ndarray]] = field(default_factory=list)
+
+    def reject(self, message: M, model: str, exc: DecodeError | InvalidEventError) -> None:
+        self.rejected.append(Rejected(message, model, exc.reason, str(exc)))
 
 
 class PredictorLogic:
-    def __init__(self, codec: AvroCodec, *, predictions_topic: str, shadow_topic: str,
-                 deadletter_topic: str, output_format: str, service: str = "predictor",
-                 max_versions: int = 10) -> None:
+    def __init__(self, codec: AvroCodec, *, output_format: str, max_versions: int = 10) -> None:
         self.codec = codec
-        self.predictions_topic = predictions_topic
-        self.shadow_topic = shadow_topic
-        self.deadletter_topic = deadletter_topic
         self.output_format = output_format
-        self.service = service
         self.max_versions = max_versions
         self.versions: dict[str, dict[int, ServingModel]] = {}
         self.production: dict[str, int] = {}
         self.traffic: dict[str, Traffic] = {}
-        self._reader = RequestReader(codec.schema("PredictionRequest").fingerprint)
-        self._prediction_fp = codec.schema("Prediction").fingerprint
+        self._reader = RequestReader(codec.schema(PredictionRequest).fingerprint)
+        self._prediction_fp = codec.schema(Prediction).fingerprint
         self._writers: dict[tuple[str, int, str], PredictionWriter] = {}
-        self.last_stats = Stats({}, {}, [])
 
     # -- registry --------------------------------------------------------------------------
     def install(self, model: ServingModel, *, production: bool) -> None:
@@ -111,25 +146,23 @@ class PredictorLogic:
         self.traffic[model] = traffic
 
     # -- the hot path ------------------------------------------------------------------------
-    def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[Outgoing]:
+    def process(self, messages: Sequence[M]) -> Scored[M]:
         now_ms = int(time.time() * 1000)
-        out: list[Outgoing] = []
-        stats = Stats(defaultdict(int), defaultdict(int), [])
-        groups: dict[tuple[str, int, str], list[tuple[ConsumerRecord, Request]]] = (
-            defaultdict(list))
-        for record in records:
+        result: Scored[M] = Scored()
+        groups: dict[tuple[str, int, str], list[Item[M]]] = defaultdict(list)
+        for message in messages:
             try:
-                request = self._decode(record.value)
+                request = self._decode(message.value)
                 for version, route in self._routes(request):
-                    groups[(request[1], version, route)].append((record, request))
+                    groups[(request[1], version, route)].append((message, request))
             except (DecodeError, InvalidEventError) as exc:
-                out.append(self._dead(record, exc, stats, self._model_hint(record)))
+                result.reject(message, self._model_hint(message), exc)
         for (name, version, route), items in groups.items():
             model = self.versions[name][version]
             X, good, bad = self._matrix(model, items)
-            for (record, _), exc in bad:
+            for (message, _), exc in bad:
                 if route != "shadow":  # the production route reports it once
-                    out.append(self._dead(record, exc, stats, name))
+                    result.reject(message, name, exc)
             if not good:
                 continue
             with np.errstate(over="ignore", invalid="ignore"):
@@ -140,27 +173,23 @@ class PredictorLogic:
                 keep = finite.all(axis=1)
                 for i in np.flatnonzero(~keep):
                     if route != "shadow":
-                        out.append(self._dead(good[i][0], InvalidEventError(
-                            "non-finite-score", "features overflow the model's arithmetic"),
-                            stats, name))
+                        result.reject(good[i][0], name, InvalidEventError(
+                            "non-finite-score", "features overflow the model's arithmetic"))
                 output = output[keep]
                 good = [item for item, k in zip(good, keep.tolist(), strict=True) if k]
                 if not good:
                     continue
-            topic = self.shadow_topic if route == "shadow" else self.predictions_topic
-            out.extend(self._encode(model, route, good, output, topic, tp.partition, now_ms,
-                                    stats))
-        self.last_stats = stats
-        return out
+            result.groups.append(self._encode(model, route, good, output, now_ms, result))
+        return result
 
     def _decode(self, data: bytes) -> Request:
         fast = self._reader.read(data)
         if fast is not None:
             return fast
         if is_json(data):
-            r = self.codec.json_form("PredictionRequest").from_plain(parse_json_object(data))
+            r = self.codec.json_form(PredictionRequest).from_plain(parse_json_object(data))
         else:
-            r = self.codec.decode(data, "PredictionRequest")  # raises a precise error
+            r = self.codec.decode(data, PredictionRequest)  # raises a precise error
         return r["request_id"].encode(), r["model"], r["features"], r["version"], r["sent_at_ms"]
 
     def _routes(self, request: Request) -> Iterable[tuple[int, str]]:
@@ -184,11 +213,11 @@ class PredictorLogic:
             return ((traffic.challenger_version, "challenger"),)
         return ((production, "production"),)
 
-    def _matrix(self, model: ServingModel, items: list[tuple[ConsumerRecord, Request]]
-                ) -> tuple[np.ndarray, list[tuple[ConsumerRecord, Request]], list[Any]]:
+    def _matrix(self, model: ServingModel, items: list[Item[M]]
+                ) -> tuple[np.ndarray, list[Item[M]], list[tuple[Item[M], InvalidEventError]]]:
         d = model.model.n_features
         width = 8 * d
-        bad: list[Any] = []
+        bad: list[tuple[Item[M], InvalidEventError]] = []
         payloads = [item[1][2] for item in items]
         template = model.template
         if all(type(p) is bytes and len(p) == width for p in payloads):
@@ -212,23 +241,23 @@ class PredictorLogic:
             items = [items[i] for i in keep]
         return X, items, bad
 
-    def _rows(self, model: ServingModel, items: list[tuple[ConsumerRecord, Request]],
+    def _rows(self, model: ServingModel, items: list[Item[M]],
               fast: np.ndarray | None, fast_ok: np.ndarray | None
-              ) -> tuple[np.ndarray, list[tuple[ConsumerRecord, Request]], list[Any]]:
+              ) -> tuple[np.ndarray, list[Item[M]], list[tuple[Item[M], InvalidEventError]]]:
         """Row by row, for mixed forms; ``fast`` rows flagged ok are taken as they are."""
         d = model.model.n_features
         width = 8 * d
         names = model.model.feature_names
         X = np.empty((len(items), d))
         good_rows: list[int] = []
-        bad: list[Any] = []
-        for i, (record, request) in enumerate(items):
+        bad: list[tuple[Item[M], InvalidEventError]] = []
+        for i, (message, request) in enumerate(items):
             features = request[2]
             try:
                 if fast is not None and fast_ok is not None and fast_ok[i]:
                     X[i] = fast[i]
                 elif isinstance(features, MapSection):  # not in feature order: decode fully
-                    features = self.codec.decode(record.value, "PredictionRequest")["features"]
+                    features = self.codec.decode(message.value, PredictionRequest)["features"]
                     X[i] = self._named(features, names, d)
                 elif isinstance(features, bytes):
                     if len(features) != width:
@@ -245,8 +274,10 @@ class PredictorLogic:
                             f"{model.name} v{model.version} needs {d}")
                     X[i] = features
                 good_rows.append(i)
-            except (InvalidEventError, DecodeError) as exc:
-                bad.append(((record, request), exc))
+            except InvalidEventError as exc:
+                bad.append(((message, request), exc))
+            except DecodeError as exc:
+                bad.append(((message, request), InvalidEventError(exc.reason, str(exc))))
         if len(good_rows) != len(items):
             X = X[good_rows]
             items = [items[i] for i in good_rows]
@@ -261,14 +292,13 @@ class PredictorLogic:
         except KeyError:
             raise _feature_error(features, names) from None
 
-    def _encode(self, model: ServingModel, route: str,
-                items: list[tuple[ConsumerRecord, Request]], output: np.ndarray,
-                topic: str, partition: int, now_ms: int, stats: Stats) -> list[Outgoing]:
-        requested = [req[4] if req[4] is not None else rec.timestamp for rec, req in items]
+    def _encode(self, model: ServingModel, route: str, items: list[Item[M]], output: np.ndarray,
+                now_ms: int, result: Scored[M]) -> ScoredGroup:
+        requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
         shadow = route == "shadow"
         if not shadow:
-            stats.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
-        stats.predicted[(model.name, model.version, shadow)] += len(items)
+            result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
+        result.predicted[(model.name, model.version, shadow)] += len(items)
         if self.output_format == "json":
             values = self._encode_json(model, route, items, output, requested, now_ms)
         else:
@@ -276,44 +306,37 @@ class PredictorLogic:
             if writer is None:
                 writer = self._writers[(model.name, model.version, route)] = PredictionWriter(
                     self._prediction_fp, model.name, model.version, model.digest_prefix,
-                    model.model.classes if model.model.task != "REGRESSION" else [], route)
+                    model.model.classes if model.model.task != Task.REGRESSION else [], route)
             values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
-        return [Outgoing(topic, record.key, value, partition)
-                for (record, _), value in zip(items, values, strict=True)]
+        return ScoredGroup(shadow, [message.key for message, _ in items], values)
 
     def _encode_json(self, model: ServingModel, route: str,
-                     items: list[tuple[ConsumerRecord, Request]], output: np.ndarray,
+                     items: list[Item[M]], output: np.ndarray,
                      requested: list[int], now_ms: int) -> list[bytes]:
         classes = model.model.classes
-        if model.model.task == "REGRESSION":
+        if model.model.task == Task.REGRESSION:
             predictions: list[Any] = output.tolist()
             scores: list[dict[str, float]] = [{}] * len(items)
         else:
             predictions = [classes[i] for i in output.argmax(axis=1).tolist()]
             scores = [dict(zip(classes, row, strict=True)) for row in output.tolist()]
-        return [self.codec.encode_json("Prediction", {
+        return [self.codec.encode_json(Prediction, {
             "request_id": req[0].decode(), "model": model.name, "version": model.version,
             "digest_prefix": model.digest_prefix, "prediction": prediction, "scores": score,
             "route": route, "requested_at_ms": requested_ms, "predicted_at_ms": now_ms,
         }) for (_, req), prediction, score, requested_ms in zip(
             items, predictions, scores, requested, strict=True)]
 
-    def _model_hint(self, record: ConsumerRecord) -> str:
-        """The model a bad record names, when that model is known (bounded metric labels)."""
-        key = record.key.decode(errors="replace") if record.key else ""
+    def _model_hint(self, message: Message) -> str:
+        """The model a bad message names, when that model is known (bounded metric labels)."""
+        key = message.key.decode(errors="replace") if message.key else ""
         try:
-            if is_json(record.value):
-                named = json.loads(record.value).get("model")
+            if is_json(message.value):
+                named = json.loads(message.value).get("model")
                 key = named if isinstance(named, str) else key
         except (ValueError, AttributeError):
             pass
         return key if key in self.versions else ""
-
-    def _dead(self, record: ConsumerRecord, exc: DecodeError | InvalidEventError,
-              stats: Stats, model: str) -> Outgoing:
-        stats.dead[(model, exc.reason)] += 1
-        return Outgoing(self.deadletter_topic, record.key, record.value, None,
-                        dead_letter_headers(record, exc.reason, str(exc), self.service))
 
 
 def _feature_error(features: Mapping[str, Any], names: list[str]) -> InvalidEventError:

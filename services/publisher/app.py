@@ -9,21 +9,20 @@ its fixed transactional id fences any older instance.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition, audit_event
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import Action, Command, ModelArtifact, ValidationReport
 from modelstream.errors import (
     ArtifactVerificationError,
     ConfigurationError,
     DecodeError,
     InvalidEventError,
 )
-from modelstream.kafka.clients import DeadLetterWriter, make_consumer, make_producer
+from modelstream.kafka.clients import make_consumer, make_producer
 from modelstream.kafka.topology import (
     AUDIT,
     CONTROL,
@@ -32,8 +31,10 @@ from modelstream.kafka.topology import (
     MODELS,
     VALIDATIONS,
 )
+from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.registry.artifact import key_id, load_private_key, verify_record
 from modelstream.registry.follower import latest_versions, load_history, load_production
+from modelstream.runner import Lifecycle
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.telemetry import (
@@ -49,8 +50,9 @@ log = logging.getLogger("modelstream.publisher")
 SERVICE = "publisher"
 
 
-class PublisherApp:
+class PublisherApp(Lifecycle):
     def __init__(self, settings: PublisherSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.codec = default_codec()
         if settings.private_key_file is None and not settings.allow_unsigned:
@@ -68,19 +70,17 @@ class PublisherApp:
         self.producer = make_producer(
             settings, transactional_id=settings.transactional_id(SERVICE))
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
-        self.history: dict[tuple[str, int], dict[str, Any]] = {}
+        self.audit = AuditWriter(self.producer, settings.topic(AUDIT), SERVICE,
+                                 settings.output_format.value)
+        self.history: dict[tuple[str, int], ModelArtifact] = {}
         self.latest: dict[str, int] = {}
         self.production: dict[str, int] = {}
-        self._stop = asyncio.Event()
-
-    def request_stop(self) -> None:
-        self._stop.set()
 
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
-        await self.producer.start()  # initializes the transaction: fences older instances
+        await self.own(self.producer)  # initializes the transaction: fences older instances
         await self._load_state()
-        await self.consumer.start()
+        await self.own(self.consumer)
         log.info("publisher started on %s (key id %s)", self.settings.bootstrap,
                  key_id(self.public_key) if self.public_key else "unsigned")
 
@@ -93,12 +93,8 @@ class PublisherApp:
         for name, version in self.production.items():
             PRODUCTION_VERSION.labels(SERVICE, name).set(version)
 
-    async def stop(self) -> None:
-        await self.consumer.stop()
-        await self.producer.stop()
-
     async def run(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for record in records:
@@ -120,7 +116,7 @@ class PublisherApp:
 
     async def _on_validation(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
-            report = self.codec.decode(record.value, "ValidationReport")
+            report = self.codec.decode(record.value, ValidationReport)
             if report["passed"] and report["artifact"] is None:
                 raise InvalidEventError("invalid-report", "passed report without an artifact")
             if report["passed"]:
@@ -138,9 +134,9 @@ class PublisherApp:
         version = self.latest.get(name, 0) + 1
         artifact = publishable(candidate["body"], version, self.production.get(name),
                                self.private_key, self.data_key, report["metrics"])
-        value = self.codec.encode("ModelArtifact", artifact)
-        audit = audit_event(
-            name, "published", service=SERVICE, version=version, digest=artifact["digest"],
+        value = self.codec.encode(ModelArtifact, artifact)
+        audit = self.audit.event(
+            name, "published", version=version, digest=artifact["digest"],
             reason=f"passed {report['method']} by {report['validator']}",
             details={"candidate_digest": candidate["digest"],
                      "parent_version": artifact["body"]["parent_version"],
@@ -152,7 +148,7 @@ class PublisherApp:
             await self.producer.send(self.settings.topic(MODEL_HISTORY),
                                      key=history_key(name, version), value=value)
             await self.producer.send(self.settings.topic(MODELS), key=name.encode(), value=value)
-            await self._audit(audit)
+            await self.audit.send_event(audit)
             await self._commit(tp, record)
         self.history[(name, version)] = artifact
         self.latest[name] = version
@@ -163,8 +159,8 @@ class PublisherApp:
 
     async def _on_command(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
-            cmd = self.codec.decode_any(record.value, "Command")
-            if cmd["action"] == "DEFINE":
+            cmd = self.codec.decode_any(record.value, Command)
+            if cmd["action"] == Action.DEFINE:
                 Definition.from_command(cmd)  # the same check every other reader applies
         except (DecodeError, InvalidEventError) as exc:
             # Every service skips a bad command; the publisher, the one reader of `control`
@@ -172,7 +168,7 @@ class PublisherApp:
             model = record.key.decode(errors="replace") if record.key else ""
             await self._dead_letter(tp, record, model, exc, exc.reason)
             return
-        if cmd["action"] != "ROLLBACK":
+        if cmd["action"] != Action.ROLLBACK:
             async with self.producer.transaction():
                 await self._commit(tp, record)
             return
@@ -191,17 +187,16 @@ class PublisherApp:
                 refusal = f"history record of v{version} does not verify: {exc}"
         async with self.producer.transaction():
             if refusal is not None or artifact is None:
-                await self._audit(audit_event(
-                    name, "rollback_refused", service=SERVICE, actor=cmd["actor"] or None,
-                    version=version, reason=refusal or "", details={"requested": cmd["reason"]}))
+                await self.audit.send(
+                    name, "rollback_refused", actor=cmd["actor"] or None, version=version,
+                    reason=refusal or "", details={"requested": cmd["reason"]})
             else:
                 await self.producer.send(self.settings.topic(MODELS), key=name.encode(),
-                                         value=self.codec.encode("ModelArtifact", artifact))
-                await self._audit(audit_event(
-                    name, "rolled_back", service=SERVICE, actor=cmd["actor"] or None,
-                    version=version, digest=artifact["digest"],
-                    reason=cmd["reason"] or "rollback command",
-                    details={"from_version": self.production.get(name)}))
+                                         value=self.codec.encode(ModelArtifact, artifact))
+                await self.audit.send(
+                    name, "rolled_back", actor=cmd["actor"] or None, version=version,
+                    digest=artifact["digest"], reason=cmd["reason"] or "rollback command",
+                    details={"from_version": self.production.get(name)})
             await self._commit(tp, record)
         if refusal is None:
             self.production[name] = version  # type: ignore[assignment]
@@ -210,8 +205,3 @@ class PublisherApp:
             log.info("rolled %s back to v%s", name, version)
         else:
             log.warning("rollback refused: %s", refusal)
-
-    async def _audit(self, event: dict[str, Any]) -> None:
-        await self.producer.send(
-            self.settings.topic(AUDIT), key=event["model"].encode(),
-            value=self.codec.encode_as("AuditEvent", event, self.settings.output_format.value))

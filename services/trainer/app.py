@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
+from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition, audit_event, command
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import Action, Command, ModelArtifact, Origin, TrainingExample
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.clients import (
-    DeadLetterWriter,
     OffsetRange,
     make_consumer,
     make_producer,
@@ -21,8 +21,10 @@ from modelstream.kafka.clients import (
 )
 from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.topology import AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING
+from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.follower import load_history, load_production
+from modelstream.runner import Lifecycle
 from modelstream.services.trainer.logic import TrainerLogic, TrainingError, sealed_candidate
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.telemetry import (
@@ -39,7 +41,7 @@ log = logging.getLogger("modelstream.trainer")
 SERVICE = "trainer"
 
 
-class _Rebuild(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebuild(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, app: TrainerApp) -> None:
         self.app = app
 
@@ -50,10 +52,11 @@ class _Rebuild(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.app.rebuild(assigned)
 
 
-class TrainerApp:
+class TrainerApp(Lifecycle):
     """Keeps per-model windows of the ``training`` log and trains when a policy fires."""
 
     def __init__(self, settings: TrainerSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.codec = default_codec()
         self.logic = TrainerLogic(GDConfig(
@@ -69,60 +72,53 @@ class TrainerApp:
                                       max_poll_records=settings.poll_max_records)
         self.control = ControlFollower(settings, self._apply_command)
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
-        self._stop = asyncio.Event()
+        self.audit = AuditWriter(self.producer, settings.topic(AUDIT), SERVICE,
+                                 settings.output_format.value)
         # Where each model's last candidate came from: {model: {partition: (start, end)}}
         self.lineage: dict[str, dict[int, tuple[int, int]]] = {}
         self.last_trained_ms: dict[str, int] = {}
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
-        await self.producer.start()
+        await self.own(self.producer)
         await self._load_lineage()
-        await self._start_control()
+        await self.own(self.control)
+        await self._replay_control()
         self.consumer.subscribe([self.training_topic], listener=_Rebuild(self))
-        await self.consumer.start()
+        await self.own(self.consumer)
         log.info("trainer started on %s", self.settings.bootstrap)
-
-    async def stop(self) -> None:
-        await self.consumer.stop()
-        await self.control.stop()
-        await self.producer.stop()
-        log.info("trainer stopped")
 
     # -- start-up state ------------------------------------------------------------------
     async def _load_lineage(self) -> None:
         """Newest batch lineage per model, from candidates and the published history."""
-        artifacts: list[dict[str, Any]] = list((await load_history(self.settings)).values())
+        artifacts: list[ModelArtifact] = list((await load_history(self.settings)).values())
         async for record in read_to_end(self.settings, self.settings.topic(CANDIDATES)):
             try:
-                artifacts.append(self.codec.decode(record.value, "ModelArtifact"))
+                artifacts.append(self.codec.decode(record.value, ModelArtifact))
             except DecodeError:
                 continue
         for artifact in sorted(artifacts, key=lambda a: a["body"]["created_at_ms"]):
             body = artifact["body"]
-            if body["lineage"]["origin"] != "BATCH":
+            if body["lineage"]["origin"] != Origin.BATCH:
                 continue
             self.lineage[body["name"]] = {
                 r["partition"]: (r["start"], r["end"]) for r in body["lineage"]["ranges"]
             }
             self.last_trained_ms[body["name"]] = body["created_at_ms"]
 
-    async def _start_control(self) -> None:
-        replayed = await self.control.start()
+    async def _replay_control(self) -> None:
+        replayed = await self.control.replay()
         # A train command issued while no trainer ran is still owed.
         for cmd in replayed:
             model = cmd["model"]
-            if (cmd["action"] == "TRAIN" and model in self.logic.windows
+            if (cmd["action"] == Action.TRAIN and model in self.logic.windows
                     and cmd["issued_at_ms"] > self.last_trained_ms.get(model, 0)):
                 self.logic.request_training(model)
 
-    def _apply_command(self, cmd: dict[str, Any], replay: bool) -> None:
-        if cmd["action"] == "DEFINE":
+    def _apply_command(self, cmd: Command, replay: bool) -> None:
+        if cmd["action"] == Action.DEFINE:
             self.logic.define(Definition.from_command(cmd))
-        elif cmd["action"] == "TRAIN" and not replay:
+        elif cmd["action"] == Action.TRAIN and not replay:
             self.logic.request_training(cmd["model"])
 
     async def rebuild(self, assigned: list[TopicPartition]) -> None:
@@ -141,7 +137,7 @@ class TrainerApp:
                 self.settings, [OffsetRange(tp.topic, tp.partition, start, committed)]
             ):
                 try:
-                    example = self.codec.decode_any(record.value, "TrainingExample")
+                    example = self.codec.decode_any(record.value, TrainingExample)
                     trained_until = self.lineage.get(example["model"], {}).get(tp.partition)
                     is_new = trained_until is None or record.offset >= trained_until[1]
                     self.logic.accept(example, tp.partition, record.offset, count_as_new=is_new)
@@ -153,7 +149,7 @@ class TrainerApp:
 
     # -- main loop -----------------------------------------------------------------------
     async def run(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
             await self.control.poll()
             if not batch and not self.logic.due_models():
@@ -176,7 +172,7 @@ class TrainerApp:
     async def _handle_example(self, record: ConsumerRecord) -> None:
         model = record.key.decode(errors="replace") if record.key else ""
         try:
-            example = self.codec.decode_any(record.value, "TrainingExample")
+            example = self.codec.decode_any(record.value, TrainingExample)
             model = example["model"]
             self.logic.accept(example, record.partition, record.offset)
         except (DecodeError, InvalidEventError) as exc:
@@ -195,19 +191,19 @@ class TrainerApp:
         except TrainingError as exc:
             log.warning("not training %s: %s", name, exc)
             self.logic.trained(name)
-            await self._audit(name, "training_skipped", reason=str(exc))
+            await self.audit.send(name, "training_skipped", reason=str(exc))
             return
         if candidate.inferred is not None:
             self.logic.define(candidate.inferred)
             await self.producer.send(
                 self.settings.topic(CONTROL), key=name.encode(),
-                value=self.codec.encode("Command", command(
-                    name, "DEFINE", definition=candidate.inferred, actor=SERVICE,
+                value=self.codec.encode(Command, command(
+                    name, Action.DEFINE, definition=candidate.inferred, actor=SERVICE,
                     reason="feature names and classes fixed at first training")))
         artifact = sealed_candidate(candidate)
         await self.producer.send(
             self.settings.topic(CANDIDATES), key=name.encode(),
-            value=self.codec.encode("ModelArtifact", artifact))
+            value=self.codec.encode(ModelArtifact, artifact))
         body = candidate.body
         self.lineage[name] = {r["partition"]: (r["start"], r["end"])
                               for r in body["lineage"]["ranges"]}
@@ -216,7 +212,7 @@ class TrainerApp:
         WINDOW_EXAMPLES.labels(name).set(body["lineage"]["example_count"])
         ranges = ",".join(f"{r['partition']}:{r['start']}-{r['end']}"
                           for r in body["lineage"]["ranges"])
-        await self._audit(name, "trained", digest=artifact["digest"], details={
+        await self.audit.send(name, "trained", digest=artifact["digest"], details={
             "ranges": ranges, "examples": body["lineage"]["example_count"],
             "l2": body["training"]["l2"], "parent_version": parent,
             "cv_primary": body["metrics"].get("cv_primary"),
@@ -224,11 +220,3 @@ class TrainerApp:
         log.info("trained %s on %d examples (l2=%g): candidate %s", name,
                  body["lineage"]["example_count"], body["training"]["l2"],
                  artifact["digest"][:12])
-
-    async def _audit(self, model: str, event: str, **kwargs: Any) -> None:
-        await self.producer.send(
-            self.settings.topic(AUDIT), key=model.encode(),
-            value=self.codec.encode_as("AuditEvent",
-                                       audit_event(model, event, service=SERVICE, **kwargs),
-                                       self.settings.output_format.value))
-

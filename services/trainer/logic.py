@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from modelstream.contracts.builders import candidate_body, lineage, training_config
 from modelstream.contracts.definitions import (
     Definition,
     check_feature_count,
@@ -17,8 +17,16 @@ from modelstream.contracts.definitions import (
     feature_vector,
     infer_feature_names,
     labels_to_targets,
-    now_ms,
     sorted_classes,
+)
+from modelstream.contracts.records import (
+    Label,
+    ModelArtifact,
+    ModelBody,
+    OffsetRange,
+    Origin,
+    Task,
+    TrainingExample,
 )
 from modelstream.errors import InvalidEventError
 from modelstream.learn.procedure import DEFAULT_L2_GRID, TrainedModel, train
@@ -33,7 +41,7 @@ class Example:
     partition: int
     offset: int
     x: np.ndarray
-    label: str | float
+    label: Label
 
 
 @dataclass
@@ -63,7 +71,7 @@ class ModelWindow:
 
 @dataclass(frozen=True)
 class Candidate:
-    body: dict[str, Any]
+    body: ModelBody
     trained: TrainedModel
     inferred: Definition | None  # set when feature names or classes were just fixed
 
@@ -90,7 +98,7 @@ class TrainerLogic:
             raise InvalidEventError("unknown-model", f"no model named {model!r} is defined")
         window.train_requested = True
 
-    def accept(self, example: Mapping[str, Any], partition: int, offset: int,
+    def accept(self, example: TrainingExample, partition: int, offset: int,
                *, count_as_new: bool = True) -> None:
         """Validate one TrainingExample and add it to its model's window."""
         name = example["model"]
@@ -126,12 +134,12 @@ class TrainerLogic:
         examples = list(window.examples)
         labels = [e.label for e in examples]
         classes: tuple[str, ...] = d.classes
-        if d.task != "REGRESSION" and not classes:
+        if d.task != Task.REGRESSION and not classes:
             classes = tuple(sorted_classes([str(v) for v in labels]))
-        if d.task == "BINARY" and len(classes) != 2:
+        if d.task == Task.BINARY and len(classes) != 2:
             raise TrainingError("too-few-classes",
                                 f"binary model {name!r} has seen classes {list(classes)}")
-        if d.task == "MULTICLASS" and len(classes) < 2:
+        if d.task == Task.MULTICLASS and len(classes) < 2:
             raise TrainingError("too-few-classes", f"{name!r} has seen only {list(classes)}")
         inferred = d.fixed(d.feature_names, classes) if classes != d.classes else None
         X = np.vstack([e.x for e in examples])
@@ -144,8 +152,8 @@ class TrainerLogic:
         )
         trained = train(X, y, d.task, d.feature_names, classes, config,
                         d.l2_grid or DEFAULT_L2_GRID, d.cv_folds)
-        body = candidate_body(name, d.task, trained, lineage_ranges(topic, examples),
-                              len(examples), parent_version)
+        body = trained_candidate(name, trained, lineage_ranges(topic, examples),
+                                 len(examples), parent_version)
         return Candidate(body, trained, inferred)
 
     def trained(self, name: str) -> None:
@@ -154,7 +162,7 @@ class TrainerLogic:
         window.train_requested = False
 
 
-def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[dict[str, Any]]:
+def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[OffsetRange]:
     bounds: dict[int, list[int]] = {}
     for e in examples:
         lo_hi = bounds.setdefault(e.partition, [e.offset, e.offset])
@@ -164,34 +172,26 @@ def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[dict[str, An
             for p, (lo, hi) in sorted(bounds.items())]
 
 
-def candidate_body(
-    name: str, task: str, trained: TrainedModel, ranges: list[dict[str, Any]],
-    example_count: int, parent_version: int | None, *, created_at_ms: int | None = None,
-    created_by: str = "trainer",
-) -> dict[str, Any]:
+def trained_candidate(
+    name: str, trained: TrainedModel, ranges: list[OffsetRange], example_count: int,
+    parent_version: int | None, *, created_at_ms: int | None = None,
+) -> ModelBody:
+    """The candidate body of a model trained on ``example_count`` rows of ``ranges``."""
     cfg = trained.config
-    return {
-        "name": name, "version": 0, "stage": "CANDIDATE", "task": task,
-        "feature_names": list(trained.model.feature_names),
-        "classes": list(trained.model.classes),
-        **trained.model.tensors(),
-        "training": {
-            "algorithm": "minibatch-gd", "l2": cfg.l2, "learning_rate": cfg.learning_rate,
-            "lr_decay": cfg.lr_decay, "batch_size": cfg.batch_size,
-            "max_epochs": cfg.max_epochs, "patience": cfg.patience,
-            "validation_fraction": cfg.validation_fraction, "seed": cfg.seed,
-            "cv_folds": trained.cv_folds, "l2_grid": list(trained.l2_grid),
-            "l2_grid_scores": list(trained.l2_grid_scores), "epochs_run": trained.epochs_run,
-        },
-        "metrics": dict(trained.metrics),
-        "lineage": {"origin": "BATCH", "ranges": ranges, "example_count": example_count},
-        "parent_version": parent_version,
-        "created_at_ms": now_ms() if created_at_ms is None else created_at_ms,
-        "created_by": created_by,
-        "encryption": None,
-    }
+    model = trained.model
+    return candidate_body(
+        name=name, task=model.task, feature_names=model.feature_names, classes=model.classes,
+        tensors=model.tensors(),
+        training=training_config(
+            "minibatch-gd", l2=cfg.l2, learning_rate=cfg.learning_rate,
+            lr_decay=cfg.lr_decay, batch_size=cfg.batch_size, max_epochs=cfg.max_epochs,
+            patience=cfg.patience, validation_fraction=cfg.validation_fraction, seed=cfg.seed,
+            cv_folds=trained.cv_folds, l2_grid=trained.l2_grid,
+            l2_grid_scores=trained.l2_grid_scores, epochs_run=trained.epochs_run),
+        metrics=trained.metrics, lineage=lineage(Origin.BATCH, ranges, example_count),
+        parent_version=parent_version, created_by="trainer", created_at_ms=created_at_ms)
 
 
-def sealed_candidate(candidate: Candidate) -> dict[str, Any]:
+def sealed_candidate(candidate: Candidate) -> ModelArtifact:
     """Candidates carry a digest (integrity) but no signature: only the publisher signs."""
     return seal(candidate.body)

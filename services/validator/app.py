@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
@@ -12,15 +11,23 @@ from aiokafka import ConsumerRecord, TopicPartition
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import (
     Definition,
-    audit_event,
     check_label,
     feature_vector,
     labels_to_targets,
     unseen_by_online_learning,
 )
+from modelstream.contracts.records import (
+    Action,
+    Command,
+    Label,
+    ModelBody,
+    Origin,
+    Task,
+    TrainingExample,
+    ValidationReport,
+)
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
 from modelstream.kafka.clients import (
-    DeadLetterWriter,
     OffsetRange,
     make_consumer,
     make_producer,
@@ -30,10 +37,12 @@ from modelstream.kafka.clients import (
 from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.topology import AUDIT, CANDIDATES, DEADLETTER, TRAINING
 from modelstream.kafka.topology import VALIDATIONS as REPORTS
+from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import Verified, decrypt_tensors, verify_bytes
 from modelstream.registry.follower import load_production, public_key
 from modelstream.registry.lineage import config_from_record, load_lineage, within_lineage
+from modelstream.runner import Lifecycle
 from modelstream.services.validator.logic import (
     Champion,
     Verdict,
@@ -56,8 +65,9 @@ log = logging.getLogger("modelstream.validator")
 SERVICE = "validator"
 
 
-class ValidatorApp:
+class ValidatorApp(Lifecycle):
     def __init__(self, settings: ValidatorSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.codec = default_codec()
         self.definitions: dict[str, Definition] = {}
@@ -70,30 +80,24 @@ class ValidatorApp:
         self.producer = make_producer(
             settings, transactional_id=settings.transactional_id(SERVICE))
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
+        self.audit = AuditWriter(self.producer, settings.topic(AUDIT), SERVICE,
+                                 settings.output_format.value)
         self.control = ControlFollower(settings, self._apply_command)
-        self._stop = asyncio.Event()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def _apply_command(self, cmd: dict[str, Any], replay: bool) -> None:
-        if cmd["action"] == "DEFINE":
+    def _apply_command(self, cmd: Command, replay: bool) -> None:
+        if cmd["action"] == Action.DEFINE:
             self.definitions[cmd["model"]] = Definition.from_command(cmd)
 
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
-        await self.producer.start()
-        await self.control.start()
-        await self.consumer.start()
+        await self.own(self.producer)
+        await self.own(self.control)
+        await self.control.replay()
+        await self.own(self.consumer)
         log.info("validator started on %s", self.settings.bootstrap)
 
-    async def stop(self) -> None:
-        await self.consumer.stop()
-        await self.control.stop()
-        await self.producer.stop()
-
     async def run(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
             await self.control.poll()
             for tp, records in batch.items():
@@ -126,19 +130,17 @@ class ValidatorApp:
         champion_version = champion_body["version"] if champion_body else None
         result = report(candidate.body, candidate.record, verdict, champion_version, SERVICE)
         event = "validated" if verdict.passed else "rejected"
-        audit = audit_event(
-            name, event, service=SERVICE, digest=candidate.digest,
+        audit = self.audit.event(
+            name, event, digest=candidate.digest,
             reason="; ".join(verdict.reasons) or "passed the gate",
             details={"method": verdict.method, "examples": verdict.examples,
                      "champion_version": champion_version, "comparison": verdict.comparison,
                      **{k: f"{v:.6g}" for k, v in verdict.metrics.items()}},
         )
-        fmt = self.settings.output_format.value
         async with self.producer.transaction():
             await self.producer.send(self.settings.topic(REPORTS), key=name.encode(),
-                                     value=self.codec.encode("ValidationReport", result))
-            await self.producer.send(self.settings.topic(AUDIT), key=name.encode(),
-                                     value=self.codec.encode_as("AuditEvent", audit, fmt))
+                                     value=self.codec.encode(ValidationReport, result))
+            await self.audit.send_event(audit)
             await self._commit(tp, record)
         VALIDATIONS.labels(name).inc()
         if not verdict.passed:
@@ -150,7 +152,7 @@ class ValidatorApp:
         await self.producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
 
     async def _champion(self, name: str, candidate: LinearModel
-                        ) -> tuple[Champion | None, dict[str, Any] | None]:
+                        ) -> tuple[Champion | None, ModelBody | None]:
         production = await load_production(self.settings, self.public_key)
         current: Verified | None = production.get(name)
         if current is None:
@@ -168,9 +170,9 @@ class ValidatorApp:
         return Champion(model, version, dict(current.body["metrics"])), current.body
 
     async def _judge(self, candidate: Verified, model: LinearModel, definition: Definition,
-                     champion: Champion | None, champion_body: dict[str, Any] | None) -> Verdict:
+                     champion: Champion | None, champion_body: ModelBody | None) -> Verdict:
         body = candidate.body
-        if body["lineage"]["origin"] == "BATCH":
+        if body["lineage"]["origin"] == Origin.BATCH:
             data = await load_lineage(self.settings, body)
             unseen = (~within_lineage(data.positions, champion_body)
                       if champion_body is not None else None)
@@ -184,29 +186,25 @@ class ValidatorApp:
                   else np.ones(len(y), bool))
         return holdout_verdict(body, model, X, y, definition, champion, unseen)
 
-    async def _holdout(self, body: dict[str, Any]
+    async def _holdout(self, body: ModelBody
                        ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
         """The newest labelled examples of the model on ``training``."""
         topic = self.settings.topic(TRAINING)
-        probe = make_consumer(self.settings, group_id=None)
-        await probe.start()
-        try:
+        async with make_consumer(self.settings, group_id=None) as probe:
             tps = await partitions_of(probe, topic)
             ends = await probe.end_offsets(tps)
             begins = await probe.beginning_offsets(tps)
-        finally:
-            await probe.stop()
         ranges = [OffsetRange(topic, tp.partition,
                               max(begins[tp], ends[tp] - self.settings.holdout_scan), ends[tp])
                   for tp in tps]
-        rules = Definition(name=body["name"], task=body["task"],
+        rules = Definition(name=body["name"], task=Task(body["task"]),
                            feature_names=tuple(body["feature_names"]),
                            classes=tuple(body["classes"]))
-        online = body["lineage"]["origin"] == "ONLINE"
-        rows: list[tuple[int, np.ndarray, str | float, tuple[str, int, int]]] = []
+        online = body["lineage"]["origin"] == Origin.ONLINE
+        rows: list[tuple[int, np.ndarray, Label, tuple[str, int, int]]] = []
         async for record in read_ranges(self.settings, ranges):
             try:
-                example = self.codec.decode_any(record.value, "TrainingExample")
+                example = self.codec.decode_any(record.value, TrainingExample)
                 if example["model"] != rules.name:
                     continue
                 if online and not unseen_by_online_learning(example["example_id"]):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from modelstream.contracts.definitions import Definition, now_ms
+from modelstream.contracts.builders import now_ms
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import ModelArtifact, ModelBody, Task, ValidationReport
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.procedure import cross_validate, summarize
@@ -48,7 +49,7 @@ class Verdict:
 
 
 def cross_validation_verdict(
-    body: Mapping[str, Any], X: np.ndarray, y: np.ndarray, definition: Definition,
+    body: ModelBody, X: np.ndarray, y: np.ndarray, definition: Definition,
     config: GDConfig, champion: Champion | None, unseen_by_champion: np.ndarray | None,
 ) -> Verdict:
     """Re-train the candidate's procedure on k folds of the re-read examples."""
@@ -59,7 +60,7 @@ def cross_validation_verdict(
             f"lineage names {claimed} examples but {len(y)} were re-read from Kafka")
         return verdict
     k = definition.cv_folds
-    if body["task"] == "REGRESSION":
+    if body["task"] == Task.REGRESSION:
         smallest = len(y)
     else:
         smallest = int(np.bincount(y, minlength=len(body["classes"])).min()) if len(y) else 0
@@ -78,7 +79,7 @@ def cross_validation_verdict(
 
 
 def holdout_verdict(
-    body: Mapping[str, Any], candidate: LinearModel, X: np.ndarray, y: np.ndarray,
+    body: ModelBody, candidate: LinearModel, X: np.ndarray, y: np.ndarray,
     definition: Definition, champion: Champion | None, unseen_by_champion: np.ndarray,
 ) -> Verdict:
     """Score fixed weights (online-learned, imported) on recent labelled examples."""
@@ -110,7 +111,7 @@ def apply_thresholds(verdict: Verdict, definition: Definition) -> None:
             verdict.reasons.append(f"{metric} {value:.4f} is above the maximum {bound}")
 
 
-def compare(verdict: Verdict, task: str, definition: Definition, champion: Champion,
+def compare(verdict: Verdict, task: Task, definition: Definition, champion: Champion,
             challenger_fresh: Mapping[str, float], champion_fresh: Mapping[str, float],
             fresh: int) -> None:
     name, larger_is_better = PRIMARY[task]
@@ -137,13 +138,13 @@ def compare(verdict: Verdict, task: str, definition: Definition, champion: Champ
             f"more than {tol} ({verdict.comparison})")
 
 
-def report(body: Mapping[str, Any], artifact: Mapping[str, Any], verdict: Verdict,
-           champion_version: int | None, validator: str) -> dict[str, Any]:
+def report(body: ModelBody, artifact: ModelArtifact, verdict: Verdict,
+           champion_version: int | None, validator: str) -> ValidationReport:
     return {
         "model": body["name"], "candidate_digest": artifact["digest"],
         "passed": verdict.passed, "method": verdict.method, "metrics": verdict.metrics,
         "champion_version": champion_version, "champion_metrics": verdict.champion_metrics,
         "reasons": verdict.reasons, "folds": verdict.folds, "examples": verdict.examples,
-        "artifact": dict(artifact) if verdict.passed else None,
+        "artifact": artifact if verdict.passed else None,
         "validated_at_ms": now_ms(), "validator": validator,
     }

@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from modelstream.contracts.records import ValidationReport
 from modelstream.kafka.topology import create_topics, describe_topics
 from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.registry.artifact import generate_keys
@@ -235,7 +236,7 @@ async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path)
     reports = []
     for seed in range(queued):
         candidate = seal(dict(trained_body(BC, seed=seed + 10)))
-        reports.append((BC.encode(), codec.encode("ValidationReport", {
+        reports.append((BC.encode(), codec.encode(ValidationReport, {
             "model": BC, "candidate_digest": candidate["digest"], "passed": True,
             "method": "cross-validation", "metrics": {"accuracy_mean": 0.97},
             "champion_version": None, "champion_metrics": {}, "reasons": [], "folds": 5,

@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 
 from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.records import Feedback, Prediction, PredictionRequest
 from modelstream.kafka.control import send_command
 from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
@@ -109,14 +110,14 @@ async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignor
             await asyncio.sleep(0.5)
         # still serving: a well-formed request, prediction and label join as usual
         codec = default_codec()
-        await produce(base, "requests", [(b"ok-1", codec.encode("PredictionRequest", {
+        await produce(base, "requests", [(b"ok-1", codec.encode(PredictionRequest, {
             "request_id": "ok-1", "model": BC, "features": [1.0] * 30, "version": None,
             "sent_at_ms": None}))])
-        await produce(base, "predictions", [(b"ok-1", codec.encode("Prediction", {
+        await produce(base, "predictions", [(b"ok-1", codec.encode(Prediction, {
             "request_id": "ok-1", "model": BC, "version": 1, "digest_prefix": "",
             "prediction": "1", "scores": {"0": 0.2, "1": 0.8}, "route": "production",
             "requested_at_ms": 0, "predicted_at_ms": 0}))])
-        await produce(base, "feedback", [(b"ok-1", codec.encode("Feedback", {
+        await produce(base, "feedback", [(b"ok-1", codec.encode(Feedback, {
             "request_id": "ok-1", "model": BC, "label": "1", "timestamp_ms": None}))])
         while BC not in monitor.watches or monitor.watches[BC].joined_total < 1:
             assert asyncio.get_running_loop().time() < deadline + 30, "monitor stopped joining"

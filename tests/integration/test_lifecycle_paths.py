@@ -15,6 +15,7 @@ from sklearn.datasets import load_diabetes
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.records import ModelArtifact, TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import (
@@ -69,7 +70,7 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
     messages = []
     for i, (row, target) in enumerate(zip(data.data, data.target, strict=True)):
         if i % 2:  # packed little-endian float64 in feature order
-            messages.append(codec.encode("TrainingExample", {
+            messages.append(codec.encode(TrainingExample, {
                 "model": MODEL, "features": row.astype("<f8").tobytes(),
                 "label": float(target)}))
         else:  # plain JSON with a list
@@ -110,8 +111,8 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
             return seal(body)
 
         await produce(base, "candidates", [
-            (MODEL.encode(), codec.encode("ModelArtifact", online(1.0))),
-            (MODEL.encode(), codec.encode("ModelArtifact", online(-1.0))),
+            (MODEL.encode(), codec.encode(ModelArtifact, online(1.0))),
+            (MODEL.encode(), codec.encode(ModelArtifact, online(-1.0))),
         ])
         reports = decoded(await consume_until(base, "validations", lambda r: len(r) >= 3),
                           "ValidationReport")

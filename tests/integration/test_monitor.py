@@ -18,6 +18,7 @@ from modelstream.cli.models import audit_trail
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition, command, in_online_holdout
+from modelstream.contracts.records import TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import to_tensor
 from modelstream.registry.follower import load_history
@@ -79,7 +80,7 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     await send_command(base, command(SEA, "DEFINE", definition=Definition(
         name=SEA, task="BINARY", feature_names=tuple(SEA_NAMES), classes=("0", "1"),
         min_examples=100, tolerance=0.01)))
-    await produce(base, "training", [(SEA.encode(), CODEC.encode("TrainingExample", {
+    await produce(base, "training", [(SEA.encode(), CODEC.encode(TrainingExample, {
         "model": SEA, "features": dict(zip(SEA_NAMES, row.tolist(), strict=True)),
         "label": label, "example_id": f"e{i}", "timestamp_ms": None}))
         for i, (row, label) in enumerate(zip(X_train, y_train, strict=True))])
@@ -248,7 +249,7 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
             if process is not None:
                 process.stop()
     written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
-    ids = [CODEC.decode(r.value, "TrainingExample")["example_id"] for r in written]
+    ids = [CODEC.decode(r.value, TrainingExample)["example_id"] for r in written]
     print(f"\nmonitor kill -9: learner at {before_kill:.0f} labels when killed; after restart "
           f"{learned:.0f} of {learned_expected} learnable labels; {len(set(ids))} of {n} "
           f"labels joined ({len(ids) - len(set(ids))} re-written after the crash); caught up "
@@ -319,7 +320,7 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
         for process in copies:
             process.stop()
     written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
-    ids = {CODEC.decode(r.value, "TrainingExample")["example_id"] for r in written}
+    ids = {CODEC.decode(r.value, TrainingExample)["example_id"] for r in written}
     print(f"\ntwo monitors: records consumed {shares[0]:.0f} + {shares[1]:.0f}; learner at "
           f"{learned:.0f} of {learned_expected}; {len(ids)} of {n} labels joined")
     assert min(shares) > 0  # both copies did part of the join

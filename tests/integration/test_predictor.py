@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from modelstream.contracts.client import RequestEncoder, decode_prediction
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import command
+from modelstream.contracts.records import ModelArtifact, Prediction, PredictionRequest
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import seal
@@ -107,7 +108,7 @@ async def test_tampered_and_forged_artifacts_are_never_served(topics, keys):  # 
         await publish(base, keys, trained_body(BC, seed=5), 2, tamper=True)
         forged = seal(dict(trained_body(BC, seed=6), version=3, stage="PRODUCTION"),
                       Ed25519PrivateKey.generate())
-        await produce(base, "models", [(BC.encode(), default_codec().encode("ModelArtifact",
+        await produce(base, "models", [(BC.encode(), default_codec().encode(ModelArtifact,
                                                                             forged))])
         audit = decoded(await consume_until(base, "audit", lambda r: len(r) >= 3), "AuditEvent")
         refused = [a for a in audit if a["event"].endswith("_refused")]
@@ -192,14 +193,14 @@ async def _until(condition, timeout_s=30.0):  # type: ignore[no-untyped-def]
 def test_client_round_trip():
     encoder = RequestEncoder(["a", "b"])
     packed = default_codec().decode(encoder.encode("r", "m", {"b": 2.0, "a": 1.0}, packed=True),
-                                    "PredictionRequest")
+                                    PredictionRequest)
     assert np.frombuffer(packed["features"], "<f8").tolist() == [1.0, 2.0]
     as_json = RequestEncoder(fmt="json").encode("r", "m", [1.0, 2.0], version=3)
     assert json.loads(as_json)["version"] == 3
     prediction = {"request_id": "r", "model": "m", "version": 1, "digest_prefix": "ab",
                   "prediction": "1", "scores": {"1": 1.0}, "route": "production",
                   "requested_at_ms": 1, "predicted_at_ms": 2}
-    assert decode_prediction(default_codec().encode("Prediction", prediction)) == prediction
+    assert decode_prediction(default_codec().encode(Prediction, prediction)) == prediction
 
 
 async def test_at_least_once_mode_scores_without_transactions(topics, keys):  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaError
 
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Feedback, ModelArtifact
 from modelstream.kafka.clients import client_options
 from modelstream.kafka.topology import create_topics
 from modelstream.ops.broker import EmbeddedCluster, ensure_jars, fetch_broker_ids
@@ -95,7 +96,7 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     admin_producer = AIOKafkaProducer(**client_options(admin))
     await admin_producer.start()
     try:
-        value = codec.encode("ModelArtifact", artifact)
+        value = codec.encode(ModelArtifact, artifact)
         await admin_producer.send_and_wait(admin.topic("model-history"),
                                            history_key("breast-cancer", 1), value)
         await admin_producer.send_and_wait(admin.topic("models"), value, key=b"breast-cancer")
@@ -127,7 +128,7 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
         async with running(monitor):
             for i in range(50):
                 await admin_producer.send(admin.topic("feedback"), key=f"s{i}".encode(),
-                                          value=codec.encode("Feedback", {
+                                          value=codec.encode(Feedback, {
                                               "request_id": f"s{i}", "model": "breast-cancer",
                                               "label": "1", "timestamp_ms": None}))
             await admin_producer.flush()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Feedback
 from tests.support.helpers import produce
 from tests.support.models import BC, dataset, publish, requests_for, trained_body
 from tests.support.ports import free_port_pair
@@ -130,7 +131,7 @@ async def test_kcat_speaks_json_with_the_services(topics, keys, tmp_path):  # ty
         predictions = [json.loads(line) for line in lines]
         assert sorted(p["request_id"] for p in predictions) == sorted(f"k-{i}" for i in range(n))
         assert all(p["version"] == 1 and set(p["scores"]) == {"0", "1"} for p in predictions)
-        labels = [default_codec().decode_any(line.encode(), "Feedback")["label"]
+        labels = [default_codec().decode_any(line.encode(), Feedback)["label"]
                   for line in await consume("feedback")]
         assert labels == ["1"] * n
     except BaseException:

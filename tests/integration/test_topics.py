@@ -7,6 +7,7 @@ import sys
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import TrainingExample
 from modelstream.kafka.clients import DeadLetterWriter, make_producer
 from modelstream.kafka.topology import (
     DEADLETTER,
@@ -54,8 +55,8 @@ async def test_avro_and_json_records_cross_the_broker(topics):
     settings = topics
     codec = default_codec()
     topic = settings.topic(TRAINING)
-    avro_bytes = codec.encode("TrainingExample", SAMPLES["TrainingExample"])
-    json_bytes = codec.encode_json("TrainingExample", SAMPLES["TrainingExample"])
+    avro_bytes = codec.encode(TrainingExample, SAMPLES["TrainingExample"])
+    json_bytes = codec.encode_json(TrainingExample, SAMPLES["TrainingExample"])
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
     await producer.start()
     try:
@@ -75,7 +76,7 @@ async def test_avro_and_json_records_cross_the_broker(topics):
                 records.extend(recs)
     finally:
         await consumer.stop()
-    decoded = [codec.decode_any(r.value, "TrainingExample") for r in records]
+    decoded = [codec.decode_any(r.value, TrainingExample) for r in records]
     assert decoded == [SAMPLES["TrainingExample"]] * 2
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import RECORD_TYPES
 
 CODEC = default_codec()
 INPUT_TYPES = {"requests": "PredictionRequest", "training": "TrainingExample",
@@ -67,7 +68,8 @@ def message_strategy(type_name: str, models: list[str], names: list[str]
                      ) -> st.SearchStrategy[bytes]:
     model = st.one_of(st.sampled_from(models), st.text(max_size=12))
     label = st.one_of(st.sampled_from(["0", "1"]), st.text(max_size=3), numbers)
-    valid = st.builds(lambda m, f, y: CODEC.encode(type_name, valid_record(type_name, m, f, y)),
+    record_type = RECORD_TYPES[type_name]
+    valid = st.builds(lambda m, f, y: CODEC.encode(record_type, valid_record(type_name, m, f, y)),
                       model, features_strategy(names),
                       st.one_of(st.sampled_from(["0", "1"]), st.text(max_size=3),
                                 st.floats(allow_nan=True)))
@@ -122,12 +124,12 @@ class SeededFuzzer:
             record["action"] = self.rng.choice(["TRAIN", "ROLLBACK", "SET_TRAFFIC"])
             record["version"] = self.rng.choice([None, 1, 99])
         if kind <= 2:
-            return CODEC.encode(type_name, record)
+            return CODEC.encode(RECORD_TYPES[type_name], record)
         if kind == 3:
-            data = CODEC.encode(type_name, record)
+            data = CODEC.encode(RECORD_TYPES[type_name], record)
             return data[:self.rng.randrange(len(data))]
         if kind == 4:
-            data = CODEC.encode(type_name, record)
+            data = CODEC.encode(RECORD_TYPES[type_name], record)
             return data[:5] + bytes([data[5] ^ 0x5A]) + data[6:]
         if kind == 5:
             plain = dict(record)

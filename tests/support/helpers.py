@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import RECORD_TYPES
 from modelstream.runner import Service
 from modelstream.settings import Settings, load
 
@@ -59,7 +60,7 @@ async def produce(settings: Settings, topic: str,
 async def produce_records(settings: Settings, topic: str, type_name: str,
                           records: Iterable[dict[str, Any]], key: Callable[[dict], str]) -> None:
     codec = default_codec()
-    await produce(settings, topic, ((key(r).encode(), codec.encode(type_name, r))
+    await produce(settings, topic, ((key(r).encode(), codec.encode(RECORD_TYPES[type_name], r))
                                     for r in records))
 
 
@@ -88,8 +89,10 @@ async def consume_until(
 
 
 def decoded(records: Iterable[ConsumerRecord], type_name: str) -> list[dict[str, Any]]:
+    """Records of one contract, named as in ``schemas/`` (Avro or JSON values)."""
     codec = default_codec()
-    return [codec.decode_any(r.value, type_name) for r in records]
+    record_type = RECORD_TYPES[type_name]
+    return [codec.decode_any(r.value, record_type) for r in records]
 
 
 async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:

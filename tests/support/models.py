@@ -11,12 +11,13 @@ from sklearn.datasets import load_breast_cancer, load_digits
 
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Feedback, ModelArtifact
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import load_private_key
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.logic import history_key, publishable
-from modelstream.services.trainer.logic import candidate_body
+from modelstream.services.trainer.logic import trained_candidate
 from modelstream.settings import Settings, load
 from tests.support.helpers import produce
 
@@ -36,7 +37,7 @@ def trained_body(name: str, seed: int = 0) -> dict[str, Any]:
     task = "BINARY" if len(classes) == 2 else "MULTICLASS"
     trained = train(X, y, task, names, classes, GDConfig(seed=seed, max_epochs=30), (1e-3,), 2)
     ranges = [{"topic": "external", "partition": 0, "start": 0, "end": len(y)}]
-    return candidate_body(name, task, trained, ranges, len(y), None, created_at_ms=1)
+    return trained_candidate(name, trained, ranges, len(y), None, created_at_ms=1)
 
 
 async def publish(settings: Settings, keys: Path, body: dict[str, Any], version: int,
@@ -45,7 +46,7 @@ async def publish(settings: Settings, keys: Path, body: dict[str, Any], version:
     """Sign ``body`` as ``version`` and write it to history and registry, like the publisher."""
     artifact = publishable(body, version, version - 1 or None,
                            load_private_key(keys / "modelstream.key"), data_key)
-    value = default_codec().encode("ModelArtifact", artifact)
+    value = default_codec().encode(ModelArtifact, artifact)
     if tamper:  # flip one bit inside the weight bytes; digest and signature stay as signed
         weights = artifact["body"]["weights"]["data"]
         at = value.index(weights) + len(weights) // 2
@@ -80,6 +81,6 @@ def requests_for(name, n, start=0, *, packed=False, version=None, prefix="r"):  
 
 
 def feedback_records(model: str, labelled: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(rid.encode(), default_codec().encode("Feedback", {"request_id": rid, "model": model,
+    return [(rid.encode(), default_codec().encode(Feedback, {"request_id": rid, "model": model,
                                                     "label": label, "timestamp_ms": None}))
             for rid, label in labelled]

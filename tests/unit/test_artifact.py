@@ -3,6 +3,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelstream.contracts.codec import HEADER_SIZE, default_codec
+from modelstream.contracts.records import ModelArtifact
 from modelstream.errors import ArtifactVerificationError
 from modelstream.registry.artifact import (
     decrypt_tensors,
@@ -27,7 +28,7 @@ def keys(tmp_path_factory):
 
 
 def signed_bytes(private):
-    return CODEC.encode("ModelArtifact", seal(model_artifact()["body"], private))
+    return CODEC.encode(ModelArtifact, seal(model_artifact()["body"], private))
 
 
 def test_signed_artifact_verifies(keys):
@@ -61,11 +62,11 @@ def test_flipped_signature_byte_fails(keys):
 
 def test_wrong_key_and_unsigned_are_refused(keys):
     _, public = keys
-    forged = CODEC.encode("ModelArtifact", seal(model_artifact()["body"],
+    forged = CODEC.encode(ModelArtifact, seal(model_artifact()["body"],
                                                 Ed25519PrivateKey.generate()))
     with pytest.raises(ArtifactVerificationError, match="unknown key"):
         verify_bytes(forged, public)
-    unsigned = CODEC.encode("ModelArtifact", seal(model_artifact()["body"]))
+    unsigned = CODEC.encode(ModelArtifact, seal(model_artifact()["body"]))
     with pytest.raises(ArtifactVerificationError, match="unsigned"):
         verify_bytes(unsigned, public)
     assert not verify_bytes(unsigned, public, allow_unsigned=True).signed
@@ -77,7 +78,7 @@ def test_forged_signature_with_right_key_id_is_refused(keys):
     other = seal(model_artifact()["body"], Ed25519PrivateKey.generate())
     record["signature"] = other["signature"]
     with pytest.raises(ArtifactVerificationError, match="does not verify"):
-        verify_bytes(CODEC.encode("ModelArtifact", record), public)
+        verify_bytes(CODEC.encode(ModelArtifact, record), public)
 
 
 def test_tensor_round_trip_and_validation():

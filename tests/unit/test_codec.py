@@ -8,10 +8,19 @@ from modelstream.contracts.codec import (
     MAGIC,
     SCHEMA_FILES,
     AvroCodec,
+    Schema,
     default_codec,
     is_json,
     load_schema_json,
-    parse_schemas,
+)
+from modelstream.contracts.records import (
+    RECORD_TYPES,
+    Command,
+    Feedback,
+    Prediction,
+    PredictionRequest,
+    TrainingExample,
+    ValidationReport,
 )
 from modelstream.errors import DecodeError, InvalidEventError, SchemaMismatchError
 from tests.support.samples import SAMPLES
@@ -41,32 +50,32 @@ def test_every_contract_has_a_sample():
 @pytest.mark.parametrize("type_name", SCHEMA_FILES)
 def test_avro_round_trip(type_name):
     record = SAMPLES[type_name]
-    data = CODEC.encode(type_name, record)
+    data = CODEC.encode(RECORD_TYPES[type_name], record)
     assert data[:2] == MAGIC
-    assert CODEC.decode(data, type_name) == record
+    assert CODEC.decode(data, RECORD_TYPES[type_name]) == record
 
 
 @pytest.mark.parametrize("type_name", SCHEMA_FILES)
 def test_json_round_trip(type_name):
     record = SAMPLES[type_name]
-    text = CODEC.encode_json(type_name, record)
+    text = CODEC.encode_json(RECORD_TYPES[type_name], record)
     assert is_json(text)
-    assert CODEC.decode_any(text, type_name) == record
+    assert CODEC.decode_any(text, RECORD_TYPES[type_name]) == record
 
 
 @pytest.mark.parametrize("type_name", SCHEMA_FILES)
 def test_fingerprint_is_crc64_avro_of_canonical_form(type_name):
-    schema = CODEC.schema(type_name)
+    schema = CODEC.schema(RECORD_TYPES[type_name])
     expected = crc64_avro(schema.canonical_form.encode()).to_bytes(8, "little")
     assert schema.fingerprint == expected
-    assert CODEC.encode(type_name, SAMPLES[type_name])[2:HEADER_SIZE] == expected
+    assert CODEC.encode(RECORD_TYPES[type_name], SAMPLES[type_name])[2:HEADER_SIZE] == expected
 
 
 def test_canonical_form_is_self_contained():
-    # Named types from other files are inlined, so the fingerprint names a complete schema.
-    form = CODEC.schema("ValidationReport").canonical_form
+    # Every file defines the named types it uses, so the fingerprint names a complete schema.
+    form = CODEC.schema(ValidationReport).canonical_form
     assert '"name":"io.modelstream.ModelArtifact","type":"record"' in form
-    assert '"name":"io.modelstream.Task","type":"enum"' in CODEC.schema("Command").canonical_form
+    assert '"name":"io.modelstream.Task","type":"enum"' in CODEC.schema(Command).canonical_form
 
 
 def test_reader_resolves_older_writer_schema():
@@ -75,49 +84,49 @@ def test_reader_resolves_older_writer_schema():
     new["fields"].append(
         {"name": "source", "type": "string", "default": "unknown", "doc": "added in v2"}
     )
-    old_schema = parse_schemas([old])["Feedback"]
-    writer = AvroCodec({"Feedback": old_schema})
-    reader = AvroCodec(parse_schemas([new]), writers=[old_schema])
-    data = writer.encode("Feedback", SAMPLES["Feedback"])
-    assert reader.decode(data, "Feedback") == {**SAMPLES["Feedback"], "source": "unknown"}
+    old_schema = Schema.parse(old)
+    writer = AvroCodec([old_schema])
+    reader = AvroCodec([Schema.parse(new)], writers=[old_schema])
+    data = writer.encode(Feedback, SAMPLES["Feedback"])
+    assert reader.decode(data, Feedback) == {**SAMPLES["Feedback"], "source": "unknown"}
     # Without the old schema among its writers, the reader refuses rather than guesses.
     with pytest.raises(SchemaMismatchError):
-        AvroCodec(parse_schemas([new])).decode(data, "Feedback")
+        AvroCodec([Schema.parse(new)]).decode(data, Feedback)
 
 
 def test_wrong_type_unknown_fingerprint_truncation_and_trailing_bytes():
-    data = CODEC.encode("Feedback", SAMPLES["Feedback"])
+    data = CODEC.encode(Feedback, SAMPLES["Feedback"])
     with pytest.raises(SchemaMismatchError, match="expected Prediction"):
-        CODEC.decode(data, "Prediction")
+        CODEC.decode(data, Prediction)
     with pytest.raises(SchemaMismatchError, match="unknown writer schema"):
-        CODEC.decode(MAGIC + b"\0" * 8 + data[HEADER_SIZE:], "Feedback")
+        CODEC.decode(MAGIC + b"\0" * 8 + data[HEADER_SIZE:], Feedback)
     with pytest.raises(DecodeError, match="corrupt"):
-        CODEC.decode(data[:-3], "Feedback")
+        CODEC.decode(data[:-3], Feedback)
     with pytest.raises(DecodeError, match="trailing"):
-        CODEC.decode(data + b"\0\0", "Feedback")
+        CODEC.decode(data + b"\0\0", Feedback)
     with pytest.raises(DecodeError):
-        CODEC.decode_any(b"\x00garbage", "Feedback")
+        CODEC.decode_any(b"\x00garbage", Feedback)
 
 
 def test_public_json_shapes_decode():
     request = CODEC.decode_any(
         json.dumps({"request_id": "r-1", "model": "breast-cancer",
                     "features": {"mean radius": 17.99}, "version": 3}).encode(),
-        "PredictionRequest",
+        PredictionRequest,
     )
     assert request["features"] == {"mean radius": 17.99} and request["version"] == 3
     listed = CODEC.decode_any(
-        b'{"request_id": "r-2", "model": "m", "features": [1, 2.5]}', "PredictionRequest"
+        b'{"request_id": "r-2", "model": "m", "features": [1, 2.5]}', PredictionRequest
     )
     assert listed["features"] == [1.0, 2.5] and listed["version"] is None
-    feedback = CODEC.decode_any(b'{"request_id":"r-1","model":"m","label":"1"}', "Feedback")
+    feedback = CODEC.decode_any(b'{"request_id":"r-1","model":"m","label":"1"}', Feedback)
     assert feedback["label"] == "1"
     example = CODEC.decode_any(
-        b'{"model": "m", "features": {"x": 1}, "label": 2.5}', "TrainingExample"
+        b'{"model": "m", "features": {"x": 1}, "label": 2.5}', TrainingExample
     )
     assert example["label"] == 2.5
     command = CODEC.decode_any(
-        b'{"model": "m", "action": "rollback", "version": 2}', "Command"
+        b'{"model": "m", "action": "rollback", "version": 2}', Command
     )
     assert command["action"] == "ROLLBACK" and command["definition"] is None
 
@@ -136,24 +145,25 @@ def test_public_json_shapes_decode():
 )
 def test_bad_json_names_the_problem(payload, message):
     with pytest.raises((InvalidEventError, DecodeError), match=message):
-        CODEC.decode_any(payload, "PredictionRequest")
+        CODEC.decode_any(payload, PredictionRequest)
 
 
 def test_is_json_tells_json_from_avro():
     assert is_json(b'  \n{"a": 1}')
-    assert not is_json(CODEC.encode("Feedback", SAMPLES["Feedback"]))
+    assert not is_json(CODEC.encode(Feedback, SAMPLES["Feedback"]))
     assert not is_json(b"")
 
 
 def test_packed_features_survive_json_as_base64():
     packed = {**SAMPLES["PredictionRequest"], "features": b"\x00" * 16}
-    text = CODEC.encode_json("PredictionRequest", packed)
+    text = CODEC.encode_json(PredictionRequest, packed)
     assert json.loads(text)["features"] == "AAAAAAAAAAAAAAAAAAAAAA=="
-    assert CODEC.decode_any(text, "PredictionRequest") == packed
+    assert CODEC.decode_any(text, PredictionRequest) == packed
 
 
 @pytest.mark.parametrize("type_name", ["TrainingExample", "PredictionRequest"])
 @pytest.mark.parametrize("features", [b"\x00" * 16, [1.0, 2.0], {"a": 1.0}])
 def test_every_feature_form_keeps_its_union_branch(type_name, features):
     record = {**SAMPLES[type_name], "features": features}
-    assert CODEC.decode(CODEC.encode(type_name, record), type_name)["features"] == features
+    record_type = RECORD_TYPES[type_name]
+    assert CODEC.decode(CODEC.encode(record_type, record), record_type)["features"] == features

@@ -7,15 +7,22 @@ nothing else may be raised, and nothing is dropped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import (
+    RECORD_TYPES,
+    Prediction,
+    PredictionRequest,
+    Task,
+    TrainingExample,
+)
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import Verified, seal
@@ -31,6 +38,15 @@ MODELS = ["breast-cancer"]
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 
 
+@dataclass(frozen=True)
+class Message:
+    """An input record as the predictor's logic sees it."""
+
+    key: bytes | None
+    value: bytes
+    timestamp: int = 1
+
+
 def batches(type_name: str) -> st.SearchStrategy[list[bytes]]:
     return st.lists(message_strategy(type_name, MODELS, NAMES), min_size=10, max_size=10)
 
@@ -41,14 +57,13 @@ def batches(type_name: str) -> st.SearchStrategy[list[bytes]]:
 def test_decoders_accept_or_refuse_with_a_reason(type_name, data):
     for message in data.draw(batches(type_name)):
         try:
-            CODEC.decode_any(message, type_name)
+            CODEC.decode_any(message, RECORD_TYPES[type_name])
         except (DecodeError, InvalidEventError) as exc:
             assert exc.reason and str(exc)
 
 
 def _predictor() -> PredictorLogic:
-    logic = PredictorLogic(CODEC, predictions_topic="p", shadow_topic="s",
-                           deadletter_topic="d", output_format="avro")
+    logic: PredictorLogic = PredictorLogic(CODEC, output_format="avro")
     body = dict(BODY, version=1, stage="PRODUCTION")
     logic.install(ServingModel.from_verified(Verified(seal(body), signed=False), None),
                   production=True)
@@ -59,15 +74,12 @@ def _predictor() -> PredictorLogic:
 @given(batches("PredictionRequest"))
 def test_predictor_answers_or_dead_letters_every_request(messages):
     logic = _predictor()
-    records = [ConsumerRecord("t", 0, i, 0, 0, b"k", m, None, 1, len(m), [])
-               for i, m in enumerate(messages)]
-    out = logic.process(TopicPartition("t", 0), records)
-    predictions = [o for o in out if o.topic == "p"]
-    dead = [o for o in out if o.topic == "d"]
-    assert len(predictions) + len(dead) == len(messages)
-    assert all(dict(o.headers)["reason"] for o in dead)  # type: ignore[arg-type]
-    for o in predictions:
-        prediction = CODEC.decode(o.value, "Prediction")
+    scored = logic.process([Message(b"k", m) for m in messages])
+    predictions = [value for group in scored.groups for value in group.values]
+    assert len(predictions) + len(scored.rejected) == len(messages)
+    assert all(r.reason and r.error for r in scored.rejected)
+    for value in predictions:
+        prediction = CODEC.decode(value, Prediction)
         assert np.isfinite(list(prediction["scores"].values())).all()
 
 
@@ -75,12 +87,12 @@ def test_predictor_answers_or_dead_letters_every_request(messages):
 @given(batches("TrainingExample"))
 def test_trainer_accepts_or_refuses_every_example(messages):
     logic = TrainerLogic(GDConfig())
-    logic.define(Definition(name="breast-cancer", task="BINARY", feature_names=tuple(NAMES),
+    logic.define(Definition(name="breast-cancer", task=Task.BINARY, feature_names=tuple(NAMES),
                             classes=("0", "1"), window_size=100_000))
     refused = 0
     for offset, data in enumerate(messages):
         try:
-            logic.accept(CODEC.decode_any(data, "TrainingExample"), 0, offset)
+            logic.accept(CODEC.decode_any(data, TrainingExample), 0, offset)
         except (DecodeError, InvalidEventError) as exc:
             assert exc.reason
             refused += 1
@@ -90,18 +102,17 @@ def test_trainer_accepts_or_refuses_every_example(messages):
 
 
 def test_extreme_features_are_dead_lettered_not_scored_as_nan():
-    logic = PredictorLogic(CODEC, predictions_topic="p", shadow_topic="s",
-                           deadletter_topic="d", output_format="avro")
+    logic: PredictorLogic = PredictorLogic(CODEC, output_format="avro")
     body = dict(trained_body("digits"), version=1, stage="PRODUCTION")
     logic.install(ServingModel.from_verified(Verified(seal(body), signed=False), None),
                   production=True)
     extreme = np.full(64, 1e308)
     extreme[::2] = -1e308
     fine = np.zeros(64)
-    records = [ConsumerRecord("t", 0, i, 0, 0, b"k", CODEC.encode("PredictionRequest", {
-        "request_id": f"r{i}", "model": "digits", "features": row.astype("<f8").tobytes()}),
-        None, 1, 1, []) for i, row in enumerate([extreme, fine])]
-    out = logic.process(TopicPartition("t", 0), records)
-    assert sorted(o.topic for o in out) == ["d", "p"]
-    dead = next(o for o in out if o.topic == "d")
-    assert dict(dead.headers)["reason"] == b"non-finite-score"  # type: ignore[arg-type]
+    messages = [Message(b"k", CODEC.encode(PredictionRequest, {
+        "request_id": f"r{i}", "model": "digits", "features": row.astype("<f8").tobytes(),
+        "version": None, "sent_at_ms": None})) for i, row in enumerate([extreme, fine])]
+    scored = logic.process(messages)
+    assert [len(g.values) for g in scored.groups] == [1] and len(scored.rejected) == 1
+    dead = scored.rejected[0]
+    assert dead.reason == "non-finite-score"

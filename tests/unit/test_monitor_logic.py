@@ -9,6 +9,7 @@ from sklearn.datasets import load_breast_cancer
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import in_online_holdout
+from modelstream.contracts.records import MonitorJoin, MonitorModelState
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
@@ -150,8 +151,8 @@ def test_the_join_completes_in_any_order_and_then_never_changes(order):
     assert entry["features"] == {"x": 1.0} and entry["label"] == "1" and entry["version"] == 1
     again = merge(dict(entry), "feedback", {**PARTS["feedback"], "label": "0"}, 3, 999, 2_000)
     assert again == entry  # a re-delivered or corrected part does not rewrite a complete join
-    round_trip = default_codec().decode(default_codec().encode("MonitorJoin", entry),
-                                        "MonitorJoin")
+    round_trip = default_codec().decode(default_codec().encode(MonitorJoin, entry),
+                                        MonitorJoin)
     assert round_trip == entry
     assert expired(entry, 1_000 + 601_000, 600_000) and not expired(entry, 2_000, 600_000)
 
@@ -194,7 +195,7 @@ def test_watch_learns_each_join_once_and_resumes_from_its_state():
 
     # A fresh watch restored from the state carries on exactly where this one is.
     codec = default_codec()  # the state travels as Avro on the changelog
-    saved = codec.decode(codec.encode("MonitorModelState", watch.state()), "MonitorModelState")
+    saved = codec.decode(codec.encode(MonitorModelState, watch.state()), MonitorModelState)
     resumed = ModelWatch("m", config)
     resumed.install(_body())
     resumed.restore(saved, "BINARY")

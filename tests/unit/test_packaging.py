@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelstream.contracts.codec import SCHEMA_FILES, default_codec
+from modelstream.contracts.records import RECORD_TYPES
 from modelstream.kafka.topology import TOPOLOGY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ def test_topology_names_are_unique_and_values_are_contracts():
     codec = default_codec()
     for spec in TOPOLOGY:
         if spec.name != "deadletter":
-            codec.schema(spec.value)  # raises for an undeclared contract
+            codec.schema(RECORD_TYPES[spec.value])  # raises for an undeclared contract
     registry = {t.name: t for t in TOPOLOGY}
     assert registry["models"].config["cleanup.policy"] == "compact"
 

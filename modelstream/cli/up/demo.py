@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from modelstream.contracts.records import Feedback, TrainingExample
 from modelstream.settings import Settings
 
 DEMOS = ("breast-cancer", "digits")
@@ -59,7 +60,7 @@ async def drive_demo(settings: Settings, name: str, requests: int, rate: float,
     try:
         for i in train_rows:
             await producer.send(settings.topic("training"), key=name.encode(),
-                                value=codec.encode("TrainingExample", {
+                                value=codec.encode(TrainingExample, {
                                     "model": name, "features": X[i].astype("<f8").tobytes(),
                                     "label": classes[int(y[i])], "example_id": f"demo-{i}",
                                     "timestamp_ms": None}))
@@ -91,7 +92,7 @@ async def drive_demo(settings: Settings, name: str, requests: int, rate: float,
             while pending and pending[0][0] <= now:
                 _, rid, label = pending.popleft()
                 await producer.send(settings.topic("feedback"), key=rid.encode(),
-                                    value=codec.encode("Feedback", {
+                                    value=codec.encode(Feedback, {
                                         "request_id": rid, "model": name, "label": label,
                                         "timestamp_ms": int(time.time() * 1000)}))
                 labelled += 1

@@ -1,0 +1,270 @@
+"""Python types of the Avro contracts in ``schemas/``: one TypedDict per record, one StrEnum
+per enum, with the same names as the schemas.
+
+These are what the codec returns and takes (``codec.decode(data, Prediction)``), so every
+record passed around the code base is checked by mypy against the contract. A unit test
+(``tests/unit/contracts/test_records.py``) derives the expected Python type of every field
+from the ``.avsc`` files and compares it with these definitions, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypedDict
+
+
+class Task(StrEnum):
+    """Which link function scores the model: sigmoid, softmax or identity."""
+
+    BINARY = "BINARY"
+    MULTICLASS = "MULTICLASS"
+    REGRESSION = "REGRESSION"
+
+
+class Stage(StrEnum):
+    CANDIDATE = "CANDIDATE"
+    PRODUCTION = "PRODUCTION"
+
+
+class Origin(StrEnum):
+    BATCH = "BATCH"
+    ONLINE = "ONLINE"
+    IMPORTED = "IMPORTED"
+
+
+class Action(StrEnum):
+    DEFINE = "DEFINE"
+    TRAIN = "TRAIN"
+    ROLLBACK = "ROLLBACK"
+    SET_TRAFFIC = "SET_TRAFFIC"
+
+
+# A request's or example's features: packed little-endian float64 in the model's feature
+# order, a map by feature name, or a list in feature order.
+Features = bytes | dict[str, float] | list[float]
+Label = str | float
+
+
+# -- ModelArtifact ---------------------------------------------------------------------------
+class Tensor(TypedDict):
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+
+class TrainingConfig(TypedDict):
+    algorithm: str
+    l2: float
+    learning_rate: float
+    lr_decay: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    validation_fraction: float
+    seed: int
+    cv_folds: int
+    l2_grid: list[float]
+    l2_grid_scores: list[float]
+    epochs_run: int
+
+
+class OffsetRange(TypedDict):
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+class Lineage(TypedDict):
+    origin: Origin
+    ranges: list[OffsetRange]
+    example_count: int
+
+
+class Encryption(TypedDict):
+    algorithm: str
+    key_id: str
+    nonce: bytes
+
+
+class ModelBody(TypedDict):
+    name: str
+    version: int
+    stage: Stage
+    task: Task
+    feature_names: list[str]
+    classes: list[str]
+    weights: Tensor
+    intercepts: Tensor
+    feature_mean: Tensor
+    feature_scale: Tensor
+    training: TrainingConfig
+    metrics: dict[str, float]
+    lineage: Lineage
+    parent_version: int | None
+    created_at_ms: int
+    created_by: str
+    encryption: Encryption | None
+
+
+class ModelArtifact(TypedDict):
+    body: ModelBody
+    digest: str
+    signature: bytes
+    key_id: str
+
+
+# -- inputs ------------------------------------------------------------------------------------
+class TrainingExample(TypedDict):
+    model: str
+    features: Features
+    label: Label
+    example_id: str | None
+    timestamp_ms: int | None
+
+
+class PredictionRequest(TypedDict):
+    request_id: str
+    model: str
+    features: Features
+    version: int | None
+    sent_at_ms: int | None
+
+
+class Feedback(TypedDict):
+    request_id: str
+    model: str
+    label: Label
+    timestamp_ms: int | None
+
+
+class ModelDefinition(TypedDict):
+    task: Task
+    feature_names: list[str]
+    classes: list[str]
+    retrain_every: int
+    min_examples: int
+    window_size: int
+    cv_folds: int
+    thresholds: dict[str, float]
+    tolerance: float
+    l2_grid: list[float]
+    seed: int
+
+
+class TrafficSplit(TypedDict):
+    challenger_version: int | None
+    fraction: float
+    shadow: bool
+
+
+class Command(TypedDict):
+    model: str
+    action: Action
+    definition: ModelDefinition | None
+    version: int | None
+    traffic: TrafficSplit | None
+    actor: str
+    reason: str
+    issued_at_ms: int
+
+
+# -- outputs -----------------------------------------------------------------------------------
+class Prediction(TypedDict):
+    request_id: str
+    model: str
+    version: int
+    digest_prefix: str
+    prediction: Label
+    scores: dict[str, float]
+    route: str
+    requested_at_ms: int
+    predicted_at_ms: int
+
+
+class ValidationReport(TypedDict):
+    model: str
+    candidate_digest: str
+    passed: bool
+    method: str
+    metrics: dict[str, float]
+    champion_version: int | None
+    champion_metrics: dict[str, float]
+    reasons: list[str]
+    folds: int
+    examples: int
+    artifact: ModelArtifact | None
+    validated_at_ms: int
+    validator: str
+
+
+class AuditEvent(TypedDict):
+    model: str
+    event: str
+    version: int | None
+    digest: str | None
+    actor: str
+    service: str
+    reason: str
+    details: dict[str, str]
+    at_ms: int
+
+
+# -- the monitor's internal state ----------------------------------------------------------------
+class MonitorJoin(TypedDict):
+    request_id: str
+    model: str
+    partition: int
+    first_seen_ms: int
+    features: Features | None
+    requested_at_ms: int | None
+    version: int | None
+    route: str | None
+    prediction: Label | None
+    scores: dict[str, float]
+    predicted_at_ms: int | None
+    label: Label | None
+    labelled_at_ms: int | None
+    feedback_offset: int | None
+    completed_by: str | None
+    completed_offset: int | None
+
+
+class MonitorJoinBatch(TypedDict):
+    joins: list[MonitorJoin]
+
+
+class OnlineLearnerState(TypedDict):
+    weights: list[list[float]]
+    intercept: float
+    learned: int
+    counts: list[int]
+    means: list[float]
+    vars: list[float]
+
+
+class MetricWindowState(TypedDict):
+    total: int
+    columns: list[list[float]]
+
+
+class MonitorModelState(TypedDict):
+    version: int | None
+    learner: OnlineLearnerState | None
+    metrics: dict[str, MetricWindowState]
+    positions: dict[str, int]
+    feedback_ranges: dict[str, list[int]]
+    learned_since_export: int
+    last_export_ms: int
+    paired: list[list[float]]
+    rolled_back: list[int]
+    last_train_ms: int
+    joined_total: int
+
+
+# The top-level record of each file in schemas/, by schema name.
+RECORD_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (ModelArtifact, TrainingExample, PredictionRequest, Prediction, Feedback, Command,
+                ValidationReport, AuditEvent, MonitorJoin, MonitorJoinBatch, MonitorModelState)
+}
