@@ -28,8 +28,9 @@ from sklearn.preprocessing import StandardScaler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import broker
 
+from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import TrainingExample, ValidationReport
 from modelstream.kafka.control import send_command
 from modelstream.learn.cv import stratified_kfold

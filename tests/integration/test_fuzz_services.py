@@ -7,7 +7,8 @@ import asyncio
 import signal
 from collections import Counter
 
-from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.builders import command
+from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import Feedback, Prediction, PredictionRequest
 from modelstream.kafka.control import send_command
 from modelstream.services.trainer.app import TrainerApp

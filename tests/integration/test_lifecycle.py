@@ -14,7 +14,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from modelstream.cli.models import audit_trail
-from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.builders import command
+from modelstream.contracts.definitions import Definition
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import load_public_key

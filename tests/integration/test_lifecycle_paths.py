@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes
 
+from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import ModelArtifact, TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel

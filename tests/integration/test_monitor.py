@@ -15,9 +15,10 @@ import numpy as np
 from river import datasets
 
 from modelstream.cli.models import audit_trail
+from modelstream.contracts.builders import command
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition, command, in_online_holdout
+from modelstream.contracts.definitions import Definition, in_online_holdout
 from modelstream.contracts.records import TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import to_tensor

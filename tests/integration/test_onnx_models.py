@@ -12,8 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from modelstream.contracts.builders import command
 from modelstream.contracts.client import RequestEncoder
-from modelstream.contracts.definitions import Definition, command
+from modelstream.contracts.definitions import Definition
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import generate_keys, load_public_key
 from modelstream.registry.follower import load_production

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from modelstream.contracts.builders import command
 from modelstream.contracts.client import RequestEncoder, decode_prediction
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import command
 from modelstream.contracts.records import ModelArtifact, Prediction, PredictionRequest
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel

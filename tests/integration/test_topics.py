@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import TrainingExample
-from modelstream.kafka.clients import DeadLetterWriter, make_producer
+from modelstream.kafka.clients import make_producer
 from modelstream.kafka.topology import (
     DEADLETTER,
     TOPOLOGY,
@@ -16,6 +16,7 @@ from modelstream.kafka.topology import (
     create_topics,
     describe_topics,
 )
+from modelstream.kafka.writers import DeadLetterWriter
 from tests.support.samples import SAMPLES
 
 
@@ -34,7 +35,7 @@ async def test_create_topics_is_idempotent_and_matches_topology(settings):
         for key, value in spec.config.items():
             assert info.config.get(key) == value, (spec.name, key)
     assert described[settings.topic("models")].config["cleanup.policy"] == "compact"
-    assert described[settings.topic("requests")]["config"].get("cleanup.policy") != "compact"
+    assert described[settings.topic("requests")].config.get("cleanup.policy") != "compact"
 
 
 def test_topics_cli_lists_every_topic(settings):
