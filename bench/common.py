@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from modelstream.cli.common import SERVICES
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import ModelArtifact
@@ -30,6 +32,10 @@ from modelstream.registry.artifact import load_private_key
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.services.trainer.logic import trained_candidate
 from modelstream.settings import Settings, load
+
+# Services in benchmark workers serve no /metrics endpoint (their default ports would clash).
+for _service in SERVICES:
+    os.environ.setdefault(f"MODELSTREAM_{_service.upper()}_METRICS_PORT", "0")
 
 
 def _free_port_pair() -> int:
@@ -57,8 +63,7 @@ def broker() -> Iterator[Settings]:
         owned = EmbeddedCluster(load(state_dir=state, broker_port=_free_port_pair()))
         owned.start()
         bootstrap = owned.bootstrap
-    bench = load(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
-                 metrics_port=0)
+    bench = load(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
     asyncio.run(create_topics(bench))
     try:
         yield bench
@@ -67,19 +72,32 @@ def broker() -> Iterator[Settings]:
             owned.stop()
 
 
-def spawn_worker(script: Path, kind: str, settings: Settings, events: int,
-                 public_key: Path) -> dict[str, float]:
+def spawn_worker(
+    script: Path, kind: str, settings: Settings, events: int, public_key: Path
+) -> dict[str, float]:
     """Run ``script --worker KIND`` in its own process against ``settings``' broker and topic
     prefix; its result is the JSON object on the last line it prints."""
-    cmd = [sys.executable, str(script), "--worker", kind, "--bootstrap", settings.bootstrap,
-           "--prefix", settings.topic_prefix, "--events", str(events),
-           "--public-key", str(public_key)]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--worker",
+        kind,
+        "--bootstrap",
+        settings.bootstrap,
+        "--prefix",
+        settings.topic_prefix,
+        "--events",
+        str(events),
+        "--public-key",
+        str(public_key),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     # faust may put terminal control codes in front of the line
-    lines = [line[line.index("{"):] for line in result.stdout.splitlines() if "{" in line]
+    lines = [line[line.index("{") :] for line in result.stdout.splitlines() if "{" in line]
     if result.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {kind} failed:\n{result.stdout[-2000:]}\n"
-                           f"{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"worker {kind} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
@@ -88,8 +106,11 @@ def dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from sklearn.datasets import load_breast_cancer, load_digits
 
     data = load_breast_cancer() if name == "breast-cancer" else load_digits()
-    names = ([str(n) for n in data.feature_names] if name == "breast-cancer"
-             else [f"pixel_{i}" for i in range(64)])
+    names = (
+        [str(n) for n in data.feature_names]
+        if name == "breast-cancer"
+        else [f"pixel_{i}" for i in range(64)]
+    )
     return data.data.astype(np.float64), data.target, names
 
 
@@ -101,8 +122,9 @@ def body_for(name: str, seed: int = 0) -> dict[str, Any]:
     return trained_candidate(name, trained, [], len(y), None, created_at_ms=1)
 
 
-def request_bytes(name: str, n: int, *, packed: bool, prefix: str = "r",
-                  sent_at: bool = False) -> list[tuple[bytes, bytes]]:
+def request_bytes(
+    name: str, n: int, *, packed: bool, prefix: str = "r", sent_at: bool = False
+) -> list[tuple[bytes, bytes]]:
     X, _, names = dataset(name)
     encoder = RequestEncoder(names)
     out = []
@@ -110,20 +132,31 @@ def request_bytes(name: str, n: int, *, packed: bool, prefix: str = "r",
         row = X[i % len(X)]
         rid = f"{prefix}{i}"
         features = row if packed else dict(zip(names, row.tolist(), strict=True))
-        out.append((rid.encode(), encoder.encode(
-            rid, name, features, packed=packed,
-            sent_at_ms=int(time.time() * 1000) if sent_at else None)))
+        out.append(
+            (
+                rid.encode(),
+                encoder.encode(
+                    rid,
+                    name,
+                    features,
+                    packed=packed,
+                    sent_at_ms=int(time.time() * 1000) if sent_at else None,
+                ),
+            )
+        )
     return out
 
 
-async def preload(settings: Settings, items: list[tuple[bytes, bytes]],
-                  topic_name: str = "requests") -> None:
+async def preload(
+    settings: Settings, items: list[tuple[bytes, bytes]], topic_name: str = "requests"
+) -> None:
     """Write records fast: batch builders, item i to partition i mod partitions (so equal
     positions in equally partitioned topics are co-partitioned)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=20,
-                                max_batch_size=1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap, linger_ms=20, max_batch_size=1024 * 1024
+    )
     await producer.start()
     try:
         topic = settings.topic(topic_name)
@@ -154,10 +187,12 @@ async def publish(settings: Settings, keys: Path, body: dict[str, Any], version:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topic("model-history"),
-                                     key=history_key(body["name"], version), value=value)
-        await producer.send_and_wait(settings.topic("models"), key=body["name"].encode(),
-                                     value=value)
+        await producer.send_and_wait(
+            settings.topic("model-history"), key=history_key(body["name"], version), value=value
+        )
+        await producer.send_and_wait(
+            settings.topic("models"), key=body["name"].encode(), value=value
+        )
         return time.time()
     finally:
         await producer.stop()

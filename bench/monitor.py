@@ -58,20 +58,43 @@ def labelled_stream(n: int) -> tuple[np.ndarray, list[str], list[str]]:
     return rows, [str(y[i % len(y)]) for i in range(n)], [f"r{i}" for i in range(n)]
 
 
-def predictions_and_feedback(body: dict[str, Any], n: int
-                             ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+def predictions_and_feedback(
+    body: dict[str, Any], n: int
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
     codec = default_codec()
     X, labels, ids = labelled_stream(n)
     proba = LinearModel.from_body(body).proba(X)
     now = int(time.time() * 1000)
     predictions, feedback = [], []
     for rid, p, label in zip(ids, proba, labels, strict=True):
-        predictions.append((rid.encode(), codec.encode(Prediction, {
-            "request_id": rid, "model": MODEL, "version": 1, "digest_prefix": "",
-            "prediction": str(int(p.argmax())), "scores": {"0": float(p[0]), "1": float(p[1])},
-            "route": "production", "requested_at_ms": now, "predicted_at_ms": now})))
-        feedback.append((rid.encode(), codec.encode(Feedback, {
-            "request_id": rid, "model": MODEL, "label": label, "timestamp_ms": now + 1000})))
+        predictions.append(
+            (
+                rid.encode(),
+                codec.encode(
+                    Prediction,
+                    {
+                        "request_id": rid,
+                        "model": MODEL,
+                        "version": 1,
+                        "digest_prefix": "",
+                        "prediction": str(int(p.argmax())),
+                        "scores": {"0": float(p[0]), "1": float(p[1])},
+                        "route": "production",
+                        "requested_at_ms": now,
+                        "predicted_at_ms": now,
+                    },
+                ),
+            )
+        )
+        feedback.append(
+            (
+                rid.encode(),
+                codec.encode(
+                    Feedback,
+                    {"request_id": rid, "model": MODEL, "label": label, "timestamp_ms": now + 1000},
+                ),
+            )
+        )
     return predictions, feedback
 
 
@@ -80,10 +103,16 @@ async def monitor_worker(settings: Settings, events: int) -> dict[str, float]:
     from modelstream.services.monitor.app import MonitorApp
     from modelstream.services.monitor.settings import MonitorSettings
 
-    app = MonitorApp(load(MonitorSettings, bootstrap_servers=settings.bootstrap,
-                          topic_prefix=settings.topic_prefix, metrics_port=0,
-                          public_key_file=settings.public_key_file, log_level="WARNING",
-                          state_dir=Path(tempfile.mkdtemp(prefix="bench-monitor-"))))
+    app = MonitorApp(
+        load(
+            MonitorSettings,
+            bootstrap_servers=settings.bootstrap,
+            topic_prefix=settings.topic_prefix,
+            public_key_file=settings.public_key_file,
+            log_level="WARNING",
+            state_dir=Path(tempfile.mkdtemp(prefix="bench-monitor-")),
+        )
+    )
     first: list[float] = []
     join = app._join
 
@@ -99,8 +128,12 @@ async def monitor_worker(settings: Settings, events: int) -> dict[str, float]:
     last = time.perf_counter()
     learned = watch.learner.learned if watch.learner else 0
     await app.stop()
-    return {"eps": events / (last - first[0]), "rss_mib": peak_rss_mib(), "events": events,
-            "learned": learned}
+    return {
+        "eps": events / (last - first[0]),
+        "rss_mib": peak_rss_mib(),
+        "events": events,
+        "learned": learned,
+    }
 
 
 def naive_worker(settings: Settings, events: int) -> None:
@@ -112,12 +145,19 @@ def naive_worker(settings: Settings, events: int) -> None:
     codec = default_codec()
     _, _, names = dataset(MODEL)
     model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
-    app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{settings.bootstrap}",
-                    store="memory://", web_enabled=False, consumer_auto_offset_reset="earliest",
-                    topic_partitions=6, datadir=tempfile.mkdtemp(prefix="bench-naive-"))
+    app = faust.App(
+        f"bench-naive-{uuid.uuid4().hex[:6]}",
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=6,
+        datadir=tempfile.mkdtemp(prefix="bench-naive-"),
+    )
     kinds = {settings.topic(t): t for t in ("requests", "predictions", "feedback")}
-    inputs = app.topic(*kinds, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw")
+    inputs = app.topic(
+        *kinds, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
     table = app.Table("join", partitions=6, default=dict)
     state: dict[str, Any] = {"count": 0, "first": None}
 
@@ -127,8 +167,11 @@ def naive_worker(settings: Settings, events: int) -> None:
             if state["first"] is None:
                 state["first"] = time.perf_counter()
             kind = kinds[event.message.topic]
-            type_name = {"requests": "PredictionRequest", "predictions": "Prediction",
-                         "feedback": "Feedback"}[kind]
+            type_name = {
+                "requests": "PredictionRequest",
+                "predictions": "Prediction",
+                "feedback": "Feedback",
+            }[kind]
             value = codec.decode(event.value, type_name)
             rid = value["request_id"]
             entry = dict(table[rid])
@@ -144,12 +187,17 @@ def naive_worker(settings: Settings, events: int) -> None:
                 state["count"] += 1
                 if state["count"] >= events:
                     elapsed = time.perf_counter() - state["first"]
-                    print(json.dumps({"eps": events / elapsed, "rss_mib": peak_rss_mib(),
-                                      "events": events}), flush=True)
+                    print(
+                        json.dumps(
+                            {"eps": events / elapsed, "rss_mib": peak_rss_mib(), "events": events}
+                        ),
+                        flush=True,
+                    )
                     os._exit(0)
 
-    worker = faust.Worker(app, loglevel=os.environ.get("BENCH_FAUST_LOG", "ERROR"), quiet=True,
-                          redirect_stdouts=False)
+    worker = faust.Worker(
+        app, loglevel=os.environ.get("BENCH_FAUST_LOG", "ERROR"), quiet=True, redirect_stdouts=False
+    )
     worker.execute_from_commandline()
 
 
@@ -160,8 +208,10 @@ def river_inmemory(events: int) -> dict[str, float]:
 
     _, _, names = dataset(MODEL)
     X, labels, _ = labelled_stream(events)
-    stream = [(dict(zip(names, row.tolist(), strict=True)), label == "1")
-              for row, label in zip(X, labels, strict=True)]
+    stream = [
+        (dict(zip(names, row.tolist(), strict=True)), label == "1")
+        for row, label in zip(X, labels, strict=True)
+    ]
     model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
     started = time.perf_counter()
     score = evaluate.progressive_val_score(stream, model, metrics.Accuracy())
@@ -171,8 +221,11 @@ def river_inmemory(events: int) -> dict[str, float]:
 
 # -- orchestration ------------------------------------------------------------------------------
 async def prepared(base: Settings, keys: Path, body: dict[str, Any], events: int) -> Settings:
-    settings = load(bootstrap_servers=base.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
-                    metrics_port=0, public_key_file=keys / "modelstream.pub")
+    settings = load(
+        bootstrap_servers=base.bootstrap,
+        topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+        public_key_file=keys / "modelstream.pub",
+    )
     await create_topics(settings)
     await publish(settings, keys, body, 1)
     predictions, feedback = predictions_and_feedback(body, events)
@@ -192,8 +245,11 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=10_000)
     args = parser.parse_args()
     if args.worker:
-        settings = load(bootstrap_servers=args.bootstrap, topic_prefix=args.prefix,
-                        metrics_port=0, public_key_file=Path(args.public_key))
+        settings = load(
+            bootstrap_servers=args.bootstrap,
+            topic_prefix=args.prefix,
+            public_key_file=Path(args.public_key),
+        )
         if args.worker == "naive":
             naive_worker(settings, args.events)
         else:
@@ -205,22 +261,30 @@ def main() -> None:
     results: dict[str, float] = {}
     with broker() as base:
         print(f"broker {base.bootstrap}; labelled events = request + prediction + feedback")
-        for key, kind, events in (("monitor_eps", "monitor", args.events),
-                                  ("naive_eps", "naive", args.naive_events)):
+        for key, kind, events in (
+            ("monitor_eps", "monitor", args.events),
+            ("naive_eps", "naive", args.naive_events),
+        ):
             settings = asyncio.run(prepared(base, keys, body, events))
             result = spawn_worker(HERE, kind, settings, events, settings.public_key_file)
             results[key] = round(result["eps"])
-            print(f"  {key:20} {result['eps']:>9,.0f} labelled events/s   peak RSS "
-                  f"{result['rss_mib']:6.1f} MiB   ({events} events)")
+            print(
+                f"  {key:20} {result['eps']:>9,.0f} labelled events/s   peak RSS "
+                f"{result['rss_mib']:6.1f} MiB   ({events} events)"
+            )
             if kind == "monitor":
                 results["monitor_rss_mib"] = round(result["rss_mib"], 1)
     river = river_inmemory(args.events)
     results["river_inmemory_eps"] = round(river["eps"])
-    print(f"  {'river_inmemory_eps':20} {river['eps']:>9,.0f} labelled events/s   "
-          f"(progressive validation in memory, accuracy {river['accuracy']:.4f})")
-    print(f"  ratios: monitor / river in memory = "
-          f"{results['monitor_eps'] / results['river_inmemory_eps']:.2f}x, monitor / naive = "
-          f"{results['monitor_eps'] / results['naive_eps']:.2f}x")
+    print(
+        f"  {'river_inmemory_eps':20} {river['eps']:>9,.0f} labelled events/s   "
+        f"(progressive validation in memory, accuracy {river['accuracy']:.4f})"
+    )
+    print(
+        f"  ratios: monitor / river in memory = "
+        f"{results['monitor_eps'] / results['river_inmemory_eps']:.2f}x, monitor / naive = "
+        f"{results['monitor_eps'] / results['naive_eps']:.2f}x"
+    )
     print(json.dumps(results))
 
 

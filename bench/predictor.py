@@ -99,20 +99,25 @@ class Identity(Passthrough):
 
     def process(self, tp, records):  # type: ignore[no-untyped-def]
         codec = self.codec
-        return [Outgoing(self.out_topic, r.key,
-                         codec.encode(PredictionRequest, codec.decode(r.value,
-                                                                        PredictionRequest)),
-                         tp.partition) for r in records]
+        return [
+            Outgoing(
+                self.out_topic,
+                r.key,
+                codec.encode(PredictionRequest, codec.decode(r.value, PredictionRequest)),
+                tp.partition,
+            )
+            for r in records
+        ]
 
 
 async def run_worker(kind: str, settings: Settings, events: int) -> dict[str, float]:
     done = asyncio.Event()
     if kind in ("passthrough", "identity"):
         processor = (Passthrough if kind == "passthrough" else Identity)(
-            settings.topic("predictions"))
+            settings.topic("predictions")
+        )
         timed = Timed(processor, events, done)
-        service: Any = BatchPipeline(settings, f"bench-{kind}", settings.topic("requests"),
-                                     timed)
+        service: Any = BatchPipeline(settings, f"bench-{kind}", settings.topic("requests"), timed)
         pipeline = service
     else:
         from modelstream.services.predictor.app import PredictorApp
@@ -130,8 +135,11 @@ async def run_worker(kind: str, settings: Settings, events: int) -> dict[str, fl
     await service.stop()
     assert timed.first is not None
     rss_mib = peak_rss_mib()
-    return {"eps": timed.count / (timed.last - timed.first), "rss_mib": rss_mib,
-            "events": timed.count}
+    return {
+        "eps": timed.count / (timed.last - timed.first),
+        "rss_mib": rss_mib,
+        "events": timed.count,
+    }
 
 
 def naive_worker(settings: Settings, events: int) -> dict[str, float]:
@@ -144,10 +152,16 @@ def naive_worker(settings: Settings, events: int) -> dict[str, float]:
     for row, label in zip(X, y, strict=True):
         model.learn_one(dict(zip(names, row.tolist(), strict=True)), bool(label))
     codec = default_codec()
-    app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{settings.bootstrap}",
-                    value_serializer="raw", key_serializer="raw", web_enabled=False,
-                    consumer_auto_offset_reset="earliest", topic_allow_declare=False,
-                    topic_disable_leader=True)
+    app = faust.App(
+        f"bench-naive-{uuid.uuid4().hex[:6]}",
+        broker=f"kafka://{settings.bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+    )
     requests = app.topic(settings.topic("requests"), value_serializer="raw")
     predictions = app.topic(settings.topic("predictions"), value_serializer="raw")
     state: dict[str, Any] = {"count": 0, "first": None}
@@ -159,34 +173,55 @@ def naive_worker(settings: Settings, events: int) -> dict[str, float]:
                 state["first"] = time.perf_counter()
             request = codec.decode(value, PredictionRequest)
             proba = model.predict_proba_one(request["features"])
-            await predictions.send(key=key, value=codec.encode(Prediction, {
-                "request_id": request["request_id"], "model": request["model"], "version": 1,
-                "digest_prefix": "", "prediction": "1" if proba[True] >= 0.5 else "0",
-                "scores": {"0": proba[False], "1": proba[True]}, "route": "production",
-                "requested_at_ms": 0, "predicted_at_ms": int(time.time() * 1000)}))
+            await predictions.send(
+                key=key,
+                value=codec.encode(
+                    Prediction,
+                    {
+                        "request_id": request["request_id"],
+                        "model": request["model"],
+                        "version": 1,
+                        "digest_prefix": "",
+                        "prediction": "1" if proba[True] >= 0.5 else "0",
+                        "scores": {"0": proba[False], "1": proba[True]},
+                        "route": "production",
+                        "requested_at_ms": 0,
+                        "predicted_at_ms": int(time.time() * 1000),
+                    },
+                ),
+            )
             state["count"] += 1
             if state["count"] >= events:
                 elapsed = time.perf_counter() - state["first"]
                 rss = peak_rss_mib()
-                print(json.dumps({"eps": events / elapsed, "rss_mib": rss, "events": events}),
-                      flush=True)
+                print(
+                    json.dumps({"eps": events / elapsed, "rss_mib": rss, "events": events}),
+                    flush=True,
+                )
                 os._exit(0)
 
-    worker = faust.Worker(app, loglevel=os.environ.get("BENCH_FAUST_LOG", "ERROR"), quiet=True,
-                          redirect_stdouts=False)
+    worker = faust.Worker(
+        app, loglevel=os.environ.get("BENCH_FAUST_LOG", "ERROR"), quiet=True, redirect_stdouts=False
+    )
     worker.execute_from_commandline()
     return {}
 
 
 def _same(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.bootstrap, "topic_prefix": settings.topic_prefix,
-            "metrics_port": 0, "public_key_file": settings.public_key_file,
-            "log_level": "WARNING"}
+    return {
+        "bootstrap_servers": settings.bootstrap,
+        "topic_prefix": settings.topic_prefix,
+        "public_key_file": settings.public_key_file,
+        "log_level": "WARNING",
+    }
 
 
 def worker_main(args: argparse.Namespace) -> None:
-    settings = load(bootstrap_servers=args.bootstrap, topic_prefix=args.prefix, metrics_port=0,
-                    public_key_file=Path(args.public_key) if args.public_key else None)
+    settings = load(
+        bootstrap_servers=args.bootstrap,
+        topic_prefix=args.prefix,
+        public_key_file=Path(args.public_key) if args.public_key else None,
+    )
     if args.worker == "naive":
         naive_worker(settings, args.events)
         return
@@ -196,37 +231,57 @@ def worker_main(args: argparse.Namespace) -> None:
 
 # -- orchestration ---------------------------------------------------------------------------
 async def fresh(base: Settings) -> Settings:
-    settings = load(bootstrap_servers=base.bootstrap,
-                    topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", metrics_port=0)
+    settings = load(bootstrap_servers=base.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
     await create_topics(settings)
     return settings
 
 
-async def throughput(base: Settings, keys: Path, kind: str, model: str, packed: bool,
-                     events: int, bodies: dict[str, dict[str, Any]]) -> dict[str, float]:
+async def throughput(
+    base: Settings,
+    keys: Path,
+    kind: str,
+    model: str,
+    packed: bool,
+    events: int,
+    bodies: dict[str, dict[str, Any]],
+) -> dict[str, float]:
     settings = await fresh(base)
     await publish(settings, keys, bodies[model], 1)
     await preload(settings, request_bytes(model, events, packed=packed))
-    return await asyncio.to_thread(spawn_worker, HERE, kind, settings, events,
-                                   keys / "modelstream.pub")
+    return await asyncio.to_thread(
+        spawn_worker, HERE, kind, settings, events, keys / "modelstream.pub"
+    )
 
 
-async def latency_and_swap(base: Settings, keys: Path, rate: int, seconds: float,
-                           bodies: dict[str, dict[str, Any]]) -> dict[str, float]:
+async def latency_and_swap(
+    base: Settings, keys: Path, rate: int, seconds: float, bodies: dict[str, dict[str, Any]]
+) -> dict[str, float]:
     """Offer ``rate`` requests/s to one predictor process; swap to v2 halfway."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     settings = await fresh(base)
     await publish(settings, keys, bodies["breast-cancer"], 1)
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-           "MODELSTREAM_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", "predictor"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    consumer = AIOKafkaConsumer(settings.topic("predictions"), bootstrap_servers=settings.bootstrap,
-                                group_id=None, auto_offset_reset="earliest",
-                                isolation_level="read_committed", fetch_max_wait_ms=5)
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+        "MODELSTREAM_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    consumer = AIOKafkaConsumer(
+        settings.topic("predictions"),
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=5,
+    )
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
     await consumer.start()
     await producer.start()
@@ -245,9 +300,13 @@ async def latency_and_swap(base: Settings, keys: Path, rate: int, seconds: float
     collector = asyncio.create_task(collect())
     try:
         # wait for the predictor to be up and serving
-        await producer.send_and_wait(settings.topic("requests"), key=b"probe",
-                                     value=request_bytes("breast-cancer", 1, packed=True,
-                                                         prefix="probe", sent_at=True)[0][1])
+        await producer.send_and_wait(
+            settings.topic("requests"),
+            key=b"probe",
+            value=request_bytes("breast-cancer", 1, packed=True, prefix="probe", sent_at=True)[0][
+                1
+            ],
+        )
         while not received:
             await asyncio.sleep(0.05)
         X, _, names = dataset("breast-cancer")
@@ -260,9 +319,17 @@ async def latency_and_swap(base: Settings, keys: Path, rate: int, seconds: float
             if delay > 0:
                 await asyncio.sleep(delay)
             rid = f"l{i}"
-            await producer.send(settings.topic("requests"), key=rid.encode(), value=encoder.encode(
-                rid, "breast-cancer", X[i % len(X)], packed=True,
-                sent_at_ms=int(time.time() * 1000)))
+            await producer.send(
+                settings.topic("requests"),
+                key=rid.encode(),
+                value=encoder.encode(
+                    rid,
+                    "breast-cancer",
+                    X[i % len(X)],
+                    packed=True,
+                    sent_at_ms=int(time.time() * 1000),
+                ),
+            )
             if i == total // 2:
                 swap_published = await publish(settings, keys, body_for("breast-cancer", 7), 2)
         await producer.flush()
@@ -325,14 +392,18 @@ def main() -> None:
             results[key] = round(result["eps"])
             if key == "predictor_packed_eps":
                 results["rss_mib"] = round(result["rss_mib"], 1)
-            print(f"  {key:22} {result['eps']:>10,.0f} events/s   peak RSS "
-                  f"{result['rss_mib']:6.1f} MiB   ({kind}, {model}, "
-                  f"{'packed' if packed else 'map'}, {int(result['events'])} events)")
+            print(
+                f"  {key:22} {result['eps']:>10,.0f} events/s   peak RSS "
+                f"{result['rss_mib']:6.1f} MiB   ({kind}, {model}, "
+                f"{'packed' if packed else 'map'}, {int(result['events'])} events)"
+            )
         swap = asyncio.run(latency_and_swap(base, keys, args.rate, args.seconds, bodies))
     results.update({k: round(v, 3) if isinstance(v, float) else v for k, v in swap.items()})
-    print(f"  latency at {args.rate}/s offered: p50 {swap['p50_ms']:.1f} ms, p99 "
-          f"{swap['p99_ms']:.1f} ms; hot swap {swap['swap_s']:.3f} s, lost "
-          f"{swap['swap_lost']}, duplicated {swap['swap_duplicated']}")
+    print(
+        f"  latency at {args.rate}/s offered: p50 {swap['p50_ms']:.1f} ms, p99 "
+        f"{swap['p99_ms']:.1f} ms; hot swap {swap['swap_s']:.3f} s, lost "
+        f"{swap['swap_lost']}, duplicated {swap['swap_duplicated']}"
+    )
     ratios = {
         "packed / passthrough": results["predictor_packed_eps"] / results["passthrough_eps"],
         "map / identity": results["predictor_eps"] / results["identity_eps"],

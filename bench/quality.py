@@ -48,26 +48,37 @@ from modelstream.telemetry import (
 
 FOLDS = 5
 SEED = 0
-DATASETS = {"breast_cancer": (load_breast_cancer, "BINARY"),
-            "digits": (load_digits, "MULTICLASS")}
+DATASETS = {"breast_cancer": (load_breast_cancer, "BINARY"), "digits": (load_digits, "MULTICLASS")}
 
 
-async def modelstream_run(settings: Settings, name: str, X: np.ndarray, y: np.ndarray,
-                          task: str) -> tuple[float, float]:
+async def modelstream_run(
+    settings: Settings, name: str, X: np.ndarray, y: np.ndarray, task: str
+) -> tuple[float, float]:
     codec = default_codec()
     trainer = TrainerApp(load(TrainerSettings, **_same(settings)))
     validator = ValidatorApp(load(ValidatorSettings, **_same(settings), allow_unsigned=True))
-    await send_command(settings, command(name, "DEFINE", definition=Definition(
-        name=name, task=task, min_examples=50, cv_folds=FOLDS, seed=SEED)))
+    await send_command(
+        settings,
+        command(
+            name,
+            "DEFINE",
+            definition=Definition(name=name, task=task, min_examples=50, cv_folds=FOLDS, seed=SEED),
+        ),
+    )
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
     await producer.start()
-    futures = [await producer.send(settings.topic("training"), key=name.encode(),
-                                   value=codec.encode(TrainingExample, {
-                                       "model": name, "features": row.tolist(),
-                                       "label": str(label)}))
-               for row, label in zip(X, y, strict=True)]
+    futures = [
+        await producer.send(
+            settings.topic("training"),
+            key=name.encode(),
+            value=codec.encode(
+                TrainingExample, {"model": name, "features": row.tolist(), "label": str(label)}
+            ),
+        )
+        for row, label in zip(X, y, strict=True)
+    ]
     await asyncio.gather(*futures)
     await producer.stop()
     for app in (trainer, validator):
@@ -82,21 +93,28 @@ async def modelstream_run(settings: Settings, name: str, X: np.ndarray, y: np.nd
         await app.stop()
     if not report["passed"]:
         print(f"  note: the gate rejected it: {report['reasons']}")
-    compute = (TRAINING_SECONDS.labels(name)._sum.get()
-               + CROSS_VALIDATION_SECONDS.labels(name)._sum.get())
+    compute = (
+        TRAINING_SECONDS.labels(name)._sum.get() + CROSS_VALIDATION_SECONDS.labels(name)._sum.get()
+    )
     wall = TRAINING_SECONDS.labels(name)._sum.get() + VALIDATION_SECONDS.labels(name)._sum.get()
-    print(f"  {name}: trainer {TRAINING_SECONDS.labels(name)._sum.get():.3f}s, validator CV "
-          f"{CROSS_VALIDATION_SECONDS.labels(name)._sum.get():.3f}s, validator with its Kafka "
-          f"re-read {VALIDATION_SECONDS.labels(name)._sum.get():.3f}s (wall incl. I/O {wall:.3f}s)")
+    print(
+        f"  {name}: trainer {TRAINING_SECONDS.labels(name)._sum.get():.3f}s, validator CV "
+        f"{CROSS_VALIDATION_SECONDS.labels(name)._sum.get():.3f}s, validator with its Kafka "
+        f"re-read {VALIDATION_SECONDS.labels(name)._sum.get():.3f}s (wall incl. I/O {wall:.3f}s)"
+    )
     return report["metrics"]["accuracy_mean"], compute
 
 
 async def _first_report(settings: Settings, name: str) -> dict:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topic("validations"), group_id=None,
-                                bootstrap_servers=settings.bootstrap,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        settings.topic("validations"),
+        group_id=None,
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
     await consumer.start()
     try:
         while True:
@@ -111,8 +129,7 @@ async def _first_report(settings: Settings, name: str) -> dict:
 
 
 def _same(settings: Settings) -> dict:
-    return {"bootstrap_servers": settings.bootstrap, "topic_prefix": settings.topic_prefix,
-            "metrics_port": 0}
+    return {"bootstrap_servers": settings.bootstrap, "topic_prefix": settings.topic_prefix}
 
 
 def sklearn_run(X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -122,8 +139,11 @@ def sklearn_run(X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
-                              grid, cv=StratifiedKFold(FOLDS, shuffle=True, random_state=SEED))
+        search = GridSearchCV(
+            make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+            grid,
+            cv=StratifiedKFold(FOLDS, shuffle=True, random_state=SEED),
+        )
         search.fit(X, y)
         best_c = search.best_params_["logisticregression__C"]
         scores = []
@@ -143,11 +163,17 @@ def main() -> None:
             name = key.replace("_", "-")
             ms_acc, ms_s = asyncio.run(modelstream_run(settings, name, X, y, task))
             sk_acc, sk_s = sklearn_run(X, y)
-            results[key] = {"modelstream_acc": round(ms_acc, 4), "sklearn_acc": round(sk_acc, 4),
-                            "modelstream_s": round(ms_s, 3), "sklearn_s": round(sk_s, 3)}
-            print(f"{key:14} n={len(y):5} d={X.shape[1]:3}  modelstream acc {ms_acc:.4f} in "
-                  f"{ms_s:.2f}s  |  scikit-learn acc {sk_acc:.4f} in {sk_s:.2f}s  |  "
-                  f"Δacc {100 * (ms_acc - sk_acc):+.2f} pts, time ratio {ms_s / sk_s:.2f}x")
+            results[key] = {
+                "modelstream_acc": round(ms_acc, 4),
+                "sklearn_acc": round(sk_acc, 4),
+                "modelstream_s": round(ms_s, 3),
+                "sklearn_s": round(sk_s, 3),
+            }
+            print(
+                f"{key:14} n={len(y):5} d={X.shape[1]:3}  modelstream acc {ms_acc:.4f} in "
+                f"{ms_s:.2f}s  |  scikit-learn acc {sk_acc:.4f} in {sk_s:.2f}s  |  "
+                f"Δacc {100 * (ms_acc - sk_acc):+.2f} pts, time ratio {ms_s / sk_s:.2f}x"
+            )
     print(json.dumps(results))
 
 

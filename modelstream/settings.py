@@ -1,7 +1,10 @@
 """One settings object for every service and command.
 
 Values come from ``MODELSTREAM_*`` environment variables (and CLI flags, which the CLI
-writes into the same object). Service-specific settings subclass :class:`Settings`.
+writes into the same object). Service-specific settings subclass :class:`ServiceSettings`;
+a setting whose meaning or default differs by service carries the service in its name
+(``MODELSTREAM_PREDICTOR_METRICS_PORT``). Durations are in seconds (``*_s``), sizes in
+their unit (``*_mb``), secrets are ``SecretStr`` (never printed).
 """
 
 from __future__ import annotations
@@ -9,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar, overload
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelstream.errors import ConfigurationError
@@ -56,7 +59,6 @@ class Settings(BaseSettings):
     private_key_file: Path | None = Field(
         default=None, description="Ed25519 private key (PEM); only the publisher needs it."
     )
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables /metrics.")
     metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on.")
     allow_unsigned: bool = Field(
         default=False, description="Accept unsigned artifacts (development only)."
@@ -66,13 +68,15 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     security_protocol: str = Field(
-        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        default="PLAINTEXT",
+        pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
         description="Kafka security protocol of every client.",
     )
-    sasl_mechanism: str = Field(default="SCRAM-SHA-512",
-                                pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$")
+    sasl_mechanism: str = Field(
+        default="SCRAM-SHA-512", pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
     sasl_username: str | None = Field(default=None, description="This service's principal.")
-    sasl_password: str | None = Field(default=None)
+    sasl_password: SecretStr | None = Field(default=None)
     ssl_ca_file: Path | None = Field(default=None, description="CA that signed the brokers.")
 
     @property
@@ -107,14 +111,45 @@ class Settings(BaseSettings):
         return key, hashlib.sha256(key).hexdigest()[:16]
 
 
+class ServiceSettings(Settings):
+    """Settings of one service; its /metrics port is ``MODELSTREAM_<SERVICE>_METRICS_PORT``
+    (each service has its own default, so several run on one host)."""
+
+    service: ClassVar[str]
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of this service's /metrics and health endpoints (0 disables them)."""
+        port: int = getattr(self, f"{self.service}_metrics_port")
+        return port
+
+
+def metrics_port_field(default: int) -> int:
+    return Field(default=default, ge=0, le=65535, description="/metrics port (0 = off).")
+
+
 S = TypeVar("S", bound=Settings)
 
 
-def load(cls: type[S] = Settings, **overrides: object) -> S:  # type: ignore[assignment]
-    """Build settings from the environment plus explicit overrides; one-line error on failure."""
+@overload
+def load(cls: None = None, **overrides: object) -> Settings: ...
+
+
+@overload
+def load(cls: type[S], **overrides: object) -> S: ...
+
+
+def load(cls: type[Settings] | None = None, **overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides (None values are left to
+    the environment); a one-line error on a bad value. Overrides name fields of ``cls``:
+    a misspelt one is a bug, not something to ignore."""
+    target = cls or Settings
+    unknown = sorted(set(overrides) - set(target.model_fields))
+    if unknown:
+        raise TypeError(f"{target.__name__} has no setting(s) {unknown}")
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return cls(**clean)
+        return target(**clean)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"

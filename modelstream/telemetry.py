@@ -2,7 +2,7 @@
 
 Names follow ``modelstream_<thing>_<unit>``; counters end in ``_total``; labels are limited
 to ``service``, ``model`` and ``version``. Each service serves ``/metrics`` on its own port
-(``MODELSTREAM_METRICS_PORT``).
+(``MODELSTREAM_<SERVICE>_METRICS_PORT``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ EVENTS_CONSUMED = Counter(
     "modelstream_events_consumed_total", "Records read from an input topic.", ["service"]
 )
 DEAD_LETTERS = Counter(
-    "modelstream_dead_letters_total", "Records sent to the dead-letter topic.",
+    "modelstream_dead_letters_total",
+    "Records sent to the dead-letter topic.",
     ["service", "model"],
 )
 TRAINING_EXAMPLES = Counter(
@@ -27,7 +28,9 @@ TRAININGS = Counter(
     "modelstream_trainings_total", "Candidate models trained and emitted.", ["service", "model"]
 )
 TRAINING_SECONDS = Histogram(
-    "modelstream_training_duration_seconds", "Wall time of one training procedure.", ["model"],
+    "modelstream_training_duration_seconds",
+    "Wall time of one training procedure.",
+    ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 VALIDATIONS = Counter(
@@ -37,12 +40,15 @@ VALIDATIONS_REJECTED = Counter(
     "modelstream_validations_rejected_total", "Candidates the gate rejected.", ["model"]
 )
 VALIDATION_SECONDS = Histogram(
-    "modelstream_validation_duration_seconds", "Wall time of one validation.", ["model"],
+    "modelstream_validation_duration_seconds",
+    "Wall time of one validation.",
+    ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 CROSS_VALIDATION_SECONDS = Histogram(
     "modelstream_cross_validation_duration_seconds",
-    "Compute time of one k-fold cross-validation (without reading Kafka).", ["model"],
+    "Compute time of one k-fold cross-validation (without reading Kafka).",
+    ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 PUBLISHED = Counter(
@@ -52,30 +58,38 @@ ROLLBACKS = Counter(
     "modelstream_rollbacks_total", "Rollbacks carried out by the publisher.", ["model"]
 )
 PRODUCTION_VERSION = Gauge(
-    "modelstream_production_version", "Version currently in production, per service's view.",
+    "modelstream_production_version",
+    "Version currently in production, per service's view.",
     ["service", "model"],
 )
 ARTIFACTS_REFUSED = Counter(
     "modelstream_artifacts_refused_total",
-    "Artifacts whose digest, signature or shape failed verification.", ["service", "model"],
+    "Artifacts whose digest, signature or shape failed verification.",
+    ["service", "model"],
 )
 
 
 PREDICTIONS = Counter(
-    "modelstream_predictions_total", "Predictions written, by the version that produced them.",
+    "modelstream_predictions_total",
+    "Predictions written, by the version that produced them.",
     ["model", "version"],
 )
 SHADOW_PREDICTIONS = Counter(
-    "modelstream_shadow_predictions_total", "Challenger predictions written to the shadow topic.",
+    "modelstream_shadow_predictions_total",
+    "Challenger predictions written to the shadow topic.",
     ["model", "version"],
 )
 BATCH_SIZE = Histogram(
-    "modelstream_batch_size_records", "Records per processed batch.", ["service"],
+    "modelstream_batch_size_records",
+    "Records per processed batch.",
+    ["service"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
 BATCH_SECONDS = Histogram(
-    "modelstream_batch_duration_seconds", "Time to decode, score, encode and commit a batch.",
-    ["service"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    "modelstream_batch_duration_seconds",
+    "Time to decode, score, encode and commit a batch.",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 PREDICTION_LATENCY = Histogram(
     "modelstream_prediction_latency_seconds",
@@ -112,11 +126,13 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
 
 # -- the monitor: live quality of what is served ----------------------------------------------
 LIVE_ACCURACY = Gauge(
-    "modelstream_live_accuracy_ratio", "Accuracy over the newest labelled predictions.",
+    "modelstream_live_accuracy_ratio",
+    "Accuracy over the newest labelled predictions.",
     ["model", "version"],
 )
 LIVE_LOG_LOSS = Gauge(
-    "modelstream_live_log_loss_nats", "Mean log-loss over the newest labelled predictions.",
+    "modelstream_live_log_loss_nats",
+    "Mean log-loss over the newest labelled predictions.",
     ["model", "version"],
 )
 LIVE_CALIBRATION_ERROR = Gauge(
@@ -135,55 +151,67 @@ LIVE_RMSE = Gauge(
     ["model", "version"],
 )
 LIVE_WINDOW_LABELS = Gauge(
-    "modelstream_live_window_labels", "Labelled predictions in the sliding metric window.",
+    "modelstream_live_window_labels",
+    "Labelled predictions in the sliding metric window.",
     ["model", "version"],
 )
 LABEL_DELAY = Gauge(
-    "modelstream_label_delay_seconds", "Mean time from prediction to its label, in the window.",
+    "modelstream_label_delay_seconds",
+    "Mean time from prediction to its label, in the window.",
     ["model", "version"],
 )
 LABELS_JOINED = Counter(
-    "modelstream_labels_joined_total", "Feedback labels joined with their request and prediction.",
+    "modelstream_labels_joined_total",
+    "Feedback labels joined with their request and prediction.",
     ["model"],
 )
 JOIN_EXPIRED = Counter(
     "modelstream_join_expired_total",
-    "Request ids dropped from the join after the TTL without all three parts.", ["model"],
+    "Request ids dropped from the join after the TTL without all three parts.",
+    ["model"],
 )
 JOIN_DUPLICATES = Counter(
     "modelstream_join_duplicates_total",
-    "Joins seen again after a restart and ignored (already learned).", ["model"],
+    "Joins seen again after a restart and ignored (already learned).",
+    ["model"],
 )
 JOIN_MATCH_RATIO = Gauge(
-    "modelstream_join_match_ratio", "Joined / (joined + expired) since the monitor started.",
+    "modelstream_join_match_ratio",
+    "Joined / (joined + expired) since the monitor started.",
     ["model"],
 )
 JOIN_PENDING = Gauge(
     "modelstream_join_pending_records", "Request ids held in the join table.", ["service"]
 )
 ONLINE_LEARNED = Counter(
-    "modelstream_online_labels_learned_total", "Labels the online learner learned from.",
+    "modelstream_online_labels_learned_total",
+    "Labels the online learner learned from.",
     ["model"],
 )
 ONLINE_LEARNER_LABELS = Gauge(
     "modelstream_online_learner_labels",
     "Labels the current online learner has learned since it started from production "
-    "(restored after a restart).", ["model"],
+    "(restored after a restart).",
+    ["model"],
 )
 ONLINE_GAIN = Gauge(
     "modelstream_online_gain_ratio",
-    "Online learner minus production on the same recent labels (accuracy, or -MAE).", ["model"],
+    "Online learner minus production on the same recent labels (accuracy, or -MAE).",
+    ["model"],
 )
 ONLINE_CANDIDATES = Counter(
-    "modelstream_online_candidates_total", "Online-learned candidates sent to the validator.",
+    "modelstream_online_candidates_total",
+    "Online-learned candidates sent to the validator.",
     ["model"],
 )
 DRIFT_EVENTS = Counter(
-    "modelstream_drift_events_total", "Drift detections (error stream or feature distribution).",
+    "modelstream_drift_events_total",
+    "Drift detections (error stream or feature distribution).",
     ["model", "version"],
 )
 ROLLBACKS_REQUESTED = Counter(
-    "modelstream_rollbacks_requested_total", "Automatic rollbacks the monitor asked for.",
+    "modelstream_rollbacks_requested_total",
+    "Automatic rollbacks the monitor asked for.",
     ["model"],
 )
 INFLUX_POINTS = Counter(
@@ -191,9 +219,11 @@ INFLUX_POINTS = Counter(
 )
 INFLUX_WRITE_FAILURES = Counter(
     "modelstream_influxdb_write_failures_total",
-    "Points InfluxDB did not take after retries, or dropped from a full queue.", ["service"],
+    "Points InfluxDB did not take after retries, or dropped from a full queue.",
+    ["service"],
 )
 FEEDBACK_ACCEPTED = Counter(
-    "modelstream_feedback_accepted_total", "Valid feedback records taken into the join.",
+    "modelstream_feedback_accepted_total",
+    "Valid feedback records taken into the join.",
     ["model"],
 )

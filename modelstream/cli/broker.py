@@ -9,15 +9,16 @@ import typer
 
 from modelstream.cli.common import settings_of
 
-app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, loopback).",
-                  no_args_is_help=True)
+app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, loopback).", no_args_is_help=True)
 
 
 @app.command("start")
 def broker_start(
     ctx: typer.Context,
-    port: Annotated[int | None, typer.Option(help="Client port of the first node.",
-                                             envvar="MODELSTREAM_BROKER_PORT")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Client port of the first node.", envvar="MODELSTREAM_BROKER_PORT"),
+    ] = None,
     brokers: Annotated[int, typer.Option(min=1, max=5, help="Number of KRaft nodes.")] = 1,
 ) -> None:
     """Fetch Kafka (once), format storage, start the broker and wait until it answers."""

@@ -30,10 +30,18 @@ from modelstream.kafka.topology import TOPICS_BY_NAME
 from modelstream.registry.artifact import TENSOR_FIELDS
 from modelstream.registry.follower import load_production, public_key
 
-INPUT_TYPES: dict[str, type] = {"requests": PredictionRequest, "feedback": Feedback,
-                                "training": TrainingExample, "control": Command}
-KEY_FIELDS = {"requests": "request_id", "feedback": "request_id", "training": "model",
-              "control": "model"}
+INPUT_TYPES: dict[str, type] = {
+    "requests": PredictionRequest,
+    "feedback": Feedback,
+    "training": TrainingExample,
+    "control": Command,
+}
+KEY_FIELDS = {
+    "requests": "request_id",
+    "feedback": "request_id",
+    "training": "model",
+    "control": "model",
+}
 app = typer.Typer()
 
 
@@ -66,13 +74,17 @@ def _csv_records(path: Path, topic: str, model: str | None) -> list[dict[str, An
 @app.command("send")
 def send(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                         help="A .jsonl (one JSON object per line) or .csv file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, help="A .jsonl (one JSON object per line) or .csv file."
+        ),
+    ],
     topic: Annotated[str, typer.Option(help="requests, feedback, training or control.")],
-    model: Annotated[str | None, typer.Option(help="Model name for CSV rows without one.")]
-    = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Send the JSON text instead of Avro.")]
-    = False,
+    model: Annotated[str | None, typer.Option(help="Model name for CSV rows without one.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Send the JSON text instead of Avro.")
+    ] = False,
 ) -> None:
     """Validate every record against the topic's contract, then produce them all."""
     if topic not in INPUT_TYPES:
@@ -102,13 +114,13 @@ def send(
 
     async def produce() -> None:
         async with make_producer(settings) as producer:
-            futures = [await producer.send(settings.topic(topic), key=k, value=v)
-                       for k, v in messages]
+            futures = [
+                await producer.send(settings.topic(topic), key=k, value=v) for k, v in messages
+            ]
             await asyncio.gather(*futures)
 
     asyncio.run(produce())
-    typer.echo(f"sent {len(messages)} {record_type.__name__} record(s) to "
-               f"{settings.topic(topic)}")
+    typer.echo(f"sent {len(messages)} {record_type.__name__} record(s) to {settings.topic(topic)}")
 
 
 @app.command("tail")
@@ -118,9 +130,12 @@ def tail(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = False,
     limit: Annotated[int, typer.Option(help="Stop after this many records (0: follow).")] = 0,
-    idle_exit: Annotated[float, typer.Option(
-        help="With --from-beginning: stop after this many seconds without records (0: never).")]
-    = 0.0,
+    idle_exit: Annotated[
+        float,
+        typer.Option(
+            help="With --from-beginning: stop after this many seconds without records (0: never)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Print a topic's records decoded (Avro or JSON); dead letters show their headers."""
     spec = TOPICS_BY_NAME.get(topic)
@@ -163,7 +178,8 @@ def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: b
     if record_type is not None:
         try:
             value = codec.json_form(record_type).to_plain(
-                codec.decode_any(record.value, record_type))
+                codec.decode_any(record.value, record_type)
+            )
         except (DecodeError, InvalidEventError) as exc:
             value = {"undecodable": str(exc)}
         if record_type is ModelArtifact and "body" in value:
@@ -172,8 +188,10 @@ def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: b
             for tensor in TENSOR_FIELDS:
                 body[tensor] = {"dtype": body[tensor]["dtype"], "shape": body[tensor]["shape"]}
     else:
-        value = {"headers": {k: v.decode(errors="replace") for k, v in record.headers},
-                 "value": record.value.decode(errors="replace")}
+        value = {
+            "headers": {k: v.decode(errors="replace") for k, v in record.headers},
+            "value": record.value.decode(errors="replace"),
+        }
     if as_json:
         return json.dumps(value, separators=(",", ":"))
     return f"{record.partition}:{record.offset} {key} {json.dumps(value)}"
@@ -186,12 +204,13 @@ def status(ctx: typer.Context) -> None:
     fix_describe_groups_decoding()
 
     async def gather() -> None:
-        async with admin_client(settings) as admin, \
-                make_consumer(settings, group_id=None) as probe:
+        async with admin_client(settings) as admin, make_consumer(settings, group_id=None) as probe:
             existing = set(await admin.list_topics())
             missing = [n for n in TOPICS_BY_NAME if settings.topic(n) not in existing]
-            typer.echo(f"broker {settings.bootstrap}: reachable; topics "
-                       + ("all present" if not missing else f"missing {missing}"))
+            typer.echo(
+                f"broker {settings.bootstrap}: reachable; topics "
+                + ("all present" if not missing else f"missing {missing}")
+            )
             groups = [settings.group(s) for s in SERVICES]
             described = await admin.describe_consumer_groups(groups)
             members = {}
@@ -205,21 +224,24 @@ def status(ctx: typer.Context) -> None:
                 lag = await _lag(admin, probe, group)
                 lag_text = "-" if lag is None else str(lag)
                 up = "up" if count else "down"
-                typer.echo(f"  {service:10} {up:5} members={count} state={state} "
-                           f"lag={lag_text}")
-        production = await load_production(settings, public_key(settings),
-                                           allow_unsigned=public_key(settings) is None)
+                typer.echo(f"  {service:10} {up:5} members={count} state={state} lag={lag_text}")
+        production = await load_production(
+            settings, public_key(settings), allow_unsigned=public_key(settings) is None
+        )
         if not production:
             typer.echo("models: none in production")
         for name, verified in sorted(production.items()):
-            typer.echo(f"  model {name}: v{verified.body['version']} "
-                       f"({verified.digest[:12]}, {'signed' if verified.signed else 'unsigned'})")
+            typer.echo(
+                f"  model {name}: v{verified.body['version']} "
+                f"({verified.digest[:12]}, {'signed' if verified.signed else 'unsigned'})"
+            )
 
     try:
         asyncio.run(gather())
     except Exception as exc:  # the broker is down: say so in one line
-        typer.echo(f"broker {settings.bootstrap}: not reachable ({type(exc).__name__}: {exc})",
-                   err=True)
+        typer.echo(
+            f"broker {settings.bootstrap}: not reachable ({type(exc).__name__}: {exc})", err=True
+        )
         raise typer.Exit(code=3) from None
 
 
@@ -228,5 +250,8 @@ async def _lag(admin: AIOKafkaAdminClient, probe: AIOKafkaConsumer, group: str) 
     if not offsets:
         return None
     ends = await probe.end_offsets(list(offsets))
-    return sum(max(0, ends[tp] - meta.offset) for tp, meta in offsets.items()
-               if isinstance(tp, TopicPartition) and meta.offset >= 0)
+    return sum(
+        max(0, ends[tp] - meta.offset)
+        for tp, meta in offsets.items()
+        if isinstance(tp, TopicPartition) and meta.offset >= 0
+    )

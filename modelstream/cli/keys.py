@@ -15,8 +15,9 @@ app = typer.Typer(help="Ed25519 keys that sign and verify model artifacts.", no_
 @app.command("generate")
 def keys_generate(
     ctx: typer.Context,
-    out_dir: Annotated[Path | None, typer.Option(help="Directory (default: <state-dir>/keys).")]
-    = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Directory (default: <state-dir>/keys).")
+    ] = None,
     keep_existing: Annotated[bool, typer.Option(help="Keep a pair that already exists.")] = False,
 ) -> None:
     """Make a key pair: the publisher holds the private key, every consumer the public one."""

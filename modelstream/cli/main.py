@@ -31,21 +31,34 @@ app.add_typer(up.app)  # up
 def main_options(
     ctx: typer.Context,
     bootstrap_servers: Annotated[
-        str | None, typer.Option(help="Kafka bootstrap servers (default: the embedded broker).",
-                                 envvar="MODELSTREAM_BOOTSTRAP_SERVERS", show_envvar=True)
+        str | None,
+        typer.Option(
+            help="Kafka bootstrap servers (default: the embedded broker).",
+            envvar="MODELSTREAM_BOOTSTRAP_SERVERS",
+            show_envvar=True,
+        ),
     ] = None,
     state_dir: Annotated[
-        Path | None, typer.Option(help="Directory for broker data, logs, pids and keys.",
-                                  envvar="MODELSTREAM_STATE_DIR", show_envvar=True)
+        Path | None,
+        typer.Option(
+            help="Directory for broker data, logs, pids and keys.",
+            envvar="MODELSTREAM_STATE_DIR",
+            show_envvar=True,
+        ),
     ] = None,
     topic_prefix: Annotated[
-        str | None, typer.Option(help="Prefix of every topic name.",
-                                 envvar="MODELSTREAM_TOPIC_PREFIX", show_envvar=True)
+        str | None,
+        typer.Option(
+            help="Prefix of every topic name.", envvar="MODELSTREAM_TOPIC_PREFIX", show_envvar=True
+        ),
     ] = None,
 ) -> None:
     ctx.obj = Context(
-        {"bootstrap_servers": bootstrap_servers, "state_dir": state_dir,
-         "topic_prefix": topic_prefix}
+        {
+            "bootstrap_servers": bootstrap_servers,
+            "state_dir": state_dir,
+            "topic_prefix": topic_prefix,
+        }
     )
 
 

@@ -34,8 +34,9 @@ from modelstream.registry.follower import load_history, load_production, public_
 from modelstream.registry.lineage import load_lineage, retrain
 from modelstream.settings import Settings
 
-app = typer.Typer(help="Define models; list, show, roll back and reproduce versions.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Define models; list, show, roll back and reproduce versions.", no_args_is_help=True
+)
 
 
 @app.command("define")
@@ -43,19 +44,29 @@ def define(
     ctx: typer.Context,
     name: str,
     task: Annotated[str, typer.Option(help="binary, multiclass or regression.")],
-    features: Annotated[str | None, typer.Option(
-        help="Comma-separated feature names (default: inferred from the first example).")] = None,
-    classes: Annotated[str | None, typer.Option(
-        help="Comma-separated class labels (default: inferred at first training).")] = None,
-    retrain_every: Annotated[int, typer.Option(
-        help="Train after this many new examples; 0 = only on `models train`.")] = 0,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated feature names (default: inferred from the first example)."
+        ),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated class labels (default: inferred at first training)."),
+    ] = None,
+    retrain_every: Annotated[
+        int, typer.Option(help="Train after this many new examples; 0 = only on `models train`.")
+    ] = 0,
     min_examples: Annotated[int, typer.Option(help="Never train on fewer.")] = 50,
     window_size: Annotated[int, typer.Option(help="Newest examples kept for training.")] = 20000,
     cv_folds: Annotated[int, typer.Option(help="k of the validator's k-fold CV.")] = 5,
-    threshold: Annotated[list[str] | None, typer.Option(
-        help="Gate, e.g. min_accuracy=0.9 or max_rmse=3 (repeatable).")] = None,
-    tolerance: Annotated[float, typer.Option(
-        help="Allowed drop of the primary metric against production.")] = 0.01,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(help="Gate, e.g. min_accuracy=0.9 or max_rmse=3 (repeatable)."),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Allowed drop of the primary metric against production.")
+    ] = 0.01,
     l2_grid: Annotated[str | None, typer.Option(help="Comma-separated L2 strengths.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of shuffles and splits.")] = 0,
 ) -> None:
@@ -71,18 +82,24 @@ def define(
     if task_name not in Task.__members__:
         raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in Task)}")
     definition = Definition(
-        name=name, task=Task(task_name), feature_names=csv_list(features),
+        name=name,
+        task=Task(task_name),
+        feature_names=csv_list(features),
         classes=csv_list(classes),
-        retrain_every=retrain_every, min_examples=min_examples, window_size=window_size,
-        cv_folds=cv_folds, thresholds=thresholds, tolerance=tolerance,
-        l2_grid=tuple(float(v) for v in csv_list(l2_grid)), seed=seed,
+        retrain_every=retrain_every,
+        min_examples=min_examples,
+        window_size=window_size,
+        cv_folds=cv_folds,
+        thresholds=thresholds,
+        tolerance=tolerance,
+        l2_grid=tuple(float(v) for v in csv_list(l2_grid)),
+        seed=seed,
     )
     try:
         definition.check()
     except Exception as exc:
         raise typer.BadParameter(str(exc)) from None
-    asyncio.run(send_command(settings_of(ctx), command(name, Action.DEFINE,
-                                                        definition=definition)))
+    asyncio.run(send_command(settings_of(ctx), command(name, Action.DEFINE, definition=definition)))
     typer.echo(f"defined {name} ({task_name.lower()})")
 
 
@@ -95,23 +112,31 @@ def train_now(ctx: typer.Context, name: str) -> None:
 
 @app.command("rollback")
 def rollback(
-    ctx: typer.Context, name: str, version: int,
+    ctx: typer.Context,
+    name: str,
+    version: int,
     reason: Annotated[str, typer.Option(help="Recorded on the audit topic.")] = "",
 ) -> None:
     """Make VERSION (from the history) production again; the publisher carries it out."""
-    asyncio.run(send_command(settings_of(ctx), command(name, Action.ROLLBACK, version=version,
-                                                       reason=reason)))
+    asyncio.run(
+        send_command(
+            settings_of(ctx), command(name, Action.ROLLBACK, version=version, reason=reason)
+        )
+    )
     typer.echo(f"rollback of {name} to v{version} requested")
 
 
 @app.command("traffic")
 def traffic(
-    ctx: typer.Context, name: str,
+    ctx: typer.Context,
+    name: str,
     challenger: Annotated[int | None, typer.Option(help="Challenger version.")] = None,
-    fraction: Annotated[float, typer.Option(min=0.0, max=1.0,
-                                            help="Share of requests routed to it.")] = 0.0,
-    shadow: Annotated[bool, typer.Option(
-        help="Score the challenger on every request, to the shadow topic only.")] = False,
+    fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of requests routed to it.")
+    ] = 0.0,
+    shadow: Annotated[
+        bool, typer.Option(help="Score the challenger on every request, to the shadow topic only.")
+    ] = False,
     clear: Annotated[bool, typer.Option(help="Remove any split: production only.")] = False,
 ) -> None:
     """Split traffic between production and a challenger version (by request id)."""
@@ -119,8 +144,7 @@ def traffic(
         challenger, fraction, shadow = None, 0.0, False
     elif challenger is None:
         raise typer.BadParameter("give --challenger VERSION (or --clear)")
-    split: TrafficSplit = {"challenger_version": challenger, "fraction": fraction,
-                           "shadow": shadow}
+    split: TrafficSplit = {"challenger_version": challenger, "fraction": fraction, "shadow": shadow}
     asyncio.run(send_command(settings_of(ctx), command(name, Action.SET_TRAFFIC, traffic=split)))
     typer.echo(f"traffic for {name}: {split}")
 
@@ -128,13 +152,22 @@ def traffic(
 def _summary(artifact: ModelArtifact, verified: str) -> dict[str, Any]:
     body = artifact["body"]
     return {
-        "name": body["name"], "version": body["version"], "stage": body["stage"],
-        "task": body["task"].lower(), "digest": artifact["digest"],
-        "key_id": artifact["key_id"], "signature": verified,
-        "parent_version": body["parent_version"], "created_at_ms": body["created_at_ms"],
-        "created_by": body["created_by"], "features": body["feature_names"],
-        "classes": body["classes"], "encrypted": body["encryption"] is not None,
-        "training": body["training"], "metrics": body["metrics"], "lineage": body["lineage"],
+        "name": body["name"],
+        "version": body["version"],
+        "stage": body["stage"],
+        "task": body["task"].lower(),
+        "digest": artifact["digest"],
+        "key_id": artifact["key_id"],
+        "signature": verified,
+        "parent_version": body["parent_version"],
+        "created_at_ms": body["created_at_ms"],
+        "created_by": body["created_by"],
+        "features": body["feature_names"],
+        "classes": body["classes"],
+        "encrypted": body["encryption"] is not None,
+        "training": body["training"],
+        "metrics": body["metrics"],
+        "lineage": body["lineage"],
     }
 
 
@@ -155,8 +188,9 @@ def list_models(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
 
     async def gather() -> tuple[dict[str, Verified], dict[tuple[str, int], ModelArtifact]]:
-        production = await load_production(settings, public_key(settings),
-                                           allow_unsigned=public_key(settings) is None)
+        production = await load_production(
+            settings, public_key(settings), allow_unsigned=public_key(settings) is None
+        )
         return production, await load_history(settings)
 
     production, history = asyncio.run(gather())
@@ -171,15 +205,21 @@ def list_models(ctx: typer.Context) -> None:
         if current is None:
             typer.echo(f"{name:24} {'-':>10} {count:>8}")
             continue
-        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(current.body["metrics"].items())
-                           if k.startswith(("cv_", "train_accuracy", "train_rmse")))
-        typer.echo(f"{name:24} {'v' + str(current.body['version']):>10} {count:>8}  "
-                   f"{current.digest[:12]}  {metrics}")
+        metrics = " ".join(
+            f"{k}={v:.4f}"
+            for k, v in sorted(current.body["metrics"].items())
+            if k.startswith(("cv_", "train_accuracy", "train_rmse"))
+        )
+        typer.echo(
+            f"{name:24} {'v' + str(current.body['version']):>10} {count:>8}  "
+            f"{current.digest[:12]}  {metrics}"
+        )
 
 
 @app.command("show")
 def show(
-    ctx: typer.Context, name: str,
+    ctx: typer.Context,
+    name: str,
     version: Annotated[int | None, typer.Option(help="Default: the production version.")] = None,
 ) -> None:
     """Everything an artifact says about itself (weights omitted), as JSON."""
@@ -204,10 +244,10 @@ def _artifact(settings: Settings, name: str, version: int | None) -> ModelArtifa
 
 @app.command("export")
 def export(
-    ctx: typer.Context, name: str,
+    ctx: typer.Context,
+    name: str,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the model.")],
-    version: Annotated[int | None, typer.Option(help="Default: the production version.")]
-    = None,
+    version: Annotated[int | None, typer.Option(help="Default: the production version.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
 ) -> None:
     """Write a published version as a standard ONNX graph (opset 17)."""
@@ -223,17 +263,21 @@ def export(
     data_key = settings.data_key()
     body = decrypt_tensors(artifact["body"], data_key[0] if data_key else None)
     model = LinearModel.from_body(body)
-    output.write_bytes(export_onnx(model, name=name, version=body["version"],
-                                   digest=artifact["digest"]))
+    output.write_bytes(
+        export_onnx(model, name=name, version=body["version"], digest=artifact["digest"])
+    )
     typer.echo(f"wrote {name} v{body['version']} ({artifact['digest'][:12]}) to {output}")
 
 
 @app.command("import")
 def import_model(
-    ctx: typer.Context, name: str,
+    ctx: typer.Context,
+    name: str,
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An .onnx file.")],
-    features: Annotated[str | None, typer.Option(
-        help="Comma-separated feature names (default: from the file, else f0..fN).")] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated feature names (default: from the file, else f0..fN)."),
+    ] = None,
 ) -> None:
     """Turn a linear ONNX model (skl2onnx or modelstream export) into a candidate; the
     validator gates it on recent labelled data like any other candidate."""
@@ -245,26 +289,39 @@ def import_model(
     from modelstream.registry.onnx_interop import import_onnx
 
     imported = import_onnx(path.read_bytes(), csv_list(features) or None)
-    artifact = seal(candidate_body(
-        name=name, task=imported.task, feature_names=imported.feature_names,
-        classes=imported.classes, tensors=imported.tensors(),
-        training=training_config("imported"), lineage=lineage(Origin.IMPORTED),
-        created_by=f"import:{path.name}"))
+    artifact = seal(
+        candidate_body(
+            name=name,
+            task=imported.task,
+            feature_names=imported.feature_names,
+            classes=imported.classes,
+            tensors=imported.tensors(),
+            training=training_config("imported"),
+            lineage=lineage(Origin.IMPORTED),
+            created_by=f"import:{path.name}",
+        )
+    )
     settings = settings_of(ctx)
 
     async def send() -> None:
         async with make_producer(settings) as producer:
-            await producer.send_and_wait(settings.topic(CANDIDATES), key=name.encode(),
-                                         value=default_codec().encode(ModelArtifact, artifact))
+            await producer.send_and_wait(
+                settings.topic(CANDIDATES),
+                key=name.encode(),
+                value=default_codec().encode(ModelArtifact, artifact),
+            )
 
     asyncio.run(send())
-    typer.echo(f"candidate {artifact['digest'][:12]} for {name} ({imported.task.lower()}, "
-               f"{len(imported.feature_names)} features) sent for validation")
+    typer.echo(
+        f"candidate {artifact['digest'][:12]} for {name} ({imported.task.lower()}, "
+        f"{len(imported.feature_names)} features) sent for validation"
+    )
 
 
 @app.command("history")
 def history(
-    ctx: typer.Context, name: str,
+    ctx: typer.Context,
+    name: str,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
 ) -> None:
     """Replay `audit` into the model's timeline: trained from which offsets, validated with
@@ -278,8 +335,10 @@ def history(
         version = f" v{event['version']}" if event["version"] is not None else ""
         digest = f" {event['digest'][:12]}" if event["digest"] else ""
         details = " ".join(f"{k}={v}" for k, v in sorted(event["details"].items()))
-        typer.echo(f"{when} {event['event']}{version}{digest} by {event['actor']} "
-                   f"({event['service']}): {event['reason']} {details}".rstrip())
+        typer.echo(
+            f"{when} {event['event']}{version}{digest} by {event['actor']} "
+            f"({event['service']}): {event['reason']} {details}".rstrip()
+        )
 
 
 async def audit_trail(settings: Settings, name: str) -> list[AuditEvent]:
@@ -323,20 +382,29 @@ def reproduce(ctx: typer.Context, name: str, version: int) -> None:
         rebuilt[field] = tensors[field]
     # Metrics the publisher added after validation are not training output; keep them, in
     # the same map order, since the digest covers their encoding.
-    rebuilt["metrics"] = {**trained.metrics, **{k: v for k, v in plain["metrics"].items()
-                                                if k.startswith("validation_")}}
-    rebuilt["training"] = {**plain["training"], "l2": trained.config.l2,
-                           "l2_grid_scores": list(trained.l2_grid_scores),
-                           "epochs_run": trained.epochs_run}
+    rebuilt["metrics"] = {
+        **trained.metrics,
+        **{k: v for k, v in plain["metrics"].items() if k.startswith("validation_")},
+    }
+    rebuilt["training"] = {
+        **plain["training"],
+        "l2": trained.config.l2,
+        "l2_grid_scores": list(trained.l2_grid_scores),
+        "epochs_run": trained.epochs_run,
+    }
     matches_plain = body_digest(rebuilt) == body_digest(plain)
     if published["encryption"] is None:
         matches = body_digest(rebuilt) == artifact["digest"]
-        typer.echo(f"{name} v{version}: re-read {len(data.y)} examples; retrained digest "
-                   f"{body_digest(rebuilt)[:16]} vs published {artifact['digest'][:16]}: "
-                   + ("MATCH (bit for bit)" if matches else "MISMATCH"))
+        typer.echo(
+            f"{name} v{version}: re-read {len(data.y)} examples; retrained digest "
+            f"{body_digest(rebuilt)[:16]} vs published {artifact['digest'][:16]}: "
+            + ("MATCH (bit for bit)" if matches else "MISMATCH")
+        )
     else:
         matches = matches_plain
-        typer.echo(f"{name} v{version}: weights are encrypted; compared decrypted bodies: "
-                   + ("MATCH (bit for bit)" if matches else "MISMATCH"))
+        typer.echo(
+            f"{name} v{version}: weights are encrypted; compared decrypted bodies: "
+            + ("MATCH (bit for bit)" if matches else "MISMATCH")
+        )
     if not matches:
         raise typer.Exit(code=1)

@@ -34,17 +34,29 @@ class RequestEncoder:
         self.fmt = fmt
         self._codec = default_codec()
 
-    def encode(self, request_id: str, model: str, features: Features, *,
-               version: int | None = None, packed: bool = False,
-               sent_at_ms: int | None = None) -> bytes:
+    def encode(
+        self,
+        request_id: str,
+        model: str,
+        features: Features,
+        *,
+        version: int | None = None,
+        packed: bool = False,
+        sent_at_ms: int | None = None,
+    ) -> bytes:
         if packed:
             payload: Any = self._ordered(features).astype("<f8").tobytes()
         elif isinstance(features, Mapping):
             payload = {str(k): float(v) for k, v in features.items()}
         else:
             payload = [float(v) for v in features]
-        record = {"request_id": request_id, "model": model, "features": payload,
-                  "version": version, "sent_at_ms": sent_at_ms}
+        record = {
+            "request_id": request_id,
+            "model": model,
+            "features": payload,
+            "version": version,
+            "sent_at_ms": sent_at_ms,
+        }
         if self.fmt == "json":
             return self._codec.encode_json(PredictionRequest, record)
         return self._codec.encode(PredictionRequest, record)

@@ -72,7 +72,8 @@ class AvroCodec:
     def __init__(self, readers: Iterable[Schema], writers: Iterable[Schema] = ()) -> None:
         self._readers = {s.name: s for s in readers}
         self._by_fingerprint: dict[bytes, Schema] = {
-            s.fingerprint: s for s in self._readers.values()}
+            s.fingerprint: s for s in self._readers.values()
+        }
         for schema in writers:
             self._by_fingerprint.setdefault(schema.fingerprint, schema)
         self._json_forms: dict[str, JsonForm] = {}

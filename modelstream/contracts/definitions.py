@@ -49,11 +49,18 @@ class Definition:
         if d is None:
             raise InvalidEventError("invalid-command", "DEFINE command without a definition")
         definition = cls(
-            name=command["model"], task=Task(d["task"]), feature_names=tuple(d["feature_names"]),
-            classes=tuple(d["classes"]), retrain_every=d["retrain_every"],
-            min_examples=d["min_examples"], window_size=d["window_size"],
-            cv_folds=d["cv_folds"], thresholds=dict(d["thresholds"]),
-            tolerance=d["tolerance"], l2_grid=tuple(d["l2_grid"]), seed=d["seed"],
+            name=command["model"],
+            task=Task(d["task"]),
+            feature_names=tuple(d["feature_names"]),
+            classes=tuple(d["classes"]),
+            retrain_every=d["retrain_every"],
+            min_examples=d["min_examples"],
+            window_size=d["window_size"],
+            cv_folds=d["cv_folds"],
+            thresholds=dict(d["thresholds"]),
+            tolerance=d["tolerance"],
+            l2_grid=tuple(d["l2_grid"]),
+            seed=d["seed"],
         )
         definition.check()
         return definition
@@ -82,11 +89,17 @@ class Definition:
 
     def to_record(self) -> ModelDefinition:
         return {
-            "task": self.task, "feature_names": list(self.feature_names),
-            "classes": list(self.classes), "retrain_every": self.retrain_every,
-            "min_examples": self.min_examples, "window_size": self.window_size,
-            "cv_folds": self.cv_folds, "thresholds": dict(self.thresholds),
-            "tolerance": self.tolerance, "l2_grid": list(self.l2_grid), "seed": self.seed,
+            "task": self.task,
+            "feature_names": list(self.feature_names),
+            "classes": list(self.classes),
+            "retrain_every": self.retrain_every,
+            "min_examples": self.min_examples,
+            "window_size": self.window_size,
+            "cv_folds": self.cv_folds,
+            "thresholds": dict(self.thresholds),
+            "tolerance": self.tolerance,
+            "l2_grid": list(self.l2_grid),
+            "seed": self.seed,
         }
 
     def fixed(self, feature_names: Sequence[str], classes: Sequence[str]) -> Definition:
@@ -111,9 +124,11 @@ def feature_vector(features: Features, names: Sequence[str]) -> np.ndarray:
             missing = [n for n in names if n not in features]
             extra = [k for k in features if k not in set(names)]
             if missing:
-                raise InvalidEventError("missing-features", f"missing features {missing[:5]}"
-                                        + (f" (and {len(missing) - 5} more)" if len(missing) > 5
-                                           else ""))
+                raise InvalidEventError(
+                    "missing-features",
+                    f"missing features {missing[:5]}"
+                    + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""),
+                )
             raise InvalidEventError("extra-features", f"unknown features {extra[:5]}")
         row = np.fromiter((features[n] for n in names), dtype=np.float64, count=d)
     elif isinstance(features, bytes | bytearray | memoryview):
@@ -141,8 +156,9 @@ def class_label(label: object, task: Task, classes: Sequence[str]) -> str:
     elif isinstance(label, float) and math.isfinite(label) and label.is_integer():
         text = str(int(label))
     else:
-        raise InvalidEventError("wrong-label-type",
-                                f"{task.lower()} label must be a class name, got {label!r}")
+        raise InvalidEventError(
+            "wrong-label-type", f"{task.lower()} label must be a class name, got {label!r}"
+        )
     if classes and text not in classes:
         raise InvalidEventError("unknown-class", f"label {text!r} is not one of {list(classes)}")
     return text
@@ -150,8 +166,9 @@ def class_label(label: object, task: Task, classes: Sequence[str]) -> str:
 
 def regression_label(label: object) -> float:
     if isinstance(label, str) or not isinstance(label, int | float):
-        raise InvalidEventError("wrong-label-type",
-                                f"regression label must be a number, got {label!r}")
+        raise InvalidEventError(
+            "wrong-label-type", f"regression label must be a number, got {label!r}"
+        )
     if not math.isfinite(label):
         raise InvalidEventError("non-finite", "label is NaN or infinity")
     return float(label)
@@ -163,8 +180,7 @@ def check_label(label: object, definition: Definition) -> Label:
     return class_label(label, definition.task, definition.classes)
 
 
-def labels_to_targets(labels: Sequence[Label], task: Task,
-                      classes: Sequence[str]) -> np.ndarray:
+def labels_to_targets(labels: Sequence[Label], task: Task, classes: Sequence[str]) -> np.ndarray:
     if task == Task.REGRESSION:
         return np.asarray(labels, dtype=np.float64)
     index = {c: i for i, c in enumerate(classes)}
@@ -182,22 +198,26 @@ def sorted_classes(labels: Sequence[str]) -> list[str]:
 
 def check_feature_count(names: Sequence[str]) -> None:
     if len(names) == 0 or len(names) > MAX_FEATURES:
-        raise InvalidEventError("wrong-feature-count",
-                                f"a model needs 1..{MAX_FEATURES} features, got {len(names)}")
+        raise InvalidEventError(
+            "wrong-feature-count", f"a model needs 1..{MAX_FEATURES} features, got {len(names)}"
+        )
 
 
 def check_request_id(request_id: str, key: bytes | None) -> None:
     """A request id joins requests, predictions and feedback: it must be usable as the
     Kafka key all three are partitioned by."""
     if not request_id or len(request_id) > MAX_REQUEST_ID:
-        raise InvalidEventError("bad-request-id",
-                                f"request id must have 1..{MAX_REQUEST_ID} characters")
+        raise InvalidEventError(
+            "bad-request-id", f"request id must have 1..{MAX_REQUEST_ID} characters"
+        )
     if not request_id.isprintable():
         raise InvalidEventError("bad-request-id", "request id has control characters")
     if key is not None and key != request_id.encode():
-        raise InvalidEventError("bad-request-id",
-                                "the record key differs from the request id, so the record "
-                                "is not co-partitioned with its request and prediction")
+        raise InvalidEventError(
+            "bad-request-id",
+            "the record key differs from the request id, so the record "
+            "is not co-partitioned with its request and prediction",
+        )
 
 
 def in_online_holdout(request_id: str) -> bool:
@@ -210,4 +230,4 @@ def unseen_by_online_learning(example_id: str | None) -> bool:
     wrote are usable only if held out of online learning; other rows never reach it."""
     if example_id is None or not example_id.startswith(FEEDBACK_EXAMPLE_PREFIX):
         return True
-    return in_online_holdout(example_id[len(FEEDBACK_EXAMPLE_PREFIX):])
+    return in_online_holdout(example_id[len(FEEDBACK_EXAMPLE_PREFIX) :])

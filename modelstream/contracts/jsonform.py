@@ -175,8 +175,10 @@ class JsonForm:
         if isinstance(schema, dict):
             kind = schema["type"]
             if kind in ("record", "error"):
-                return {f["name"]: self._write(f["type"], value.get(f["name"]))
-                        for f in schema["fields"]}
+                return {
+                    f["name"]: self._write(f["type"], value.get(f["name"]))
+                    for f in schema["fields"]
+                }
             if kind == "array":
                 return [self._write(schema["items"], v) for v in value]
             if kind == "map":

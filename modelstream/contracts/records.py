@@ -265,6 +265,17 @@ class MonitorModelState(TypedDict):
 # The top-level record of each file in schemas/, by schema name.
 RECORD_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (ModelArtifact, TrainingExample, PredictionRequest, Prediction, Feedback, Command,
-                ValidationReport, AuditEvent, MonitorJoin, MonitorJoinBatch, MonitorModelState)
+    for cls in (
+        ModelArtifact,
+        TrainingExample,
+        PredictionRequest,
+        Prediction,
+        Feedback,
+        Command,
+        ValidationReport,
+        AuditEvent,
+        MonitorJoin,
+        MonitorJoinBatch,
+        MonitorModelState,
+    )
 }

@@ -18,8 +18,10 @@ from modelstream.settings import Settings
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options common to producers, consumers and admin clients."""
-    options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap,
-                               "client_id": settings.client_id}
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+    }
     options.update(security_options(settings))
     return options
 
@@ -37,9 +39,11 @@ def security_options(settings: Settings) -> dict[str, Any]:
         options["ssl_context"] = create_ssl_context(cafile=cafile)
     if protocol.startswith("SASL"):
         password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        options.update(sasl_mechanism=settings.sasl_mechanism,
-                       sasl_plain_username=settings.sasl_username,
-                       sasl_plain_password=password)
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=password,
+        )
     return options
 
 

@@ -37,8 +37,12 @@ class ControlFollower:
         await self._consumer.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._consumer.stop()
 
     async def replay(self) -> list[Command]:
@@ -87,5 +91,8 @@ class ControlFollower:
 async def send_command(settings: Settings, cmd: Command) -> None:
     """Append one command to ``control`` (Avro), keyed by model name."""
     async with make_producer(settings) as producer:
-        await producer.send_and_wait(settings.topic(CONTROL), key=cmd["model"].encode(),
-                                     value=default_codec().encode(Command, cmd))
+        await producer.send_and_wait(
+            settings.topic(CONTROL),
+            key=cmd["model"].encode(),
+            value=default_codec().encode(Command, cmd),
+        )

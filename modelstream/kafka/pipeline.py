@@ -33,8 +33,6 @@ from modelstream.settings import Settings
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One output record. ``partition`` None: chosen from the key (CRC-32 of the key)."""
@@ -79,7 +77,7 @@ class BatchPipeline:
         *,
         exactly_once: bool = True,
         max_records: int = 5000,
-        session_timeout_ms: int = 10000,
+        session_timeout_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -89,10 +87,13 @@ class BatchPipeline:
         self.group = settings.group(service)
         self.max_records = max_records
         self.consumer = make_consumer(
-            settings, group_id=self.group, max_poll_records=max_records,
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=max(1000, session_timeout_ms // 4),
-            max_partition_fetch_bytes=1024 * 1024, fetch_max_bytes=8 * 1024 * 1024,
+            settings,
+            group_id=self.group,
+            max_poll_records=max_records,
+            session_timeout_ms=int(session_timeout_s * 1000),
+            heartbeat_interval_ms=max(1000, int(session_timeout_s * 250)),
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=20,
         )
         self._producers: dict[int, AIOKafkaProducer] = {}
@@ -110,8 +111,12 @@ class BatchPipeline:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -162,8 +167,12 @@ class BatchPipeline:
                 # Right after a commit the coordinator answers CONCURRENT_TRANSACTIONS until
                 # its markers are written; aiokafka then sleeps retry_backoff (100 ms by
                 # default) before the next batch's transaction can start.
-                producer = make_producer(self.settings, linger_ms=2, retry_backoff_ms=10,
-                                         transactional_id=self.transactional_id(partition))
+                producer = make_producer(
+                    self.settings,
+                    linger_ms=2,
+                    retry_backoff_ms=10,
+                    transactional_id=self.transactional_id(partition),
+                )
                 await producer.start()  # InitProducerId: fences and aborts the previous owner
                 self._producers[partition] = producer
             return producer
@@ -199,8 +208,7 @@ class BatchPipeline:
         try:
             async with producer.transaction():
                 await self._send(producer, outgoing)
-                await producer.send_offsets_to_transaction(
-                    {tp: records[-1].offset + 1}, self.group)
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
         except ProducerFenced:
             # Another member owns this partition now; our batch was aborted, not lost.
             log.warning("fenced on %s: another member took it over", tp)
@@ -226,12 +234,23 @@ class BatchPipeline:
         for (topic, partition), items in grouped.items():
             builder = producer.create_batch()
             for out in items:
-                if builder.append(key=out.key, value=out.value, timestamp=None,
-                                  headers=list(out.headers) if out.headers else []) is None:
+                if (
+                    builder.append(
+                        key=out.key,
+                        value=out.value,
+                        timestamp=None,
+                        headers=list(out.headers) if out.headers else [],
+                    )
+                    is None
+                ):
                     futures.append(await producer.send_batch(builder, topic, partition=partition))
                     builder = producer.create_batch()
-                    builder.append(key=out.key, value=out.value, timestamp=None,
-                                   headers=list(out.headers) if out.headers else [])
+                    builder.append(
+                        key=out.key,
+                        value=out.value,
+                        timestamp=None,
+                        headers=list(out.headers) if out.headers else [],
+                    )
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures

@@ -53,40 +53,142 @@ MONITOR_TOPICS = (MONITOR_LABELLED, MONITOR_JOIN_CHANGELOG, MONITOR_MODELS_CHANG
 
 TOPOLOGY: tuple[TopicSpec, ...] = (
     # The log is the dataset: training examples are kept until an operator says otherwise.
-    TopicSpec(TRAINING, "model name", "TrainingExample", "users", "trainer, validator", 3,
-              {"retention.ms": FOREVER}),
+    TopicSpec(
+        TRAINING,
+        "model name",
+        "TrainingExample",
+        "users",
+        "trainer, validator",
+        3,
+        {"retention.ms": FOREVER},
+    ),
     # One partition: commands about different models stay in issue order for every reader.
-    TopicSpec(CONTROL, "model name", "Command", "users, CLI, monitor",
-              "trainer, validator, publisher, predictor", 1, {"retention.ms": FOREVER}),
-    TopicSpec(CANDIDATES, "model name", "ModelArtifact", "trainer, monitor", "validator", 3,
-              {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec(VALIDATIONS, "model name", "ValidationReport", "validator", "publisher", 3,
-              {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec(MODELS, "model name", "ModelArtifact", "publisher", "predictor, monitor", 3,
-              {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-               "segment.ms": str(3600 * 1000)}),
+    TopicSpec(
+        CONTROL,
+        "model name",
+        "Command",
+        "users, CLI, monitor",
+        "trainer, validator, publisher, predictor",
+        1,
+        {"retention.ms": FOREVER},
+    ),
+    TopicSpec(
+        CANDIDATES,
+        "model name",
+        "ModelArtifact",
+        "trainer, monitor",
+        "validator",
+        3,
+        {"retention.ms": str(7 * DAY_MS)},
+    ),
+    TopicSpec(
+        VALIDATIONS,
+        "model name",
+        "ValidationReport",
+        "validator",
+        "publisher",
+        3,
+        {"retention.ms": str(7 * DAY_MS)},
+    ),
+    TopicSpec(
+        MODELS,
+        "model name",
+        "ModelArtifact",
+        "publisher",
+        "predictor, monitor",
+        3,
+        {
+            "cleanup.policy": "compact",
+            "min.cleanable.dirty.ratio": "0.1",
+            "segment.ms": str(3600 * 1000),
+        },
+    ),
     # Keys are name:version, so compaction keeps every version and only drops exact re-sends.
-    TopicSpec(MODEL_HISTORY, "name:version", "ModelArtifact", "publisher",
-              "publisher (rollback), audit, CLI", 3, {"cleanup.policy": "compact"}),
-    TopicSpec(REQUESTS, "request id", "PredictionRequest", "users", "predictor", 6,
-              {"retention.ms": str(DAY_MS)}),
-    TopicSpec(PREDICTIONS, "request id", "Prediction", "predictor", "users, monitor", 6,
-              {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec(SHADOW_PREDICTIONS, "request id", "Prediction", "predictor", "users", 6,
-              {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec(FEEDBACK, "request id", "Feedback", "users", "monitor", 6,
-              {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec(AUDIT, "model name", "AuditEvent", "every service", "operators", 3,
-              {"retention.ms": FOREVER}),
-    TopicSpec(DEADLETTER, "original key", "original bytes (headers: reason, source)",
-              "every service", "operators", 3, {"retention.ms": str(14 * DAY_MS)}),
-    TopicSpec(MONITOR_LABELLED, "model name", "MonitorJoinBatch", "monitor", "monitor", 3,
-              {"retention.ms": str(DAY_MS)}),
+    TopicSpec(
+        MODEL_HISTORY,
+        "name:version",
+        "ModelArtifact",
+        "publisher",
+        "publisher (rollback), audit, CLI",
+        3,
+        {"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        REQUESTS,
+        "request id",
+        "PredictionRequest",
+        "users",
+        "predictor",
+        6,
+        {"retention.ms": str(DAY_MS)},
+    ),
+    TopicSpec(
+        PREDICTIONS,
+        "request id",
+        "Prediction",
+        "predictor",
+        "users, monitor",
+        6,
+        {"retention.ms": str(7 * DAY_MS)},
+    ),
+    TopicSpec(
+        SHADOW_PREDICTIONS,
+        "request id",
+        "Prediction",
+        "predictor",
+        "users",
+        6,
+        {"retention.ms": str(7 * DAY_MS)},
+    ),
+    TopicSpec(
+        FEEDBACK, "request id", "Feedback", "users", "monitor", 6, {"retention.ms": str(7 * DAY_MS)}
+    ),
+    TopicSpec(
+        AUDIT,
+        "model name",
+        "AuditEvent",
+        "every service",
+        "operators",
+        3,
+        {"retention.ms": FOREVER},
+    ),
+    TopicSpec(
+        DEADLETTER,
+        "original key",
+        "original bytes (headers: reason, source)",
+        "every service",
+        "operators",
+        3,
+        {"retention.ms": str(14 * DAY_MS)},
+    ),
+    TopicSpec(
+        MONITOR_LABELLED,
+        "model name",
+        "MonitorJoinBatch",
+        "monitor",
+        "monitor",
+        3,
+        {"retention.ms": str(DAY_MS)},
+    ),
     # Changelogs are the tables: compacted, and partitioned like the inputs they follow.
-    TopicSpec(MONITOR_JOIN_CHANGELOG, "request id", "MonitorJoin", "monitor", "monitor", 6,
-              {"cleanup.policy": "compact"}),
-    TopicSpec(MONITOR_MODELS_CHANGELOG, "model name", "MonitorModelState", "monitor",
-              "monitor", 3, {"cleanup.policy": "compact"}),
+    TopicSpec(
+        MONITOR_JOIN_CHANGELOG,
+        "request id",
+        "MonitorJoin",
+        "monitor",
+        "monitor",
+        6,
+        {"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        MONITOR_MODELS_CHANGELOG,
+        "model name",
+        "MonitorModelState",
+        "monitor",
+        "monitor",
+        3,
+        {"cleanup.policy": "compact"},
+    ),
 )
 
 TOPICS_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPOLOGY}
@@ -106,8 +208,9 @@ def _full_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     return config
 
 
-async def create_topics(settings: Settings, only: Collection[str] | None = None, *,
-                        reconcile: bool = True) -> ProvisionReport:
+async def create_topics(
+    settings: Settings, only: Collection[str] | None = None, *, reconcile: bool = True
+) -> ProvisionReport:
     """Create missing topics and, with ``reconcile``, grow partition counts and re-apply
     declared configs (of every declared topic, or of the logical names in ``only``).
     Without it only Create and Describe ACLs are needed, as a service's principal has."""
@@ -120,8 +223,12 @@ async def create_topics(settings: Settings, only: Collection[str] | None = None,
         missing = [t for t in declared if settings.topic(t.name) not in existing]
         if missing:
             new = [
-                NewTopic(settings.topic(t.name), t.partitions, settings.replication_factor,
-                         topic_configs=_full_config(t, settings))
+                NewTopic(
+                    settings.topic(t.name),
+                    t.partitions,
+                    settings.replication_factor,
+                    topic_configs=_full_config(t, settings),
+                )
                 for t in missing
             ]
             try:
@@ -143,25 +250,35 @@ async def create_topics(settings: Settings, only: Collection[str] | None = None,
             if grow:
                 await admin.create_partitions(grow)
                 report.grown = sorted(grow)
-            await admin.alter_configs([
-                ConfigResource(ConfigResourceType.TOPIC, settings.topic(t.name),
-                               configs=_full_config(t, settings))
-                for t in present
-            ])
+            await admin.alter_configs(
+                [
+                    ConfigResource(
+                        ConfigResourceType.TOPIC,
+                        settings.topic(t.name),
+                        configs=_full_config(t, settings),
+                    )
+                    for t in present
+                ]
+            )
     finally:
         await admin.close()
     return report
 
 
-async def _until_visible(admin: AIOKafkaAdminClient, names: set[str],
-                         timeout_s: float = 30.0) -> None:
+async def _until_visible(
+    admin: AIOKafkaAdminClient, names: set[str], timeout_s: float = 30.0
+) -> None:
     """Creation returns once the controller committed it; brokers' metadata follows a moment
     later, and their partitions' replicas a moment after that. Wait for both, so a
     `topics list` right after `topics create` sees every topic whole."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not (names <= set(await admin.list_topics()) and all(
+    while not (
+        names <= set(await admin.list_topics())
+        and all(
             d["partitions"] and all(p["replicas"] for p in d["partitions"])
-            for d in await admin.describe_topics(sorted(names)))):
+            for d in await admin.describe_topics(sorted(names))
+        )
+    ):
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"created topics not visible after {timeout_s}s")
         await asyncio.sleep(0.1)
@@ -201,8 +318,10 @@ async def describe_topics(settings: Settings) -> dict[str, TopicState]:
         for topic in described:
             partitions = topic["partitions"]
             result[topic["topic"]] = TopicState(
-                len(partitions), len(partitions[0]["replicas"]) if partitions else 0,
-                non_default.get(topic["topic"], {}))
+                len(partitions),
+                len(partitions[0]["replicas"]) if partitions else 0,
+                non_default.get(topic["topic"], {}),
+            )
         return result
     finally:
         await admin.close()

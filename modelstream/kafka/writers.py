@@ -49,8 +49,7 @@ class SourcePosition:
     offset: int
 
 
-def dead_letter_headers(source: Position, reason: str, message: str,
-                        service: str) -> list[Header]:
+def dead_letter_headers(source: Position, reason: str, message: str, service: str) -> list[Header]:
     return [
         ("reason", reason.encode()),
         ("error", message[:MAX_ERROR_TEXT].encode("utf-8", "replace")),
@@ -80,11 +79,20 @@ class DeadLetterWriter:
 
     async def send(self, record: Sourced, reason: str, message: str) -> asyncio.Future[Any]:
         """Queue the record; returns its delivery future (await it before committing)."""
-        log.warning("dead-letter %s[%d]@%d: %s: %s", record.topic, record.partition,
-                    record.offset, reason, message)
+        log.warning(
+            "dead-letter %s[%d]@%d: %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            message,
+        )
         future: asyncio.Future[Any] = await self._producer.send(
-            self._topic, key=record.key, value=record.value,
-            headers=dead_letter_headers(record, reason, message, self._service))
+            self._topic,
+            key=record.key,
+            value=record.value,
+            headers=dead_letter_headers(record, reason, message, self._service),
+        )
         return future
 
 
@@ -92,19 +100,41 @@ class AuditWriter:
     """Sends audit events about models to the audit topic, keyed by model name, in the
     configured output format."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, service: str,
-                 output_format: str, codec: AvroCodec | None = None) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        service: str,
+        output_format: str,
+        codec: AvroCodec | None = None,
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._service = service
         self._format = output_format
         self._codec = codec or default_codec()
 
-    def event(self, model: str, event: str, *, actor: str | None = None,
-              version: int | None = None, digest: str | None = None, reason: str = "",
-              details: Mapping[str, Any] | None = None) -> AuditEvent:
-        return audit_event(model, event, service=self._service, actor=actor, version=version,
-                           digest=digest, reason=reason, details=details)
+    def event(
+        self,
+        model: str,
+        event: str,
+        *,
+        actor: str | None = None,
+        version: int | None = None,
+        digest: str | None = None,
+        reason: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        return audit_event(
+            model,
+            event,
+            service=self._service,
+            actor=actor,
+            version=version,
+            digest=digest,
+            reason=reason,
+            details=details,
+        )
 
     async def send(self, model: str, event: str, **fields: Any) -> asyncio.Future[Any]:
         """Queue one event (see :meth:`event` for the fields); returns its delivery future."""
@@ -112,6 +142,8 @@ class AuditWriter:
 
     async def send_event(self, event: AuditEvent) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = await self._producer.send(
-            self._topic, key=event["model"].encode(),
-            value=self._codec.encode_as(AuditEvent, event, self._format))
+            self._topic,
+            key=event["model"].encode(),
+            value=self._codec.encode_as(AuditEvent, event, self._format),
+        )
         return future

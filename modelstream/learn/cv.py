@@ -21,7 +21,7 @@ def kfold(n: int, k: int, seed: int) -> list[Fold]:
     order = np.random.default_rng(seed).permutation(n)
     chunks = np.array_split(order, k)
     return [
-        (np.sort(np.concatenate(chunks[:i] + chunks[i + 1:])), np.sort(chunks[i]))
+        (np.sort(np.concatenate(chunks[:i] + chunks[i + 1 :])), np.sort(chunks[i]))
         for i in range(k)
     ]
 

@@ -57,12 +57,16 @@ class LinearModel:
     @classmethod
     def from_body(cls, body: ModelBody) -> LinearModel:
         """Build from a (decrypted) artifact body, checking that every shape agrees."""
-        return cls.from_tensors(Task(body["task"]), body["feature_names"], body["classes"],
-                                body)
+        return cls.from_tensors(Task(body["task"]), body["feature_names"], body["classes"], body)
 
     @classmethod
-    def from_tensors(cls, task: Task, feature_names: Sequence[str], classes: Sequence[str],
-                     tensors: LinearTensors | ModelBody) -> LinearModel:
+    def from_tensors(
+        cls,
+        task: Task,
+        feature_names: Sequence[str],
+        classes: Sequence[str],
+        tensors: LinearTensors | ModelBody,
+    ) -> LinearModel:
         """Build from the four tensors, checking that every shape agrees."""
         names = list(feature_names)
         classes = list(classes)
@@ -76,8 +80,12 @@ class LinearModel:
             raise ArtifactVerificationError(f"binary model with {len(classes)} classes")
         if task == Task.MULTICLASS and len(classes) < 2:
             raise ArtifactVerificationError("multiclass model needs at least 2 classes")
-        expected = {"weights": (W.shape, (d, k)), "intercepts": (b.shape, (k,)),
-                    "feature_mean": (mean.shape, (d,)), "feature_scale": (scale.shape, (d,))}
+        expected = {
+            "weights": (W.shape, (d, k)),
+            "intercepts": (b.shape, (k,)),
+            "feature_mean": (mean.shape, (d,)),
+            "feature_scale": (scale.shape, (d,)),
+        }
         for name, (got, want) in expected.items():
             if tuple(got) != want:
                 raise ArtifactVerificationError(f"{name} has shape {got}, expected {want}")
@@ -86,8 +94,12 @@ class LinearModel:
         return cls(task, names, classes, W, b, mean, scale)
 
     def tensors(self) -> LinearTensors:
-        return {"weights": to_tensor(self.W), "intercepts": to_tensor(self.b),
-                "feature_mean": to_tensor(self.mean), "feature_scale": to_tensor(self.scale)}
+        return {
+            "weights": to_tensor(self.W),
+            "intercepts": to_tensor(self.b),
+            "feature_mean": to_tensor(self.mean),
+            "feature_scale": to_tensor(self.scale),
+        }
 
 
 def standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

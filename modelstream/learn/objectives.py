@@ -42,11 +42,9 @@ class Objective(Protocol):
 
     def outputs(self, n_classes: int) -> int: ...
 
-    def residual(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int
-                 ) -> np.ndarray: ...
+    def residual(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray: ...
 
-    def losses(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int
-               ) -> np.ndarray: ...
+    def losses(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray: ...
 
 
 # Inputs ``Xa`` end with a column of ones and ``W``'s last row holds the intercepts.
@@ -129,8 +127,9 @@ def objective_for(task: Task) -> Objective:
     return OBJECTIVES[task]
 
 
-def loss_grad(task: Task, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray,
-              l2: float) -> tuple[float, np.ndarray, np.ndarray]:
+def loss_grad(
+    task: Task, X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray, l2: float
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Penalized mean loss of one model and its gradient in (W, b)."""
     objective = objective_for(task)
     Xa = np.hstack((X, np.ones((X.shape[0], 1))))

@@ -32,8 +32,12 @@ class TrainedModel:
 
 
 def fit_fixed(
-    X: np.ndarray, y: np.ndarray, task: Task, feature_names: Sequence[str],
-    classes: Sequence[str], config: GDConfig,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    feature_names: Sequence[str],
+    classes: Sequence[str],
+    config: GDConfig,
 ) -> tuple[LinearModel, int]:
     """Standardize on ``X`` and fit with the given hyperparameters (no search)."""
     mean, scale = standardization(X)
@@ -50,8 +54,13 @@ def primary_score(task: Task, y: np.ndarray, output: np.ndarray) -> float:
 
 
 def search_l2(
-    X: np.ndarray, y: np.ndarray, task: Task, n_classes: int, config: GDConfig,
-    grid: Sequence[float], k: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    n_classes: int,
+    config: GDConfig,
+    grid: Sequence[float],
+    k: int,
 ) -> tuple[float, tuple[float, ...]]:
     """Mean CV score of each L2 value (the whole grid trained at once per fold); ties go to
     the stronger regularization."""
@@ -59,8 +68,9 @@ def search_l2(
     fold_scores = np.zeros((len(folds), len(grid)))
     for f, (train_idx, test_idx) in enumerate(folds):
         mean, scale = standardization(X[train_idx])
-        fits = fit_linear_grid((X[train_idx] - mean) / scale, y[train_idx], task, n_classes,
-                               config, tuple(grid))
+        fits = fit_linear_grid(
+            (X[train_idx] - mean) / scale, y[train_idx], task, n_classes, config, tuple(grid)
+        )
         for g, fit in enumerate(fits):
             model = LinearModel(task, [], [], fit.W, fit.b, mean, scale)
             fold_scores[f, g] = primary_score(task, y[test_idx], model.output(X[test_idx]))
@@ -70,8 +80,13 @@ def search_l2(
 
 
 def train(
-    X: np.ndarray, y: np.ndarray, task: Task, feature_names: Sequence[str],
-    classes: Sequence[str], config: GDConfig, l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    feature_names: Sequence[str],
+    classes: Sequence[str],
+    config: GDConfig,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     cv_folds: int = 5,
 ) -> TrainedModel:
     """The whole procedure; deterministic for a given ``config.seed``."""
@@ -107,9 +122,16 @@ class CrossValidation:
 
 
 def cross_validate(
-    X: np.ndarray, y: np.ndarray, task: Task, feature_names: Sequence[str],
-    classes: Sequence[str], config: GDConfig, k: int, seed: int,
-    champion: LinearModel | None = None, unseen_by_champion: np.ndarray | None = None,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    feature_names: Sequence[str],
+    classes: Sequence[str],
+    config: GDConfig,
+    k: int,
+    seed: int,
+    champion: LinearModel | None = None,
+    unseen_by_champion: np.ndarray | None = None,
 ) -> CrossValidation:
     """K-fold CV of the procedure with fixed hyperparameters. The champion (if any) is
     compared on the held-out rows it never trained on (``unseen_by_champion``), where the
@@ -132,8 +154,13 @@ def cross_validate(
     if champion is not None and len(rows):
         challenger_fresh = summarize([evaluate(task, y[rows], np.concatenate(challenger_out))])
         champion_fresh = summarize([evaluate(task, y[rows], champion.output(X[rows]))])
-    return CrossValidation(summarize(per_fold), challenger_fresh, champion_fresh,
-                           len(rows) if champion is not None else 0, len(folds))
+    return CrossValidation(
+        summarize(per_fold),
+        challenger_fresh,
+        champion_fresh,
+        len(rows) if champion is not None else 0,
+        len(folds),
+    )
 
 
 def summarize(per_fold: list[dict[str, float]]) -> dict[str, float]:

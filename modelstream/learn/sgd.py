@@ -54,7 +54,11 @@ def fit_linear(
 
 
 def fit_linear_grid(
-    X: np.ndarray, y: np.ndarray, task: Task, n_classes: int, config: GDConfig,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    n_classes: int,
+    config: GDConfig,
     l2_values: tuple[float, ...],
 ) -> list[LinearFit]:
     """Fit one model per L2 value in a single pass: the models share the shuffles (same
@@ -91,8 +95,8 @@ def fit_linear_grid(
         perm = rng.permutation(n_train)
         Xs, ys = X_train[perm], y_train[perm]  # one gather per epoch; batches are views
         for start in range(0, n_train, batch):
-            Xb = Xs[start:start + batch]
-            residual = objective.residual(Xb, ys[start:start + batch], W, groups)
+            Xb = Xs[start : start + batch]
+            residual = objective.residual(Xb, ys[start : start + batch], W, groups)
             np.matmul(Xb.T, residual, out=grad)
             grad += penalty_mask * W
             velocity *= config.momentum
@@ -104,7 +108,7 @@ def fit_linear_grid(
         val_loss = objective.losses(Xe, ye, W, groups) + penalty
         improved = active & np.isfinite(val_loss) & (val_loss < best_loss - config.tolerance)
         for g in np.flatnonzero(improved):
-            best_W[:, g * k:(g + 1) * k] = W[:, g * k:(g + 1) * k]
+            best_W[:, g * k : (g + 1) * k] = W[:, g * k : (g + 1) * k]
         best_loss = np.where(improved, val_loss, best_loss)
         stale = np.where(improved, 0, stale + 1)
         done = active & ((stale >= config.patience) | ~np.isfinite(val_loss))
@@ -114,7 +118,11 @@ def fit_linear_grid(
             break
     stopped_at[active] = epoch
     return [
-        LinearFit(W=best_W[:d, g * k:(g + 1) * k].copy(), b=best_W[d, g * k:(g + 1) * k].copy(),
-                  epochs_run=int(stopped_at[g]), best_validation_loss=float(best_loss[g]))
+        LinearFit(
+            W=best_W[:d, g * k : (g + 1) * k].copy(),
+            b=best_W[d, g * k : (g + 1) * k].copy(),
+            epochs_run=int(stopped_at[g]),
+            best_validation_loss=float(best_loss[g]),
+        )
         for g in range(groups)
     ]

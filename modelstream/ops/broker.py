@@ -60,8 +60,14 @@ def ensure_jars(settings: Settings) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     (target / "pom.xml").write_text(_pom_text(), "utf-8")
     cmd = [
-        mvn, "-q", "-B", "-f", str(target / "pom.xml"), "dependency:copy-dependencies",
-        f"-DoutputDirectory={target / 'jars'}", "-DincludeScope=runtime",
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(target / "pom.xml"),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={target / 'jars'}",
+        "-DincludeScope=runtime",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -131,8 +137,12 @@ class Node:
 class EmbeddedCluster:
     """Starts, stops and reports on the embedded KRaft cluster described by ``settings``."""
 
-    def __init__(self, settings: Settings, node_count: int | None = None,
-                 security: BrokerSecurity | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        node_count: int | None = None,
+        security: BrokerSecurity | None = None,
+    ) -> None:
         self.settings = settings
         self.security = security
         root = settings.state_dir.expanduser().resolve()
@@ -206,20 +216,26 @@ class EmbeddedCluster:
         }
         if self.security is not None:
             sec = self.security
-            lines.update({
-                "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-                "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
-                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                    f'username="{sec.admin}" password="{sec.admin_password}";',
-                "ssl.keystore.type": "PEM", "ssl.keystore.location": str(sec.tls.broker),
-                "ssl.truststore.type": "PEM", "ssl.truststore.location": str(sec.tls.ca),
-                "authorizer.class.name":
-                    "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                # The controller listener is loopback PLAINTEXT inside the cluster.
-                "super.users": f"User:{sec.admin};User:ANONYMOUS",
-                "allow.everyone.if.no.acl.found": "false",
-            })
+            lines.update(
+                {
+                    "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                    "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                        f'username="{sec.admin}" password="{sec.admin_password}";'
+                    ),
+                    "ssl.keystore.type": "PEM",
+                    "ssl.keystore.location": str(sec.tls.broker),
+                    "ssl.truststore.type": "PEM",
+                    "ssl.truststore.location": str(sec.tls.ca),
+                    "authorizer.class.name": (
+                        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+                    ),
+                    # The controller listener is loopback PLAINTEXT inside the cluster.
+                    "super.users": f"User:{sec.admin};User:ANONYMOUS",
+                    "allow.everyone.if.no.acl.found": "false",
+                }
+            )
         node.home.mkdir(parents=True, exist_ok=True)
         node.config_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
 
@@ -236,11 +252,18 @@ class EmbeddedCluster:
         if (node.data_dir / "meta.properties").exists():
             return
         cmd = [
-            self._java(), "-cp", f"{jars}/*", f"-Dlog4j2.configurationFile={_log4j_config()}",
-            f"-Dkafka.logs.dir={node.log_dir}", "kafka.tools.StorageTool", "format",
-            f"--cluster-id={cluster_id}", "-c", str(node.config_file),
+            self._java(),
+            "-cp",
+            f"{jars}/*",
+            f"-Dlog4j2.configurationFile={_log4j_config()}",
+            f"-Dkafka.logs.dir={node.log_dir}",
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(node.config_file),
         ]
-        for user, password in (self.security.users.items() if self.security else ()):
+        for user, password in self.security.users.items() if self.security else ():
             cmd += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -250,14 +273,25 @@ class EmbeddedCluster:
         node.log_dir.mkdir(parents=True, exist_ok=True)
         heap = f"{self.settings.broker_heap_mb}m"
         cmd = [
-            self._java(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={_log4j_config()}", f"-Dkafka.logs.dir={node.log_dir}",
-            "-cp", f"{jars}/*", "kafka.Kafka", str(node.config_file),
+            self._java(),
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_log4j_config()}",
+            f"-Dkafka.logs.dir={node.log_dir}",
+            "-cp",
+            f"{jars}/*",
+            "kafka.Kafka",
+            str(node.config_file),
         ]
         with open(node.log_dir / "stdout.log", "ab") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         node.pid_file.write_text(str(proc.pid))
@@ -268,9 +302,7 @@ class EmbeddedCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         recorded = self._recorded_node_count()
         if recorded is not None and recorded != len(self.nodes) and self.running_nodes():
-            raise BrokerError(
-                f"a {recorded}-node cluster is running in {self.root}; stop it first"
-            )
+            raise BrokerError(f"a {recorded}-node cluster is running in {self.root}; stop it first")
         if recorded is not None and recorded != len(self.nodes):
             # A different cluster shape needs fresh storage: voters are baked into it.
             for i in range(max(recorded, len(self.nodes))):
@@ -304,8 +336,9 @@ class EmbeddedCluster:
                 tails = "\n".join(n.log_tail() for n in dead)
                 raise BrokerError(f"broker node(s) {[n.node_id for n in dead]} exited:\n{tails}")
             try:
-                brokers = await fetch_broker_ids(self.bootstrap, timeout_s=5.0,
-                                                 **self.admin_options())
+                brokers = await fetch_broker_ids(
+                    self.bootstrap, timeout_s=5.0, **self.admin_options()
+                )
                 if len(brokers) >= len(self.nodes):
                     return
                 last_error = f"{len(brokers)} of {len(self.nodes)} brokers registered"
@@ -321,10 +354,13 @@ class EmbeddedCluster:
             return {}
         from aiokafka.helpers import create_ssl_context
 
-        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
-                "sasl_plain_username": self.security.admin,
-                "sasl_plain_password": self.security.admin_password,
-                "ssl_context": create_ssl_context(cafile=str(self.security.tls.ca))}
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": self.security.admin,
+            "sasl_plain_password": self.security.admin_password,
+            "ssl_context": create_ssl_context(cafile=str(self.security.tls.ca)),
+        }
 
     def running_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.pid() is not None]
@@ -371,11 +407,11 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-async def fetch_broker_ids(bootstrap: str, timeout_s: float = 5.0,
-                           **security: Any) -> list[int]:
+async def fetch_broker_ids(bootstrap: str, timeout_s: float = 5.0, **security: Any) -> list[int]:
     """Node ids of the brokers a real metadata request returns."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                            **security)
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **security
+    )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)
         metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)

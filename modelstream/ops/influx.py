@@ -39,12 +39,14 @@ def _field_value(value: Field) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, Field],
-         timestamp_ms: int) -> str:
+def line(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, Field], timestamp_ms: int
+) -> str:
     """One point in InfluxDB line protocol (millisecond precision); non-finite floats,
     which the protocol cannot carry, are left out."""
-    usable = {k: v for k, v in fields.items()
-              if not (isinstance(v, float) and not math.isfinite(v))}
+    usable = {
+        k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))
+    }
     if not usable:
         raise ValueError(f"point {measurement} has no finite field")
     tag_text = "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in sorted(tags.items()))
@@ -57,10 +59,19 @@ class InfluxWriter:
     retries; points that still fail are counted (``modelstream_influxdb_write_failures_total``)
     and logged, never raised. When the queue is full the oldest points are dropped (counted)."""
 
-    def __init__(self, url: str, database: str, *, username: str | None = None,
-                 password: str | None = None, batch_size: int = 1000,
-                 flush_interval_s: float = 1.0, max_queued: int = 100_000,
-                 retries: int = 3, service: str = "monitor") -> None:
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        batch_size: int = 1000,
+        flush_interval_s: float = 1.0,
+        max_queued: int = 100_000,
+        retries: int = 3,
+        service: str = "monitor",
+    ) -> None:
         self.url = url.rstrip("/")
         self.database = database
         self.batch_size = batch_size
@@ -68,14 +79,22 @@ class InfluxWriter:
         self.retries = retries
         self.service = service
         self.queue: deque[str] = deque(maxlen=max_queued)
-        self._auth = (f"Basic {base64.b64encode(f'{username}:{password}'.encode()).decode()}"
-                      if username else None)
+        self._auth = (
+            f"Basic {base64.b64encode(f'{username}:{password}'.encode()).decode()}"
+            if username
+            else None
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def write(self, measurement: str, tags: Mapping[str, str], fields: Mapping[str, Field],
-              timestamp_ms: int) -> None:
+    def write(
+        self,
+        measurement: str,
+        tags: Mapping[str, str],
+        fields: Mapping[str, Field],
+        timestamp_ms: int,
+    ) -> None:
         if len(self.queue) == self.queue.maxlen:
             INFLUX_WRITE_FAILURES.labels(self.service).inc()  # the oldest point is dropped
         self.queue.append(line(measurement, tags, fields, timestamp_ms))
@@ -84,11 +103,13 @@ class InfluxWriter:
 
     async def start(self) -> None:
         try:
-            await asyncio.to_thread(self._post, "/query",
-                                    {"q": f'CREATE DATABASE "{self.database}"'}, b"")
+            await asyncio.to_thread(
+                self._post, "/query", {"q": f'CREATE DATABASE "{self.database}"'}, b""
+            )
         except OSError as exc:  # not fatal: writes retry, and are counted when they fail
-            log.warning("InfluxDB at %s: cannot create database %r: %s", self.url,
-                        self.database, exc)
+            log.warning(
+                "InfluxDB at %s: cannot create database %r: %s", self.url, self.database, exc
+            )
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -105,8 +126,7 @@ class InfluxWriter:
                 pass
             self._wake.clear()
             while self.queue:
-                batch = [self.queue.popleft()
-                         for _ in range(min(self.batch_size, len(self.queue)))]
+                batch = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
                 await self._send(batch)
             if self._stopping:
                 return
@@ -122,14 +142,16 @@ class InfluxWriter:
             except OSError as exc:
                 if attempt == self.retries or self._stopping:
                     INFLUX_WRITE_FAILURES.labels(self.service).inc(len(batch))
-                    log.warning("InfluxDB write of %d points to %s failed: %s", len(batch),
-                                self.url, exc)
+                    log.warning(
+                        "InfluxDB write of %d points to %s failed: %s", len(batch), self.url, exc
+                    )
                     return
-                await asyncio.sleep(0.2 * 2 ** attempt)
+                await asyncio.sleep(0.2 * 2**attempt)
 
     def _post(self, path: str, params: Mapping[str, str], body: bytes) -> None:
         request = urllib.request.Request(
-            f"{self.url}{path}?{urllib.parse.urlencode(params)}", data=body, method="POST")
+            f"{self.url}{path}?{urllib.parse.urlencode(params)}", data=body, method="POST"
+        )
         if self._auth:
             request.add_header("Authorization", self._auth)
         with urllib.request.urlopen(request, timeout=5) as response:

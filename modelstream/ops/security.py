@@ -48,18 +48,31 @@ class ServiceAccess:
 # What each service's principal may do; groups and transactional ids are prefixed by the
 # deployment's topic prefix and the service name.
 SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
-    "trainer": ServiceAccess((TRAINING, CONTROL, CANDIDATES, MODEL_HISTORY, MODELS),
-                             (CANDIDATES, CONTROL, AUDIT, DEADLETTER), transactional=True),
-    "validator": ServiceAccess((CANDIDATES, CONTROL, TRAINING, MODELS),
-                               (VALIDATIONS, AUDIT, DEADLETTER), transactional=True),
-    "publisher": ServiceAccess((VALIDATIONS, CONTROL, MODEL_HISTORY, MODELS),
-                               (MODEL_HISTORY, MODELS, AUDIT, DEADLETTER), transactional=True),
-    "predictor": ServiceAccess((REQUESTS, MODELS, MODEL_HISTORY, CONTROL),
-                               (PREDICTIONS, SHADOW_PREDICTIONS, DEADLETTER, AUDIT),
-                               transactional=True),
-    "monitor": ServiceAccess((PREDICTIONS, FEEDBACK, REQUESTS, MODELS, CONTROL),
-                             (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING),
-                             internal_topics=True),
+    "trainer": ServiceAccess(
+        (TRAINING, CONTROL, CANDIDATES, MODEL_HISTORY, MODELS),
+        (CANDIDATES, CONTROL, AUDIT, DEADLETTER),
+        transactional=True,
+    ),
+    "validator": ServiceAccess(
+        (CANDIDATES, CONTROL, TRAINING, MODELS),
+        (VALIDATIONS, AUDIT, DEADLETTER),
+        transactional=True,
+    ),
+    "publisher": ServiceAccess(
+        (VALIDATIONS, CONTROL, MODEL_HISTORY, MODELS),
+        (MODEL_HISTORY, MODELS, AUDIT, DEADLETTER),
+        transactional=True,
+    ),
+    "predictor": ServiceAccess(
+        (REQUESTS, MODELS, MODEL_HISTORY, CONTROL),
+        (PREDICTIONS, SHADOW_PREDICTIONS, DEADLETTER, AUDIT),
+        transactional=True,
+    ),
+    "monitor": ServiceAccess(
+        (PREDICTIONS, FEEDBACK, REQUESTS, MODELS, CONTROL),
+        (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING),
+        internal_topics=True,
+    ),
 }
 
 
@@ -76,8 +89,11 @@ def generate_tls(directory: Path, days: int = 7) -> TlsFiles:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelstream test CA")])
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -87,13 +103,17 @@ def generate_tls(directory: Path, days: int = 7) -> TlsFiles:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
@@ -101,7 +121,9 @@ def generate_tls(directory: Path, days: int = 7) -> TlsFiles:
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     files.broker.write_bytes(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        + cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+        + cert.public_bytes(pem)
+        + ca_cert.public_bytes(pem)
+    )
     files.broker.chmod(0o600)
     return files
 
@@ -119,8 +141,16 @@ class BrokerSecurity:
         return self.users[self.admin]
 
 
-def grant_service(java: str, jars: Path, bootstrap: str, security: BrokerSecurity,
-                  service: str, principal: str, prefix: str, work_dir: Path) -> None:
+def grant_service(
+    java: str,
+    jars: Path,
+    bootstrap: str,
+    security: BrokerSecurity,
+    service: str,
+    principal: str,
+    prefix: str,
+    work_dir: Path,
+) -> None:
     """Give ``principal`` exactly the ACLs ``service`` needs under topic prefix ``prefix``."""
     access = SERVICE_ACCESS[service]
     config = work_dir / "admin-client.properties"
@@ -128,26 +158,77 @@ def grant_service(java: str, jars: Path, bootstrap: str, security: BrokerSecurit
         "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n"
         "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
         f'username="{security.admin}" password="{security.admin_password}";\n'
-        f"ssl.truststore.type=PEM\nssl.truststore.location={security.tls.ca}\n")
-    base = [java, "-cp", f"{jars}/*", "org.apache.kafka.tools.AclCommand",
-            "--bootstrap-server", bootstrap, "--command-config", str(config), "--add",
-            "--allow-principal", f"User:{principal}"]
+        f"ssl.truststore.type=PEM\nssl.truststore.location={security.tls.ca}\n"
+    )
+    base = [
+        java,
+        "-cp",
+        f"{jars}/*",
+        "org.apache.kafka.tools.AclCommand",
+        "--bootstrap-server",
+        bootstrap,
+        "--command-config",
+        str(config),
+        "--add",
+        "--allow-principal",
+        f"User:{principal}",
+    ]
     commands = [
-        [*base, "--operation", "Read", "--operation", "Describe",
-         *[a for t in access.reads for a in ("--topic", prefix + t)]],
-        [*base, "--operation", "Write", "--operation", "Describe",
-         *[a for t in access.writes for a in ("--topic", prefix + t)]],
-        [*base, "--operation", "Read", "--group", f"{prefix}{service}",
-         "--resource-pattern-type", "prefixed"],
+        [
+            *base,
+            "--operation",
+            "Read",
+            "--operation",
+            "Describe",
+            *[a for t in access.reads for a in ("--topic", prefix + t)],
+        ],
+        [
+            *base,
+            "--operation",
+            "Write",
+            "--operation",
+            "Describe",
+            *[a for t in access.writes for a in ("--topic", prefix + t)],
+        ],
+        [
+            *base,
+            "--operation",
+            "Read",
+            "--group",
+            f"{prefix}{service}",
+            "--resource-pattern-type",
+            "prefixed",
+        ],
     ]
     if access.transactional:
-        commands.append([*base, "--operation", "Write", "--operation", "Describe",
-                         "--transactional-id", f"{prefix}{service}",
-                         "--resource-pattern-type", "prefixed"])
+        commands.append(
+            [
+                *base,
+                "--operation",
+                "Write",
+                "--operation",
+                "Describe",
+                "--transactional-id",
+                f"{prefix}{service}",
+                "--resource-pattern-type",
+                "prefixed",
+            ]
+        )
     if access.internal_topics:
-        commands.append([*base, *[a for op in ("Create", "Read", "Write", "Describe",
-                                               "DescribeConfigs") for a in ("--operation", op)],
-                         "--topic", f"{prefix}{service}-", "--resource-pattern-type", "prefixed"])
+        commands.append(
+            [
+                *base,
+                *[
+                    a
+                    for op in ("Create", "Read", "Write", "Describe", "DescribeConfigs")
+                    for a in ("--operation", op)
+                ],
+                "--topic",
+                f"{prefix}{service}-",
+                "--resource-pattern-type",
+                "prefixed",
+            ]
+        )
     for cmd in commands:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:

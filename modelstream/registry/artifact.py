@@ -69,13 +69,17 @@ def generate_keys(out_dir: Path, keep_existing: bool = False) -> tuple[Path, Pat
     if keep_existing and private_path.exists() and public_path.exists():
         return private_path, public_path
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return private_path, public_path
 
 
@@ -105,8 +109,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 # -- digest and signature --------------------------------------------------------------
-def body_digest(body: ModelBody, body_schema: Any = None,
-                codec: AvroCodec | None = None) -> str:
+def body_digest(body: ModelBody, body_schema: Any = None, codec: AvroCodec | None = None) -> str:
     codec = codec or default_codec()
     schema = body_schema or codec.schema(ModelArtifact).parsed["fields"][0]["type"]
     return hashlib.sha256(codec.encode_body(schema, body)).hexdigest()
@@ -118,8 +121,12 @@ def seal(body: ModelBody, private_key: Ed25519PrivateKey | None = None) -> Model
     if private_key is None:
         return {"body": body, "digest": digest, "signature": b"", "key_id": ""}
     signature = private_key.sign(SIGNATURE_CONTEXT + digest.encode("ascii"))
-    return {"body": body, "digest": digest, "signature": signature,
-            "key_id": key_id(private_key.public_key())}
+    return {
+        "body": body,
+        "digest": digest,
+        "signature": signature,
+        "key_id": key_id(private_key.public_key()),
+    }
 
 
 @dataclass(frozen=True)
@@ -178,8 +185,12 @@ def verify_bytes(
     codec = codec or default_codec()
     writer = codec.writer_schema(data)
     record = codec.decode(data, ModelArtifact)
-    return verify_record(record, public_key, allow_unsigned=allow_unsigned,
-                         body_schema=writer.parsed["fields"][0]["type"])
+    return verify_record(
+        record,
+        public_key,
+        allow_unsigned=allow_unsigned,
+        body_schema=writer.parsed["fields"][0]["type"],
+    )
 
 
 # -- encryption of weight bytes ----------------------------------------------------------

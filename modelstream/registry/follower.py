@@ -84,8 +84,12 @@ class ProductionFollower:
         await self._consumer.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._consumer.stop()
 
     async def load(self) -> None:
@@ -103,8 +107,9 @@ class ProductionFollower:
         for records in batch.values():
             for record in records:
                 try:
-                    verified = verify_bytes(record.value, self._key,
-                                            allow_unsigned=self._settings.allow_unsigned)
+                    verified = verify_bytes(
+                        record.value, self._key, allow_unsigned=self._settings.allow_unsigned
+                    )
                 except (ArtifactVerificationError, DecodeError) as exc:
                     model = record.key.decode(errors="replace") if record.key else ""
                     log.warning("registry record %d refused: %s", record.offset, exc)

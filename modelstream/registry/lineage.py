@@ -38,19 +38,28 @@ class LineageDataset:
 def within_lineage(positions: list[tuple[str, int, int]], body: Mapping[str, Any]) -> np.ndarray:
     """Which positions fall inside ``body``'s lineage ranges (the rows it trained on)."""
     ranges = body["lineage"]["ranges"]
-    return np.array([
-        any(r["topic"] == t and r["partition"] == p and r["start"] <= o < r["end"]
-            for r in ranges)
-        for t, p, o in positions
-    ], dtype=bool)
+    return np.array(
+        [
+            any(
+                r["topic"] == t and r["partition"] == p and r["start"] <= o < r["end"]
+                for r in ranges
+            )
+            for t, p, o in positions
+        ],
+        dtype=bool,
+    )
 
 
 def config_from_record(training: Mapping[str, Any]) -> GDConfig:
     return GDConfig(
-        l2=training["l2"], learning_rate=training["learning_rate"],
-        lr_decay=training["lr_decay"], batch_size=training["batch_size"],
-        max_epochs=training["max_epochs"], patience=training["patience"],
-        validation_fraction=training["validation_fraction"], seed=training["seed"],
+        l2=training["l2"],
+        learning_rate=training["learning_rate"],
+        lr_decay=training["lr_decay"],
+        batch_size=training["batch_size"],
+        max_epochs=training["max_epochs"],
+        patience=training["patience"],
+        validation_fraction=training["validation_fraction"],
+        seed=training["seed"],
     )
 
 
@@ -58,11 +67,16 @@ async def load_lineage(settings: Settings, body: Mapping[str, Any]) -> LineageDa
     """The examples of ``body['name']`` inside its lineage ranges that pass the same rules
     the trainer applied (feature names and classes as recorded in the artifact)."""
     codec = default_codec()
-    rules = Definition(name=body["name"], task=body["task"],
-                       feature_names=tuple(body["feature_names"]),
-                       classes=tuple(body["classes"]))
-    ranges = [OffsetRange(r["topic"], r["partition"], r["start"], r["end"])
-              for r in body["lineage"]["ranges"]]
+    rules = Definition(
+        name=body["name"],
+        task=body["task"],
+        feature_names=tuple(body["feature_names"]),
+        classes=tuple(body["classes"]),
+    )
+    ranges = [
+        OffsetRange(r["topic"], r["partition"], r["start"], r["end"])
+        for r in body["lineage"]["ranges"]
+    ]
     rows: list[np.ndarray] = []
     labels: list[str | float] = []
     positions: list[tuple[str, int, int]] = []
@@ -92,5 +106,13 @@ async def load_lineage(settings: Settings, body: Mapping[str, Any]) -> LineageDa
 def retrain(body: Mapping[str, Any], data: LineageDataset) -> TrainedModel:
     """Run the recorded procedure (grid, folds, seed) on the re-read examples."""
     training = body["training"]
-    return train(data.X, data.y, body["task"], body["feature_names"], body["classes"],
-                 config_from_record(training), training["l2_grid"], training["cv_folds"])
+    return train(
+        data.X,
+        data.y,
+        body["task"],
+        body["feature_names"],
+        body["classes"],
+        config_from_record(training),
+        training["l2_grid"],
+        training["cv_folds"],
+    )

@@ -65,22 +65,31 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
         output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
     elif model.task == Task.MULTICLASS:
         nodes.append(helper.make_node("Softmax", ["linear"], ["probabilities"], axis=1))
-        output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
-                                               [None, len(model.classes)])
+        output = helper.make_tensor_value_info(
+            "probabilities", TensorProto.FLOAT, [None, len(model.classes)]
+        )
     else:
         nodes.append(helper.make_node("Identity", ["linear"], ["prediction"]))
         output = helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])
     graph = helper.make_graph(
-        nodes, f"modelstream_{name}_v{version}",
+        nodes,
+        f"modelstream_{name}_v{version}",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, d])],
-        [output], inits)
-    onnx_model = helper.make_model(graph, producer_name="modelstream",
-                                   opset_imports=[helper.make_opsetid("", OPSET)])
+        [output],
+        inits,
+    )
+    onnx_model = helper.make_model(
+        graph, producer_name="modelstream", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
     onnx_model.ir_version = 8  # readable by runtimes from ONNX 1.10 on
-    metadata = {"modelstream.name": name, "modelstream.version": str(version),
-                "modelstream.task": model.task, "modelstream.digest": digest,
-                "modelstream.feature_names": json.dumps(model.feature_names),
-                "modelstream.classes": json.dumps(model.classes)}
+    metadata = {
+        "modelstream.name": name,
+        "modelstream.version": str(version),
+        "modelstream.task": model.task,
+        "modelstream.digest": digest,
+        "modelstream.feature_names": json.dumps(model.feature_names),
+        "modelstream.classes": json.dumps(model.classes),
+    }
     helper.set_model_props(onnx_model, metadata)
     onnx.checker.check_model(onnx_model)
     return onnx_model.SerializeToString()  # type: ignore[no-any-return]
@@ -97,12 +106,30 @@ class ImportedModel:
     scale: np.ndarray
 
     def tensors(self) -> dict[str, dict[str, Any]]:
-        return {"weights": to_tensor(self.W), "intercepts": to_tensor(self.b),
-                "feature_mean": to_tensor(self.mean), "feature_scale": to_tensor(self.scale)}
+        return {
+            "weights": to_tensor(self.W),
+            "intercepts": to_tensor(self.b),
+            "feature_mean": to_tensor(self.mean),
+            "feature_scale": to_tensor(self.scale),
+        }
 
 
-ALLOWED = {"Sub", "Div", "MatMul", "Add", "Sigmoid", "Concat", "Softmax", "Identity", "Cast",
-           "Scaler", "LinearClassifier", "LinearRegressor", "ZipMap", "Normalizer"}
+ALLOWED = {
+    "Sub",
+    "Div",
+    "MatMul",
+    "Add",
+    "Sigmoid",
+    "Concat",
+    "Softmax",
+    "Identity",
+    "Cast",
+    "Scaler",
+    "LinearClassifier",
+    "LinearRegressor",
+    "ZipMap",
+    "Normalizer",
+}
 
 
 def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> ImportedModel:
@@ -119,15 +146,16 @@ def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> Impo
         if node.op_type not in ALLOWED:
             raise UnsupportedModelError(
                 f"unsupported operator {node.domain or 'ai.onnx'}.{node.op_type}: only linear, "
-                "logistic and softmax models can be imported")
-    inputs = [i for i in model.graph.input
-              if i.name not in {t.name for t in model.graph.initializer}]
+                "logistic and softmax models can be imported"
+            )
+    inputs = [
+        i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}
+    ]
     if len(inputs) != 1:
         raise UnsupportedModelError(f"expected one input, found {len(inputs)}")
     dims = inputs[0].type.tensor_type.shape.dim
     d = dims[-1].dim_value if dims and dims[-1].dim_value else None
-    tensors = {t.name: numpy_helper.to_array(t).astype(np.float64)
-               for t in model.graph.initializer}
+    tensors = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     props = {p.key: p.value for p in model.metadata_props}
     ops = {n.op_type: n for n in nodes}
     if "LinearClassifier" in ops or "LinearRegressor" in ops:
@@ -135,8 +163,9 @@ def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> Impo
     elif "MatMul" in ops:
         imported = _from_modelstream(ops, tensors, props)
     else:
-        raise UnsupportedModelError("no linear layer (LinearClassifier, LinearRegressor or "
-                                    "MatMul) in the graph")
+        raise UnsupportedModelError(
+            "no linear layer (LinearClassifier, LinearRegressor or MatMul) in the graph"
+        )
     n = imported.W.shape[0]
     if feature_names:
         if len(feature_names) != n:
@@ -146,8 +175,15 @@ def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> Impo
         names = json.loads(props["modelstream.feature_names"])
     else:
         names = [f"f{i}" for i in range(n)]
-    return ImportedModel(imported.task, names, imported.classes, imported.W, imported.b,
-                         imported.mean, imported.scale)
+    return ImportedModel(
+        imported.task,
+        names,
+        imported.classes,
+        imported.W,
+        imported.b,
+        imported.mean,
+        imported.scale,
+    )
 
 
 def _attrs(node: Any, helper: Any) -> dict[str, Any]:
@@ -166,15 +202,17 @@ def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedMo
     if "LinearRegressor" in ops:
         a = _attrs(ops["LinearRegressor"], helper)
         if a.get("targets", 1) != 1 or a.get("post_transform", b"NONE") not in (b"NONE", "NONE"):
-            raise UnsupportedModelError("only single-target LinearRegressor without "
-                                        "post_transform is supported")
+            raise UnsupportedModelError(
+                "only single-target LinearRegressor without post_transform is supported"
+            )
         W = np.asarray(a["coefficients"], dtype=np.float64).reshape(1, -1).T
         b = np.asarray(a.get("intercepts", [0.0]), dtype=np.float64)[:1]
         task, classes = "REGRESSION", []
     else:
         a = _attrs(ops["LinearClassifier"], helper)
         labels = a.get("classlabels_ints") or [
-            x.decode() if isinstance(x, bytes) else x for x in a.get("classlabels_strings", [])]
+            x.decode() if isinstance(x, bytes) else x for x in a.get("classlabels_strings", [])
+        ]
         classes = [str(c) for c in labels]
         k = len(classes)
         post = a.get("post_transform", b"NONE")
@@ -196,7 +234,8 @@ def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedMo
         else:
             raise UnsupportedModelError(
                 f"multiclass LinearClassifier with post_transform {post} (one-vs-rest) cannot "
-                "be represented as softmax")
+                "be represented as softmax"
+            )
     n = W.shape[0]
     if d is not None and n != d:
         raise UnsupportedModelError(f"{n} coefficients per output for {d} inputs")
@@ -207,18 +246,20 @@ def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedMo
     return ImportedModel(task, [], classes, W, b, mean, scale)
 
 
-def _from_modelstream(ops: dict[str, Any], tensors: dict[str, np.ndarray],
-                      props: dict[str, str]) -> ImportedModel:
+def _from_modelstream(
+    ops: dict[str, Any], tensors: dict[str, np.ndarray], props: dict[str, str]
+) -> ImportedModel:
     try:
         W, b = tensors["weights"], tensors["intercepts"]
         mean, scale = tensors["feature_mean"], tensors["feature_scale"]
     except KeyError as missing:
-        raise UnsupportedModelError(f"MatMul graph without the {missing} initializer "
-                                    "(not written by modelstream export)") from None
+        raise UnsupportedModelError(
+            f"MatMul graph without the {missing} initializer (not written by modelstream export)"
+        ) from None
     task = props.get("modelstream.task") or (
-        "MULTICLASS" if "Softmax" in ops else "BINARY" if "Sigmoid" in ops else "REGRESSION")
+        "MULTICLASS" if "Softmax" in ops else "BINARY" if "Sigmoid" in ops else "REGRESSION"
+    )
     classes = json.loads(props.get("modelstream.classes", "[]"))
     if task != Task.REGRESSION and not classes:
         classes = [str(i) for i in range(max(2, W.shape[1]))]
-    return ImportedModel(task, [], classes, W.reshape(W.shape[0], -1), b.reshape(-1), mean,
-                         scale)
+    return ImportedModel(task, [], classes, W.reshape(W.shape[0], -1), b.reshape(-1), mean, scale)

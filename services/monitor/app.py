@@ -63,6 +63,7 @@ from modelstream.kafka.writers import SourcePosition, dead_letter_headers
 from modelstream.ops.influx import InfluxWriter
 from modelstream.registry.artifact import TENSOR_FIELDS, decrypt_tensors, from_tensor, seal
 from modelstream.registry.follower import ProductionFollower, public_key
+from modelstream.runner import Lifecycle
 from modelstream.services.monitor.logic import (
     FEEDBACK,
     PREDICTIONS,
@@ -109,9 +110,18 @@ SERVICE = "monitor"
 LABELLED_PARTITIONS = TOPICS_BY_NAME[MONITOR_LABELLED].partitions
 # What the monitor writes to InfluxDB: measurement -> fields (tags: model, version; drift: kind).
 INFLUX_MEASUREMENTS = {
-    "model_quality": ("accuracy", "log_loss", "calibration_error", "mae", "rmse",
-                      "label_delay_s", "labels_window", "labelled_total", "joined_total",
-                      "online_gain"),
+    "model_quality": (
+        "accuracy",
+        "log_loss",
+        "calibration_error",
+        "mae",
+        "rmse",
+        "label_delay_s",
+        "labels_window",
+        "labelled_total",
+        "joined_total",
+        "online_gain",
+    ),
     "drift": ("events", "detail"),
 }
 MAX_LABELLED_BYTES = 256 * 1024  # well under Kafka's default 1 MiB message limit
@@ -145,8 +155,11 @@ def _credentials(settings: MonitorSettings) -> Any:
     if settings.security_protocol == "SSL":
         return faust.SSLCredentials(options["ssl_context"])
     return faust.SASLCredentials(
-        username=settings.sasl_username, password=settings.sasl_password,
-        mechanism=settings.sasl_mechanism, ssl_context=options.get("ssl_context"))
+        username=settings.sasl_username,
+        password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+        mechanism=settings.sasl_mechanism,
+        ssl_context=options.get("ssl_context"),
+    )
 
 
 def _serialize(table: Any, value_serializer: str) -> None:
@@ -157,10 +170,11 @@ def _serialize(table: Any, value_serializer: str) -> None:
     table.changelog_topic = table._new_changelog_topic()
 
 
-class MonitorApp:
+class MonitorApp(Lifecycle):
     """Wires the topics, tables and agents; ``start``/``run``/``stop`` like every service."""
 
     def __init__(self, settings: MonitorSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.codec = default_codec()
         self.data_key = settings.data_key()
@@ -169,19 +183,30 @@ class MonitorApp:
         self.registry = ProductionFollower(settings, public_key(settings))
         self.watches: dict[str, ModelWatch] = {}
         self.restored: set[str] = set()
-        self.influx = (InfluxWriter(settings.influxdb_url, settings.influxdb_database,
-                                    username=settings.influxdb_username,
-                                    password=settings.influxdb_password)
-                       if settings.influxdb_url else None)
+        self.influx = (
+            InfluxWriter(
+                settings.influxdb_url,
+                settings.influxdb_database,
+                username=settings.influxdb_username,
+                password=(
+                    settings.influxdb_password.get_secret_value()
+                    if settings.influxdb_password
+                    else None
+                ),
+            )
+            if settings.influxdb_url
+            else None
+        )
         self._history_written: dict[str, float] = {}
         self._history_joined: dict[str, int] = {}
         self._registry_looked = 0.0
         self.expired: dict[str, int] = defaultdict(int)
         self.ready = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._kinds = {settings.topic(REQUESTS_TOPIC): REQUESTS,
-                       settings.topic(PREDICTIONS_TOPIC): PREDICTIONS,
-                       settings.topic(FEEDBACK_TOPIC): FEEDBACK}
+        self._kinds = {
+            settings.topic(REQUESTS_TOPIC): REQUESTS,
+            settings.topic(PREDICTIONS_TOPIC): PREDICTIONS,
+            settings.topic(FEEDBACK_TOPIC): FEEDBACK,
+        }
         self.app = faust.App(
             settings.group(SERVICE),
             broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
@@ -201,22 +226,29 @@ class MonitorApp:
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             broker_commit_every=10_000,
-            broker_session_timeout=settings.session_timeout_s,
-            broker_heartbeat_interval=settings.session_timeout_s / 5,
+            broker_session_timeout=settings.monitor_session_timeout_s,
+            broker_heartbeat_interval=settings.monitor_session_timeout_s / 5,
             broker_commit_interval=1.0,
-            stream_buffer_maxsize=4 * settings.batch_max_records,
+            stream_buffer_maxsize=4 * settings.monitor_batch_max_records,
         )
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-               "value_serializer": "raw"}
+        raw = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
         self.inputs = self.app.topic(*self._kinds, **raw)  # type: ignore[arg-type]
-        self.labelled = self.app.topic(settings.topic(MONITOR_LABELLED),
-                                       partitions=LABELLED_PARTITIONS, internal=True,
-                                       **raw)  # type: ignore[arg-type]
-        self.out = {name: self.app.topic(settings.topic(name), **raw)  # type: ignore[arg-type]
-                    for name in (AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING)}
+        self.labelled = self.app.topic(
+            settings.topic(MONITOR_LABELLED), partitions=LABELLED_PARTITIONS, internal=True, **raw
+        )  # type: ignore[arg-type]
+        self.out = {
+            name: self.app.topic(settings.topic(name), **raw)  # type: ignore[arg-type]
+            for name in (AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING)
+        }
         # A table's partitions are those of the inputs that own its keys.
-        self.joins = self.app.Table("join", key_type=bytes,
-                                    partitions=TOPICS_BY_NAME[MONITOR_JOIN_CHANGELOG].partitions)
+        self.joins = self.app.Table(
+            "join", key_type=bytes, partitions=TOPICS_BY_NAME[MONITOR_JOIN_CHANGELOG].partitions
+        )
         self.states = self.app.Table("models", partitions=LABELLED_PARTITIONS, key_type=bytes)
         _serialize(self.joins, JOIN_CODEC)
         _serialize(self.states, STATE_CODEC)
@@ -227,28 +259,26 @@ class MonitorApp:
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def start(self) -> None:
         serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         (self.settings.state_dir / "monitor").mkdir(parents=True, exist_ok=True)
         await create_topics(self.settings, only=MONITOR_TOPICS, reconcile=False)
         if self.influx is not None:
             await self.influx.start()
-        await self.registry.start()
+        await self.own(self.registry)
+        await self.registry.load()
         self._refresh_registry(set(self.registry.production))
         self.ready.set()
         # Sends of one batch are queued together; faust warns above 100 by default.
-        self.app.producer.buffer.max_messages = 10 * self.settings.batch_max_records
+        self.app.producer.buffer.max_messages = 10 * self.settings.monitor_batch_max_records
         await self.app.start()
 
     async def run(self) -> None:
-        await self._stop.wait()
+        await self.stopping.wait()
 
     async def stop(self) -> None:
         await self.app.stop()
-        await self.registry.stop()
+        await super().stop()
         if self.influx is not None:
             for watch in self.watches.values():
                 self._history(watch, force=True)
@@ -289,15 +319,19 @@ class MonitorApp:
         if verified is None:
             return None
         body = verified.body
-        return Definition(name=model, task=body["task"],
-                          feature_names=tuple(body["feature_names"]),
-                          classes=tuple(body["classes"]))
+        return Definition(
+            name=model,
+            task=body["task"],
+            feature_names=tuple(body["feature_names"]),
+            classes=tuple(body["classes"]),
+        )
 
     # -- agent 1: the join ---------------------------------------------------------------
     async def _join_agent(self, stream: Any) -> None:
         await self.ready.wait()
-        async for events in stream.take_events(self.settings.batch_max_records,
-                                               within=self.settings.batch_within_s):
+        async for events in stream.take_events(
+            self.settings.monitor_batch_max_records, within=self.settings.batch_within_s
+        ):
             started = time.perf_counter()
             await self._join(events)
             BATCH_SIZE.labels(SERVICE).observe(len(events))
@@ -323,17 +357,24 @@ class MonitorApp:
             changed[key] = entry
             # Emit when this input completes the join, and again when the completing input
             # itself is re-delivered after a restart (the learner drops what it has seen).
-            if is_complete(entry) and (not was_complete or (
-                    kind == entry["completed_by"]
-                    and message.offset == entry["completed_offset"])):
+            if is_complete(entry) and (
+                not was_complete
+                or (kind == entry["completed_by"] and message.offset == entry["completed_offset"])
+            ):
                 complete[entry["model"]].append(entry)
         EVENTS_CONSUMED.labels(SERVICE).inc(len(events))
         send = self.app.producer.send
         changelog = self.joins.changelog_topic.get_topic_name()
         for key, entry in changed.items():
             store[key] = entry
-            await send(changelog, key, self.codec.encode(MonitorJoin, entry),
-                       entry["partition"], None, None)
+            await send(
+                changelog,
+                key,
+                self.codec.encode(MonitorJoin, entry),
+                entry["partition"],
+                None,
+                None,
+            )
         labelled = self.labelled.get_topic_name()
         for model, joins in complete.items():
             for value in self._labelled_records(joins):
@@ -351,8 +392,11 @@ class MonitorApp:
     async def _decode(self, kind: str, message: Any) -> dict[str, Any] | None:
         """The decoded input, or None: bad feedback is dead-lettered here; bad requests
         are the predictor's to dead-letter (it reads them first), so they are skipped."""
-        type_name = {REQUESTS: "PredictionRequest", PREDICTIONS: "Prediction",
-                     FEEDBACK: "Feedback"}[kind]
+        type_name = {
+            REQUESTS: "PredictionRequest",
+            PREDICTIONS: "Prediction",
+            FEEDBACK: "Feedback",
+        }[kind]
         try:
             value = self.codec.decode_any(message.value, type_name)
             if kind == FEEDBACK:
@@ -365,8 +409,9 @@ class MonitorApp:
                     self._refresh_registry(await self.registry.poll(timeout_ms=500))
                     definition = self._definition(value["model"])
                 if definition is None:
-                    raise InvalidEventError("unknown-model",
-                                            f"no production version of {value['model']!r}")
+                    raise InvalidEventError(
+                        "unknown-model", f"no production version of {value['model']!r}"
+                    )
                 value["label"] = check_label(value["label"], definition)
             return value
         except (DecodeError, InvalidEventError) as exc:
@@ -377,18 +422,27 @@ class MonitorApp:
             return None
 
     def _dead_letter(self, message: Any, reason: str, error: str) -> None:
-        log.warning("dead-letter %s[%d]@%d: %s: %s", message.topic, message.partition,
-                    message.offset, reason, error)
+        log.warning(
+            "dead-letter %s[%d]@%d: %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+            error,
+        )
         DEAD_LETTERS.labels(SERVICE, "").inc()
         self.out[DEADLETTER].send_soon(
-            key=message.key, value=message.value,
-            headers=dead_letter_headers(message, reason, error, SERVICE))
+            key=message.key,
+            value=message.value,
+            headers=dead_letter_headers(message, reason, error, SERVICE),
+        )
 
     # -- agent 2: metrics, drift, learning, rollback -------------------------------------
     async def _learn_agent(self, stream: Any) -> None:
         await self.ready.wait()
-        async for events in stream.take_events(self.settings.batch_max_records,
-                                               within=self.settings.batch_within_s):
+        async for events in stream.take_events(
+            self.settings.monitor_batch_max_records, within=self.settings.batch_within_s
+        ):
             by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
             partitions: dict[str, int] = {}
             for event in events:
@@ -411,9 +465,12 @@ class MonitorApp:
                 watch = self.watches[model] = ModelWatch(model, self.config)
                 self._refresh_registry({model})
                 watch.restore(state, self.registry.production[model].body["task"])
-                log.info("%s: continuing from saved state (%d labels joined, learner at %d "
-                         "labels)", model, watch.joined_total,
-                         watch.learner.learned if watch.learner else 0)
+                log.info(
+                    "%s: continuing from saved state (%d labels joined, learner at %d labels)",
+                    model,
+                    watch.joined_total,
+                    watch.learner.learned if watch.learner else 0,
+                )
         now = now_ms()
         decisions = await asyncio.to_thread(watch.observe, joins, now)
         await self._act(watch, decisions)
@@ -432,68 +489,99 @@ class MonitorApp:
             DEAD_LETTERS.labels(SERVICE, model).inc()
             log.warning("unusable join of %s: %s: %s", join["request_id"], reason, error)
             # The label is what is unusable: the dead letter points at its feedback record.
-            source = SourcePosition(self.settings.topic(FEEDBACK_TOPIC), join["partition"],
-                                    join["feedback_offset"] or 0)
+            source = SourcePosition(
+                self.settings.topic(FEEDBACK_TOPIC), join["partition"], join["feedback_offset"] or 0
+            )
             self.out[DEADLETTER].send_soon(
-                key=join["request_id"].encode(), value=self.codec.encode(MonitorJoin, join),
-                headers=dead_letter_headers(source, reason, error, SERVICE))
+                key=join["request_id"].encode(),
+                value=self.codec.encode(MonitorJoin, join),
+                headers=dead_letter_headers(source, reason, error, SERVICE),
+            )
         if self.settings.write_training:
             training, key = self.settings.topic(TRAINING), model.encode()
             for join in d.fresh:
                 example: TrainingExample = {
-                    "model": model, "features": join["features"], "label": join["label"],
+                    "model": model,
+                    "features": join["features"],
+                    "label": join["label"],
                     "example_id": FEEDBACK_EXAMPLE_PREFIX + join["request_id"],
-                    "timestamp_ms": join["labelled_at_ms"]}
-                await self.app.producer.send(training, key,
-                                             self.codec.encode(TrainingExample, example),
-                                             None, None, None)
+                    "timestamp_ms": join["labelled_at_ms"],
+                }
+                await self.app.producer.send(
+                    training, key, self.codec.encode(TrainingExample, example), None, None, None
+                )
         for event in d.drift:
             DRIFT_EVENTS.labels(model, str(event.version)).inc()
-            log.warning("%s: %s drift on v%d: %s", model, event.kind, event.version,
-                        event.detail)
-            self._audit(model, "drift_detected", version=event.version, reason=event.detail,
-                        details={"kind": event.kind})
+            log.warning("%s: %s drift on v%d: %s", model, event.kind, event.version, event.detail)
+            self._audit(
+                model,
+                "drift_detected",
+                version=event.version,
+                reason=event.detail,
+                details={"kind": event.kind},
+            )
             if self.influx is not None:
-                self.influx.write("drift", {"model": model, "version": str(event.version),
-                                            "kind": event.kind},
-                                  {"events": 1, "detail": event.detail}, now_ms())
+                self.influx.write(
+                    "drift",
+                    {"model": model, "version": str(event.version), "kind": event.kind},
+                    {"events": 1, "detail": event.detail},
+                    now_ms(),
+                )
         if d.train_reason is not None:
             self._command(model, Action.TRAIN, reason=f"drift: {d.train_reason}")
         if d.rollback is not None:
             ROLLBACKS_REQUESTED.labels(model).inc()
             log.warning("%s: rolling back: %s", model, d.rollback.reason)
-            self._command(model, Action.ROLLBACK, version=d.rollback.parent,
-                          reason=d.rollback.reason)
-            self._audit(model, "rollback_requested", version=d.rollback.version,
-                        reason=d.rollback.reason,
-                        details={"to_version": str(d.rollback.parent),
-                                 "labels": str(d.rollback.labels)})
+            self._command(
+                model, Action.ROLLBACK, version=d.rollback.parent, reason=d.rollback.reason
+            )
+            self._audit(
+                model,
+                "rollback_requested",
+                version=d.rollback.version,
+                reason=d.rollback.reason,
+                details={"to_version": str(d.rollback.parent), "labels": str(d.rollback.labels)},
+            )
         if d.candidate is not None:
             artifact = seal(d.candidate)
             ONLINE_CANDIDATES.labels(model).inc()
             lineage = d.candidate["lineage"]
-            log.info("%s: online candidate %s from v%s after %d labels", model,
-                     artifact["digest"][:12], d.candidate["parent_version"],
-                     lineage["example_count"])
-            self.out[CANDIDATES].send_soon(key=model.encode(),
-                                           value=self.codec.encode(ModelArtifact, artifact))
-            self._audit(model, "online_candidate", digest=artifact["digest"],
-                        version=d.candidate["parent_version"],
-                        details={"examples": str(lineage["example_count"]),
-                                 "ranges": ",".join(f"{r['partition']}:{r['start']}-{r['end']}"
-                                                    for r in lineage["ranges"]),
-                                 "gain": f"{d.candidate['metrics']['online_gain']:.4f}"})
+            log.info(
+                "%s: online candidate %s from v%s after %d labels",
+                model,
+                artifact["digest"][:12],
+                d.candidate["parent_version"],
+                lineage["example_count"],
+            )
+            self.out[CANDIDATES].send_soon(
+                key=model.encode(), value=self.codec.encode(ModelArtifact, artifact)
+            )
+            self._audit(
+                model,
+                "online_candidate",
+                digest=artifact["digest"],
+                version=d.candidate["parent_version"],
+                details={
+                    "examples": str(lineage["example_count"]),
+                    "ranges": ",".join(
+                        f"{r['partition']}:{r['start']}-{r['end']}" for r in lineage["ranges"]
+                    ),
+                    "gain": f"{d.candidate['metrics']['online_gain']:.4f}",
+                },
+            )
 
     def _audit(self, model: str, event: str, **kwargs: Any) -> None:
         record = audit_event(model, event, service=SERVICE, **kwargs)
         self.out[AUDIT].send_soon(
             key=model.encode(),
-            value=self.codec.encode_as(AuditEvent, record, self.settings.output_format.value))
+            value=self.codec.encode_as(AuditEvent, record, self.settings.output_format.value),
+        )
 
     def _command(self, model: str, action: Action, **kwargs: Any) -> None:
         self.out[CONTROL].send_soon(
             key=model.encode(),
-            value=self.codec.encode(Command, command(model, action, actor=SERVICE, **kwargs)))
+            value=self.codec.encode(Command, command(model, action, actor=SERVICE, **kwargs)),
+        )
 
     def _export_metrics(self, watch: ModelWatch, d: Decisions) -> None:
         model = watch.name
@@ -528,8 +616,10 @@ class MonitorApp:
         """Live metrics as InfluxDB points, at most once per history interval per model
         (the housekeeping timer and the stop write what the last batch changed)."""
         now = time.monotonic()
-        if self.influx is None or (not force and now - self._history_written.get(
-                watch.name, -1e9) < self.settings.history_interval_s):
+        if self.influx is None or (
+            not force
+            and now - self._history_written.get(watch.name, -1e9) < self.settings.history_interval_s
+        ):
             return
         if self._history_joined.get(watch.name) == watch.joined_total and not force:
             return  # nothing new since the last point
@@ -541,8 +631,10 @@ class MonitorApp:
             if snap["labels"] == 0:
                 continue
             fields: dict[str, float | int] = {
-                "labels_window": int(snap["labels"]), "labelled_total": metrics.total,
-                "label_delay_s": snap["label_delay_ms"] / 1000.0}
+                "labels_window": int(snap["labels"]),
+                "labelled_total": metrics.total,
+                "label_delay_s": snap["label_delay_ms"] / 1000.0,
+            }
             for key in ("accuracy", "log_loss", "calibration_error", "mae", "rmse"):
                 if key in snap:
                     fields[key] = snap[key]
@@ -557,8 +649,9 @@ class MonitorApp:
         self._refresh_registry(await self.registry.poll())
         store = self.joins.data
         now = now_ms()
-        owned = {tp.partition for tp in self.app.assignor.assigned_actives()
-                 if tp.topic in self._kinds}
+        owned = {
+            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic in self._kinds
+        }
         gone: list[bytes] = []
         # Entries are inserted in first-seen order, so the oldest come first.
         for key in store.keys():
@@ -573,8 +666,11 @@ class MonitorApp:
             if not is_complete(entry):
                 self.expired[entry["model"]] += 1
                 JOIN_EXPIRED.labels(entry["model"]).inc()
-                log.info("join of %s expired without %s", entry["request_id"],
-                         " and ".join(missing_parts(entry)))
+                log.info(
+                    "join of %s expired without %s",
+                    entry["request_id"],
+                    " and ".join(missing_parts(entry)),
+                )
         JOIN_PENDING.labels(SERVICE).set(len(store))
         for watch in self.watches.values():
             self._history(watch)

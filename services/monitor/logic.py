@@ -41,8 +41,14 @@ class OnlineLearner:
     """river StandardScaler + logistic / softmax / linear regression, initialised from a
     production artifact so that it starts exactly where the batch model is."""
 
-    def __init__(self, task: str, feature_names: Sequence[str], classes: Sequence[str],
-                 learning_rate: float = 0.01, l2: float = 0.0) -> None:
+    def __init__(
+        self,
+        task: str,
+        feature_names: Sequence[str],
+        classes: Sequence[str],
+        learning_rate: float = 0.01,
+        l2: float = 0.0,
+    ) -> None:
         self.task = task
         self.feature_names = list(feature_names)
         self.classes = list(classes)
@@ -59,9 +65,11 @@ class OnlineLearner:
         self.learned = 0
 
     @classmethod
-    def from_arrays(cls, body: Mapping[str, Any], learning_rate: float = 0.01,
-                    l2: float = 0.0) -> OnlineLearner:
+    def from_arrays(
+        cls, body: Mapping[str, Any], learning_rate: float = 0.01, l2: float = 0.0
+    ) -> OnlineLearner:
         """From a (decrypted) artifact body whose tensors may already be numpy arrays."""
+
         def array(value: Any) -> np.ndarray:
             return value if isinstance(value, np.ndarray) else from_tensor(value)
 
@@ -119,16 +127,21 @@ class OnlineLearner:
         """Everything needed to continue learning after a restart (JSON-friendly)."""
         names = self.feature_names
         if self.task == Task.MULTICLASS:
-            weights = [[self.model.weights[c].get(n, 0.0) for n in [*names, BIAS]]
-                       for c in self.classes]
+            weights = [
+                [self.model.weights[c].get(n, 0.0) for n in [*names, BIAS]] for c in self.classes
+            ]
             intercept = 0.0
         else:
             weights = [[self.model._weights.get(n, 0.0) for n in names]]
             intercept = float(self.model.intercept)
-        return {"weights": weights, "intercept": intercept, "learned": self.learned,
-                "counts": [self.scaler.counts.get(n, 0) for n in names],
-                "means": [self.scaler.means.get(n, 0.0) for n in names],
-                "vars": [self.scaler.vars.get(n, 0.0) for n in names]}
+        return {
+            "weights": weights,
+            "intercept": intercept,
+            "learned": self.learned,
+            "counts": [self.scaler.counts.get(n, 0) for n in names],
+            "means": [self.scaler.means.get(n, 0.0) for n in names],
+            "vars": [self.scaler.vars.get(n, 0.0) for n in names],
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         names = self.feature_names
@@ -155,14 +168,17 @@ class OnlineLearner:
         scale = np.sqrt(var)
         scale[scale < 1e-12] = 1.0
         if self.task == Task.MULTICLASS:
-            W = np.array([[self.model.weights[c].get(n, 0.0) for c in self.classes]
-                          for n in names])
+            W = np.array([[self.model.weights[c].get(n, 0.0) for c in self.classes] for n in names])
             b = np.array([self.model.weights[c].get(BIAS, 0.0) for c in self.classes])
         else:
             W = np.array([[self.model._weights.get(n, 0.0)] for n in names])
             b = np.array([float(self.model.intercept)])
-        return {"weights": to_tensor(W), "intercepts": to_tensor(b),
-                "feature_mean": to_tensor(mean), "feature_scale": to_tensor(scale)}
+        return {
+            "weights": to_tensor(W),
+            "intercepts": to_tensor(b),
+            "feature_mean": to_tensor(mean),
+            "feature_scale": to_tensor(scale),
+        }
 
 
 @dataclass
@@ -176,13 +192,24 @@ class Outcome:
     delay_ms: float  # label arrival minus prediction time
 
 
-def outcome(task: str, classes: Sequence[str], scores: Mapping[str, float],
-            prediction: str | float, label: str | float, delay_ms: float) -> Outcome:
+def outcome(
+    task: str,
+    classes: Sequence[str],
+    scores: Mapping[str, float],
+    prediction: str | float,
+    label: str | float,
+    delay_ms: float,
+) -> Outcome:
     if task == Task.REGRESSION:
         return Outcome(0.0, 0.0, 0.0, abs(float(prediction) - float(label)), delay_ms)
     p_true = max(float(scores.get(str(label), 0.0)), 1e-15)
-    return Outcome(float(str(prediction) == str(label)), -math.log(p_true),
-                   float(scores.get(str(prediction), 0.0)), 0.0, delay_ms)
+    return Outcome(
+        float(str(prediction) == str(label)),
+        -math.log(p_true),
+        float(scores.get(str(prediction), 0.0)),
+        0.0,
+        delay_ms,
+    )
 
 
 @dataclass
@@ -207,18 +234,36 @@ class LiveMetrics:
         delay = float(np.mean([o.delay_ms for o in self.outcomes]))
         if self.task == Task.REGRESSION:
             errors = np.array([o.abs_error for o in self.outcomes])
-            return {"labels": float(n), "mae": float(errors.mean()),
-                    "rmse": float(np.sqrt(np.mean(errors ** 2))), "label_delay_ms": delay}
+            return {
+                "labels": float(n),
+                "mae": float(errors.mean()),
+                "rmse": float(np.sqrt(np.mean(errors**2))),
+                "label_delay_ms": delay,
+            }
         correct = np.array([o.correct for o in self.outcomes])
         confidence = np.array([o.confidence for o in self.outcomes])
-        return {"labels": float(n), "accuracy": float(correct.mean()),
-                "log_loss": float(np.mean([o.log_loss for o in self.outcomes])),
-                "calibration_error": expected_calibration_error(confidence, correct),
-                "label_delay_ms": delay}
+        return {
+            "labels": float(n),
+            "accuracy": float(correct.mean()),
+            "log_loss": float(np.mean([o.log_loss for o in self.outcomes])),
+            "calibration_error": expected_calibration_error(confidence, correct),
+            "label_delay_ms": delay,
+        }
 
     def state(self) -> dict[str, Any]:
-        columns = list(zip(*((o.correct, o.log_loss, o.confidence, o.abs_error, o.delay_ms)
-                             for o in self.outcomes), strict=True)) if self.outcomes else []
+        columns = (
+            list(
+                zip(
+                    *(
+                        (o.correct, o.log_loss, o.confidence, o.abs_error, o.delay_ms)
+                        for o in self.outcomes
+                    ),
+                    strict=True,
+                )
+            )
+            if self.outcomes
+            else []
+        )
         return {"total": self.total, "columns": [list(c) for c in columns]}
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -234,8 +279,9 @@ class LiveMetrics:
         return snap["accuracy"] if self.task != Task.REGRESSION else -snap["rmse"]
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
-                               bins: int = 10) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by size."""
     if len(confidence) == 0:
         return 0.0
@@ -269,8 +315,14 @@ class FeatureDrift:
     deviations (well beyond the 1/sqrt(n) noise of a window mean). A ring buffer with a
     running sum keeps each update O(features), whatever the window."""
 
-    def __init__(self, mean: np.ndarray, scale: np.ndarray, names: Sequence[str],
-                 window: int = 500, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        names: Sequence[str],
+        window: int = 500,
+        threshold: float = 0.5,
+    ) -> None:
         self.mean, self.scale, self.names = mean, scale, list(names)
         self.window, self.threshold = window, threshold
         self.reset()
@@ -287,7 +339,7 @@ class FeatureDrift:
         """Add rows; the features whose window mean has moved, checked after the last row."""
         Z = (X - self.mean) / self.scale
         if len(Z) >= self.window:
-            Z = Z[-self.window:]
+            Z = Z[-self.window :]
             self.ring[:] = Z
             self.total = Z.sum(axis=0)
             self.seen += len(X)
@@ -300,8 +352,7 @@ class FeatureDrift:
             return []
         shift = np.abs(self.total / self.window)
         noise = 4.0 / math.sqrt(self.window)
-        return [n for n, v in zip(self.names, shift, strict=True)
-                if v > max(self.threshold, noise)]
+        return [n for n, v in zip(self.names, shift, strict=True) if v > max(self.threshold, noise)]
 
 
 @dataclass(frozen=True)
@@ -314,12 +365,20 @@ class RollbackDecision:
 
     @property
     def reason(self) -> str:
-        return (f"live metric of v{self.version} {self.newest_metric:.4f} is worse than parent "
-                f"v{self.parent}'s {self.parent_metric:.4f} over {self.labels} labels")
+        return (
+            f"live metric of v{self.version} {self.newest_metric:.4f} is worse than parent "
+            f"v{self.parent}'s {self.parent_metric:.4f} over {self.labels} labels"
+        )
 
 
-def should_roll_back(newest: int, parent: int | None, metrics: Mapping[int, LiveMetrics],
-                     *, margin: float, min_labels: int) -> RollbackDecision | None:
+def should_roll_back(
+    newest: int,
+    parent: int | None,
+    metrics: Mapping[int, LiveMetrics],
+    *,
+    margin: float,
+    min_labels: int,
+) -> RollbackDecision | None:
     """Roll back when the newest version, after ``min_labels`` labels, is worse than what
     its parent achieved while it served, by more than ``margin``."""
     if parent is None or newest not in metrics or parent not in metrics:
@@ -328,8 +387,9 @@ def should_roll_back(newest: int, parent: int | None, metrics: Mapping[int, Live
     if len(ours.outcomes) < min_labels or len(theirs.outcomes) < min_labels:
         return None
     if ours.primary() < theirs.primary() - margin:
-        return RollbackDecision(newest, parent, ours.primary(), theirs.primary(),
-                                len(ours.outcomes))
+        return RollbackDecision(
+            newest, parent, ours.primary(), theirs.primary(), len(ours.outcomes)
+        )
     return None
 
 
@@ -339,26 +399,54 @@ INPUTS = (REQUESTS, PREDICTIONS, FEEDBACK)
 
 
 def new_entry(request_id: str, model: str, partition: int, now_ms: int) -> dict[str, Any]:
-    return {"request_id": request_id, "model": model, "partition": partition,
-            "first_seen_ms": now_ms, "features": None, "requested_at_ms": None,
-            "version": None, "route": None, "prediction": None, "scores": {},
-            "predicted_at_ms": None, "label": None, "labelled_at_ms": None,
-            "feedback_offset": None, "completed_by": None, "completed_offset": None}
+    return {
+        "request_id": request_id,
+        "model": model,
+        "partition": partition,
+        "first_seen_ms": now_ms,
+        "features": None,
+        "requested_at_ms": None,
+        "version": None,
+        "route": None,
+        "prediction": None,
+        "scores": {},
+        "predicted_at_ms": None,
+        "label": None,
+        "labelled_at_ms": None,
+        "feedback_offset": None,
+        "completed_by": None,
+        "completed_offset": None,
+    }
 
 
 def is_complete(entry: Mapping[str, Any]) -> bool:
-    return (entry["features"] is not None and entry["version"] is not None
-            and entry["label"] is not None)
+    return (
+        entry["features"] is not None
+        and entry["version"] is not None
+        and entry["label"] is not None
+    )
 
 
 def missing_parts(entry: Mapping[str, Any]) -> list[str]:
-    return [kind for kind, field_name in ((REQUESTS, "features"), (PREDICTIONS, "version"),
-                                          (FEEDBACK, "label"))
-            if entry[field_name] is None]
+    return [
+        kind
+        for kind, field_name in (
+            (REQUESTS, "features"),
+            (PREDICTIONS, "version"),
+            (FEEDBACK, "label"),
+        )
+        if entry[field_name] is None
+    ]
 
 
-def merge(entry: dict[str, Any] | None, kind: str, value: Mapping[str, Any], partition: int,
-          offset: int, now_ms: int) -> dict[str, Any]:
+def merge(
+    entry: dict[str, Any] | None,
+    kind: str,
+    value: Mapping[str, Any],
+    partition: int,
+    offset: int,
+    now_ms: int,
+) -> dict[str, Any]:
     """Fold one decoded input into the join entry of its request id (new when ``None``).
 
     Inputs may arrive in any order. A complete entry never changes again, so a re-delivered
@@ -386,13 +474,21 @@ def merge(entry: dict[str, Any] | None, kind: str, value: Mapping[str, Any], par
         if entry["requested_at_ms"] is None:
             entry["requested_at_ms"] = value["sent_at_ms"]
     elif kind == PREDICTIONS:
-        entry.update(model=value["model"], version=value["version"], route=value["route"],
-                     prediction=value["prediction"], scores=dict(value["scores"]),
-                     predicted_at_ms=value["predicted_at_ms"],
-                     requested_at_ms=value["requested_at_ms"])
+        entry.update(
+            model=value["model"],
+            version=value["version"],
+            route=value["route"],
+            prediction=value["prediction"],
+            scores=dict(value["scores"]),
+            predicted_at_ms=value["predicted_at_ms"],
+            requested_at_ms=value["requested_at_ms"],
+        )
     else:
-        entry.update(label=value["label"], labelled_at_ms=value["timestamp_ms"] or now_ms,
-                     feedback_offset=offset)
+        entry.update(
+            label=value["label"],
+            labelled_at_ms=value["timestamp_ms"] or now_ms,
+            feedback_offset=offset,
+        )
     if is_complete(entry):
         entry["completed_by"], entry["completed_offset"] = kind, offset
     return entry
@@ -479,12 +575,14 @@ class ModelWatch:
     def install(self, body: Mapping[str, Any]) -> None:
         """A new production version: the learner restarts from its weights."""
         self.body = dict(body)
-        self.learner = OnlineLearner.from_arrays(body, self.config.learning_rate,
-                                                 self.config.l2)
+        self.learner = OnlineLearner.from_arrays(body, self.config.learning_rate, self.config.l2)
         self.feature_drift = FeatureDrift(
-            np.asarray(body["feature_mean"]), np.asarray(body["feature_scale"]),
-            body["feature_names"], self.config.feature_drift_window,
-            self.config.feature_drift_threshold)
+            np.asarray(body["feature_mean"]),
+            np.asarray(body["feature_scale"]),
+            body["feature_names"],
+            self.config.feature_drift_window,
+            self.config.feature_drift_threshold,
+        )
         self.feedback_ranges.clear()
         self.learned_since_export = 0
         self.paired.clear()
@@ -517,8 +615,14 @@ class ModelWatch:
             metrics = self.metrics.setdefault(version, LiveMetrics(task, self.config.window))
             delay = _float(join["labelled_at_ms"]) - _float(join["predicted_at_ms"])
             try:
-                result = outcome(task, classes, join["scores"], join["prediction"],
-                                 join["label"], max(0.0, delay))
+                result = outcome(
+                    task,
+                    classes,
+                    join["scores"],
+                    join["prediction"],
+                    join["label"],
+                    max(0.0, delay),
+                )
                 row = feature_vector(join["features"], names)
             except (ValueError, InvalidEventError) as exc:
                 reason = getattr(exc, "reason", "invalid-label")
@@ -528,9 +632,16 @@ class ModelWatch:
             detector = self.error_drift.setdefault(version, ErrorDrift(self.config.drift_delta))
             error = result.abs_error if task == Task.REGRESSION else 1.0 - result.correct
             if detector.update(error):
-                out.drift.append(DriftEvent("error", version, (
-                    f"ADWIN: error rate of v{version} changed; window mean now "
-                    f"{detector.detector.estimation:.4f}")))
+                out.drift.append(
+                    DriftEvent(
+                        "error",
+                        version,
+                        (
+                            f"ADWIN: error rate of v{version} changed; window mean now "
+                            f"{detector.detector.estimation:.4f}"
+                        ),
+                    )
+                )
             rows.append(row)
             usable.append(join)
         if usable:
@@ -548,9 +659,16 @@ class ModelWatch:
         shifted = self.feature_drift.update_many(X)
         if shifted:
             self.feature_drift.reset()  # one event per window, not one per batch
-            out.drift.append(DriftEvent("features", self.body["version"], (
-                f"features moved > {self.feature_drift.threshold} training standard "
-                f"deviations: {', '.join(shifted[:5])}")))
+            out.drift.append(
+                DriftEvent(
+                    "features",
+                    self.body["version"],
+                    (
+                        f"features moved > {self.feature_drift.threshold} training standard "
+                        f"deviations: {', '.join(shifted[:5])}"
+                    ),
+                )
+            )
 
     def _learn(self, X: np.ndarray, joins: Sequence[Mapping[str, Any]], out: Decisions) -> None:
         assert self.learner is not None and self.body is not None
@@ -558,7 +676,8 @@ class ModelWatch:
         # Progressive validation: the learner as it was at the start of the batch scores the
         # batch before learning from it, beside the production version's own predictions.
         online_scores = LinearModel.from_tensors(
-            task, names, self.learner.classes, self.learner.export()).proba(X)
+            task, names, self.learner.classes, self.learner.export()
+        ).proba(X)
         for i, join in enumerate(joins):
             label = join["label"]
             if task == Task.REGRESSION:
@@ -570,8 +689,10 @@ class ModelWatch:
             self.paired.append((ours, theirs))
             if in_online_holdout(join["request_id"]):
                 continue
-            self.learner.learn_one(dict(zip(names, X[i].tolist(), strict=True)),
-                                   label if task != Task.REGRESSION else float(label))
+            self.learner.learn_one(
+                dict(zip(names, X[i].tolist(), strict=True)),
+                label if task != Task.REGRESSION else float(label),
+            )
             partition, offset = join["partition"], join["feedback_offset"]
             span = self.feedback_ranges.setdefault(partition, [offset, offset + 1])
             span[0], span[1] = min(span[0], offset), max(span[1], offset + 1)
@@ -589,9 +710,10 @@ class ModelWatch:
         c = self.config
         if self.learner is None or self.body is None:
             return None
-        due = (self.learned_since_export >= c.export_every_labels
-               or (now_ms - self.last_export_ms >= c.export_every_ms
-                   and self.learned_since_export >= c.export_min_labels))
+        due = self.learned_since_export >= c.export_every_labels or (
+            now_ms - self.last_export_ms >= c.export_every_ms
+            and self.learned_since_export >= c.export_min_labels
+        )
         if not due or len(self.paired) < c.export_min_labels or self.gain() < c.export_min_gain:
             return None
         self.last_export_ms = now_ms
@@ -602,24 +724,41 @@ class ModelWatch:
         """The learner's weights as a candidate the validator gates like any other."""
         assert self.learner is not None and self.body is not None
         body = self.body
-        ranges: list[OffsetRange] = [{"topic": FEEDBACK, "partition": p, "start": a, "end": b}
-                                     for p, (a, b) in sorted(self.feedback_ranges.items())]
+        ranges: list[OffsetRange] = [
+            {"topic": FEEDBACK, "partition": p, "start": a, "end": b}
+            for p, (a, b) in sorted(self.feedback_ranges.items())
+        ]
         return candidate_body(
-            name=self.name, task=body["task"], feature_names=body["feature_names"],
-            classes=body["classes"], tensors=self.learner.export(),
+            name=self.name,
+            task=body["task"],
+            feature_names=body["feature_names"],
+            classes=body["classes"],
+            tensors=self.learner.export(),
             training=training_config(
-                "river-online", l2=self.config.l2, learning_rate=self.config.learning_rate,
-                batch_size=1, max_epochs=1, epochs_run=1),
+                "river-online",
+                l2=self.config.l2,
+                learning_rate=self.config.learning_rate,
+                batch_size=1,
+                max_epochs=1,
+                epochs_run=1,
+            ),
             metrics={"online_gain": self.gain(), "online_labels": float(len(self.paired))},
             lineage=lineage(Origin.ONLINE, ranges, self.learner.learned),
-            parent_version=body["version"], created_by="monitor", created_at_ms=now_ms)
+            parent_version=body["version"],
+            created_by="monitor",
+            created_at_ms=now_ms,
+        )
 
     def _rollback(self) -> RollbackDecision | None:
         if self.body is None or self.version in self.rolled_back:
             return None
-        decision = should_roll_back(self.body["version"], self.body["parent_version"],
-                                    self.metrics, margin=self.config.rollback_margin,
-                                    min_labels=self.config.rollback_min_labels)
+        decision = should_roll_back(
+            self.body["version"],
+            self.body["parent_version"],
+            self.metrics,
+            margin=self.config.rollback_margin,
+            min_labels=self.config.rollback_min_labels,
+        )
         if decision is not None:
             self.rolled_back.add(decision.version)
         return decision
@@ -652,10 +791,12 @@ class ModelWatch:
         self.last_train_ms = state["last_train_ms"]
         self.joined_total = state["joined_total"]
         self.last_export_ms = state["last_export_ms"]
-        if (self.learner is not None and state["learner"] is not None
-                and state["version"] == self.version):
+        if (
+            self.learner is not None
+            and state["learner"] is not None
+            and state["version"] == self.version
+        ):
             self.learner.restore(state["learner"])
-            self.feedback_ranges = {int(p): list(r)
-                                    for p, r in state["feedback_ranges"].items()}
+            self.feedback_ranges = {int(p): list(r) for p, r in state["feedback_ranges"].items()}
             self.learned_since_export = state["learned_since_export"]
             self.paired.extend(tuple(p) for p in state["paired"])

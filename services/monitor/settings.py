@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import ClassVar
+
+from pydantic import Field, SecretStr
 
 from modelstream.services.monitor.logic import WatchConfig
-from modelstream.settings import Settings
+from modelstream.settings import ServiceSettings, metrics_port_field
 
 
-class MonitorSettings(Settings):
-    metrics_port: int = Field(default=9105, ge=0, le=65535)
+class MonitorSettings(ServiceSettings):
+    service: ClassVar[str] = "monitor"
+
+    monitor_metrics_port: int = metrics_port_field(9105)
     join_ttl_s: float = Field(
-        default=600.0, gt=0,
-        description="How long a request id waits for its missing parts before it expires.")
+        default=600.0,
+        gt=0,
+        description="How long a request id waits for its missing parts before it expires.",
+    )
     window: int = Field(default=1000, ge=10, description="Labels in the live-metric window.")
     drift_delta: float = Field(default=0.002, gt=0, lt=1, description="ADWIN confidence.")
     feature_drift_window: int = Field(default=500, ge=50)
     feature_drift_threshold: float = Field(
-        default=0.5, gt=0, description="Shift of a feature's window mean, in training stds.")
+        default=0.5, gt=0, description="Shift of a feature's window mean, in training stds."
+    )
     online_learning_rate: float = Field(default=0.01, gt=0, description="Online SGD step.")
     online_l2: float = Field(default=0.0, ge=0)
     export_every_labels: int = Field(default=2000, ge=1)
@@ -26,34 +33,46 @@ class MonitorSettings(Settings):
     export_min_gain: float = Field(
         default=0.01,
         description="Export only when the online learner beats production on the same recent "
-                    "labels by this much (accuracy, or MAE for regression).")
+        "labels by this much (accuracy, or MAE for regression).",
+    )
     rollback_margin: float = Field(default=0.05, ge=0)
     rollback_min_labels: int = Field(default=200, ge=10)
     train_cooldown_s: float = Field(default=60.0, ge=0)
     write_training: bool = Field(
-        default=True, description="Write joined labels to `training` (retraining, holdouts).")
-    session_timeout_s: float = Field(
-        default=10.0, ge=6, description="Consumer-group session: how fast a dead monitor's "
-                                        "partitions move to another.")
+        default=True, description="Write joined labels to `training` (retraining, holdouts)."
+    )
+    monitor_session_timeout_s: float = Field(
+        default=10.0,
+        ge=6,
+        description="Consumer-group session: how fast a dead monitor's partitions move to another.",
+    )
     influxdb_url: str | None = Field(
-        default=None, description="InfluxDB 1.x base URL (e.g. http://127.0.0.1:8086); unset: "
-                                  "no long-term history.")
+        default=None,
+        description="InfluxDB 1.x base URL (e.g. http://127.0.0.1:8086); unset: "
+        "no long-term history.",
+    )
     influxdb_database: str = Field(default="modelstream")
     influxdb_username: str | None = Field(default=None)
-    influxdb_password: str | None = Field(default=None)
+    influxdb_password: SecretStr | None = Field(default=None)
     history_interval_s: float = Field(
-        default=1.0, gt=0, description="At most one InfluxDB point per model version per this.")
-    batch_max_records: int = Field(default=2000, ge=1)
+        default=1.0, gt=0, description="At most one InfluxDB point per model version per this."
+    )
+    monitor_batch_max_records: int = Field(default=2000, ge=1)
     batch_within_s: float = Field(default=0.1, gt=0)
 
     def watch_config(self) -> WatchConfig:
         return WatchConfig(
-            window=self.window, drift_delta=self.drift_delta,
+            window=self.window,
+            drift_delta=self.drift_delta,
             feature_drift_window=self.feature_drift_window,
             feature_drift_threshold=self.feature_drift_threshold,
-            learning_rate=self.online_learning_rate, l2=self.online_l2,
+            learning_rate=self.online_learning_rate,
+            l2=self.online_l2,
             export_every_labels=self.export_every_labels,
             export_every_ms=int(self.export_every_s * 1000),
-            export_min_labels=self.export_min_labels, export_min_gain=self.export_min_gain,
-            rollback_margin=self.rollback_margin, rollback_min_labels=self.rollback_min_labels,
-            train_cooldown_ms=int(self.train_cooldown_s * 1000))
+            export_min_labels=self.export_min_labels,
+            export_min_gain=self.export_min_gain,
+            rollback_margin=self.rollback_margin,
+            rollback_min_labels=self.rollback_min_labels,
+            train_cooldown_ms=int(self.train_cooldown_s * 1000),
+        )

@@ -64,14 +64,22 @@ class _Processor:
     def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[Outgoing]:
         started = time.perf_counter()
         scored = self.app.logic.process(records)
-        out = [Outgoing(self.topics[group.shadow], key, value, tp.partition)
-               for group in scored.groups
-               for key, value in zip(group.keys, group.values, strict=True)]
+        out = [
+            Outgoing(self.topics[group.shadow], key, value, tp.partition)
+            for group in scored.groups
+            for key, value in zip(group.keys, group.values, strict=True)
+        ]
         for rejected in scored.rejected:
             record = rejected.message
-            out.append(Outgoing(self.deadletter, record.key, record.value, None,
-                                dead_letter_headers(record, rejected.reason, rejected.error,
-                                                    SERVICE)))
+            out.append(
+                Outgoing(
+                    self.deadletter,
+                    record.key,
+                    record.value,
+                    None,
+                    dead_letter_headers(record, rejected.reason, rejected.error, SERVICE),
+                )
+            )
             DEAD_LETTERS.labels(SERVICE, rejected.model).inc()
         EVENTS_CONSUMED.labels(SERVICE).inc(len(records))
         BATCH_SIZE.labels(SERVICE).observe(len(records))
@@ -95,19 +103,25 @@ class PredictorApp(Lifecycle):
         data_key = settings.data_key()
         self.data_key = data_key[0] if data_key else None
         self.logic: PredictorLogic = PredictorLogic(
-            self.codec, output_format=settings.output_format.value,
-            max_versions=settings.max_versions)
+            self.codec,
+            output_format=settings.output_format.value,
+            max_versions=settings.max_versions,
+        )
         self.pipeline = BatchPipeline(
-            settings, SERVICE, settings.topic(REQUESTS), _Processor(self),
+            settings,
+            SERVICE,
+            settings.topic(REQUESTS),
+            _Processor(self),
             exactly_once=settings.delivery == Delivery.EXACTLY_ONCE,
-            max_records=settings.batch_max_records,
-            session_timeout_ms=settings.session_timeout_ms,
+            max_records=settings.predictor_batch_max_records,
+            session_timeout_s=settings.predictor_session_timeout_s,
         )
         self.registry = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
         self.control = ControlFollower(settings, self._apply_command)
         self.audit_producer = make_producer(settings)
-        self.audit = AuditWriter(self.audit_producer, settings.topic(AUDIT), SERVICE,
-                                 settings.output_format.value)
+        self.audit = AuditWriter(
+            self.audit_producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
+        )
         self._audits: list[AuditEvent] = []
         self._last_lag = 0.0
 
@@ -123,13 +137,19 @@ class PredictorApp(Lifecycle):
         await self.own(self.control)
         await self.control.replay()
         await self.own(self.pipeline)
-        log.info("predictor started on %s serving %s", self.settings.bootstrap,
-                 {n: f"v{v}" for n, v in self.logic.production.items()})
+        log.info(
+            "predictor started on %s serving %s",
+            self.settings.bootstrap,
+            {n: f"v{v}" for n, v in self.logic.production.items()},
+        )
 
     async def stop(self) -> None:
         await super().stop()
-        log.info("predictor stopped after %d batches, %d requests",
-                 self.pipeline.batches, self.pipeline.records_in)
+        log.info(
+            "predictor stopped after %d batches, %d requests",
+            self.pipeline.batches,
+            self.pipeline.records_in,
+        )
 
     async def run(self) -> None:
         await self.pipeline.run()
@@ -162,26 +182,48 @@ class PredictorApp(Lifecycle):
     def _install(self, record: ConsumerRecord, *, production: bool) -> None:
         name = record.key.decode(errors="replace").split(":")[0] if record.key else ""
         try:
-            verified = verify_bytes(record.value, self.public_key,
-                                    allow_unsigned=self.settings.allow_unsigned, codec=self.codec)
+            verified = verify_bytes(
+                record.value,
+                self.public_key,
+                allow_unsigned=self.settings.allow_unsigned,
+                codec=self.codec,
+            )
             model = ServingModel.from_verified(verified, self.data_key)
         except (ArtifactVerificationError, DecodeError) as exc:
             ARTIFACTS_REFUSED.labels(SERVICE, name if name in self.logic.versions else "").inc()
-            log.warning("refused artifact %s[%d]@%d for %s: %s", record.topic, record.partition,
-                        record.offset, name, exc)
-            self._audits.append(self.audit.event(
-                name, "signature_refused" if "sign" in str(exc) else "artifact_refused",
-                reason=str(exc),
-                details={"topic": record.topic, "partition": record.partition,
-                         "offset": record.offset}))
+            log.warning(
+                "refused artifact %s[%d]@%d for %s: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                name,
+                exc,
+            )
+            self._audits.append(
+                self.audit.event(
+                    name,
+                    "signature_refused" if "sign" in str(exc) else "artifact_refused",
+                    reason=str(exc),
+                    details={
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
+            )
             return
         previous = self.logic.production.get(model.name)
         self.logic.install(model, production=production)
         if production:
             PRODUCTION_VERSION.labels(SERVICE, model.name).set(model.version)
             if previous != model.version:
-                log.info("serving %s v%d (%s) instead of %s", model.name, model.version,
-                         model.digest_prefix, f"v{previous}" if previous else "nothing")
+                log.info(
+                    "serving %s v%d (%s) instead of %s",
+                    model.name,
+                    model.version,
+                    model.digest_prefix,
+                    f"v{previous}" if previous else "nothing",
+                )
 
     async def _flush_audits(self) -> None:
         while self._audits:
@@ -191,8 +233,11 @@ class PredictorApp(Lifecycle):
         if cmd["action"] != Action.SET_TRAFFIC:
             return
         split = cmd["traffic"]
-        traffic = (Traffic(split["challenger_version"], split["fraction"], split["shadow"])
-                   if split is not None else Traffic())
+        traffic = (
+            Traffic(split["challenger_version"], split["fraction"], split["shadow"])
+            if split is not None
+            else Traffic()
+        )
         self.logic.set_traffic(cmd["model"], traffic)
         log.info("traffic for %s: %s", cmd["model"], traffic)
 

@@ -88,7 +88,7 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     n, pos = _read_long(data, pos)
     if n < 0 or pos + n > len(data):
         raise DecodeError("corrupt PredictionRequest body: bad length")
-    return data[pos:pos + n], pos + n
+    return data[pos : pos + n], pos + n
 
 
 def _optional_long(data: bytes, pos: int, field: str) -> tuple[int | None, int]:
@@ -160,8 +160,15 @@ class RequestReader:
 class PredictionWriter:
     """Encodes the Predictions of one (model, version, route) group."""
 
-    def __init__(self, fingerprint: bytes, model: str, version: int, digest_prefix: str,
-                 classes: Sequence[str], route: str) -> None:
+    def __init__(
+        self,
+        fingerprint: bytes,
+        model: str,
+        version: int,
+        digest_prefix: str,
+        classes: Sequence[str],
+        route: str,
+    ) -> None:
         self.header = MAGIC + fingerprint
         self.middle = _string(model.encode()) + zigzag(version) + _string(digest_prefix.encode())
         self.classes = list(classes)
@@ -173,12 +180,18 @@ class PredictionWriter:
             fields = []
             for j, key in enumerate(keys):
                 fields += [(f"k{j}", f"S{len(key)}"), (f"v{j}", "<f8")]
-            self.score_dtype = np.dtype([("count", f"S{len(zigzag(len(keys)))}"), *fields,
-                                         ("end", "S1")])
+            self.score_dtype = np.dtype(
+                [("count", f"S{len(zigzag(len(keys)))}"), *fields, ("end", "S1")]
+            )
             self.score_keys = keys
 
-    def encode(self, request_ids: Sequence[bytes], output: np.ndarray,
-               requested_ms: Sequence[int], predicted_ms: int) -> list[bytes]:
+    def encode(
+        self,
+        request_ids: Sequence[bytes],
+        output: np.ndarray,
+        requested_ms: Sequence[int],
+        predicted_ms: int,
+    ) -> list[bytes]:
         n = len(request_ids)
         tail = zigzag(predicted_ms)
         stamps: dict[int, bytes] = {}
@@ -192,18 +205,20 @@ class PredictionWriter:
             blob = scores.tobytes()
             size = self.score_dtype.itemsize
             labels = [self.labels[i] for i in output.argmax(axis=1).tolist()]
-            score_bytes = [blob[i * size:(i + 1) * size] for i in range(n)]
+            score_bytes = [blob[i * size : (i + 1) * size] for i in range(n)]
         else:  # regression: union branch 1 (double), empty scores map
             values = np.ascontiguousarray(output, dtype="<f8").tobytes()
-            labels = [b"\x02" + values[i * 8:(i + 1) * 8] for i in range(n)]
+            labels = [b"\x02" + values[i * 8 : (i + 1) * 8] for i in range(n)]
             score_bytes = [b"\x00"] * n
         out = []
         header, middle, route = self.header, self.middle, self.route
-        for rid, label, score, requested in zip(request_ids, labels, score_bytes, requested_ms,
-                                                strict=True):
+        for rid, label, score, requested in zip(
+            request_ids, labels, score_bytes, requested_ms, strict=True
+        ):
             stamp = stamps.get(requested)
             if stamp is None:
                 stamp = stamps[requested] = zigzag(requested)
-            out.append(b"".join((header, zigzag(len(rid)), rid, middle, label, score, route,
-                                 stamp, tail)))
+            out.append(
+                b"".join((header, zigzag(len(rid)), rid, middle, label, score, route, stamp, tail))
+            )
         return out

@@ -71,8 +71,9 @@ class ServingModel:
     def from_verified(cls, verified: Verified, data_key: bytes | None) -> ServingModel:
         body = decrypt_tensors(verified.body, data_key)
         model = LinearModel.from_body(body)
-        return cls(body["name"], body["version"], verified.digest, model,
-                   MapTemplate(model.feature_names))
+        return cls(
+            body["name"], body["version"], verified.digest, model, MapTemplate(model.feature_names)
+        )
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Scored(Generic[M]):
     groups: list[ScoredGroup] = field(default_factory=list)
     rejected: list[Rejected[M]] = field(default_factory=list)
     predicted: dict[tuple[str, int, bool], int] = field(
-        default_factory=lambda: defaultdict(int))  # (model, version, shadow) -> count
+        default_factory=lambda: defaultdict(int)
+    )  # (model, version, shadow) -> count
     latencies_ms: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
     def reject(self, message: M, model: str, exc: DecodeError | InvalidEventError) -> None:
@@ -136,9 +138,11 @@ class PredictorLogic:
         if production:
             self.production[model.name] = model.version
             self._reader.expect_maps(model.name, model.model.feature_names)
-        keep = {self.production.get(model.name), self.traffic.get(
-            model.name, Traffic()).challenger_version}
-        for old in sorted(versions)[:-self.max_versions]:
+        keep = {
+            self.production.get(model.name),
+            self.traffic.get(model.name, Traffic()).challenger_version,
+        }
+        for old in sorted(versions)[: -self.max_versions]:
             if old not in keep:
                 del versions[old]
 
@@ -173,8 +177,13 @@ class PredictorLogic:
                 keep = finite.all(axis=1)
                 for i in np.flatnonzero(~keep):
                     if route != "shadow":
-                        result.reject(good[i][0], name, InvalidEventError(
-                            "non-finite-score", "features overflow the model's arithmetic"))
+                        result.reject(
+                            good[i][0],
+                            name,
+                            InvalidEventError(
+                                "non-finite-score", "features overflow the model's arithmetic"
+                            ),
+                        )
                 output = output[keep]
                 good = [item for item, k in zip(good, keep.tolist(), strict=True) if k]
                 if not good:
@@ -200,8 +209,9 @@ class PredictorLogic:
         pinned = request[3]
         if pinned is not None:
             if pinned not in versions:
-                raise InvalidEventError("unknown-version",
-                                        f"{name} v{pinned} is not loaded by this predictor")
+                raise InvalidEventError(
+                    "unknown-version", f"{name} v{pinned} is not loaded by this predictor"
+                )
             return ((pinned, "pinned"),)
         traffic = self.traffic.get(name)
         production = self.production[name]
@@ -213,8 +223,9 @@ class PredictorLogic:
             return ((traffic.challenger_version, "challenger"),)
         return ((production, "production"),)
 
-    def _matrix(self, model: ServingModel, items: list[Item[M]]
-                ) -> tuple[np.ndarray, list[Item[M]], list[tuple[Item[M], InvalidEventError]]]:
+    def _matrix(
+        self, model: ServingModel, items: list[Item[M]]
+    ) -> tuple[np.ndarray, list[Item[M]], list[tuple[Item[M], InvalidEventError]]]:
         d = model.model.n_features
         width = 8 * d
         bad: list[tuple[Item[M], InvalidEventError]] = []
@@ -223,8 +234,10 @@ class PredictorLogic:
         if all(type(p) is bytes and len(p) == width for p in payloads):
             # all packed: one copy into the batch matrix
             X = np.frombuffer(b"".join(payloads), dtype="<f8").reshape(len(items), d)  # type: ignore[arg-type]
-        elif all(type(p) is MapSection and len(p.raw) == template.length  # type: ignore[attr-defined]
-                 for p in payloads):
+        elif all(
+            type(p) is MapSection and len(p.raw) == template.length  # type: ignore[attr-defined]
+            for p in payloads
+        ):
             # maps in feature order: every key byte checked and every value read at once
             X, matches = template.matrix([p.raw for p in payloads])  # type: ignore[attr-defined]
             if not matches.all():
@@ -234,16 +247,21 @@ class PredictorLogic:
         finite = np.isfinite(X).all(axis=1)
         if not finite.all():
             for i in np.flatnonzero(~finite):
-                bad.append((items[i], InvalidEventError("non-finite",
-                                                        "features contain NaN or infinity")))
+                bad.append(
+                    (items[i], InvalidEventError("non-finite", "features contain NaN or infinity"))
+                )
             keep = np.flatnonzero(finite)
             X = X[keep]
             items = [items[i] for i in keep]
         return X, items, bad
 
-    def _rows(self, model: ServingModel, items: list[Item[M]],
-              fast: np.ndarray | None, fast_ok: np.ndarray | None
-              ) -> tuple[np.ndarray, list[Item[M]], list[tuple[Item[M], InvalidEventError]]]:
+    def _rows(
+        self,
+        model: ServingModel,
+        items: list[Item[M]],
+        fast: np.ndarray | None,
+        fast_ok: np.ndarray | None,
+    ) -> tuple[np.ndarray, list[Item[M]], list[tuple[Item[M], InvalidEventError]]]:
         """Row by row, for mixed forms; ``fast`` rows flagged ok are taken as they are."""
         d = model.model.n_features
         width = 8 * d
@@ -262,16 +280,20 @@ class PredictorLogic:
                 elif isinstance(features, bytes):
                     if len(features) != width:
                         raise InvalidEventError(
-                            "wrong-feature-count", f"packed features have {len(features)} "
-                            f"bytes, {model.name} v{model.version} needs {width}")
+                            "wrong-feature-count",
+                            f"packed features have {len(features)} "
+                            f"bytes, {model.name} v{model.version} needs {width}",
+                        )
                     X[i] = np.frombuffer(features, dtype="<f8")
                 elif isinstance(features, dict):
                     X[i] = self._named(features, names, d)
                 else:
                     if len(features) != d:  # type: ignore[arg-type]
                         raise InvalidEventError(
-                            "wrong-feature-count", f"{len(features)} features, "  # type: ignore[arg-type]
-                            f"{model.name} v{model.version} needs {d}")
+                            "wrong-feature-count",
+                            f"{len(features)} features, "  # type: ignore[arg-type]
+                            f"{model.name} v{model.version} needs {d}",
+                        )
                     X[i] = features
                 good_rows.append(i)
             except InvalidEventError as exc:
@@ -292,8 +314,15 @@ class PredictorLogic:
         except KeyError:
             raise _feature_error(features, names) from None
 
-    def _encode(self, model: ServingModel, route: str, items: list[Item[M]], output: np.ndarray,
-                now_ms: int, result: Scored[M]) -> ScoredGroup:
+    def _encode(
+        self,
+        model: ServingModel,
+        route: str,
+        items: list[Item[M]],
+        output: np.ndarray,
+        now_ms: int,
+        result: Scored[M],
+    ) -> ScoredGroup:
         requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
         shadow = route == "shadow"
         if not shadow:
@@ -305,14 +334,25 @@ class PredictorLogic:
             writer = self._writers.get((model.name, model.version, route))
             if writer is None:
                 writer = self._writers[(model.name, model.version, route)] = PredictionWriter(
-                    self._prediction_fp, model.name, model.version, model.digest_prefix,
-                    model.model.classes if model.model.task != Task.REGRESSION else [], route)
+                    self._prediction_fp,
+                    model.name,
+                    model.version,
+                    model.digest_prefix,
+                    model.model.classes if model.model.task != Task.REGRESSION else [],
+                    route,
+                )
             values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
         return ScoredGroup(shadow, [message.key for message, _ in items], values)
 
-    def _encode_json(self, model: ServingModel, route: str,
-                     items: list[Item[M]], output: np.ndarray,
-                     requested: list[int], now_ms: int) -> list[bytes]:
+    def _encode_json(
+        self,
+        model: ServingModel,
+        route: str,
+        items: list[Item[M]],
+        output: np.ndarray,
+        requested: list[int],
+        now_ms: int,
+    ) -> list[bytes]:
         classes = model.model.classes
         if model.model.task == Task.REGRESSION:
             predictions: list[Any] = output.tolist()
@@ -320,12 +360,25 @@ class PredictorLogic:
         else:
             predictions = [classes[i] for i in output.argmax(axis=1).tolist()]
             scores = [dict(zip(classes, row, strict=True)) for row in output.tolist()]
-        return [self.codec.encode_json(Prediction, {
-            "request_id": req[0].decode(), "model": model.name, "version": model.version,
-            "digest_prefix": model.digest_prefix, "prediction": prediction, "scores": score,
-            "route": route, "requested_at_ms": requested_ms, "predicted_at_ms": now_ms,
-        }) for (_, req), prediction, score, requested_ms in zip(
-            items, predictions, scores, requested, strict=True)]
+        return [
+            self.codec.encode_json(
+                Prediction,
+                {
+                    "request_id": req[0].decode(),
+                    "model": model.name,
+                    "version": model.version,
+                    "digest_prefix": model.digest_prefix,
+                    "prediction": prediction,
+                    "scores": score,
+                    "route": route,
+                    "requested_at_ms": requested_ms,
+                    "predicted_at_ms": now_ms,
+                },
+            )
+            for (_, req), prediction, score, requested_ms in zip(
+                items, predictions, scores, requested, strict=True
+            )
+        ]
 
     def _model_hint(self, message: Message) -> str:
         """The model a bad message names, when that model is known (bounded metric labels)."""

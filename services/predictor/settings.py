@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import Field
 
-from modelstream.settings import Settings
+from modelstream.settings import ServiceSettings, metrics_port_field
 
 
 class Delivery(StrEnum):
@@ -14,12 +15,19 @@ class Delivery(StrEnum):
     AT_LEAST_ONCE = "at-least-once"
 
 
-class PredictorSettings(Settings):
-    metrics_port: int = Field(default=9104, ge=0, le=65535)
+class PredictorSettings(ServiceSettings):
+    service: ClassVar[str] = "predictor"
+
+    predictor_metrics_port: int = metrics_port_field(9104)
     delivery: Delivery = Field(
         default=Delivery.EXACTLY_ONCE,
         description="exactly-once (Kafka transactions) or at-least-once (brokers without them).",
     )
-    batch_max_records: int = Field(default=5000, ge=1)
+    predictor_batch_max_records: int = Field(default=5000, ge=1, description="Records per batch.")
     max_versions: int = Field(default=10, ge=1, description="Versions kept loaded per model.")
-    session_timeout_ms: int = Field(default=10000, ge=6000)
+    predictor_session_timeout_s: float = Field(
+        default=10.0,
+        ge=6,
+        description="Consumer-group session: how fast a dead predictor's "
+        "partitions move to another.",
+    )

@@ -57,21 +57,24 @@ class PublisherApp(Lifecycle):
         self.codec = default_codec()
         if settings.private_key_file is None and not settings.allow_unsigned:
             raise ConfigurationError(
-                "the publisher needs MODELSTREAM_PRIVATE_KEY_FILE (modelstream keys generate)")
-        self.private_key = (load_private_key(settings.private_key_file)
-                            if settings.private_key_file else None)
+                "the publisher needs MODELSTREAM_PRIVATE_KEY_FILE (modelstream keys generate)"
+            )
+        self.private_key = (
+            load_private_key(settings.private_key_file) if settings.private_key_file else None
+        )
         self.public_key = self.private_key.public_key() if self.private_key else None
         self.data_key = settings.data_key()
         self.group = settings.group(SERVICE)
         self.validations_topic = settings.topic(VALIDATIONS)
         self.control_topic = settings.topic(CONTROL)
-        self.consumer = make_consumer(settings, self.validations_topic, self.control_topic,
-                                      group_id=self.group)
-        self.producer = make_producer(
-            settings, transactional_id=settings.transactional_id(SERVICE))
+        self.consumer = make_consumer(
+            settings, self.validations_topic, self.control_topic, group_id=self.group
+        )
+        self.producer = make_producer(settings, transactional_id=settings.transactional_id(SERVICE))
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
-        self.audit = AuditWriter(self.producer, settings.topic(AUDIT), SERVICE,
-                                 settings.output_format.value)
+        self.audit = AuditWriter(
+            self.producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
+        )
         self.history: dict[tuple[str, int], ModelArtifact] = {}
         self.latest: dict[str, int] = {}
         self.production: dict[str, int] = {}
@@ -81,14 +84,18 @@ class PublisherApp(Lifecycle):
         await self.own(self.producer)  # initializes the transaction: fences older instances
         await self._load_state()
         await self.own(self.consumer)
-        log.info("publisher started on %s (key id %s)", self.settings.bootstrap,
-                 key_id(self.public_key) if self.public_key else "unsigned")
+        log.info(
+            "publisher started on %s (key id %s)",
+            self.settings.bootstrap,
+            key_id(self.public_key) if self.public_key else "unsigned",
+        )
 
     async def _load_state(self) -> None:
         self.history = await load_history(self.settings)
         self.latest = latest_versions(self.history)
-        production = await load_production(self.settings, self.public_key,
-                                           allow_unsigned=self.private_key is None)
+        production = await load_production(
+            self.settings, self.public_key, allow_unsigned=self.private_key is None
+        )
         self.production = {name: v.body["version"] for name, v in production.items()}
         for name, version in self.production.items():
             PRODUCTION_VERSION.labels(SERVICE, name).set(version)
@@ -107,8 +114,9 @@ class PublisherApp(Lifecycle):
     async def _commit(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         await self.producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
 
-    async def _dead_letter(self, tp: TopicPartition, record: ConsumerRecord, model: str,
-                           exc: Exception, reason: str) -> None:
+    async def _dead_letter(
+        self, tp: TopicPartition, record: ConsumerRecord, model: str, exc: Exception, reason: str
+    ) -> None:
         DEAD_LETTERS.labels(SERVICE, model if model in self.latest else "").inc()
         async with self.producer.transaction():
             await self.dead.send(record, reason, str(exc))
@@ -132,21 +140,33 @@ class PublisherApp(Lifecycle):
         candidate = report["artifact"]
         name = candidate["body"]["name"]
         version = self.latest.get(name, 0) + 1
-        artifact = publishable(candidate["body"], version, self.production.get(name),
-                               self.private_key, self.data_key, report["metrics"])
+        artifact = publishable(
+            candidate["body"],
+            version,
+            self.production.get(name),
+            self.private_key,
+            self.data_key,
+            report["metrics"],
+        )
         value = self.codec.encode(ModelArtifact, artifact)
         audit = self.audit.event(
-            name, "published", version=version, digest=artifact["digest"],
+            name,
+            "published",
+            version=version,
+            digest=artifact["digest"],
             reason=f"passed {report['method']} by {report['validator']}",
-            details={"candidate_digest": candidate["digest"],
-                     "parent_version": artifact["body"]["parent_version"],
-                     "key_id": artifact["key_id"],
-                     "encrypted": artifact["body"]["encryption"] is not None,
-                     **{k: f"{v:.6g}" for k, v in report["metrics"].items()}},
+            details={
+                "candidate_digest": candidate["digest"],
+                "parent_version": artifact["body"]["parent_version"],
+                "key_id": artifact["key_id"],
+                "encrypted": artifact["body"]["encryption"] is not None,
+                **{k: f"{v:.6g}" for k, v in report["metrics"].items()},
+            },
         )
         async with self.producer.transaction():
-            await self.producer.send(self.settings.topic(MODEL_HISTORY),
-                                     key=history_key(name, version), value=value)
+            await self.producer.send(
+                self.settings.topic(MODEL_HISTORY), key=history_key(name, version), value=value
+            )
             await self.producer.send(self.settings.topic(MODELS), key=name.encode(), value=value)
             await self.audit.send_event(audit)
             await self._commit(tp, record)
@@ -188,15 +208,28 @@ class PublisherApp(Lifecycle):
         async with self.producer.transaction():
             if refusal is not None or artifact is None:
                 await self.audit.send(
-                    name, "rollback_refused", actor=cmd["actor"] or None, version=version,
-                    reason=refusal or "", details={"requested": cmd["reason"]})
+                    name,
+                    "rollback_refused",
+                    actor=cmd["actor"] or None,
+                    version=version,
+                    reason=refusal or "",
+                    details={"requested": cmd["reason"]},
+                )
             else:
-                await self.producer.send(self.settings.topic(MODELS), key=name.encode(),
-                                         value=self.codec.encode(ModelArtifact, artifact))
+                await self.producer.send(
+                    self.settings.topic(MODELS),
+                    key=name.encode(),
+                    value=self.codec.encode(ModelArtifact, artifact),
+                )
                 await self.audit.send(
-                    name, "rolled_back", actor=cmd["actor"] or None, version=version,
-                    digest=artifact["digest"], reason=cmd["reason"] or "rollback command",
-                    details={"from_version": self.production.get(name)})
+                    name,
+                    "rolled_back",
+                    actor=cmd["actor"] or None,
+                    version=version,
+                    digest=artifact["digest"],
+                    reason=cmd["reason"] or "rollback command",
+                    details={"from_version": self.production.get(name)},
+                )
             await self._commit(tp, record)
         if refusal is None:
             self.production[name] = version  # type: ignore[assignment]

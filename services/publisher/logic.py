@@ -10,13 +10,18 @@ from modelstream.contracts.records import ModelArtifact, ModelBody, Stage
 from modelstream.registry.artifact import encrypt_tensors, seal
 
 
-def production_body(candidate: ModelBody, version: int,
-                    current_production: int | None,
-                    validation_metrics: Mapping[str, float] | None = None) -> ModelBody:
+def production_body(
+    candidate: ModelBody,
+    version: int,
+    current_production: int | None,
+    validation_metrics: Mapping[str, float] | None = None,
+) -> ModelBody:
     body = candidate.copy()
     # The validator's estimate travels with the model: later challengers are compared with it.
-    body["metrics"] = {**candidate["metrics"],
-                       **{f"validation_{k}": v for k, v in (validation_metrics or {}).items()}}
+    body["metrics"] = {
+        **candidate["metrics"],
+        **{f"validation_{k}": v for k, v in (validation_metrics or {}).items()},
+    }
     body["version"] = version
     body["stage"] = Stage.PRODUCTION
     if body.get("parent_version") is None:
@@ -24,9 +29,14 @@ def production_body(candidate: ModelBody, version: int,
     return body
 
 
-def publishable(candidate_body: ModelBody, version: int, current_production: int | None,
-                private_key: Ed25519PrivateKey | None, data_key: tuple[bytes, str] | None,
-                validation_metrics: Mapping[str, float] | None = None) -> ModelArtifact:
+def publishable(
+    candidate_body: ModelBody,
+    version: int,
+    current_production: int | None,
+    private_key: Ed25519PrivateKey | None,
+    data_key: tuple[bytes, str] | None,
+    validation_metrics: Mapping[str, float] | None = None,
+) -> ModelArtifact:
     """The signed (and, with a data key, encrypted) artifact record for ``version``."""
     body = production_body(candidate_body, version, current_production, validation_metrics)
     if data_key is not None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import ClassVar
 
-from modelstream.settings import Settings
+from modelstream.settings import ServiceSettings, metrics_port_field
 
 
-class PublisherSettings(Settings):
-    metrics_port: int = Field(default=9103, ge=0, le=65535)
+class PublisherSettings(ServiceSettings):
+    service: ClassVar[str] = "publisher"
+
+    publisher_metrics_port: int = metrics_port_field(9103)

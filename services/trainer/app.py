@@ -59,21 +59,27 @@ class TrainerApp(Lifecycle):
         super().__init__()
         self.settings = settings
         self.codec = default_codec()
-        self.logic = TrainerLogic(GDConfig(
-            learning_rate=settings.learning_rate, lr_decay=settings.lr_decay,
-            batch_size=settings.batch_size, max_epochs=settings.max_epochs,
-            patience=settings.patience, validation_fraction=settings.validation_fraction,
-        ))
+        self.logic = TrainerLogic(
+            GDConfig(
+                learning_rate=settings.learning_rate,
+                lr_decay=settings.lr_decay,
+                batch_size=settings.batch_size,
+                max_epochs=settings.max_epochs,
+                patience=settings.patience,
+                validation_fraction=settings.validation_fraction,
+            )
+        )
         self.training_topic = settings.topic(TRAINING)
         self.group = settings.group(SERVICE)
-        self.producer = make_producer(settings,
-                                      transactional_id=settings.transactional_id(SERVICE))
-        self.consumer = make_consumer(settings, group_id=self.group,
-                                      max_poll_records=settings.poll_max_records)
+        self.producer = make_producer(settings, transactional_id=settings.transactional_id(SERVICE))
+        self.consumer = make_consumer(
+            settings, group_id=self.group, max_poll_records=settings.poll_max_records
+        )
         self.control = ControlFollower(settings, self._apply_command)
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
-        self.audit = AuditWriter(self.producer, settings.topic(AUDIT), SERVICE,
-                                 settings.output_format.value)
+        self.audit = AuditWriter(
+            self.producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
+        )
         # Where each model's last candidate came from: {model: {partition: (start, end)}}
         self.lineage: dict[str, dict[int, tuple[int, int]]] = {}
         self.last_trained_ms: dict[str, int] = {}
@@ -111,8 +117,11 @@ class TrainerApp(Lifecycle):
         # A train command issued while no trainer ran is still owed.
         for cmd in replayed:
             model = cmd["model"]
-            if (cmd["action"] == Action.TRAIN and model in self.logic.windows
-                    and cmd["issued_at_ms"] > self.last_trained_ms.get(model, 0)):
+            if (
+                cmd["action"] == Action.TRAIN
+                and model in self.logic.windows
+                and cmd["issued_at_ms"] > self.last_trained_ms.get(model, 0)
+            ):
                 self.logic.request_training(model)
 
     def _apply_command(self, cmd: Command, replay: bool) -> None:
@@ -128,8 +137,11 @@ class TrainerApp(Lifecycle):
             committed = await self.consumer.committed(tp)
             if not committed:
                 continue
-            starts = [ranges[tp.partition][0] for ranges in self.lineage.values()
-                      if tp.partition in ranges]
+            starts = [
+                ranges[tp.partition][0]
+                for ranges in self.lineage.values()
+                if tp.partition in ranges
+            ]
             no_lineage = any(m not in self.lineage for m in self.logic.windows)
             start = 0 if (no_lineage or not starts) else min(starts)
             replayed = 0
@@ -144,8 +156,13 @@ class TrainerApp(Lifecycle):
                     replayed += 1
                 except (DecodeError, InvalidEventError):
                     continue  # dead-lettered when it was first consumed
-            log.info("rebuilt %d examples of partition %d from offsets [%d, %d)",
-                     replayed, tp.partition, start, committed)
+            log.info(
+                "rebuilt %d examples of partition %d from offsets [%d, %d)",
+                replayed,
+                tp.partition,
+                start,
+                committed,
+            )
 
     # -- main loop -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -166,8 +183,8 @@ class TrainerApp(Lifecycle):
                     await self._train(name)
                 if batch:
                     await self.producer.send_offsets_to_transaction(
-                        {tp: records[-1].offset + 1 for tp, records in batch.items()},
-                        self.group)
+                        {tp: records[-1].offset + 1 for tp, records in batch.items()}, self.group
+                    )
 
     async def _handle_example(self, record: ConsumerRecord) -> None:
         model = record.key.decode(errors="replace") if record.key else ""
@@ -187,7 +204,8 @@ class TrainerApp(Lifecycle):
         try:
             with TRAINING_SECONDS.labels(name).time():
                 candidate = await asyncio.to_thread(
-                    self.logic.build_candidate, name, self.training_topic, parent)
+                    self.logic.build_candidate, name, self.training_topic, parent
+                )
         except TrainingError as exc:
             log.warning("not training %s: %s", name, exc)
             self.logic.trained(name)
@@ -196,27 +214,51 @@ class TrainerApp(Lifecycle):
         if candidate.inferred is not None:
             self.logic.define(candidate.inferred)
             await self.producer.send(
-                self.settings.topic(CONTROL), key=name.encode(),
-                value=self.codec.encode(Command, command(
-                    name, Action.DEFINE, definition=candidate.inferred, actor=SERVICE,
-                    reason="feature names and classes fixed at first training")))
+                self.settings.topic(CONTROL),
+                key=name.encode(),
+                value=self.codec.encode(
+                    Command,
+                    command(
+                        name,
+                        Action.DEFINE,
+                        definition=candidate.inferred,
+                        actor=SERVICE,
+                        reason="feature names and classes fixed at first training",
+                    ),
+                ),
+            )
         artifact = sealed_candidate(candidate)
         await self.producer.send(
-            self.settings.topic(CANDIDATES), key=name.encode(),
-            value=self.codec.encode(ModelArtifact, artifact))
+            self.settings.topic(CANDIDATES),
+            key=name.encode(),
+            value=self.codec.encode(ModelArtifact, artifact),
+        )
         body = candidate.body
-        self.lineage[name] = {r["partition"]: (r["start"], r["end"])
-                              for r in body["lineage"]["ranges"]}
+        self.lineage[name] = {
+            r["partition"]: (r["start"], r["end"]) for r in body["lineage"]["ranges"]
+        }
         self.logic.trained(name)
         TRAININGS.labels(SERVICE, name).inc()
         WINDOW_EXAMPLES.labels(name).set(body["lineage"]["example_count"])
-        ranges = ",".join(f"{r['partition']}:{r['start']}-{r['end']}"
-                          for r in body["lineage"]["ranges"])
-        await self.audit.send(name, "trained", digest=artifact["digest"], details={
-            "ranges": ranges, "examples": body["lineage"]["example_count"],
-            "l2": body["training"]["l2"], "parent_version": parent,
-            "cv_primary": body["metrics"].get("cv_primary"),
-        })
-        log.info("trained %s on %d examples (l2=%g): candidate %s", name,
-                 body["lineage"]["example_count"], body["training"]["l2"],
-                 artifact["digest"][:12])
+        ranges = ",".join(
+            f"{r['partition']}:{r['start']}-{r['end']}" for r in body["lineage"]["ranges"]
+        )
+        await self.audit.send(
+            name,
+            "trained",
+            digest=artifact["digest"],
+            details={
+                "ranges": ranges,
+                "examples": body["lineage"]["example_count"],
+                "l2": body["training"]["l2"],
+                "parent_version": parent,
+                "cv_primary": body["metrics"].get("cv_primary"),
+            },
+        )
+        log.info(
+            "trained %s on %d examples (l2=%g): candidate %s",
+            name,
+            body["lineage"]["example_count"],
+            body["training"]["l2"],
+            artifact["digest"][:12],
+        )

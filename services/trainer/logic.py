@@ -98,8 +98,9 @@ class TrainerLogic:
             raise InvalidEventError("unknown-model", f"no model named {model!r} is defined")
         window.train_requested = True
 
-    def accept(self, example: TrainingExample, partition: int, offset: int,
-               *, count_as_new: bool = True) -> None:
+    def accept(
+        self, example: TrainingExample, partition: int, offset: int, *, count_as_new: bool = True
+    ) -> None:
         """Validate one TrainingExample and add it to its model's window."""
         name = example["model"]
         window = self.windows.get(name)
@@ -137,23 +138,30 @@ class TrainerLogic:
         if d.task != Task.REGRESSION and not classes:
             classes = tuple(sorted_classes([str(v) for v in labels]))
         if d.task == Task.BINARY and len(classes) != 2:
-            raise TrainingError("too-few-classes",
-                                f"binary model {name!r} has seen classes {list(classes)}")
+            raise TrainingError(
+                "too-few-classes", f"binary model {name!r} has seen classes {list(classes)}"
+            )
         if d.task == Task.MULTICLASS and len(classes) < 2:
             raise TrainingError("too-few-classes", f"{name!r} has seen only {list(classes)}")
         inferred = d.fixed(d.feature_names, classes) if classes != d.classes else None
         X = np.vstack([e.x for e in examples])
         y = labels_to_targets(labels, d.task, classes)
         config = GDConfig(
-            learning_rate=self.gd.learning_rate, lr_decay=self.gd.lr_decay,
-            momentum=self.gd.momentum, batch_size=self.gd.batch_size,
-            max_epochs=self.gd.max_epochs, patience=self.gd.patience,
-            validation_fraction=self.gd.validation_fraction, seed=d.seed,
+            learning_rate=self.gd.learning_rate,
+            lr_decay=self.gd.lr_decay,
+            momentum=self.gd.momentum,
+            batch_size=self.gd.batch_size,
+            max_epochs=self.gd.max_epochs,
+            patience=self.gd.patience,
+            validation_fraction=self.gd.validation_fraction,
+            seed=d.seed,
         )
-        trained = train(X, y, d.task, d.feature_names, classes, config,
-                        d.l2_grid or DEFAULT_L2_GRID, d.cv_folds)
-        body = trained_candidate(name, trained, lineage_ranges(topic, examples),
-                                 len(examples), parent_version)
+        trained = train(
+            X, y, d.task, d.feature_names, classes, config, d.l2_grid or DEFAULT_L2_GRID, d.cv_folds
+        )
+        body = trained_candidate(
+            name, trained, lineage_ranges(topic, examples), len(examples), parent_version
+        )
         return Candidate(body, trained, inferred)
 
     def trained(self, name: str) -> None:
@@ -168,28 +176,51 @@ def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[OffsetRange]
         lo_hi = bounds.setdefault(e.partition, [e.offset, e.offset])
         lo_hi[0] = min(lo_hi[0], e.offset)
         lo_hi[1] = max(lo_hi[1], e.offset)
-    return [{"topic": topic, "partition": p, "start": lo, "end": hi + 1}
-            for p, (lo, hi) in sorted(bounds.items())]
+    return [
+        {"topic": topic, "partition": p, "start": lo, "end": hi + 1}
+        for p, (lo, hi) in sorted(bounds.items())
+    ]
 
 
 def trained_candidate(
-    name: str, trained: TrainedModel, ranges: list[OffsetRange], example_count: int,
-    parent_version: int | None, *, created_at_ms: int | None = None,
+    name: str,
+    trained: TrainedModel,
+    ranges: list[OffsetRange],
+    example_count: int,
+    parent_version: int | None,
+    *,
+    created_at_ms: int | None = None,
 ) -> ModelBody:
     """The candidate body of a model trained on ``example_count`` rows of ``ranges``."""
     cfg = trained.config
     model = trained.model
     return candidate_body(
-        name=name, task=model.task, feature_names=model.feature_names, classes=model.classes,
+        name=name,
+        task=model.task,
+        feature_names=model.feature_names,
+        classes=model.classes,
         tensors=model.tensors(),
         training=training_config(
-            "minibatch-gd", l2=cfg.l2, learning_rate=cfg.learning_rate,
-            lr_decay=cfg.lr_decay, batch_size=cfg.batch_size, max_epochs=cfg.max_epochs,
-            patience=cfg.patience, validation_fraction=cfg.validation_fraction, seed=cfg.seed,
-            cv_folds=trained.cv_folds, l2_grid=trained.l2_grid,
-            l2_grid_scores=trained.l2_grid_scores, epochs_run=trained.epochs_run),
-        metrics=trained.metrics, lineage=lineage(Origin.BATCH, ranges, example_count),
-        parent_version=parent_version, created_by="trainer", created_at_ms=created_at_ms)
+            "minibatch-gd",
+            l2=cfg.l2,
+            learning_rate=cfg.learning_rate,
+            lr_decay=cfg.lr_decay,
+            batch_size=cfg.batch_size,
+            max_epochs=cfg.max_epochs,
+            patience=cfg.patience,
+            validation_fraction=cfg.validation_fraction,
+            seed=cfg.seed,
+            cv_folds=trained.cv_folds,
+            l2_grid=trained.l2_grid,
+            l2_grid_scores=trained.l2_grid_scores,
+            epochs_run=trained.epochs_run,
+        ),
+        metrics=trained.metrics,
+        lineage=lineage(Origin.BATCH, ranges, example_count),
+        parent_version=parent_version,
+        created_by="trainer",
+        created_at_ms=created_at_ms,
+    )
 
 
 def sealed_candidate(candidate: Candidate) -> ModelArtifact:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from modelstream.settings import Settings
+from modelstream.settings import ServiceSettings, metrics_port_field
 
 
-class TrainerSettings(Settings):
-    metrics_port: int = Field(default=9101, ge=0, le=65535)
+class TrainerSettings(ServiceSettings):
+    service: ClassVar[str] = "trainer"
+
+    trainer_metrics_port: int = metrics_port_field(9101)
     learning_rate: float = Field(default=0.05, gt=0)
     lr_decay: float = Field(default=0.01, ge=0)
     batch_size: int = Field(default=128, ge=1)

@@ -75,13 +75,14 @@ class ValidatorApp(Lifecycle):
         data_key = settings.data_key()
         self.data_key = data_key[0] if data_key else None
         self.group = settings.group(SERVICE)
-        self.consumer = make_consumer(settings, settings.topic(CANDIDATES), group_id=self.group,
-                                      max_poll_records=1)
-        self.producer = make_producer(
-            settings, transactional_id=settings.transactional_id(SERVICE))
+        self.consumer = make_consumer(
+            settings, settings.topic(CANDIDATES), group_id=self.group, max_poll_records=1
+        )
+        self.producer = make_producer(settings, transactional_id=settings.transactional_id(SERVICE))
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
-        self.audit = AuditWriter(self.producer, settings.topic(AUDIT), SERVICE,
-                                 settings.output_format.value)
+        self.audit = AuditWriter(
+            self.producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
+        )
         self.control = ControlFollower(settings, self._apply_command)
 
     def _apply_command(self, cmd: Command, replay: bool) -> None:
@@ -115,8 +116,10 @@ class ValidatorApp(Lifecycle):
             if definition is None:
                 raise InvalidEventError("unknown-model", f"no model named {name!r} is defined")
             if candidate.body["encryption"] is not None:
-                raise InvalidEventError("encrypted-candidate",
-                                        "candidates must not be encrypted; the publisher encrypts")
+                raise InvalidEventError(
+                    "encrypted-candidate",
+                    "candidates must not be encrypted; the publisher encrypts",
+                )
             model = LinearModel.from_body(candidate.body)
         except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
             DEAD_LETTERS.labels(SERVICE, name if name in self.definitions else "").inc()
@@ -131,28 +134,43 @@ class ValidatorApp(Lifecycle):
         result = report(candidate.body, candidate.record, verdict, champion_version, SERVICE)
         event = "validated" if verdict.passed else "rejected"
         audit = self.audit.event(
-            name, event, digest=candidate.digest,
+            name,
+            event,
+            digest=candidate.digest,
             reason="; ".join(verdict.reasons) or "passed the gate",
-            details={"method": verdict.method, "examples": verdict.examples,
-                     "champion_version": champion_version, "comparison": verdict.comparison,
-                     **{k: f"{v:.6g}" for k, v in verdict.metrics.items()}},
+            details={
+                "method": verdict.method,
+                "examples": verdict.examples,
+                "champion_version": champion_version,
+                "comparison": verdict.comparison,
+                **{k: f"{v:.6g}" for k, v in verdict.metrics.items()},
+            },
         )
         async with self.producer.transaction():
-            await self.producer.send(self.settings.topic(REPORTS), key=name.encode(),
-                                     value=self.codec.encode(ValidationReport, result))
+            await self.producer.send(
+                self.settings.topic(REPORTS),
+                key=name.encode(),
+                value=self.codec.encode(ValidationReport, result),
+            )
             await self.audit.send_event(audit)
             await self._commit(tp, record)
         VALIDATIONS.labels(name).inc()
         if not verdict.passed:
             VALIDATIONS_REJECTED.labels(name).inc()
-        log.info("%s candidate %s of %s: %s", event, candidate.digest[:12], name,
-                 "; ".join(verdict.reasons) or verdict.metrics)
+        log.info(
+            "%s candidate %s of %s: %s",
+            event,
+            candidate.digest[:12],
+            name,
+            "; ".join(verdict.reasons) or verdict.metrics,
+        )
 
     async def _commit(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         await self.producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
 
-    async def _champion(self, name: str, candidate: LinearModel
-                        ) -> tuple[Champion | None, ModelBody | None]:
+    async def _champion(
+        self, name: str, candidate: LinearModel
+    ) -> tuple[Champion | None, ModelBody | None]:
         production = await load_production(self.settings, self.public_key)
         current: Verified | None = production.get(name)
         if current is None:
@@ -164,42 +182,72 @@ class ValidatorApp(Lifecycle):
             log.warning("champion %s v%d unusable: %s", name, version, exc)
             return None, current.body
         if model.feature_names != candidate.feature_names or model.classes != candidate.classes:
-            log.warning("champion %s v%d has other features or classes; no comparison", name,
-                        version)
+            log.warning(
+                "champion %s v%d has other features or classes; no comparison", name, version
+            )
             return None, current.body
         return Champion(model, version, dict(current.body["metrics"])), current.body
 
-    async def _judge(self, candidate: Verified, model: LinearModel, definition: Definition,
-                     champion: Champion | None, champion_body: ModelBody | None) -> Verdict:
+    async def _judge(
+        self,
+        candidate: Verified,
+        model: LinearModel,
+        definition: Definition,
+        champion: Champion | None,
+        champion_body: ModelBody | None,
+    ) -> Verdict:
         body = candidate.body
         if body["lineage"]["origin"] == Origin.BATCH:
             data = await load_lineage(self.settings, body)
-            unseen = (~within_lineage(data.positions, champion_body)
-                      if champion_body is not None else None)
+            unseen = (
+                ~within_lineage(data.positions, champion_body)
+                if champion_body is not None
+                else None
+            )
             with CROSS_VALIDATION_SECONDS.labels(body["name"]).time():
                 return await asyncio.to_thread(
-                    cross_validation_verdict, body, data.X, data.y, definition,
-                    config_from_record(body["training"]), champion, unseen)
+                    cross_validation_verdict,
+                    body,
+                    data.X,
+                    data.y,
+                    definition,
+                    config_from_record(body["training"]),
+                    champion,
+                    unseen,
+                )
         X, y, positions = await self._holdout(body)
         log.debug("holdout of %s: %d examples", body["name"], len(y))
-        unseen = (~within_lineage(positions, champion_body) if champion_body is not None
-                  else np.ones(len(y), bool))
+        unseen = (
+            ~within_lineage(positions, champion_body)
+            if champion_body is not None
+            else np.ones(len(y), bool)
+        )
         return holdout_verdict(body, model, X, y, definition, champion, unseen)
 
-    async def _holdout(self, body: ModelBody
-                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
+    async def _holdout(
+        self, body: ModelBody
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
         """The newest labelled examples of the model on ``training``."""
         topic = self.settings.topic(TRAINING)
         async with make_consumer(self.settings, group_id=None) as probe:
             tps = await partitions_of(probe, topic)
             ends = await probe.end_offsets(tps)
             begins = await probe.beginning_offsets(tps)
-        ranges = [OffsetRange(topic, tp.partition,
-                              max(begins[tp], ends[tp] - self.settings.holdout_scan), ends[tp])
-                  for tp in tps]
-        rules = Definition(name=body["name"], task=Task(body["task"]),
-                           feature_names=tuple(body["feature_names"]),
-                           classes=tuple(body["classes"]))
+        ranges = [
+            OffsetRange(
+                topic,
+                tp.partition,
+                max(begins[tp], ends[tp] - self.settings.holdout_scan),
+                ends[tp],
+            )
+            for tp in tps
+        ]
+        rules = Definition(
+            name=body["name"],
+            task=Task(body["task"]),
+            feature_names=tuple(body["feature_names"]),
+            classes=tuple(body["classes"]),
+        )
         online = body["lineage"]["origin"] == Origin.ONLINE
         rows: list[tuple[int, np.ndarray, Label, tuple[str, int, int]]] = []
         async for record in read_ranges(self.settings, ranges):
@@ -209,14 +257,18 @@ class ValidatorApp(Lifecycle):
                     continue
                 if online and not unseen_by_online_learning(example["example_id"]):
                     continue  # the monitor's learners learned this row
-                rows.append((record.timestamp, feature_vector(example["features"],
-                                                              rules.feature_names),
-                             check_label(example["label"], rules),
-                             (record.topic, record.partition, record.offset)))
+                rows.append(
+                    (
+                        record.timestamp,
+                        feature_vector(example["features"], rules.feature_names),
+                        check_label(example["label"], rules),
+                        (record.topic, record.partition, record.offset),
+                    )
+                )
             except (DecodeError, InvalidEventError):
                 continue
         rows.sort(key=lambda r: r[0])
-        rows = rows[-self.settings.holdout_size:]
+        rows = rows[-self.settings.holdout_size :]
         d = len(rules.feature_names)
         X = np.vstack([r[1] for r in rows]) if rows else np.empty((0, d))
         y = labels_to_targets([r[2] for r in rows], rules.task, rules.classes)

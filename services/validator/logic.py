@@ -49,15 +49,21 @@ class Verdict:
 
 
 def cross_validation_verdict(
-    body: ModelBody, X: np.ndarray, y: np.ndarray, definition: Definition,
-    config: GDConfig, champion: Champion | None, unseen_by_champion: np.ndarray | None,
+    body: ModelBody,
+    X: np.ndarray,
+    y: np.ndarray,
+    definition: Definition,
+    config: GDConfig,
+    champion: Champion | None,
+    unseen_by_champion: np.ndarray | None,
 ) -> Verdict:
     """Re-train the candidate's procedure on k folds of the re-read examples."""
     claimed = body["lineage"]["example_count"]
     verdict = Verdict("cross-validation", {}, examples=len(y))
     if len(y) != claimed:
         verdict.reasons.append(
-            f"lineage names {claimed} examples but {len(y)} were re-read from Kafka")
+            f"lineage names {claimed} examples but {len(y)} were re-read from Kafka"
+        )
         return verdict
     k = definition.cv_folds
     if body["task"] == Task.REGRESSION:
@@ -67,20 +73,41 @@ def cross_validation_verdict(
     if smallest < k:
         verdict.reasons.append(f"{k}-fold cross-validation needs >= {k} examples per class")
         return verdict
-    cv = cross_validate(X, y, body["task"], body["feature_names"], body["classes"], config, k,
-                        seed=definition.seed, champion=champion.model if champion else None,
-                        unseen_by_champion=unseen_by_champion)
+    cv = cross_validate(
+        X,
+        y,
+        body["task"],
+        body["feature_names"],
+        body["classes"],
+        config,
+        k,
+        seed=definition.seed,
+        champion=champion.model if champion else None,
+        unseen_by_champion=unseen_by_champion,
+    )
     verdict.metrics, verdict.folds = cv.metrics, cv.folds
     apply_thresholds(verdict, definition)
     if champion is not None:
-        compare(verdict, body["task"], definition, champion, cv.challenger_on_fresh,
-                cv.champion_on_fresh, cv.fresh_examples)
+        compare(
+            verdict,
+            body["task"],
+            definition,
+            champion,
+            cv.challenger_on_fresh,
+            cv.champion_on_fresh,
+            cv.fresh_examples,
+        )
     return verdict
 
 
 def holdout_verdict(
-    body: ModelBody, candidate: LinearModel, X: np.ndarray, y: np.ndarray,
-    definition: Definition, champion: Champion | None, unseen_by_champion: np.ndarray,
+    body: ModelBody,
+    candidate: LinearModel,
+    X: np.ndarray,
+    y: np.ndarray,
+    definition: Definition,
+    champion: Champion | None,
+    unseen_by_champion: np.ndarray,
 ) -> Verdict:
     """Score fixed weights (online-learned, imported) on recent labelled examples."""
     verdict = Verdict("holdout", {}, examples=len(y), folds=1)
@@ -93,8 +120,11 @@ def holdout_verdict(
     if champion is not None:
         rows = np.flatnonzero(unseen_by_champion)
         ours = summarize([evaluate(task, y[rows], candidate.output(X[rows]))]) if len(rows) else {}
-        theirs = (summarize([evaluate(task, y[rows], champion.model.output(X[rows]))])
-                  if len(rows) else {})
+        theirs = (
+            summarize([evaluate(task, y[rows], champion.model.output(X[rows]))])
+            if len(rows)
+            else {}
+        )
         compare(verdict, task, definition, champion, ours, theirs, len(rows))
     return verdict
 
@@ -111,13 +141,22 @@ def apply_thresholds(verdict: Verdict, definition: Definition) -> None:
             verdict.reasons.append(f"{metric} {value:.4f} is above the maximum {bound}")
 
 
-def compare(verdict: Verdict, task: Task, definition: Definition, champion: Champion,
-            challenger_fresh: Mapping[str, float], champion_fresh: Mapping[str, float],
-            fresh: int) -> None:
+def compare(
+    verdict: Verdict,
+    task: Task,
+    definition: Definition,
+    champion: Champion,
+    challenger_fresh: Mapping[str, float],
+    champion_fresh: Mapping[str, float],
+    fresh: int,
+) -> None:
     name, larger_is_better = PRIMARY[task]
     key = f"{name}_mean"
-    recorded = {k[len(RECORDED_PREFIX):]: v for k, v in champion.recorded.items()
-                if k.startswith(RECORDED_PREFIX)}
+    recorded = {
+        k[len(RECORDED_PREFIX) :]: v
+        for k, v in champion.recorded.items()
+        if k.startswith(RECORDED_PREFIX)
+    }
     if fresh >= MIN_FRESH:
         ours, theirs = challenger_fresh[key], champion_fresh[key]
         verdict.champion_metrics = {**champion_fresh, "fresh_examples": float(fresh)}
@@ -125,8 +164,9 @@ def compare(verdict: Verdict, task: Task, definition: Definition, champion: Cham
     elif key in recorded:
         ours, theirs = verdict.metrics[key], recorded[key]
         verdict.champion_metrics = dict(recorded)
-        verdict.comparison = (f"cross-validation estimates (only {fresh} held-out examples "
-                              f"were new to the champion)")
+        verdict.comparison = (
+            f"cross-validation estimates (only {fresh} held-out examples were new to the champion)"
+        )
     else:
         verdict.comparison = "no fair comparison possible (no fresh data, no recorded estimate)"
         return
@@ -135,16 +175,29 @@ def compare(verdict: Verdict, task: Task, definition: Definition, champion: Cham
     if worse:
         verdict.reasons.append(
             f"{name} {ours:.4f} is worse than champion v{champion.version}'s {theirs:.4f} by "
-            f"more than {tol} ({verdict.comparison})")
+            f"more than {tol} ({verdict.comparison})"
+        )
 
 
-def report(body: ModelBody, artifact: ModelArtifact, verdict: Verdict,
-           champion_version: int | None, validator: str) -> ValidationReport:
+def report(
+    body: ModelBody,
+    artifact: ModelArtifact,
+    verdict: Verdict,
+    champion_version: int | None,
+    validator: str,
+) -> ValidationReport:
     return {
-        "model": body["name"], "candidate_digest": artifact["digest"],
-        "passed": verdict.passed, "method": verdict.method, "metrics": verdict.metrics,
-        "champion_version": champion_version, "champion_metrics": verdict.champion_metrics,
-        "reasons": verdict.reasons, "folds": verdict.folds, "examples": verdict.examples,
+        "model": body["name"],
+        "candidate_digest": artifact["digest"],
+        "passed": verdict.passed,
+        "method": verdict.method,
+        "metrics": verdict.metrics,
+        "champion_version": champion_version,
+        "champion_metrics": verdict.champion_metrics,
+        "reasons": verdict.reasons,
+        "folds": verdict.folds,
+        "examples": verdict.examples,
         "artifact": artifact if verdict.passed else None,
-        "validated_at_ms": now_ms(), "validator": validator,
+        "validated_at_ms": now_ms(),
+        "validator": validator,
     }

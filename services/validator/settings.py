@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from modelstream.settings import Settings
+from modelstream.settings import ServiceSettings, metrics_port_field
 
 
-class ValidatorSettings(Settings):
-    metrics_port: int = Field(default=9102, ge=0, le=65535)
+class ValidatorSettings(ServiceSettings):
+    service: ClassVar[str] = "validator"
+
+    validator_metrics_port: int = metrics_port_field(9102)
     holdout_size: int = Field(
-        default=1000, ge=10,
+        default=1000,
+        ge=10,
         description="Newest labelled examples used to judge fixed-weight (online, imported) "
         "candidates against the champion.",
     )

@@ -12,7 +12,11 @@ def run(state, *args):
     env.pop("MODELSTREAM_BOOTSTRAP_SERVERS", None)
     return subprocess.run(
         [sys.executable, "-m", "modelstream.cli", *args],
-        env=env, capture_output=True, text=True, timeout=180, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
 
 
@@ -28,9 +32,15 @@ def test_start_status_stop_are_idempotent(tmp_path):
         assert status.returncode == 0
         env_status = subprocess.run(
             [sys.executable, "-m", "modelstream.cli", "broker", "status"],
-            env={**os.environ, "MODELSTREAM_STATE_DIR": str(tmp_path),
-                 "MODELSTREAM_BROKER_PORT": port},
-            capture_output=True, text=True, timeout=60, check=False,
+            env={
+                **os.environ,
+                "MODELSTREAM_STATE_DIR": str(tmp_path),
+                "MODELSTREAM_BROKER_PORT": port,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert env_status.returncode == 0, env_status.stdout + env_status.stderr
         assert "running (pid" in env_status.stdout

@@ -40,8 +40,7 @@ def cluster(tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_three_node_cluster_has_replicated_topics(cluster):  # type: ignore[no-untyped-def]
     assert len(cluster.running_nodes()) == 3
     assert asyncio.run(fetch_broker_ids(cluster.bootstrap)) == [0, 1, 2]
-    settings = load(bootstrap_servers=cluster.bootstrap, topic_prefix="rf3.",
-                    replication_factor=3)
+    settings = load(bootstrap_servers=cluster.bootstrap, topic_prefix="rf3.", replication_factor=3)
     asyncio.run(create_topics(settings))
     described = asyncio.run(describe_topics(settings))
     for name, info in described.items():
@@ -49,29 +48,47 @@ def test_three_node_cluster_has_replicated_topics(cluster):  # type: ignore[no-u
         assert info.config["min.insync.replicas"] == "2", name
     status = subprocess.run(
         [sys.executable, "-m", "modelstream.cli", "broker", "status"],
-        env={**os.environ, "MODELSTREAM_STATE_DIR": str(cluster.root),
-             "MODELSTREAM_BROKER_PORT": str(cluster.nodes[0].port)},
-        capture_output=True, text=True, timeout=60, check=False)
+        env={
+            **os.environ,
+            "MODELSTREAM_STATE_DIR": str(cluster.root),
+            "MODELSTREAM_BROKER_PORT": str(cluster.nodes[0].port),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert status.returncode == 0 and "3 broker(s) registered" in status.stdout, status.stdout
 
 
 async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
-        cluster, tmp_path):
-    settings = load(bootstrap_servers=cluster.bootstrap,
-                    topic_prefix=f"kill{uuid.uuid4().hex[:6]}.", replication_factor=3)
+    cluster, tmp_path
+):
+    settings = load(
+        bootstrap_servers=cluster.bootstrap,
+        topic_prefix=f"kill{uuid.uuid4().hex[:6]}.",
+        replication_factor=3,
+    )
     await create_topics(settings)
     generate_keys(tmp_path / "keys")
     await publish(settings, tmp_path / "keys", trained_body(BC), 1)
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(tmp_path / "keys" / "modelstream.pub")}
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(tmp_path / "keys" / "modelstream.pub"),
+    }
     log = (tmp_path / "predictor.log").open("wb")
     predictor = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "modelstream.cli", "run", "predictor"], env=env, stdout=log,
-        stderr=subprocess.STDOUT)
+        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     total, rate, chunk = 50_000, 5_000, 500
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
     await producer.start()
     killed_at = restarted_at = 0.0
     try:
@@ -79,8 +96,10 @@ async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # ty
         for i in range(0, total, chunk):
             due = start + i / rate
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            futures = [await producer.send(settings.topic("requests"), key=k, value=v)
-                       for k, v in requests_for(BC, chunk, i, packed=True, prefix="f")]
+            futures = [
+                await producer.send(settings.topic("requests"), key=k, value=v)
+                for k, v in requests_for(BC, chunk, i, packed=True, prefix="f")
+            ]
             await asyncio.gather(*futures)
             if i == total // 4:
                 cluster.kill_node(1, signal.SIGKILL)  # a broker leading some partitions
@@ -97,18 +116,24 @@ async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # ty
         log.close()
     lost = total - len(counts)
     duplicated = sum(c - 1 for c in counts.values() if c > 1)
-    print(f"broker SIGKILL: sent {total} in {sent_s:.1f}s, answered {len(counts)}, lost {lost}, "
-          f"duplicated {duplicated}, node restarted after {restarted_at - killed_at:.1f}s, "
-          f"all answered {recovered - killed_at:.1f}s after the kill")
+    print(
+        f"broker SIGKILL: sent {total} in {sent_s:.1f}s, answered {len(counts)}, lost {lost}, "
+        f"duplicated {duplicated}, node restarted after {restarted_at - killed_at:.1f}s, "
+        f"all answered {recovered - killed_at:.1f}s after the kill"
+    )
     predictor_log = await asyncio.to_thread((tmp_path / "predictor.log").read_text)
     assert lost == 0 and duplicated == 0, predictor_log[-3000:]
     assert len(cluster.running_nodes()) == 3
 
 
 async def _count_predictions(settings, total, timeout_s):  # type: ignore[no-untyped-def]
-    consumer = AIOKafkaConsumer(settings.topic("predictions"),
-                                bootstrap_servers=settings.bootstrap, group_id=None,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        settings.topic("predictions"),
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
     await consumer.start()
     counts: Counter[bytes] = Counter()
     deadline = time.monotonic() + timeout_s
@@ -133,8 +158,12 @@ class Load:
         self.settings, self.total, self.rate = settings, total, rate
 
     async def run(self, hooks: dict[float, object]) -> float:
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all",
-                                    enable_idempotence=True, linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
         await producer.start()
         chunk = 500
         pending = sorted(hooks.items())
@@ -142,8 +171,10 @@ class Load:
             start = time.monotonic()
             for i in range(0, self.total, chunk):
                 await asyncio.sleep(max(0.0, start + i / self.rate - time.monotonic()))
-                futures = [await producer.send(self.settings.topic("requests"), key=k, value=v)
-                           for k, v in requests_for(BC, chunk, i, packed=True, prefix="z")]
+                futures = [
+                    await producer.send(self.settings.topic("requests"), key=k, value=v)
+                    for k, v in requests_for(BC, chunk, i, packed=True, prefix="z")
+                ]
                 await asyncio.gather(*futures)
                 while pending and i >= pending[0][0] * self.total:
                     hook = pending.pop(0)[1]
@@ -156,19 +187,30 @@ class Load:
 
 
 def start_predictor(settings, keys, log_path, instance):  # type: ignore[no-untyped-def]
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-           "MODELSTREAM_SESSION_TIMEOUT_MS": "6000", "MODELSTREAM_INSTANCE_ID": instance}
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+        "MODELSTREAM_PREDICTOR_SESSION_TIMEOUT_S": "6",
+        "MODELSTREAM_INSTANCE_ID": instance,
+    }
     log = open(log_path, "wb")
-    process = subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", "predictor"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     return process, log
 
 
 async def _fresh_cluster_settings(cluster, tmp_path, name):  # type: ignore[no-untyped-def]
-    settings = load(bootstrap_servers=cluster.bootstrap,
-                    topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.", replication_factor=3)
+    settings = load(
+        bootstrap_servers=cluster.bootstrap,
+        topic_prefix=f"{name}{uuid.uuid4().hex[:6]}.",
+        replication_factor=3,
+    )
     await create_topics(settings)
     generate_keys(tmp_path / "keys")
     await publish(settings, tmp_path / "keys", trained_body(BC), 1)
@@ -186,8 +228,10 @@ async def _wait_members(settings, processes, seconds=8.0):  # type: ignore[no-un
 async def test_predictor_faults_lose_and_duplicate_nothing(cluster, tmp_path, fault):  # type: ignore[no-untyped-def]
     settings = await _fresh_cluster_settings(cluster, tmp_path, "p")
     copies = 3 if fault == "sigkill-one-of-three" else 2
-    processes = [start_predictor(settings, tmp_path / "keys", tmp_path / f"p{i}.log", str(i))
-                 for i in range(copies)]
+    processes = [
+        start_predictor(settings, tmp_path / "keys", tmp_path / f"p{i}.log", str(i))
+        for i in range(copies)
+    ]
     victim = processes[-1][0]
     events: dict[str, float] = {}
 
@@ -217,9 +261,11 @@ async def test_predictor_faults_lose_and_duplicate_nothing(cluster, tmp_path, fa
             log.close()
     lost = 50_000 - len(counts)
     duplicated = sum(c - 1 for c in counts.values() if c > 1)
-    print(f"{fault}: sent 50000 in {sent_s:.1f}s, answered {len(counts)}, lost {lost}, "
-          f"duplicated {duplicated}, all answered {recovered - events['fault']:.1f}s after "
-          f"the fault")
+    print(
+        f"{fault}: sent 50000 in {sent_s:.1f}s, answered {len(counts)}, lost {lost}, "
+        f"duplicated {duplicated}, all answered {recovered - events['fault']:.1f}s after "
+        f"the fault"
+    )
     assert lost == 0 and duplicated == 0
 
 
@@ -236,22 +282,46 @@ async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path)
     reports = []
     for seed in range(queued):
         candidate = seal(dict(trained_body(BC, seed=seed + 10)))
-        reports.append((BC.encode(), codec.encode(ValidationReport, {
-            "model": BC, "candidate_digest": candidate["digest"], "passed": True,
-            "method": "cross-validation", "metrics": {"accuracy_mean": 0.97},
-            "champion_version": None, "champion_metrics": {}, "reasons": [], "folds": 5,
-            "examples": 569, "artifact": candidate, "validated_at_ms": 0,
-            "validator": "test"})))
+        reports.append(
+            (
+                BC.encode(),
+                codec.encode(
+                    ValidationReport,
+                    {
+                        "model": BC,
+                        "candidate_digest": candidate["digest"],
+                        "passed": True,
+                        "method": "cross-validation",
+                        "metrics": {"accuracy_mean": 0.97},
+                        "champion_version": None,
+                        "champion_metrics": {},
+                        "reasons": [],
+                        "folds": 5,
+                        "examples": 569,
+                        "artifact": candidate,
+                        "validated_at_ms": 0,
+                        "validator": "test",
+                    },
+                ),
+            )
+        )
     await produce(settings, "validations", reports)
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, "MODELSTREAM_METRICS_PORT": "0",
-           "MODELSTREAM_PRIVATE_KEY_FILE": str(keys / "modelstream.key"),
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub")}
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "MODELSTREAM_PRIVATE_KEY_FILE": str(keys / "modelstream.key"),
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+    }
     public = load_public_key(keys / "modelstream.pub")
 
     def run_publisher():  # type: ignore[no-untyped-def]
-        return subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", "publisher"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelstream.cli", "run", "publisher"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     first = run_publisher()
     try:
@@ -278,9 +348,11 @@ async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path)
     history = await load_history(settings)
     versions = sorted(v for n, v in history if n == BC)
     production = await load_production(settings, public)
-    print(f"publisher SIGKILL after {published_before} of {queued} versions: history "
-          f"v{versions[0]}..v{versions[-1]} ({len(versions)} versions), production "
-          f"v{production[BC].body['version']}")
+    print(
+        f"publisher SIGKILL after {published_before} of {queued} versions: history "
+        f"v{versions[0]}..v{versions[-1]} ({len(versions)} versions), production "
+        f"v{production[BC].body['version']}"
+    )
     assert versions == list(range(1, queued + 2))  # no gap, no duplicate
     assert production[BC].signed and production[BC].body["version"] == queued + 1
     assert 0 < published_before < queued
@@ -290,6 +362,7 @@ async def test_monitor_kill_9_on_the_cluster_loses_no_label(cluster, tmp_path): 
     from tests.integration.test_monitor import monitor_restart_scenario
 
     settings = await _fresh_cluster_settings(cluster, tmp_path, "mon")
-    counts = await monitor_restart_scenario(settings, tmp_path / "keys", tmp_path, n=50_000,
-                                            per_s=5000)
+    counts = await monitor_restart_scenario(
+        settings, tmp_path / "keys", tmp_path, n=50_000, per_s=5000
+    )
     print(f"monitor SIGKILL on 3 brokers: {counts}")

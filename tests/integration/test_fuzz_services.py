@@ -58,15 +58,28 @@ async def test_fuzzed_requests_through_a_predictor_process(topics, keys, tmp_pat
 async def test_fuzzed_training_examples_through_the_trainer(topics, tmp_path):  # type: ignore[no-untyped-def]
     base = topics
     body = trained_body(BC)
-    await send_command(base, command(BC, "DEFINE", definition=Definition(
-        name=BC, task="BINARY", feature_names=tuple(body["feature_names"]),
-        classes=("0", "1"), window_size=N)))
+    await send_command(
+        base,
+        command(
+            BC,
+            "DEFINE",
+            definition=Definition(
+                name=BC,
+                task="BINARY",
+                feature_names=tuple(body["feature_names"]),
+                classes=("0", "1"),
+                window_size=N,
+            ),
+        ),
+    )
     fuzz = SeededFuzzer(11, [BC], body["feature_names"])
-    await produce(base, "training", [(BC.encode(), fuzz.message("TrainingExample"))
-                                     for _ in range(N)])
+    await produce(
+        base, "training", [(BC.encode(), fuzz.message("TrainingExample")) for _ in range(N)]
+    )
     before = TRAINING_EXAMPLES.labels(BC)._value.get()
-    settings = load(TrainerSettings, bootstrap_servers=base.bootstrap,
-                    topic_prefix=base.topic_prefix, metrics_port=0)
+    settings = load(
+        TrainerSettings, bootstrap_servers=base.bootstrap, topic_prefix=base.topic_prefix
+    )
     async with running(TrainerApp(settings)) as trainer:
         deadline = asyncio.get_running_loop().time() + 120
         while True:
@@ -92,40 +105,91 @@ async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignor
     fuzz = SeededFuzzer(13, [BC], body["feature_names"])
     # Half keyed by their request id ("x"), half by another key: those are not
     # co-partitioned with their request and must be refused.
-    messages = [(b"x" if i % 2 else f"z{i}".encode(), fuzz.message("Feedback"))
-                for i in range(N)]
+    messages = [(b"x" if i % 2 else f"z{i}".encode(), fuzz.message("Feedback")) for i in range(N)]
     await produce(base, "feedback", messages)
     before = FEEDBACK_ACCEPTED.labels(BC)._value.get()
-    settings = load(MonitorSettings, bootstrap_servers=base.bootstrap,
-                    topic_prefix=base.topic_prefix, metrics_port=0, state_dir=base.state_dir,
-                    public_key_file=keys / "modelstream.pub")
+    settings = load(
+        MonitorSettings,
+        bootstrap_servers=base.bootstrap,
+        topic_prefix=base.topic_prefix,
+        state_dir=base.state_dir,
+        public_key_file=keys / "modelstream.pub",
+    )
     monitor = MonitorApp(settings)
     async with running(monitor):
         deadline = asyncio.get_running_loop().time() + 180
         while True:
-            dead = [r for r in await read_all(base, "deadletter")
-                    if dict(r.headers)["service"] == b"monitor"]
+            dead = [
+                r
+                for r in await read_all(base, "deadletter")
+                if dict(r.headers)["service"] == b"monitor"
+            ]
             accepted = FEEDBACK_ACCEPTED.labels(BC)._value.get() - before
             if accepted + len(dead) >= N or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.5)
         # still serving: a well-formed request, prediction and label join as usual
         codec = default_codec()
-        await produce(base, "requests", [(b"ok-1", codec.encode(PredictionRequest, {
-            "request_id": "ok-1", "model": BC, "features": [1.0] * 30, "version": None,
-            "sent_at_ms": None}))])
-        await produce(base, "predictions", [(b"ok-1", codec.encode(Prediction, {
-            "request_id": "ok-1", "model": BC, "version": 1, "digest_prefix": "",
-            "prediction": "1", "scores": {"0": 0.2, "1": 0.8}, "route": "production",
-            "requested_at_ms": 0, "predicted_at_ms": 0}))])
-        await produce(base, "feedback", [(b"ok-1", codec.encode(Feedback, {
-            "request_id": "ok-1", "model": BC, "label": "1", "timestamp_ms": None}))])
+        await produce(
+            base,
+            "requests",
+            [
+                (
+                    b"ok-1",
+                    codec.encode(
+                        PredictionRequest,
+                        {
+                            "request_id": "ok-1",
+                            "model": BC,
+                            "features": [1.0] * 30,
+                            "version": None,
+                            "sent_at_ms": None,
+                        },
+                    ),
+                )
+            ],
+        )
+        await produce(
+            base,
+            "predictions",
+            [
+                (
+                    b"ok-1",
+                    codec.encode(
+                        Prediction,
+                        {
+                            "request_id": "ok-1",
+                            "model": BC,
+                            "version": 1,
+                            "digest_prefix": "",
+                            "prediction": "1",
+                            "scores": {"0": 0.2, "1": 0.8},
+                            "route": "production",
+                            "requested_at_ms": 0,
+                            "predicted_at_ms": 0,
+                        },
+                    ),
+                )
+            ],
+        )
+        await produce(
+            base,
+            "feedback",
+            [
+                (
+                    b"ok-1",
+                    codec.encode(
+                        Feedback,
+                        {"request_id": "ok-1", "model": BC, "label": "1", "timestamp_ms": None},
+                    ),
+                )
+            ],
+        )
         while BC not in monitor.watches or monitor.watches[BC].joined_total < 1:
             assert asyncio.get_running_loop().time() < deadline + 30, "monitor stopped joining"
             await asyncio.sleep(0.2)
     reasons = Counter(dict(r.headers)["reason"].decode() for r in dead)
-    print(f"feedback: in {N}, accepted {accepted:.0f}, dead-lettered {len(dead)} "
-          f"{dict(reasons)}")
+    print(f"feedback: in {N}, accepted {accepted:.0f}, dead-lettered {len(dead)} {dict(reasons)}")
     assert accepted + len(dead) == N
     assert {"bad-request-id", "unknown-model", "undecodable"} <= set(reasons)
     assert all(dict(r.headers)["error"] for r in dead)

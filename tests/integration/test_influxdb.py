@@ -54,8 +54,9 @@ bind-address = "127.0.0.1:{rpc_port}"
   log-enabled = false
 """)
     log = (home / "influxd.log").open("wb")
-    process = subprocess.Popen(["influxd", "-config", str(config)], stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        ["influxd", "-config", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{http_port}"
     try:
         deadline = time.monotonic() + 30
@@ -86,35 +87,54 @@ def query(url: str, database: str, q: str) -> list[dict]:  # type: ignore[type-a
 async def labelled_traffic(base, monitor: MonitorApp) -> None:  # type: ignore[no-untyped-def]
     _, y, _, _ = dataset(BC)
     await produce(base, "requests", requests_for(BC, N))
-    await produce(base, "feedback", feedback_records(BC, [(f"r-{i}", str(y[i % len(y)]))
-                                                 for i in range(N)]))
-    await eventually(lambda: BC in monitor.watches and monitor.watches[BC].joined_total >= N,
-                     60, "monitor did not join every label")
+    await produce(
+        base, "feedback", feedback_records(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(N)])
+    )
+    await eventually(
+        lambda: BC in monitor.watches and monitor.watches[BC].joined_total >= N,
+        60,
+        "monitor did not join every label",
+    )
 
 
 async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb):  # type: ignore[no-untyped-def]
     base = topics
     await publish(base, keys, trained_body(BC), 1)
-    monitor = MonitorApp(service_settings(MonitorSettings, base, keys, influxdb_url=influxdb,
-                                      influxdb_database="history", history_interval_s=0.2))
-    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))), \
-            running(monitor):
+    monitor = MonitorApp(
+        service_settings(
+            MonitorSettings,
+            base,
+            keys,
+            influxdb_url=influxdb,
+            influxdb_database="history",
+            history_interval_s=0.2,
+        )
+    )
+    async with (
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))),
+        running(monitor),
+    ):
         await labelled_traffic(base, monitor)
         await asyncio.sleep(1.5)  # one more flush interval
     series: list[dict] = []  # type: ignore[type-arg]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         series = await asyncio.to_thread(
-            query, influxdb, "history",
+            query,
+            influxdb,
+            "history",
             "SELECT last(accuracy), last(labelled_total), last(joined_total), "
-            f"count(accuracy) FROM model_quality WHERE model = '{BC}' GROUP BY version")
+            f"count(accuracy) FROM model_quality WHERE model = '{BC}' GROUP BY version",
+        )
         if series and series[0]["values"][0][2] == N:
             break
         await asyncio.sleep(0.5)
     assert series, "no points in InfluxDB"
     _, accuracy, labelled, joined, points = series[0]["values"][0]
-    print(f"\nInfluxDB: {points} points for {BC} v{series[0]['tags']['version']}, last "
-          f"accuracy {accuracy:.4f}, {labelled} labelled")
+    print(
+        f"\nInfluxDB: {points} points for {BC} v{series[0]['tags']['version']}, last "
+        f"accuracy {accuracy:.4f}, {labelled} labelled"
+    )
     assert series[0]["tags"]["version"] == "1"
     assert labelled == N and joined == N and points >= 2
     assert 0.9 < accuracy <= 1.0
@@ -125,10 +145,13 @@ async def test_a_dead_influxdb_costs_counted_points_not_labels(topics, keys):  #
     await publish(base, keys, trained_body(BC), 1)
     before = INFLUX_WRITE_FAILURES.labels("monitor")._value.get()
     dead = f"http://127.0.0.1:{free_port_pair()}"  # nothing listens there
-    monitor = MonitorApp(service_settings(MonitorSettings, base, keys, influxdb_url=dead,
-                                      history_interval_s=0.2))
-    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))), \
-            running(monitor):
+    monitor = MonitorApp(
+        service_settings(MonitorSettings, base, keys, influxdb_url=dead, history_interval_s=0.2)
+    )
+    async with (
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))),
+        running(monitor),
+    ):
         await labelled_traffic(base, monitor)
     assert monitor.watches[BC].joined_total == N  # the join never waited for InfluxDB
     assert INFLUX_WRITE_FAILURES.labels("monitor")._value.get() > before

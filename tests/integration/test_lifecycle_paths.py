@@ -48,43 +48,80 @@ def keys(tmp_path):  # type: ignore[no-untyped-def]
 
 
 def cli(base, keys, *args):  # type: ignore[no-untyped-def]
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-           "MODELSTREAM_DATA_KEY_FILE": str(keys / "data.key")}
-    return subprocess.run([sys.executable, "-m", "modelstream.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+        "MODELSTREAM_DATA_KEY_FILE": str(keys / "data.key"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "modelstream.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ignore[no-untyped-def]
     base = topics
-    common = {"bootstrap_servers": base.bootstrap, "topic_prefix": base.topic_prefix,
-              "metrics_port": 0, "public_key_file": keys / "modelstream.pub",
-              "private_key_file": keys / "modelstream.key", "data_key_file": keys / "data.key"}
+    common = {
+        "bootstrap_servers": base.bootstrap,
+        "topic_prefix": base.topic_prefix,
+        "public_key_file": keys / "modelstream.pub",
+        "private_key_file": keys / "modelstream.key",
+        "data_key_file": keys / "data.key",
+    }
     public = load_public_key(keys / "modelstream.pub")
     data = load_diabetes()
     names = [str(n) for n in data.feature_names]
     codec = default_codec()
-    await send_command(base, command(MODEL, "DEFINE", definition=Definition(
-        name=MODEL, task="REGRESSION", feature_names=tuple(names), min_examples=50,
-        thresholds={"min_r2": 0.3})))
+    await send_command(
+        base,
+        command(
+            MODEL,
+            "DEFINE",
+            definition=Definition(
+                name=MODEL,
+                task="REGRESSION",
+                feature_names=tuple(names),
+                min_examples=50,
+                thresholds={"min_r2": 0.3},
+            ),
+        ),
+    )
     messages = []
     for i, (row, target) in enumerate(zip(data.data, data.target, strict=True)):
         if i % 2:  # packed little-endian float64 in feature order
-            messages.append(codec.encode(TrainingExample, {
-                "model": MODEL, "features": row.astype("<f8").tobytes(),
-                "label": float(target)}))
+            messages.append(
+                codec.encode(
+                    TrainingExample,
+                    {
+                        "model": MODEL,
+                        "features": row.astype("<f8").tobytes(),
+                        "label": float(target),
+                    },
+                )
+            )
         else:  # plain JSON with a list
-            messages.append(json.dumps({"model": MODEL, "features": row.tolist(),
-                                        "label": float(target)}).encode())
+            messages.append(
+                json.dumps(
+                    {"model": MODEL, "features": row.tolist(), "label": float(target)}
+                ).encode()
+            )
     await produce(base, "training", [(MODEL.encode(), m) for m in messages])
 
-    async with running(TrainerApp(load(TrainerSettings, **common))), \
-            running(ValidatorApp(load(ValidatorSettings, holdout_size=200, **common))), \
-            running(PublisherApp(load(PublisherSettings, **common))):
+    async with (
+        running(TrainerApp(load(TrainerSettings, **common))),
+        running(ValidatorApp(load(ValidatorSettings, holdout_size=200, **common))),
+        running(PublisherApp(load(PublisherSettings, **common))),
+    ):
         await send_command(base, command(MODEL, "TRAIN"))
-        (report,) = decoded(await consume_until(base, "validations", lambda r: len(r) >= 1),
-                            "ValidationReport")
+        (report,) = decoded(
+            await consume_until(base, "validations", lambda r: len(r) >= 1), "ValidationReport"
+        )
         assert report["passed"], report["reasons"]
         assert report["examples"] == len(data.target)
         assert {"rmse_mean", "rmse_std", "r2_mean", "mae_mean"} <= set(report["metrics"])
@@ -92,8 +129,10 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
 
         production = await _wait(lambda p: MODEL in p, base, public)
         v1 = production[MODEL]
-        assert v1.body["encryption"] is not None and v1.body["encryption"]["algorithm"] == \
-            "AES-256-GCM"
+        assert (
+            v1.body["encryption"] is not None
+            and v1.body["encryption"]["algorithm"] == "AES-256-GCM"
+        )
         # The weights on the topic are ciphertext: not readable as floats of that shape.
         with pytest.raises(Exception):  # noqa: B017 - any failure to parse is the point
             LinearModel.from_body(v1.body)
@@ -105,25 +144,36 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
         # Fixed weights from online learning are judged on a holdout, never retrained.
         def online(weights_scale: float):  # type: ignore[no-untyped-def]
             body = dict(plain)
-            body.update(version=0, stage="CANDIDATE", encryption=None, created_by="monitor",
-                        lineage={"origin": "ONLINE", "ranges": [], "example_count": 300},
-                        parent_version=1)
+            body.update(
+                version=0,
+                stage="CANDIDATE",
+                encryption=None,
+                created_by="monitor",
+                lineage={"origin": "ONLINE", "ranges": [], "example_count": 300},
+                parent_version=1,
+            )
             body["weights"] = to_tensor(from_tensor(plain["weights"]) * weights_scale)
             return seal(body)
 
-        await produce(base, "candidates", [
-            (MODEL.encode(), codec.encode(ModelArtifact, online(1.0))),
-            (MODEL.encode(), codec.encode(ModelArtifact, online(-1.0))),
-        ])
-        reports = decoded(await consume_until(base, "validations", lambda r: len(r) >= 3),
-                          "ValidationReport")
+        await produce(
+            base,
+            "candidates",
+            [
+                (MODEL.encode(), codec.encode(ModelArtifact, online(1.0))),
+                (MODEL.encode(), codec.encode(ModelArtifact, online(-1.0))),
+            ],
+        )
+        reports = decoded(
+            await consume_until(base, "validations", lambda r: len(r) >= 3), "ValidationReport"
+        )
         same, broken = reports[1], reports[2]
         assert same["method"] == "holdout" and broken["method"] == "holdout"
         assert same["examples"] == 200
         assert same["passed"], same["reasons"]
         assert not broken["passed"]
-        assert any("worse than champion v1" in r or "below the minimum" in r
-                   for r in broken["reasons"])
+        assert any(
+            "worse than champion v1" in r or "below the minimum" in r for r in broken["reasons"]
+        )
         production = await _wait(lambda p: p[MODEL].body["version"] == 2, base, public)
         assert production[MODEL].body["lineage"]["origin"] == "ONLINE"
         assert production[MODEL].body["parent_version"] == 1

@@ -78,46 +78,97 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     X_train, y_train = sea(0, 1, 2000)
     X_before, y_before = sea(0, 2, 2000)
     X_after, y_after = sea(3, 3, 8000)
-    await send_command(base, command(SEA, "DEFINE", definition=Definition(
-        name=SEA, task="BINARY", feature_names=tuple(SEA_NAMES), classes=("0", "1"),
-        min_examples=100, tolerance=0.01)))
-    await produce(base, "training", [(SEA.encode(), CODEC.encode(TrainingExample, {
-        "model": SEA, "features": dict(zip(SEA_NAMES, row.tolist(), strict=True)),
-        "label": label, "example_id": f"e{i}", "timestamp_ms": None}))
-        for i, (row, label) in enumerate(zip(X_train, y_train, strict=True))])
+    await send_command(
+        base,
+        command(
+            SEA,
+            "DEFINE",
+            definition=Definition(
+                name=SEA,
+                task="BINARY",
+                feature_names=tuple(SEA_NAMES),
+                classes=("0", "1"),
+                min_examples=100,
+                tolerance=0.01,
+            ),
+        ),
+    )
+    await produce(
+        base,
+        "training",
+        [
+            (
+                SEA.encode(),
+                CODEC.encode(
+                    TrainingExample,
+                    {
+                        "model": SEA,
+                        "features": dict(zip(SEA_NAMES, row.tolist(), strict=True)),
+                        "label": label,
+                        "example_id": f"e{i}",
+                        "timestamp_ms": None,
+                    },
+                ),
+            )
+            for i, (row, label) in enumerate(zip(X_train, y_train, strict=True))
+        ],
+    )
     validator_settings = service_settings(ValidatorSettings, base, keys, holdout_size=300)
-    async with running(TrainerApp(service_settings(TrainerSettings, base, keys))), \
-            running(ValidatorApp(validator_settings)), \
-            running(PublisherApp(service_settings(PublisherSettings, base, keys))):
+    async with (
+        running(TrainerApp(service_settings(TrainerSettings, base, keys))),
+        running(ValidatorApp(validator_settings)),
+        running(PublisherApp(service_settings(PublisherSettings, base, keys))),
+    ):
         await send_command(base, command(SEA, "TRAIN"))
         await consume_until(base, "models", lambda r: len(r) >= 1, timeout_s=90)
-    monitor = MonitorApp(service_settings(MonitorSettings, base, keys, export_every_labels=400,
-                                      export_min_labels=200, export_min_gain=0.01,
-                                      online_learning_rate=0.03, batch_max_records=500))
+    monitor = MonitorApp(
+        service_settings(
+            MonitorSettings,
+            base,
+            keys,
+            export_every_labels=400,
+            export_min_labels=200,
+            export_min_gain=0.01,
+            online_learning_rate=0.03,
+            batch_max_records=500,
+        )
+    )
     encoder = RequestEncoder(SEA_NAMES)
     X = np.vstack([X_before, X_after])
     y = y_before + y_after
     truth = {f"s-{i}": label for i, label in enumerate(y)}
     change_ms = 0
     validator = ValidatorApp(validator_settings)
-    async with running(validator), \
-            running(PublisherApp(service_settings(PublisherSettings, base, keys))), \
-            running(PredictorApp(service_settings(PredictorSettings, base, keys))), \
-            running(monitor):
+    async with (
+        running(validator),
+        running(PublisherApp(service_settings(PublisherSettings, base, keys))),
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))),
+        running(monitor),
+    ):
         chunk = 250
         for start in range(0, len(y), chunk):
             if start == len(y_before):
                 change_ms = int(time.time() * 1000)
             ids = [f"s-{i}" for i in range(start, start + chunk)]
-            await produce(base, "requests", [
-                (rid.encode(), encoder.encode(rid, SEA, X[i], packed=True))
-                for rid, i in zip(ids, range(start, start + chunk), strict=True)])
-            await produce(base, "feedback",
-                          feedback_records(SEA, [(rid, truth[rid]) for rid in ids]))
-            await eventually(lambda n=start + chunk: monitor.watches[SEA].joined_total >= n, 60,
-                             f"monitor did not join {start + chunk} labels")
-        predictions = decoded(await consume_until(
-            base, "predictions", lambda r: len(r) >= len(y)), "Prediction")
+            await produce(
+                base,
+                "requests",
+                [
+                    (rid.encode(), encoder.encode(rid, SEA, X[i], packed=True))
+                    for rid, i in zip(ids, range(start, start + chunk), strict=True)
+                ],
+            )
+            await produce(
+                base, "feedback", feedback_records(SEA, [(rid, truth[rid]) for rid in ids])
+            )
+            await eventually(
+                lambda n=start + chunk: monitor.watches[SEA].joined_total >= n,
+                60,
+                f"monitor did not join {start + chunk} labels",
+            )
+        predictions = decoded(
+            await consume_until(base, "predictions", lambda r: len(r) >= len(y)), "Prediction"
+        )
 
     events = await audit_trail(base, SEA)
     drifts = [e for e in events if e["event"] == "drift_detected"]
@@ -126,8 +177,11 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     assert any(c["action"] == "TRAIN" and c["actor"] == "monitor" for c in commands)
 
     history = await load_history(base)
-    online = [a["body"] for (name, _), a in sorted(history.items())
-              if name == SEA and a["body"]["lineage"]["origin"] == "ONLINE"]
+    online = [
+        a["body"]
+        for (name, _), a in sorted(history.items())
+        if name == SEA and a["body"]["lineage"]["origin"] == "ONLINE"
+    ]
     assert online, "no online-learned candidate was published"
     first_online = online[0]
     assert first_online["parent_version"] == 1
@@ -136,14 +190,16 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
 
     by_id = {p["request_id"]: p for p in predictions}
     ordered = [by_id[f"s-{i}"] for i in range(len(y))]
-    pre = accuracy(ordered[:len(y_before)], truth)
-    just_after = accuracy(ordered[len(y_before):len(y_before) + 500], truth)
-    swapped = [p for p in ordered[len(y_before):] if p["version"] >= first_online["version"]]
+    pre = accuracy(ordered[: len(y_before)], truth)
+    just_after = accuracy(ordered[len(y_before) : len(y_before) + 500], truth)
+    swapped = [p for p in ordered[len(y_before) :] if p["version"] >= first_online["version"]]
     assert len(swapped) >= 1000, f"only {len(swapped)} requests were served after the swap"
     recovered = accuracy(swapped[-1000:], truth)
-    print(f"\nSEA drift: accuracy before the change {pre:.4f}, first 500 after {just_after:.4f}, "
-          f"last 1000 on online-learned v{swapped[-1]['version']} {recovered:.4f}; "
-          f"{len(drifts)} drift events, {len(online)} online versions published")
+    print(
+        f"\nSEA drift: accuracy before the change {pre:.4f}, first 500 after {just_after:.4f}, "
+        f"last 1000 on online-learned v{swapped[-1]['version']} {recovered:.4f}; "
+        f"{len(drifts)} drift events, {len(online)} online versions published"
+    )
     assert just_after < pre - 0.05  # the change really hurts the batch model
     assert recovered >= pre - 0.03  # stated margin: within 3 accuracy points
 
@@ -161,35 +217,51 @@ async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  #
     await publish(base, keys, good, 1)
     _, y, _, _ = dataset(BC)
     min_labels, chunk = 200, 100
-    monitor = MonitorApp(service_settings(MonitorSettings, base, keys,
-                                      rollback_min_labels=min_labels, rollback_margin=0.05))
+    monitor = MonitorApp(
+        service_settings(
+            MonitorSettings, base, keys, rollback_min_labels=min_labels, rollback_margin=0.05
+        )
+    )
     sent = 0
 
     async def traffic(n: int) -> None:
         nonlocal sent
         await produce(base, "requests", requests_for(BC, n, start=sent))
-        await produce(base, "feedback", feedback_records(
-            BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(sent, sent + n)]))
+        await produce(
+            base,
+            "feedback",
+            feedback_records(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(sent, sent + n)]),
+        )
         sent += n
-        await eventually(lambda: monitor.watches[BC].joined_total >= sent, 60,
-                         f"monitor did not join {sent} labels")
+        await eventually(
+            lambda: monitor.watches[BC].joined_total >= sent,
+            60,
+            f"monitor did not join {sent} labels",
+        )
 
-    async with running(PublisherApp(service_settings(PublisherSettings, base, keys))), \
-            running(PredictorApp(service_settings(PredictorSettings, base, keys))) as predictor, \
-            running(monitor):
+    async with (
+        running(PublisherApp(service_settings(PublisherSettings, base, keys))),
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))) as predictor,
+        running(monitor),
+    ):
         await traffic(600)
         await publish(base, keys, degraded(good), 2)
         await eventually(lambda: predictor.logic.production.get(BC) == 2, 30, "no swap to v2")
-        while BC not in {c["model"] for c in decoded(await read_all(base, "control"), "Command")
-                         if c["action"] == "ROLLBACK"}:
+        while BC not in {
+            c["model"]
+            for c in decoded(await read_all(base, "control"), "Command")
+            if c["action"] == "ROLLBACK"
+        }:
             assert sent < 3000, "no rollback after 2,400 labels on the degraded version"
             await traffic(chunk)
-        await eventually(lambda: predictor.logic.production[BC] == 1, 30,
-                         "predictor did not switch back to v1")
+        await eventually(
+            lambda: predictor.logic.production[BC] == 1, 30, "predictor did not switch back to v1"
+        )
         after = sent
         await traffic(200)
-        predictions = decoded(await consume_until(base, "predictions",
-                                                  lambda r: len(r) >= sent), "Prediction")
+        predictions = decoded(
+            await consume_until(base, "predictions", lambda r: len(r) >= sent), "Prediction"
+        )
 
     events = await audit_trail(base, BC)
     requested = [e for e in events if e["event"] == "rollback_requested"]
@@ -203,14 +275,22 @@ async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  #
 
 
 # -- 3. kill -9 and restart -----------------------------------------------------------------
-async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,  # type: ignore[no-untyped-def]
-                                   per_s: float = 1000) -> dict[str, float]:
+async def monitor_restart_scenario(
+    base: Settings,
+    keys,
+    log_dir,
+    n: int = 6000,  # type: ignore[no-untyped-def]
+    per_s: float = 1000,
+) -> dict[str, float]:
     """Requests and predictions for ``n`` ids, then labels at a steady rate; the monitor
     process is SIGKILLed mid-stream and restarted. Returns the counts it checked."""
     await publish(base, keys, trained_body(BC), 1)
     _, y, _, _ = dataset(BC)
-    env = {"MODELSTREAM_STATE_DIR": str(log_dir / "monitor-state"),
-           "MODELSTREAM_BATCH_MAX_RECORDS": "200", "MODELSTREAM_EXPORT_MIN_GAIN": "1.0"}
+    env = {
+        "MODELSTREAM_STATE_DIR": str(log_dir / "monitor-state"),
+        "MODELSTREAM_MONITOR_BATCH_MAX_RECORDS": "200",
+        "MODELSTREAM_EXPORT_MIN_GAIN": "1.0",
+    }
     learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
     async with running(PredictorApp(service_settings(PredictorSettings, base, keys))):
         await produce(base, "requests", requests_for(BC, n))
@@ -223,12 +303,15 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
 
         async def steady(items: list[tuple[bytes, bytes]], per_s: float) -> None:
             for start in range(0, len(items), 100):
-                await produce(base, "feedback", items[start:start + 100])
+                await produce(base, "feedback", items[start : start + 100])
                 await asyncio.sleep(100 / per_s)
 
         sender = asyncio.create_task(steady(labels[:half], per_s=per_s))
-        await eventually(lambda: first.metric("modelstream_online_learner_labels", model=BC)
-                         >= 500, 90, "monitor never started learning:\n" + first.output())
+        await eventually(
+            lambda: first.metric("modelstream_online_learner_labels", model=BC) >= 500,
+            90,
+            "monitor never started learning:\n" + first.output(),
+        )
         before_kill = first.metric("modelstream_online_learner_labels", model=BC)
         first.process.send_signal(signal.SIGKILL)
         assert first.process.wait(timeout=30) == -signal.SIGKILL
@@ -238,9 +321,12 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
         second = ServiceProcess("monitor", base, keys, "b", log_dir, **env)
         restarted = time.monotonic()
         await eventually(
-            lambda: second.metric("modelstream_online_learner_labels", model=BC)
-            >= learned_expected, 300,
-            f"learner stopped short of {learned_expected}:\n" + second.output())
+            lambda: (
+                second.metric("modelstream_online_learner_labels", model=BC) >= learned_expected
+            ),
+            300,
+            f"learner stopped short of {learned_expected}:\n" + second.output(),
+        )
         caught_up_s = time.monotonic() - restarted
         await asyncio.sleep(2)  # anything more would be a label learned twice
         learned = second.metric("modelstream_online_learner_labels", model=BC)
@@ -251,15 +337,21 @@ async def monitor_restart_scenario(base: Settings, keys, log_dir, n: int = 6000,
                 process.stop()
     written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
     ids = [CODEC.decode(r.value, TrainingExample)["example_id"] for r in written]
-    print(f"\nmonitor kill -9: learner at {before_kill:.0f} labels when killed; after restart "
-          f"{learned:.0f} of {learned_expected} learnable labels; {len(set(ids))} of {n} "
-          f"labels joined ({len(ids) - len(set(ids))} re-written after the crash); caught up "
-          f"{caught_up_s:.1f} s after the restart")
+    print(
+        f"\nmonitor kill -9: learner at {before_kill:.0f} labels when killed; after restart "
+        f"{learned:.0f} of {learned_expected} learnable labels; {len(set(ids))} of {n} "
+        f"labels joined ({len(ids) - len(set(ids))} re-written after the crash); caught up "
+        f"{caught_up_s:.1f} s after the restart"
+    )
     assert "continuing from saved state" in log
     assert learned == learned_expected  # continued from its state: none lost, none twice
     assert set(ids) == {f"feedback:r-{i}" for i in range(n)}  # no label lost from the join
-    return {"labels": n, "learned": learned, "rewritten": len(ids) - len(set(ids)),
-            "caught_up_s": caught_up_s}
+    return {
+        "labels": n,
+        "learned": learned,
+        "rewritten": len(ids) - len(set(ids)),
+        "caught_up_s": caught_up_s,
+    }
 
 
 async def test_monitor_survives_kill_9_without_losing_a_label(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
@@ -277,9 +369,15 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
         await consume_until(base, "predictions", lambda r: len(r) >= n, timeout_s=120)
 
     def copy(name: str) -> ServiceProcess:
-        return ServiceProcess("monitor", base, keys, name, tmp_path,
-                              MODELSTREAM_STATE_DIR=str(tmp_path / name),
-                              MODELSTREAM_EXPORT_MIN_GAIN="1.0")
+        return ServiceProcess(
+            "monitor",
+            base,
+            keys,
+            name,
+            tmp_path,
+            MODELSTREAM_STATE_DIR=str(tmp_path / name),
+            MODELSTREAM_EXPORT_MIN_GAIN="1.0",
+        )
 
     consumed = "modelstream_events_consumed_total"
     learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
@@ -287,11 +385,17 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
     try:
         # The first copy joins alone and reads every partition's requests and predictions;
         # the second arrives later, so the rebalance moves half of what the first holds.
-        await eventually(lambda: copies[0].metric(consumed, service="monitor") > 0, 90,
-                         "the first copy read nothing:\n" + copies[0].output())
+        await eventually(
+            lambda: copies[0].metric(consumed, service="monitor") > 0,
+            90,
+            "the first copy read nothing:\n" + copies[0].output(),
+        )
         copies.append(copy("b"))
-        await eventually(lambda: copies[1].metric(consumed, service="monitor") > 0, 90,
-                         "the second copy never got partitions:\n" + copies[1].output())
+        await eventually(
+            lambda: copies[1].metric(consumed, service="monitor") > 0,
+            90,
+            "the second copy never got partitions:\n" + copies[1].output(),
+        )
 
         def settled(process: ServiceProcess) -> bool:
             log = process.log_path.read_text(errors="replace")
@@ -302,8 +406,11 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
         # counted); so the labels are sent once both copies have settled.
         await eventually(lambda: all(settled(c) for c in copies), 60, "no settled group")
         await asyncio.sleep(1)
-        await produce(base, "feedback", feedback_records(
-            BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)]))
+        await produce(
+            base,
+            "feedback",
+            feedback_records(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)]),
+        )
 
         def learner_labels() -> float:
             return max(c.metric("modelstream_online_learner_labels", model=BC) for c in copies)
@@ -311,9 +418,11 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
         try:
             await eventually(lambda: learner_labels() >= learned_expected, 120, "")
         except TimeoutError:
-            raise AssertionError(f"learning stopped at {learner_labels()} of "
-                                 f"{learned_expected}:\n{copies[0].output()}\n"
-                                 f"{copies[1].output()}") from None
+            raise AssertionError(
+                f"learning stopped at {learner_labels()} of "
+                f"{learned_expected}:\n{copies[0].output()}\n"
+                f"{copies[1].output()}"
+            ) from None
         await asyncio.sleep(2)
         shares = [c.metric(consumed, service="monitor") for c in copies]
         learned = learner_labels()
@@ -322,8 +431,10 @@ async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, 
             process.stop()
     written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
     ids = {CODEC.decode(r.value, TrainingExample)["example_id"] for r in written}
-    print(f"\ntwo monitors: records consumed {shares[0]:.0f} + {shares[1]:.0f}; learner at "
-          f"{learned:.0f} of {learned_expected}; {len(ids)} of {n} labels joined")
+    print(
+        f"\ntwo monitors: records consumed {shares[0]:.0f} + {shares[1]:.0f}; learner at "
+        f"{learned:.0f} of {learned_expected}; {len(ids)} of {n} labels joined"
+    )
     assert min(shares) > 0  # both copies did part of the join
     assert learned == learned_expected
     assert ids == {f"feedback:r-{i}" for i in range(n)}

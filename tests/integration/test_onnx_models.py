@@ -44,24 +44,55 @@ async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp
     onnx_path = tmp_path / "sklearn.onnx"
     onnx_path.write_bytes(to_onnx(sklearn_model, X[:1].astype(np.float32)).SerializeToString())
 
-    await send_command(base, command(BC, "DEFINE", definition=Definition(
-        name=BC, task="BINARY", feature_names=tuple(names), classes=("0", "1"),
-        thresholds={"min_accuracy": 0.9})))
+    await send_command(
+        base,
+        command(
+            BC,
+            "DEFINE",
+            definition=Definition(
+                name=BC,
+                task="BINARY",
+                feature_names=tuple(names),
+                classes=("0", "1"),
+                thresholds={"min_accuracy": 0.9},
+            ),
+        ),
+    )
     # recent labelled data for the holdout gate
-    await produce_records(base, "training", "TrainingExample", [
-        {"model": BC, "features": dict(zip(names, row.tolist(), strict=True)),
-         "label": str(int(label))} for row, label in zip(X, y, strict=True)],
-        key=lambda r: r["model"])
-    common = {"bootstrap_servers": base.bootstrap, "topic_prefix": base.topic_prefix,
-              "metrics_port": 0, "public_key_file": keys / "modelstream.pub"}
-    async with running(ValidatorApp(load(ValidatorSettings, **common))), \
-            running(PublisherApp(load(PublisherSettings, **common,
-                                      private_key_file=keys / "modelstream.key"))):
-        imported = await cli(base, keys, "models", "import", BC, str(onnx_path),
-                             "--features", ",".join(names))
+    await produce_records(
+        base,
+        "training",
+        "TrainingExample",
+        [
+            {
+                "model": BC,
+                "features": dict(zip(names, row.tolist(), strict=True)),
+                "label": str(int(label)),
+            }
+            for row, label in zip(X, y, strict=True)
+        ],
+        key=lambda r: r["model"],
+    )
+    common = {
+        "bootstrap_servers": base.bootstrap,
+        "topic_prefix": base.topic_prefix,
+        "public_key_file": keys / "modelstream.pub",
+    }
+    async with (
+        running(ValidatorApp(load(ValidatorSettings, **common))),
+        running(
+            PublisherApp(
+                load(PublisherSettings, **common, private_key_file=keys / "modelstream.key")
+            )
+        ),
+    ):
+        imported = await cli(
+            base, keys, "models", "import", BC, str(onnx_path), "--features", ",".join(names)
+        )
         assert imported.returncode == 0, imported.stderr
-        (report,) = decoded(await consume_until(base, "validations", lambda r: len(r) >= 1),
-                            "ValidationReport")
+        (report,) = decoded(
+            await consume_until(base, "validations", lambda r: len(r) >= 1), "ValidationReport"
+        )
         assert report["passed"] and report["method"] == "holdout", report["reasons"]
         public = load_public_key(keys / "modelstream.pub")
         deadline = asyncio.get_running_loop().time() + 60
@@ -73,20 +104,28 @@ async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp
     async with running(PredictorApp(load(PredictorSettings, **common))):
         from tests.support.helpers import produce
 
-        await produce(base, "requests", [(f"o{i}".encode(), encoder.encode(
-            f"o{i}", BC, X[i], packed=True)) for i in range(len(y))])
+        await produce(
+            base,
+            "requests",
+            [
+                (f"o{i}".encode(), encoder.encode(f"o{i}", BC, X[i], packed=True))
+                for i in range(len(y))
+            ],
+        )
         records = await consume_until(base, "predictions", lambda r: len(r) >= len(y))
     served = {p["request_id"]: p for p in decoded(records, "Prediction")}
     ours = np.array([served[f"o{i}"]["scores"]["1"] for i in range(len(y))])
     assert np.allclose(ours, sklearn_model.predict_proba(X)[:, 1], atol=1e-5)
-    assert (np.array([int(served[f"o{i}"]["prediction"]) for i in range(len(y))])
-            == sklearn_model.predict(X)).all()
+    assert (
+        np.array([int(served[f"o{i}"]["prediction"]) for i in range(len(y))])
+        == sklearn_model.predict(X)
+    ).all()
 
     exported_path = tmp_path / "served.onnx"
-    exported = await cli(base, keys, "models", "export", BC, "--format", "onnx",
-                         "-o", str(exported_path))
+    exported = await cli(
+        base, keys, "models", "export", BC, "--format", "onnx", "-o", str(exported_path)
+    )
     assert exported.returncode == 0, exported.stderr
-    session = ort.InferenceSession(exported_path.read_bytes(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(exported_path.read_bytes(), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(None, {"features": X.astype(np.float32)})
     assert np.allclose(probabilities[:, 1], ours, atol=1e-5)

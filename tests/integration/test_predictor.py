@@ -40,10 +40,12 @@ async def test_scores_match_the_trainers_own(topics, keys):  # type: ignore[no-u
     X, _, names, _ = dataset(BC)
     Xd, _, dnames, _ = dataset("digits")
     json_encoder = RequestEncoder(names, fmt="json")
-    messages = (requests_for(BC, 100) + requests_for(BC, 100, 100, packed=True)
-                + requests_for("digits", 100, prefix="d")
-                + [(f"j-{i}".encode(), json_encoder.encode(f"j-{i}", BC, X[i].tolist()))
-                   for i in range(50)])
+    messages = (
+        requests_for(BC, 100)
+        + requests_for(BC, 100, 100, packed=True)
+        + requests_for("digits", 100, prefix="d")
+        + [(f"j-{i}".encode(), json_encoder.encode(f"j-{i}", BC, X[i].tolist())) for i in range(50)]
+    )
     async with running(PredictorApp(predictor_settings(base, keys))):
         await produce(base, "requests", messages)
         records = await consume_until(base, "predictions", ids_done(len(messages)))
@@ -93,10 +95,16 @@ async def test_poison_messages_are_dead_lettered_and_good_ones_scored(topics, ke
         assert app.pipeline.records_in == len(interleaved)
     assert sorted(r.key for r in records) == sorted(k for k, _ in good)
     reasons = {r.key.decode(): dict(r.headers)["reason"].decode() for r in dead}
-    assert reasons == {"b-1": "undecodable", "b-2": "unknown-model",
-                       "b-3": "wrong-feature-count", "b-4": "missing-features",
-                       "b-5": "non-finite", "b-6": "unknown-version",
-                       "b-7": "wrong-feature-count", "b-8": "invalid-json"}
+    assert reasons == {
+        "b-1": "undecodable",
+        "b-2": "unknown-model",
+        "b-3": "wrong-feature-count",
+        "b-4": "missing-features",
+        "b-5": "non-finite",
+        "b-6": "unknown-version",
+        "b-7": "wrong-feature-count",
+        "b-8": "invalid-json",
+    }
     assert all(dict(r.headers)["service"] == b"predictor" for r in dead)
     assert {r.value for r in dead} == {v for _, v in bad}  # bytes kept as sent
 
@@ -106,10 +114,13 @@ async def test_tampered_and_forged_artifacts_are_never_served(topics, keys):  # 
     v1 = await publish(base, keys, trained_body(BC), 1)
     async with running(PredictorApp(predictor_settings(base, keys))) as app:
         await publish(base, keys, trained_body(BC, seed=5), 2, tamper=True)
-        forged = seal(dict(trained_body(BC, seed=6), version=3, stage="PRODUCTION"),
-                      Ed25519PrivateKey.generate())
-        await produce(base, "models", [(BC.encode(), default_codec().encode(ModelArtifact,
-                                                                            forged))])
+        forged = seal(
+            dict(trained_body(BC, seed=6), version=3, stage="PRODUCTION"),
+            Ed25519PrivateKey.generate(),
+        )
+        await produce(
+            base, "models", [(BC.encode(), default_codec().encode(ModelArtifact, forged))]
+        )
         audit = decoded(await consume_until(base, "audit", lambda r: len(r) >= 3), "AuditEvent")
         refused = [a for a in audit if a["event"].endswith("_refused")]
         assert len(refused) >= 3  # tampered v2 on history and models, forged v3 on models
@@ -152,8 +163,14 @@ async def test_traffic_split_and_shadow(topics, keys):  # type: ignore[no-untype
     n = 4000
     async with running(PredictorApp(predictor_settings(base, keys))) as app:
         assert app.logic.production[BC] == 1 and 2 in app.logic.versions[BC]
-        await send_command(base, command(BC, "SET_TRAFFIC", traffic={
-            "challenger_version": 2, "fraction": 0.3, "shadow": False}))
+        await send_command(
+            base,
+            command(
+                BC,
+                "SET_TRAFFIC",
+                traffic={"challenger_version": 2, "fraction": 0.3, "shadow": False},
+            ),
+        )
         await _until(lambda: BC in app.logic.traffic)
         await produce(base, "requests", requests_for(BC, n, packed=True, prefix="s"))
         split = decoded(await consume_until(base, "predictions", ids_done(n)), "Prediction")
@@ -163,19 +180,28 @@ async def test_traffic_split_and_shadow(topics, keys):  # type: ignore[no-untype
         assert {p["version"] for p in split if p["route"] == "production"} == {1}
         # deterministic by request id: the same ids take the same routes again
         await produce(base, "requests", requests_for(BC, 500, packed=True, prefix="s"))
-        again = decoded(await consume_until(base, "predictions", lambda r: len(r) >= n + 500),
-                        "Prediction")
+        again = decoded(
+            await consume_until(base, "predictions", lambda r: len(r) >= n + 500), "Prediction"
+        )
         first_route = {p["request_id"]: p["route"] for p in split}
         assert all(first_route[p["request_id"]] == p["route"] for p in again[n:])
 
-        await send_command(base, command(BC, "SET_TRAFFIC", traffic={
-            "challenger_version": 2, "fraction": 0.0, "shadow": True}))
+        await send_command(
+            base,
+            command(
+                BC,
+                "SET_TRAFFIC",
+                traffic={"challenger_version": 2, "fraction": 0.0, "shadow": True},
+            ),
+        )
         await _until(lambda: app.logic.traffic[BC].shadow)
         await produce(base, "requests", requests_for(BC, 300, packed=True, prefix="w"))
-        shadow = decoded(await consume_until(base, "shadow-predictions", ids_done(300)),
-                         "Prediction")
-        everything = decoded(await consume_until(base, "predictions",
-                                                 lambda r: len(r) >= n + 800), "Prediction")
+        shadow = decoded(
+            await consume_until(base, "shadow-predictions", ids_done(300)), "Prediction"
+        )
+        everything = decoded(
+            await consume_until(base, "predictions", lambda r: len(r) >= n + 800), "Prediction"
+        )
     assert {p["route"] for p in shadow} == {"shadow"} and {p["version"] for p in shadow} == {2}
     assert len({p["request_id"] for p in shadow}) == 300
     shadowed = [p for p in everything if p["request_id"].startswith("w-")]
@@ -192,14 +218,23 @@ async def _until(condition, timeout_s=30.0):  # type: ignore[no-untyped-def]
 
 def test_client_round_trip():
     encoder = RequestEncoder(["a", "b"])
-    packed = default_codec().decode(encoder.encode("r", "m", {"b": 2.0, "a": 1.0}, packed=True),
-                                    PredictionRequest)
+    packed = default_codec().decode(
+        encoder.encode("r", "m", {"b": 2.0, "a": 1.0}, packed=True), PredictionRequest
+    )
     assert np.frombuffer(packed["features"], "<f8").tolist() == [1.0, 2.0]
     as_json = RequestEncoder(fmt="json").encode("r", "m", [1.0, 2.0], version=3)
     assert json.loads(as_json)["version"] == 3
-    prediction = {"request_id": "r", "model": "m", "version": 1, "digest_prefix": "ab",
-                  "prediction": "1", "scores": {"1": 1.0}, "route": "production",
-                  "requested_at_ms": 1, "predicted_at_ms": 2}
+    prediction = {
+        "request_id": "r",
+        "model": "m",
+        "version": 1,
+        "digest_prefix": "ab",
+        "prediction": "1",
+        "scores": {"1": 1.0},
+        "route": "production",
+        "requested_at_ms": 1,
+        "predicted_at_ms": 2,
+    }
     assert decode_prediction(default_codec().encode(Prediction, prediction)) == prediction
 
 
@@ -212,7 +247,8 @@ async def test_at_least_once_mode_scores_without_transactions(topics, keys):  # 
         await produce(base, "requests", requests_for(BC, 500, packed=True))
         records = await consume_until(base, "predictions", ids_done(500))
         committed = await app.pipeline.consumer.committed(
-            next(iter(app.pipeline.assigned_partitions())))
+            next(iter(app.pipeline.assigned_partitions()))
+        )
     assert len({r.key for r in records}) == 500
     assert committed is not None and committed > 0  # offsets committed after delivery
 

@@ -21,15 +21,20 @@ async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys,
         warmup, rounds = 0, 0
         while not (a.consumed() > 0 and b.consumed() > 0):
             assert rounds < 30, "both predictors should own partitions"
-            await produce(base, "requests",
-                          requests_for(BC, 300, warmup, packed=True, prefix="warm"))
+            await produce(
+                base, "requests", requests_for(BC, 300, warmup, packed=True, prefix="warm")
+            )
             warmup += 300
             rounds += 1
-            await consume_until(base, "predictions",
-                                lambda r, n=warmup: len({x.key for x in r}) >= n, timeout_s=90)
+            await consume_until(
+                base, "predictions", lambda r, n=warmup: len({x.key for x in r}) >= n, timeout_s=90
+            )
             await asyncio.sleep(1.0)
-        await eventually(lambda: a.consumed() + b.consumed() == warmup, 10,
-                          "every warm-up request consumed exactly once")
+        await eventually(
+            lambda: a.consumed() + b.consumed() == warmup,
+            10,
+            "every warm-up request consumed exactly once",
+        )
 
         total, chunk, killed_at = 20000, 500, 6000
         for start in range(0, total, chunk):
@@ -38,9 +43,9 @@ async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys,
                 b.process.send_signal(signal.SIGKILL)  # mid-stream, transactions in flight
             await asyncio.sleep(0.1)
         expected = total + warmup
-        records = await consume_until(base, "predictions",
-                                      lambda r: len({x.key for x in r}) >= expected,
-                                      timeout_s=120)
+        records = await consume_until(
+            base, "predictions", lambda r: len({x.key for x in r}) >= expected, timeout_s=120
+        )
         await asyncio.sleep(2)  # anything duplicated would arrive right behind
         records = await consume_until(base, "predictions", lambda r: len(r) >= len(records))
         counts = Counter(r.key for r in records)

@@ -34,8 +34,9 @@ USERS = {"admin": "admin-secret", "predictor": "predictor-secret", "monitor": "m
 def secure(tmp_path_factory):  # type: ignore[no-untyped-def]
     state = tmp_path_factory.mktemp("secure")
     security = BrokerSecurity(generate_tls(state / "tls"), USERS)
-    cluster = EmbeddedCluster(load(state_dir=state, broker_port=free_port_block(1)),
-                              node_count=1, security=security)
+    cluster = EmbeddedCluster(
+        load(state_dir=state, broker_port=free_port_block(1)), node_count=1, security=security
+    )
     cluster.start()
     try:
         yield cluster, security
@@ -46,9 +47,16 @@ def secure(tmp_path_factory):  # type: ignore[no-untyped-def]
 def as_principal(cluster, security, user, prefix, cls=None, **extra):  # type: ignore[no-untyped-def]
     from modelstream.settings import Settings
 
-    return load(cls or Settings, bootstrap_servers=cluster.bootstrap, topic_prefix=prefix,
-                security_protocol="SASL_SSL", sasl_username=user, sasl_password=USERS[user],
-                ssl_ca_file=security.tls.ca, metrics_port=0, **extra)
+    return load(
+        cls or Settings,
+        bootstrap_servers=cluster.bootstrap,
+        topic_prefix=prefix,
+        security_protocol="SASL_SSL",
+        sasl_username=user,
+        sasl_password=USERS[user],
+        ssl_ca_file=security.tls.ca,
+        **extra,
+    )
 
 
 async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ignore[no-untyped-def]
@@ -56,11 +64,28 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     prefix = f"sec{uuid.uuid4().hex[:6]}."
     admin = as_principal(cluster, security, "admin", prefix)
     await create_topics(admin)
-    await asyncio.to_thread(grant_service, cluster._java(), ensure_jars(admin),
-                            cluster.bootstrap, security, "predictor", "predictor", prefix,
-                            tmp_path)
-    await asyncio.to_thread(grant_service, cluster._java(), ensure_jars(admin),
-                            cluster.bootstrap, security, "monitor", "monitor", prefix, tmp_path)
+    await asyncio.to_thread(
+        grant_service,
+        cluster._java(),
+        ensure_jars(admin),
+        cluster.bootstrap,
+        security,
+        "predictor",
+        "predictor",
+        prefix,
+        tmp_path,
+    )
+    await asyncio.to_thread(
+        grant_service,
+        cluster._java(),
+        ensure_jars(admin),
+        cluster.bootstrap,
+        security,
+        "monitor",
+        "monitor",
+        prefix,
+        tmp_path,
+    )
     predictor = as_principal(cluster, security, "predictor", prefix)
 
     # The predictor principal may write predictions but not the registry.
@@ -88,8 +113,9 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     # model the admin published, transactions and consumer group included.
     generate_keys(tmp_path / "keys")
     body = trained_body("breast-cancer")
-    artifact = publishable(body, 1, None, load_private_key(tmp_path / "keys" / "modelstream.key"),
-                           None)
+    artifact = publishable(
+        body, 1, None, load_private_key(tmp_path / "keys" / "modelstream.key"), None
+    )
     codec = default_codec()
     X, _, names, _ = dataset("breast-cancer")
     encoder = RequestEncoder(names)
@@ -97,21 +123,35 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     await admin_producer.start()
     try:
         value = codec.encode(ModelArtifact, artifact)
-        await admin_producer.send_and_wait(admin.topic("model-history"),
-                                           history_key("breast-cancer", 1), value)
+        await admin_producer.send_and_wait(
+            admin.topic("model-history"), history_key("breast-cancer", 1), value
+        )
         await admin_producer.send_and_wait(admin.topic("models"), value, key=b"breast-cancer")
-        app = PredictorApp(as_principal(cluster, security, "predictor", prefix,
-                                        PredictorSettings,
-                                        public_key_file=tmp_path / "keys" / "modelstream.pub"))
+        app = PredictorApp(
+            as_principal(
+                cluster,
+                security,
+                "predictor",
+                prefix,
+                PredictorSettings,
+                public_key_file=tmp_path / "keys" / "modelstream.pub",
+            )
+        )
         async with running(app):
             for i in range(50):
-                await admin_producer.send(admin.topic("requests"), key=f"s{i}".encode(),
-                                          value=encoder.encode(f"s{i}", "breast-cancer", X[i],
-                                                               packed=True))
+                await admin_producer.send(
+                    admin.topic("requests"),
+                    key=f"s{i}".encode(),
+                    value=encoder.encode(f"s{i}", "breast-cancer", X[i], packed=True),
+                )
             await admin_producer.flush()
-            consumer = AIOKafkaConsumer(admin.topic("predictions"), **client_options(admin),
-                                        group_id=None, auto_offset_reset="earliest",
-                                        isolation_level="read_committed")
+            consumer = AIOKafkaConsumer(
+                admin.topic("predictions"),
+                **client_options(admin),
+                group_id=None,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+            )
             await consumer.start()
             seen: set[bytes] = set()
             try:
@@ -122,19 +162,38 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
             finally:
                 await consumer.stop()
         # The monitor (faust) as its own principal: it joins the predictions with labels.
-        monitor = MonitorApp(as_principal(cluster, security, "monitor", prefix,
-                                          MonitorSettings, state_dir=tmp_path / "monitor",
-                                          public_key_file=tmp_path / "keys" / "modelstream.pub"))
+        monitor = MonitorApp(
+            as_principal(
+                cluster,
+                security,
+                "monitor",
+                prefix,
+                MonitorSettings,
+                state_dir=tmp_path / "monitor",
+                public_key_file=tmp_path / "keys" / "modelstream.pub",
+            )
+        )
         async with running(monitor):
             for i in range(50):
-                await admin_producer.send(admin.topic("feedback"), key=f"s{i}".encode(),
-                                          value=codec.encode(Feedback, {
-                                              "request_id": f"s{i}", "model": "breast-cancer",
-                                              "label": "1", "timestamp_ms": None}))
+                await admin_producer.send(
+                    admin.topic("feedback"),
+                    key=f"s{i}".encode(),
+                    value=codec.encode(
+                        Feedback,
+                        {
+                            "request_id": f"s{i}",
+                            "model": "breast-cancer",
+                            "label": "1",
+                            "timestamp_ms": None,
+                        },
+                    ),
+                )
             await admin_producer.flush()
             deadline = asyncio.get_running_loop().time() + 60
-            while ("breast-cancer" not in monitor.watches
-                   or monitor.watches["breast-cancer"].joined_total < 50):
+            while (
+                "breast-cancer" not in monitor.watches
+                or monitor.watches["breast-cancer"].joined_total < 50
+            ):
                 assert asyncio.get_running_loop().time() < deadline, "monitor joined nothing"
                 await asyncio.sleep(0.2)
     finally:

@@ -17,15 +17,22 @@ from tests.support.ports import free_port_pair
 @pytest.mark.parametrize("service", ["trainer", "validator", "publisher", "predictor"])
 def test_service_starts_and_exits_zero_on_sigterm(topics, tmp_path, service):  # type: ignore[no-untyped-def]
     generate_keys(tmp_path / "keys")
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": topics.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": topics.topic_prefix,
-           "MODELSTREAM_METRICS_PORT": str(free_port_pair()),
-           "MODELSTREAM_PUBLIC_KEY_FILE": str(tmp_path / "keys" / "modelstream.pub"),
-           "MODELSTREAM_PRIVATE_KEY_FILE": str(tmp_path / "keys" / "modelstream.key")}
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": topics.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": topics.topic_prefix,
+        f"MODELSTREAM_{service.upper()}_METRICS_PORT": str(free_port_pair()),
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(tmp_path / "keys" / "modelstream.pub"),
+        "MODELSTREAM_PRIVATE_KEY_FILE": str(tmp_path / "keys" / "modelstream.key"),
+    }
     log_path = tmp_path / f"{service}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "modelstream.cli", "run", service],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelstream.cli", "run", service],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 60
             while f"{service} started" not in log_path.read_text(errors="replace"):

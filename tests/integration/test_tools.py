@@ -64,25 +64,46 @@ async def test_prometheus_scrapes_the_prediction_counter(topics, keys, tmp_path)
     config["rule_files"] = [str(ROOT / "infra/prometheus/alerts.yml")]
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
-        job["static_configs"] = [{"targets": (
-            [f"127.0.0.1:{predictor.metrics_port}"] if job["job_name"] ==
-            "modelstream-predictor" else [])}]
+        job["static_configs"] = [
+            {
+                "targets": (
+                    [f"127.0.0.1:{predictor.metrics_port}"]
+                    if job["job_name"] == "modelstream-predictor"
+                    else []
+                )
+            }
+        ]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port_pair()
     server = subprocess.Popen(  # noqa: ASYNC220 - a server for the whole test
-        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))  # noqa: ASYNC230
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: ASYNC230 - once, at start
+    )
     try:
-        await _until(lambda: query(port, 'up{job="modelstream-predictor"}')[0]["value"][1] == "1",
-                     60, "Prometheus never scraped the predictor")
+        await _until(
+            lambda: query(port, 'up{job="modelstream-predictor"}')[0]["value"][1] == "1",
+            60,
+            "Prometheus never scraped the predictor",
+        )
         sent = 750
         await produce(base, "requests", requests_for(BC, sent, packed=True))
         promql = f'sum(modelstream_predictions_total{{model="{BC}",version="1"}})'
-        await _until(lambda: float(query(port, promql)[0]["value"][1]) == sent, 60,
-                     f"Prometheus never saw {sent} predictions")
-        rules = json.loads(urllib.request.urlopen(  # noqa: ASYNC210 - loopback
-            f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).read())
+        await _until(
+            lambda: float(query(port, promql)[0]["value"][1]) == sent,
+            60,
+            f"Prometheus never saw {sent} predictions",
+        )
+        rules = json.loads(
+            urllib.request.urlopen(  # noqa: ASYNC210 - loopback
+                f"http://127.0.0.1:{port}/api/v1/rules", timeout=5
+            ).read()
+        )
         names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
         assert "ModelstreamArtifactRefused" in names
     except BaseException:
@@ -102,25 +123,58 @@ async def test_kcat_speaks_json_with_the_services(topics, keys, tmp_path):  # ty
     X, _, names, _ = dataset(BC)
     n = 25
     requests = "".join(
-        f"k-{i}\t" + json.dumps({"request_id": f"k-{i}", "model": BC,
-                                 "features": dict(zip(names, X[i].tolist(), strict=True))})
-        + "\n" for i in range(n))
-    feedback = "".join(f"k-{i}\t" + json.dumps({"request_id": f"k-{i}", "model": BC,
-                                                "label": "1"}) + "\n" for i in range(n))
+        f"k-{i}\t"
+        + json.dumps(
+            {
+                "request_id": f"k-{i}",
+                "model": BC,
+                "features": dict(zip(names, X[i].tolist(), strict=True)),
+            }
+        )
+        + "\n"
+        for i in range(n)
+    )
+    feedback = "".join(
+        f"k-{i}\t" + json.dumps({"request_id": f"k-{i}", "model": BC, "label": "1"}) + "\n"
+        for i in range(n)
+    )
     broker = ["-b", base.bootstrap]
     try:
         for topic, lines in (("requests", requests), ("feedback", feedback)):
             produced = await asyncio.to_thread(
-                subprocess.run, [kcat, *broker, "-t", base.topic(topic), "-P", "-K", "\t"],
-                input=lines, text=True, capture_output=True, timeout=60, check=False)
+                subprocess.run,
+                [kcat, *broker, "-t", base.topic(topic), "-P", "-K", "\t"],
+                input=lines,
+                text=True,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
             assert produced.returncode == 0, produced.stderr
 
         async def consume(topic: str) -> list[str]:
             result = await asyncio.to_thread(
-                subprocess.run, [kcat, *broker, "-t", base.topic(topic), "-C", "-o", "beginning",
-                                 "-e", "-q", "-X", "isolation.level=read_committed",
-                                 "-f", "%s\n"], text=True, capture_output=True, timeout=60,
-                check=False)
+                subprocess.run,
+                [
+                    kcat,
+                    *broker,
+                    "-t",
+                    base.topic(topic),
+                    "-C",
+                    "-o",
+                    "beginning",
+                    "-e",
+                    "-q",
+                    "-X",
+                    "isolation.level=read_committed",
+                    "-f",
+                    "%s\n",
+                ],
+                text=True,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
             return [line for line in result.stdout.splitlines() if line.strip()]
 
         lines: list[str] = []
@@ -131,8 +185,10 @@ async def test_kcat_speaks_json_with_the_services(topics, keys, tmp_path):  # ty
         predictions = [json.loads(line) for line in lines]
         assert sorted(p["request_id"] for p in predictions) == sorted(f"k-{i}" for i in range(n))
         assert all(p["version"] == 1 and set(p["scores"]) == {"0", "1"} for p in predictions)
-        labels = [default_codec().decode_any(line.encode(), Feedback)["label"]
-                  for line in await consume("feedback")]
+        labels = [
+            default_codec().decode_any(line.encode(), Feedback)["label"]
+            for line in await consume("feedback")
+        ]
         assert labels == ["1"] * n
     except BaseException:
         print(predictor.output())

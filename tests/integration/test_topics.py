@@ -39,14 +39,29 @@ async def test_create_topics_is_idempotent_and_matches_topology(settings):
 
 
 def test_topics_cli_lists_every_topic(settings):
-    env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-           "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix}
-    created = subprocess.run([sys.executable, "-m", "modelstream.cli", "topics", "create"],
-                             env=env, capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    created = subprocess.run(
+        [sys.executable, "-m", "modelstream.cli", "topics", "create"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert created.returncode == 0, created.stderr
     assert f"{len(TOPOLOGY)} created" in created.stdout
-    listed = subprocess.run([sys.executable, "-m", "modelstream.cli", "topics", "list"],
-                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    listed = subprocess.run(
+        [sys.executable, "-m", "modelstream.cli", "topics", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     lines = listed.stdout.splitlines()
     assert len(lines) == len(TOPOLOGY) and not any("MISSING" in line for line in lines)
     assert any("models" in line and "cleanup.policy=compact" in line for line in lines)
@@ -65,8 +80,9 @@ async def test_avro_and_json_records_cross_the_broker(topics):
         await producer.send_and_wait(topic, json_bytes, key=b"breast-cancer", partition=0)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     try:
         records = []
@@ -88,8 +104,12 @@ async def test_dead_letter_keeps_bytes_and_reason(topics):
     source = settings.topic(TRAINING)
     try:
         await producer.send_and_wait(source, b"\x00not-avro", key=b"m", partition=1)
-        consumer = AIOKafkaConsumer(source, bootstrap_servers=settings.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(
+            source,
+            bootstrap_servers=settings.bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
         await consumer.start()
         try:
             batch = await consumer.getmany(timeout_ms=10000)
@@ -101,8 +121,12 @@ async def test_dead_letter_keeps_bytes_and_reason(topics):
         await producer.flush()
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(settings.topic(DEADLETTER), bootstrap_servers=settings.bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        settings.topic(DEADLETTER),
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
     await consumer.start()
     try:
         batch = await consumer.getmany(timeout_ms=10000)

@@ -25,8 +25,11 @@ def _alive(pid: int) -> bool:
 
 
 def _last_frame(text: str) -> str:
-    return text[text.rindex("modelstream up - broker"):] if "modelstream up - broker" in text \
+    return (
+        text[text.rindex("modelstream up - broker") :]
+        if "modelstream up - broker" in text
         else text
+    )
 
 
 def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -36,18 +39,39 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: P
     out_path = tmp_path / "up.out"
     with out_path.open("wb") as out:
         up = subprocess.Popen(
-            [sys.executable, "-m", "modelstream.cli", "up", "--demo", "breast-cancer",
-             "--requests", str(REQUESTS), "--rate", "250", "--label-delay", "1",
-             "--refresh", "1", "--metrics-base-port", str(free_base_below_ephemeral())],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "modelstream.cli",
+                "up",
+                "--demo",
+                "breast-cancer",
+                "--requests",
+                str(REQUESTS),
+                "--rate",
+                "250",
+                "--label-delay",
+                "1",
+                "--refresh",
+                "1",
+                "--metrics-base-port",
+                str(free_base_below_ephemeral()),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 300
             while True:
                 text = out_path.read_text(errors="replace")
                 frame = _last_frame(text)
                 joined = re.search(r"online\s+([\d,]+) labels joined", frame)
-                if "demo: done" in text and joined and int(
-                        joined.group(1).replace(",", "")) >= REQUESTS:
+                if (
+                    "demo: done" in text
+                    and joined
+                    and int(joined.group(1).replace(",", "")) >= REQUESTS
+                ):
                     break
                 assert up.poll() is None, text[-3000:]
                 assert time.monotonic() < deadline, text[-3000:]
@@ -58,7 +82,7 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: P
             if up.poll() is None:
                 up.kill()
     text = out_path.read_text(errors="replace")
-    final = text[text.rindex("final state:"):]
+    final = text[text.rindex("final state:") :]
     print(final)
     assert re.search(r"production\s+breast-cancer v\d+", final), final
     predictions = re.search(r"predictions\s+([\d,]+) total", final)
@@ -66,13 +90,17 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: P
     accuracy = re.search(r"live acc\.\s+breast-cancer v\d+: (0\.\d+)", final)
     assert accuracy and float(accuracy.group(1)) > 0.9, final
     assert re.search(rf"online\s+{REQUESTS:,} labels joined", final), final
-    assert re.search(r"lifecycle\s+\d+ trained, \d+ validated, \d+ rejected, [1-9]\d* published",
-                     final)
-    assert "services stopped (trainer=0, validator=0, publisher=0, monitor=0, predictor-0=0, " \
-           "predictor-1=0)" in text
+    assert re.search(
+        r"lifecycle\s+\d+ trained, \d+ validated, \d+ rejected, [1-9]\d* published", final
+    )
+    assert (
+        "services stopped (trainer=0, validator=0, publisher=0, monitor=0, predictor-0=0, "
+        "predictor-1=0)" in text
+    )
     assert "embedded broker stopped" in text
     # nothing left running: neither a service nor the broker
     pids = [int(line.split()[0]) for line in (state / "up.pids").read_text().splitlines()]
     assert len(pids) == 6 and not any(_alive(p) for p in pids)
     assert not list(state.glob("broker-*/broker.pid")) or not any(
-        _alive(int(p.read_text())) for p in state.glob("broker-*/broker.pid"))
+        _alive(int(p.read_text())) for p in state.glob("broker-*/broker.pid")
+    )

@@ -20,29 +20,52 @@ from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import RECORD_TYPES
 
 CODEC = default_codec()
-INPUT_TYPES = {"requests": "PredictionRequest", "training": "TrainingExample",
-               "feedback": "Feedback", "control": "Command"}
+INPUT_TYPES = {
+    "requests": "PredictionRequest",
+    "training": "TrainingExample",
+    "feedback": "Feedback",
+    "control": "Command",
+}
 
-numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6))
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20)),
-    lambda inner: st.one_of(st.lists(inner, max_size=5),
-                            st.dictionaries(st.text(max_size=10), inner, max_size=5)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
     max_leaves=10,
 )
 
 
 def valid_record(type_name: str, model: str, features: Any, label: Any = "1") -> dict[str, Any]:
     if type_name == "PredictionRequest":
-        return {"request_id": "x", "model": model, "features": features, "version": None,
-                "sent_at_ms": None}
+        return {
+            "request_id": "x",
+            "model": model,
+            "features": features,
+            "version": None,
+            "sent_at_ms": None,
+        }
     if type_name == "TrainingExample":
-        return {"model": model, "features": features, "label": label, "example_id": None,
-                "timestamp_ms": None}
+        return {
+            "model": model,
+            "features": features,
+            "label": label,
+            "example_id": None,
+            "timestamp_ms": None,
+        }
     if type_name == "Feedback":
         return {"request_id": "x", "model": model, "label": label, "timestamp_ms": None}
-    return {"model": model, "action": "TRAIN", "definition": None, "version": None,
-            "traffic": None, "actor": "fuzz", "reason": "", "issued_at_ms": 0}
+    return {
+        "model": model,
+        "action": "TRAIN",
+        "definition": None,
+        "version": None,
+        "traffic": None,
+        "actor": "fuzz",
+        "reason": "",
+        "issued_at_ms": 0,
+    }
 
 
 def features_strategy(names: list[str], *, packed: bool = True) -> st.SearchStrategy[Any]:
@@ -57,29 +80,38 @@ def features_strategy(names: list[str], *, packed: bool = True) -> st.SearchStra
     if packed:
         forms += [
             st.lists(floats, min_size=d, max_size=d).map(
-                lambda v: np.asarray(v, dtype="<f8").tobytes()),
-            st.integers(0, 8 * d + 9).map(lambda n: bytes(range(256)) * (n // 256) +
-                                          bytes(n % 256)),
+                lambda v: np.asarray(v, dtype="<f8").tobytes()
+            ),
+            st.integers(0, 8 * d + 9).map(
+                lambda n: bytes(range(256)) * (n // 256) + bytes(n % 256)
+            ),
         ]
     return st.one_of(*forms)
 
 
-def message_strategy(type_name: str, models: list[str], names: list[str]
-                     ) -> st.SearchStrategy[bytes]:
+def message_strategy(
+    type_name: str, models: list[str], names: list[str]
+) -> st.SearchStrategy[bytes]:
     model = st.one_of(st.sampled_from(models), st.text(max_size=12))
     label = st.one_of(st.sampled_from(["0", "1"]), st.text(max_size=3), numbers)
     record_type = RECORD_TYPES[type_name]
-    valid = st.builds(lambda m, f, y: CODEC.encode(record_type, valid_record(type_name, m, f, y)),
-                      model, features_strategy(names),
-                      st.one_of(st.sampled_from(["0", "1"]), st.text(max_size=3),
-                                st.floats(allow_nan=True)))
-    fields = {"request_id": st.one_of(st.text(max_size=8), numbers), "model": model,
-              "features": st.one_of(json_values, features_strategy(names, packed=False)),
-              "label": st.one_of(label, json_values), "version": json_values,
-              "action": st.one_of(st.sampled_from(["train", "define", "rollback", "x"]),
-                                  json_values)}
+    valid = st.builds(
+        lambda m, f, y: CODEC.encode(record_type, valid_record(type_name, m, f, y)),
+        model,
+        features_strategy(names),
+        st.one_of(st.sampled_from(["0", "1"]), st.text(max_size=3), st.floats(allow_nan=True)),
+    )
+    fields = {
+        "request_id": st.one_of(st.text(max_size=8), numbers),
+        "model": model,
+        "features": st.one_of(json_values, features_strategy(names, packed=False)),
+        "label": st.one_of(label, json_values),
+        "version": json_values,
+        "action": st.one_of(st.sampled_from(["train", "define", "rollback", "x"]), json_values),
+    }
     as_json = st.dictionaries(st.sampled_from(sorted(fields)), json_values, max_size=6).flatmap(
-        lambda d: st.fixed_dictionaries({k: fields[k] for k in d}))
+        lambda d: st.fixed_dictionaries({k: fields[k] for k in d})
+    )
     return st.one_of(
         valid,
         st.binary(max_size=200),
@@ -127,13 +159,14 @@ class SeededFuzzer:
             return CODEC.encode(RECORD_TYPES[type_name], record)
         if kind == 3:
             data = CODEC.encode(RECORD_TYPES[type_name], record)
-            return data[:self.rng.randrange(len(data))]
+            return data[: self.rng.randrange(len(data))]
         if kind == 4:
             data = CODEC.encode(RECORD_TYPES[type_name], record)
             return data[:5] + bytes([data[5] ^ 0x5A]) + data[6:]
         if kind == 5:
             plain = dict(record)
-            plain[self.rng.choice(list(plain))] = self.rng.choice([[1, "a"], {"z": None}, True,
-                                                                 "text", 3])
+            plain[self.rng.choice(list(plain))] = self.rng.choice(
+                [[1, "a"], {"z": None}, True, "text", 3]
+            )
             return json.dumps(plain, default=lambda b: "bytes", allow_nan=True).encode()
         return bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(1, 100)))

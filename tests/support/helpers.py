@@ -46,8 +46,9 @@ def _report_crash(task: asyncio.Task) -> None:  # type: ignore[type-arg]
         logging.getLogger("tests").error("service crashed", exc_info=task.exception())
 
 
-async def produce(settings: Settings, topic: str,
-                  items: Iterable[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    settings: Settings, topic: str, items: Iterable[tuple[bytes | None, bytes]]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
     await producer.start()
     try:
@@ -57,29 +58,44 @@ async def produce(settings: Settings, topic: str,
         await producer.stop()
 
 
-async def produce_records(settings: Settings, topic: str, type_name: str,
-                          records: Iterable[dict[str, Any]], key: Callable[[dict], str]) -> None:
+async def produce_records(
+    settings: Settings,
+    topic: str,
+    type_name: str,
+    records: Iterable[dict[str, Any]],
+    key: Callable[[dict], str],
+) -> None:
     codec = default_codec()
-    await produce(settings, topic, ((key(r).encode(), codec.encode(RECORD_TYPES[type_name], r))
-                                    for r in records))
+    await produce(
+        settings,
+        topic,
+        ((key(r).encode(), codec.encode(RECORD_TYPES[type_name], r)) for r in records),
+    )
 
 
 async def consume_until(
-    settings: Settings, topic: str, done: Callable[[list[ConsumerRecord]], bool],
+    settings: Settings,
+    topic: str,
+    done: Callable[[list[ConsumerRecord]], bool],
     timeout_s: float = 60.0,
 ) -> list[ConsumerRecord]:
     """Read ``topic`` from the beginning (read_committed) until ``done(records)``."""
     consumer = AIOKafkaConsumer(
-        settings.topic(topic), bootstrap_servers=settings.bootstrap, group_id=None,
-        auto_offset_reset="earliest", isolation_level="read_committed")
+        settings.topic(topic),
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
     await consumer.start()
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout_s
     try:
         while not done(records):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: condition not met after {timeout_s}s "
-                                   f"({len(records)} records)")
+                raise TimeoutError(
+                    f"{topic}: condition not met after {timeout_s}s ({len(records)} records)"
+                )
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
                 records.extend(recs)
@@ -104,19 +120,35 @@ async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:
 
 async def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`modelstream ARGS` in a subprocess against ``settings``' broker and topic prefix."""
-    full_env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-                "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix, **env}
+    full_env = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        **env,
+    }
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "modelstream.cli", *args], env=full_env,
-        capture_output=True, text=True, timeout=120, check=False)
+        subprocess.run,
+        [sys.executable, "-m", "modelstream.cli", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def service_settings(cls, base: Settings, keys: Path, **extra: Any):  # type: ignore[no-untyped-def]
     """A service's settings on ``base``'s broker and topic prefix, with the test's key pair
     and no /metrics endpoint."""
-    return load(cls, bootstrap_servers=base.bootstrap, topic_prefix=base.topic_prefix,
-                metrics_port=0, public_key_file=keys / "modelstream.pub",
-                private_key_file=keys / "modelstream.key", state_dir=base.state_dir, **extra)
+    return load(
+        cls,
+        bootstrap_servers=base.bootstrap,
+        topic_prefix=base.topic_prefix,
+        public_key_file=keys / "modelstream.pub",
+        private_key_file=keys / "modelstream.key",
+        state_dir=base.state_dir,
+        **extra,
+    )
 
 
 async def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:

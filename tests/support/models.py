@@ -26,7 +26,8 @@ from tests.support.helpers import produce
 def dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     data = load_breast_cancer() if name == "breast-cancer" else load_digits()
     names = [str(n) for n in getattr(data, "feature_names", [])] or [
-        f"pixel_{i}" for i in range(data.data.shape[1])]
+        f"pixel_{i}" for i in range(data.data.shape[1])
+    ]
     classes = [str(c) for c in sorted(set(data.target.tolist()))]
     return data.data.astype(np.float64), data.target, names, classes
 
@@ -40,17 +41,25 @@ def trained_body(name: str, seed: int = 0) -> dict[str, Any]:
     return trained_candidate(name, trained, ranges, len(y), None, created_at_ms=1)
 
 
-async def publish(settings: Settings, keys: Path, body: dict[str, Any], version: int,
-                  *, tamper: bool = False, data_key: tuple[bytes, str] | None = None,
-                  production: bool = True) -> dict[str, Any]:
+async def publish(
+    settings: Settings,
+    keys: Path,
+    body: dict[str, Any],
+    version: int,
+    *,
+    tamper: bool = False,
+    data_key: tuple[bytes, str] | None = None,
+    production: bool = True,
+) -> dict[str, Any]:
     """Sign ``body`` as ``version`` and write it to history and registry, like the publisher."""
-    artifact = publishable(body, version, version - 1 or None,
-                           load_private_key(keys / "modelstream.key"), data_key)
+    artifact = publishable(
+        body, version, version - 1 or None, load_private_key(keys / "modelstream.key"), data_key
+    )
     value = default_codec().encode(ModelArtifact, artifact)
     if tamper:  # flip one bit inside the weight bytes; digest and signature stay as signed
         weights = artifact["body"]["weights"]["data"]
         at = value.index(weights) + len(weights) // 2
-        value = value[:at] + bytes([value[at] ^ 0x01]) + value[at + 1:]
+        value = value[:at] + bytes([value[at] ^ 0x01]) + value[at + 1 :]
     name = body["name"]
     await produce(settings, "model-history", [(history_key(name, version), value)])
     if production:
@@ -62,9 +71,13 @@ BC = "breast-cancer"
 
 
 def predictor_settings(base, keys, **extra):  # type: ignore[no-untyped-def]
-    return load(PredictorSettings, bootstrap_servers=base.bootstrap,
-                topic_prefix=base.topic_prefix, metrics_port=0,
-                public_key_file=keys / "modelstream.pub", **extra)
+    return load(
+        PredictorSettings,
+        bootstrap_servers=base.bootstrap,
+        topic_prefix=base.topic_prefix,
+        public_key_file=keys / "modelstream.pub",
+        **extra,
+    )
 
 
 def requests_for(name, n, start=0, *, packed=False, version=None, prefix="r"):  # type: ignore[no-untyped-def]
@@ -75,12 +88,19 @@ def requests_for(name, n, start=0, *, packed=False, version=None, prefix="r"):  
         row = X[i % len(X)]
         rid = f"{prefix}-{i}"
         features = row if packed else dict(zip(names, row.tolist(), strict=True))
-        out.append((rid.encode(), encoder.encode(rid, name, features, packed=packed,
-                                                 version=version)))
+        out.append(
+            (rid.encode(), encoder.encode(rid, name, features, packed=packed, version=version))
+        )
     return out
 
 
 def feedback_records(model: str, labelled: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(rid.encode(), default_codec().encode(Feedback, {"request_id": rid, "model": model,
-                                                    "label": label, "timestamp_ms": None}))
-            for rid, label in labelled]
+    return [
+        (
+            rid.encode(),
+            default_codec().encode(
+                Feedback, {"request_id": rid, "model": model, "label": label, "timestamp_ms": None}
+            ),
+        )
+        for rid, label in labelled
+    ]

@@ -53,7 +53,8 @@ def free_port_block(nodes: int) -> int:
             s.bind(("127.0.0.1", 0))
             base = s.getsockname()[1]
         wanted = [base + i for i in range(nodes)] + [
-            base + CONTROLLER_PORT_OFFSET + i for i in range(nodes)]
+            base + CONTROLLER_PORT_OFFSET + i for i in range(nodes)
+        ]
         if max(wanted) > 65535:
             continue
         sockets = []

@@ -13,26 +13,43 @@ from tests.support.ports import free_base_below_ephemeral
 
 
 class ServiceProcess:
-    def __init__(self, service: str, base: Settings, keys: Path, instance: str, log_dir: Path,
-                 **extra_env: str) -> None:
+    def __init__(
+        self,
+        service: str,
+        base: Settings,
+        keys: Path,
+        instance: str,
+        log_dir: Path,
+        **extra_env: str,
+    ) -> None:
         self.service = service
         self.metrics_port = free_base_below_ephemeral(1)
         self.log_path = log_dir / f"{service}-{instance}.log"
-        env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
-               "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
-               "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-               "MODELSTREAM_METRICS_PORT": str(self.metrics_port),
-               "MODELSTREAM_INSTANCE_ID": instance, **extra_env}
+        env = {
+            **os.environ,
+            "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
+            "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
+            "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+            f"MODELSTREAM_{service.upper()}_METRICS_PORT": str(self.metrics_port),
+            "MODELSTREAM_INSTANCE_ID": instance,
+            **extra_env,
+        }
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelstream.cli", "run", service], env=env,
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "modelstream.cli", "run", service],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the process's /metrics (0 when absent or not yet serving)."""
         try:
-            text = urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
+                .read()
+                .decode()
+            )
         except OSError:
             return 0.0
         wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -55,10 +72,18 @@ class ServiceProcess:
 
 
 class Predictor(ServiceProcess):
-    def __init__(self, base: Settings, keys: Path, instance: str, log_dir: Path,
-                 **extra_env: str) -> None:
-        super().__init__("predictor", base, keys, instance, log_dir,
-                         MODELSTREAM_SESSION_TIMEOUT_MS="6000", **extra_env)
+    def __init__(
+        self, base: Settings, keys: Path, instance: str, log_dir: Path, **extra_env: str
+    ) -> None:
+        super().__init__(
+            "predictor",
+            base,
+            keys,
+            instance,
+            log_dir,
+            MODELSTREAM_PREDICTOR_SESSION_TIMEOUT_S="6",
+            **extra_env,
+        )
 
     def consumed(self) -> float:
         return self.metric("modelstream_events_consumed_total", service="predictor")

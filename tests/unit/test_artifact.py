@@ -62,8 +62,9 @@ def test_flipped_signature_byte_fails(keys):
 
 def test_wrong_key_and_unsigned_are_refused(keys):
     _, public = keys
-    forged = CODEC.encode(ModelArtifact, seal(model_artifact()["body"],
-                                                Ed25519PrivateKey.generate()))
+    forged = CODEC.encode(
+        ModelArtifact, seal(model_artifact()["body"], Ed25519PrivateKey.generate())
+    )
     with pytest.raises(ArtifactVerificationError, match="unknown key"):
         verify_bytes(forged, public)
     unsigned = CODEC.encode(ModelArtifact, seal(model_artifact()["body"]))

@@ -20,22 +20,38 @@ def test_every_command_has_help():
     paths = list(_commands(root))
     assert ("broker", "start") in paths and ("topics", "create") in paths
     for path in [(), *paths]:
-        result = subprocess.run([sys.executable, "-m", "modelstream.cli", *path, "--help"],
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "modelstream.cli", *path, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, (path, result.stderr)
         assert "Usage" in result.stdout
 
 
 def test_bad_setting_is_one_clear_line():
     env = {**os.environ, "MODELSTREAM_BROKER_PORT": "ninety"}
-    result = subprocess.run([sys.executable, "-m", "modelstream.cli", "broker", "status"],
-                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "modelstream.cli", "broker", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "MODELSTREAM_BROKER_PORT" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_service_is_refused():
-    result = subprocess.run([sys.executable, "-m", "modelstream.cli", "run", "nonsense"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "modelstream.cli", "run", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0 and "unknown service" in result.stderr

@@ -110,8 +110,14 @@ def test_wrong_type_unknown_fingerprint_truncation_and_trailing_bytes():
 
 def test_public_json_shapes_decode():
     request = CODEC.decode_any(
-        json.dumps({"request_id": "r-1", "model": "breast-cancer",
-                    "features": {"mean radius": 17.99}, "version": 3}).encode(),
+        json.dumps(
+            {
+                "request_id": "r-1",
+                "model": "breast-cancer",
+                "features": {"mean radius": 17.99},
+                "version": 3,
+            }
+        ).encode(),
         PredictionRequest,
     )
     assert request["features"] == {"mean radius": 17.99} and request["version"] == 3
@@ -125,9 +131,7 @@ def test_public_json_shapes_decode():
         b'{"model": "m", "features": {"x": 1}, "label": 2.5}', TrainingExample
     )
     assert example["label"] == 2.5
-    command = CODEC.decode_any(
-        b'{"model": "m", "action": "rollback", "version": 2}', Command
-    )
+    command = CODEC.decode_any(b'{"model": "m", "action": "rollback", "version": 2}', Command)
     assert command["action"] == "ROLLBACK" and command["definition"] is None
 
 

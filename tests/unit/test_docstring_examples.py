@@ -5,9 +5,16 @@ import importlib
 
 import pytest
 
-MODULES = ["modelstream.contracts.client", "modelstream.ops.influx", "modelstream.learn.cv",
-           "modelstream.learn.metrics", "modelstream.learn.objectives", "modelstream.learn.sgd",
-           "modelstream.learn.linear", "modelstream.services.monitor.logic"]
+MODULES = [
+    "modelstream.contracts.client",
+    "modelstream.ops.influx",
+    "modelstream.learn.cv",
+    "modelstream.learn.metrics",
+    "modelstream.learn.objectives",
+    "modelstream.learn.sgd",
+    "modelstream.learn.linear",
+    "modelstream.services.monitor.logic",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -65,8 +65,9 @@ def test_decoders_accept_or_refuse_with_a_reason(type_name, data):
 def _predictor() -> PredictorLogic:
     logic: PredictorLogic = PredictorLogic(CODEC, output_format="avro")
     body = dict(BODY, version=1, stage="PRODUCTION")
-    logic.install(ServingModel.from_verified(Verified(seal(body), signed=False), None),
-                  production=True)
+    logic.install(
+        ServingModel.from_verified(Verified(seal(body), signed=False), None), production=True
+    )
     return logic
 
 
@@ -87,8 +88,15 @@ def test_predictor_answers_or_dead_letters_every_request(messages):
 @given(batches("TrainingExample"))
 def test_trainer_accepts_or_refuses_every_example(messages):
     logic = TrainerLogic(GDConfig())
-    logic.define(Definition(name="breast-cancer", task=Task.BINARY, feature_names=tuple(NAMES),
-                            classes=("0", "1"), window_size=100_000))
+    logic.define(
+        Definition(
+            name="breast-cancer",
+            task=Task.BINARY,
+            feature_names=tuple(NAMES),
+            classes=("0", "1"),
+            window_size=100_000,
+        )
+    )
     refused = 0
     for offset, data in enumerate(messages):
         try:
@@ -104,14 +112,28 @@ def test_trainer_accepts_or_refuses_every_example(messages):
 def test_extreme_features_are_dead_lettered_not_scored_as_nan():
     logic: PredictorLogic = PredictorLogic(CODEC, output_format="avro")
     body = dict(trained_body("digits"), version=1, stage="PRODUCTION")
-    logic.install(ServingModel.from_verified(Verified(seal(body), signed=False), None),
-                  production=True)
+    logic.install(
+        ServingModel.from_verified(Verified(seal(body), signed=False), None), production=True
+    )
     extreme = np.full(64, 1e308)
     extreme[::2] = -1e308
     fine = np.zeros(64)
-    messages = [Message(b"k", CODEC.encode(PredictionRequest, {
-        "request_id": f"r{i}", "model": "digits", "features": row.astype("<f8").tobytes(),
-        "version": None, "sent_at_ms": None})) for i, row in enumerate([extreme, fine])]
+    messages = [
+        Message(
+            b"k",
+            CODEC.encode(
+                PredictionRequest,
+                {
+                    "request_id": f"r{i}",
+                    "model": "digits",
+                    "features": row.astype("<f8").tobytes(),
+                    "version": None,
+                    "sent_at_ms": None,
+                },
+            ),
+        )
+        for i, row in enumerate([extreme, fine])
+    ]
     scored = logic.process(messages)
     assert [len(g.values) for g in scored.groups] == [1] and len(scored.rejected) == 1
     dead = scored.rejected[0]

@@ -31,15 +31,17 @@ def test_gradients_match_finite_differences(task, k):
             plus, minus = W.copy(), W.copy()
             plus[i, j] += eps
             minus[i, j] -= eps
-            numeric = (loss_grad(task, X, y, plus, b, 0.05)[0]
-                       - loss_grad(task, X, y, minus, b, 0.05)[0]) / (2 * eps)
+            numeric = (
+                loss_grad(task, X, y, plus, b, 0.05)[0] - loss_grad(task, X, y, minus, b, 0.05)[0]
+            ) / (2 * eps)
             assert grad_w[i, j] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
     for j in range(k):
         plus, minus = b.copy(), b.copy()
         plus[j] += eps
         minus[j] -= eps
-        numeric = (loss_grad(task, X, y, W, plus, 0.05)[0]
-                   - loss_grad(task, X, y, W, minus, 0.05)[0]) / (2 * eps)
+        numeric = (
+            loss_grad(task, X, y, W, plus, 0.05)[0] - loss_grad(task, X, y, W, minus, 0.05)[0]
+        ) / (2 * eps)
         assert grad_b[j] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
@@ -47,9 +49,22 @@ def test_linear_regression_converges_to_closed_form_ridge():
     X = RNG.normal(size=(400, 4))
     y = X @ np.array([1.5, -2.0, 0.5, 3.0]) + 0.7 + RNG.normal(scale=0.1, size=400)
     l2 = 0.01
-    fit = fit_linear(X, y, "REGRESSION", 1, GDConfig(
-        l2=l2, learning_rate=0.05, max_epochs=500, patience=50, validation_fraction=0.0,
-        tolerance=1e-12, batch_size=400, lr_decay=0.0))
+    fit = fit_linear(
+        X,
+        y,
+        "REGRESSION",
+        1,
+        GDConfig(
+            l2=l2,
+            learning_rate=0.05,
+            max_epochs=500,
+            patience=50,
+            validation_fraction=0.0,
+            tolerance=1e-12,
+            batch_size=400,
+            lr_decay=0.0,
+        ),
+    )
     # minimise 1/2n ||Xw + b - y||² + l2/2 ||w||²  (intercept unpenalised)
     Xc, yc = X - X.mean(axis=0), y - y.mean()
     w = np.linalg.solve(Xc.T @ Xc / len(y) + l2 * np.eye(4), Xc.T @ yc / len(y))
@@ -63,9 +78,22 @@ def test_logistic_regression_matches_scikit_learn():
     mean, scale = standardization(data.data)
     X, y = (data.data - mean) / scale, data.target
     l2 = 0.01
-    fit = fit_linear(X, y, "BINARY", 2, GDConfig(
-        l2=l2, learning_rate=0.5, max_epochs=3000, patience=3000, validation_fraction=0.0,
-        batch_size=len(y), lr_decay=0.0, tolerance=0.0))
+    fit = fit_linear(
+        X,
+        y,
+        "BINARY",
+        2,
+        GDConfig(
+            l2=l2,
+            learning_rate=0.5,
+            max_epochs=3000,
+            patience=3000,
+            validation_fraction=0.0,
+            batch_size=len(y),
+            lr_decay=0.0,
+            tolerance=0.0,
+        ),
+    )
     # scikit-learn minimises C·Σ logloss + ½||w||², i.e. ours with C = 1 / (n · l2)
     reference = LogisticRegression(C=1 / (len(y) * l2), tol=1e-10, max_iter=10000).fit(X, y)
     assert np.allclose(fit.W[:, 0], reference.coef_[0], atol=2e-3)

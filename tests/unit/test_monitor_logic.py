@@ -33,8 +33,13 @@ from modelstream.services.monitor.logic import (
 def batch_body(X, y, names, classes, task):  # type: ignore[no-untyped-def]
     trained = train(X, y, task, names, classes, GDConfig(seed=0), (1e-3,), 2)
     tensors = trained.model.tensors()
-    return {"task": task, "feature_names": names, "classes": classes, **tensors,
-            "lineage": {"example_count": len(y)}}, trained.model
+    return {
+        "task": task,
+        "feature_names": names,
+        "classes": classes,
+        **tensors,
+        "lineage": {"example_count": len(y)},
+    }, trained.model
 
 
 @pytest.mark.parametrize("dataset", ["breast-cancer", "digits"])
@@ -50,7 +55,8 @@ def test_online_learner_starts_exactly_at_the_batch_model(dataset):
     learner = OnlineLearner.from_arrays(body)
     for row, expected in zip(X[:20], model.proba(X[:20]), strict=True):
         assert learner.proba_one(dict(zip(names, row, strict=True))) == pytest.approx(
-            expected.tolist(), abs=1e-9)
+            expected.tolist(), abs=1e-9
+        )
     exported = LinearModel.from_body({**body, **learner.export()})
     assert np.allclose(exported.proba(X[:20]), model.proba(X[:20]), atol=1e-9)
 
@@ -108,7 +114,8 @@ def test_live_metrics_and_calibration():
     assert snap["log_loss"] == pytest.approx((3 * -np.log(0.8) - np.log(0.2)) / 4)
     assert snap["calibration_error"] == pytest.approx(0.05)
     assert expected_calibration_error(np.array([0.9, 0.9]), np.array([1.0, 1.0])) == (
-        pytest.approx(0.1))
+        pytest.approx(0.1)
+    )
     regression = LiveMetrics("REGRESSION")
     regression.add(outcome("REGRESSION", [], {}, 3.0, 1.0, 10.0))
     assert regression.snapshot()["rmse"] == 2.0
@@ -118,12 +125,16 @@ def test_rollback_needs_enough_labels_and_a_real_margin():
     good, bad = LiveMetrics("BINARY"), LiveMetrics("BINARY")
     for i in range(300):
         good.add(outcome("BINARY", ["0", "1"], {"0": 0.1, "1": 0.9}, "1", "1", 1.0))
-        bad.add(outcome("BINARY", ["0", "1"], {"0": 0.1, "1": 0.9}, "1",
-                        "1" if i % 2 else "0", 1.0))
+        bad.add(
+            outcome("BINARY", ["0", "1"], {"0": 0.1, "1": 0.9}, "1", "1" if i % 2 else "0", 1.0)
+        )
     metrics = {1: good, 2: bad}
     decision = should_roll_back(2, 1, metrics, margin=0.05, min_labels=200)
-    assert decision is not None and decision.parent == 1 and "worse than parent v1" in (
-        decision.reason)
+    assert (
+        decision is not None
+        and decision.parent == 1
+        and "worse than parent v1" in (decision.reason)
+    )
     assert should_roll_back(2, 1, metrics, margin=0.05, min_labels=500) is None
     assert should_roll_back(1, None, metrics, margin=0.05, min_labels=10) is None
     assert should_roll_back(2, 1, {1: good, 2: good}, margin=0.05, min_labels=10) is None
@@ -132,9 +143,16 @@ def test_rollback_needs_enough_labels_and_a_real_margin():
 # -- the join and one model's watch --------------------------------------------------------
 PARTS = {
     "requests": {"request_id": "r", "model": "m", "features": {"x": 1.0}, "sent_at_ms": 10},
-    "predictions": {"request_id": "r", "model": "m", "version": 1, "route": "production",
-                    "prediction": "1", "scores": {"0": 0.2, "1": 0.8}, "requested_at_ms": 10,
-                    "predicted_at_ms": 12},
+    "predictions": {
+        "request_id": "r",
+        "model": "m",
+        "version": 1,
+        "route": "production",
+        "prediction": "1",
+        "scores": {"0": 0.2, "1": 0.8},
+        "requested_at_ms": 10,
+        "predicted_at_ms": 12,
+    },
     "feedback": {"request_id": "r", "model": "m", "label": "1", "timestamp_ms": 50},
 }
 
@@ -151,30 +169,49 @@ def test_the_join_completes_in_any_order_and_then_never_changes(order):
     assert entry["features"] == {"x": 1.0} and entry["label"] == "1" and entry["version"] == 1
     again = merge(dict(entry), "feedback", {**PARTS["feedback"], "label": "0"}, 3, 999, 2_000)
     assert again == entry  # a re-delivered or corrected part does not rewrite a complete join
-    round_trip = default_codec().decode(default_codec().encode(MonitorJoin, entry),
-                                        MonitorJoin)
+    round_trip = default_codec().decode(default_codec().encode(MonitorJoin, entry), MonitorJoin)
     assert round_trip == entry
     assert expired(entry, 1_000 + 601_000, 600_000) and not expired(entry, 2_000, 600_000)
 
 
 def _body(task: str = "BINARY") -> dict:  # type: ignore[type-arg]
-    return {"name": "m", "version": 1, "parent_version": None, "task": task,
-            "feature_names": ["x0", "x1"], "classes": ["0", "1"],
-            "weights": np.array([[1.0], [1.0]]), "intercepts": np.array([0.0]),
-            "feature_mean": np.zeros(2), "feature_scale": np.ones(2),
-            "lineage": {"example_count": 100}}
+    return {
+        "name": "m",
+        "version": 1,
+        "parent_version": None,
+        "task": task,
+        "feature_names": ["x0", "x1"],
+        "classes": ["0", "1"],
+        "weights": np.array([[1.0], [1.0]]),
+        "intercepts": np.array([0.0]),
+        "feature_mean": np.zeros(2),
+        "feature_scale": np.ones(2),
+        "lineage": {"example_count": 100},
+    }
 
 
 def _joins(X, labels, predictions, version=1, start=0):  # type: ignore[no-untyped-def]
     out = []
     for i, (row, label, predicted) in enumerate(zip(X, labels, predictions, strict=True)):
         p = 0.9 if predicted == "1" else 0.1
-        out.append({"request_id": f"r{start + i}", "model": "m", "partition": 0,
-                    "features": np.asarray(row, "<f8").tobytes(), "version": version,
-                    "route": "production", "prediction": predicted,
-                    "scores": {"0": 1 - p, "1": p}, "predicted_at_ms": 0, "label": label,
-                    "labelled_at_ms": 40, "feedback_offset": start + i,
-                    "completed_by": "feedback", "completed_offset": start + i})
+        out.append(
+            {
+                "request_id": f"r{start + i}",
+                "model": "m",
+                "partition": 0,
+                "features": np.asarray(row, "<f8").tobytes(),
+                "version": version,
+                "route": "production",
+                "prediction": predicted,
+                "scores": {"0": 1 - p, "1": p},
+                "predicted_at_ms": 0,
+                "label": label,
+                "labelled_at_ms": 40,
+                "feedback_offset": start + i,
+                "completed_by": "feedback",
+                "completed_offset": start + i,
+            }
+        )
     return out
 
 
@@ -214,12 +251,17 @@ def test_watch_exports_an_online_candidate_with_lineage_and_parent():
     X = rng.normal(size=(1200, 2))
     labels = ["1" if x0 - x1 > 0 else "0" for x0, x1 in X]
     predictions = ["1" if x0 + x1 > 0 else "0" for x0, x1 in X]
-    watch = ModelWatch("m", WatchConfig(export_every_labels=400, export_min_labels=100,
-                                        export_min_gain=0.05, learning_rate=0.05))
+    watch = ModelWatch(
+        "m",
+        WatchConfig(
+            export_every_labels=400, export_min_labels=100, export_min_gain=0.05, learning_rate=0.05
+        ),
+    )
     watch.install(_body())
-    candidates = [watch.observe(chunk, now_ms=i).candidate
-                  for i, chunk in enumerate(np.array_split(np.array(_joins(X, labels,
-                                                                           predictions)), 12))]
+    candidates = [
+        watch.observe(chunk, now_ms=i).candidate
+        for i, chunk in enumerate(np.array_split(np.array(_joins(X, labels, predictions)), 12))
+    ]
     exported = [c for c in candidates if c is not None]
     assert exported, "a learner that beats production by far must export"
     body = exported[0]
@@ -241,9 +283,15 @@ def test_watch_asks_for_one_rollback_of_a_worse_version():
     watch.install(_body())
     assert watch.observe(_joins(X[:300], labels[:300], right[:300]), 1).rollback is None
     watch.install({**_body(), "version": 2, "parent_version": 1})
-    decisions = [watch.observe(_joins(X[i:i + 100], labels[i:i + 100], wrong[i:i + 100],
-                                      version=2, start=300 + i), 2).rollback
-                 for i in range(300, 600, 100)]
+    decisions = [
+        watch.observe(
+            _joins(
+                X[i : i + 100], labels[i : i + 100], wrong[i : i + 100], version=2, start=300 + i
+            ),
+            2,
+        ).rollback
+        for i in range(300, 600, 100)
+    ]
     asked = [d for d in decisions if d is not None]
     assert len(asked) == 1 and asked[0].version == 2 and asked[0].parent == 1
     assert asked[0].labels >= 200

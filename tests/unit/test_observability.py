@@ -28,15 +28,22 @@ def exported_names() -> set[str]:
 
 def test_metric_names_units_and_labels():
     assert len(families()) >= 15
-    unit = re.compile(r"^modelstream_[a-z_]+_(total|seconds|records|version|examples|"
-                      r"bytes|ratio|labels|nats|units)$")
+    unit = re.compile(
+        r"^modelstream_[a-z_]+_(total|seconds|records|version|examples|"
+        r"bytes|ratio|labels|nats|units)$"
+    )
     for family in families():
-        for name in {family.name + s for s in SUFFIXES[family.type]} - {family.name + "_bucket",
-                                                                      family.name + "_sum",
-                                                                      family.name + "_count"}:
+        for name in {family.name + s for s in SUFFIXES[family.type]} - {
+            family.name + "_bucket",
+            family.name + "_sum",
+            family.name + "_count",
+        }:
             assert unit.match(name), name
-    collectors = [c for c in REGISTRY._collector_to_names  # type: ignore[attr-defined]
-                  if getattr(c, "_name", "").startswith("modelstream_")]
+    collectors = [
+        c
+        for c in REGISTRY._collector_to_names  # type: ignore[attr-defined]
+        if getattr(c, "_name", "").startswith("modelstream_")
+    ]
     for collector in collectors:
         assert set(collector._labelnames) <= ALLOWED_LABELS, collector._name
 
@@ -48,8 +55,10 @@ def queried_metrics() -> dict[str, set[str]]:
         "dashboard": [t["expr"] for p in dashboard["panels"] for t in p["targets"]],
         "alerts": [r["expr"] for g in alerts["groups"] for r in g["rules"]],
     }
-    return {where: {m for e in exprs for m in re.findall(r"modelstream_[a-z_]+", e)}
-            for where, exprs in sources.items()}
+    return {
+        where: {m for e in exprs for m in re.findall(r"modelstream_[a-z_]+", e)}
+        for where, exprs in sources.items()
+    }
 
 
 def test_dashboard_and_alerts_query_only_exported_metrics():
@@ -64,8 +73,9 @@ def _promtool(*args: str):  # type: ignore[no-untyped-def]
         if os.environ.get("CI"):
             pytest.fail("promtool (Debian package prometheus) is required under CI")
         pytest.skip("promtool not installed")
-    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        ["promtool", *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_promtool_accepts_config_and_rules():
@@ -93,8 +103,13 @@ def test_observe_many_equals_observe():
             for v in values:
                 histogram.observe(v)
         (family,) = registry.collect()
-        results.append({(s.name, s.labels.get("le")): s.value for s in family.samples
-                        if not s.name.endswith("_created")})
+        results.append(
+            {
+                (s.name, s.labels.get("le")): s.value
+                for s in family.samples
+                if not s.name.endswith("_created")
+            }
+        )
     assert results[0] == results[1]
     assert results[0][("h_seconds_bucket", "0.5")] == 4.0  # cumulative: 0.05, 0.1, 0.2, 0.5
 
@@ -109,8 +124,7 @@ def test_readme_lists_every_metric():
 def test_history_dashboard_queries_only_what_the_monitor_writes_to_influxdb():
     from modelstream.services.monitor.app import INFLUX_MEASUREMENTS
 
-    dashboard = json.loads(
-        (ROOT / "infra/grafana/dashboards/modelstream-history.json").read_text())
+    dashboard = json.loads((ROOT / "infra/grafana/dashboards/modelstream-history.json").read_text())
     queries = [t["query"] for p in dashboard["panels"] for t in p["targets"]]
     assert queries
     for query in queries:
@@ -118,5 +132,6 @@ def test_history_dashboard_queries_only_what_the_monitor_writes_to_influxdb():
         fields = set(re.findall(r'(?:mean|sum|last|max)\("([a-z_]+)"\)', query))
         assert fields and fields <= set(INFLUX_MEASUREMENTS[measurement]), query
     datasource = yaml.safe_load(
-        (ROOT / "infra/grafana/provisioning/datasources/influxdb.yml").read_text())
+        (ROOT / "infra/grafana/provisioning/datasources/influxdb.yml").read_text()
+    )
     assert datasource["datasources"][0]["uid"] == "influxdb"

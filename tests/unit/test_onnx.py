@@ -18,8 +18,16 @@ def trained(loader, task):  # type: ignore[no-untyped-def]
     data = loader()
     X, y = data.data.astype(float), data.target
     classes = [] if task == "REGRESSION" else [str(c) for c in sorted(set(y.tolist()))]
-    model = train(X, y, task, [f"f{i}" for i in range(X.shape[1])], classes,
-                  GDConfig(seed=0, max_epochs=30), (1e-3,), 2).model
+    model = train(
+        X,
+        y,
+        task,
+        [f"f{i}" for i in range(X.shape[1])],
+        classes,
+        GDConfig(seed=0, max_epochs=30),
+        (1e-3,),
+        2,
+    ).model
     return model, X
 
 
@@ -28,9 +36,10 @@ def run(onnx_bytes, X):  # type: ignore[no-untyped-def]
     return session.run(None, {session.get_inputs()[0].name: X.astype(np.float32)})
 
 
-@pytest.mark.parametrize(("loader", "task"), [(load_breast_cancer, "BINARY"),
-                                              (load_digits, "MULTICLASS"),
-                                              (load_diabetes, "REGRESSION")])
+@pytest.mark.parametrize(
+    ("loader", "task"),
+    [(load_breast_cancer, "BINARY"), (load_digits, "MULTICLASS"), (load_diabetes, "REGRESSION")],
+)
 def test_exported_model_scores_like_the_predictor(loader, task):
     model, X = trained(loader, task)
     exported = export_onnx(model, name="m", version=3, digest="ab" * 32)
@@ -59,8 +68,15 @@ def test_skl2onnx_logistic_regression_imports(loader):
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
     onnx_bytes = to_onnx(pipeline, X[:1].astype(np.float32)).SerializeToString()
     imported = import_onnx(onnx_bytes)
-    model = LinearModel(imported.task, [f"f{i}" for i in range(X.shape[1])], imported.classes,
-                        imported.W, imported.b, imported.mean, imported.scale)
+    model = LinearModel(
+        imported.task,
+        [f"f{i}" for i in range(X.shape[1])],
+        imported.classes,
+        imported.W,
+        imported.b,
+        imported.mean,
+        imported.scale,
+    )
     assert imported.classes == [str(c) for c in pipeline.classes_]
     ours = model.proba(X)
     assert np.allclose(ours, pipeline.predict_proba(X), atol=1e-5)
@@ -72,10 +88,18 @@ def test_skl2onnx_linear_regression_imports():
 
     data = load_diabetes()
     regression = LinearRegression().fit(data.data, data.target)
-    imported = import_onnx(to_onnx(regression, data.data[:1].astype(np.float32))
-                           .SerializeToString())
-    model = LinearModel("REGRESSION", [f"f{i}" for i in range(10)], [], imported.W,
-                        imported.b, imported.mean, imported.scale)
+    imported = import_onnx(
+        to_onnx(regression, data.data[:1].astype(np.float32)).SerializeToString()
+    )
+    model = LinearModel(
+        "REGRESSION",
+        [f"f{i}" for i in range(10)],
+        [],
+        imported.W,
+        imported.b,
+        imported.mean,
+        imported.scale,
+    )
     assert np.allclose(model.proba(data.data), regression.predict(data.data), atol=1e-3)
 
 

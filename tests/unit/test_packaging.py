@@ -38,7 +38,10 @@ def test_only_one_top_level_import_name(tmp_path):
     assert trainer.__name__.startswith("modelstream.services.")
     # From outside the checkout, only what the installed distribution provides is importable.
     top_level = subprocess.run(
-        [sys.executable, "-c", "import services"], capture_output=True, text=True, check=False,
+        [sys.executable, "-c", "import services"],
+        capture_output=True,
+        text=True,
+        check=False,
         cwd=tmp_path,
     )
     assert top_level.returncode != 0, "a bare `services` package must not be importable"
@@ -59,8 +62,14 @@ def _compose(*args):
         if os.environ.get("CI"):
             pytest.fail("the docker client is required under CI")
         pytest.skip("docker client not installed")
-    return subprocess.run(["docker", "compose", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        ["docker", "compose", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_docker_compose_config_is_valid():
@@ -78,6 +87,11 @@ def test_compose_services_run_commands_that_exist():
         argv = [a for a in service["command"] if not a.startswith("-")][:2]
         if argv[0] == "run":
             argv = argv[:1]
-        helped = subprocess.run([sys.executable, "-m", "modelstream.cli", *argv, "--help"],
-                                capture_output=True, text=True, timeout=60, check=False)
+        helped = subprocess.run(
+            [sys.executable, "-m", "modelstream.cli", *argv, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert helped.returncode == 0, (name, argv, helped.stderr)

@@ -18,21 +18,34 @@ RNG = np.random.default_rng(7)
 
 @pytest.mark.parametrize("value", [0, 1, -1, 63, 64, -65, 2**31, 1_790_000_000_123, -(2**62)])
 def test_zigzag_matches_fastavro(value):
-    record = {"request_id": "r", "model": "m", "version": 1, "digest_prefix": "d",
-              "prediction": "x", "scores": {}, "route": "p", "requested_at_ms": value,
-              "predicted_at_ms": 0}
-    assert zigzag(value) + b"\x00" == CODEC.encode(Prediction, record)[-len(zigzag(value)) - 1:]
+    record = {
+        "request_id": "r",
+        "model": "m",
+        "version": 1,
+        "digest_prefix": "d",
+        "prediction": "x",
+        "scores": {},
+        "route": "p",
+        "requested_at_ms": value,
+        "predicted_at_ms": 0,
+    }
+    assert zigzag(value) + b"\x00" == CODEC.encode(Prediction, record)[-len(zigzag(value)) - 1 :]
 
 
 @pytest.mark.parametrize("classes", [["0", "1"], [str(c) for c in range(10)], ["ünï", "b"], []])
 def test_prediction_writer_is_byte_identical(classes):
     n = 50
-    output = (RNG.dirichlet(np.ones(len(classes)), size=n) if classes
-              else RNG.normal(size=n) * 100)
+    output = RNG.dirichlet(np.ones(len(classes)), size=n) if classes else RNG.normal(size=n) * 100
     ids = [f"req-{i}-{'é' * (i % 3)}".encode() for i in range(n)]
     requested = [1_790_000_000_000 + int(RNG.integers(0, 10**6)) for _ in range(n)]
-    writer = PredictionWriter(CODEC.schema(Prediction).fingerprint, "model-ä", 123456,
-                              "abcdef012345", classes, "challenger")
+    writer = PredictionWriter(
+        CODEC.schema(Prediction).fingerprint,
+        "model-ä",
+        123456,
+        "abcdef012345",
+        classes,
+        "challenger",
+    )
     fast = writer.encode(ids, output, requested, 1_790_000_000_999)
     for i in range(n):
         if classes:
@@ -40,11 +53,20 @@ def test_prediction_writer_is_byte_identical(classes):
             scores = dict(zip(classes, output[i].tolist(), strict=True))
         else:
             prediction, scores = float(output[i]), {}
-        expected = CODEC.encode(Prediction, {
-            "request_id": ids[i].decode(), "model": "model-ä", "version": 123456,
-            "digest_prefix": "abcdef012345", "prediction": prediction, "scores": scores,
-            "route": "challenger", "requested_at_ms": requested[i],
-            "predicted_at_ms": 1_790_000_000_999})
+        expected = CODEC.encode(
+            Prediction,
+            {
+                "request_id": ids[i].decode(),
+                "model": "model-ä",
+                "version": 123456,
+                "digest_prefix": "abcdef012345",
+                "prediction": prediction,
+                "scores": scores,
+                "route": "challenger",
+                "requested_at_ms": requested[i],
+                "predicted_at_ms": 1_790_000_000_999,
+            },
+        )
         assert fast[i] == expected
 
 
@@ -53,20 +75,29 @@ def test_prediction_writer_is_byte_identical(classes):
 def test_request_reader_matches_fastavro(version, sent_at):
     reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
     features = RNG.normal(size=30).astype("<f8").tobytes()
-    data = CODEC.encode(PredictionRequest, {"request_id": "r-ü", "model": "breast-cancer",
-                                              "features": features, "version": version,
-                                              "sent_at_ms": sent_at})
+    data = CODEC.encode(
+        PredictionRequest,
+        {
+            "request_id": "r-ü",
+            "model": "breast-cancer",
+            "features": features,
+            "version": version,
+            "sent_at_ms": sent_at,
+        },
+    )
     assert reader.read(data) == ("r-ü".encode(), "breast-cancer", features, version, sent_at)
 
 
 def test_request_reader_defers_and_refuses():
     reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
-    mapped = CODEC.encode(PredictionRequest, {"request_id": "r", "model": "m",
-                                                "features": {"a": 1.0}})
+    mapped = CODEC.encode(
+        PredictionRequest, {"request_id": "r", "model": "m", "features": {"a": 1.0}}
+    )
     assert reader.read(mapped) is None  # map features: generic decoder
     assert reader.read(b'{"request_id": "r"}') is None
-    packed = CODEC.encode(PredictionRequest, {"request_id": "r", "model": "m",
-                                                "features": b"\0" * 16})
+    packed = CODEC.encode(
+        PredictionRequest, {"request_id": "r", "model": "m", "features": b"\0" * 16}
+    )
     for broken in (packed[:-3], packed + b"\0", packed[:10] + b"\x7f" + packed[11:]):
         with pytest.raises(DecodeError):
             reader.read(broken)
@@ -84,8 +115,12 @@ def test_map_template_reads_ordered_maps_and_flags_others():
     template = MapTemplate(names)
 
     def request(features):  # type: ignore[no-untyped-def]
-        return reader.read(CODEC.encode(PredictionRequest, {
-            "request_id": "r", "model": "m", "features": features, "version": 2}))
+        return reader.read(
+            CODEC.encode(
+                PredictionRequest,
+                {"request_id": "r", "model": "m", "features": features, "version": 2},
+            )
+        )
 
     ordered = request({"mean radius": 1.5, "mean texture": -2.0, "é": 3.25})
     swapped = request({"mean texture": -2.0, "mean radius": 1.5, "é": 3.25})

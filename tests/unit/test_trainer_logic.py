@@ -34,7 +34,8 @@ def test_feature_names_and_classes_are_inferred_then_fixed():
     candidate = logic.build_candidate("m", "t.training", parent_version=None)
     assert candidate.inferred is not None and candidate.inferred.classes == ("no", "yes")
     assert candidate.body["lineage"]["ranges"] == [
-        {"topic": "t.training", "partition": 1, "start": 100, "end": 140}]
+        {"topic": "t.training", "partition": 1, "start": 100, "end": 140}
+    ]
     assert candidate.body["lineage"]["example_count"] == 40
     assert candidate.body["version"] == 0 and candidate.body["stage"] == "CANDIDATE"
 
@@ -43,8 +44,10 @@ def test_feature_names_and_classes_are_inferred_then_fixed():
     ("record", "reason"),
     [
         ({"model": "other", "features": {"a": 1.0, "b": 2.0}, "label": "0"}, "unknown-model"),
-        ({"model": "m", "features": {"a": 1.0, "b": 2.0, "c": 3.0}, "label": "0"},
-         "extra-features"),
+        (
+            {"model": "m", "features": {"a": 1.0, "b": 2.0, "c": 3.0}, "label": "0"},
+            "extra-features",
+        ),
         ({"model": "m", "features": {"a": math.nan, "b": 2.0}, "label": "0"}, "non-finite"),
         ({"model": "m", "features": {"a": math.inf, "b": 2.0}, "label": "0"}, "non-finite"),
         ({"model": "m", "features": {"a": 1.0, "b": 2.0}, "label": "7"}, "unknown-class"),
@@ -54,8 +57,9 @@ def test_feature_names_and_classes_are_inferred_then_fixed():
     ],
 )
 def test_bad_examples_are_refused_with_a_reason(record, reason):
-    logic = logic_with(Definition(name="m", task="BINARY", feature_names=("a", "b"),
-                                  classes=("0", "1")))
+    logic = logic_with(
+        Definition(name="m", task="BINARY", feature_names=("a", "b"), classes=("0", "1"))
+    )
     with pytest.raises(InvalidEventError) as err:
         logic.accept(record, 0, 0)
     assert err.value.reason == reason
@@ -63,8 +67,9 @@ def test_bad_examples_are_refused_with_a_reason(record, reason):
 
 
 def test_packed_list_and_integral_number_labels_are_accepted():
-    logic = logic_with(Definition(name="m", task="MULTICLASS", feature_names=("a", "b"),
-                                  classes=("1", "2", "3")))
+    logic = logic_with(
+        Definition(name="m", task="MULTICLASS", feature_names=("a", "b"), classes=("1", "2", "3"))
+    )
     logic.accept({"model": "m", "features": [1.0, 2.0], "label": 2.0}, 0, 0)
     logic.accept({"model": "m", "features": np.array([3.0, 4.0]).tobytes(), "label": "3"}, 0, 1)
     window = list(logic.windows["m"].examples)
@@ -73,8 +78,16 @@ def test_packed_list_and_integral_number_labels_are_accepted():
 
 
 def test_retrain_policy_and_window_bound():
-    logic = logic_with(Definition(name="m", task="REGRESSION", feature_names=("a", "b"),
-                                  retrain_every=5, min_examples=8, window_size=10))
+    logic = logic_with(
+        Definition(
+            name="m",
+            task="REGRESSION",
+            feature_names=("a", "b"),
+            retrain_every=5,
+            min_examples=8,
+            window_size=10,
+        )
+    )
     for i in range(7):
         logic.accept({"model": "m", "features": [i, 1.0], "label": float(i)}, 0, i)
     assert logic.due_models() == []  # 7 new, but below min_examples
@@ -88,20 +101,31 @@ def test_retrain_policy_and_window_bound():
 
 
 def test_gate_thresholds_and_fair_champion_comparison():
-    definition = Definition(name="m", task="BINARY", thresholds={"min_accuracy": 0.9,
-                                                                 "max_log_loss": 0.3},
-                            tolerance=0.01)
+    definition = Definition(
+        name="m",
+        task="BINARY",
+        thresholds={"min_accuracy": 0.9, "max_log_loss": 0.3},
+        tolerance=0.01,
+    )
     verdict = Verdict("cross-validation", {"accuracy_mean": 0.95, "log_loss_mean": 0.5})
     apply_thresholds(verdict, definition)
     assert verdict.reasons == ["log_loss 0.5000 is above the maximum 0.3"]
 
-    model = LinearModel("BINARY", ["a"], ["0", "1"], np.ones((1, 1)), np.zeros(1),
-                        np.zeros(1), np.ones(1))
+    model = LinearModel(
+        "BINARY", ["a"], ["0", "1"], np.ones((1, 1)), np.zeros(1), np.zeros(1), np.ones(1)
+    )
     champion = Champion(model, 3, {"validation_accuracy_mean": 0.97})
     few_fresh = Verdict("cross-validation", {"accuracy_mean": 0.95})
     compare(few_fresh, "BINARY", definition, champion, {}, {}, fresh=5)
     assert "cross-validation estimates" in few_fresh.comparison and not few_fresh.passed
     enough_fresh = Verdict("cross-validation", {"accuracy_mean": 0.95})
-    compare(enough_fresh, "BINARY", definition, champion, {"accuracy_mean": 0.93},
-            {"accuracy_mean": 0.935}, fresh=200)
+    compare(
+        enough_fresh,
+        "BINARY",
+        definition,
+        champion,
+        {"accuracy_mean": 0.93},
+        {"accuracy_mean": 0.935},
+        fresh=200,
+    )
     assert enough_fresh.passed and "200 held-out examples" in enough_fresh.comparison

@@ -27,25 +27,33 @@ app = typer.Typer()
 @app.command("up")
 def up(
     ctx: typer.Context,
-    demo: Annotated[str | None, typer.Option(
-        help="Also drive real traffic: breast-cancer or digits.")] = None,
+    demo: Annotated[
+        str | None, typer.Option(help="Also drive real traffic: breast-cancer or digits.")
+    ] = None,
     predictors: Annotated[int, typer.Option(min=1, max=8, help="Predictor processes.")] = 2,
     requests: Annotated[int, typer.Option(min=1, help="Demo: requests to send.")] = 5000,
     rate: Annotated[float, typer.Option(min=1, help="Demo: requests per second.")] = 100.0,
-    label_delay: Annotated[float, typer.Option(
-        min=0, help="Demo: seconds between a request and its label on `feedback`.")] = 2.0,
+    label_delay: Annotated[
+        float,
+        typer.Option(min=0, help="Demo: seconds between a request and its label on `feedback`."),
+    ] = 2.0,
     refresh: Annotated[float, typer.Option(min=0.2, help="Seconds between screens.")] = 1.0,
-    metrics_base_port: Annotated[int, typer.Option(
-        help="trainer's /metrics port; the others follow (predictor +3, monitor +4, "
-             "further predictors +10+i).")] = 9101,
+    metrics_base_port: Annotated[
+        int,
+        typer.Option(
+            help="trainer's /metrics port; the others follow (predictor +3, monitor +4, "
+            "further predictors +10+i)."
+        ),
+    ] = 9101,
 ) -> None:
     """Start the broker (unless MODELSTREAM_BOOTSTRAP_SERVERS is set), the topics and every
     service, and watch them live; Ctrl-C stops everything."""
     if demo is not None and demo not in DEMOS:
         raise typer.BadParameter(f"unknown demo {demo!r}; choose from {', '.join(DEMOS)}")
     if demo is not None and importlib.util.find_spec("sklearn") is None:
-        raise ConfigurationError("the demo plays scikit-learn's bundled data sets: "
-                                 "pip install 'modelstream[demo]'")
+        raise ConfigurationError(
+            "the demo plays scikit-learn's bundled data sets: pip install 'modelstream[demo]'"
+        )
     stack = Stack(settings_of(ctx), predictors=predictors, metrics_base_port=metrics_base_port)
 
     def write(text: str) -> None:
@@ -54,15 +62,25 @@ def up(
 
     try:
         stack.start(typer.echo)
-        asyncio.run(run_up(stack, demo, requests, rate, label_delay, refresh, write,
-                           tty=sys.stdout.isatty()))
+        asyncio.run(
+            run_up(
+                stack, demo, requests, rate, label_delay, refresh, write, tty=sys.stdout.isatty()
+            )
+        )
     finally:
         stack.stop(typer.echo)
 
 
-async def run_up(stack: Stack, demo: str | None, requests: int, rate: float,
-                 label_delay_s: float, refresh_s: float, write: Callable[[str], None],
-                 tty: bool) -> None:
+async def run_up(
+    stack: Stack,
+    demo: str | None,
+    requests: int,
+    rate: float,
+    label_delay_s: float,
+    refresh_s: float,
+    write: Callable[[str], None],
+    tty: bool,
+) -> None:
     """Render the view until SIGINT/SIGTERM, driving the demo alongside when asked."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,7 +94,8 @@ async def run_up(stack: Stack, demo: str | None, requests: int, rate: float,
     demo_task = None
     if demo is not None:
         demo_task = asyncio.create_task(
-            drive_demo(stack.settings, demo, requests, rate, label_delay_s, stop, report))
+            drive_demo(stack.settings, demo, requests, rate, label_delay_s, stop, report)
+        )
     try:
         while not stop.is_set():
             frame = await asyncio.to_thread(view.frame)

@@ -21,8 +21,11 @@ def demo_dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str
     from sklearn.datasets import load_breast_cancer, load_digits
 
     data = load_breast_cancer() if name == "breast-cancer" else load_digits()
-    names = ([str(n) for n in data.feature_names] if name == "breast-cancer"
-             else [f"pixel_{i}" for i in range(data.data.shape[1])])
+    names = (
+        [str(n) for n in data.feature_names]
+        if name == "breast-cancer"
+        else [f"pixel_{i}" for i in range(data.data.shape[1])]
+    )
     classes = [str(c) for c in sorted(set(data.target.tolist()))]
     return data.data.astype(np.float64), data.target, names, classes
 
@@ -32,9 +35,15 @@ def progress_bar(done: int, goal: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done:,}/{goal:,}"
 
 
-async def drive_demo(settings: Settings, name: str, requests: int, rate: float,
-                     label_delay_s: float, stop: asyncio.Event,
-                     report: Callable[[str], None]) -> None:
+async def drive_demo(
+    settings: Settings,
+    name: str,
+    requests: int,
+    rate: float,
+    label_delay_s: float,
+    stop: asyncio.Event,
+    report: Callable[[str], None],
+) -> None:
     """Define the model, stream 60 % of the data set as training examples, wait for the first
     published version, then send the rest as requests (cycled up to ``requests``) at
     ``rate``/s, each followed ``label_delay_s`` later by its true label on ``feedback``."""
@@ -52,18 +61,39 @@ async def drive_demo(settings: Settings, name: str, requests: int, rate: float,
     train_rows, serve_rows = order[:cut], order[cut:]
     task = "BINARY" if len(classes) == 2 else "MULTICLASS"
     codec = default_codec()
-    await send_command(settings, command(name, "DEFINE", definition=Definition(
-        name=name, task=task, feature_names=tuple(names), classes=tuple(classes),
-        min_examples=50), reason="modelstream up --demo"))
+    await send_command(
+        settings,
+        command(
+            name,
+            "DEFINE",
+            definition=Definition(
+                name=name,
+                task=task,
+                feature_names=tuple(names),
+                classes=tuple(classes),
+                min_examples=50,
+            ),
+            reason="modelstream up --demo",
+        ),
+    )
     producer = make_producer(settings)
     await producer.start()
     try:
         for i in train_rows:
-            await producer.send(settings.topic("training"), key=name.encode(),
-                                value=codec.encode(TrainingExample, {
-                                    "model": name, "features": X[i].astype("<f8").tobytes(),
-                                    "label": classes[int(y[i])], "example_id": f"demo-{i}",
-                                    "timestamp_ms": None}))
+            await producer.send(
+                settings.topic("training"),
+                key=name.encode(),
+                value=codec.encode(
+                    TrainingExample,
+                    {
+                        "model": name,
+                        "features": X[i].astype("<f8").tobytes(),
+                        "label": classes[int(y[i])],
+                        "example_id": f"demo-{i}",
+                        "timestamp_ms": None,
+                    },
+                ),
+            )
         await producer.flush()
         report(f"demo: sent {len(train_rows)} {name} training examples; training ...")
         await send_command(settings, command(name, "TRAIN", reason="modelstream up --demo"))
@@ -84,23 +114,38 @@ async def drive_demo(settings: Settings, name: str, requests: int, rate: float,
             for n in range(sent, due):
                 row = serve_rows[n % len(serve_rows)]
                 rid = f"demo-{run}-{n}"
-                await producer.send(settings.topic("requests"), key=rid.encode(),
-                                    value=encoder.encode(rid, name, X[row], packed=True,
-                                                         sent_at_ms=int(time.time() * 1000)))
+                await producer.send(
+                    settings.topic("requests"),
+                    key=rid.encode(),
+                    value=encoder.encode(
+                        rid, name, X[row], packed=True, sent_at_ms=int(time.time() * 1000)
+                    ),
+                )
                 pending.append((now + label_delay_s, rid, classes[int(y[row])]))
             sent = max(sent, due)
             while pending and pending[0][0] <= now:
                 _, rid, label = pending.popleft()
-                await producer.send(settings.topic("feedback"), key=rid.encode(),
-                                    value=codec.encode(Feedback, {
-                                        "request_id": rid, "model": name, "label": label,
-                                        "timestamp_ms": int(time.time() * 1000)}))
+                await producer.send(
+                    settings.topic("feedback"),
+                    key=rid.encode(),
+                    value=codec.encode(
+                        Feedback,
+                        {
+                            "request_id": rid,
+                            "model": name,
+                            "label": label,
+                            "timestamp_ms": int(time.time() * 1000),
+                        },
+                    ),
+                )
                 labelled += 1
             report(f"demo: requests {progress_bar(sent, requests)}   labels sent {labelled:,}")
             await asyncio.sleep(0.05)
         await producer.flush()
         if not stop.is_set():
-            report(f"demo: done - {sent:,} requests and {labelled:,} labels sent; "
-                   "the services keep running until Ctrl-C")
+            report(
+                f"demo: done - {sent:,} requests and {labelled:,} labels sent; "
+                "the services keep running until Ctrl-C"
+            )
     finally:
         await producer.stop()

@@ -15,8 +15,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(port: int) -> Samples:
     """Every modelstream sample a child serves, keyed by (name, sorted labels)."""
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                      timeout=1).read().decode()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
     except OSError:
         return {}
     samples: Samples = {}
@@ -28,8 +27,11 @@ def scrape(port: int) -> Samples:
 
 
 def total(samples: Samples, name: str, **match: str) -> float:
-    return sum(v for (n, labels), v in samples.items() if n == name
-               and all(dict(labels).get(k) == want for k, want in match.items()))
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == name and all(dict(labels).get(k) == want for k, want in match.items())
+    )
 
 
 def by_label(samples: Samples, name: str, *keys: str) -> dict[tuple[str, ...], float]:
@@ -59,8 +61,9 @@ class LiveView:
             for key, value in samples.items():
                 everything[key] = everything.get(key, 0.0) + value
         predictors = [s for name, s in scraped.items() if name.startswith("predictor")]
-        requests = sum(total(s, "modelstream_events_consumed_total", service="predictor")
-                       for s in predictors)
+        requests = sum(
+            total(s, "modelstream_events_consumed_total", service="predictor") for s in predictors
+        )
         predictions = total(everything, "modelstream_predictions_total")
         now = time.monotonic()
         req_rate = pred_rate = 0.0
@@ -69,15 +72,19 @@ class LiveView:
             req_rate = (requests - self.previous[1]) / dt
             pred_rate = (predictions - self.previous[2]) / dt
         self.previous = (now, requests, predictions)
-        lines = [f"modelstream up - broker {self.stack.settings.bootstrap} - "
-                 f"{time.strftime('%H:%M:%S')}   (Ctrl-C stops everything)", ""]
-        state = "  ".join(f"{c.name} {'up' if c.process.poll() is None else 'EXITED'}"
-                          for c in self.stack.children)
+        lines = [
+            f"modelstream up - broker {self.stack.settings.bootstrap} - "
+            f"{time.strftime('%H:%M:%S')}   (Ctrl-C stops everything)",
+            "",
+        ]
+        state = "  ".join(
+            f"{c.name} {'up' if c.process.poll() is None else 'EXITED'}"
+            for c in self.stack.children
+        )
         lines.append(f"services     {state}")
         versions: dict[str, int] = {}
         for samples in predictors:
-            for (model,), v in by_label(samples, "modelstream_production_version",
-                                        "model").items():
+            for (model,), v in by_label(samples, "modelstream_production_version", "model").items():
                 versions[model] = max(versions.get(model, 0), int(v))
         shown = ", ".join(f"{m} v{v}" for m, v in sorted(versions.items())) or "none yet"
         lines.append(f"production   {shown}")
@@ -88,8 +95,10 @@ class LiveView:
         for (model, version), value in sorted(accuracy.items()):
             labels = window.get((model, version), 0.0)
             live = "  <- production" if versions.get(model) == int(version) else ""
-            lines.append(f"live acc.    {model} v{version}: {value:.4f} over the last "
-                         f"{labels:,.0f} labels{live}")
+            lines.append(
+                f"live acc.    {model} v{version}: {value:.4f} over the last "
+                f"{labels:,.0f} labels{live}"
+            )
         if not accuracy:
             lines.append("live acc.    waiting for labelled feedback")
         lines.append(
@@ -98,12 +107,14 @@ class LiveView:
             f"learned, {total(everything, 'modelstream_online_candidates_total'):,.0f} "
             f"candidates, {total(everything, 'modelstream_drift_events_total'):,.0f} drift "
             f"events, {total(everything, 'modelstream_rollbacks_requested_total'):,.0f} "
-            "rollbacks")
+            "rollbacks"
+        )
         lines.append(
             f"lifecycle    {total(everything, 'modelstream_trainings_total'):,.0f} trained, "
             f"{total(everything, 'modelstream_validations_total'):,.0f} validated, "
             f"{total(everything, 'modelstream_validations_rejected_total'):,.0f} rejected, "
-            f"{total(everything, 'modelstream_models_published_total'):,.0f} published")
+            f"{total(everything, 'modelstream_models_published_total'):,.0f} published"
+        )
         dead = by_label(everything, "modelstream_dead_letters_total", "service")
         dead_text = ", ".join(f"{s} {v:,.0f}" for (s,), v in sorted(dead.items()) if v) or "0"
         lines.append(f"dead letters {dead_text}")

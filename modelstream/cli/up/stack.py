@@ -54,41 +54,65 @@ class Stack:
             say(f"starting the embedded Kafka broker on {self.settings.bootstrap} ...")
             self.started_broker = bool(EmbeddedCluster(self.settings).start())
         report = asyncio.run(create_topics(self.settings))
-        say(f"broker {self.settings.bootstrap}: {len(report.created)} topics created, "
-            f"{len(report.existing)} already there")
+        say(
+            f"broker {self.settings.bootstrap}: {len(report.created)} topics created, "
+            f"{len(report.existing)} already there"
+        )
         generate_keys(self.keys_dir, keep_existing=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         base = self.metrics_base_port
-        plan = [("trainer", base, {}), ("validator", base + 1, {}),
-                ("publisher", base + 2,
-                 {"MODELSTREAM_PRIVATE_KEY_FILE": str(self.keys_dir / "modelstream.key")}),
-                ("monitor", base + 4, {})]
-        plan += [("predictor", base + 3 if i == 0 else base + 10 + i,
-                  {"MODELSTREAM_INSTANCE_ID": str(i)}) for i in range(self.predictors)]
+        plan = [
+            ("trainer", base, {}),
+            ("validator", base + 1, {}),
+            (
+                "publisher",
+                base + 2,
+                {"MODELSTREAM_PRIVATE_KEY_FILE": str(self.keys_dir / "modelstream.key")},
+            ),
+            ("monitor", base + 4, {}),
+        ]
+        plan += [
+            (
+                "predictor",
+                base + 3 if i == 0 else base + 10 + i,
+                {"MODELSTREAM_INSTANCE_ID": str(i)},
+            )
+            for i in range(self.predictors)
+        ]
         busy = [port for _, port, _ in plan if not _port_free(port)]
         if busy:
             raise ConfigurationError(
-                f"/metrics port(s) {busy} are in use; choose others with --metrics-base-port")
+                f"/metrics port(s) {busy} are in use; choose others with --metrics-base-port"
+            )
         for service, port, extra in plan:
             self._spawn(service, port, extra)
         (self.settings.state_dir / "up.pids").write_text(
-            "".join(f"{c.process.pid} {c.name}\n" for c in self.children))
+            "".join(f"{c.process.pid} {c.name}\n" for c in self.children)
+        )
         say(f"started {len(self.children)} service processes; logs in {self.log_dir}")
 
     def _spawn(self, service: str, port: int, extra: dict[str, str]) -> None:
         instance = extra.get("MODELSTREAM_INSTANCE_ID")
         name = service if instance is None else f"{service}-{instance}"
-        env = {**os.environ, "MODELSTREAM_BOOTSTRAP_SERVERS": self.settings.bootstrap,
-               "MODELSTREAM_TOPIC_PREFIX": self.settings.topic_prefix,
-               "MODELSTREAM_STATE_DIR": str(self.settings.state_dir),
-               "MODELSTREAM_PUBLIC_KEY_FILE": str(self.keys_dir / "modelstream.pub"),
-               "MODELSTREAM_METRICS_PORT": str(port), **extra}
+        env = {
+            **os.environ,
+            "MODELSTREAM_BOOTSTRAP_SERVERS": self.settings.bootstrap,
+            "MODELSTREAM_TOPIC_PREFIX": self.settings.topic_prefix,
+            "MODELSTREAM_STATE_DIR": str(self.settings.state_dir),
+            "MODELSTREAM_PUBLIC_KEY_FILE": str(self.keys_dir / "modelstream.pub"),
+            f"MODELSTREAM_{service.upper()}_METRICS_PORT": str(port),
+            **extra,
+        }
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "modelstream.cli", "run", service], env=env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)  # Ctrl-C reaches `up`, which stops them in order
+                [sys.executable, "-m", "modelstream.cli", "run", service],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # Ctrl-C reaches `up`, which stops them in order
         self.children.append(Child(name, process, log_path, port))
 
     def stop(self, say: Callable[[str], None], timeout_s: float = 30.0) -> None:
