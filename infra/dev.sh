@@ -3,7 +3,9 @@
 #   bash infra/dev.sh up     set up, then `modelstream up --demo breast-cancer`: embedded broker,
 #                            topics, every service, real demo traffic and a live view (Ctrl-C
 #                            stops everything); extra arguments go to `modelstream up`
-#   bash infra/dev.sh test   set up, start the embedded broker, run the whole test suite
+#   bash infra/dev.sh test   set up, lint and type-check, start the embedded broker, run the
+#                            whole test suite
+#   bash infra/dev.sh lint   set up, then ruff check, ruff format --check and mypy only
 # "Set up" = a virtualenv in .venv with modelstream[dev], Java + Maven if missing, and the
 # Kafka jars (resolved by Maven once, cached under ~/.cache/modelstream).
 set -euo pipefail
@@ -62,6 +64,23 @@ ensure_test_tools() {
   command -v influxd >/dev/null || apt_install influxdb
 }
 
+lint() {
+  say "lint: ruff check, ruff format --check, mypy"
+  "$venv/bin/ruff" check .
+  "$venv/bin/ruff" format --check .
+  # mypy checks the package as it is installed: services/ and schemas/ are
+  # modelstream.services and modelstream.schemas, so it runs on a tree of links in that shape.
+  local tree
+  tree=$(mktemp -d)
+  mkdir -p "$tree/modelstream"
+  for entry in "$root"/modelstream/*; do ln -s "$entry" "$tree/modelstream/"; done
+  ln -s "$root/services" "$tree/modelstream/services"
+  ln -s "$root/schemas" "$tree/modelstream/schemas"
+  (cd "$tree" && "$venv/bin/mypy" --config-file "$root/pyproject.toml" \
+     --cache-dir "$root/.mypy_cache" -p modelstream) || { rm -rf "$tree"; return 1; }
+  rm -rf "$tree"
+}
+
 started_broker=0
 start_broker() {
   if [ -n "${MODELSTREAM_BOOTSTRAP_SERVERS:-}" ]; then
@@ -84,9 +103,14 @@ case "${1:-}" in
     # `modelstream up` starts the embedded broker itself and stops it on Ctrl-C.
     exec "$ms" up --demo breast-cancer "$@"
     ;;
+  lint)
+    setup
+    lint
+    ;;
   test)
     shift
     setup
+    lint
     ensure_compose
     ensure_test_tools
     start_broker
@@ -95,7 +119,7 @@ case "${1:-}" in
     "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
   *)
-    echo "usage: bash infra/dev.sh up [modelstream up args] | test [pytest args]" >&2
+    echo "usage: bash infra/dev.sh up [modelstream up args] | test [pytest args] | lint" >&2
     exit 2
     ;;
 esac

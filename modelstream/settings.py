@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -147,7 +147,7 @@ def load(cls: type[Settings] | None = None, **overrides: object) -> Settings:
     unknown = sorted(set(overrides) - set(target.model_fields))
     if unknown:
         raise TypeError(f"{target.__name__} has no setting(s) {unknown}")
-    clean = {k: v for k, v in overrides.items() if v is not None}
+    clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
         return target(**clean)
     except ValidationError as exc:

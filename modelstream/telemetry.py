@@ -110,12 +110,12 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """
     if len(values) == 0:
         return
-    bounds = np.asarray(histogram._upper_bounds)  # type: ignore[attr-defined]
+    bounds = np.asarray(histogram._upper_bounds)
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):  # type: ignore[attr-defined]
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
         if count:
             bucket.inc(count)
-    histogram._sum.inc(float(np.sum(values)))  # type: ignore[attr-defined]
+    histogram._sum.inc(float(np.sum(values)))
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

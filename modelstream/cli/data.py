@@ -105,7 +105,7 @@ def send(
     for number, item in enumerate(plain, 1):
         text = json.dumps(item).encode()
         try:
-            record = codec.decode_any(text, record_type)
+            record: dict[str, Any] = codec.decode_any(text, record_type)
         except (DecodeError, InvalidEventError) as exc:
             raise ConfigurationError(f"{path} record {number}: {exc}") from None
         key = str(record[KEY_FIELDS[topic]]).encode()

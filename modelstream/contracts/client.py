@@ -14,13 +14,12 @@ per-feature decoding, which is the fastest path.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from modelstream.contracts.codec import default_codec, is_json
+from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Prediction, PredictionRequest
 
 Features = Mapping[str, float] | Sequence[float] | np.ndarray
@@ -69,9 +68,6 @@ class RequestEncoder:
         return np.asarray(features, dtype=np.float64)
 
 
-def decode_prediction(data: bytes) -> dict[str, Any]:
+def decode_prediction(data: bytes) -> Prediction:
     """A Prediction from Avro single-object or JSON bytes."""
-    codec = default_codec()
-    if is_json(data):
-        return json.loads(data)  # type: ignore[no-any-return]
-    return codec.decode(data, Prediction)
+    return default_codec().decode_any(data, Prediction)

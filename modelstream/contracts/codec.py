@@ -49,7 +49,7 @@ class Schema:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Schema:
-        parsed = fastavro.schema.parse_schema(dict(raw))
+        parsed = cast(dict[str, Any], fastavro.schema.parse_schema(dict(raw)))
         canonical = fastavro.schema.to_parsing_canonical_form(parsed)
         fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
         return cls(str(parsed["name"]).rsplit(".", 1)[-1], parsed, fingerprint, canonical)

@@ -20,7 +20,9 @@ from modelstream.errors import InvalidEventError
 AvroSchema = Any  # a parsed fastavro schema node: str | list | dict
 
 
-def named_types(schema: AvroSchema, into: dict[str, dict[str, Any]] | None = None) -> dict:
+def named_types(
+    schema: AvroSchema, into: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Every named type (record, enum, fixed) defined inside ``schema``, by full name."""
     found = {} if into is None else into
     if isinstance(schema, list):
@@ -54,7 +56,8 @@ class JsonForm:
 
     # -- reading -------------------------------------------------------------------------
     def from_plain(self, value: Any) -> dict[str, Any]:
-        return self._read(self.schema, value, "")
+        record: dict[str, Any] = self._read(self.schema, value, "")
+        return record
 
     def _fail(self, path: str, message: str) -> InvalidEventError:
         return InvalidEventError("invalid-json", f"{path or 'message'}: {message}")
@@ -126,7 +129,7 @@ class JsonForm:
         symbol = value.upper() if isinstance(value, str) else value
         if symbol not in schema["symbols"]:
             raise self._fail(path, f"expected one of {schema['symbols']}, got {value!r}")
-        return symbol  # type: ignore[no-any-return]
+        return str(symbol)
 
     def _read_array(self, schema: dict[str, Any], value: Any, path: str) -> list[Any]:
         if not isinstance(value, list):
@@ -160,7 +163,8 @@ class JsonForm:
 
     # -- writing -------------------------------------------------------------------------
     def to_plain(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return self._write(self.schema, record)  # type: ignore[no-any-return]
+        plain: dict[str, Any] = self._write(self.schema, record)
+        return plain
 
     def _write(self, schema: AvroSchema, value: Any) -> Any:
         schema = self._resolve(schema)

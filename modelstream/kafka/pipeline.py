@@ -54,7 +54,7 @@ class Processor(Protocol):
         ...
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, pipeline: BatchPipeline) -> None:
         self.pipeline = pipeline
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -327,7 +328,7 @@ async def describe_topics(settings: Settings) -> dict[str, TopicState]:
         await admin.close()
 
 
-def _is_default(entry: tuple) -> bool:  # type: ignore[type-arg]
+def _is_default(entry: tuple[Any, ...]) -> bool:
     # DescribeConfigs v1+ entries: (name, value, read_only, config_source, is_sensitive, ...);
     # source 1 = DYNAMIC_TOPIC_CONFIG, the only one we set.
     return len(entry) > 3 and entry[3] != 1

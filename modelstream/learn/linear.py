@@ -39,7 +39,8 @@ class LinearModel:
         return len(self.feature_names)
 
     def linear(self, X: np.ndarray) -> np.ndarray:
-        return ((X - self.mean) / self.scale) @ self.W + self.b
+        z: np.ndarray = ((X - self.mean) / self.scale) @ self.W + self.b
+        return z
 
     def proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n × n_classes); for regression, the predicted values (n)."""

@@ -31,14 +31,15 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 def softmax(z: np.ndarray) -> np.ndarray:
     """Softmax over the last axis."""
-    shifted = z - z.max(axis=-1, keepdims=True)
+    shifted: np.ndarray = z - z.max(axis=-1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=-1, keepdims=True)
     return shifted
 
 
 class Objective(Protocol):
-    task: Task
+    @property
+    def task(self) -> Task: ...
 
     def outputs(self, n_classes: int) -> int: ...
 
@@ -60,7 +61,7 @@ class BinaryLogistic:
     def outputs(self, n_classes: int) -> int:
         return 1
 
-    def residual(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+    def residual(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray:
         r = Xa @ W
         r *= 0.5
         np.tanh(r, out=r)
@@ -68,7 +69,7 @@ class BinaryLogistic:
         r *= 0.5 / Xa.shape[0]
         return r
 
-    def losses(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+    def losses(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray:
         p = sigmoid(Xa @ W)
         yc = y[:, None]
         return -np.mean(yc * np.log(p + EPS) + (1 - yc) * np.log(1 - p + EPS), axis=0)
@@ -83,14 +84,14 @@ class MultinomialLogistic:
     def outputs(self, n_classes: int) -> int:
         return n_classes
 
-    def residual(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+    def residual(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray:
         n = Xa.shape[0]
         p = softmax((Xa @ W).reshape(n, groups, -1))
         p[np.arange(n), :, y] -= 1.0
         p /= n
         return p.reshape(n, -1)
 
-    def losses(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+    def losses(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray:
         n = Xa.shape[0]
         p = softmax((Xa @ W).reshape(n, groups, -1))
         return -np.mean(np.log(p[np.arange(n), :, y] + EPS), axis=0)
@@ -105,13 +106,13 @@ class SquaredError:
     def outputs(self, n_classes: int) -> int:
         return 1
 
-    def residual(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+    def residual(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray:
         r = Xa @ W
         r -= y[:, None]
         r /= Xa.shape[0]
         return r
 
-    def losses(self, Xa, y, W, groups):  # type: ignore[no-untyped-def]
+    def losses(self, Xa: np.ndarray, y: np.ndarray, W: np.ndarray, groups: int) -> np.ndarray:
         r = Xa @ W - y[:, None]
         return 0.5 * np.mean(r * r, axis=0)
 

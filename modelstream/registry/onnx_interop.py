@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from modelstream.contracts.builders import LinearTensors
 from modelstream.contracts.records import Task
 from modelstream.errors import ModelstreamError
 from modelstream.learn.linear import LinearModel
@@ -92,7 +93,8 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
     }
     helper.set_model_props(onnx_model, metadata)
     onnx.checker.check_model(onnx_model)
-    return onnx_model.SerializeToString()  # type: ignore[no-any-return]
+    serialized: bytes = onnx_model.SerializeToString()
+    return serialized
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class ImportedModel:
     mean: np.ndarray
     scale: np.ndarray
 
-    def tensors(self) -> dict[str, dict[str, Any]]:
+    def tensors(self) -> LinearTensors:
         return {
             "weights": to_tensor(self.W),
             "intercepts": to_tensor(self.b),
@@ -207,7 +209,7 @@ def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedMo
             )
         W = np.asarray(a["coefficients"], dtype=np.float64).reshape(1, -1).T
         b = np.asarray(a.get("intercepts", [0.0]), dtype=np.float64)[:1]
-        task, classes = "REGRESSION", []
+        task, classes = Task.REGRESSION, []
     else:
         a = _attrs(ops["LinearClassifier"], helper)
         labels = a.get("classlabels_ints") or [
@@ -228,9 +230,9 @@ def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedMo
                 raise UnsupportedModelError(f"binary LinearClassifier with {post} is unsupported")
             # skl2onnx writes [-w, w]; a single row is w itself
             W, b = coef[-1][:, None], intercepts[-1:]
-            task = "BINARY"
+            task = Task.BINARY
         elif post == "SOFTMAX":
-            W, b, task = coef.T, intercepts, "MULTICLASS"
+            W, b, task = coef.T, intercepts, Task.MULTICLASS
         else:
             raise UnsupportedModelError(
                 f"multiclass LinearClassifier with post_transform {post} (one-vs-rest) cannot "
@@ -256,8 +258,9 @@ def _from_modelstream(
         raise UnsupportedModelError(
             f"MatMul graph without the {missing} initializer (not written by modelstream export)"
         ) from None
-    task = props.get("modelstream.task") or (
-        "MULTICLASS" if "Softmax" in ops else "BINARY" if "Sigmoid" in ops else "REGRESSION"
+    task = Task(
+        props.get("modelstream.task")
+        or ("MULTICLASS" if "Softmax" in ops else "BINARY" if "Sigmoid" in ops else "REGRESSION")
     )
     classes = json.loads(props.get("modelstream.classes", "[]"))
     if task != Task.REGRESSION and not classes:

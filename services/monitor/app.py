@@ -37,9 +37,13 @@ from modelstream.contracts.records import (
     Action,
     AuditEvent,
     Command,
+    Feedback,
     ModelArtifact,
     MonitorJoin,
     MonitorJoinBatch,
+    MonitorModelState,
+    Prediction,
+    PredictionRequest,
     TrainingExample,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
@@ -132,19 +136,19 @@ STATE_CODEC = "modelstream-model-state"
 class _AvroCodec(codecs.Codec):
     """Table values as Avro single-object records of one contract (never pickle)."""
 
-    def __init__(self, type_name: str) -> None:
+    def __init__(self, record_type: type) -> None:
         super().__init__()
-        self.type_name = type_name
+        self.record_type = record_type
 
     def _dumps(self, obj: Any) -> bytes:
-        return default_codec().encode(self.type_name, obj)
+        return default_codec().encode(self.record_type, obj)
 
     def _loads(self, s: bytes) -> Any:
-        return None if s is None else default_codec().decode(s, self.type_name)
+        return None if s is None else default_codec().decode(s, self.record_type)
 
 
-codecs.register(JOIN_CODEC, _AvroCodec("MonitorJoin"))
-codecs.register(STATE_CODEC, _AvroCodec("MonitorModelState"))
+codecs.register(JOIN_CODEC, _AvroCodec(MonitorJoin))
+codecs.register(STATE_CODEC, _AvroCodec(MonitorModelState))
 
 
 def _credentials(settings: MonitorSettings) -> Any:
@@ -231,18 +235,18 @@ class MonitorApp(Lifecycle):
             broker_commit_interval=1.0,
             stream_buffer_maxsize=4 * settings.monitor_batch_max_records,
         )
-        raw = {
+        raw: dict[str, Any] = {
             "key_type": bytes,
             "value_type": bytes,
             "key_serializer": "raw",
             "value_serializer": "raw",
         }
-        self.inputs = self.app.topic(*self._kinds, **raw)  # type: ignore[arg-type]
+        self.inputs = self.app.topic(*self._kinds, **raw)
         self.labelled = self.app.topic(
             settings.topic(MONITOR_LABELLED), partitions=LABELLED_PARTITIONS, internal=True, **raw
-        )  # type: ignore[arg-type]
+        )
         self.out = {
-            name: self.app.topic(settings.topic(name), **raw)  # type: ignore[arg-type]
+            name: self.app.topic(settings.topic(name), **raw)
             for name in (AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING)
         }
         # A table's partitions are those of the inputs that own its keys.
@@ -255,8 +259,10 @@ class MonitorApp(Lifecycle):
         self.app.agent(self.inputs, name="join")(self._join_agent)
         self.app.agent(self.labelled, name="learn")(self._learn_agent)
         self.app.timer(1.0)(self._housekeeping)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.app.on_partitions_assigned.connect(self._on_assigned)
+        revoked: Any = self._on_revoked  # faust's signal types do not cover coroutine receivers
+        assigned: Any = self._on_assigned
+        self.app.on_partitions_revoked.connect(revoked)
+        self.app.on_partitions_assigned.connect(assigned)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -337,11 +343,11 @@ class MonitorApp(Lifecycle):
             BATCH_SIZE.labels(SERVICE).observe(len(events))
             BATCH_SECONDS.labels(SERVICE).observe(time.perf_counter() - started)
 
-    async def _join(self, events: Sequence[EventT]) -> None:
+    async def _join(self, events: Sequence[EventT[Any]]) -> None:
         store = self.joins.data
         now = now_ms()
-        changed: dict[bytes, dict[str, Any]] = {}
-        complete: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        changed: dict[bytes, MonitorJoin] = {}
+        complete: dict[str, list[MonitorJoin]] = defaultdict(list)
         for event in events:
             message = event.message
             kind = self._kinds[message.topic]
@@ -392,13 +398,13 @@ class MonitorApp(Lifecycle):
     async def _decode(self, kind: str, message: Any) -> dict[str, Any] | None:
         """The decoded input, or None: bad feedback is dead-lettered here; bad requests
         are the predictor's to dead-letter (it reads them first), so they are skipped."""
-        type_name = {
-            REQUESTS: "PredictionRequest",
-            PREDICTIONS: "Prediction",
-            FEEDBACK: "Feedback",
+        record_type: type = {
+            REQUESTS: PredictionRequest,
+            PREDICTIONS: Prediction,
+            FEEDBACK: Feedback,
         }[kind]
         try:
-            value = self.codec.decode_any(message.value, type_name)
+            value: dict[str, Any] = self.codec.decode_any(message.value, record_type)
             if kind == FEEDBACK:
                 check_request_id(value["request_id"], message.key)
                 definition = self._definition(value["model"])
@@ -443,7 +449,7 @@ class MonitorApp(Lifecycle):
         async for events in stream.take_events(
             self.settings.monitor_batch_max_records, within=self.settings.batch_within_s
         ):
-            by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            by_model: dict[str, list[MonitorJoin]] = defaultdict(list)
             partitions: dict[str, int] = {}
             for event in events:
                 batch = self.codec.decode(event.message.value, MonitorJoinBatch)["joins"]
@@ -454,7 +460,7 @@ class MonitorApp(Lifecycle):
             for model, joins in by_model.items():
                 await self._learn(model, joins, partitions[model])
 
-    async def _learn(self, model: str, joins: list[dict[str, Any]], partition: int) -> None:
+    async def _learn(self, model: str, joins: list[MonitorJoin], partition: int) -> None:
         watch = self.watches.setdefault(model, ModelWatch(model, self.config))
         if model not in self.restored:
             # The first batch after a (re)start or rebalance: the tables are recovered by

@@ -29,7 +29,7 @@ from modelstream.contracts.builders import (
     training_config,
 )
 from modelstream.contracts.definitions import feature_vector, in_online_holdout
-from modelstream.contracts.records import ModelBody, OffsetRange, Origin, Task
+from modelstream.contracts.records import ModelBody, MonitorJoin, OffsetRange, Origin, Task
 from modelstream.errors import InvalidEventError
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import from_tensor, to_tensor
@@ -398,7 +398,7 @@ REQUESTS, PREDICTIONS, FEEDBACK = "requests", "predictions", "feedback"
 INPUTS = (REQUESTS, PREDICTIONS, FEEDBACK)
 
 
-def new_entry(request_id: str, model: str, partition: int, now_ms: int) -> dict[str, Any]:
+def new_entry(request_id: str, model: str, partition: int, now_ms: int) -> MonitorJoin:
     return {
         "request_id": request_id,
         "model": model,
@@ -419,7 +419,7 @@ def new_entry(request_id: str, model: str, partition: int, now_ms: int) -> dict[
     }
 
 
-def is_complete(entry: Mapping[str, Any]) -> bool:
+def is_complete(entry: MonitorJoin) -> bool:
     return (
         entry["features"] is not None
         and entry["version"] is not None
@@ -427,7 +427,7 @@ def is_complete(entry: Mapping[str, Any]) -> bool:
     )
 
 
-def missing_parts(entry: Mapping[str, Any]) -> list[str]:
+def missing_parts(entry: MonitorJoin) -> list[str]:
     return [
         kind
         for kind, field_name in (
@@ -440,13 +440,13 @@ def missing_parts(entry: Mapping[str, Any]) -> list[str]:
 
 
 def merge(
-    entry: dict[str, Any] | None,
+    entry: MonitorJoin | None,
     kind: str,
     value: Mapping[str, Any],
     partition: int,
     offset: int,
     now_ms: int,
-) -> dict[str, Any]:
+) -> MonitorJoin:
     """Fold one decoded input into the join entry of its request id (new when ``None``).
 
     Inputs may arrive in any order. A complete entry never changes again, so a re-delivered
@@ -474,27 +474,23 @@ def merge(
         if entry["requested_at_ms"] is None:
             entry["requested_at_ms"] = value["sent_at_ms"]
     elif kind == PREDICTIONS:
-        entry.update(
-            model=value["model"],
-            version=value["version"],
-            route=value["route"],
-            prediction=value["prediction"],
-            scores=dict(value["scores"]),
-            predicted_at_ms=value["predicted_at_ms"],
-            requested_at_ms=value["requested_at_ms"],
-        )
+        entry["model"] = value["model"]
+        entry["version"] = value["version"]
+        entry["route"] = value["route"]
+        entry["prediction"] = value["prediction"]
+        entry["scores"] = dict(value["scores"])
+        entry["predicted_at_ms"] = value["predicted_at_ms"]
+        entry["requested_at_ms"] = value["requested_at_ms"]
     else:
-        entry.update(
-            label=value["label"],
-            labelled_at_ms=value["timestamp_ms"] or now_ms,
-            feedback_offset=offset,
-        )
+        entry["label"] = value["label"]
+        entry["labelled_at_ms"] = value["timestamp_ms"] or now_ms
+        entry["feedback_offset"] = offset
     if is_complete(entry):
         entry["completed_by"], entry["completed_offset"] = kind, offset
     return entry
 
 
-def expired(entry: Mapping[str, Any], now_ms: int, ttl_ms: int) -> bool:
+def expired(entry: MonitorJoin, now_ms: int, ttl_ms: int) -> bool:
     return now_ms - entry["first_seen_ms"] > ttl_ms
 
 
@@ -527,15 +523,15 @@ class DriftEvent:
 class Decisions:
     """What one batch of labelled outcomes asks the application to do."""
 
-    fresh: list[Mapping[str, Any]] = field(default_factory=list)  # joins not seen before
+    fresh: list[MonitorJoin] = field(default_factory=list)  # joins not seen before
     joined: int = 0
     duplicates: int = 0
     learned: int = 0
-    unusable: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)
+    unusable: list[tuple[MonitorJoin, str, str]] = field(default_factory=list)
     drift: list[DriftEvent] = field(default_factory=list)
     train_reason: str | None = None
     rollback: RollbackDecision | None = None
-    candidate: dict[str, Any] | None = None
+    candidate: ModelBody | None = None
 
 
 def _float(value: Any) -> float:
@@ -592,9 +588,9 @@ class ModelWatch:
                 self.error_drift.pop(version, None)
 
     # -- one batch -----------------------------------------------------------------------
-    def observe(self, joins: Sequence[Mapping[str, Any]], now_ms: int) -> Decisions:
+    def observe(self, joins: Sequence[MonitorJoin], now_ms: int) -> Decisions:
         out = Decisions()
-        fresh = []
+        fresh: list[MonitorJoin] = []
         for join in joins:
             where = f"{join['completed_by']}:{join['partition']}"
             if join["completed_offset"] <= self.positions.get(where, -1):
@@ -609,7 +605,7 @@ class ModelWatch:
         task, classes = self.body["task"], self.body["classes"]
         names = self.body["feature_names"]
         rows: list[np.ndarray] = []
-        usable: list[Mapping[str, Any]] = []
+        usable: list[MonitorJoin] = []
         for join in fresh:
             version = join["version"]
             metrics = self.metrics.setdefault(version, LiveMetrics(task, self.config.window))
@@ -626,7 +622,7 @@ class ModelWatch:
                 row = feature_vector(join["features"], names)
             except (ValueError, InvalidEventError) as exc:
                 reason = getattr(exc, "reason", "invalid-label")
-                out.unusable.append((dict(join), reason, str(exc)))
+                out.unusable.append((join, reason, str(exc)))
                 continue
             metrics.add(result)
             detector = self.error_drift.setdefault(version, ErrorDrift(self.config.drift_delta))
@@ -670,7 +666,7 @@ class ModelWatch:
                 )
             )
 
-    def _learn(self, X: np.ndarray, joins: Sequence[Mapping[str, Any]], out: Decisions) -> None:
+    def _learn(self, X: np.ndarray, joins: Sequence[MonitorJoin], out: Decisions) -> None:
         assert self.learner is not None and self.body is not None
         task, names = self.body["task"], self.learner.feature_names
         # Progressive validation: the learner as it was at the start of the batch scores the
@@ -706,7 +702,7 @@ class ModelWatch:
         pairs = np.asarray(self.paired)
         return float(pairs[:, 0].mean() - pairs[:, 1].mean())
 
-    def _export(self, now_ms: int) -> dict[str, Any] | None:
+    def _export(self, now_ms: int) -> ModelBody | None:
         c = self.config
         if self.learner is None or self.body is None:
             return None

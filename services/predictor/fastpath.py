@@ -17,8 +17,6 @@ import numpy as np
 from modelstream.contracts.codec import MAGIC
 from modelstream.errors import DecodeError
 
-Request = tuple[bytes, str, object, int | None, int | None]  # id, model, features, ver, sent
-
 
 def zigzag(value: int) -> bytes:
     """Avro long: zigzag, then base-128 varint."""
@@ -84,6 +82,12 @@ class MapSection:
         self.raw = raw
 
 
+# A request's features as the hot path holds them: packed bytes, a map section still to be
+# checked against the model's template, or decoded map/list values.
+RequestFeatures = bytes | MapSection | dict[str, float] | list[float]
+Request = tuple[bytes, str, RequestFeatures, int | None, int | None]  # id, model, features, ...
+
+
 def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     n, pos = _read_long(data, pos)
     if n < 0 or pos + n > len(data):
@@ -122,7 +126,7 @@ class RequestReader:
             request_id, pos = _read_bytes(data, 10)
             model_bytes, pos = _read_bytes(data, pos)
             kind, pos = _read_long(data, pos)
-            features: object
+            features: RequestFeatures
             if kind == 0:
                 features, pos = _read_bytes(data, pos)
             elif kind == 1 and model_bytes in self.templates:

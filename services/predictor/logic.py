@@ -17,11 +17,11 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
-from modelstream.contracts.codec import AvroCodec, is_json, parse_json_object
+from modelstream.contracts.codec import AvroCodec, is_json
 from modelstream.contracts.records import Prediction, PredictionRequest, Task
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.learn.linear import LinearModel
@@ -164,9 +164,9 @@ class PredictorLogic:
         for (name, version, route), items in groups.items():
             model = self.versions[name][version]
             X, good, bad = self._matrix(model, items)
-            for (message, _), exc in bad:
+            for (message, _), error in bad:
                 if route != "shadow":  # the production route reports it once
-                    result.reject(message, name, exc)
+                    result.reject(message, name, error)
             if not good:
                 continue
             with np.errstate(over="ignore", invalid="ignore"):
@@ -195,10 +195,7 @@ class PredictorLogic:
         fast = self._reader.read(data)
         if fast is not None:
             return fast
-        if is_json(data):
-            r = self.codec.json_form(PredictionRequest).from_plain(parse_json_object(data))
-        else:
-            r = self.codec.decode(data, PredictionRequest)  # raises a precise error
+        r = self.codec.decode_any(data, PredictionRequest)  # raises a precise error
         return r["request_id"].encode(), r["model"], r["features"], r["version"], r["sent_at_ms"]
 
     def _routes(self, request: Request) -> Iterable[tuple[int, str]]:
@@ -233,13 +230,12 @@ class PredictorLogic:
         template = model.template
         if all(type(p) is bytes and len(p) == width for p in payloads):
             # all packed: one copy into the batch matrix
-            X = np.frombuffer(b"".join(payloads), dtype="<f8").reshape(len(items), d)  # type: ignore[arg-type]
-        elif all(
-            type(p) is MapSection and len(p.raw) == template.length  # type: ignore[attr-defined]
-            for p in payloads
-        ):
+            packed = cast(list[bytes], payloads)
+            X = np.frombuffer(b"".join(packed), dtype="<f8").reshape(len(items), d)
+        elif all(type(p) is MapSection and len(p.raw) == template.length for p in payloads):
             # maps in feature order: every key byte checked and every value read at once
-            X, matches = template.matrix([p.raw for p in payloads])  # type: ignore[attr-defined]
+            sections = cast(list[MapSection], payloads)
+            X, matches = template.matrix([p.raw for p in sections])
             if not matches.all():
                 X, items, bad = self._rows(model, items, X, matches)
         else:
@@ -275,8 +271,10 @@ class PredictorLogic:
                 if fast is not None and fast_ok is not None and fast_ok[i]:
                     X[i] = fast[i]
                 elif isinstance(features, MapSection):  # not in feature order: decode fully
-                    features = self.codec.decode(message.value, PredictionRequest)["features"]
-                    X[i] = self._named(features, names, d)
+                    decoded = self.codec.decode(message.value, PredictionRequest)["features"]
+                    if not isinstance(decoded, dict):
+                        raise InvalidEventError("invalid-request", "map features did not decode")
+                    X[i] = self._named(decoded, names, d)
                 elif isinstance(features, bytes):
                     if len(features) != width:
                         raise InvalidEventError(
@@ -288,11 +286,10 @@ class PredictorLogic:
                 elif isinstance(features, dict):
                     X[i] = self._named(features, names, d)
                 else:
-                    if len(features) != d:  # type: ignore[arg-type]
+                    if len(features) != d:
                         raise InvalidEventError(
                             "wrong-feature-count",
-                            f"{len(features)} features, "  # type: ignore[arg-type]
-                            f"{model.name} v{model.version} needs {d}",
+                            f"{len(features)} features, {model.name} v{model.version} needs {d}",
                         )
                     X[i] = features
                 good_rows.append(i)

@@ -125,19 +125,19 @@ class PublisherApp(Lifecycle):
     async def _on_validation(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
             report = self.codec.decode(record.value, ValidationReport)
-            if report["passed"] and report["artifact"] is None:
+            candidate = report["artifact"]
+            if report["passed"] and candidate is None:
                 raise InvalidEventError("invalid-report", "passed report without an artifact")
-            if report["passed"]:
-                verify_record(report["artifact"], None, allow_unsigned=True)
+            if candidate is not None:
+                verify_record(candidate, None, allow_unsigned=True)
         except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
             model = record.key.decode(errors="replace") if record.key else ""
-            await self._dead_letter(tp, record, model, exc, getattr(exc, "reason", "invalid"))
+            await self._dead_letter(tp, record, model, exc, exc.reason)
             return
-        if not report["passed"]:
+        if not report["passed"] or candidate is None:
             async with self.producer.transaction():
                 await self._commit(tp, record)
             return
-        candidate = report["artifact"]
         name = candidate["body"]["name"]
         version = self.latest.get(name, 0) + 1
         artifact = publishable(
@@ -231,10 +231,11 @@ class PublisherApp(Lifecycle):
                     details={"from_version": self.production.get(name)},
                 )
             await self._commit(tp, record)
-        if refusal is None:
-            self.production[name] = version  # type: ignore[assignment]
+        if refusal is None and artifact is not None:
+            restored = artifact["body"]["version"]
+            self.production[name] = restored
             ROLLBACKS.labels(name).inc()
-            PRODUCTION_VERSION.labels(SERVICE, name).set(version)  # type: ignore[arg-type]
-            log.info("rolled %s back to v%s", name, version)
+            PRODUCTION_VERSION.labels(SERVICE, name).set(restored)
+            log.info("rolled %s back to v%d", name, restored)
         else:
             log.warning("rollback refused: %s", refusal)

@@ -100,8 +100,9 @@ async def run_up(
         while not stop.is_set():
             frame = await asyncio.to_thread(view.frame)
             write(("\x1b[H\x1b[2J" if tty else "\n") + frame + "\n")
-            if demo_task is not None and demo_task.done() and demo_task.exception():
-                raise demo_task.exception()  # type: ignore[misc]
+            failure = demo_task.exception() if demo_task is not None and demo_task.done() else None
+            if failure is not None:
+                raise failure
             if any(c.process.poll() is not None for c in stack.children):
                 exited = [c.name for c in stack.children if c.process.poll() is not None]
                 write(f"\nservice(s) exited: {', '.join(exited)} - see {stack.log_dir}\n")

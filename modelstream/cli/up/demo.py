@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from modelstream.contracts.records import Feedback, TrainingExample
+from modelstream.contracts.records import Action, Feedback, Task, TrainingExample
 from modelstream.settings import Settings
 
 DEMOS = ("breast-cancer", "digits")
@@ -47,9 +47,10 @@ async def drive_demo(
     """Define the model, stream 60 % of the data set as training examples, wait for the first
     published version, then send the rest as requests (cycled up to ``requests``) at
     ``rate``/s, each followed ``label_delay_s`` later by its true label on ``feedback``."""
+    from modelstream.contracts.builders import command
     from modelstream.contracts.client import RequestEncoder
     from modelstream.contracts.codec import default_codec
-    from modelstream.contracts.definitions import Definition, command
+    from modelstream.contracts.definitions import Definition
     from modelstream.kafka.clients import make_producer
     from modelstream.kafka.control import send_command
     from modelstream.registry.artifact import load_public_key
@@ -59,13 +60,13 @@ async def drive_demo(
     order = np.random.default_rng(0).permutation(len(y))
     cut = int(0.6 * len(y))
     train_rows, serve_rows = order[:cut], order[cut:]
-    task = "BINARY" if len(classes) == 2 else "MULTICLASS"
+    task = Task.BINARY if len(classes) == 2 else Task.MULTICLASS
     codec = default_codec()
     await send_command(
         settings,
         command(
             name,
-            "DEFINE",
+            Action.DEFINE,
             definition=Definition(
                 name=name,
                 task=task,
@@ -76,9 +77,7 @@ async def drive_demo(
             reason="modelstream up --demo",
         ),
     )
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for i in train_rows:
             await producer.send(
                 settings.topic("training"),
@@ -96,7 +95,7 @@ async def drive_demo(
             )
         await producer.flush()
         report(f"demo: sent {len(train_rows)} {name} training examples; training ...")
-        await send_command(settings, command(name, "TRAIN", reason="modelstream up --demo"))
+        await send_command(settings, command(name, Action.TRAIN, reason="modelstream up --demo"))
         key = load_public_key(settings.state_dir / "keys" / "modelstream.pub")
         while not stop.is_set():
             if name in await load_production(settings, key):
@@ -147,5 +146,3 @@ async def drive_demo(
                 f"demo: done - {sent:,} requests and {labelled:,} labels sent; "
                 "the services keep running until Ctrl-C"
             )
-    finally:
-        await producer.stop()
