@@ -1,5 +1,6 @@
 """The repository's declarative pieces stay consistent with the code."""
 
+import ast
 import json
 import os
 import shutil
@@ -55,6 +56,33 @@ def test_no_service_imports_another_service():
             text = source.read_text()
             for other in others:
                 assert f"modelstream.services.{other}" not in text, (source, other)
+
+
+KAFKA_IMPORTS = ("aiokafka", "faust", "modelstream.kafka")
+
+
+def _imports(source: Path) -> set[str]:
+    tree = ast.parse(source.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_logic_and_learning_code_never_touches_kafka():
+    pure = [
+        *(ROOT / "services").glob("*/logic.py"),
+        *(ROOT / "services").glob("*/logic/*.py"),
+        *(ROOT / "modelstream" / "learn").glob("*.py"),
+        *(ROOT / "modelstream" / "contracts").glob("*.py"),
+    ]
+    assert pure
+    for source in pure:
+        kafka = {name for name in _imports(source) if name.startswith(KAFKA_IMPORTS)}
+        assert not kafka, f"{source.relative_to(ROOT)} imports {sorted(kafka)}"
 
 
 def _compose(*args):
