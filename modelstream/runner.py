@@ -7,7 +7,8 @@ import logging
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from typing import Any, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
 
 from modelstream.settings import Settings, load
 
@@ -23,6 +24,28 @@ class Service(Protocol):
 
 
 C = TypeVar("C")
+
+
+class Managed:
+    """Something used with ``async with``: entering starts it, leaving stops it."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
 
 class Lifecycle:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from types import TracebackType
 
 from aiokafka import TopicPartition
 
@@ -18,12 +17,13 @@ from modelstream.contracts.records import Command
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.topology import CONTROL
+from modelstream.runner import Managed
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class ControlFollower:
+class ControlFollower(Managed):
     """Hands every decodable command to ``apply(command, replay)``; skips bad ones.
     Use with ``async with``, then :meth:`replay` once and :meth:`poll` between batches."""
 
@@ -33,16 +33,10 @@ class ControlFollower:
         self._consumer = make_consumer(settings, group_id=None)
         self._codec = default_codec()
 
-    async def __aenter__(self) -> ControlFollower:
+    async def start(self) -> None:
         await self._consumer.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self._consumer.stop()
 
     async def replay(self) -> list[Command]:

@@ -20,7 +20,6 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -28,6 +27,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from modelstream.kafka.clients import make_consumer, make_producer
 from modelstream.kafka.writers import Header
+from modelstream.runner import Managed
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         await self.pipeline._assigned(assigned)
 
 
-class BatchPipeline:
+class BatchPipeline(Managed):
     """A consumer-group member that turns each fetched batch into output records."""
 
     def __init__(
@@ -107,18 +107,6 @@ class BatchPipeline:
         self.records_out = 0
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def __aenter__(self) -> BatchPipeline:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         if not self.exactly_once:
             self._shared = make_producer(self.settings, linger_ms=2)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,27 +113,9 @@ class AuditWriter:
         self._format = output_format
         self._codec = codec or default_codec()
 
-    def event(
-        self,
-        model: str,
-        event: str,
-        *,
-        actor: str | None = None,
-        version: int | None = None,
-        digest: str | None = None,
-        reason: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> AuditEvent:
-        return audit_event(
-            model,
-            event,
-            service=self._service,
-            actor=actor,
-            version=version,
-            digest=digest,
-            reason=reason,
-            details=details,
-        )
+    def event(self, model: str, event: str, **fields: Any) -> AuditEvent:
+        """An event about ``model`` from this service (fields as for ``audit_event``)."""
+        return audit_event(model, event, service=self._service, **fields)
 
     async def send(self, model: str, event: str, **fields: Any) -> asyncio.Future[Any]:
         """Queue one event (see :meth:`event` for the fields); returns its delivery future."""

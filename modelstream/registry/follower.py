@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -19,6 +18,7 @@ from modelstream.errors import ArtifactVerificationError, DecodeError
 from modelstream.kafka.clients import make_consumer, partitions_of, read_to_end
 from modelstream.kafka.topology import MODEL_HISTORY, MODELS
 from modelstream.registry.artifact import Verified, load_public_key, verify_bytes
+from modelstream.runner import Managed
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def latest_versions(history: Mapping[tuple[str, int], object]) -> dict[str, int]
     return latest
 
 
-class ProductionFollower:
+class ProductionFollower(Managed):
     """Follows ``models``: the verified production artifact of every model, kept current.
 
     Use with ``async with``; ``load()`` reads the registry to its end; ``poll()`` applies
@@ -80,16 +80,10 @@ class ProductionFollower:
         self.production: dict[str, Verified] = {}
         self.refused: list[tuple[str, str]] = []  # (model, reason), drained by the owner
 
-    async def __aenter__(self) -> ProductionFollower:
+    async def start(self) -> None:
         await self._consumer.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
         await self._consumer.stop()
 
     async def load(self) -> None:

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from modelstream.contracts.builders import LinearTensors
 from modelstream.contracts.records import Task
 from modelstream.errors import ModelstreamError
 from modelstream.learn.linear import LinearModel
-from modelstream.registry.artifact import to_tensor
 
 OPSET = 17
 ML_OPSET = 1
@@ -97,25 +94,6 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
     return serialized
 
 
-@dataclass(frozen=True)
-class ImportedModel:
-    task: Task
-    feature_names: list[str]
-    classes: list[str]
-    W: np.ndarray
-    b: np.ndarray
-    mean: np.ndarray
-    scale: np.ndarray
-
-    def tensors(self) -> LinearTensors:
-        return {
-            "weights": to_tensor(self.W),
-            "intercepts": to_tensor(self.b),
-            "feature_mean": to_tensor(self.mean),
-            "feature_scale": to_tensor(self.scale),
-        }
-
-
 ALLOWED = {
     "Sub",
     "Div",
@@ -134,7 +112,7 @@ ALLOWED = {
 }
 
 
-def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> ImportedModel:
+def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> LinearModel:
     """Read a linear model's parameters from serialized ONNX (tensors only)."""
     import onnx
     from onnx import helper, numpy_helper
@@ -177,7 +155,7 @@ def import_onnx(data: bytes, feature_names: Sequence[str] | None = None) -> Impo
         names = json.loads(props["modelstream.feature_names"])
     else:
         names = [f"f{i}" for i in range(n)]
-    return ImportedModel(
+    return LinearModel(
         imported.task,
         names,
         imported.classes,
@@ -192,7 +170,7 @@ def _attrs(node: Any, helper: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedModel:
+def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> LinearModel:
     mean = scale = None
     if "Scaler" in ops:
         a = _attrs(ops["Scaler"], helper)
@@ -245,12 +223,12 @@ def _from_onnx_ml(ops: dict[str, Any], helper: Any, d: int | None) -> ImportedMo
         mean, scale = np.zeros(n), np.ones(n)
     mean = np.broadcast_to(mean, (n,)).copy()
     scale = np.broadcast_to(scale, (n,)).copy()
-    return ImportedModel(task, [], classes, W, b, mean, scale)
+    return LinearModel(task, [], classes, W, b, mean, scale)
 
 
 def _from_modelstream(
     ops: dict[str, Any], tensors: dict[str, np.ndarray], props: dict[str, str]
-) -> ImportedModel:
+) -> LinearModel:
     try:
         W, b = tensors["weights"], tensors["intercepts"]
         mean, scale = tensors["feature_mean"], tensors["feature_scale"]
@@ -265,4 +243,4 @@ def _from_modelstream(
     classes = json.loads(props.get("modelstream.classes", "[]"))
     if task != Task.REGRESSION and not classes:
         classes = [str(i) for i in range(max(2, W.shape[1]))]
-    return ImportedModel(task, [], classes, W.reshape(W.shape[0], -1), b.reshape(-1), mean, scale)
+    return LinearModel(task, [], classes, W.reshape(W.shape[0], -1), b.reshape(-1), mean, scale)
