@@ -1,22 +1,15 @@
 """`modelstream broker start|status|stop` on a broker of this test's own."""
 
-import os
-import subprocess
-import sys
-
+from tests.support.helpers import cli
 from tests.support.ports import free_port_pair
 
 
 def run(state, *args):
-    env = {**os.environ, "MODELSTREAM_STATE_DIR": str(state)}
-    env.pop("MODELSTREAM_BOOTSTRAP_SERVERS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "modelstream.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    return cli(
+        *args,
+        timeout_s=180,
+        drop=("MODELSTREAM_BOOTSTRAP_SERVERS",),
+        MODELSTREAM_STATE_DIR=str(state),
     )
 
 
@@ -30,17 +23,8 @@ def test_start_status_stop_are_idempotent(tmp_path):
         assert "already running" in again.stdout
         status = run(tmp_path, "broker", "status", "--help")
         assert status.returncode == 0
-        env_status = subprocess.run(
-            [sys.executable, "-m", "modelstream.cli", "broker", "status"],
-            env={
-                **os.environ,
-                "MODELSTREAM_STATE_DIR": str(tmp_path),
-                "MODELSTREAM_BROKER_PORT": port,
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        env_status = cli(
+            "broker", "status", MODELSTREAM_STATE_DIR=str(tmp_path), MODELSTREAM_BROKER_PORT=port
         )
         assert env_status.returncode == 0, env_status.stdout + env_status.stderr
         assert "running (pid" in env_status.stdout

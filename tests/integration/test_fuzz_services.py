@@ -7,16 +7,13 @@ import asyncio
 import signal
 from collections import Counter
 
-from modelstream.contracts.builders import command
-from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import Feedback, Prediction, PredictionRequest
-from modelstream.kafka.control import send_command
 from modelstream.services.trainer.app import TrainerApp
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.settings import load
 from modelstream.telemetry import TRAINING_EXAMPLES
 from tests.support.fuzzing import SeededFuzzer
-from tests.support.helpers import produce, read_all, running
+from tests.support.helpers import define, produce, read_all, running
 from tests.support.models import publish, trained_body
 from tests.support.processes import Predictor
 
@@ -58,19 +55,13 @@ async def test_fuzzed_requests_through_a_predictor_process(topics, keys, tmp_pat
 async def test_fuzzed_training_examples_through_the_trainer(topics, tmp_path):  # type: ignore[no-untyped-def]
     base = topics
     body = trained_body(BC)
-    await send_command(
+    await define(
         base,
-        command(
-            BC,
-            "DEFINE",
-            definition=Definition(
-                name=BC,
-                task="BINARY",
-                feature_names=tuple(body["feature_names"]),
-                classes=("0", "1"),
-                window_size=N,
-            ),
-        ),
+        BC,
+        "BINARY",
+        feature_names=tuple(body["feature_names"]),
+        classes=("0", "1"),
+        window_size=N,
     )
     fuzz = SeededFuzzer(11, [BC], body["feature_names"])
     await produce(

@@ -15,7 +15,6 @@ from sklearn.datasets import load_breast_cancer
 
 from modelstream.cli.models import audit_trail
 from modelstream.contracts.builders import command
-from modelstream.contracts.definitions import Definition
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import load_public_key
@@ -29,6 +28,7 @@ from modelstream.services.validator.settings import ValidatorSettings
 from tests.support.helpers import (
     consume_until,
     decoded,
+    define,
     produce,
     produce_records,
     running,
@@ -65,16 +65,7 @@ async def test_model_lifecycle_on_kafka(topics, keys):  # type: ignore[no-untype
     public = load_public_key(keys / "modelstream.pub")
     data = examples()
 
-    await send_command(
-        base,
-        command(
-            MODEL,
-            "DEFINE",
-            definition=Definition(
-                name=MODEL, task="BINARY", min_examples=50, thresholds={"min_accuracy": 0.9}
-            ),
-        ),
-    )
+    await define(base, MODEL, "BINARY", min_examples=50, thresholds={"min_accuracy": 0.9})
     await produce_records(base, "training", "TrainingExample", data, key=lambda r: r["model"])
     poison = [
         b'{"model": "no-such-model", "features": {"a": 1}, "label": "1"}',
@@ -138,20 +129,14 @@ async def test_model_lifecycle_on_kafka(topics, keys):  # type: ignore[no-untype
         assert (model.proba(X).argmax(axis=1) == y).mean() > 0.95
 
         # 2. an impossible threshold: the candidate is rejected and never reaches `models`
-        await send_command(
+        await define(
             base,
-            command(
-                MODEL,
-                "DEFINE",
-                definition=Definition(
-                    name=MODEL,
-                    task="BINARY",
-                    feature_names=tuple(v1.body["feature_names"]),
-                    classes=("0", "1"),
-                    min_examples=50,
-                    thresholds={"min_accuracy": 0.9999},
-                ),
-            ),
+            MODEL,
+            "BINARY",
+            feature_names=tuple(v1.body["feature_names"]),
+            classes=("0", "1"),
+            min_examples=50,
+            thresholds={"min_accuracy": 0.9999},
         )
         await send_command(base, command(MODEL, "TRAIN"))
         reports = decoded(
@@ -166,21 +151,15 @@ async def test_model_lifecycle_on_kafka(topics, keys):  # type: ignore[no-untype
         assert (await load_production(base, public))[MODEL].body["version"] == 1
 
         # 3. a passing retrain becomes v2 with v1 as parent
-        await send_command(
+        await define(
             base,
-            command(
-                MODEL,
-                "DEFINE",
-                definition=Definition(
-                    name=MODEL,
-                    task="BINARY",
-                    feature_names=tuple(v1.body["feature_names"]),
-                    classes=("0", "1"),
-                    min_examples=50,
-                    thresholds={"min_accuracy": 0.9},
-                    seed=1,
-                ),
-            ),
+            MODEL,
+            "BINARY",
+            feature_names=tuple(v1.body["feature_names"]),
+            classes=("0", "1"),
+            min_examples=50,
+            thresholds={"min_accuracy": 0.9},
+            seed=1,
         )
         await send_command(base, command(MODEL, "TRAIN"))
         v2 = (await _wait_version(base, public, 2))[MODEL]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from sklearn.datasets import load_diabetes
 
 from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import ModelArtifact, TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.learn.linear import LinearModel
@@ -35,7 +32,7 @@ from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import load
-from tests.support.helpers import consume_until, decoded, produce, running
+from tests.support.helpers import cli, consume_until, decoded, define, produce, running
 
 MODEL = "diabetes"
 
@@ -47,21 +44,13 @@ def keys(tmp_path):  # type: ignore[no-untyped-def]
     return tmp_path / "keys"
 
 
-def cli(base, keys, *args):  # type: ignore[no-untyped-def]
-    env = {
-        **os.environ,
-        "MODELSTREAM_BOOTSTRAP_SERVERS": base.bootstrap,
-        "MODELSTREAM_TOPIC_PREFIX": base.topic_prefix,
-        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-        "MODELSTREAM_DATA_KEY_FILE": str(keys / "data.key"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "modelstream.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+def cli_with_keys(base, keys, *args):  # type: ignore[no-untyped-def]
+    return cli(
+        *args,
+        MODELSTREAM_BOOTSTRAP_SERVERS=base.bootstrap,
+        MODELSTREAM_TOPIC_PREFIX=base.topic_prefix,
+        MODELSTREAM_PUBLIC_KEY_FILE=str(keys / "modelstream.pub"),
+        MODELSTREAM_DATA_KEY_FILE=str(keys / "data.key"),
     )
 
 
@@ -78,19 +67,13 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
     data = load_diabetes()
     names = [str(n) for n in data.feature_names]
     codec = default_codec()
-    await send_command(
+    await define(
         base,
-        command(
-            MODEL,
-            "DEFINE",
-            definition=Definition(
-                name=MODEL,
-                task="REGRESSION",
-                feature_names=tuple(names),
-                min_examples=50,
-                thresholds={"min_r2": 0.3},
-            ),
-        ),
+        MODEL,
+        "REGRESSION",
+        feature_names=tuple(names),
+        min_examples=50,
+        thresholds={"min_r2": 0.3},
     )
     messages = []
     for i, (row, target) in enumerate(zip(data.data, data.target, strict=True)):
@@ -178,14 +161,18 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
         assert production[MODEL].body["lineage"]["origin"] == "ONLINE"
         assert production[MODEL].body["parent_version"] == 1
 
-    listed = await asyncio.to_thread(cli, base, keys, "models", "list")
+    listed = await asyncio.to_thread(cli_with_keys, base, keys, "models", "list")
     assert listed.returncode == 0, listed.stderr
     assert MODEL in listed.stdout and "v2" in listed.stdout
-    shown = await asyncio.to_thread(cli, base, keys, "models", "show", MODEL, "--version", "1")
+    shown = await asyncio.to_thread(
+        cli_with_keys, base, keys, "models", "show", MODEL, "--version", "1"
+    )
     summary = json.loads(shown.stdout)
     assert summary["signature"] == "verified" and summary["encrypted"] is True
     assert summary["task"] == "regression" and summary["features"] == names
-    reproduced = await asyncio.to_thread(cli, base, keys, "models", "reproduce", MODEL, "1")
+    reproduced = await asyncio.to_thread(
+        cli_with_keys, base, keys, "models", "reproduce", MODEL, "1"
+    )
     assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
     assert "MATCH (bit for bit)" in reproduced.stdout
 

@@ -18,7 +18,7 @@ from modelstream.cli.models import audit_trail
 from modelstream.contracts.builders import command
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import Definition, in_online_holdout
+from modelstream.contracts.definitions import in_online_holdout
 from modelstream.contracts.records import TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import to_tensor
@@ -37,6 +37,7 @@ from modelstream.settings import Settings
 from tests.support.helpers import (
     consume_until,
     decoded,
+    define,
     eventually,
     produce,
     read_all,
@@ -78,20 +79,14 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     X_train, y_train = sea(0, 1, 2000)
     X_before, y_before = sea(0, 2, 2000)
     X_after, y_after = sea(3, 3, 8000)
-    await send_command(
+    await define(
         base,
-        command(
-            SEA,
-            "DEFINE",
-            definition=Definition(
-                name=SEA,
-                task="BINARY",
-                feature_names=tuple(SEA_NAMES),
-                classes=("0", "1"),
-                min_examples=100,
-                tolerance=0.01,
-            ),
-        ),
+        SEA,
+        "BINARY",
+        feature_names=tuple(SEA_NAMES),
+        classes=("0", "1"),
+        min_examples=100,
+        tolerance=0.01,
     )
     await produce(
         base,

@@ -12,10 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from modelstream.contracts.builders import command
 from modelstream.contracts.client import RequestEncoder
-from modelstream.contracts.definitions import Definition
-from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import generate_keys, load_public_key
 from modelstream.registry.follower import load_production
 from modelstream.services.predictor.app import PredictorApp
@@ -25,7 +22,7 @@ from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import load
-from tests.support.helpers import consume_until, decoded, produce_records, run_cli, running
+from tests.support.helpers import consume_until, decoded, define, produce_records, run_cli, running
 from tests.support.models import dataset
 
 BC = "breast-cancer"
@@ -44,19 +41,13 @@ async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp
     onnx_path = tmp_path / "sklearn.onnx"
     onnx_path.write_bytes(to_onnx(sklearn_model, X[:1].astype(np.float32)).SerializeToString())
 
-    await send_command(
+    await define(
         base,
-        command(
-            BC,
-            "DEFINE",
-            definition=Definition(
-                name=BC,
-                task="BINARY",
-                feature_names=tuple(names),
-                classes=("0", "1"),
-                thresholds={"min_accuracy": 0.9},
-            ),
-        ),
+        BC,
+        "BINARY",
+        feature_names=tuple(names),
+        classes=("0", "1"),
+        thresholds={"min_accuracy": 0.9},
     )
     # recent labelled data for the holdout gate
     await produce_records(

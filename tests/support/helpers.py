@@ -15,8 +15,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.records import RECORD_TYPES
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import RECORD_TYPES, Action, Task
+from modelstream.kafka.control import send_command
 from modelstream.runner import Service
 from modelstream.settings import Settings, load
 
@@ -118,22 +121,41 @@ async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord]:
     return [record async for record in read_to_end(settings, settings.topic(topic))]
 
 
-async def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`modelstream ARGS` in a subprocess against ``settings``' broker and topic prefix."""
-    full_env = {
-        **os.environ,
-        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        **env,
-    }
-    return await asyncio.to_thread(
-        subprocess.run,
+def cli(
+    *args: str, timeout_s: float = 120, drop: tuple[str, ...] = (), **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`modelstream ARGS` in a subprocess, with ``env`` added to (and ``drop`` removed from)
+    this process's environment."""
+    full_env = {k: v for k, v in os.environ.items() if k not in drop}
+    full_env.update(env)
+    return subprocess.run(
         [sys.executable, "-m", "modelstream.cli", *args],
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
+    )
+
+
+async def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`modelstream ARGS` in a subprocess against ``settings``' broker and topic prefix."""
+    return await asyncio.to_thread(
+        cli,
+        *args,
+        MODELSTREAM_BOOTSTRAP_SERVERS=settings.bootstrap,
+        MODELSTREAM_TOPIC_PREFIX=settings.topic_prefix,
+        **env,
+    )
+
+
+async def define(settings: Settings, name: str, task: str, **definition: Any) -> None:
+    """Send a DEFINE command for ``name`` (the other fields as for ``Definition``)."""
+    await send_command(
+        settings,
+        command(
+            name, Action.DEFINE, definition=Definition(name=name, task=Task(task), **definition)
+        ),
     )
 
 
