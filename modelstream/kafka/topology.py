@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from modelstream.kafka.clients import client_options
+from modelstream.kafka.clients import admin_client
 from modelstream.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -216,10 +216,8 @@ async def create_topics(
     declared configs (of every declared topic, or of the logical names in ``only``).
     Without it only Create and Describe ACLs are needed, as a service's principal has."""
     declared = [t for t in TOPOLOGY if only is None or t.name in only]
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
     report = ProvisionReport()
-    try:
+    async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in declared if settings.topic(t.name) not in existing]
         if missing:
@@ -261,8 +259,6 @@ async def create_topics(
                     for t in present
                 ]
             )
-    finally:
-        await admin.close()
     return report
 
 
@@ -296,9 +292,7 @@ class TopicState:
 
 async def describe_topics(settings: Settings) -> dict[str, TopicState]:
     """Partitions, replication and non-default configs of every declared topic that exists."""
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
+    async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         names = [settings.topic(t.name) for t in TOPOLOGY if settings.topic(t.name) in existing]
         if not names:
@@ -324,8 +318,6 @@ async def describe_topics(settings: Settings) -> dict[str, TopicState]:
                 non_default.get(topic["topic"], {}),
             )
         return result
-    finally:
-        await admin.close()
 
 
 def _is_default(entry: tuple[Any, ...]) -> bool:
