@@ -20,9 +20,15 @@ class ConfigurationError(ModelstreamError):
 
 
 class DecodeError(ModelstreamError):
-    """Bytes on a topic are neither valid Avro single-object nor a valid JSON object."""
+    """Bytes on a topic are neither valid Avro single-object nor a valid JSON object (or are
+    none at all, or too many): ``reason`` says which."""
 
     reason = "undecodable"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class SchemaMismatchError(DecodeError):

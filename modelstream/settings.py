@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar, overload
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modelstream.contracts.limits import Limits
 from modelstream.errors import ConfigurationError
 
 
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
     sasl_username: str | None = Field(default=None, description="This service's principal.")
     sasl_password: SecretStr | None = Field(default=None)
     ssl_ca_file: Path | None = Field(default=None, description="CA that signed the brokers.")
+    # What a decoded input may hold (see modelstream.contracts.limits).
+    max_message_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest record value accepted on an input."
+    )
+    max_json_depth: int = Field(default=32, ge=2, description="Deepest JSON nesting accepted.")
+    max_string_chars: int = Field(default=65_536, ge=256)
+    max_items: int = Field(default=100_000, ge=100, description="Entries of one array or map.")
 
     @property
     def embedded(self) -> bool:
@@ -96,6 +104,14 @@ class Settings(BaseSettings):
 
     def transactional_id(self, service: str) -> str:
         return f"{self.topic_prefix}{service}-{self.instance_id}"
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_bytes=self.max_message_bytes,
+            max_json_depth=self.max_json_depth,
+            max_string_chars=self.max_string_chars,
+            max_items=self.max_items,
+        )
 
     def data_key(self) -> tuple[bytes, str] | None:
         """The AES-256 data key and its id (SHA-256 prefix), when one is configured."""
@@ -116,6 +132,13 @@ class ServiceSettings(Settings):
     (each service has its own default, so several run on one host)."""
 
     service: ClassVar[str]
+
+    watchdog_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Exit (to be restarted) when the event loop has not "
+        "ticked for this long; 0 turns the watchdog off.",
+    )
 
     @property
     def metrics_port(self) -> int:

@@ -1,14 +1,22 @@
-"""Every Prometheus metric modelstream exports, declared in one place.
+"""Every Prometheus metric modelstream exports, declared in one place, and the HTTP endpoint
+each service serves them from, with its health.
 
 Names follow ``modelstream_<thing>_<unit>``; counters end in ``_total``; labels are limited
-to ``service``, ``model`` and ``version``. Each service serves ``/metrics`` on its own port
+to ``service``, ``model``, ``version`` and ``reason`` (a fixed set of dead-letter reasons).
+Each service serves ``/metrics``, ``/health/live`` and ``/health/ready`` on its own port
 (``MODELSTREAM_<SERVICE>_METRICS_PORT``).
 """
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 EVENTS_CONSUMED = Counter(
     "modelstream_events_consumed_total", "Records read from an input topic.", ["service"]
@@ -118,10 +126,107 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     histogram._sum.inc(float(np.sum(values)))
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Start the /metrics HTTP endpoint on ``host:port`` (port 0 = disabled)."""
-    if port:
-        start_http_server(port, addr=host)
+RECORDS_REJECTED = Counter(
+    "modelstream_records_rejected_total",
+    "Input records that were dead-lettered (or, by readers that cannot, skipped), by reason.",
+    ["service", "reason"],
+)
+SERVICE_READY = Gauge(
+    "modelstream_service_ready",
+    "1 while the service is started and its processing loop runs; 0 otherwise.",
+    ["service"],
+)
+SERVICE_HEARTBEAT = Gauge(
+    "modelstream_service_heartbeat_timestamp_seconds",
+    "Last time the service's event loop ticked (it stops when the loop is blocked).",
+    ["service"],
+)
+SERVICE_RESTARTS = Counter(
+    "modelstream_service_restarts_total",
+    "Children `modelstream up` restarted after they exited unexpectedly.",
+    ["service"],
+)
+
+
+class Health:
+    """What ``/health/live`` and ``/health/ready`` answer: live while the event loop ticks
+    and no processing loop has died; ready once started, until stopping."""
+
+    def __init__(self, service: str, stale_after_s: float) -> None:
+        self.service = service
+        self.stale_after_s = stale_after_s
+        self.started = False
+        self.stopping = False
+        self.failure: str | None = None
+        self.last_tick = time.monotonic()
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+        SERVICE_HEARTBEAT.labels(self.service).set(time.time())
+
+    def fail(self, why: str) -> None:
+        self.failure = why
+        SERVICE_READY.labels(self.service).set(0)
+
+    def set_started(self) -> None:
+        self.started = True
+        SERVICE_READY.labels(self.service).set(1)
+
+    def set_stopping(self) -> None:
+        self.stopping = True
+        SERVICE_READY.labels(self.service).set(0)
+
+    @property
+    def live(self) -> bool:
+        return self.failure is None and time.monotonic() - self.last_tick < self.stale_after_s
+
+    @property
+    def ready(self) -> bool:
+        return self.live and self.started and not self.stopping
+
+    def report(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "live": self.live,
+            "ready": self.ready,
+            "failure": self.failure,
+            "seconds_since_tick": round(time.monotonic() - self.last_tick, 3),
+        }
+
+
+def serve(port: int, host: str, health: Health | None = None) -> ThreadingHTTPServer | None:
+    """Serve ``/metrics`` (and, with ``health``, ``/health/live`` and ``/health/ready``) on
+    ``host:port`` from a daemon thread; port 0 serves nothing."""
+    if not port:
+        return None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            elif path in ("/health/live", "/health/ready") and health is not None:
+                ok = health.live if path.endswith("live") else health.ready
+                body = json.dumps(health.report()).encode()
+                self._answer(200 if ok else 503, body, "application/json")
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return  # scrapes every few seconds are not worth a log line
+
+    ThreadingHTTPServer.allow_reuse_address = True
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 # -- the monitor: live quality of what is served ----------------------------------------------

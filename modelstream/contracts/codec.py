@@ -24,6 +24,7 @@ import fastavro
 import fastavro.schema
 
 from modelstream.contracts.jsonform import JsonForm
+from modelstream.contracts.limits import Limits, check_record, json_depth
 from modelstream.contracts.records import RECORD_TYPES
 from modelstream.errors import DecodeError, SchemaMismatchError
 
@@ -36,6 +37,7 @@ NAMESPACE = "io.modelstream"
 SCHEMA_FILES: tuple[str, ...] = tuple(RECORD_TYPES)
 
 R = TypeVar("R")
+DEFAULTS = Limits()
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,12 @@ class AvroCodec:
             )
         return writer
 
-    def decode(self, data: bytes, record_type: type[R]) -> R:
-        """Decode a single-object encoded message into ``record_type``'s reader schema."""
+    def decode(self, data: bytes | None, record_type: type[R], limits: Limits = DEFAULTS) -> R:
+        """Decode a single-object encoded message into ``record_type``'s reader schema.
+
+        Total: any bytes (or none) either decode into a record within ``limits`` or raise
+        DecodeError / InvalidEventError with a reason."""
+        data = _present(data, limits)
         reader = self.schema(record_type)
         writer = self.writer_schema(data)
         if writer.name != reader.name:
@@ -120,6 +126,7 @@ class AvroCodec:
             raise DecodeError(f"corrupt {reader.name} body: {type(exc).__name__}: {exc}") from exc
         if stream.tell() != len(data):
             raise DecodeError(f"{len(data) - stream.tell()} trailing bytes after {reader.name}")
+        check_record(record, reader.parsed, limits)
         return cast(R, record)
 
     def json_form(self, record_type: type) -> JsonForm:
@@ -129,11 +136,15 @@ class AvroCodec:
             form = self._json_forms[name] = JsonForm(self.schema(record_type).parsed)
         return form
 
-    def decode_any(self, data: bytes, record_type: type[R]) -> R:
-        """Decode Avro single-object or a plain JSON object (user-facing input topics)."""
-        if is_json(data):
-            return cast(R, self.json_form(record_type).from_plain(parse_json_object(data)))
-        return self.decode(data, record_type)
+    def decode_any(self, data: bytes | None, record_type: type[R], limits: Limits = DEFAULTS) -> R:
+        """Decode Avro single-object or a plain JSON object (user-facing input topics); as
+        total as :meth:`decode`."""
+        data = _present(data, limits)
+        if not is_json(data):
+            return self.decode(data, record_type, limits)
+        record = self.json_form(record_type).from_plain(parse_json_object(data, limits))
+        check_record(record, self.schema(record_type).parsed, limits)
+        return cast(R, record)
 
     def encode_json(self, record_type: type[R], record: R) -> bytes:
         plain = self.json_form(record_type).to_plain(cast(Mapping[str, Any], record))
@@ -161,13 +172,32 @@ def is_json(data: bytes) -> bool:
     return False
 
 
-def parse_json_object(data: bytes) -> dict[str, Any]:
+def _present(data: bytes | None, limits: Limits) -> bytes:
+    """The bytes of a record value, refusing what is not one at all."""
+    if data is None:
+        raise DecodeError("null value (a tombstone) is not a record", reason="null-value")
+    if not data:
+        raise DecodeError("empty value", reason="empty-value")
+    if len(data) > limits.max_bytes:
+        raise DecodeError(
+            f"{len(data)} bytes exceed the limit of {limits.max_bytes}", reason="too-large"
+        )
+    return data
+
+
+def parse_json_object(data: bytes, limits: Limits = DEFAULTS) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise DecodeError("JSON nested too deeply", reason="too-deep") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, int digit limits
+        raise DecodeError(f"invalid JSON: {exc}", reason="invalid-json") from None
     if not isinstance(value, dict):
-        raise DecodeError("JSON message must be an object")
+        raise DecodeError("JSON message must be an object", reason="invalid-json")
+    if json_depth(value) > limits.max_json_depth:
+        raise DecodeError(
+            f"JSON nested deeper than {limits.max_json_depth} levels", reason="too-deep"
+        )
     return value
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from modelstream.contracts.records import Command, Features, Label, ModelDefinition, Task
+from modelstream.contracts.records import Action, Command, Features, Label, ModelDefinition, Task
 from modelstream.errors import InvalidEventError
 
 MAX_FEATURES = 100_000
 MAX_REQUEST_ID = 256
+MAX_NAME = 255  # model, feature and class names: Kafka keys, metric labels, JSON keys
+MAX_WINDOW = 10_000_000
 # Labelled examples the monitor writes to ``training`` carry this example-id prefix. One in
 # ONLINE_HOLDOUT_MODULUS of them is never learned online, so the validator can judge
 # online-learned candidates on rows they have not seen.
@@ -75,6 +77,22 @@ class Definition:
             problems.append("a regression model has no classes")
         if len(set(self.feature_names)) != len(self.feature_names):
             problems.append("feature names must be unique")
+        if len(self.feature_names) > MAX_FEATURES:
+            problems.append(f"at most {MAX_FEATURES} features")
+        if len(set(self.classes)) != len(self.classes):
+            problems.append("classes must be unique")
+        for kind, names in (("feature", self.feature_names), ("class", self.classes)):
+            bad = next((n for n in names if not _valid_name(n)), None)
+            if bad is not None:
+                problems.append(
+                    f"{kind} name {bad[:40]!r} must have 1..{MAX_NAME} printable characters"
+                )
+        if not all(
+            math.isfinite(v) for v in (self.tolerance, *self.l2_grid, *self.thresholds.values())
+        ):
+            problems.append("tolerance, l2_grid and thresholds must be finite")
+        if max(self.window_size, self.min_examples, self.cv_folds) > MAX_WINDOW:
+            problems.append(f"window_size, min_examples and cv_folds must be <= {MAX_WINDOW}")
         if self.window_size < 2 or self.min_examples < 2 or self.cv_folds < 2:
             problems.append("window_size, min_examples and cv_folds must be >= 2")
         if self.retrain_every < 0 or self.tolerance < 0:
@@ -104,6 +122,41 @@ class Definition:
 
     def fixed(self, feature_names: Sequence[str], classes: Sequence[str]) -> Definition:
         return replace(self, feature_names=tuple(feature_names), classes=tuple(classes))
+
+
+def _valid_name(name: str) -> bool:
+    return 0 < len(name) <= MAX_NAME and name.isprintable()
+
+
+def check_model_name(name: str) -> None:
+    """A model name is a Kafka key, a metric label and part of file names in exports."""
+    if not _valid_name(name):
+        raise InvalidEventError(
+            "bad-model-name",
+            f"model name {name[:40]!r} must have 1..{MAX_NAME} printable characters",
+        )
+
+
+def check_command(cmd: Command) -> None:
+    """What any reader of ``control`` can check without knowing the registry: the name, and
+    the values the action needs. Whether the model or version exists is the publisher's to
+    say (it knows both)."""
+    check_model_name(cmd["model"])
+    action = cmd["action"]
+    if action == Action.DEFINE:
+        Definition.from_command(cmd)
+    elif action == Action.ROLLBACK:
+        if cmd["version"] is None or cmd["version"] < 1:
+            raise InvalidEventError("invalid-command", "ROLLBACK needs a version >= 1")
+    elif action == Action.SET_TRAFFIC:
+        split = cmd["traffic"]
+        if split is None:
+            raise InvalidEventError("invalid-command", "SET_TRAFFIC needs a traffic split")
+        challenger = split["challenger_version"]
+        if challenger is not None and challenger < 1:
+            raise InvalidEventError("invalid-command", "the challenger version must be >= 1")
+        if not 0.0 <= split["fraction"] <= 1.0:
+            raise InvalidEventError("invalid-command", "the traffic fraction must be in [0, 1]")
 
 
 # -- features ----------------------------------------------------------------------------
@@ -197,9 +250,16 @@ def sorted_classes(labels: Sequence[str]) -> list[str]:
 
 
 def check_feature_count(names: Sequence[str]) -> None:
+    """Names inferred from a first example must make a valid definition."""
     if len(names) == 0 or len(names) > MAX_FEATURES:
         raise InvalidEventError(
             "wrong-feature-count", f"a model needs 1..{MAX_FEATURES} features, got {len(names)}"
+        )
+    bad = next((n for n in names if not _valid_name(n)), None)
+    if bad is not None:
+        raise InvalidEventError(
+            "bad-feature-name",
+            f"feature name {bad[:40]!r} must have 1..{MAX_NAME} printable characters",
         )
 
 

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from modelstream.kafka.compat import wait_for_metadata
 from modelstream.settings import Settings
+from modelstream.telemetry import CONSUMER_LAG
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -56,6 +57,9 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "enable_idempotence": True,
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
+        # Room for any dead letter (see writers.DEAD_LETTER_MAX_BYTES); what each topic
+        # accepts is the broker's max.message.bytes, checked before sending.
+        "max_request_size": 4 * 1024 * 1024 + 64 * 1024,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -74,6 +78,33 @@ def make_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+class LagReporter:
+    """Reports a consumer's lag (records behind the end of its assigned partitions, as of
+    its last fetch) as ``modelstream_consumer_lag_records``, at most once a second."""
+
+    def __init__(self, service: str, consumer: AIOKafkaConsumer) -> None:
+        self._gauge = CONSUMER_LAG.labels(service)
+        self._consumer = consumer
+        self._last = 0.0
+
+    async def report(self) -> None:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            return
+        self._last = now
+        self._gauge.set(sum((await consumer_lag(self._consumer)).values()))
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    """Records behind the end of each assigned partition (from the last fetch)."""
+    out = {}
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            out[tp] = max(0, highwater - await consumer.position(tp))
+    return out
 
 
 @asynccontextmanager

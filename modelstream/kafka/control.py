@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import check_command
 from modelstream.contracts.records import Command
-from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.kafka.boundary import Boundary
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.topology import CONTROL
 from modelstream.runner import Managed
@@ -24,14 +25,21 @@ log = logging.getLogger(__name__)
 
 
 class ControlFollower(Managed):
-    """Hands every decodable command to ``apply(command, replay)``; skips bad ones.
-    Use with ``async with``, then :meth:`replay` once and :meth:`poll` between batches."""
+    """Hands every valid command to ``apply(command, replay)``; skips (counts and logs) the
+    rest, whatever they are: one bad record on this kept-forever topic must never stop a
+    service, at start-up replay or later. (The publisher, its one reader in a consumer group,
+    dead-letters them.) Use with ``async with``, then :meth:`replay` once and :meth:`poll`
+    between batches."""
 
-    def __init__(self, settings: Settings, apply: Callable[[Command, bool], None]) -> None:
+    def __init__(
+        self, settings: Settings, apply: Callable[[Command, bool], None], service: str
+    ) -> None:
         self._settings = settings
         self._apply = apply
         self._consumer = make_consumer(settings, group_id=None)
         self._codec = default_codec()
+        self._limits = settings.limits()
+        self._boundary = Boundary(service)
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -51,7 +59,7 @@ class ControlFollower(Managed):
             batch = await self._consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    cmd = self._handle(record.value, record.offset, replay=True)
+                    cmd = self._handle(record, replay=True)
                     if cmd is not None:
                         replayed.append(cmd)
         return replayed
@@ -68,17 +76,19 @@ class ControlFollower(Managed):
         batch = await self._consumer.getmany(timeout_ms=timeout_ms)
         for records in batch.values():
             for record in records:
-                if self._handle(record.value, record.offset, replay=False) is not None:
+                if self._handle(record, replay=False) is not None:
                     applied += 1
         return applied
 
-    def _handle(self, value: bytes, offset: int, replay: bool) -> Command | None:
+    def _handle(self, record: ConsumerRecord, replay: bool) -> Command | None:
         try:
-            cmd = self._codec.decode_any(value, Command)
+            cmd = self._codec.decode_any(record.value, Command, self._limits)
+            check_command(cmd)
             self._apply(cmd, replay)
             return cmd
-        except (DecodeError, InvalidEventError) as exc:
-            log.warning("ignoring control record at offset %d: %s", offset, exc)
+        except Exception as exc:
+            failure = self._boundary.failure(exc)
+            self._boundary.reject(record.topic, record.partition, record.offset, failure)
             return None
 
 

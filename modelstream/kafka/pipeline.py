@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from modelstream.kafka.clients import make_consumer, make_producer
+from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
 from modelstream.kafka.writers import Header
 from modelstream.runner import Managed
 from modelstream.settings import Settings
@@ -252,9 +252,4 @@ class BatchPipeline(Managed):
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Records behind the end of each assigned partition (from the last fetch)."""
-        out = {}
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                out[tp] = max(0, highwater - await self.consumer.position(tp))
-        return out
+        return await consumer_lag(self.consumer)

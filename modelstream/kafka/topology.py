@@ -11,7 +11,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from modelstream.errors import InvalidEventError
 from modelstream.kafka.clients import admin_client
+from modelstream.kafka.writers import DEAD_LETTER_MAX_BYTES
 from modelstream.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -160,7 +162,8 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "every service",
         "operators",
         3,
-        {"retention.ms": str(14 * DAY_MS)},
+        # Larger than any input topic's limit: every input record fits with its headers.
+        {"retention.ms": str(14 * DAY_MS), "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
     ),
     TopicSpec(
         MONITOR_LABELLED,
@@ -193,6 +196,24 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
 )
 
 TOPICS_BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPOLOGY}
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+def max_message_bytes(name: str) -> int:
+    """The largest record the topic (logical name) takes, as provisioned."""
+    spec = TOPICS_BY_NAME[name]
+    return int(spec.config.get("max.message.bytes", BROKER_DEFAULT_MAX_MESSAGE_BYTES))
+
+
+def ensure_fits(name: str, value: bytes, key: bytes | None = None) -> None:
+    """Refuse, before anything is sent, an output the topic would refuse: a producer error
+    inside a transaction would abort everything else in it."""
+    size = len(value) + len(key or b"") + 512  # record and batch framing, headers
+    if size > max_message_bytes(name):
+        raise InvalidEventError(
+            "output-too-large",
+            f"the {name} record would have {size} bytes; the topic takes {max_message_bytes(name)}",
+        )
 
 
 @dataclass

@@ -8,6 +8,7 @@ its source coordinates.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -68,6 +69,23 @@ class Sourced(Position, Protocol):
     def value(self) -> bytes | None: ...
 
 
+# The dead-letter topic takes records up to DEAD_LETTER_MAX_BYTES (topology), more than any
+# input topic, so an input record always fits with its headers. A larger value (from a topic
+# that takes large artifacts) is cut to this size; its length and SHA-256 stay in the headers.
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
+DEAD_LETTER_MAX_VALUE = DEAD_LETTER_MAX_BYTES - 64 * 1024
+
+
+def fitted_value(value: bytes | None) -> tuple[bytes | None, list[Header]]:
+    """The value a dead letter can carry, and the headers that say what was cut."""
+    if value is None or len(value) <= DEAD_LETTER_MAX_VALUE:
+        return value, []
+    return value[:DEAD_LETTER_MAX_VALUE], [
+        ("value.truncated.from", str(len(value)).encode()),
+        ("value.sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+
+
 class DeadLetterWriter:
     """Sends an undecodable or invalid record, unchanged, to the dead-letter topic."""
 
@@ -86,11 +104,12 @@ class DeadLetterWriter:
             reason,
             message,
         )
+        value, cut = fitted_value(record.value)
         future: asyncio.Future[Any] = await self._producer.send(
             self._topic,
-            key=record.key,
-            value=record.value,
-            headers=dead_letter_headers(record, reason, message, self._service),
+            key=record.key[: DEAD_LETTER_MAX_VALUE // 16] if record.key else record.key,
+            value=value,
+            headers=dead_letter_headers(record, reason, message, self._service) + cut,
         )
         return future
 

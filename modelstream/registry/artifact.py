@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelstream.contracts.codec import AvroCodec, default_codec
+from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import ModelArtifact, ModelBody, Tensor
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 
@@ -184,7 +185,7 @@ def verify_bytes(
     """Decode a ModelArtifact message and verify it against the schema that wrote it."""
     codec = codec or default_codec()
     writer = codec.writer_schema(data)
-    record = codec.decode(data, ModelArtifact)
+    record = codec.decode(data, ModelArtifact, INTERNAL)
     return verify_record(
         record,
         public_key,

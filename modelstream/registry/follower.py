@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import MAX_NAME
+from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import ModelArtifact
-from modelstream.errors import ArtifactVerificationError, DecodeError
+from modelstream.kafka.boundary import Boundary, record_failure
 from modelstream.kafka.clients import make_consumer, partitions_of, read_to_end
 from modelstream.kafka.topology import MODEL_HISTORY, MODELS
-from modelstream.registry.artifact import Verified, load_public_key, verify_bytes
+from modelstream.registry.artifact import PUBLIC_KEY_NAME, Verified, load_public_key, verify_bytes
 from modelstream.runner import Managed
 from modelstream.settings import Settings
 
@@ -25,7 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def public_key(settings: Settings) -> Ed25519PublicKey | None:
-    return load_public_key(settings.public_key_file) if settings.public_key_file else None
+    """The key artifacts must verify against: MODELSTREAM_PUBLIC_KEY_FILE, else the one in
+    ``<state dir>/keys/`` (where `modelstream up` and `keys generate` put it), else none."""
+    path = settings.public_key_file
+    if path is None:
+        default = settings.state_dir / "keys" / PUBLIC_KEY_NAME
+        path = default if default.exists() else None
+    return load_public_key(path) if path is not None else None
 
 
 async def load_production(
@@ -38,8 +46,11 @@ async def load_production(
     async for record in read_to_end(settings, settings.topic(MODELS)):
         try:
             verified = verify_bytes(record.value, key, allow_unsigned=allow)
-        except (ArtifactVerificationError, DecodeError) as exc:
-            log.warning("registry record %d refused: %s", record.offset, exc)
+        except Exception as exc:
+            failure = record_failure(exc)
+            if failure is None:
+                raise
+            log.warning("registry record %d refused: %s", record.offset, failure.error)
             continue
         out[verified.body["name"]] = verified
     return out
@@ -51,12 +62,21 @@ async def load_history(settings: Settings) -> dict[tuple[str, int], ModelArtifac
     out: dict[tuple[str, int], ModelArtifact] = {}
     async for record in read_to_end(settings, settings.topic(MODEL_HISTORY)):
         try:
-            artifact = codec.decode(record.value, ModelArtifact)
-        except DecodeError:
+            artifact = codec.decode(record.value, ModelArtifact, INTERNAL)
+        except Exception as exc:
+            if record_failure(exc) is None:
+                raise
             continue
         body = artifact["body"]
         out[(body["name"], body["version"])] = artifact
     return out
+
+
+def model_of_key(key: bytes | None) -> str:
+    """The model a registry record's key names (``name`` or ``name:version``), when it is a
+    valid model name; "" otherwise (a hostile key must not become a label or a key)."""
+    name = key.decode(errors="replace").split(":")[0] if key else ""
+    return name if 0 < len(name) <= MAX_NAME and name.isprintable() else ""
 
 
 def latest_versions(history: Mapping[tuple[str, int], object]) -> dict[str, int]:
@@ -73,12 +93,13 @@ class ProductionFollower(Managed):
     what arrived since and returns the names whose production artifact changed. Records that
     fail verification are counted in ``refused`` and leave the previous version in place."""
 
-    def __init__(self, settings: Settings, key: Ed25519PublicKey | None) -> None:
+    def __init__(self, settings: Settings, key: Ed25519PublicKey | None, service: str) -> None:
         self._settings = settings
         self._key = key
         self._consumer = make_consumer(settings, group_id=None, fetch_max_wait_ms=50)
         self.production: dict[str, Verified] = {}
         self.refused: list[tuple[str, str]] = []  # (model, reason), drained by the owner
+        self._boundary = Boundary(service)
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -104,10 +125,10 @@ class ProductionFollower(Managed):
                     verified = verify_bytes(
                         record.value, self._key, allow_unsigned=self._settings.allow_unsigned
                     )
-                except (ArtifactVerificationError, DecodeError) as exc:
-                    model = record.key.decode(errors="replace") if record.key else ""
-                    log.warning("registry record %d refused: %s", record.offset, exc)
-                    self.refused.append((model, str(exc)))
+                except Exception as exc:
+                    failure = self._boundary.failure(exc)  # infrastructure errors propagate
+                    self._boundary.reject(record.topic, record.partition, record.offset, failure)
+                    self.refused.append((model_of_key(record.key), failure.error))
                     continue
                 name = verified.body["name"]
                 current = self.production.get(name)

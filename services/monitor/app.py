@@ -106,7 +106,6 @@ from modelstream.telemetry import (
     ONLINE_LEARNER_LABELS,
     PRODUCTION_VERSION,
     ROLLBACKS_REQUESTED,
-    serve_metrics,
 )
 
 log = logging.getLogger("modelstream.monitor")
@@ -184,7 +183,7 @@ class MonitorApp(Lifecycle):
         self.data_key = settings.data_key()
         self.config = settings.watch_config()
         self.ttl_ms = int(settings.join_ttl_s * 1000)
-        self.registry = ProductionFollower(settings, public_key(settings))
+        self.registry = ProductionFollower(settings, public_key(settings), SERVICE)
         self.watches: dict[str, ModelWatch] = {}
         self.restored: set[str] = set()
         self.influx = (
@@ -266,7 +265,6 @@ class MonitorApp(Lifecycle):
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         (self.settings.state_dir / "monitor").mkdir(parents=True, exist_ok=True)
         await create_topics(self.settings, only=MONITOR_TOPICS, reconcile=False)
         if self.influx is not None:

@@ -9,7 +9,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Action, AuditEvent, Command
-from modelstream.errors import ArtifactVerificationError, DecodeError
+from modelstream.kafka.boundary import Boundary
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.pipeline import BatchPipeline, Outgoing
@@ -28,7 +28,7 @@ from modelstream.kafka.topology import (
 )
 from modelstream.kafka.writers import AuditWriter, dead_letter_headers
 from modelstream.registry.artifact import verify_bytes
-from modelstream.registry.follower import public_key
+from modelstream.registry.follower import model_of_key, public_key
 from modelstream.runner import Lifecycle
 from modelstream.services.predictor.logic import PredictorLogic, ServingModel, Traffic
 from modelstream.services.predictor.settings import Delivery, PredictorSettings
@@ -44,7 +44,6 @@ from modelstream.telemetry import (
     PRODUCTION_VERSION,
     SHADOW_PREDICTIONS,
     observe_many,
-    serve_metrics,
 )
 
 log = logging.getLogger("modelstream.predictor")
@@ -117,12 +116,13 @@ class PredictorApp(Lifecycle):
             session_timeout_s=settings.predictor_session_timeout_s,
         )
         self.registry = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
-        self.control = ControlFollower(settings, self._apply_command)
+        self.control = ControlFollower(settings, self._apply_command, SERVICE)
         self.audit_producer = make_producer(settings)
         self.audit = AuditWriter(
             self.audit_producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
         )
         self._audits: list[AuditEvent] = []
+        self.boundary = Boundary(SERVICE)
         self._last_lag = 0.0
 
     def request_stop(self) -> None:
@@ -130,7 +130,6 @@ class PredictorApp(Lifecycle):
         self.pipeline.request_stop()
 
     async def start(self) -> None:
-        serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         await self.own(self.audit_producer)
         await self.own(self.registry)
         await self._load_registry()
@@ -180,7 +179,7 @@ class PredictorApp(Lifecycle):
                 self._install(record, production=tp.topic == models_topic)
 
     def _install(self, record: ConsumerRecord, *, production: bool) -> None:
-        name = record.key.decode(errors="replace").split(":")[0] if record.key else ""
+        name = model_of_key(record.key)
         try:
             verified = verify_bytes(
                 record.value,
@@ -189,21 +188,15 @@ class PredictorApp(Lifecycle):
                 codec=self.codec,
             )
             model = ServingModel.from_verified(verified, self.data_key)
-        except (ArtifactVerificationError, DecodeError) as exc:
+        except Exception as exc:
+            failure = self.boundary.failure(exc)  # infrastructure errors propagate
+            self.boundary.reject(record.topic, record.partition, record.offset, failure)
             ARTIFACTS_REFUSED.labels(SERVICE, name if name in self.logic.versions else "").inc()
-            log.warning(
-                "refused artifact %s[%d]@%d for %s: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                name,
-                exc,
-            )
             self._audits.append(
                 self.audit.event(
                     name,
-                    "signature_refused" if "sign" in str(exc) else "artifact_refused",
-                    reason=str(exc),
+                    "signature_refused" if "sign" in failure.error else "artifact_refused",
+                    reason=failure.error,
                     details={
                         "topic": record.topic,
                         "partition": record.partition,

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from modelstream.contracts.codec import MAGIC
-from modelstream.errors import DecodeError
+from modelstream.contracts.limits import INT_RANGE, LONG_RANGE
+from modelstream.errors import DecodeError, InvalidEventError
 
 
 def zigzag(value: int) -> bytes:
@@ -39,6 +40,8 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
     n = byte & 0x7F
     shift = 7
     while byte & 0x80:
+        if shift > 63:  # an Avro long takes at most 10 bytes; more is a corrupt (or hostile) body
+            raise DecodeError("corrupt PredictionRequest body: varint longer than 10 bytes")
         byte = data[pos]
         pos += 1
         n |= (byte & 0x7F) << shift
@@ -139,6 +142,10 @@ class RequestReader:
                 return None
             version, pos = _optional_long(data, pos, "version")
             sent_at, pos = _optional_long(data, pos, "sent_at_ms")
+            if version is not None and not INT_RANGE[0] <= version <= INT_RANGE[1]:
+                raise InvalidEventError("out-of-range", f"version {version} is not an Avro int")
+            if sent_at is not None and not LONG_RANGE[0] <= sent_at <= LONG_RANGE[1]:
+                raise InvalidEventError("out-of-range", f"sent_at_ms {sent_at} is not a long")
         except IndexError:
             if kind == 1:
                 return None  # a map of another shape: let the generic decoder judge it

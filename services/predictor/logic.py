@@ -10,8 +10,8 @@ timestamp (aiokafka's ConsumerRecord is one).
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
 import zlib
 from collections import defaultdict
@@ -21,7 +21,9 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
-from modelstream.contracts.codec import AvroCodec, is_json
+from modelstream.contracts.codec import DEFAULTS, AvroCodec, is_json
+from modelstream.contracts.definitions import check_request_id
+from modelstream.contracts.limits import Limits
 from modelstream.contracts.records import Prediction, PredictionRequest, Task
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.learn.linear import LinearModel
@@ -36,6 +38,7 @@ from modelstream.services.predictor.fastpath import (
 
 log = logging.getLogger(__name__)
 FRACTION_SCALE = 2**32
+_JSON_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,255})"')
 
 
 class Message(Protocol):
@@ -45,7 +48,7 @@ class Message(Protocol):
     def key(self) -> bytes | None: ...
 
     @property
-    def value(self) -> bytes: ...
+    def value(self) -> bytes | None: ...
 
     @property
     def timestamp(self) -> int: ...
@@ -118,8 +121,16 @@ class Scored(Generic[M]):
 
 
 class PredictorLogic:
-    def __init__(self, codec: AvroCodec, *, output_format: str, max_versions: int = 10) -> None:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        *,
+        output_format: str,
+        max_versions: int = 10,
+        limits: Limits = DEFAULTS,
+    ) -> None:
         self.codec = codec
+        self.limits = limits
         self.output_format = output_format
         self.max_versions = max_versions
         self.versions: dict[str, dict[int, ServingModel]] = {}
@@ -191,12 +202,21 @@ class PredictorLogic:
             result.groups.append(self._encode(model, route, good, output, now_ms, result))
         return result
 
-    def _decode(self, data: bytes) -> Request:
-        fast = self._reader.read(data)
+    def _decode(self, data: bytes | None) -> Request:
+        fast = self._reader.read(data) if data and len(data) <= self.limits.max_bytes else None
         if fast is not None:
-            return fast
-        r = self.codec.decode_any(data, PredictionRequest)  # raises a precise error
-        return r["request_id"].encode(), r["model"], r["features"], r["version"], r["sent_at_ms"]
+            request = fast
+        else:  # any other form, or not a request at all: the total decoder says which
+            r = self.codec.decode_any(data, PredictionRequest, self.limits)
+            request = (
+                r["request_id"].encode(),
+                r["model"],
+                r["features"],
+                r["version"],
+                r["sent_at_ms"],
+            )
+        check_request_id(request[0].decode(), None)
+        return request
 
     def _routes(self, request: Request) -> Iterable[tuple[int, str]]:
         name = request[1]
@@ -378,15 +398,12 @@ class PredictorLogic:
         ]
 
     def _model_hint(self, message: Message) -> str:
-        """The model a bad message names, when that model is known (bounded metric labels)."""
-        key = message.key.decode(errors="replace") if message.key else ""
-        try:
-            if is_json(message.value):
-                named = json.loads(message.value).get("model")
-                key = named if isinstance(named, str) else key
-        except (ValueError, AttributeError):
-            pass
-        return key if key in self.versions else ""
+        """The model a bad message names, when that model is known (bounded metric labels).
+        A bad message is not parsed again: a JSON one is only searched for a model field."""
+        value = message.value or b""
+        named = _JSON_MODEL.search(value[:4096]) if is_json(value) else None
+        hint = named.group(1).decode(errors="replace") if named else ""
+        return hint if hint in self.versions else ""
 
 
 def _feature_error(features: Mapping[str, Any], names: list[str]) -> InvalidEventError:

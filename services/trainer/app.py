@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
+from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import Action, Command, ModelArtifact, Origin, TrainingExample
-from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.errors import DecodeError
+from modelstream.kafka.boundary import Boundary, Failure, record_failure
 from modelstream.kafka.clients import (
+    LagReporter,
     OffsetRange,
     make_consumer,
     make_producer,
@@ -20,12 +24,19 @@ from modelstream.kafka.clients import (
     read_to_end,
 )
 from modelstream.kafka.control import ControlFollower
-from modelstream.kafka.topology import AUDIT, CANDIDATES, CONTROL, DEADLETTER, TRAINING
+from modelstream.kafka.topology import (
+    AUDIT,
+    CANDIDATES,
+    CONTROL,
+    DEADLETTER,
+    TRAINING,
+    ensure_fits,
+)
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.learn.sgd import GDConfig
-from modelstream.registry.follower import load_history, load_production
+from modelstream.registry.follower import load_history, load_production, model_of_key
 from modelstream.runner import Lifecycle
-from modelstream.services.trainer.logic import TrainerLogic, TrainingError, sealed_candidate
+from modelstream.services.trainer.logic import Candidate, TrainerLogic, sealed_candidate
 from modelstream.services.trainer.settings import TrainerSettings
 from modelstream.telemetry import (
     DEAD_LETTERS,
@@ -34,7 +45,6 @@ from modelstream.telemetry import (
     TRAINING_SECONDS,
     TRAININGS,
     WINDOW_EXAMPLES,
-    serve_metrics,
 )
 
 log = logging.getLogger("modelstream.trainer")
@@ -75,8 +85,11 @@ class TrainerApp(Lifecycle):
         self.consumer = make_consumer(
             settings, group_id=self.group, max_poll_records=settings.poll_max_records
         )
-        self.control = ControlFollower(settings, self._apply_command)
+        self.lag = LagReporter(SERVICE, self.consumer)
+        self.control = ControlFollower(settings, self._apply_command, SERVICE)
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
+        self.boundary = Boundary(SERVICE)
+        self.limits = settings.limits()
         self.audit = AuditWriter(
             self.producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
         )
@@ -85,7 +98,6 @@ class TrainerApp(Lifecycle):
         self.last_trained_ms: dict[str, int] = {}
 
     async def start(self) -> None:
-        serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         await self.own(self.producer)
         await self._load_lineage()
         await self.own(self.control)
@@ -100,7 +112,7 @@ class TrainerApp(Lifecycle):
         artifacts: list[ModelArtifact] = list((await load_history(self.settings)).values())
         async for record in read_to_end(self.settings, self.settings.topic(CANDIDATES)):
             try:
-                artifacts.append(self.codec.decode(record.value, ModelArtifact))
+                artifacts.append(self.codec.decode(record.value, ModelArtifact, INTERNAL))
             except DecodeError:
                 continue
         for artifact in sorted(artifacts, key=lambda a: a["body"]["created_at_ms"]):
@@ -149,12 +161,14 @@ class TrainerApp(Lifecycle):
                 self.settings, [OffsetRange(tp.topic, tp.partition, start, committed)]
             ):
                 try:
-                    example = self.codec.decode_any(record.value, TrainingExample)
+                    example = self.codec.decode_any(record.value, TrainingExample, self.limits)
                     trained_until = self.lineage.get(example["model"], {}).get(tp.partition)
                     is_new = trained_until is None or record.offset >= trained_until[1]
                     self.logic.accept(example, tp.partition, record.offset, count_as_new=is_new)
                     replayed += 1
-                except (DecodeError, InvalidEventError):
+                except Exception as exc:
+                    if record_failure(exc) is None:
+                        raise
                     continue  # dead-lettered when it was first consumed
             log.info(
                 "rebuilt %d examples of partition %d from offsets [%d, %d)",
@@ -168,37 +182,52 @@ class TrainerApp(Lifecycle):
     async def run(self) -> None:
         while not self.stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
+            await self.lag.report()
             await self.control.poll()
             if not batch and not self.logic.due_models():
                 continue
-            # Dead letters, candidates, definition updates, audit events and the consumed
-            # offsets commit together: after a crash either all of a batch's effects are
-            # visible or none are, and the rebuild retrains the same candidate exactly once.
+            # Everything is decided before the transaction opens (training may take long);
+            # then dead letters, definition updates, candidates, audit events and the
+            # consumed offsets commit together: after a crash either all of a batch's effects
+            # are visible or none are, and the rebuild retrains the same candidate once.
+            rejected: list[tuple[ConsumerRecord, Failure]] = []
+            for records in batch.values():
+                for record in records:
+                    EVENTS_CONSUMED.labels(SERVICE).inc()
+                    failure = self._accept(record)
+                    if failure is not None:
+                        rejected.append((record, failure))
+            outcomes = [await self._train(name) for name in self.logic.due_models()]
             async with self.producer.transaction():
-                for records in batch.values():
-                    for record in records:
-                        EVENTS_CONSUMED.labels(SERVICE).inc()
-                        await self._handle_example(record)
-                for name in self.logic.due_models():
-                    await self._train(name)
+                for record, failure in rejected:
+                    await self.dead.send(record, failure.reason, failure.error)
+                for outcome in outcomes:
+                    await outcome.emit()
                 if batch:
                     await self.producer.send_offsets_to_transaction(
                         {tp: records[-1].offset + 1 for tp, records in batch.items()}, self.group
                     )
+            for outcome in outcomes:
+                outcome.committed()
 
-    async def _handle_example(self, record: ConsumerRecord) -> None:
-        model = record.key.decode(errors="replace") if record.key else ""
+    def _accept(self, record: ConsumerRecord) -> Failure | None:
+        """Take one example into its model's window, or say why it cannot be."""
         try:
-            example = self.codec.decode_any(record.value, TrainingExample)
-            model = example["model"]
+            example = self.codec.decode_any(record.value, TrainingExample, self.limits)
             self.logic.accept(example, record.partition, record.offset)
-        except (DecodeError, InvalidEventError) as exc:
-            DEAD_LETTERS.labels(SERVICE, model if model in self.logic.windows else "").inc()
-            await self.dead.send(record, exc.reason, str(exc))
-            return
-        TRAINING_EXAMPLES.labels(model).inc()
+        except Exception as exc:
+            failure = self.boundary.failure(exc)  # infrastructure errors propagate
+            self.boundary.reject(record.topic, record.partition, record.offset, failure)
+            name = model_of_key(record.key)
+            DEAD_LETTERS.labels(SERVICE, name if name in self.logic.windows else "").inc()
+            return failure
+        TRAINING_EXAMPLES.labels(example["model"]).inc()
+        return None
 
-    async def _train(self, name: str) -> None:
+    async def _train(self, name: str) -> Training:
+        """Train ``name`` on its window and prepare what to send; a model that cannot be
+        trained (too few classes, a candidate the topic would not take, a failure of the
+        learner) is audited as such and waits for its next trigger."""
         production = await load_production(self.settings, allow_unsigned=True)
         parent = production[name].body["version"] if name in production else None
         try:
@@ -206,17 +235,12 @@ class TrainerApp(Lifecycle):
                 candidate = await asyncio.to_thread(
                     self.logic.build_candidate, name, self.training_topic, parent
                 )
-        except TrainingError as exc:
-            log.warning("not training %s: %s", name, exc)
-            self.logic.trained(name)
-            await self.audit.send(name, "training_skipped", reason=str(exc))
-            return
-        if candidate.inferred is not None:
-            self.logic.define(candidate.inferred)
-            await self.producer.send(
-                self.settings.topic(CONTROL),
-                key=name.encode(),
-                value=self.codec.encode(
+            artifact = sealed_candidate(candidate)
+            value = self.codec.encode(ModelArtifact, artifact)
+            ensure_fits(CANDIDATES, value, name.encode())
+            definition = None
+            if candidate.inferred is not None:
+                definition = self.codec.encode(
                     Command,
                     command(
                         name,
@@ -225,40 +249,84 @@ class TrainerApp(Lifecycle):
                         actor=SERVICE,
                         reason="feature names and classes fixed at first training",
                     ),
-                ),
-            )
-        artifact = sealed_candidate(candidate)
-        await self.producer.send(
-            self.settings.topic(CANDIDATES),
-            key=name.encode(),
-            value=self.codec.encode(ModelArtifact, artifact),
+                )
+                ensure_fits(CONTROL, definition, name.encode())
+        except Exception as exc:
+            failure = self.boundary.failure(exc)
+            log.warning("not training %s: %s: %s", name, failure.reason, failure.error)
+            self.logic.trained(name)
+            return Training(self, name, skipped=failure)
+        return Training(
+            self,
+            name,
+            candidate=candidate,
+            artifact=artifact,
+            value=value,
+            definition=definition,
+            parent=parent,
         )
-        body = candidate.body
-        self.lineage[name] = {
-            r["partition"]: (r["start"], r["end"]) for r in body["lineage"]["ranges"]
-        }
-        self.logic.trained(name)
-        TRAININGS.labels(SERVICE, name).inc()
-        WINDOW_EXAMPLES.labels(name).set(body["lineage"]["example_count"])
+
+
+@dataclass
+class Training:
+    """One model's training in a batch: what to send in the batch's transaction, and what to
+    remember once it has committed."""
+
+    app: TrainerApp
+    name: str
+    skipped: Failure | None = None
+    candidate: Candidate | None = None
+    artifact: ModelArtifact | None = None
+    value: bytes = b""
+    definition: bytes | None = None
+    parent: int | None = None
+
+    async def emit(self) -> None:
+        app, name = self.app, self.name
+        if self.skipped is not None:
+            await app.audit.send(
+                name, "training_skipped", reason=f"{self.skipped.reason}: {self.skipped.error}"
+            )
+            return
+        assert self.candidate is not None and self.artifact is not None
+        if self.definition is not None:
+            await app.producer.send(
+                app.settings.topic(CONTROL), key=name.encode(), value=self.definition
+            )
+        await app.producer.send(app.settings.topic(CANDIDATES), key=name.encode(), value=self.value)
+        body = self.candidate.body
         ranges = ",".join(
             f"{r['partition']}:{r['start']}-{r['end']}" for r in body["lineage"]["ranges"]
         )
-        await self.audit.send(
+        await app.audit.send(
             name,
             "trained",
-            digest=artifact["digest"],
+            digest=self.artifact["digest"],
             details={
                 "ranges": ranges,
                 "examples": body["lineage"]["example_count"],
                 "l2": body["training"]["l2"],
-                "parent_version": parent,
+                "parent_version": self.parent,
                 "cv_primary": body["metrics"].get("cv_primary"),
             },
         )
+
+    def committed(self) -> None:
+        if self.candidate is None or self.artifact is None:
+            return
+        app, name, body = self.app, self.name, self.candidate.body
+        if self.candidate.inferred is not None:
+            app.logic.define(self.candidate.inferred)
+        app.lineage[name] = {
+            r["partition"]: (r["start"], r["end"]) for r in body["lineage"]["ranges"]
+        }
+        app.logic.trained(name)
+        TRAININGS.labels(SERVICE, name).inc()
+        WINDOW_EXAMPLES.labels(name).set(body["lineage"]["example_count"])
         log.info(
             "trained %s on %d examples (l2=%g): candidate %s",
             name,
             body["lineage"]["example_count"],
             body["training"]["l2"],
-            artifact["digest"][:12],
+            self.artifact["digest"][:12],
         )

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import numpy as np
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import (
@@ -27,7 +27,9 @@ from modelstream.contracts.records import (
     ValidationReport,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.kafka.boundary import AfterCommit, Boundary, Emit, OneRecordTransactions
 from modelstream.kafka.clients import (
+    LagReporter,
     OffsetRange,
     make_consumer,
     make_producer,
@@ -35,12 +37,12 @@ from modelstream.kafka.clients import (
     read_ranges,
 )
 from modelstream.kafka.control import ControlFollower
-from modelstream.kafka.topology import AUDIT, CANDIDATES, DEADLETTER, TRAINING
+from modelstream.kafka.topology import AUDIT, CANDIDATES, DEADLETTER, TRAINING, ensure_fits
 from modelstream.kafka.topology import VALIDATIONS as REPORTS
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import Verified, decrypt_tensors, verify_bytes
-from modelstream.registry.follower import load_production, public_key
+from modelstream.registry.follower import load_production, model_of_key, public_key
 from modelstream.registry.lineage import config_from_record, load_lineage, within_lineage
 from modelstream.runner import Lifecycle
 from modelstream.services.validator.logic import (
@@ -53,12 +55,10 @@ from modelstream.services.validator.logic import (
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.telemetry import (
     CROSS_VALIDATION_SECONDS,
-    DEAD_LETTERS,
     EVENTS_CONSUMED,
     VALIDATION_SECONDS,
     VALIDATIONS,
     VALIDATIONS_REJECTED,
-    serve_metrics,
 )
 
 log = logging.getLogger("modelstream.validator")
@@ -78,19 +78,22 @@ class ValidatorApp(Lifecycle):
         self.consumer = make_consumer(
             settings, settings.topic(CANDIDATES), group_id=self.group, max_poll_records=1
         )
+        self.lag = LagReporter(SERVICE, self.consumer)
         self.producer = make_producer(settings, transactional_id=settings.transactional_id(SERVICE))
         self.dead = DeadLetterWriter(self.producer, settings.topic(DEADLETTER), SERVICE)
         self.audit = AuditWriter(
             self.producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
         )
-        self.control = ControlFollower(settings, self._apply_command)
+        self.control = ControlFollower(settings, self._apply_command, SERVICE)
+        self.records = OneRecordTransactions(
+            self.producer, self.group, self.dead, Boundary(SERVICE), self._model_label
+        )
 
     def _apply_command(self, cmd: Command, replay: bool) -> None:
         if cmd["action"] == Action.DEFINE:
             self.definitions[cmd["model"]] = Definition.from_command(cmd)
 
     async def start(self) -> None:
-        serve_metrics(self.settings.metrics_port, self.settings.metrics_host)
         await self.own(self.producer)
         await self.own(self.control)
         await self.control.replay()
@@ -100,38 +103,36 @@ class ValidatorApp(Lifecycle):
     async def run(self) -> None:
         while not self.stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
+            await self.lag.report()
             await self.control.poll()
-            for tp, records in batch.items():
+            for records in batch.values():
                 for record in records:
                     EVENTS_CONSUMED.labels(SERVICE).inc()
-                    await self._process(tp, record)
+                    await self.records.handle(record, self._validate)
 
-    async def _process(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        name = record.key.decode(errors="replace") if record.key else ""
-        log.debug("candidate at %s[%d]@%d", tp.topic, tp.partition, record.offset)
-        try:
-            candidate = verify_bytes(record.value, None, allow_unsigned=True, codec=self.codec)
-            name = candidate.body["name"]
-            definition = self.definitions.get(name)
-            if definition is None:
-                raise InvalidEventError("unknown-model", f"no model named {name!r} is defined")
-            if candidate.body["encryption"] is not None:
-                raise InvalidEventError(
-                    "encrypted-candidate",
-                    "candidates must not be encrypted; the publisher encrypts",
-                )
-            model = LinearModel.from_body(candidate.body)
-        except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
-            DEAD_LETTERS.labels(SERVICE, name if name in self.definitions else "").inc()
-            async with self.producer.transaction():
-                await self.dead.send(record, exc.reason, str(exc))
-                await self._commit(tp, record)
-            return
+    def _model_label(self, record: ConsumerRecord) -> str:
+        name = model_of_key(record.key)
+        return name if name in self.definitions else ""
+
+    async def _validate(self, record: ConsumerRecord) -> Emit:
+        """Judge one candidate (no side effects); the returned step writes the report."""
+        candidate = verify_bytes(record.value, None, allow_unsigned=True, codec=self.codec)
+        name = candidate.body["name"]
+        definition = self.definitions.get(name)
+        if definition is None:
+            raise InvalidEventError("unknown-model", f"no model named {name!r} is defined")
+        if candidate.body["encryption"] is not None:
+            raise InvalidEventError(
+                "encrypted-candidate", "candidates must not be encrypted; the publisher encrypts"
+            )
+        model = LinearModel.from_body(candidate.body)
         with VALIDATION_SECONDS.labels(name).time():
             champion, champion_body = await self._champion(name, model)
             verdict = await self._judge(candidate, model, definition, champion, champion_body)
         champion_version = champion_body["version"] if champion_body else None
         result = report(candidate.body, candidate.record, verdict, champion_version, SERVICE)
+        value = self.codec.encode(ValidationReport, result)
+        ensure_fits(REPORTS, value)
         event = "validated" if verdict.passed else "rejected"
         audit = self.audit.event(
             name,
@@ -146,27 +147,25 @@ class ValidatorApp(Lifecycle):
                 **{k: f"{v:.6g}" for k, v in verdict.metrics.items()},
             },
         )
-        async with self.producer.transaction():
-            await self.producer.send(
-                self.settings.topic(REPORTS),
-                key=name.encode(),
-                value=self.codec.encode(ValidationReport, result),
-            )
-            await self.audit.send_event(audit)
-            await self._commit(tp, record)
-        VALIDATIONS.labels(name).inc()
-        if not verdict.passed:
-            VALIDATIONS_REJECTED.labels(name).inc()
-        log.info(
-            "%s candidate %s of %s: %s",
-            event,
-            candidate.digest[:12],
-            name,
-            "; ".join(verdict.reasons) or verdict.metrics,
-        )
 
-    async def _commit(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        await self.producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
+        async def emit() -> AfterCommit:
+            await self.producer.send(self.settings.topic(REPORTS), key=name.encode(), value=value)
+            await self.audit.send_event(audit)
+            return after
+
+        def after() -> None:
+            VALIDATIONS.labels(name).inc()
+            if not verdict.passed:
+                VALIDATIONS_REJECTED.labels(name).inc()
+            log.info(
+                "%s candidate %s of %s: %s",
+                event,
+                candidate.digest[:12],
+                name,
+                "; ".join(verdict.reasons) or verdict.metrics,
+            )
+
+        return emit
 
     async def _champion(
         self, name: str, candidate: LinearModel

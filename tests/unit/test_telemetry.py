@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 import modelstream.telemetry  # noqa: F401 - registers every metric
 
 ROOT = Path(__file__).resolve().parents[2]
-ALLOWED_LABELS = {"service", "model", "version"}
+ALLOWED_LABELS = {"service", "model", "version", "reason"}  # reason: a fixed set
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -30,7 +30,7 @@ def test_metric_names_units_and_labels():
     assert len(families()) >= 15
     unit = re.compile(
         r"^modelstream_[a-z_]+_(total|seconds|records|version|examples|"
-        r"bytes|ratio|labels|nats|units)$"
+        r"bytes|ratio|labels|nats|units|ready)$"  # _ready: a 0/1 state
     )
     for family in families():
         for name in {family.name + s for s in SUFFIXES[family.type]} - {
