@@ -49,7 +49,7 @@ from common import (
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Prediction, PredictionRequest
-from modelstream.kafka.pipeline import BatchPipeline, Outgoing
+from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless
 from modelstream.kafka.topology import create_topics
 from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve()
 
 
 # -- workers (run in their own process) -------------------------------------------------------
-class Timed:
+class Timed(Stateless):
     """Wraps a processor; remembers when the first and the last batch were handled."""
 
     def __init__(self, inner: Any, target: int, done: asyncio.Event) -> None:
@@ -67,10 +67,10 @@ class Timed:
         self.last = 0.0
         self.count = 0
 
-    def process(self, tp, records):  # type: ignore[no-untyped-def]
+    def process(self, task: int, records: list[Any]) -> list[Outgoing]:
         if self.first is None:
             self.first = time.perf_counter()
-        out = self.inner.process(tp, records)
+        out: list[Outgoing] = self.inner.process(task, records)
         self.count += len(records)
         return out
 
@@ -81,12 +81,12 @@ class Timed:
         await self.inner.refresh()
 
 
-class Passthrough:
+class Passthrough(Stateless):
     def __init__(self, out_topic: str) -> None:
         self.out_topic = out_topic
 
-    def process(self, tp, records):  # type: ignore[no-untyped-def]
-        return [Outgoing(self.out_topic, r.key, r.value, tp.partition) for r in records]
+    def process(self, task: int, records: list[Any]) -> list[Outgoing]:
+        return [Outgoing(self.out_topic, r.key, r.value, task) for r in records]
 
     async def refresh(self) -> None:
         return None
@@ -97,14 +97,14 @@ class Identity(Passthrough):
         super().__init__(out_topic)
         self.codec = default_codec()
 
-    def process(self, tp, records):  # type: ignore[no-untyped-def]
+    def process(self, task: int, records: list[Any]) -> list[Outgoing]:
         codec = self.codec
         return [
             Outgoing(
                 self.out_topic,
                 r.key,
                 codec.encode(PredictionRequest, codec.decode(r.value, PredictionRequest)),
-                tp.partition,
+                task,
             )
             for r in records
         ]
@@ -117,7 +117,13 @@ async def run_worker(kind: str, settings: Settings, events: int) -> dict[str, fl
             settings.topic("predictions")
         )
         timed = Timed(processor, events, done)
-        service: Any = BatchPipeline(settings, f"bench-{kind}", settings.topic("requests"), timed)
+        service: Any = BatchPipeline(
+            settings,
+            f"bench-{kind}",
+            settings.topic("requests"),
+            timed,
+            deadletter_topic=settings.topic("deadletter"),
+        )
         pipeline = service
     else:
         from modelstream.services.predictor.app import PredictorApp

@@ -24,6 +24,7 @@ from modelstream.contracts.records import (
     TrainingExample,
 )
 from modelstream.errors import ConfigurationError, DecodeError, InvalidEventError
+from modelstream.kafka.boundary import record_failure
 from modelstream.kafka.clients import admin_client, make_consumer, make_producer, partitions_of
 from modelstream.kafka.compat import fix_describe_groups_decoding
 from modelstream.kafka.topology import TOPICS_BY_NAME
@@ -180,8 +181,11 @@ def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: b
             value = codec.json_form(record_type).to_plain(
                 codec.decode_any(record.value, record_type)
             )
-        except (DecodeError, InvalidEventError) as exc:
-            value = {"undecodable": str(exc)}
+        except Exception as exc:
+            failure = record_failure(exc)
+            if failure is None:
+                raise
+            value = {"undecodable": f"{failure.reason}: {failure.error}"}
         if record_type is ModelArtifact and "body" in value:
             # weights are bytes: show what they are, not them
             body = value["body"]

@@ -22,6 +22,7 @@ from modelstream.contracts.records import (
     TrafficSplit,
 )
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
+from modelstream.kafka.boundary import record_failure
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import (
     TENSOR_FIELDS,
@@ -344,7 +345,6 @@ def history(
 async def audit_trail(settings: Settings, name: str) -> list[AuditEvent]:
     """Every audit event about ``name``, in the order the audit log holds them per model."""
     from modelstream.contracts.codec import default_codec
-    from modelstream.errors import DecodeError, InvalidEventError
     from modelstream.kafka.clients import read_to_end
     from modelstream.kafka.topology import AUDIT
 
@@ -355,7 +355,9 @@ async def audit_trail(settings: Settings, name: str) -> list[AuditEvent]:
             continue
         try:
             events.append(codec.decode_any(record.value, AuditEvent))
-        except (DecodeError, InvalidEventError):
+        except Exception as exc:
+            if record_failure(exc) is None:
+                raise
             continue
     return sorted(events, key=lambda e: e["at_ms"])
 

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,26 +118,26 @@ class Boundary:
 
 
 class Attempts:
-    """How often handling failed at each position, for positions that fail at the batch
-    level; a position past ``bound`` failures must be handled record by record."""
+    """How often handling failed at each position (a batch's first record, or one record),
+    for failures at the batch level; past ``bound`` the caller handles the position more
+    narrowly: a batch record by record, a record by dead-lettering it."""
 
     def __init__(self, bound: int = 3) -> None:
         self.bound = bound
-        self._failures: dict[tuple[str, int, int], int] = {}
+        self._failures: dict[Hashable, int] = {}
 
-    def failed(self, topic: str, partition: int, offset: int) -> int:
-        key = (topic, partition, offset)
+    def failed(self, key: Hashable) -> int:
         self._failures[key] = self._failures.get(key, 0) + 1
         if len(self._failures) > 10_000:  # positions long past; keep the newest
             for old in list(self._failures)[:5_000]:
                 del self._failures[old]
         return self._failures[key]
 
-    def exhausted(self, topic: str, partition: int, offset: int) -> bool:
-        return self._failures.get((topic, partition, offset), 0) >= self.bound
+    def exhausted(self, key: Hashable) -> bool:
+        return self._failures.get(key, 0) >= self.bound
 
-    def succeeded(self, topic: str, partition: int, offset: int) -> None:
-        self._failures.pop((topic, partition, offset), None)
+    def succeeded(self, key: Hashable) -> None:
+        self._failures.pop(key, None)
 
 
 class CrashGuard:

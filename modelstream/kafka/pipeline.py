@@ -1,57 +1,132 @@
 """Consume a batch, transform it, produce the results: exactly once, or at least once.
 
-The predictor and the benchmark relays share this loop, so a relay measures exactly the
-transport the predictor runs on.
+This is the core every path that must not lose or repeat data runs on: the predictor, the
+monitor's repartition, join and learning stages, and the benchmark relays (so a relay
+measures exactly the transport the services run on).
 
-Exactly-once without KIP-447: aiokafka commits offsets in a transaction with the
+**Tasks.** The unit of work is a *task*: one partition number across the subscribed topics,
+which are co-partitioned (same partition count, assigned by Kafka's range assignor so that
+partition ``p`` of every topic goes to the same member). A task's records of one fetch are
+processed together and their outputs and offsets commit in one transaction.
+
+**Exactly-once without KIP-447.** aiokafka commits offsets in a transaction with the
 ``TxnOffsetCommit`` v0 request, which carries no consumer-group generation, so the broker
-cannot fence a zombie group member by generation. Instead each *input partition* gets its
-own transactional producer whose id is derived from the partition (the pattern Kafka
-Streams used before KIP-447). Whoever is assigned partition ``p`` initializes that id,
-which aborts the previous owner's open transaction and fences its producer: a paused or
-partitioned old owner can no longer commit output or offsets for ``p``.
+cannot fence a zombie group member by generation. Instead each task gets its own
+transactional producer whose id is derived from the task (the pattern Kafka Streams used
+before KIP-447). Whoever is assigned task ``p`` initializes that id, which aborts the
+previous owner's open transaction and fences its producer: a paused or partitioned old
+owner can no longer commit output or offsets for ``p``. Two details make the handover exact:
+
+* aiokafka looks up the committed offsets of new partitions *before* the assignment
+  callback runs, while the previous owner's last transaction may still be committing. So on
+  assignment the task's producer is started first (fencing that owner, and waiting for its
+  transaction to complete or abort), and only then are the committed offsets read again and
+  the consumer seeked to them.
+* A producer fenced while its task is still assigned has lost the batch it was committing;
+  the consumer is seeked back to the committed offset, so the next transaction starts
+  there instead of after the lost batch.
+
+**Errors.** A record the processor cannot handle (it raises) is isolated by re-running the
+batch one record at a time; the record that fails alone is dead-lettered with reason
+``internal-error``. An output the topic would refuse (too large) dead-letters the record it
+came from. A batch whose transaction fails for a reason that is not the cluster's is retried
+a bounded number of times, then handled one record per transaction, and a record that still
+fails is dead-lettered with its offset committed. A record that took the process itself
+down (native crash) is dead-lettered unhandled after a bounded number of crashes
+(:class:`~modelstream.kafka.boundary.CrashGuard`).
+
+**State.** A stateful processor (the monitor's join) restores what a task needs in
+:meth:`Processor.assigned`, before any of the task's records is processed, and applies the
+state changes of a batch only in :meth:`Processor.committed`, after its transaction commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from modelstream.kafka.boundary import Attempts, Boundary, CrashGuard, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
-from modelstream.kafka.writers import Header
+from modelstream.kafka.writers import Header, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
 from modelstream.settings import Settings
+from modelstream.telemetry import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
+
+FRAMING_BYTES = 512  # record and batch overhead counted against a topic's message limit
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One output record. ``partition`` None: chosen from the key (CRC-32 of the key)."""
+    """One output record. ``partition`` None: chosen from the key (CRC-32 of the key).
+    ``source`` is the input it came from, dead-lettered if the output cannot be written."""
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     partition: int | None = None
     headers: Sequence[Header] | None = None
+    source: ConsumerRecord | None = None
 
 
 class Processor(Protocol):
-    def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[Outgoing]:
-        """Pure, synchronous transformation of one partition's batch."""
+    def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
+        """Synchronous transformation of one task's records of one fetch (records of every
+        topic of the task, each topic's in offset order). It may raise; it must not change
+        what a later call sees until :meth:`committed` (a failed batch is processed again)."""
         ...
 
     async def refresh(self) -> None:
-        """Called between batches: the only point where a processor may change state."""
+        """Called between batches: where a processor may take in outside changes."""
         ...
+
+    async def assigned(self, tasks: set[int]) -> None:
+        """The tasks this member owns from now on, before any of their records is processed."""
+        ...
+
+    async def revoked(self, tasks: set[int]) -> None:
+        """The tasks this member no longer owns (no batch of theirs is in flight)."""
+        ...
+
+    def committed(self, task: int) -> None:
+        """The outputs of the task's last ``process`` call are committed."""
+        ...
+
+    def aborted(self, task: int) -> None:
+        """The outputs of the task's last ``process`` call were not committed."""
+        ...
+
+
+class Stateless:
+    """Processor hooks for a processor that keeps no state per task."""
+
+    async def refresh(self) -> None:
+        return None
+
+    async def assigned(self, tasks: set[int]) -> None:
+        return None
+
+    async def revoked(self, tasks: set[int]) -> None:
+        return None
+
+    def committed(self, task: int) -> None:
+        return None
+
+    def aborted(self, task: int) -> None:
+        return None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -72,20 +147,31 @@ class BatchPipeline(Managed):
         self,
         settings: Settings,
         service: str,
-        input_topic: str,
+        input_topics: str | Sequence[str],
         processor: Processor,
         *,
+        deadletter_topic: str,
+        topic_limits: dict[str, int] | None = None,
         exactly_once: bool = True,
         max_records: int = 5000,
         session_timeout_s: float = 10.0,
+        fetch_max_wait_ms: int = 20,
+        name: str | None = None,
+        crash_guard: Path | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
-        self.input_topic = input_topic
+        self.input_topics = [input_topics] if isinstance(input_topics, str) else list(input_topics)
         self.processor = processor
+        self.deadletter_topic = deadletter_topic
+        self.topic_limits = topic_limits or {}
         self.exactly_once = exactly_once
-        self.group = settings.group(service)
+        self.name = name or service
+        self.group = settings.group(self.name)
         self.max_records = max_records
+        assignor = (
+            RangePartitionAssignor if len(self.input_topics) > 1 else (RoundRobinPartitionAssignor)
+        )
         self.consumer = make_consumer(
             settings,
             group_id=self.group,
@@ -94,24 +180,30 @@ class BatchPipeline(Managed):
             heartbeat_interval_ms=max(1000, int(session_timeout_s * 250)),
             max_partition_fetch_bytes=1024 * 1024,
             fetch_max_bytes=8 * 1024 * 1024,
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            partition_assignment_strategy=(assignor,),
         )
+        self.boundary = Boundary(service)
+        self.attempts = Attempts()
+        self.crash_guard = CrashGuard(crash_guard) if crash_guard is not None else None
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._creating: dict[int, asyncio.Lock] = {}
         self._shared: AIOKafkaProducer | None = None
         self._partition_counts: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        self._epoch = 0  # changes with every rebalance: batches fetched before are dropped
         self._stop = asyncio.Event()
         self.batches = 0
         self.records_in = 0
         self.records_out = 0
+        self.last_batch_at = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         if not self.exactly_once:
-            self._shared = make_producer(self.settings, linger_ms=2)
+            self._shared = make_producer(self.settings, linger_ms=1)
             await self._shared.start()
-        self.consumer.subscribe([self.input_topic], listener=_Listener(self))
+        self.consumer.subscribe(self.input_topics, listener=_Listener(self))
         await self.consumer.start()
 
     def request_stop(self) -> None:
@@ -128,88 +220,276 @@ class BatchPipeline(Managed):
     async def run(self) -> None:
         while not self._stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+            fetched_in = self._epoch  # read before anything else can run
             async with self._lock:
                 await self.processor.refresh()
-                if batch:
+                # Handed out before a rebalance repositioned the partitions: these records
+                # come again from where the assignment puts them.
+                if batch and fetched_in == self._epoch:
                     await self._handle(batch)
 
     def assigned_partitions(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
 
+    def assigned_tasks(self) -> set[int]:
+        return {tp.partition for tp in self.consumer.assignment()}
+
     # -- rebalancing ---------------------------------------------------------------------
-    def transactional_id(self, partition: int) -> str:
-        # Must not contain the instance id: the next owner of the partition must reuse it.
-        return f"{self.group}-{self.input_topic}-{partition}"
+    def transactional_id(self, task: int) -> str:
+        # Must not contain the instance id: the next owner of the task must reuse it.
+        label = self.input_topics[0] if len(self.input_topics) == 1 else "task"
+        return f"{self.group}-{label}-{task}"
 
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
-        if self.exactly_once:
-            await asyncio.gather(*(self._producer_for(tp.partition) for tp in assigned))
+        tasks = {tp.partition for tp in assigned}
+        # Nothing of these partitions is handed out until they are positioned; what was
+        # handed out already is dropped (see run).
+        self.consumer.pause(*assigned)
+        self._epoch += 1
+        async with self._lock:
+            if self.exactly_once:
+                # Fence the previous owners first: their last transactions are complete
+                # (committed or aborted) once this returns, so the committed offsets read
+                # below are final.
+                await asyncio.gather(*(self._producer_for(task) for task in tasks))
+            await self.processor.assigned(tasks)
+            await self._seek_to_committed(list(assigned))
+        self.consumer.resume(*assigned)
 
-    async def _producer_for(self, partition: int) -> AIOKafkaProducer:
-        """The partition's transactional producer, created once (the fetcher may hand out
-        records before the assignment callback has finished starting it)."""
-        lock = self._creating.setdefault(partition, asyncio.Lock())
+    async def _seek_to_committed(self, tps: list[TopicPartition]) -> None:
+        """Position each partition at its committed offset, read now (not the one aiokafka
+        looked up before the previous owner was fenced)."""
+        # An explicit seek also drops records fetched from the old position (an offset reset
+        # request would not, and they would be handed out twice).
+        never = []
+        for tp in tps:
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                never.append(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        if never:
+            for tp, offset in (await self.consumer.beginning_offsets(never)).items():
+                self.consumer.seek(tp, offset)
+
+    async def _producer_for(self, task: int) -> AIOKafkaProducer:
+        """The task's transactional producer, created once (the fetcher may hand out records
+        before the assignment callback has finished starting it)."""
+        lock = self._creating.setdefault(task, asyncio.Lock())
         async with lock:
-            producer = self._producers.get(partition)
+            producer = self._producers.get(task)
             if producer is None:
                 # Right after a commit the coordinator answers CONCURRENT_TRANSACTIONS until
                 # its markers are written; aiokafka then sleeps retry_backoff (100 ms by
                 # default) before the next batch's transaction can start.
                 producer = make_producer(
                     self.settings,
-                    linger_ms=2,
-                    retry_backoff_ms=10,
-                    transactional_id=self.transactional_id(partition),
+                    linger_ms=0,
+                    retry_backoff_ms=5,
+                    transactional_id=self.transactional_id(task),
                 )
                 await producer.start()  # InitProducerId: fences and aborts the previous owner
-                self._producers[partition] = producer
+                self._producers[task] = producer
             return producer
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # never in the middle of a batch
-            for tp in revoked:
-                producer = self._producers.pop(tp.partition, None)
+            self._epoch += 1
+            tasks = {tp.partition for tp in revoked}
+            for task in tasks:
+                producer = self._producers.pop(task, None)
                 if producer is not None:
                     await producer.stop()
+            await self.processor.revoked(tasks)
 
     # -- processing ----------------------------------------------------------------------
     async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         self.batches += 1
-        if self.exactly_once:
-            await asyncio.gather(*(self._transact(tp, records) for tp, records in batch.items()))
-            return
-        assert self._shared is not None
-        futures = []
+        self.last_batch_at = time.monotonic()
+        by_task: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = defaultdict(dict)
         for tp, records in batch.items():
-            outgoing = self.processor.process(tp, records)
-            self.records_in += len(records)
-            self.records_out += len(outgoing)
-            futures.extend(await self._send(self._shared, outgoing))
-        await asyncio.gather(*futures)
-        await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+            by_task[tp.partition][tp] = records
+        if self.exactly_once:
+            await asyncio.gather(*(self._transact(task, parts) for task, parts in by_task.items()))
+        else:
+            await self._at_least_once(by_task)
 
-    async def _transact(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        if tp not in self.consumer.assignment():
+    async def _transact(self, task: int, parts: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        assignment = self.consumer.assignment()
+        if any(tp not in assignment for tp in parts):
             return  # revoked since the fetch: the new owner resumes from the committed offset
-        producer = await self._producer_for(tp.partition)
-        outgoing = self.processor.process(tp, records)
+        records = [record for records in parts.values() for record in records]
+        first = records[0]
+        batch_key = ("batch", first.topic, first.partition, first.offset)
+        crashed = (
+            self.crash_guard is not None
+            and self.crash_guard.crashes(first.topic, first.partition, first.offset) > 0
+        )
+        if crashed or self.attempts.exhausted(batch_key):
+            for tp, tp_records in parts.items():
+                for record in tp_records:
+                    if not await self._transact_one(task, tp, record):
+                        return
+            return
+        producer = await self._producer_for(task)
+        outgoing = self._process(task, records)
+        positions = [(tp.topic, tp.partition, recs[0].offset) for tp, recs in parts.items()]
+        if self.crash_guard is not None:
+            self.crash_guard.begin(positions)
         try:
             async with producer.transaction():
                 await self._send(producer, outgoing)
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
+                await producer.send_offsets_to_transaction(
+                    {tp: recs[-1].offset + 1 for tp, recs in parts.items()}, self.group
+                )
         except ProducerFenced:
-            # Another member owns this partition now; our batch was aborted, not lost.
-            log.warning("fenced on %s: another member took it over", tp)
-            self._producers.pop(tp.partition, None)
-            await producer.stop()
+            await self._fenced(task, producer, list(parts))
             return
-        except KafkaError:
-            log.exception("transaction on %s failed; re-reading from the committed offset", tp)
-            committed = await self.consumer.committed(tp)
-            self.consumer.seek(tp, committed or 0)
+        except KafkaError as exc:
+            await self._failed(task, list(parts), batch_key, exc)
             return
+        finally:
+            if self.crash_guard is not None:
+                self.crash_guard.end(positions)
+        self.processor.committed(task)
+        self.attempts.succeeded(batch_key)
         self.records_in += len(records)
         self.records_out += len(outgoing)
+
+    async def _transact_one(self, task: int, tp: TopicPartition, record: ConsumerRecord) -> bool:
+        """One record in a transaction of its own; False when the task must stop here."""
+        producer = await self._producer_for(task)
+        position = [(record.topic, record.partition, record.offset)]
+        record_key = ("record", *position[0])
+        crashes = self.crash_guard.crashes(*position[0]) if self.crash_guard else 0
+        if crashes >= (
+            self.crash_guard.bound if self.crash_guard else 1
+        ) or self.attempts.exhausted(record_key):
+            reason = "crashed-service" if crashes else "failed-repeatedly"
+            outgoing = [
+                self._dead_letter(
+                    record,
+                    Failure(
+                        reason,
+                        f"handling this record failed {max(crashes, self.attempts.bound)} "
+                        "times; dead-lettered without handling it again",
+                    ),
+                )
+            ]
+        else:
+            outgoing = self._process(task, [record])
+        if self.crash_guard is not None:
+            self.crash_guard.begin(position)
+        try:
+            async with producer.transaction():
+                await self._send(producer, outgoing)
+                await producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
+        except ProducerFenced:
+            await self._fenced(task, producer, [tp])
+            return False
+        except KafkaError as exc:
+            await self._failed(task, [tp], record_key, exc)
+            return False
+        finally:
+            if self.crash_guard is not None:
+                self.crash_guard.end(position)
+        self.processor.committed(task)
+        self.attempts.succeeded(record_key)
+        self.records_in += 1
+        self.records_out += len(outgoing)
+        return True
+
+    async def _fenced(
+        self, task: int, producer: AIOKafkaProducer, tps: list[TopicPartition]
+    ) -> None:
+        """Another member took the task over, or will: our batch was aborted, not lost. If
+        the task is still ours (the rebalance has not reached us yet), read on from the
+        committed offset, not from after the aborted batch."""
+        log.warning("fenced on task %d: another member took it over", task)
+        self.processor.aborted(task)
+        self._producers.pop(task, None)
+        await producer.stop()
+        assignment = self.consumer.assignment()
+        await self._seek_to_committed([tp for tp in tps if tp in assignment])
+
+    async def _failed(
+        self, task: int, tps: list[TopicPartition], key: tuple[str, str, int, int], exc: KafkaError
+    ) -> None:
+        """A transaction that did not commit: read the batch again from the committed offset;
+        past the bound of attempts the batch goes record by record (and a record that keeps
+        failing is dead-lettered)."""
+        count = self.attempts.failed(key)
+        log.warning(
+            "transaction on task %d failed (%d time(s) at %s): %s: %s",
+            task,
+            count,
+            key,
+            type(exc).__name__,
+            exc,
+        )
+        self.processor.aborted(task)
+        await self._seek_to_committed([tp for tp in tps if tp in self.consumer.assignment()])
+
+    def _process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
+        """The processor's outputs, with every record it cannot handle, and every output a
+        topic would refuse, turned into a dead letter of the record at fault."""
+        try:
+            outgoing = self.processor.process(task, records)
+        except Exception as exc:
+            if len(records) == 1:
+                return [self._dead_letter(records[0], self.boundary.failure(exc))]
+            self.processor.aborted(task)
+            # Find the record at fault: each alone (the good ones are processed normally).
+            outgoing = []
+            for record in records:
+                outgoing.extend(self._process(task, [record]))
+            return outgoing
+        return [self._fitted(out) for out in outgoing]
+
+    def _fitted(self, out: Outgoing) -> Outgoing:
+        limit = self.topic_limits.get(out.topic)
+        size = len(out.value or b"") + len(out.key or b"") + FRAMING_BYTES
+        if limit is None or size <= limit or out.source is None:
+            return out
+        return self._dead_letter(
+            out.source,
+            Failure(
+                "output-too-large",
+                f"its {out.topic} record would have {size} bytes; the topic takes {limit}",
+            ),
+        )
+
+    def _dead_letter(self, record: ConsumerRecord, failure: Failure) -> Outgoing:
+        self.boundary.reject(record.topic, record.partition, record.offset, failure)
+        DEAD_LETTERS.labels(self.service, "").inc()
+        value, cut = fitted_value(record.value)
+        return Outgoing(
+            self.deadletter_topic,
+            record.key,
+            value,
+            None,
+            dead_letter_headers(record, failure.reason, failure.error, self.service) + cut,
+        )
+
+    async def _at_least_once(
+        self, by_task: dict[int, dict[TopicPartition, list[ConsumerRecord]]]
+    ) -> None:
+        assert self._shared is not None
+        futures = []
+        processed = []
+        for task, parts in by_task.items():
+            records = [record for recs in parts.values() for record in recs]
+            outgoing = self._process(task, records)
+            processed.append((task, len(records), len(outgoing)))
+            futures.extend(await self._send(self._shared, outgoing))
+        await asyncio.gather(*futures)
+        await self.consumer.commit(
+            {tp: recs[-1].offset + 1 for parts in by_task.values() for tp, recs in parts.items()}
+        )
+        for task, records_in, records_out in processed:
+            self.processor.committed(task)
+            self.records_in += records_in
+            self.records_out += records_out
 
     async def _send(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[Any]:
         grouped: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
@@ -222,23 +502,14 @@ class BatchPipeline(Managed):
         for (topic, partition), items in grouped.items():
             builder = producer.create_batch()
             for out in items:
+                headers = list(out.headers) if out.headers else []
                 if (
-                    builder.append(
-                        key=out.key,
-                        value=out.value,
-                        timestamp=None,
-                        headers=list(out.headers) if out.headers else [],
-                    )
+                    builder.append(key=out.key, value=out.value, timestamp=None, headers=headers)
                     is None
                 ):
                     futures.append(await producer.send_batch(builder, topic, partition=partition))
                     builder = producer.create_batch()
-                    builder.append(
-                        key=out.key,
-                        value=out.value,
-                        timestamp=None,
-                        headers=list(out.headers) if out.headers else [],
-                    )
+                    builder.append(key=out.key, value=out.value, timestamp=None, headers=headers)
             if builder.record_count():
                 futures.append(await producer.send_batch(builder, topic, partition=partition))
         return futures

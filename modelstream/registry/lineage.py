@@ -20,7 +20,8 @@ from modelstream.contracts.definitions import (
     labels_to_targets,
 )
 from modelstream.contracts.records import TrainingExample
-from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.errors import InvalidEventError
+from modelstream.kafka.boundary import record_failure
 from modelstream.kafka.clients import OffsetRange, read_ranges
 from modelstream.learn.procedure import TrainedModel, train
 from modelstream.learn.sgd import GDConfig
@@ -83,9 +84,11 @@ async def load_lineage(settings: Settings, body: Mapping[str, Any]) -> LineageDa
     skipped = 0
     async for record in read_ranges(settings, ranges):
         try:
-            example = codec.decode_any(record.value, TrainingExample)
-        except (DecodeError, InvalidEventError):
-            continue  # not an example of any model
+            example = codec.decode_any(record.value, TrainingExample, settings.limits())
+        except Exception as exc:
+            if record_failure(exc) is None:
+                raise
+            continue  # not an example of any model (dead-lettered by the trainer)
         if example["model"] != rules.name:
             continue
         try:

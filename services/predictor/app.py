@@ -12,13 +12,14 @@ from modelstream.contracts.records import Action, AuditEvent, Command
 from modelstream.kafka.boundary import Boundary
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.control import ControlFollower
-from modelstream.kafka.pipeline import BatchPipeline, Outgoing
+from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless
 from modelstream.kafka.topology import (
     AUDIT,
     DEADLETTER,
     MODEL_HISTORY,
     MODELS,
     REQUESTS,
+    max_message_bytes,
 )
 from modelstream.kafka.topology import (
     PREDICTIONS as PREDICTIONS_TOPIC,
@@ -50,7 +51,7 @@ log = logging.getLogger("modelstream.predictor")
 SERVICE = "predictor"
 
 
-class _Processor:
+class _Processor(Stateless):
     """Adapts the pure logic to the pipeline: records in, predictions to the partition of
     their request, rejects to the dead-letter topic; registry refresh between batches."""
 
@@ -60,13 +61,13 @@ class _Processor:
         self.topics = {False: settings.topic(PREDICTIONS_TOPIC), True: settings.topic(SHADOW_TOPIC)}
         self.deadletter = settings.topic(DEADLETTER)
 
-    def process(self, tp: TopicPartition, records: list[ConsumerRecord]) -> list[Outgoing]:
+    def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         started = time.perf_counter()
         scored = self.app.logic.process(records)
         out = [
-            Outgoing(self.topics[group.shadow], key, value, tp.partition)
+            Outgoing(self.topics[group.shadow], message.key, value, task, None, message)
             for group in scored.groups
-            for key, value in zip(group.keys, group.values, strict=True)
+            for message, value in zip(group.messages, group.values, strict=True)
         ]
         for rejected in scored.rejected:
             record = rejected.message
@@ -111,6 +112,12 @@ class PredictorApp(Lifecycle):
             SERVICE,
             settings.topic(REQUESTS),
             _Processor(self),
+            deadletter_topic=settings.topic(DEADLETTER),
+            topic_limits={
+                settings.topic(name): max_message_bytes(name)
+                for name in (PREDICTIONS_TOPIC, SHADOW_TOPIC)
+            },
+            crash_guard=settings.state_dir / f"predictor-{settings.instance_id}" / "in-flight.json",
             exactly_once=settings.delivery == Delivery.EXACTLY_ONCE,
             max_records=settings.predictor_batch_max_records,
             session_timeout_s=settings.predictor_session_timeout_s,

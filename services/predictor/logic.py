@@ -87,11 +87,12 @@ class Traffic:
 
 
 @dataclass(frozen=True, slots=True)
-class ScoredGroup:
-    """Encoded predictions of one (model, version, route) group, in input order."""
+class ScoredGroup(Generic[M]):
+    """Encoded predictions of one (model, version, route) group, with the messages they
+    answer, in input order."""
 
     shadow: bool
-    keys: list[bytes | None]
+    messages: list[M]
     values: list[bytes]
 
 
@@ -109,7 +110,7 @@ class Rejected(Generic[M]):
 class Scored(Generic[M]):
     """What one batch became: predictions, rejects, and counts for the metrics."""
 
-    groups: list[ScoredGroup] = field(default_factory=list)
+    groups: list[ScoredGroup[M]] = field(default_factory=list)
     rejected: list[Rejected[M]] = field(default_factory=list)
     predicted: dict[tuple[str, int, bool], int] = field(
         default_factory=lambda: defaultdict(int)
@@ -339,7 +340,7 @@ class PredictorLogic:
         output: np.ndarray,
         now_ms: int,
         result: Scored[M],
-    ) -> ScoredGroup:
+    ) -> ScoredGroup[M]:
         requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
         shadow = route == "shadow"
         if not shadow:
@@ -359,7 +360,7 @@ class PredictorLogic:
                     route,
                 )
             values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
-        return ScoredGroup(shadow, [message.key for message, _ in items], values)
+        return ScoredGroup(shadow, [message for message, _ in items], values)
 
     def _encode_json(
         self,

@@ -26,8 +26,14 @@ from modelstream.contracts.records import (
     TrainingExample,
     ValidationReport,
 )
-from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
-from modelstream.kafka.boundary import AfterCommit, Boundary, Emit, OneRecordTransactions
+from modelstream.errors import ArtifactVerificationError, InvalidEventError
+from modelstream.kafka.boundary import (
+    AfterCommit,
+    Boundary,
+    Emit,
+    OneRecordTransactions,
+    record_failure,
+)
 from modelstream.kafka.clients import (
     LagReporter,
     OffsetRange,
@@ -71,6 +77,7 @@ class ValidatorApp(Lifecycle):
         self.settings = settings
         self.codec = default_codec()
         self.definitions: dict[str, Definition] = {}
+        self.limits = settings.limits()
         self.public_key = public_key(settings)
         data_key = settings.data_key()
         self.data_key = data_key[0] if data_key else None
@@ -251,7 +258,7 @@ class ValidatorApp(Lifecycle):
         rows: list[tuple[int, np.ndarray, Label, tuple[str, int, int]]] = []
         async for record in read_ranges(self.settings, ranges):
             try:
-                example = self.codec.decode_any(record.value, TrainingExample)
+                example = self.codec.decode_any(record.value, TrainingExample, self.limits)
                 if example["model"] != rules.name:
                     continue
                 if online and not unseen_by_online_learning(example["example_id"]):
@@ -264,7 +271,9 @@ class ValidatorApp(Lifecycle):
                         (record.topic, record.partition, record.offset),
                     )
                 )
-            except (DecodeError, InvalidEventError):
+            except Exception as exc:
+                if record_failure(exc) is None:
+                    raise
                 continue
         rows.sort(key=lambda r: r[0])
         rows = rows[-self.settings.holdout_size :]
