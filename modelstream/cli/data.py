@@ -6,8 +6,9 @@ import asyncio
 import csv
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -15,21 +16,32 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from modelstream.cli.common import SERVICES, settings_of
 from modelstream.contracts.codec import AvroCodec, default_codec
+from modelstream.contracts.definitions import check_command
 from modelstream.contracts.records import (
     RECORD_TYPES,
+    Action,
     Command,
     Feedback,
+    Label,
     ModelArtifact,
     PredictionRequest,
+    Task,
     TrainingExample,
 )
-from modelstream.errors import ConfigurationError, DecodeError, InvalidEventError
+from modelstream.errors import ConfigurationError
 from modelstream.kafka.boundary import record_failure
-from modelstream.kafka.clients import admin_client, make_consumer, make_producer, partitions_of
+from modelstream.kafka.clients import (
+    admin_client,
+    make_consumer,
+    make_producer,
+    partitions_of,
+    read_to_end,
+)
 from modelstream.kafka.compat import fix_describe_groups_decoding
 from modelstream.kafka.topology import TOPICS_BY_NAME
 from modelstream.registry.artifact import TENSOR_FIELDS
 from modelstream.registry.follower import load_production, public_key
+from modelstream.settings import Settings
 
 INPUT_TYPES: dict[str, type] = {
     "requests": PredictionRequest,
@@ -46,17 +58,24 @@ KEY_FIELDS = {
 app = typer.Typer()
 
 
-def _csv_records(path: Path, topic: str, model: str | None) -> list[dict[str, Any]]:
-    """CSV rows as the topic's JSON shape: feature columns become named features."""
+def _csv_records(
+    path: Path, topic: str, model: str | None, tasks: Mapping[str, Task]
+) -> list[dict[str, Any]]:
+    """CSV rows as the topic's JSON shape: feature columns become named features, and a
+    label is typed by its model's task (a number for regression, a class name otherwise)."""
     reserved = {"request_id", "model", "label", "version"}
     out = []
     with path.open(newline="") as f:
         for i, row in enumerate(csv.DictReader(f)):
+            where = f"{path}:{i + 2}"  # the header is line 1
             name = row.get("model") or model
             if not name:
                 raise ConfigurationError(f"{path}: no `model` column; pass --model")
             record: dict[str, Any] = {"model": name}
-            features = {k: float(v) for k, v in row.items() if k not in reserved}
+            try:
+                features = {k: float(v) for k, v in row.items() if k not in reserved}
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{where}: a feature is not a number: {exc}") from None
             if topic in ("requests", "training"):
                 record["features"] = features
             if topic in ("requests", "feedback"):
@@ -65,11 +84,44 @@ def _csv_records(path: Path, topic: str, model: str | None) -> list[dict[str, An
                 label = row.get("label")
                 if label is None:
                     raise ConfigurationError(f"{path}: a `label` column is needed for {topic}")
-                record["label"] = label
+                record["label"] = _typed_label(label, name, tasks, where)
             if topic == "requests" and row.get("version"):
                 record["version"] = int(row["version"])
             out.append(record)
     return out
+
+
+def _typed_label(label: str, model: str, tasks: Mapping[str, Task], where: str) -> Label:
+    task = tasks.get(model)
+    if task is None:
+        raise ConfigurationError(
+            f"{where}: model {model!r} is not defined (modelstream models define {model} ...)"
+        )
+    if task != Task.REGRESSION:
+        return label
+    try:
+        return float(label)
+    except ValueError:
+        raise ConfigurationError(
+            f"{where}: {model} is a regression model; its label {label!r} is not a number"
+        ) from None
+
+
+async def defined_tasks(settings: Settings) -> dict[str, Task]:
+    """The task of every model, as its newest DEFINE command on ``control`` says."""
+    codec = default_codec()
+    tasks: dict[str, Task] = {}
+    async for record in read_to_end(settings, settings.topic("control")):
+        try:
+            cmd = codec.decode_any(record.value, Command, settings.limits())
+            check_command(cmd)
+        except Exception as exc:
+            if record_failure(exc) is None:
+                raise
+            continue
+        if cmd["action"] == Action.DEFINE and cmd["definition"] is not None:
+            tasks[cmd["model"]] = Task(cmd["definition"]["task"])
+    return tasks
 
 
 @app.command("send")
@@ -92,26 +144,33 @@ def send(
         raise typer.BadParameter(f"topic must be one of {', '.join(INPUT_TYPES)}")
     record_type = INPUT_TYPES[topic]
     codec = default_codec()
+    settings = settings_of(ctx)
     if path.suffix == ".csv":
-        plain = _csv_records(path, topic, model)
+        tasks = asyncio.run(defined_tasks(settings)) if topic in ("training", "feedback") else {}
+        texts = [
+            (f"{path} row {n}", json.dumps(item).encode())
+            for n, item in enumerate(_csv_records(path, topic, model, tasks), 1)
+        ]
     else:
-        plain = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    plain.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ConfigurationError(f"{path}:{number}: not JSON: {exc}") from None
+        texts = [
+            (f"{path}:{n}", line.encode())
+            for n, line in enumerate(path.read_text().splitlines(), 1)
+            if line.strip()
+        ]
+    limits = settings.limits()
     messages = []
-    for number, item in enumerate(plain, 1):
-        text = json.dumps(item).encode()
+    for where, text in texts:
         try:
-            record: dict[str, Any] = codec.decode_any(text, record_type)
-        except (DecodeError, InvalidEventError) as exc:
-            raise ConfigurationError(f"{path} record {number}: {exc}") from None
+            record: dict[str, Any] = codec.decode_any(text, record_type, limits)
+            if record_type is Command:
+                check_command(cast(Command, record))
+        except Exception as exc:
+            failure = record_failure(exc)
+            if failure is None:
+                raise
+            raise ConfigurationError(f"{where}: {failure.reason}: {failure.error}") from None
         key = str(record[KEY_FIELDS[topic]]).encode()
         messages.append((key, text if as_json else codec.encode(record_type, record)))
-    settings = settings_of(ctx)
 
     async def produce() -> None:
         async with make_producer(settings) as producer:

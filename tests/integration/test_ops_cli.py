@@ -5,8 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
+from sklearn.datasets import load_diabetes
+
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import Task
+from modelstream.learn.sgd import GDConfig
 from modelstream.services.predictor.app import PredictorApp
-from tests.support.helpers import consume_until, decoded, run_cli, running
+from modelstream.services.trainer.logic import TrainerLogic
+from tests.support.helpers import consume_until, decoded, define, run_cli, running
 from tests.support.models import BC, dataset, predictor_settings, publish, trained_body
 
 
@@ -32,6 +38,7 @@ async def test_send_tail_and_status(topics, keys, tmp_path):  # type: ignore[no-
             writer.writerow([*X[i].tolist(), int(y[i])])
 
     await publish(base, keys, trained_body(BC), 1)
+    await define(base, BC, "BINARY", feature_names=tuple(names), classes=("0", "1"))
     async with running(PredictorApp(predictor_settings(base, keys))):
         sent = await cli(base, keys, "send", str(requests), "--topic", "requests")
         assert sent.returncode == 0 and "sent 5 PredictionRequest" in sent.stdout, sent.stderr
@@ -62,4 +69,48 @@ async def test_send_tail_and_status(topics, keys, tmp_path):  # type: ignore[no-
     )
     refused = await cli(base, keys, "send", str(bad), "--topic", "requests")
     assert refused.returncode == 2
-    assert "record 2" in refused.stderr and "request_id" in refused.stderr
+    assert "bad.jsonl:2" in refused.stderr and "request_id" in refused.stderr
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(
+        '{"request_id": "d", "model": "m", "features": ' + "[" * 5000 + "]" * 5000 + "}\n"
+    )
+    refused = await cli(base, keys, "send", str(deep), "--topic", "requests")
+    assert refused.returncode == 2 and "too-deep" in refused.stderr, refused.stderr
+
+
+async def test_csv_labels_are_typed_by_the_models_task(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    """A regression model's CSV labels go out as numbers (the trainer refuses a string
+    label for a regression model); a classifier's stay class names."""
+    base = topics
+    data = load_diabetes()
+    names = [str(n) for n in data.feature_names]
+    await define(base, "diabetes", "REGRESSION", feature_names=tuple(names))
+    examples = tmp_path / "diabetes.csv"
+    with examples.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*names, "label"])
+        for i in range(30):
+            writer.writerow([*data.data[i].tolist(), f"{data.target[i]:.1f}"])
+    sent = await cli(
+        base, keys, "send", str(examples), "--topic", "training", "--model", "diabetes"
+    )
+    assert sent.returncode == 0 and "sent 30 TrainingExample" in sent.stdout, sent.stderr
+    on_topic = decoded(
+        await consume_until(base, "training", lambda r: len(r) >= 30), "TrainingExample"
+    )
+    assert [e["label"] for e in on_topic] == [float(f"{v:.1f}") for v in data.target[:30]]
+    logic = TrainerLogic(GDConfig())
+    logic.define(Definition(name="diabetes", task=Task.REGRESSION, feature_names=tuple(names)))
+    for offset, example in enumerate(on_topic):
+        logic.accept(example, 0, offset)  # raises for a label the trainer would dead-letter
+    assert len(logic.windows["diabetes"].examples) == 30
+
+    undefined = await cli(
+        base, keys, "send", str(examples), "--topic", "training", "--model", "nobody"
+    )
+    assert undefined.returncode == 2 and "'nobody' is not defined" in undefined.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join([*names, "label"]) + "\n" + ",".join(["1"] * len(names) + ["big"]))
+    refused = await cli(base, keys, "send", str(bad), "--topic", "training", "--model", "diabetes")
+    assert refused.returncode == 2 and "bad.csv:2" in refused.stderr
+    assert "label 'big' is not a number" in refused.stderr

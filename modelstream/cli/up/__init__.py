@@ -20,6 +20,7 @@ from modelstream.cli.up.demo import DEMOS, drive_demo
 from modelstream.cli.up.live import LiveView
 from modelstream.cli.up.stack import Stack
 from modelstream.errors import ConfigurationError
+from modelstream.telemetry import serve
 
 app = typer.Typer()
 
@@ -42,7 +43,7 @@ def up(
         int,
         typer.Option(
             help="trainer's /metrics port; the others follow (predictor +3, monitor +4, "
-            "further predictors +10+i)."
+            "`up` itself +9, further predictors +10+i)."
         ),
     ] = 9101,
 ) -> None:
@@ -62,6 +63,8 @@ def up(
 
     try:
         stack.start(typer.echo)
+        # `up`'s own /metrics: the restarts of its children.
+        serve(metrics_base_port + 9, stack.settings.metrics_host)
         asyncio.run(
             run_up(
                 stack, demo, requests, rate, label_delay, refresh, write, tty=sys.stdout.isatty()
@@ -81,7 +84,8 @@ async def run_up(
     write: Callable[[str], None],
     tty: bool,
 ) -> None:
-    """Render the view until SIGINT/SIGTERM, driving the demo alongside when asked."""
+    """Render the view until SIGINT/SIGTERM, driving the demo alongside when asked, and
+    restart what exits meanwhile: only Ctrl-C (or SIGTERM) stops the stack."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -103,10 +107,7 @@ async def run_up(
             failure = demo_task.exception() if demo_task is not None and demo_task.done() else None
             if failure is not None:
                 raise failure
-            if any(c.process.poll() is not None for c in stack.children):
-                exited = [c.name for c in stack.children if c.process.poll() is not None]
-                write(f"\nservice(s) exited: {', '.join(exited)} - see {stack.log_dir}\n")
-                break
+            stack.supervise(view.note)
             try:
                 await asyncio.wait_for(stop.wait(), refresh_s)
             except TimeoutError:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections import deque
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelstream.cli.up.stack import Stack
+from modelstream.cli.up.stack import Child, Stack
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -50,6 +51,11 @@ class LiveView:
         self.stack = stack
         self.previous: tuple[float, float, float] | None = None  # (time, requests, predictions)
         self.status = ""
+        self.events: deque[str] = deque(maxlen=5)  # supervisor events, newest last
+
+    def note(self, event: str) -> None:
+        """A supervisor event, kept on the screen (the newest few)."""
+        self.events.append(f"{_note_time()} {event}")
 
     def sample(self) -> dict[str, Samples]:
         return {c.name: scrape(c.metrics_port) for c in self.stack.children}
@@ -77,10 +83,7 @@ class LiveView:
             f"{time.strftime('%H:%M:%S')}   (Ctrl-C stops everything)",
             "",
         ]
-        state = "  ".join(
-            f"{c.name} {'up' if c.process.poll() is None else 'EXITED'}"
-            for c in self.stack.children
-        )
+        state = "  ".join(_service_state(c) for c in self.stack.children)
         lines.append(f"services     {state}")
         versions: dict[str, int] = {}
         for samples in predictors:
@@ -120,6 +123,22 @@ class LiveView:
         lines.append(f"dead letters {dead_text}")
         lag = sum(total(s, "modelstream_consumer_lag_records") for s in predictors)
         lines.append(f"lag          predictors {lag:,.0f} records behind `requests`")
+        if self.events:
+            lines += ["", *self.events]
         if self.status:
             lines += ["", self.status]
         return "\n".join(lines)
+
+
+def _note_time() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _service_state(child: Child) -> str:
+    if child.running:
+        text = f"{child.name} up"
+    elif child.restart_at is not None:
+        text = f"{child.name} RESTARTING (exit {child.last_exit})"
+    else:
+        text = f"{child.name} EXITED"
+    return text + (f" ({child.restarts} restarts)" if child.restarts else "")
