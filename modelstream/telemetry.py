@@ -332,3 +332,15 @@ FEEDBACK_ACCEPTED = Counter(
     "Valid feedback records taken into the join.",
     ["model"],
 )
+MONITOR_FORWARDED = Counter(
+    "modelstream_monitor_forwarded_total",
+    "Records the join forwarded to the join partition of their request id (written by a "
+    "producer that partitions otherwise).",
+    ["kind"],
+)
+MONITOR_RESTORE_SECONDS = Histogram(
+    "modelstream_monitor_restore_duration_seconds",
+    "Time to restore (or catch up) one task's state from its changelog after an assignment.",
+    ["stage"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)

@@ -26,6 +26,7 @@ import fastavro.schema
 from modelstream.contracts.jsonform import JsonForm
 from modelstream.contracts.limits import Limits, check_record, json_depth
 from modelstream.contracts.records import RECORD_TYPES
+from modelstream.contracts.wire import read_string
 from modelstream.errors import DecodeError, SchemaMismatchError
 
 MAGIC = b"\xc3\x01"
@@ -79,6 +80,13 @@ class AvroCodec:
         for schema in writers:
             self._by_fingerprint.setdefault(schema.fingerprint, schema)
         self._json_forms: dict[str, JsonForm] = {}
+        # Writer schemas whose first two fields are the strings request_id and model.
+        self._with_ids = {
+            fp
+            for fp, schema in self._by_fingerprint.items()
+            if [(f["name"], f["type"]) for f in schema.parsed["fields"][:2]]
+            == [("request_id", "string"), ("model", "string")]
+        }
 
     def schema(self, record_type: type) -> Schema:
         try:
@@ -128,6 +136,36 @@ class AvroCodec:
             raise DecodeError(f"{len(data) - stream.tell()} trailing bytes after {reader.name}")
         check_record(record, reader.parsed, limits)
         return cast(R, record)
+
+    def ids(
+        self, data: bytes | None, record_type: type, limits: Limits = DEFAULTS
+    ) -> tuple[str, str]:
+        """The request id and model of a request, prediction or feedback message, read
+        without decoding the rest (JSON messages are decoded whole). Raises like
+        :meth:`decode` when the message is not a ``record_type`` or these fields are
+        unreadable; what follows them is not checked."""
+        data = _present(data, limits)
+        if is_json(data):
+            record = cast(Mapping[str, Any], self.decode_any(data, record_type, limits))
+            return record["request_id"], record["model"]
+        writer = self.writer_schema(data)
+        if writer.name != record_type.__name__:
+            raise SchemaMismatchError(
+                f"expected {record_type.__name__}, message is a {writer.name}"
+            )
+        if writer.fingerprint not in self._with_ids:
+            record = cast(Mapping[str, Any], self.decode(data, record_type, limits))
+            return record["request_id"], record["model"]
+        try:
+            request_id, pos = read_string(data, HEADER_SIZE)
+            model, _ = read_string(data, pos)
+            if len(request_id) > limits.max_string_chars or len(model) > limits.max_string_chars:
+                raise DecodeError("request id or model longer than the limit", reason="too-long")
+            return request_id.decode(), model.decode()
+        except IndexError:
+            raise DecodeError(f"corrupt {writer.name} body: truncated") from None
+        except UnicodeDecodeError:
+            raise DecodeError(f"{writer.name} strings are not UTF-8") from None
 
     def json_form(self, record_type: type) -> JsonForm:
         name = record_type.__name__

@@ -211,27 +211,47 @@ class AuditEvent(TypedDict):
 
 
 # -- the monitor's internal state ----------------------------------------------------------------
-class MonitorJoin(TypedDict):
-    request_id: str
-    model: str
-    partition: int
+class MonitorJoinState(TypedDict):
     first_seen_ms: int
-    features: Features | None
-    requested_at_ms: int | None
-    version: int | None
-    route: str | None
-    prediction: Label | None
-    scores: dict[str, float]
-    predicted_at_ms: int | None
-    label: Label | None
-    labelled_at_ms: int | None
+    request: bytes | None
+    prediction: bytes | None
+    feedback: bytes | None
+    feedback_partition: int | None
     feedback_offset: int | None
-    completed_by: str | None
-    completed_offset: int | None
+    done: bool
 
 
-class MonitorJoinBatch(TypedDict):
-    joins: list[MonitorJoin]
+class MonitorLabelled(TypedDict):
+    request_id: str
+    request: bytes
+    prediction: bytes
+    feedback: bytes
+    feedback_partition: int
+    feedback_offset: int
+
+
+class MonitorLabelledBatch(TypedDict):
+    labels: list[MonitorLabelled]
+
+
+class QualitySums(TypedDict):
+    task: str
+    count: int
+    correct: float
+    log_loss: float
+    abs_error: float
+    squared_error: float
+    delay_ms: float
+    bin_count: list[int]
+    bin_correct: list[float]
+    bin_confidence: list[float]
+
+
+class MonitorOutcomes(TypedDict):
+    model: str
+    version: int
+    at_ms: int
+    sums: QualitySums
 
 
 class OnlineLearnerState(TypedDict):
@@ -252,7 +272,6 @@ class MonitorModelState(TypedDict):
     version: int | None
     learner: OnlineLearnerState | None
     metrics: dict[str, MetricWindowState]
-    positions: dict[str, int]
     feedback_ranges: dict[str, list[int]]
     learned_since_export: int
     last_export_ms: int
@@ -274,8 +293,9 @@ RECORD_TYPES: dict[str, type] = {
         Command,
         ValidationReport,
         AuditEvent,
-        MonitorJoin,
-        MonitorJoinBatch,
+        MonitorJoinState,
+        MonitorLabelledBatch,
         MonitorModelState,
+        MonitorOutcomes,
     )
 }

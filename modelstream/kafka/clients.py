@@ -140,7 +140,7 @@ async def read_to_end(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        async for record in _drain(consumer, ends, timeout_s):
+        async for record in drain(consumer, ends, timeout_s):
             yield record
 
 
@@ -165,12 +165,12 @@ async def read_ranges(
         for tp, r in tps.items():
             consumer.seek(tp, r.start)
         ends = {tp: r.end for tp, r in tps.items()}
-        async for record in _drain(consumer, ends, timeout_s):
+        async for record in drain(consumer, ends, timeout_s):
             if record.offset < ends[TopicPartition(record.topic, record.partition)]:
                 yield record
 
 
-async def _drain(
+async def drain(
     consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], timeout_s: float
 ) -> AsyncIterator[ConsumerRecord]:
     """Yield records until every partition's position reaches its end offset."""

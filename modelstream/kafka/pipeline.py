@@ -35,9 +35,12 @@ fails is dead-lettered with its offset committed. A record that took the process
 down (native crash) is dead-lettered unhandled after a bounded number of crashes
 (:class:`~modelstream.kafka.boundary.CrashGuard`).
 
-**State.** A stateful processor (the monitor's join) restores what a task needs in
-:meth:`Processor.assigned`, before any of the task's records is processed, and applies the
-state changes of a batch only in :meth:`Processor.committed`, after its transaction commits.
+**State.** A stateful processor (the monitor's join and learner) restores what a task needs
+in :meth:`Processor.assigned`, before any of the task's records is processed, and applies the
+state changes of a batch only in :meth:`Processor.committed`, after its transaction commits;
+that call also says where each output landed, so the processor knows how far its changelog
+is its own. :meth:`Processor.punctuate` lets it write without input (expiry), in a
+transaction of its own.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,7 +62,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from modelstream.kafka.boundary import Attempts, Boundary, CrashGuard, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
-from modelstream.kafka.writers import Header, dead_letter_headers, fitted_value
+from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
 from modelstream.settings import Settings
 from modelstream.telemetry import DEAD_LETTERS
@@ -82,6 +85,29 @@ class Outgoing:
     source: ConsumerRecord | None = None
 
 
+# (topic, partition) -> offset of the last record a committed transaction wrote there
+Written = Mapping[tuple[str, int], int]
+
+
+def dead_letter(
+    topic: str,
+    service: str,
+    source: Position,
+    key: bytes | None,
+    value: bytes | None,
+    failure: Failure,
+) -> Outgoing:
+    """A dead letter of the record at ``source`` (whose key and value these are)."""
+    fitted, cut = fitted_value(value)
+    return Outgoing(
+        topic,
+        key,
+        fitted,
+        None,
+        dead_letter_headers(source, failure.reason, failure.error, service) + cut,
+    )
+
+
 class Processor(Protocol):
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         """Synchronous transformation of one task's records of one fetch (records of every
@@ -101,8 +127,14 @@ class Processor(Protocol):
         """The tasks this member no longer owns (no batch of theirs is in flight)."""
         ...
 
-    def committed(self, task: int) -> None:
-        """The outputs of the task's last ``process`` call are committed."""
+    def committed(self, task: int, written: Written) -> None:
+        """The outputs of the task's ``process`` (or ``punctuate``) calls since the last
+        commit or abort are committed; ``written`` says where they landed."""
+        ...
+
+    def punctuate(self, task: int) -> list[Outgoing]:
+        """Called about once a second per owned task, between batches: outputs that no
+        input asked for (expiry). They commit in a transaction of their own."""
         ...
 
     def aborted(self, task: int) -> None:
@@ -122,8 +154,11 @@ class Stateless:
     async def revoked(self, tasks: set[int]) -> None:
         return None
 
-    def committed(self, task: int) -> None:
+    def committed(self, task: int, written: Written) -> None:
         return None
+
+    def punctuate(self, task: int) -> list[Outgoing]:
+        return []
 
     def aborted(self, task: int) -> None:
         return None
@@ -158,6 +193,7 @@ class BatchPipeline(Managed):
         fetch_max_wait_ms: int = 20,
         name: str | None = None,
         crash_guard: Path | None = None,
+        punctuate_every_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -197,6 +233,8 @@ class BatchPipeline(Managed):
         self.records_in = 0
         self.records_out = 0
         self.last_batch_at = time.monotonic()
+        self.punctuate_every_s = punctuate_every_s
+        self._punctuated_at = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -227,6 +265,9 @@ class BatchPipeline(Managed):
                 # come again from where the assignment puts them.
                 if batch and fetched_in == self._epoch:
                     await self._handle(batch)
+                if time.monotonic() - self._punctuated_at >= self.punctuate_every_s:
+                    self._punctuated_at = time.monotonic()
+                    await self._punctuate()
 
     def assigned_partitions(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
@@ -338,7 +379,7 @@ class BatchPipeline(Managed):
             self.crash_guard.begin(positions)
         try:
             async with producer.transaction():
-                await self._send(producer, outgoing)
+                sent = await self._send(producer, outgoing)
                 await producer.send_offsets_to_transaction(
                     {tp: recs[-1].offset + 1 for tp, recs in parts.items()}, self.group
                 )
@@ -351,7 +392,7 @@ class BatchPipeline(Managed):
         finally:
             if self.crash_guard is not None:
                 self.crash_guard.end(positions)
-        self.processor.committed(task)
+        self.processor.committed(task, _written(sent))
         self.attempts.succeeded(batch_key)
         self.records_in += len(records)
         self.records_out += len(outgoing)
@@ -382,7 +423,7 @@ class BatchPipeline(Managed):
             self.crash_guard.begin(position)
         try:
             async with producer.transaction():
-                await self._send(producer, outgoing)
+                sent = await self._send(producer, outgoing)
                 await producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
         except ProducerFenced:
             await self._fenced(task, producer, [tp])
@@ -393,7 +434,7 @@ class BatchPipeline(Managed):
         finally:
             if self.crash_guard is not None:
                 self.crash_guard.end(position)
-        self.processor.committed(task)
+        self.processor.committed(task, _written(sent))
         self.attempts.succeeded(record_key)
         self.records_in += 1
         self.records_out += len(outgoing)
@@ -462,57 +503,74 @@ class BatchPipeline(Managed):
     def _dead_letter(self, record: ConsumerRecord, failure: Failure) -> Outgoing:
         self.boundary.reject(record.topic, record.partition, record.offset, failure)
         DEAD_LETTERS.labels(self.service, "").inc()
-        value, cut = fitted_value(record.value)
-        return Outgoing(
-            self.deadletter_topic,
-            record.key,
-            value,
-            None,
-            dead_letter_headers(record, failure.reason, failure.error, self.service) + cut,
+        return dead_letter(
+            self.deadletter_topic, self.service, record, record.key, record.value, failure
         )
 
     async def _at_least_once(
         self, by_task: dict[int, dict[TopicPartition, list[ConsumerRecord]]]
     ) -> None:
         assert self._shared is not None
-        futures = []
         processed = []
         for task, parts in by_task.items():
             records = [record for recs in parts.values() for record in recs]
             outgoing = self._process(task, records)
-            processed.append((task, len(records), len(outgoing)))
-            futures.extend(await self._send(self._shared, outgoing))
-        await asyncio.gather(*futures)
+            sent = await self._send(self._shared, outgoing)
+            processed.append((task, len(records), len(outgoing), sent))
+        await asyncio.gather(*(s.future for *_, sent in processed for s in sent))
         await self.consumer.commit(
             {tp: recs[-1].offset + 1 for parts in by_task.values() for tp, recs in parts.items()}
         )
-        for task, records_in, records_out in processed:
-            self.processor.committed(task)
+        for task, records_in, records_out, sent in processed:
+            self.processor.committed(task, _written(sent))
             self.records_in += records_in
             self.records_out += records_out
 
-    async def _send(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[Any]:
+    async def _punctuate(self) -> None:
+        """Outputs no input asked for, one transaction per task that has any."""
+        for task in sorted(self.assigned_tasks()):
+            outgoing = self.processor.punctuate(task)
+            if not outgoing:
+                continue
+            if not self.exactly_once:
+                assert self._shared is not None
+                sent = await self._send(self._shared, outgoing)
+                await asyncio.gather(*(s.future for s in sent))
+                self.processor.committed(task, _written(sent))
+                continue
+            producer = await self._producer_for(task)
+            try:
+                async with producer.transaction():
+                    sent = await self._send(producer, outgoing)
+            except ProducerFenced:
+                await self._fenced(task, producer, [])
+                continue
+            except KafkaError as exc:
+                log.warning("punctuation of task %d failed: %s: %s", task, type(exc).__name__, exc)
+                self.processor.aborted(task)
+                continue
+            self.processor.committed(task, _written(sent))
+
+    async def _send(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[_Sent]:
         grouped: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
         for out in outgoing:
             partition = out.partition
             if partition is None:
                 partition = zlib.crc32(out.key or b"") % await self._count(producer, out.topic)
             grouped[(out.topic, partition)].append(out)
-        futures = []
+        sent = []
         for (topic, partition), items in grouped.items():
             builder = producer.create_batch()
             for out in items:
                 headers = list(out.headers) if out.headers else []
-                if (
-                    builder.append(key=out.key, value=out.value, timestamp=None, headers=headers)
-                    is None
-                ):
-                    futures.append(await producer.send_batch(builder, topic, partition=partition))
-                    builder = producer.create_batch()
-                    builder.append(key=out.key, value=out.value, timestamp=None, headers=headers)
+                if builder.append(key=out.key, value=out.value, timestamp=None, headers=headers):
+                    continue
+                sent.append(await _send_batch(producer, builder, topic, partition))  # full
+                builder = producer.create_batch()
+                builder.append(key=out.key, value=out.value, timestamp=None, headers=headers)
             if builder.record_count():
-                futures.append(await producer.send_batch(builder, topic, partition=partition))
-        return futures
+                sent.append(await _send_batch(producer, builder, topic, partition))
+        return sent
 
     async def _count(self, producer: AIOKafkaProducer, topic: str) -> int:
         count = self._partition_counts.get(topic)
@@ -524,3 +582,30 @@ class BatchPipeline(Managed):
     async def lag(self) -> dict[TopicPartition, int]:
         """Records behind the end of each assigned partition (from the last fetch)."""
         return await consumer_lag(self.consumer)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    future: Any  # resolves to the RecordMetadata of the batch's first record
+    topic: str
+    partition: int
+    count: int
+
+
+async def _send_batch(
+    producer: AIOKafkaProducer, builder: Any, topic: str, partition: int
+) -> _Sent:
+    count = builder.record_count()
+    return _Sent(
+        await producer.send_batch(builder, topic, partition=partition), topic, partition, count
+    )
+
+
+def _written(sent: list[_Sent]) -> dict[tuple[str, int], int]:
+    """Where the records of committed (so resolved) batches landed."""
+    written: dict[tuple[str, int], int] = {}
+    for batch in sent:
+        last = batch.future.result().offset + batch.count - 1
+        key = (batch.topic, batch.partition)
+        written[key] = max(written.get(key, -1), last)
+    return written

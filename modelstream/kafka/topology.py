@@ -45,14 +45,38 @@ SHADOW_PREDICTIONS = "shadow-predictions"
 FEEDBACK = "feedback"
 AUDIT = "audit"
 DEADLETTER = "deadletter"
-# The monitor's own topics. faust names a table's changelog "<app id>-<table>-changelog" and
-# the app id is the monitor's group (<prefix>monitor), so these are its exact names. They are
-# provisioned with the rest: a topic faust creates itself can be missing from the metadata
-# its first partition assignment sees, leaving it unassigned.
+# The monitor's own topics (internal). Its join repartitions requests, predictions and
+# feedback by request id onto three co-partitioned topics, so that the join does not depend
+# on how users' producers partition; the join and the learner keep their tables in
+# compacted changelogs partitioned like their inputs. The quality windows are faust tables
+# of the app "<prefix>monitor-windows": their changelogs are provisioned here, since a topic
+# faust creates itself can be missing from the metadata its first assignment sees.
+MONITOR_REQUESTS = "monitor-requests"
+MONITOR_PREDICTIONS = "monitor-predictions"
+MONITOR_FEEDBACK = "monitor-feedback"
+MONITOR_JOIN_STATE = "monitor-join-state"
 MONITOR_LABELLED = "monitor-labelled"
-MONITOR_JOIN_CHANGELOG = "monitor-join-changelog"
-MONITOR_MODELS_CHANGELOG = "monitor-models-changelog"
-MONITOR_TOPICS = (MONITOR_LABELLED, MONITOR_JOIN_CHANGELOG, MONITOR_MODELS_CHANGELOG)
+MONITOR_MODEL_STATE = "monitor-model-state"
+MONITOR_OUTCOMES = "monitor-outcomes"
+MONITOR_WINDOWS = "monitor-windows"  # the faust app of the quality windows (its group too)
+MONITOR_HISTORY_CHANGELOG = f"{MONITOR_WINDOWS}-history-changelog"
+MONITOR_LIVE_CHANGELOG = f"{MONITOR_WINDOWS}-live-changelog"
+MONITOR_TOPICS = (
+    MONITOR_REQUESTS,
+    MONITOR_PREDICTIONS,
+    MONITOR_FEEDBACK,
+    MONITOR_JOIN_STATE,
+    MONITOR_LABELLED,
+    MONITOR_MODEL_STATE,
+    MONITOR_OUTCOMES,
+    MONITOR_HISTORY_CHANGELOG,
+    MONITOR_LIVE_CHANGELOG,
+)
+# An internal record carries one or more user records whole (a join entry holds a request and
+# its prediction), so internal topics take more than the user topics' 1 MiB.
+INTERNAL_MAX_BYTES = DEAD_LETTER_MAX_BYTES
+JOIN_PARTITIONS = 6  # tasks of the join: the three repartitioned inputs and its changelog
+LEARN_PARTITIONS = 3  # tasks of the learner: `monitor-labelled` and its changelog
 
 TOPOLOGY: tuple[TopicSpec, ...] = (
     # The log is the dataset: training examples are kept until an operator says otherwise.
@@ -166,32 +190,89 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         {"retention.ms": str(14 * DAY_MS), "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
     ),
     TopicSpec(
+        MONITOR_REQUESTS,
+        "request id",
+        "PredictionRequest (as on `requests`)",
+        "monitor",
+        "monitor",
+        JOIN_PARTITIONS,
+        {"retention.ms": str(DAY_MS), "max.message.bytes": str(INTERNAL_MAX_BYTES)},
+    ),
+    TopicSpec(
+        MONITOR_PREDICTIONS,
+        "request id",
+        "Prediction (as on `predictions`)",
+        "monitor",
+        "monitor",
+        JOIN_PARTITIONS,
+        {"retention.ms": str(DAY_MS), "max.message.bytes": str(INTERNAL_MAX_BYTES)},
+    ),
+    TopicSpec(
+        MONITOR_FEEDBACK,
+        "request id",
+        "Feedback (as on `feedback`; headers: its position there)",
+        "monitor",
+        "monitor",
+        JOIN_PARTITIONS,
+        {"retention.ms": str(DAY_MS), "max.message.bytes": str(INTERNAL_MAX_BYTES)},
+    ),
+    TopicSpec(
+        MONITOR_JOIN_STATE,
+        "request id",
+        "MonitorJoinState",
+        "monitor",
+        "monitor",
+        JOIN_PARTITIONS,
+        {
+            "cleanup.policy": "compact",
+            "min.cleanable.dirty.ratio": "0.2",
+            "max.message.bytes": str(INTERNAL_MAX_BYTES),
+        },
+    ),
+    TopicSpec(
         MONITOR_LABELLED,
         "model name",
-        "MonitorJoinBatch",
+        "MonitorLabelledBatch",
         "monitor",
         "monitor",
-        3,
-        {"retention.ms": str(DAY_MS)},
-    ),
-    # Changelogs are the tables: compacted, and partitioned like the inputs they follow.
-    TopicSpec(
-        MONITOR_JOIN_CHANGELOG,
-        "request id",
-        "MonitorJoin",
-        "monitor",
-        "monitor",
-        6,
-        {"cleanup.policy": "compact"},
+        LEARN_PARTITIONS,
+        {"retention.ms": str(DAY_MS), "max.message.bytes": str(INTERNAL_MAX_BYTES)},
     ),
     TopicSpec(
-        MONITOR_MODELS_CHANGELOG,
+        MONITOR_MODEL_STATE,
         "model name",
         "MonitorModelState",
         "monitor",
         "monitor",
-        3,
+        LEARN_PARTITIONS,
         {"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
+        MONITOR_OUTCOMES,
+        "model|version",
+        "MonitorOutcomes",
+        "monitor",
+        "monitor (quality windows)",
+        LEARN_PARTITIONS,
+        {"retention.ms": str(DAY_MS)},
+    ),
+    TopicSpec(
+        MONITOR_HISTORY_CHANGELOG,
+        "model|version, window",
+        "tumbling-window sums (JSON, faust)",
+        "monitor",
+        "monitor",
+        LEARN_PARTITIONS,
+        {"cleanup.policy": "compact,delete", "retention.ms": str(DAY_MS)},
+    ),
+    TopicSpec(
+        MONITOR_LIVE_CHANGELOG,
+        "model|version, window",
+        "hopping-window sums (JSON, faust)",
+        "monitor",
+        "monitor",
+        LEARN_PARTITIONS,
+        {"cleanup.policy": "compact,delete", "retention.ms": str(DAY_MS)},
     ),
 )
 

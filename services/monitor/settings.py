@@ -54,11 +54,19 @@ class MonitorSettings(ServiceSettings):
     influxdb_database: str = Field(default="modelstream")
     influxdb_username: str | None = Field(default=None)
     influxdb_password: SecretStr | None = Field(default=None)
-    history_interval_s: float = Field(
-        default=1.0, gt=0, description="At most one InfluxDB point per model version per this."
+    history_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Tumbling window of the quality history: one InfluxDB "
+        "point per model version and window.",
     )
-    monitor_batch_max_records: int = Field(default=2000, ge=1)
-    batch_within_s: float = Field(default=0.1, gt=0)
+    quality_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Hopping window (advancing by a fifth of it) of the "
+        "windowed quality on /metrics.",
+    )
+    monitor_batch_max_records: int = Field(default=5000, ge=1)
 
     def watch_config(self) -> WatchConfig:
         return WatchConfig(

@@ -16,37 +16,8 @@ import numpy as np
 
 from modelstream.contracts.codec import MAGIC
 from modelstream.contracts.limits import INT_RANGE, LONG_RANGE
+from modelstream.contracts.wire import read_long, read_string, string, zigzag
 from modelstream.errors import DecodeError, InvalidEventError
-
-
-def zigzag(value: int) -> bytes:
-    """Avro long: zigzag, then base-128 varint."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(value: bytes) -> bytes:
-    return zigzag(len(value)) + value
-
-
-def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    byte = data[pos]
-    pos += 1
-    n = byte & 0x7F
-    shift = 7
-    while byte & 0x80:
-        if shift > 63:  # an Avro long takes at most 10 bytes; more is a corrupt (or hostile) body
-            raise DecodeError("corrupt PredictionRequest body: varint longer than 10 bytes")
-        byte = data[pos]
-        pos += 1
-        n |= (byte & 0x7F) << shift
-        shift += 7
-    return (n >> 1) ^ -(n & 1), pos
 
 
 class MapTemplate:
@@ -57,7 +28,7 @@ class MapTemplate:
         template = bytearray(zigzag(len(feature_names)))
         value_slots: list[int] = []
         for name in feature_names:
-            template += _string(name.encode())
+            template += string(name.encode())
             value_slots.extend(range(len(template), len(template) + 8))
             template += bytes(8)
         template += b"\x00"
@@ -91,20 +62,13 @@ RequestFeatures = bytes | MapSection | dict[str, float] | list[float]
 Request = tuple[bytes, str, RequestFeatures, int | None, int | None]  # id, model, features, ...
 
 
-def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
-    n, pos = _read_long(data, pos)
-    if n < 0 or pos + n > len(data):
-        raise DecodeError("corrupt PredictionRequest body: bad length")
-    return data[pos : pos + n], pos + n
-
-
 def _optional_long(data: bytes, pos: int, field: str) -> tuple[int | None, int]:
     """A ["null", "long"] union."""
-    branch, pos = _read_long(data, pos)
+    branch, pos = read_long(data, pos)
     if branch == 0:
         return None, pos
     if branch == 1:
-        return _read_long(data, pos)
+        return read_long(data, pos)
     raise DecodeError(f"bad union branch {branch} for {field}")
 
 
@@ -126,12 +90,12 @@ class RequestReader:
             return None
         kind = -1  # features union branch: 0 bytes, 1 map, 2 array
         try:
-            request_id, pos = _read_bytes(data, 10)
-            model_bytes, pos = _read_bytes(data, pos)
-            kind, pos = _read_long(data, pos)
+            request_id, pos = read_string(data, 10)
+            model_bytes, pos = read_string(data, pos)
+            kind, pos = read_long(data, pos)
             features: RequestFeatures
             if kind == 0:
-                features, pos = _read_bytes(data, pos)
+                features, pos = read_string(data, pos)
             elif kind == 1 and model_bytes in self.templates:
                 end = pos + self.templates[model_bytes].length
                 if end > len(data):
@@ -181,13 +145,13 @@ class PredictionWriter:
         route: str,
     ) -> None:
         self.header = MAGIC + fingerprint
-        self.middle = _string(model.encode()) + zigzag(version) + _string(digest_prefix.encode())
+        self.middle = string(model.encode()) + zigzag(version) + string(digest_prefix.encode())
         self.classes = list(classes)
-        self.route = _string(route.encode())
+        self.route = string(route.encode())
         if self.classes:
-            keys = [_string(c.encode()) for c in self.classes]
+            keys = [string(c.encode()) for c in self.classes]
             # Prediction union branch 0 (string) for each class label
-            self.labels = [zigzag(0) + _string(c.encode()) for c in self.classes]
+            self.labels = [zigzag(0) + string(c.encode()) for c in self.classes]
             fields = []
             for j, key in enumerate(keys):
                 fields += [(f"k{j}", f"S{len(key)}"), (f"v{j}", "<f8")]

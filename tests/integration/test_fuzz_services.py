@@ -176,7 +176,7 @@ async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignor
                 )
             ],
         )
-        while BC not in monitor.watches or monitor.watches[BC].joined_total < 1:
+        while monitor.joined_total(BC) < 1:
             assert asyncio.get_running_loop().time() < deadline + 30, "monitor stopped joining"
             await asyncio.sleep(0.2)
     reasons = Counter(dict(r.headers)["reason"].decode() for r in dead)

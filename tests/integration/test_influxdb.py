@@ -91,7 +91,7 @@ async def labelled_traffic(base, monitor: MonitorApp) -> None:  # type: ignore[n
         base, "feedback", feedback_records(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(N)])
     )
     await eventually(
-        lambda: BC in monitor.watches and monitor.watches[BC].joined_total >= N,
+        lambda: monitor.joined_total(BC) >= N,
         60,
         "monitor did not join every label",
     )
@@ -153,5 +153,5 @@ async def test_a_dead_influxdb_costs_counted_points_not_labels(topics, keys):  #
         running(monitor),
     ):
         await labelled_traffic(base, monitor)
-    assert monitor.watches[BC].joined_total == N  # the join never waited for InfluxDB
+    assert monitor.joined_total(BC) == N  # the join never waited for InfluxDB
     assert INFLUX_WRITE_FAILURES.labels("monitor")._value.get() > before

@@ -7,6 +7,7 @@ trainer, validator and publisher) against Kafka, with labels arriving on ``feedb
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from typing import Any
@@ -125,7 +126,7 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
             export_min_labels=200,
             export_min_gain=0.01,
             online_learning_rate=0.03,
-            batch_max_records=500,
+            monitor_batch_max_records=500,
         )
     )
     encoder = RequestEncoder(SEA_NAMES)
@@ -157,7 +158,7 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
                 base, "feedback", feedback_records(SEA, [(rid, truth[rid]) for rid in ids])
             )
             await eventually(
-                lambda n=start + chunk: monitor.watches[SEA].joined_total >= n,
+                lambda n=start + chunk: monitor.joined_total(SEA) >= n,
                 60,
                 f"monitor did not join {start + chunk} labels",
             )
@@ -229,7 +230,7 @@ async def test_a_degraded_release_is_rolled_back_to_its_parent(topics, keys):  #
         )
         sent += n
         await eventually(
-            lambda: monitor.watches[BC].joined_total >= sent,
+            lambda: monitor.joined_total(BC) >= sent,
             60,
             f"monitor did not join {sent} labels",
         )
@@ -315,13 +316,16 @@ async def monitor_restart_scenario(
         await produce(base, "feedback", labels[half:])
         second = ServiceProcess("monitor", base, keys, "b", log_dir, **env)
         restarted = time.monotonic()
-        await eventually(
-            lambda: (
-                second.metric("modelstream_online_learner_labels", model=BC) >= learned_expected
-            ),
-            300,
-            f"learner stopped short of {learned_expected}:\n" + second.output(),
-        )
+
+        def learner() -> float:
+            return second.metric("modelstream_online_learner_labels", model=BC)
+
+        try:
+            await eventually(lambda: learner() >= learned_expected, 300, "")
+        except TimeoutError:
+            raise AssertionError(
+                f"learner stopped at {learner()} of {learned_expected}:\n{second.output()}"
+            ) from None
         caught_up_s = time.monotonic() - restarted
         await asyncio.sleep(2)  # anything more would be a label learned twice
         learned = second.metric("modelstream_online_learner_labels", model=BC)
@@ -338,7 +342,9 @@ async def monitor_restart_scenario(
         f"labels joined ({len(ids) - len(set(ids))} re-written after the crash); caught up "
         f"{caught_up_s:.1f} s after the restart"
     )
-    assert "continuing from saved state" in log
+    # The second process learned on from the state the first committed, read back from its
+    # changelog before its first batch.
+    assert re.search(r"monitor-model-state\[\d\]: restored [1-9]\d* records", log), log[-3000:]
     assert learned == learned_expected  # continued from its state: none lost, none twice
     assert set(ids) == {f"feedback:r-{i}" for i in range(n)}  # no label lost from the join
     return {

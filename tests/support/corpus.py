@@ -66,8 +66,9 @@ def _widened(schema: Any, field_path: list[str]) -> Any:
     return schema
 
 
-def _with_value_of(type_name: str, record: dict[str, Any], field_path: list[str],
-                   value: int) -> bytes:
+def _with_value_of(
+    type_name: str, record: dict[str, Any], field_path: list[str], value: int
+) -> bytes:
     """Avro bytes under ``type_name``'s header whose int field holds ``value``."""
     parsed = CODEC.schema(RECORD_TYPES[type_name]).parsed
     wide = fastavro.parse_schema(_widened(json.loads(json.dumps(parsed)), field_path))
@@ -82,8 +83,9 @@ def _with_value_of(type_name: str, record: dict[str, Any], field_path: list[str]
     return out.getvalue()
 
 
-def mutations(type_name: str, valid: list[dict[str, Any]], key: bytes, seed: int,
-              int_fields: list[list[str]]) -> Iterator[Hostile]:
+def mutations(
+    type_name: str, valid: list[dict[str, Any]], key: bytes, seed: int, int_fields: list[list[str]]
+) -> Iterator[Hostile]:
     """The structural families, for one contract, from its valid records."""
     rng = random.Random(seed)
     other_types = [t for t in RECORD_TYPES if t != type_name]
@@ -97,8 +99,9 @@ def mutations(type_name: str, valid: list[dict[str, Any]], key: bytes, seed: int
     yield Hostile("unknown-fingerprint", key, MAGIC + rng.randbytes(8) + b"\x00" * 16)
     for record in valid:
         avro = _avro(type_name, record)
-        for length in sorted({1, 2, 9, HEADER_SIZE, HEADER_SIZE + 1, len(avro) // 2,
-                              len(avro) - 1}):
+        for length in sorted(
+            {1, 2, 9, HEADER_SIZE, HEADER_SIZE + 1, len(avro) // 2, len(avro) - 1}
+        ):
             yield Hostile("truncated-avro", key, avro[:length])
         yield Hostile("trailing-bytes", key, avro + b"\x00\x01")
         for _ in range(12):
@@ -112,8 +115,9 @@ def mutations(type_name: str, valid: list[dict[str, Any]], key: bytes, seed: int
         yield Hostile("other-schema-header", key, _avro(other, _sample(other)))
         for path in int_fields:
             for value in (2**31, -(2**31) - 1, 2**40, 2**62):
-                yield Hostile("int-out-of-range", key, _with_value_of(type_name, record, path,
-                                                                      value))
+                yield Hostile(
+                    "int-out-of-range", key, _with_value_of(type_name, record, path, value)
+                )
         plain = json.loads(_json(record))
         yield Hostile("valid-json-array", key, _json([plain]))
         yield Hostile("json-scalar", key, b'"just a string"')

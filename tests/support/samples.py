@@ -140,25 +140,38 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "details": {"parent": "2"},
         "at_ms": 1_790_000_000_000,
     },
-    "MonitorJoin": {
-        "request_id": "r-1",
-        "model": "breast-cancer",
-        "partition": 4,
+    "MonitorJoinState": {
         "first_seen_ms": 1_790_000_000_000,
-        "features": {"mean radius": 14.1},
-        "requested_at_ms": 1_790_000_000_000,
-        "version": 3,
-        "route": "production",
-        "prediction": "1",
-        "scores": {"0": 0.1, "1": 0.9},
-        "predicted_at_ms": 1_790_000_000_002,
-        "label": "1",
-        "labelled_at_ms": 1_790_000_000_100,
+        "request": b"\xc3\x01request",
+        "prediction": None,
+        "feedback": b"\xc3\x01feedback",
+        "feedback_partition": 4,
         "feedback_offset": 17,
-        "completed_by": "feedback",
-        "completed_offset": 17,
+        "done": False,
     },
-    "MonitorJoinBatch": {"joins": []},
+    "MonitorLabelledBatch": {
+        "labels": [
+            {
+                "request_id": "r-1",
+                "request": b"\xc3\x01request",
+                "prediction": b"\xc3\x01prediction",
+                "feedback": b"\xc3\x01feedback",
+                "feedback_partition": 4,
+                "feedback_offset": 17,
+            }
+        ]
+    },
+    "MonitorOutcomes": {
+        "model": "breast-cancer",
+        "version": 3,
+        "at_ms": 1_790_000_000_000,
+        "count": 20,
+        "correct": 19.0,
+        "log_loss": 1.5,
+        "abs_error": 0.0,
+        "squared_error": 0.0,
+        "delay_ms": 2000.0,
+    },
     "MonitorModelState": {
         "version": 3,
         "learner": {
@@ -175,7 +188,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
                 "columns": [[1.0, 0.0], [0.1, 2.3], [0.9, 0.9], [0.0, 0.0], [120.0, 80.0]],
             }
         },
-        "positions": {"feedback:2": 17},
         "feedback_ranges": {"2": [3, 18]},
         "learned_since_export": 12,
         "last_export_ms": 1_790_000_000_000,

@@ -71,7 +71,6 @@ def _named(node: object, name: str) -> object:
     [
         ("ValidationReport", "ModelArtifact", "ModelArtifact"),
         ("Command", "Task", "ModelArtifact"),
-        ("MonitorJoinBatch", "MonitorJoin", "MonitorJoin"),
     ],
 )
 def test_shared_types_are_identical_copies(holder, copy, source):

@@ -5,12 +5,9 @@ import pytest
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Prediction, PredictionRequest
+from modelstream.contracts.wire import zigzag
 from modelstream.errors import DecodeError
-from modelstream.services.predictor.fastpath import (
-    PredictionWriter,
-    RequestReader,
-    zigzag,
-)
+from modelstream.services.predictor.fastpath import PredictionWriter, RequestReader
 
 CODEC = default_codec()
 RNG = np.random.default_rng(7)

@@ -1,0 +1,332 @@
+"""Everything the monitor knows about one model: live metrics per version, drift, the online
+learner, and the decisions they lead to (retrain, roll back, export a candidate).
+
+Fed batches of labelled predictions in the order the join completed them, exactly once each
+(the streaming core guarantees it); pure, so the app and the tests drive it the same way.
+``state()``/``restore()`` carry the learner and the metric windows across restarts and
+rebalances; drift detectors start afresh.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modelstream.contracts.builders import candidate_body, lineage, training_config
+from modelstream.contracts.definitions import feature_vector, in_online_holdout
+from modelstream.contracts.records import (
+    Features,
+    Label,
+    ModelBody,
+    MonitorModelState,
+    OffsetRange,
+    Origin,
+    Task,
+)
+from modelstream.errors import InvalidEventError
+from modelstream.learn.linear import LinearModel
+from modelstream.services.monitor.logic.learner import OnlineLearner
+from modelstream.services.monitor.logic.quality import (
+    DriftEvent,
+    ErrorDrift,
+    FeatureDrift,
+    LiveMetrics,
+    Outcome,
+    outcome,
+)
+from modelstream.services.monitor.logic.rollback import RollbackDecision, should_roll_back
+
+FEEDBACK_TOPIC = "feedback"  # the logical topic named by online candidates' lineage
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """A prediction with its true label: one complete join, decoded."""
+
+    request_id: str
+    features: Features
+    version: int
+    prediction: Label
+    scores: dict[str, float]
+    predicted_at_ms: int
+    label: Label
+    labelled_at_ms: int
+    feedback_partition: int
+    feedback_offset: int
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    window: int = 1000
+    drift_delta: float = 0.002
+    feature_drift_window: int = 500
+    feature_drift_threshold: float = 0.5
+    learning_rate: float = 0.01
+    l2: float = 0.0
+    export_every_labels: int = 2000
+    export_every_ms: int = 60_000
+    export_min_labels: int = 200
+    export_min_gain: float = 0.01
+    rollback_margin: float = 0.05
+    rollback_min_labels: int = 200
+    train_cooldown_ms: int = 60_000
+
+
+@dataclass
+class Decisions:
+    """What one batch of labelled predictions asks the application to do."""
+
+    usable: list[Labelled] = field(default_factory=list)  # go to `training`
+    unusable: list[tuple[Labelled, str, str]] = field(default_factory=list)  # (label, reason, why)
+    outcomes: list[tuple[int, Outcome]] = field(default_factory=list)  # (version, outcome)
+    learned: int = 0
+    drift: list[DriftEvent] = field(default_factory=list)
+    train_reason: str | None = None
+    rollback: RollbackDecision | None = None
+    candidate: ModelBody | None = None
+
+
+class ModelWatch:
+    def __init__(self, name: str, config: WatchConfig) -> None:
+        self.name = name
+        self.config = config
+        self.body: ModelBody | None = None  # the production artifact (plain tensors)
+        self.model: LinearModel | None = None
+        self.learner: OnlineLearner | None = None
+        self.metrics: dict[int, LiveMetrics] = {}
+        self.error_drift: dict[int, ErrorDrift] = {}
+        self.feature_drift: FeatureDrift | None = None
+        self.feedback_ranges: dict[int, list[int]] = {}  # partition -> [first, last + 1]
+        self.learned_since_export = 0
+        self.last_export_ms = 0
+        self.paired: deque[tuple[float, float]] = deque(maxlen=config.window)
+        self.rolled_back: set[int] = set()
+        self.last_train_ms = 0
+        self.joined_total = 0
+
+    @property
+    def version(self) -> int | None:
+        return self.body["version"] if self.body is not None else None
+
+    # -- production changes ------------------------------------------------------------
+    def install(self, body: ModelBody, model: LinearModel) -> None:
+        """A new production version: the learner restarts from its weights."""
+        self.body, self.model = body, model
+        self.learner = OnlineLearner.from_model(
+            model, body["lineage"]["example_count"], self.config.learning_rate, self.config.l2
+        )
+        self.feature_drift = FeatureDrift(
+            model.mean,
+            model.scale,
+            model.feature_names,
+            self.config.feature_drift_window,
+            self.config.feature_drift_threshold,
+        )
+        self.feedback_ranges.clear()
+        self.learned_since_export = 0
+        self.paired.clear()
+        for version in sorted(self.metrics)[:-3]:
+            if version not in (body["version"], body["parent_version"]):
+                del self.metrics[version]
+                self.error_drift.pop(version, None)
+
+    # -- one batch -----------------------------------------------------------------------
+    def observe(self, labels: Sequence[Labelled], now_ms: int) -> Decisions:
+        out = Decisions()
+        self.joined_total += len(labels)
+        if self.body is None or self.model is None or not labels:
+            out.usable = list(labels)
+            return out
+        task, classes = self.body["task"], self.body["classes"]
+        names = self.body["feature_names"]
+        rows: list[np.ndarray] = []
+        for item in labels:
+            version = item.version
+            try:
+                result = outcome(
+                    task,
+                    classes,
+                    item.scores,
+                    item.prediction,
+                    item.label,
+                    max(0.0, float(item.labelled_at_ms - item.predicted_at_ms)),
+                )
+                row = feature_vector(item.features, names)
+            except (ValueError, InvalidEventError) as exc:
+                out.unusable.append((item, getattr(exc, "reason", "invalid-label"), str(exc)))
+                continue
+            metrics = self.metrics.setdefault(version, LiveMetrics(task, self.config.window))
+            metrics.add(result)
+            out.outcomes.append((version, result))
+            detector = self.error_drift.setdefault(version, ErrorDrift(self.config.drift_delta))
+            error = result.abs_error if task == Task.REGRESSION else 1.0 - result.correct
+            if detector.update(error):
+                out.drift.append(
+                    DriftEvent(
+                        "error",
+                        version,
+                        (
+                            f"ADWIN: error rate of v{version} changed; window mean now "
+                            f"{detector.detector.estimation:.4f}"
+                        ),
+                    )
+                )
+            rows.append(row)
+            out.usable.append(item)
+        if out.usable:
+            X = np.vstack(rows)
+            self._drift_in_features(X, out)
+            self._learn(X, out.usable, out)
+        if out.drift and now_ms - self.last_train_ms >= self.config.train_cooldown_ms:
+            self.last_train_ms = now_ms
+            out.train_reason = "; ".join(sorted({d.detail for d in out.drift}))
+        out.rollback = self._rollback()
+        out.candidate = self._export(now_ms)
+        return out
+
+    def _drift_in_features(self, X: np.ndarray, out: Decisions) -> None:
+        assert self.feature_drift is not None and self.body is not None
+        shifted = self.feature_drift.update_many(X)
+        if shifted:
+            self.feature_drift.reset()  # one event per window, not one per batch
+            out.drift.append(
+                DriftEvent(
+                    "features",
+                    self.body["version"],
+                    (
+                        f"features moved > {self.feature_drift.threshold} training standard "
+                        f"deviations: {', '.join(shifted[:5])}"
+                    ),
+                )
+            )
+
+    def _learn(self, X: np.ndarray, labels: Sequence[Labelled], out: Decisions) -> None:
+        assert self.learner is not None and self.body is not None
+        task, names = self.body["task"], self.learner.feature_names
+        # Progressive validation: the learner as it was at the start of the batch scores the
+        # batch before learning from it, beside the production version's own predictions.
+        online_scores = self.learner.as_model().proba(X)
+        for i, item in enumerate(labels):
+            label = item.label
+            if task == Task.REGRESSION:
+                ours = -abs(float(online_scores[i]) - float(label))
+                theirs = -abs(float(item.prediction) - float(label))
+            else:
+                ours = float(self.learner.classes[int(np.argmax(online_scores[i]))] == str(label))
+                theirs = float(str(item.prediction) == str(label))
+            self.paired.append((ours, theirs))
+            if in_online_holdout(item.request_id):
+                continue
+            self.learner.learn_one(
+                dict(zip(names, X[i].tolist(), strict=True)),
+                label if task != Task.REGRESSION else float(label),
+            )
+            partition, offset = item.feedback_partition, item.feedback_offset
+            span = self.feedback_ranges.setdefault(partition, [offset, offset + 1])
+            span[0], span[1] = min(span[0], offset), max(span[1], offset + 1)
+            self.learned_since_export += 1
+            out.learned += 1
+
+    def gain(self) -> float:
+        """Online learner minus production on the same recent labels (accuracy or -MAE)."""
+        if not self.paired:
+            return 0.0
+        pairs = np.asarray(self.paired)
+        return float(pairs[:, 0].mean() - pairs[:, 1].mean())
+
+    def _export(self, now_ms: int) -> ModelBody | None:
+        c = self.config
+        if self.learner is None or self.body is None:
+            return None
+        due = self.learned_since_export >= c.export_every_labels or (
+            now_ms - self.last_export_ms >= c.export_every_ms
+            and self.learned_since_export >= c.export_min_labels
+        )
+        if not due or len(self.paired) < c.export_min_labels or self.gain() < c.export_min_gain:
+            return None
+        self.last_export_ms = now_ms
+        self.learned_since_export = 0
+        return self.candidate_body(now_ms)
+
+    def candidate_body(self, now_ms: int) -> ModelBody:
+        """The learner's weights as a candidate the validator gates like any other."""
+        assert self.learner is not None and self.body is not None
+        body = self.body
+        ranges: list[OffsetRange] = [
+            {"topic": FEEDBACK_TOPIC, "partition": p, "start": a, "end": b}
+            for p, (a, b) in sorted(self.feedback_ranges.items())
+        ]
+        return candidate_body(
+            name=self.name,
+            task=body["task"],
+            feature_names=body["feature_names"],
+            classes=body["classes"],
+            tensors=self.learner.export(),
+            training=training_config(
+                "river-online",
+                l2=self.config.l2,
+                learning_rate=self.config.learning_rate,
+                batch_size=1,
+                max_epochs=1,
+                epochs_run=1,
+            ),
+            metrics={"online_gain": self.gain(), "online_labels": float(len(self.paired))},
+            lineage=lineage(Origin.ONLINE, ranges, self.learner.learned),
+            parent_version=body["version"],
+            created_by="monitor",
+            created_at_ms=now_ms,
+        )
+
+    def _rollback(self) -> RollbackDecision | None:
+        if self.body is None or self.version in self.rolled_back:
+            return None
+        decision = should_roll_back(
+            self.body["version"],
+            self.body["parent_version"],
+            self.metrics,
+            margin=self.config.rollback_margin,
+            min_labels=self.config.rollback_min_labels,
+        )
+        if decision is not None:
+            self.rolled_back.add(decision.version)
+        return decision
+
+    # -- persistence -----------------------------------------------------------------------
+    def state(self) -> MonitorModelState:
+        return {
+            "version": self.version,
+            "learner": self.learner.state() if self.learner is not None else None,
+            "metrics": {str(v): m.state() for v, m in self.metrics.items()},
+            "feedback_ranges": {str(p): r for p, r in self.feedback_ranges.items()},
+            "learned_since_export": self.learned_since_export,
+            "last_export_ms": self.last_export_ms,
+            "paired": [list(p) for p in self.paired],
+            "rolled_back": sorted(self.rolled_back),
+            "last_train_ms": self.last_train_ms,
+            "joined_total": self.joined_total,
+        }
+
+    def restore(self, state: MonitorModelState) -> None:
+        """Continue from ``state`` (after :meth:`install` of the current production); the
+        learner only when it belongs to that version (else learning restarts from it)."""
+        task = self.body["task"] if self.body is not None else Task.BINARY
+        for version, metrics_state in state["metrics"].items():
+            metrics = LiveMetrics(task, self.config.window)
+            metrics.restore(metrics_state)
+            self.metrics[int(version)] = metrics
+        self.rolled_back = set(state["rolled_back"])
+        self.last_train_ms = state["last_train_ms"]
+        self.joined_total = state["joined_total"]
+        self.last_export_ms = state["last_export_ms"]
+        if (
+            self.learner is not None
+            and state["learner"] is not None
+            and (state["version"] == self.version)
+        ):
+            self.learner.restore(state["learner"])
+            self.feedback_ranges = {int(p): list(r) for p, r in state["feedback_ranges"].items()}
+            self.learned_since_export = state["learned_since_export"]
+            self.paired.extend((float(a), float(b)) for a, b in state["paired"])
