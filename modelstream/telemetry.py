@@ -232,37 +232,37 @@ def serve(port: int, host: str, health: Health | None = None) -> ThreadingHTTPSe
 # -- the monitor: live quality of what is served ----------------------------------------------
 LIVE_ACCURACY = Gauge(
     "modelstream_live_accuracy_ratio",
-    "Accuracy over the newest labelled predictions.",
+    "Accuracy over the live quality window (the last MODELSTREAM_QUALITY_WINDOW_S).",
     ["model", "version"],
 )
 LIVE_LOG_LOSS = Gauge(
     "modelstream_live_log_loss_nats",
-    "Mean log-loss over the newest labelled predictions.",
+    "Mean log-loss over the live quality window.",
     ["model", "version"],
 )
 LIVE_CALIBRATION_ERROR = Gauge(
     "modelstream_live_calibration_error_ratio",
-    "Expected calibration error (10 bins) over the newest labelled predictions.",
+    "Expected calibration error (10 bins) over the live quality window.",
     ["model", "version"],
 )
 LIVE_MAE = Gauge(
     "modelstream_live_mae_units",
-    "Regression: mean absolute error over the newest labels (in the label's units).",
+    "Regression: mean absolute error over the live quality window (label units).",
     ["model", "version"],
 )
 LIVE_RMSE = Gauge(
     "modelstream_live_rmse_units",
-    "Regression: root mean squared error over the newest labels (in the label's units).",
+    "Regression: root mean squared error over the live quality window (label units).",
     ["model", "version"],
 )
 LIVE_WINDOW_LABELS = Gauge(
     "modelstream_live_window_labels",
-    "Labelled predictions in the sliding metric window.",
+    "Labelled predictions in the live quality window.",
     ["model", "version"],
 )
 LABEL_DELAY = Gauge(
     "modelstream_label_delay_seconds",
-    "Mean time from prediction to its label, in the window.",
+    "Mean time from prediction to its label, in the live quality window.",
     ["model", "version"],
 )
 LABELS_JOINED = Counter(
@@ -277,7 +277,7 @@ JOIN_EXPIRED = Counter(
 )
 JOIN_DUPLICATES = Counter(
     "modelstream_join_duplicates_total",
-    "Joins seen again after a restart and ignored (already learned).",
+    "Parts of a request id that arrived again (sent twice) and were ignored.",
     ["model"],
 )
 JOIN_MATCH_RATIO = Gauge(
@@ -335,8 +335,8 @@ FEEDBACK_ACCEPTED = Counter(
 MONITOR_FORWARDED = Counter(
     "modelstream_monitor_forwarded_total",
     "Records the join forwarded to the join partition of their request id (written by a "
-    "producer that partitions otherwise).",
-    ["kind"],
+    "producer that partitions otherwise), by the logical topic they were read from.",
+    ["topic"],
 )
 MONITOR_RESTORE_SECONDS = Histogram(
     "modelstream_monitor_restore_duration_seconds",

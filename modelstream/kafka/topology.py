@@ -192,7 +192,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
     TopicSpec(
         MONITOR_REQUESTS,
         "request id",
-        "PredictionRequest (as on `requests`)",
+        "PredictionRequest",
         "monitor",
         "monitor",
         JOIN_PARTITIONS,
@@ -201,7 +201,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
     TopicSpec(
         MONITOR_PREDICTIONS,
         "request id",
-        "Prediction (as on `predictions`)",
+        "Prediction",
         "monitor",
         "monitor",
         JOIN_PARTITIONS,
@@ -210,7 +210,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
     TopicSpec(
         MONITOR_FEEDBACK,
         "request id",
-        "Feedback (as on `feedback`; headers: its position there)",
+        "Feedback",
         "monitor",
         "monitor",
         JOIN_PARTITIONS,

@@ -220,7 +220,7 @@ class JoinStage:
                 (FEEDBACK_OFFSET, str(record.offset).encode()),
             ]
         self.forwarded += 1
-        MONITOR_FORWARDED.labels(kind).inc()
+        MONITOR_FORWARDED.labels(kind).inc()  # kind is the logical topic name
         return Outgoing(self.forward_to[kind], key, record.value, partition, headers, record)
 
     def _labelled(

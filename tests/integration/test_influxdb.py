@@ -107,7 +107,7 @@ async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb): 
             keys,
             influxdb_url=influxdb,
             influxdb_database="history",
-            history_interval_s=0.2,
+            history_window_s=1.0,
         )
     )
     async with (
@@ -115,7 +115,8 @@ async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb): 
         running(monitor),
     ):
         await labelled_traffic(base, monitor)
-        await asyncio.sleep(1.5)  # one more flush interval
+    # One point per closed (or, at the stop, still open) one-second window: together they
+    # hold every label once.
     series: list[dict] = []  # type: ignore[type-arg]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -123,20 +124,20 @@ async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb): 
             query,
             influxdb,
             "history",
-            "SELECT last(accuracy), last(labelled_total), last(joined_total), "
-            f"count(accuracy) FROM model_quality WHERE model = '{BC}' GROUP BY version",
+            "SELECT sum(labels), mean(accuracy), count(accuracy), last(window_s) "
+            f"FROM model_quality WHERE model = '{BC}' GROUP BY version",
         )
-        if series and series[0]["values"][0][2] == N:
+        if series and series[0]["values"][0][1] == N:
             break
         await asyncio.sleep(0.5)
     assert series, "no points in InfluxDB"
-    _, accuracy, labelled, joined, points = series[0]["values"][0]
+    _, labels, accuracy, points, window_s = series[0]["values"][0]
     print(
-        f"\nInfluxDB: {points} points for {BC} v{series[0]['tags']['version']}, last "
-        f"accuracy {accuracy:.4f}, {labelled} labelled"
+        f"\nInfluxDB: {points} one-second windows of {BC} v{series[0]['tags']['version']}, "
+        f"mean accuracy {accuracy:.4f}, {labels} labels"
     )
     assert series[0]["tags"]["version"] == "1"
-    assert labelled == N and joined == N and points >= 2
+    assert labels == N and window_s == 1.0 and points >= 1
     assert 0.9 < accuracy <= 1.0
 
 
@@ -146,7 +147,7 @@ async def test_a_dead_influxdb_costs_counted_points_not_labels(topics, keys):  #
     before = INFLUX_WRITE_FAILURES.labels("monitor")._value.get()
     dead = f"http://127.0.0.1:{free_port_pair()}"  # nothing listens there
     monitor = MonitorApp(
-        service_settings(MonitorSettings, base, keys, influxdb_url=dead, history_interval_s=0.2)
+        service_settings(MonitorSettings, base, keys, influxdb_url=dead, history_window_s=1.0)
     )
     async with (
         running(PredictorApp(service_settings(PredictorSettings, base, keys))),

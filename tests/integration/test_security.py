@@ -191,8 +191,7 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
             await admin_producer.flush()
             deadline = asyncio.get_running_loop().time() + 60
             while (
-                "breast-cancer" not in monitor.watches
-                or monitor.joined_total("breast-cancer") < 50
+                "breast-cancer" not in monitor.watches or monitor.joined_total("breast-cancer") < 50
             ):
                 assert asyncio.get_running_loop().time() < deadline, "monitor joined nothing"
                 await asyncio.sleep(0.2)

@@ -13,7 +13,11 @@ MODULES = [
     "modelstream.learn.objectives",
     "modelstream.learn.sgd",
     "modelstream.learn.linear",
-    "modelstream.services.monitor.logic",
+    "modelstream.contracts.wire",
+    "modelstream.services.monitor.logic.join",
+    "modelstream.services.monitor.logic.quality",
+    "modelstream.services.monitor.logic.learner",
+    "modelstream.services.monitor.logic.rollback",
 ]
 
 

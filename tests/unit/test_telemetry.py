@@ -14,7 +14,8 @@ from prometheus_client import REGISTRY
 import modelstream.telemetry  # noqa: F401 - registers every metric
 
 ROOT = Path(__file__).resolve().parents[2]
-ALLOWED_LABELS = {"service", "model", "version", "reason"}  # reason: a fixed set
+# reason, stage (of the monitor) and topic (logical names) are fixed sets
+ALLOWED_LABELS = {"service", "model", "version", "reason", "stage", "topic"}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -122,7 +123,7 @@ def test_readme_lists_every_metric():
 
 
 def test_history_dashboard_queries_only_what_the_monitor_writes_to_influxdb():
-    from modelstream.services.monitor.app import INFLUX_MEASUREMENTS
+    from modelstream.services.monitor.windows import INFLUX_MEASUREMENTS
 
     dashboard = json.loads((ROOT / "infra/grafana/dashboards/modelstream-history.json").read_text())
     queries = [t["query"] for p in dashboard["panels"] for t in p["targets"]]

@@ -1,0 +1,160 @@
+"""One model's watch: learning, restoring, exporting a candidate, asking for a rollback."""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import in_online_holdout
+from modelstream.contracts.records import MonitorModelState, Task
+from modelstream.learn.linear import LinearModel
+from modelstream.services.monitor.logic import Labelled, ModelWatch, WatchConfig
+
+
+def production(version: int = 1, parent: int | None = None) -> tuple[Any, LinearModel]:
+    """v1 learned x0 + x1 > 0."""
+    model = LinearModel(
+        Task.BINARY,
+        ["x0", "x1"],
+        ["0", "1"],
+        np.array([[1.0], [1.0]]),
+        np.array([0.0]),
+        np.zeros(2),
+        np.ones(2),
+    )
+    body = {
+        "name": "m",
+        "version": version,
+        "parent_version": parent,
+        "task": Task.BINARY,
+        "feature_names": ["x0", "x1"],
+        "classes": ["0", "1"],
+        "lineage": {"example_count": 100},
+    }
+    return body, model
+
+
+def labelled(X, labels, predictions, version=1, start=0) -> list[Labelled]:  # type: ignore[no-untyped-def]
+    out = []
+    for i, (row, label, predicted) in enumerate(zip(X, labels, predictions, strict=True)):
+        p = 0.9 if predicted == "1" else 0.1
+        out.append(
+            Labelled(
+                request_id=f"r{start + i}",
+                features=np.asarray(row, "<f8").tobytes(),
+                version=version,
+                prediction=predicted,
+                scores={"0": 1 - p, "1": p},
+                predicted_at_ms=0,
+                label=label,
+                labelled_at_ms=40,
+                feedback_partition=0,
+                feedback_offset=start + i,
+            )
+        )
+    return out
+
+
+def shifted_concept(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """Labels follow x0 - x1 > 0, not what v1 learned."""
+    X = np.random.default_rng(seed).normal(size=(n, 2))
+    labels = ["1" if x0 - x1 > 0 else "0" for x0, x1 in X]
+    predictions = ["1" if x0 + x1 > 0 else "0" for x0, x1 in X]
+    return X, labels, predictions
+
+
+def test_a_restored_watch_carries_on_exactly_like_the_saved_one():
+    X, labels, predictions = shifted_concept(600, 1)
+    items = labelled(X, labels, predictions)
+    config = WatchConfig(export_every_labels=10**9, export_min_gain=1.0)
+    watch = ModelWatch("m", config)
+    watch.install(*production())
+    first = watch.observe(items[:300], now_ms=1)
+    assert first.learned == sum(not in_online_holdout(i.request_id) for i in items[:300])
+    assert len(first.usable) == 300 and [v for v, _ in first.outcomes] == [1] * 300
+
+    codec = default_codec()  # the state travels as Avro on the changelog
+    saved = codec.decode(codec.encode(MonitorModelState, watch.state()), MonitorModelState)
+    resumed = ModelWatch("m", config)
+    resumed.install(*production())
+    resumed.restore(saved)
+    assert resumed.learner is not None and watch.learner is not None
+    assert resumed.learner.learned == watch.learner.learned
+    assert resumed.metrics[1].snapshot() == watch.metrics[1].snapshot()
+    assert resumed.joined_total == watch.joined_total == 300
+    rest_a, rest_b = watch.observe(items[300:], 3), resumed.observe(items[300:], 3)
+    assert rest_a.learned == rest_b.learned
+    probe = {"x0": 0.3, "x1": -0.2}
+    assert resumed.learner.proba_one(probe) == watch.learner.proba_one(probe)
+    assert watch.gain() > 0.1  # the learner moved towards the new concept
+
+
+def test_a_new_production_version_restarts_learning_from_its_weights():
+    X, labels, predictions = shifted_concept(300, 4)
+    watch = ModelWatch("m", WatchConfig(export_min_gain=1.0))
+    watch.install(*production())
+    watch.observe(labelled(X, labels, predictions), 1)
+    saved = watch.state()
+    watch.install(*production(2, 1))
+    assert watch.learner is not None and watch.learner.learned == 0
+    watch.restore(saved)  # a state of v1 does not carry into v2's learner
+    assert watch.learner.learned == 0 and 1 in watch.metrics
+
+
+def test_labels_with_unusable_features_are_reported_not_learned():
+    X, labels, predictions = shifted_concept(10, 5)
+    items = labelled(X, labels, predictions)
+    items[0] = dataclasses.replace(items[0], features=b"\x00" * 3)  # not 2 doubles
+    watch = ModelWatch("m", WatchConfig())
+    watch.install(*production())
+    decisions = watch.observe(items, 1)
+    assert [(label.request_id, reason) for label, reason, _ in decisions.unusable] == [
+        ("r0", "wrong-feature-count")
+    ]
+    assert len(decisions.usable) == 9
+
+
+def test_watch_exports_an_online_candidate_with_lineage_and_parent():
+    X, labels, predictions = shifted_concept(1200, 2)
+    watch = ModelWatch(
+        "m",
+        WatchConfig(
+            export_every_labels=400, export_min_labels=100, export_min_gain=0.05, learning_rate=0.05
+        ),
+    )
+    watch.install(*production())
+    items = labelled(X, labels, predictions)
+    candidates = [
+        watch.observe(items[i : i + 100], now_ms=i).candidate for i in range(0, 1200, 100)
+    ]
+    exported = [c for c in candidates if c is not None]
+    assert exported, "a learner that beats production by far must export"
+    body = exported[0]
+    assert body["lineage"]["origin"] == "ONLINE" and body["parent_version"] == 1
+    assert body["lineage"]["ranges"][0]["topic"] == "feedback"
+    assert body["training"]["algorithm"] == "river-online"
+    model = LinearModel.from_tensors(Task.BINARY, ["x0", "x1"], ["0", "1"], body)
+    agree = (model.proba(X[-300:]).argmax(axis=1) == [int(v) for v in labels[-300:]]).mean()
+    assert agree > 0.85
+
+
+def test_watch_asks_for_one_rollback_of_a_worse_version():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 2))
+    labels = ["1" if x0 + x1 > 0 else "0" for x0, x1 in X]
+    wrong = ["0" if v == "1" else "1" for v in labels]
+    watch = ModelWatch("m", WatchConfig(rollback_min_labels=200, rollback_margin=0.05))
+    watch.install(*production())
+    assert watch.observe(labelled(X[:300], labels[:300], labels[:300]), 1).rollback is None
+    watch.install(*production(2, 1))
+    decisions = [
+        watch.observe(
+            labelled(X[i : i + 100], labels[i : i + 100], wrong[i : i + 100], version=2, start=i),
+            2,
+        ).rollback
+        for i in range(300, 600, 100)
+    ]
+    asked = [d for d in decisions if d is not None]
+    assert len(asked) == 1 and asked[0].version == 2 and asked[0].parent == 1
+    assert asked[0].labels >= 200
