@@ -14,7 +14,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,31 @@ def request_bytes(
     return out
 
 
+def by_position(key: bytes, index: int, partitions: int) -> int:
+    """Item i to partition i mod partitions (equal positions of equally partitioned topics
+    are co-partitioned)."""
+    return index % partitions
+
+
+def by_crc32(key: bytes, index: int, partitions: int) -> int:
+    """CRC-32 of the key: the predictor's partitioner, and librdkafka's (kcat's) default."""
+    return zlib.crc32(key) % partitions
+
+
+def by_murmur2(key: bytes, index: int, partitions: int) -> int:
+    """murmur2 of the key: the Java client's and aiokafka's default partitioner."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 async def preload(
-    settings: Settings, items: list[tuple[bytes, bytes]], topic_name: str = "requests"
+    settings: Settings,
+    items: list[tuple[bytes, bytes]],
+    topic_name: str = "requests",
+    partitioner: Callable[[bytes, int, int], int] = by_position,
 ) -> None:
-    """Write records fast: batch builders, item i to partition i mod partitions (so equal
-    positions in equally partitioned topics are co-partitioned)."""
+    """Write records fast with batch builders, each to the partition ``partitioner`` picks."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
@@ -163,7 +184,7 @@ async def preload(
         partitions = sorted(await producer.partitions_for(topic))
         per_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
         for i, item in enumerate(items):
-            per_partition[partitions[i % len(partitions)]].append(item)
+            per_partition[partitions[partitioner(item[0], i, len(partitions))]].append(item)
         futures = []
         for partition, chunk in per_partition.items():
             builder = producer.create_batch()

@@ -1,14 +1,21 @@
 """Monitor throughput: labelled events joined and learned per second, against the real broker.
 
 ``requests``, ``predictions`` and ``feedback`` are preloaded for N request ids (breast-cancer,
-packed features; predictions scored by the production model), then each candidate runs in its
-own process and reports labelled events/s, from its first input to its N-th learned join:
+packed features; predictions scored by the production model and written, as the predictor
+writes them, to the partition of the CRC-32 of their request id; requests and feedback
+partitioned by murmur2, as a Java or aiokafka producer writes them, so the monitor's join
+forwards 5 in 6 of them to their join partition). Then each candidate runs in its own
+process and reports labelled events/s, from its first input to its N-th learned label:
 
-1. ``monitor`` - `modelstream run monitor`'s MonitorApp (faust-streaming, take_events batches,
-   changelog-backed join and model tables, live metrics, drift checks, online learning);
-2. ``naive`` - a faust agent as a user might write it: one table lookup/update and, once a
+1. ``monitor`` - `modelstream run monitor`'s MonitorApp: repartition-free join where records
+   already sit in their join partition, exactly-once join and learner stages with
+   changelog-backed state, live metrics, drift checks, online learning, quality windows;
+2. ``monitor_x3`` - three monitor processes in one consumer group splitting the partitions
+   (one model: the join splits six ways, the model's learner lives in one copy); rate from
+   the first input of any copy to the N-th learned label;
+3. ``naive`` - a faust agent as a user might write it: one table lookup/update and, once a
    request id is complete, one river ``learn_one`` per event, no batching;
-3. ``river_inmemory`` - river's own progressive validation (``evaluate.progressive_val_score``)
+4. ``river_inmemory`` - river's own progressive validation (``evaluate.progressive_val_score``)
    over the same labelled events held in memory: the limit, no Kafka at all.
 
     python bench/monitor.py [--events 30000] [--naive-events 10000]   # last line: JSON
@@ -20,8 +27,11 @@ import argparse
 import asyncio
 import json
 import os
+import queue
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     body_for,
     broker,
+    by_crc32,
+    by_murmur2,
     dataset,
     peak_rss_mib,
     preload,
@@ -99,7 +111,9 @@ def predictions_and_feedback(
 
 
 # -- workers (each in its own process) ----------------------------------------------------------
-async def monitor_worker(settings: Settings, events: int) -> dict[str, float]:
+async def monitor_worker(settings: Settings, events: int, *, copy: str = "") -> dict[str, float]:
+    """One monitor process. Alone: until it has learned ``events`` labels, then its result.
+    As one of several copies: prints its progress twice a second until it is stopped."""
     from modelstream.services.monitor.app import MonitorApp
     from modelstream.services.monitor.settings import MonitorSettings
 
@@ -110,30 +124,59 @@ async def monitor_worker(settings: Settings, events: int) -> dict[str, float]:
             topic_prefix=settings.topic_prefix,
             public_key_file=settings.public_key_file,
             log_level="WARNING",
+            instance_id=copy or "0",
             state_dir=Path(tempfile.mkdtemp(prefix="bench-monitor-")),
         )
     )
     first: list[float] = []
-    join = app._join
+    process = app.join.process
 
-    async def timed_join(batch: Any) -> None:
+    def timed(task: int, records: list[Any]) -> Any:
         if not first:
-            first.append(time.perf_counter())
-        await join(batch)
+            first.append(time.time())
+        return process(task, records)
 
-    app._join = timed_join  # type: ignore[method-assign]
+    app.join.process = timed  # type: ignore[method-assign]
     await app.start()
-    while (watch := app.watches.get(MODEL)) is None or watch.joined_total < events:
-        await asyncio.sleep(0.01)
-    last = time.perf_counter()
-    learned = watch.learner.learned if watch.learner else 0
-    await app.stop()
-    return {
-        "eps": events / (last - first[0]),
-        "rss_mib": peak_rss_mib(),
-        "events": events,
-        "learned": learned,
-    }
+    running = asyncio.create_task(app.run())
+    try:
+        while app.joined_total(MODEL) < events:
+            if copy:
+                print(
+                    json.dumps(
+                        {
+                            "copy": copy,
+                            "t": time.time(),
+                            "first": first[0] if first else None,
+                            "learned": app.joined_total(MODEL),
+                            "joined": app.join.joined,
+                            "forwarded": app.join.forwarded,
+                        }
+                    ),
+                    flush=True,
+                )
+            await asyncio.sleep(0.5 if copy else 0.005)
+        last = time.time()
+        watch = app.watches[MODEL]
+        learned = watch.learner.learned if watch.learner else 0
+        started = first[0] if first else last  # a copy may hold the learner but no join task
+        return {
+            "eps": events / (last - started),
+            "first": started,
+            "last": last,
+            "rss_mib": peak_rss_mib(),
+            "events": events,
+            "learned": learned,
+            "forwarded": app.join.forwarded,
+            "joined": app.join.joined,
+            "restore_s": max(
+                (r.seconds for r in app.join.restores + app.learn.restores), default=0
+            ),
+        }
+    finally:
+        app.request_stop()
+        await running
+        await app.stop()
 
 
 def naive_worker(settings: Settings, events: int) -> None:
@@ -229,20 +272,84 @@ async def prepared(base: Settings, keys: Path, body: dict[str, Any], events: int
     await create_topics(settings)
     await publish(settings, keys, body, 1)
     predictions, feedback = predictions_and_feedback(body, events)
-    await preload(settings, request_bytes(MODEL, events, packed=True, prefix="r"))
-    await preload(settings, predictions, "predictions")
-    await preload(settings, feedback, "feedback")
+    requests = request_bytes(MODEL, events, packed=True, prefix="r")
+    await preload(settings, requests, "requests", by_murmur2)
+    await preload(settings, predictions, "predictions", by_crc32)
+    await preload(settings, feedback, "feedback", by_murmur2)
     return settings
+
+
+def worker_command(kind: str, settings: Settings, events: int) -> list[str]:
+    return [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        kind,
+        "--bootstrap",
+        settings.bootstrap,
+        "--prefix",
+        settings.topic_prefix,
+        "--events",
+        str(events),
+        "--public-key",
+        str(settings.public_key_file),
+    ]
+
+
+def copies(settings: Settings, events: int, count: int = 3) -> dict[str, float]:
+    """``count`` monitor processes in one group: labelled events/s from the first input any
+    of them read to the N-th label learned."""
+    lines: queue.Queue[tuple[int, str]] = queue.Queue()
+    logs = Path(tempfile.mkdtemp(prefix="bench-monitor-copies-"))
+    print(f"  (logs of the copies in {logs})")
+    procs = []
+    for i in range(count):
+        proc = subprocess.Popen(
+            [*worker_command("copy", settings, events), "--copy", str(i + 1)],
+            stdout=subprocess.PIPE,
+            stderr=open(logs / f"copy-{i + 1}.log", "w"),
+            text=True,
+        )
+        procs.append(proc)
+        threading.Thread(
+            target=lambda i=i, proc=proc: [lines.put((i, line)) for line in proc.stdout or ()],
+            daemon=True,
+        ).start()
+    firsts: dict[int, float] = {}
+    joined: dict[int, int] = {}
+    deadline = time.monotonic() + 900
+    try:
+        while True:
+            i, line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            if "{" not in line:
+                continue
+            report = json.loads(line[line.index("{") :])
+            if report.get("first"):
+                firsts[i] = min(firsts.get(i, report["first"]), report["first"])
+            if "eps" in report:  # the copy holding the model's learner is through
+                return {
+                    "eps": events / (report["last"] - min(firsts.values(), default=report["last"])),
+                    "joined_by_copy": sorted({**joined, i: report["joined"]}.values()),
+                    "restore_s": report["restore_s"],
+                }
+            joined[i] = report["joined"]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
+    parser.add_argument("--copy", default="")
     parser.add_argument("--bootstrap")
     parser.add_argument("--prefix")
     parser.add_argument("--public-key")
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--naive-events", type=int, default=10_000)
+    parser.add_argument("--only", default="monitor,copies,naive,river", help="comma-separated")
     args = parser.parse_args()
     if args.worker:
         settings = load(
@@ -253,38 +360,56 @@ def main() -> None:
         if args.worker == "naive":
             naive_worker(settings, args.events)
         else:
-            print(json.dumps(asyncio.run(monitor_worker(settings, args.events))), flush=True)
+            result = asyncio.run(monitor_worker(settings, args.events, copy=args.copy))
+            print(json.dumps(result), flush=True)
         return
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
     generate_keys(keys)
     body = body_for(MODEL)
     results: dict[str, float] = {}
+    wanted = set(args.only.split(","))
     with broker() as base:
         print(f"broker {base.bootstrap}; labelled events = request + prediction + feedback")
-        for key, kind, events in (
-            ("monitor_eps", "monitor", args.events),
-            ("naive_eps", "naive", args.naive_events),
-        ):
-            settings = asyncio.run(prepared(base, keys, body, events))
-            result = spawn_worker(HERE, kind, settings, events, settings.public_key_file)
-            results[key] = round(result["eps"])
+        if "monitor" in wanted:
+            settings = asyncio.run(prepared(base, keys, body, args.events))
+            one = spawn_worker(HERE, "monitor", settings, args.events, settings.public_key_file)
+            results["monitor_eps"] = round(one["eps"])
+            results["monitor_rss_mib"] = round(one["rss_mib"], 1)
             print(
-                f"  {key:20} {result['eps']:>9,.0f} labelled events/s   peak RSS "
-                f"{result['rss_mib']:6.1f} MiB   ({events} events)"
+                f"  {'monitor_eps':20} {one['eps']:>9,.0f} labelled events/s   peak RSS "
+                f"{one['rss_mib']:6.1f} MiB   ({args.events} events, {one['forwarded']:.0f} "
+                f"records forwarded to their join partition)"
             )
-            if kind == "monitor":
-                results["monitor_rss_mib"] = round(result["rss_mib"], 1)
-    river = river_inmemory(args.events)
-    results["river_inmemory_eps"] = round(river["eps"])
-    print(
-        f"  {'river_inmemory_eps':20} {river['eps']:>9,.0f} labelled events/s   "
-        f"(progressive validation in memory, accuracy {river['accuracy']:.4f})"
-    )
-    print(
-        f"  ratios: monitor / river in memory = "
-        f"{results['monitor_eps'] / results['river_inmemory_eps']:.2f}x, monitor / naive = "
-        f"{results['monitor_eps'] / results['naive_eps']:.2f}x"
-    )
+        if "copies" in wanted:
+            settings = asyncio.run(prepared(base, keys, body, args.events))
+            three = copies(settings, args.events)
+            results["monitor_x3_eps"] = round(three["eps"])
+            print(
+                f"  {'monitor_x3_eps':20} {three['eps']:>9,.0f} labelled events/s   "
+                f"(3 processes; labels joined per copy {three['joined_by_copy']})"
+            )
+        if "naive" in wanted:
+            settings = asyncio.run(prepared(base, keys, body, args.naive_events))
+            naive = spawn_worker(
+                HERE, "naive", settings, args.naive_events, settings.public_key_file
+            )
+            results["naive_eps"] = round(naive["eps"])
+            print(f"  {'naive_eps':20} {naive['eps']:>9,.0f} labelled events/s")
+    if "river" in wanted:
+        river = river_inmemory(args.events)
+        results["river_inmemory_eps"] = round(river["eps"])
+        print(
+            f"  {'river_inmemory_eps':20} {river['eps']:>9,.0f} labelled events/s   "
+            f"(progressive validation in memory, accuracy {river['accuracy']:.4f})"
+        )
+    if wanted >= {"monitor", "copies", "naive", "river"}:
+        print(
+            f"  ratios: monitor / river in memory = "
+            f"{results['monitor_eps'] / results['river_inmemory_eps']:.2f}x, 3 copies / 1 = "
+            f"{results['monitor_x3_eps'] / results['monitor_eps']:.2f}x, monitor / naive = "
+            f"{results['monitor_eps'] / results['naive_eps']:.2f}x"
+        )
     print(json.dumps(results))
 
 

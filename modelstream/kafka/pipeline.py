@@ -72,6 +72,12 @@ log = logging.getLogger(__name__)
 FRAMING_BYTES = 512  # record and batch overhead counted against a topic's message limit
 
 
+def key_partition(key: bytes | None, partitions: int) -> int:
+    """The partition of a keyed output: CRC-32 of the key, librdkafka's default (so kcat and
+    confluent-kafka producers put records with the same key in the same partition)."""
+    return zlib.crc32(key or b"") % partitions
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One output record. ``partition`` None: chosen from the key (CRC-32 of the key).
@@ -556,7 +562,7 @@ class BatchPipeline(Managed):
         for out in outgoing:
             partition = out.partition
             if partition is None:
-                partition = zlib.crc32(out.key or b"") % await self._count(producer, out.topic)
+                partition = key_partition(out.key, await self._count(producer, out.topic))
             grouped[(out.topic, partition)].append(out)
         sent = []
         for (topic, partition), items in grouped.items():

@@ -13,15 +13,18 @@ committed state, and the batch is learned again.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiokafka import ConsumerRecord
 
 from modelstream.contracts.builders import audit_event, command, now_ms
-from modelstream.contracts.codec import AvroCodec
+from modelstream.contracts.codec import AvroCodec, is_json
 from modelstream.contracts.definitions import FEEDBACK_EXAMPLE_PREFIX, Definition, check_label
+from modelstream.contracts.limits import INT_RANGE
 from modelstream.contracts.records import (
     Action,
     AuditEvent,
@@ -76,6 +79,7 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.monitor.learn")
+R = TypeVar("R")
 SERVICE = "monitor"
 
 
@@ -244,9 +248,15 @@ class LearnStage:
     def _labelled(
         self, item: MonitorLabelled, model: str, watch: ModelWatch | None, now: int
     ) -> Labelled:
-        request = self.codec.decode_any(item["request"], PredictionRequest, self.limits)
-        prediction = self.codec.decode_any(item["prediction"], Prediction, self.limits)
-        feedback = self.codec.decode_any(item["feedback"], Feedback, self.limits)
+        request = self._decode(item["request"], PredictionRequest)
+        prediction = self._decode(item["prediction"], Prediction)
+        feedback = self._decode(item["feedback"], Feedback)
+        # Decoded unchecked (hot path): what is used below is checked here, or by
+        # feature_vector (count, finite) and check_label when the watch reads it.
+        if not INT_RANGE[0] <= prediction["version"] <= INT_RANGE[1]:
+            raise InvalidEventError("out-of-range", "prediction version is not an Avro int")
+        if not all(math.isfinite(p) for p in prediction["scores"].values()):
+            raise InvalidEventError("non-finite", "prediction scores contain NaN or infinity")
         if feedback["model"] != prediction["model"]:
             raise InvalidEventError(
                 "model-mismatch",
@@ -274,6 +284,11 @@ class LearnStage:
             feedback_partition=item["feedback_partition"],
             feedback_offset=item["feedback_offset"],
         )
+
+    def _decode(self, data: bytes, record_type: type[R]) -> R:
+        if is_json(data):  # user topics also take JSON: decoded and checked whole
+            return self.codec.decode_any(data, record_type, self.limits)
+        return self.codec.decode(data, record_type, self.limits, checked=False)
 
     def _unusable(self, item: MonitorLabelled, reason: str, error: str) -> Outgoing:
         """The label is what is unusable: the dead letter is its feedback record."""

@@ -64,10 +64,14 @@ class _Processor(Stateless):
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         started = time.perf_counter()
         scored = self.app.logic.process(records)
+        # Keyed by request id, in the partition of its CRC-32: where the monitor's join
+        # reads it without forwarding (and where librdkafka's default partitioner puts it).
         out = [
-            Outgoing(self.topics[group.shadow], message.key, value, task, None, message)
+            Outgoing(self.topics[group.shadow], request_id, value, None, None, message)
             for group in scored.groups
-            for message, value in zip(group.messages, group.values, strict=True)
+            for message, value, request_id in zip(
+                group.messages, group.values, group.request_ids, strict=True
+            )
         ]
         for rejected in scored.rejected:
             record = rejected.message

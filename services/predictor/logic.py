@@ -94,6 +94,7 @@ class ScoredGroup(Generic[M]):
     shadow: bool
     messages: list[M]
     values: list[bytes]
+    request_ids: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +361,9 @@ class PredictorLogic:
                     route,
                 )
             values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
-        return ScoredGroup(shadow, [message for message, _ in items], values)
+        return ScoredGroup(
+            shadow, [message for message, _ in items], values, [req[0] for _, req in items]
+        )
 
     def _encode_json(
         self,
