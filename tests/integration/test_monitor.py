@@ -1,4 +1,5 @@
-"""The monitor on the real broker: concept drift, a bad release, a kill -9 restart.
+"""The monitor on the real broker: concept drift, a bad release, a kill -9 restart (copies
+coming and going: test_monitor_scaleout.py).
 
 Every scenario runs the real predictor and monitor (and, where a step needs them, the
 trainer, validator and publisher) against Kafka, with labels arriving on ``feedback``.
@@ -357,85 +358,3 @@ async def monitor_restart_scenario(
 
 async def test_monitor_survives_kill_9_without_losing_a_label(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
     await monitor_restart_scenario(topics, keys, tmp_path)
-
-
-# -- 4. two copies share the work -------------------------------------------------------------
-async def test_two_monitor_copies_split_the_join_and_lose_nothing(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
-    base = topics
-    n = 4000
-    await publish(base, keys, trained_body(BC), 1)
-    _, y, _, _ = dataset(BC)
-    async with running(PredictorApp(service_settings(PredictorSettings, base, keys))):
-        await produce(base, "requests", requests_for(BC, n))
-        await consume_until(base, "predictions", lambda r: len(r) >= n, timeout_s=120)
-
-    def copy(name: str) -> ServiceProcess:
-        return ServiceProcess(
-            "monitor",
-            base,
-            keys,
-            name,
-            tmp_path,
-            MODELSTREAM_STATE_DIR=str(tmp_path / name),
-            MODELSTREAM_EXPORT_MIN_GAIN="1.0",
-        )
-
-    consumed = "modelstream_events_consumed_total"
-    learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
-    copies = [copy("a")]
-    try:
-        # The first copy joins alone and reads every partition's requests and predictions;
-        # the second arrives later, so the rebalance moves half of what the first holds.
-        await eventually(
-            lambda: copies[0].metric(consumed, service="monitor") > 0,
-            90,
-            "the first copy read nothing:\n" + copies[0].output(),
-        )
-        copies.append(copy("b"))
-        await eventually(
-            lambda: copies[1].metric(consumed, service="monitor") > 0,
-            90,
-            "the second copy never got partitions:\n" + copies[1].output(),
-        )
-
-        def settled(process: ServiceProcess) -> bool:
-            log = process.log_path.read_text(errors="replace")
-            return log.count("Worker ready") >= log.count("Executing _on_partitions_assigned")
-
-        # Known limitation (README): labels that arrive while a copy is still recovering
-        # from a rebalance can be lost by faust's take_events buffering (they then expire,
-        # counted); so the labels are sent once both copies have settled.
-        await eventually(lambda: all(settled(c) for c in copies), 60, "no settled group")
-        await asyncio.sleep(1)
-        await produce(
-            base,
-            "feedback",
-            feedback_records(BC, [(f"r-{i}", str(y[i % len(y)])) for i in range(n)]),
-        )
-
-        def learner_labels() -> float:
-            return max(c.metric("modelstream_online_learner_labels", model=BC) for c in copies)
-
-        try:
-            await eventually(lambda: learner_labels() >= learned_expected, 120, "")
-        except TimeoutError:
-            raise AssertionError(
-                f"learning stopped at {learner_labels()} of "
-                f"{learned_expected}:\n{copies[0].output()}\n"
-                f"{copies[1].output()}"
-            ) from None
-        await asyncio.sleep(2)
-        shares = [c.metric(consumed, service="monitor") for c in copies]
-        learned = learner_labels()
-    finally:
-        for process in copies:
-            process.stop()
-    written = [r for r in await read_all(base, "training") if r.key == BC.encode()]
-    ids = {CODEC.decode(r.value, TrainingExample)["example_id"] for r in written}
-    print(
-        f"\ntwo monitors: records consumed {shares[0]:.0f} + {shares[1]:.0f}; learner at "
-        f"{learned:.0f} of {learned_expected}; {len(ids)} of {n} labels joined"
-    )
-    assert min(shares) > 0  # both copies did part of the join
-    assert learned == learned_expected
-    assert ids == {f"feedback:r-{i}" for i in range(n)}
