@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
+
+import pytest
 
 from tests.support.helpers import consume_until, eventually, produce
 from tests.support.models import BC, publish, requests_for, trained_body
@@ -58,6 +61,64 @@ async def test_two_predictors_share_partitions_and_survive_sigkill(topics, keys,
         a.process.send_signal(signal.SIGTERM)
         assert a.process.wait(timeout=30) == 0, a.output()
         assert "predictor stopped" in a.output()
+    except BaseException:
+        print(a.output(), b.output())
+        raise
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.faults
+async def test_a_predictor_paused_past_its_session_hands_over_exactly(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    """SIGSTOP one of two predictors for longer than its session timeout, twice, while 50,000
+    requests stream: its partitions move to the other (which fences its producers); when it
+    wakes up its open transactions are fenced and it must neither commit past a batch it lost
+    nor answer what the other already answered."""
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    a = Predictor(base, keys, "a", tmp_path)
+    b = Predictor(base, keys, "b", tmp_path)
+    try:
+        warmup = 0
+        while not (a.consumed() > 0 and b.consumed() > 0):
+            assert warmup < 9000, "both predictors should own partitions"
+            await produce(base, "requests", requests_for(BC, 300, warmup, prefix="warm"))
+            warmup += 300
+            await asyncio.sleep(1.0)
+        total, per_s, chunk = 50_000, 2_500, 250
+        pauses = {
+            3.0: signal.SIGSTOP,
+            11.0: signal.SIGCONT,
+            13.0: signal.SIGSTOP,
+            21.0: signal.SIGCONT,
+        }
+        started = time.monotonic()
+        for start in range(0, total, chunk):
+            await produce(base, "requests", requests_for(BC, chunk, start, packed=True))
+            for at in [at for at in pauses if time.monotonic() - started >= at]:
+                b.process.send_signal(pauses.pop(at))
+            await asyncio.sleep(max(0.0, started + (start + chunk) / per_s - time.monotonic()))
+        for sig in pauses.values():
+            b.process.send_signal(sig)
+        b.process.send_signal(signal.SIGCONT)
+        expected = total + warmup
+        records = await consume_until(
+            base, "predictions", lambda r: len({x.key for x in r}) >= expected, timeout_s=180
+        )
+        await asyncio.sleep(3)  # anything duplicated would arrive right behind
+        records = await consume_until(base, "predictions", lambda r: len(r) >= len(records))
+        counts = Counter(r.key for r in records)
+        duplicated = sum(c - 1 for c in counts.values() if c > 1)
+        lost = expected - len(counts)
+        fenced = b.output().count("fenced on task")
+        print(
+            f"\npredictor handover: b paused twice for 8 s (session 6 s); sent {expected}, "
+            f"answered {len(counts)}, lost {lost}, duplicated {duplicated}; b was fenced "
+            f"{fenced} time(s)"
+        )
+        assert lost == 0 and duplicated == 0
+        assert a.process.poll() is None and b.process.poll() is None  # both still serve
     except BaseException:
         print(a.output(), b.output())
         raise

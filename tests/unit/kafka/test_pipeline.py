@@ -1,0 +1,142 @@
+"""The pipeline's handover rules, step by step, with the Kafka clients replaced by recorders.
+
+The integration tests (test_predictor_processes.py, test_monitor_scaleout.py) run the real
+thing; these pin the order of the steps that close the two handover holes, which a real
+broker exposes only in narrow races."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless, Written
+from modelstream.settings import load
+
+TOPIC = "t.requests"
+
+
+class Recorder:
+    """Consumer and producers that only write down what was asked of them."""
+
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self.log: list[tuple[Any, ...]] = []
+        self._committed = committed
+        self.assigned: set[TopicPartition] = set(committed)
+
+    # consumer
+    def pause(self, *tps: TopicPartition) -> None:
+        self.log.append(("pause", *sorted(tp.partition for tp in tps)))
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.log.append(("resume", *sorted(tp.partition for tp in tps)))
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        self.log.append(("committed", tp.partition))
+        return self._committed[tp]
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 0 for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.log.append(("seek", tp.partition, offset))
+
+
+class Producer:
+    def __init__(self, log: list[tuple[Any, ...]], task: int) -> None:
+        self.log, self.task = log, task
+
+    async def stop(self) -> None:
+        self.log.append(("producer stopped", self.task))
+
+
+class Processor(Stateless):
+    def __init__(self, log: list[tuple[Any, ...]]) -> None:
+        self.log = log
+
+    def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
+        if any(r.value == b"poison" for r in records):
+            raise ValueError("cannot handle this one")
+        return [Outgoing("t.out", r.key, r.value, source=r) for r in records]
+
+    async def assigned(self, tasks: set[int]) -> None:
+        self.log.append(("processor assigned", *sorted(tasks)))
+
+    def aborted(self, task: int) -> None:
+        self.log.append(("processor aborted", task))
+
+    def committed(self, task: int, written: Written) -> None:
+        self.log.append(("processor committed", task))
+
+
+def pipeline(committed: dict[TopicPartition, int | None]) -> tuple[BatchPipeline, Recorder]:
+    recorder = Recorder(committed)
+    pipe = BatchPipeline(
+        load(bootstrap_servers="127.0.0.1:1"),
+        "test",
+        TOPIC,
+        Processor(recorder.log),
+        deadletter_topic="t.deadletter",
+    )
+    pipe.consumer = recorder  # type: ignore[assignment]
+
+    async def producer_for(task: int) -> Any:
+        recorder.log.append(("producer started", task))  # InitProducerId: fences the old owner
+        return Producer(recorder.log, task)
+
+    pipe._producer_for = producer_for  # type: ignore[method-assign]
+    return pipe, recorder
+
+
+async def test_an_assignment_fences_the_old_owners_before_it_reads_committed_offsets():
+    tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    pipe, recorder = pipeline({tp0: 42, tp1: None})
+    await pipe._assigned([tp0, tp1])
+    steps = [entry[0] for entry in recorder.log]
+    assert steps[0] == "pause" and steps[-1] == "resume"
+    last_fence = max(i for i, s in enumerate(steps) if s == "producer started")
+    first_read = min(i for i, s in enumerate(steps) if s == "committed")
+    assert last_fence < first_read  # offsets read only once the old transactions are over
+    assert steps.index("processor assigned") < first_read
+    assert ("seek", 0, 42) in recorder.log  # the committed offset read now, not aiokafka's
+    assert ("seek", 1, 0) in recorder.log  # never committed: from the beginning
+
+
+async def test_a_fenced_task_still_assigned_reads_on_from_its_committed_offset():
+    tp = TopicPartition(TOPIC, 3)
+    pipe, recorder = pipeline({tp: 1000})
+    await pipe._fenced(3, Producer(recorder.log, 3), [tp])  # type: ignore[arg-type]
+    assert recorder.log == [
+        ("processor aborted", 3),
+        ("producer stopped", 3),
+        ("committed", 3),
+        ("seek", 3, 1000),  # not past the batch whose transaction was lost
+    ]
+
+
+async def test_a_fenced_task_already_revoked_is_left_to_its_new_owner():
+    tp = TopicPartition(TOPIC, 3)
+    pipe, recorder = pipeline({tp: 1000})
+    recorder.assigned = set()
+    await pipe._fenced(3, Producer(recorder.log, 3), [tp])  # type: ignore[arg-type]
+    assert ("seek", 3, 1000) not in recorder.log
+
+
+def record(offset: int, value: bytes) -> ConsumerRecord:
+    return ConsumerRecord(TOPIC, 0, offset, 0, 0, b"k", value, None, 1, len(value), [])
+
+
+async def test_a_record_the_processor_cannot_handle_is_dead_lettered_alone():
+    pipe, recorder = pipeline({})
+    out = pipe._process(0, [record(7, b"a"), record(8, b"poison"), record(9, b"b")])
+    assert [(o.topic, o.value) for o in out] == [
+        ("t.out", b"a"),
+        ("t.deadletter", b"poison"),
+        ("t.out", b"b"),
+    ]
+    headers = dict(out[1].headers or [])
+    assert headers["reason"] == b"internal-error" and headers["source.offset"] == b"8"
+    assert ("processor aborted", 0) in recorder.log  # the failed batch's changes are dropped
