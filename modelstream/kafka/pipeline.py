@@ -200,6 +200,7 @@ class BatchPipeline(Managed):
         name: str | None = None,
         crash_guard: Path | None = None,
         punctuate_every_s: float = 1.0,
+        commit_interval_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -232,8 +233,16 @@ class BatchPipeline(Managed):
         self._creating: dict[int, asyncio.Lock] = {}
         self._shared: AIOKafkaProducer | None = None
         self._partition_counts: dict[str, int] = {}
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # held by rebalance callbacks
         self._epoch = 0  # changes with every rebalance: batches fetched before are dropped
+        # Each task's records wait in `_pending` for the task's lane: one transaction at a time
+        # per task, tasks side by side, the fetch loop never waiting for a commit.
+        self._pending: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = {}
+        self._lanes: dict[int, asyncio.Task[None]] = {}
+        self._task_epoch: dict[int, int] = defaultdict(int)  # bumped when a task is re-seeked
+        # At least once: offsets whose outputs are acknowledged, committed by the fetch loop.
+        self._acknowledged: dict[TopicPartition, int] = {}
+        self.commit_interval_s = commit_interval_s
         self._stop = asyncio.Event()
         self.batches = 0
         self.records_in = 0
@@ -262,18 +271,85 @@ class BatchPipeline(Managed):
             await self._shared.stop()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
-            fetched_in = self._epoch  # read before anything else can run
-            async with self._lock:
-                await self.processor.refresh()
-                # Handed out before a rebalance repositioned the partitions: these records
-                # come again from where the assignment puts them.
-                if batch and fetched_in == self._epoch:
-                    await self._handle(batch)
-                if time.monotonic() - self._punctuated_at >= self.punctuate_every_s:
-                    self._punctuated_at = time.monotonic()
-                    await self._punctuate()
+        """Fetch, and hand each task's records to its lane; between fetches, let the processor
+        take in outside changes, and punctuate. Returns once stopped and every lane is done;
+        raises what a lane raised."""
+        try:
+            while not self._stop.is_set():
+                self._check_lanes()
+                if sum(len(r) for parts in self._pending.values() for r in parts.values()) > (
+                    2 * self.max_records
+                ):  # the lanes are behind: let them catch up before fetching more
+                    await asyncio.wait(
+                        list(self._lanes.values()), timeout=0.1, return_when="FIRST_COMPLETED"
+                    )
+                    continue
+                epochs = (self._epoch, dict(self._task_epoch))  # before anything else can run
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                async with self._lock:
+                    await self.processor.refresh()
+                    # Handed out before a rebalance (or a task's seek) repositioned the
+                    # partitions: these records come again from where that put them.
+                    if batch and epochs[0] == self._epoch:
+                        self._queue(batch, epochs[1])
+                    await self._commit_acknowledged()
+                    if time.monotonic() - self._punctuated_at >= self.punctuate_every_s:
+                        self._punctuated_at = time.monotonic()
+                        await self._punctuate()
+        finally:
+            await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+            await self._commit_acknowledged()
+        self._check_lanes()
+
+    async def _commit_acknowledged(self) -> None:
+        """At least once: one offset commit for every batch acknowledged since the last."""
+        if self._acknowledged:
+            offsets, self._acknowledged = self._acknowledged, {}
+            await self.consumer.commit(offsets)
+
+    def _queue(
+        self, batch: dict[TopicPartition, list[ConsumerRecord]], epochs: dict[int, int]
+    ) -> None:
+        for tp, records in batch.items():
+            task = tp.partition
+            if epochs.get(task, 0) != self._task_epoch[task]:
+                continue
+            self._pending.setdefault(task, {}).setdefault(tp, []).extend(records)
+            lane = self._lanes.get(task)
+            if lane is None or lane.done():
+                self._lanes[task] = asyncio.create_task(self._lane(task), name=f"task-{task}")
+
+    def _check_lanes(self) -> None:
+        for task, lane in list(self._lanes.items()):
+            if lane.done():
+                del self._lanes[task]
+                lane.result()  # a lane that died takes the pipeline down with it
+
+    async def _lane(self, task: int) -> None:
+        """The task's records, one transaction (or at-least-once batch) after another."""
+        began = 0.0
+        while True:
+            if self.commit_interval_s > 0:
+                # More per transaction, fewer transactions: wait out the interval.
+                await asyncio.sleep(max(0.0, began + self.commit_interval_s - time.monotonic()))
+            parts = self._pending.pop(task, None)
+            if not parts:
+                return
+            began = time.monotonic()
+            self.batches += 1
+            self.last_batch_at = began
+            if self.exactly_once:
+                await self._transact(task, parts)
+            else:
+                await self._at_least_once(task, parts)
+
+    async def _settle(self, tasks: set[int]) -> None:
+        """Drop what waits for ``tasks`` and let their lanes finish their transactions."""
+        for task in tasks:
+            self._pending.pop(task, None)
+        lanes = [self._lanes[t] for t in tasks if t in self._lanes]
+        await asyncio.gather(*lanes, return_exceptions=True)
+        await self._commit_acknowledged()  # still ours: what was delivered is committed
 
     def assigned_partitions(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
@@ -294,6 +370,7 @@ class BatchPipeline(Managed):
         self.consumer.pause(*assigned)
         self._epoch += 1
         async with self._lock:
+            await self._settle(tasks)
             if self.exactly_once:
                 # Fence the previous owners first: their last transactions are complete
                 # (committed or aborted) once this returns, so the committed offsets read
@@ -340,9 +417,10 @@ class BatchPipeline(Managed):
             return producer
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self._lock:  # never in the middle of a batch
+        async with self._lock:
             self._epoch += 1
             tasks = {tp.partition for tp in revoked}
+            await self._settle(tasks)  # never in the middle of a transaction
             for task in tasks:
                 producer = self._producers.pop(task, None)
                 if producer is not None:
@@ -350,17 +428,6 @@ class BatchPipeline(Managed):
             await self.processor.revoked(tasks)
 
     # -- processing ----------------------------------------------------------------------
-    async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        self.batches += 1
-        self.last_batch_at = time.monotonic()
-        by_task: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = defaultdict(dict)
-        for tp, records in batch.items():
-            by_task[tp.partition][tp] = records
-        if self.exactly_once:
-            await asyncio.gather(*(self._transact(task, parts) for task, parts in by_task.items()))
-        else:
-            await self._at_least_once(by_task)
-
     async def _transact(self, task: int, parts: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         assignment = self.consumer.assignment()
         if any(tp not in assignment for tp in parts):
@@ -456,8 +523,7 @@ class BatchPipeline(Managed):
         self.processor.aborted(task)
         self._producers.pop(task, None)
         await producer.stop()
-        assignment = self.consumer.assignment()
-        await self._seek_to_committed([tp for tp in tps if tp in assignment])
+        await self._reposition(task, tps)
 
     async def _failed(
         self, task: int, tps: list[TopicPartition], key: tuple[str, str, int, int], exc: KafkaError
@@ -475,7 +541,21 @@ class BatchPipeline(Managed):
             exc,
         )
         self.processor.aborted(task)
-        await self._seek_to_committed([tp for tp in tps if tp in self.consumer.assignment()])
+        await self._reposition(task, tps)
+
+    async def _reposition(self, task: int, tps: list[TopicPartition]) -> None:
+        """The task reads on from its committed offset (those of its partitions still
+        assigned); whatever was fetched from the old position is void."""
+        assigned = [tp for tp in tps if tp in self.consumer.assignment()]
+        self.consumer.pause(*assigned)
+        self._task_epoch[task] += 1
+        self._pending.pop(task, None)
+        try:
+            await self._seek_to_committed(assigned)
+        finally:
+            self._task_epoch[task] += 1  # also what a fetch under way brings from before
+            self._pending.pop(task, None)
+            self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
 
     def _process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         """The processor's outputs, with every record it cannot handle, and every output a
@@ -514,27 +594,29 @@ class BatchPipeline(Managed):
         )
 
     async def _at_least_once(
-        self, by_task: dict[int, dict[TopicPartition, list[ConsumerRecord]]]
+        self, task: int, parts: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
+        """Outputs first; their offsets once the outputs are acknowledged."""
         assert self._shared is not None
-        processed = []
-        for task, parts in by_task.items():
-            records = [record for recs in parts.values() for record in recs]
-            outgoing = self._process(task, records)
-            sent = await self._send(self._shared, outgoing)
-            processed.append((task, len(records), len(outgoing), sent))
-        await asyncio.gather(*(s.future for *_, sent in processed for s in sent))
-        await self.consumer.commit(
-            {tp: recs[-1].offset + 1 for parts in by_task.values() for tp, recs in parts.items()}
-        )
-        for task, records_in, records_out, sent in processed:
-            self.processor.committed(task, _written(sent))
-            self.records_in += records_in
-            self.records_out += records_out
+        assignment = self.consumer.assignment()
+        if any(tp not in assignment for tp in parts):
+            return
+        records = [record for recs in parts.values() for record in recs]
+        outgoing = self._process(task, records)
+        sent = await self._send(self._shared, outgoing)
+        await asyncio.gather(*(s.future for s in sent))
+        # Committed by the fetch loop with the other lanes' (one request, not one per lane).
+        self._acknowledged.update({tp: recs[-1].offset + 1 for tp, recs in parts.items()})
+        self.processor.committed(task, _written(sent))
+        self.records_in += len(records)
+        self.records_out += len(outgoing)
 
     async def _punctuate(self) -> None:
         """Outputs no input asked for, one transaction per task that has any."""
         for task in sorted(self.assigned_tasks()):
+            lane = self._lanes.get(task)
+            if lane is not None and not lane.done():
+                continue  # busy: punctuated on a later round
             outgoing = self.processor.punctuate(task)
             if not outgoing:
                 continue

@@ -25,6 +25,13 @@ class PredictorSettings(ServiceSettings):
     )
     predictor_batch_max_records: int = Field(default=5000, ge=1, description="Records per batch.")
     max_versions: int = Field(default=10, ge=1, description="Versions kept loaded per model.")
+    predictor_commit_interval_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Least time between two transactions (or offset commits) of one input "
+        "partition: 0 commits as soon as a batch is scored (lowest latency); more puts more "
+        "requests in each transaction (fewer transactions for the broker).",
+    )
     predictor_session_timeout_s: float = Field(
         default=10.0,
         ge=6,

@@ -108,13 +108,19 @@ async def test_an_assignment_fences_the_old_owners_before_it_reads_committed_off
 async def test_a_fenced_task_still_assigned_reads_on_from_its_committed_offset():
     tp = TopicPartition(TOPIC, 3)
     pipe, recorder = pipeline({tp: 1000})
+    pipe._pending[3] = {tp: [record(1500, b"fetched from the old position")]}
+    epoch = pipe._task_epoch[3]
     await pipe._fenced(3, Producer(recorder.log, 3), [tp])  # type: ignore[arg-type]
     assert recorder.log == [
         ("processor aborted", 3),
         ("producer stopped", 3),
+        ("pause", 3),
         ("committed", 3),
         ("seek", 3, 1000),  # not past the batch whose transaction was lost
+        ("resume", 3),
     ]
+    # what was fetched from the old position (or is being fetched) is void
+    assert 3 not in pipe._pending and pipe._task_epoch[3] > epoch
 
 
 async def test_a_fenced_task_already_revoked_is_left_to_its_new_owner():
