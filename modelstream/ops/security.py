@@ -41,7 +41,7 @@ class ServiceAccess:
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     transactional: bool = False
-    # faust creates, reads and writes its own topics, all named <prefix><service>-...
+    # topics the service keeps for itself (and faust creates), named <prefix><service>-...
     internal_topics: bool = False
 
 
@@ -71,7 +71,8 @@ SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
     "monitor": ServiceAccess(
         (PREDICTIONS, FEEDBACK, REQUESTS, MODELS, CONTROL),
         (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING),
-        internal_topics=True,
+        transactional=True,  # the join and the learner
+        internal_topics=True,  # its changelogs and internal topics, and faust's
     ),
 }
 

@@ -204,6 +204,15 @@ class JoinStage:
                 source = (record.partition, record.offset)
             if staged.add(key, kind, record.value, now, source):
                 touched[key] = record
+            elif kind == logic.FEEDBACK:  # a second label for the request: the first one holds
+                self._refuse(
+                    record,
+                    Failure(
+                        "duplicate-feedback",
+                        f"request {request_id!r} already has a label; the first one is used",
+                    ),
+                    out,
+                )
         EVENTS_CONSUMED.labels(SERVICE).inc(len(records))
         for key in touched:
             entry = staged.changed[key]
@@ -225,7 +234,10 @@ class JoinStage:
         if kind != logic.FEEDBACK:
             log.debug("skipping unreadable %s record: %s", kind, exc)
             return
-        failure = Failure(exc.reason, str(exc))
+        self._refuse(record, Failure(exc.reason, str(exc)), out)
+
+    def _refuse(self, record: ConsumerRecord, failure: Failure, out: list[Outgoing]) -> None:
+        """Dead-letter feedback, naming where it was on `feedback` (also when forwarded)."""
         position = _original_position(record, self.topic_feedback)
         self.boundary.reject(position.topic, position.partition, position.offset, failure)
         out.append(
