@@ -234,12 +234,14 @@ class BatchPipeline(Managed):
         self._shared: AIOKafkaProducer | None = None
         self._partition_counts: dict[str, int] = {}
         self._lock = asyncio.Lock()  # held by rebalance callbacks
-        self._epoch = 0  # changes with every rebalance: batches fetched before are dropped
+        # The offset each assigned partition's next records must start at: set where it is
+        # positioned (committed offset), advanced as its records are queued. Records that
+        # start anywhere else were fetched from a position since abandoned.
+        self._next: dict[TopicPartition, int] = {}
         # Each task's records wait in `_pending` for the task's lane: one transaction at a time
         # per task, tasks side by side, the fetch loop never waiting for a commit.
         self._pending: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = {}
         self._lanes: dict[int, asyncio.Task[None]] = {}
-        self._task_epoch: dict[int, int] = defaultdict(int)  # bumped when a task is re-seeked
         # At least once: offsets whose outputs are acknowledged, committed by the fetch loop.
         self._acknowledged: dict[TopicPartition, int] = {}
         self.commit_interval_s = commit_interval_s
@@ -284,14 +286,10 @@ class BatchPipeline(Managed):
                         list(self._lanes.values()), timeout=0.1, return_when="FIRST_COMPLETED"
                     )
                     continue
-                epochs = (self._epoch, dict(self._task_epoch))  # before anything else can run
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
                 async with self._lock:
                     await self.processor.refresh()
-                    # Handed out before a rebalance (or a task's seek) repositioned the
-                    # partitions: these records come again from where that put them.
-                    if batch and epochs[0] == self._epoch:
-                        self._queue(batch, epochs[1])
+                    self._queue(batch)
                     await self._commit_acknowledged()
                     if time.monotonic() - self._punctuated_at >= self.punctuate_every_s:
                         self._punctuated_at = time.monotonic()
@@ -307,13 +305,19 @@ class BatchPipeline(Managed):
             offsets, self._acknowledged = self._acknowledged, {}
             await self.consumer.commit(offsets)
 
-    def _queue(
-        self, batch: dict[TopicPartition, list[ConsumerRecord]], epochs: dict[int, int]
-    ) -> None:
+    def _queue(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         for tp, records in batch.items():
             task = tp.partition
-            if epochs.get(task, 0) != self._task_epoch[task]:
+            expected = self._next.get(tp)
+            if expected is None or tp not in self.consumer.assignment():
+                continue  # not (yet) positioned by this member: its assignment seeks it
+            if records[0].offset != expected:
+                # Fetched from a position a rebalance or a task's seek has since replaced.
+                # Dropping them is not enough: handing them out moved the consumer past
+                # them, so it is put back where this member's processing goes on.
+                self.consumer.seek(tp, expected)
                 continue
+            self._next[tp] = records[-1].offset + 1
             self._pending.setdefault(task, {}).setdefault(tp, []).extend(records)
             lane = self._lanes.get(task)
             if lane is None or lane.done():
@@ -366,9 +370,8 @@ class BatchPipeline(Managed):
     async def _assigned(self, assigned: list[TopicPartition]) -> None:
         tasks = {tp.partition for tp in assigned}
         # Nothing of these partitions is handed out until they are positioned; what was
-        # handed out already is dropped (see run).
+        # handed out already is dropped (see _queue).
         self.consumer.pause(*assigned)
-        self._epoch += 1
         async with self._lock:
             await self._settle(tasks)
             if self.exactly_once:
@@ -378,6 +381,8 @@ class BatchPipeline(Managed):
                 await asyncio.gather(*(self._producer_for(task) for task in tasks))
             await self.processor.assigned(tasks)
             await self._seek_to_committed(list(assigned))
+            for task in tasks:
+                self._pending.pop(task, None)
         self.consumer.resume(*assigned)
 
     async def _seek_to_committed(self, tps: list[TopicPartition]) -> None:
@@ -385,16 +390,15 @@ class BatchPipeline(Managed):
         looked up before the previous owner was fenced)."""
         # An explicit seek also drops records fetched from the old position (an offset reset
         # request would not, and they would be handed out twice).
-        never = []
-        for tp in tps:
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                never.append(tp)
-            else:
-                self.consumer.seek(tp, committed)
+        # Every offset is read before any partition is moved: nothing can be queued between
+        # a partition's seek and the caller dropping what was queued before it.
+        offsets = {tp: await self.consumer.committed(tp) for tp in tps}
+        never = [tp for tp, offset in offsets.items() if offset is None]
         if never:
-            for tp, offset in (await self.consumer.beginning_offsets(never)).items():
-                self.consumer.seek(tp, offset)
+            offsets.update(await self.consumer.beginning_offsets(never))
+        for tp, offset in offsets.items():
+            self.consumer.seek(tp, offset)
+            self._next[tp] = offset
 
     async def _producer_for(self, task: int) -> AIOKafkaProducer:
         """The task's transactional producer, created once (the fetcher may hand out records
@@ -418,7 +422,8 @@ class BatchPipeline(Managed):
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:
-            self._epoch += 1
+            for tp in revoked:
+                self._next.pop(tp, None)
             tasks = {tp.partition for tp in revoked}
             await self._settle(tasks)  # never in the middle of a transaction
             for task in tasks:
@@ -548,13 +553,11 @@ class BatchPipeline(Managed):
         assigned); whatever was fetched from the old position is void."""
         assigned = [tp for tp in tps if tp in self.consumer.assignment()]
         self.consumer.pause(*assigned)
-        self._task_epoch[task] += 1
         self._pending.pop(task, None)
         try:
             await self._seek_to_committed(assigned)
         finally:
-            self._task_epoch[task] += 1  # also what a fetch under way brings from before
-            self._pending.pop(task, None)
+            self._pending.pop(task, None)  # queued while the committed offsets were read
             self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
 
     def _process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:

@@ -109,7 +109,6 @@ async def test_a_fenced_task_still_assigned_reads_on_from_its_committed_offset()
     tp = TopicPartition(TOPIC, 3)
     pipe, recorder = pipeline({tp: 1000})
     pipe._pending[3] = {tp: [record(1500, b"fetched from the old position")]}
-    epoch = pipe._task_epoch[3]
     await pipe._fenced(3, Producer(recorder.log, 3), [tp])  # type: ignore[arg-type]
     assert recorder.log == [
         ("processor aborted", 3),
@@ -119,8 +118,8 @@ async def test_a_fenced_task_still_assigned_reads_on_from_its_committed_offset()
         ("seek", 3, 1000),  # not past the batch whose transaction was lost
         ("resume", 3),
     ]
-    # what was fetched from the old position (or is being fetched) is void
-    assert 3 not in pipe._pending and pipe._task_epoch[3] > epoch
+    # what was fetched from the old position is void; the next records start at 1000
+    assert 3 not in pipe._pending and pipe._next[tp] == 1000
 
 
 async def test_a_fenced_task_already_revoked_is_left_to_its_new_owner():
@@ -131,8 +130,38 @@ async def test_a_fenced_task_already_revoked_is_left_to_its_new_owner():
     assert ("seek", 3, 1000) not in recorder.log
 
 
-def record(offset: int, value: bytes) -> ConsumerRecord:
-    return ConsumerRecord(TOPIC, 0, offset, 0, 0, b"k", value, None, 1, len(value), [])
+def record(offset: int, value: bytes, partition: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(TOPIC, partition, offset, 0, 0, b"k", value, None, 1, len(value), [])
+
+
+async def test_records_handed_out_after_a_rebalance_seek_are_processed_not_dropped():
+    """A fetch under way while the assignment callback seeks returns records from the new
+    position: they are the task's next records (dropping them lost them: the consumer had
+    moved past them and the next transaction committed offsets beyond them)."""
+    tp = TopicPartition(TOPIC, 2)
+    pipe, _recorder = pipeline({tp: 5315})
+    await pipe._assigned([tp])
+    pipe._queue({tp: [record(o, b"new", 2) for o in range(5315, 5358)]})
+    assert [r.offset for r in pipe._pending[2][tp]] == list(range(5315, 5358))
+    assert pipe._next[tp] == 5358
+    pipe._lanes[2].cancel()
+
+
+async def test_records_from_an_abandoned_position_put_the_consumer_back():
+    tp = TopicPartition(TOPIC, 2)
+    pipe, recorder = pipeline({tp: 5315})
+    await pipe._assigned([tp])
+    recorder.log.clear()
+    pipe._queue({tp: [record(o, b"old", 2) for o in range(4000, 4100)]})
+    assert 2 not in pipe._pending
+    assert recorder.log == [("seek", 2, 5315)]  # handing them out moved it past 5315
+
+
+async def test_records_of_a_partition_not_yet_positioned_are_left_to_its_assignment():
+    tp = TopicPartition(TOPIC, 2)
+    pipe, recorder = pipeline({tp: 5315})
+    pipe._queue({tp: [record(o, b"early", 2) for o in range(5315, 5320)]})
+    assert 2 not in pipe._pending and recorder.log == []
 
 
 async def test_a_record_the_processor_cannot_handle_is_dead_lettered_alone():
