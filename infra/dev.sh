@@ -116,7 +116,7 @@ case "${1:-}" in
     start_broker
     trap stop_broker EXIT
     say "running the test suite"
-    "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
+    "$venv/bin/python" -m pytest -p no:cacheprovider --durations=25 "$@"
     ;;
   *)
     echo "usage: bash infra/dev.sh up [modelstream up args] | test [pytest args] | lint" >&2
