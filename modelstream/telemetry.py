@@ -126,10 +126,17 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     histogram._sum.inc(float(np.sum(values)))
 
 
+RECORDS_READ = Counter(
+    "modelstream_records_read_total",
+    "Input records read, by topic (without the prefix); a record read again after a "
+    "rebalance or a failed transaction counts again.",
+    ["service", "topic"],
+)
 RECORDS_REJECTED = Counter(
     "modelstream_records_rejected_total",
-    "Input records that were dead-lettered (or, by readers that cannot, skipped), by reason.",
-    ["service", "reason"],
+    "Input records that were dead-lettered (or, by readers that cannot, skipped), by topic "
+    "(without the prefix) and reason.",
+    ["service", "topic", "reason"],
 )
 SERVICE_READY = Gauge(
     "modelstream_service_ready",

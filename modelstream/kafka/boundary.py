@@ -42,7 +42,7 @@ from aiokafka.errors import (
 
 from modelstream.errors import BrokerError, ConfigurationError, ModelstreamError
 from modelstream.kafka.writers import DeadLetterWriter
-from modelstream.telemetry import DEAD_LETTERS, RECORDS_REJECTED
+from modelstream.telemetry import DEAD_LETTERS, RECORDS_READ, RECORDS_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ def record_failure(exc: BaseException) -> Failure | None:
     return Failure(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:1000])
 
 
+def logical_topic(topic: str) -> str:
+    """The topic's name without the deployment's prefix (``modelstream.requests``:
+    ``requests``): one metric label per topic whatever the prefix."""
+    return topic.rsplit(".", 1)[-1]
+
+
 class Boundary:
     """Logs and counts the failures of one service's records, once each.
 
@@ -108,10 +114,14 @@ class Boundary:
                 log.error("unexpected error while handling a record", exc_info=exc)
         return failure
 
+    def read(self, topic: str, count: int = 1) -> None:
+        """Count records read from ``topic`` (what every rejection is a part of)."""
+        RECORDS_READ.labels(self.service, logical_topic(topic)).inc(count)
+
     def reject(
         self, topic: str, partition: int, offset: int, failure: Failure, model: str = ""
     ) -> None:
-        RECORDS_REJECTED.labels(self.service, failure.reason).inc()
+        RECORDS_REJECTED.labels(self.service, logical_topic(topic), failure.reason).inc()
         log.warning(
             "%s[%d]@%d rejected: %s: %s", topic, partition, offset, failure.reason, failure.error
         )
@@ -228,6 +238,7 @@ class OneRecordTransactions:
         """True when the record was handled, False when it was dead-lettered."""
         tp = TopicPartition(record.topic, record.partition)
         offsets = {tp: record.offset + 1}
+        self.boundary.read(record.topic)
         try:
             emit = await prepare(record)
             async with self.producer.transaction():

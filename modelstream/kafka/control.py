@@ -81,6 +81,7 @@ class ControlFollower(Managed):
         return applied
 
     def _handle(self, record: ConsumerRecord, replay: bool) -> Command | None:
+        self._boundary.read(record.topic)
         try:
             cmd = self._codec.decode_any(record.value, Command, self._limits)
             check_command(cmd)

@@ -318,6 +318,7 @@ class BatchPipeline(Managed):
                 self.consumer.seek(tp, expected)
                 continue
             self._next[tp] = records[-1].offset + 1
+            self.boundary.read(tp.topic, len(records))
             self._pending.setdefault(task, {}).setdefault(tp, []).extend(records)
             lane = self._lanes.get(task)
             if lane is None or lane.done():

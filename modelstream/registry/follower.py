@@ -121,6 +121,7 @@ class ProductionFollower(Managed):
         batch = await self._consumer.getmany(timeout_ms=timeout_ms)
         for records in batch.values():
             for record in records:
+                self._boundary.read(record.topic)
                 try:
                     verified = verify_bytes(
                         record.value, self._key, allow_unsigned=self._settings.allow_unsigned

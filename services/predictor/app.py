@@ -9,7 +9,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Action, AuditEvent, Command
-from modelstream.kafka.boundary import Boundary
+from modelstream.kafka.boundary import Boundary, Failure
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless
@@ -85,6 +85,12 @@ class _Processor(Stateless):
                 )
             )
             DEAD_LETTERS.labels(SERVICE, rejected.model).inc()
+            self.app.boundary.reject(
+                record.topic,
+                record.partition,
+                record.offset,
+                Failure(rejected.reason, rejected.error),
+            )
         EVENTS_CONSUMED.labels(SERVICE).inc(len(records))
         BATCH_SIZE.labels(SERVICE).observe(len(records))
         for (name, version, shadow), count in scored.predicted.items():
@@ -192,6 +198,7 @@ class PredictorApp(Lifecycle):
 
     def _install(self, record: ConsumerRecord, *, production: bool) -> None:
         name = model_of_key(record.key)
+        self.boundary.read(record.topic)
         try:
             verified = verify_bytes(
                 record.value,

@@ -212,6 +212,7 @@ class TrainerApp(Lifecycle):
 
     def _accept(self, record: ConsumerRecord) -> Failure | None:
         """Take one example into its model's window, or say why it cannot be."""
+        self.boundary.read(record.topic)
         try:
             example = self.codec.decode_any(record.value, TrainingExample, self.limits)
             self.logic.accept(example, record.partition, record.offset)
