@@ -234,10 +234,10 @@ class BatchPipeline(Managed):
         self._shared: AIOKafkaProducer | None = None
         self._partition_counts: dict[str, int] = {}
         self._lock = asyncio.Lock()  # held by rebalance callbacks
-        # The offset each assigned partition's next records must start at: set where it is
-        # positioned (committed offset), advanced as its records are queued. Records that
-        # start anywhere else were fetched from a position since abandoned.
-        self._next: dict[TopicPartition, int] = {}
+        # How often this member has positioned each partition (seek). aiokafka hands out only
+        # records fetched from the partition's current position; records handed out before
+        # a seek that ran while they waited for the lock are from a position since abandoned.
+        self._seeks: dict[TopicPartition, int] = defaultdict(int)
         # Each task's records wait in `_pending` for the task's lane: one transaction at a time
         # per task, tasks side by side, the fetch loop never waiting for a commit.
         self._pending: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = {}
@@ -287,9 +287,10 @@ class BatchPipeline(Managed):
                     )
                     continue
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                seen = {tp: self._seeks[tp] for tp in batch}  # before anything else can run
                 async with self._lock:
                     await self.processor.refresh()
-                    self._queue(batch)
+                    self._queue(batch, seen)
                     await self._commit_acknowledged()
                     if time.monotonic() - self._punctuated_at >= self.punctuate_every_s:
                         self._punctuated_at = time.monotonic()
@@ -305,19 +306,19 @@ class BatchPipeline(Managed):
             offsets, self._acknowledged = self._acknowledged, {}
             await self.consumer.commit(offsets)
 
-    def _queue(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _queue(
+        self, batch: dict[TopicPartition, list[ConsumerRecord]], seen: dict[TopicPartition, int]
+    ) -> None:
+        """Hand each task's records to its lane. ``seen``: the seek count of each partition
+        when the records were handed out. A partition positioned again since then reads
+        them again from where that put it; one no longer assigned is its new owner's.
+        (Dropping records handed out *after* a seek instead would lose them: the consumer
+        has moved past them.)"""
+        assignment = self.consumer.assignment()
         for tp, records in batch.items():
             task = tp.partition
-            expected = self._next.get(tp)
-            if expected is None or tp not in self.consumer.assignment():
-                continue  # not (yet) positioned by this member: its assignment seeks it
-            if records[0].offset != expected:
-                # Fetched from a position a rebalance or a task's seek has since replaced.
-                # Dropping them is not enough: handing them out moved the consumer past
-                # them, so it is put back where this member's processing goes on.
-                self.consumer.seek(tp, expected)
+            if tp not in assignment or self._seeks[tp] != seen[tp]:
                 continue
-            self._next[tp] = records[-1].offset + 1
             self.boundary.read(tp.topic, len(records))
             self._pending.setdefault(task, {}).setdefault(tp, []).extend(records)
             lane = self._lanes.get(task)
@@ -399,7 +400,7 @@ class BatchPipeline(Managed):
             offsets.update(await self.consumer.beginning_offsets(never))
         for tp, offset in offsets.items():
             self.consumer.seek(tp, offset)
-            self._next[tp] = offset
+            self._seeks[tp] += 1
 
     async def _producer_for(self, task: int) -> AIOKafkaProducer:
         """The task's transactional producer, created once (the fetcher may hand out records
@@ -423,8 +424,6 @@ class BatchPipeline(Managed):
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:
-            for tp in revoked:
-                self._next.pop(tp, None)
             tasks = {tp.partition for tp in revoked}
             await self._settle(tasks)  # never in the middle of a transaction
             for task in tasks:

@@ -118,8 +118,8 @@ async def test_a_fenced_task_still_assigned_reads_on_from_its_committed_offset()
         ("seek", 3, 1000),  # not past the batch whose transaction was lost
         ("resume", 3),
     ]
-    # what was fetched from the old position is void; the next records start at 1000
-    assert 3 not in pipe._pending and pipe._next[tp] == 1000
+    # what was fetched from the old position is void, and so is what is being handed out
+    assert 3 not in pipe._pending and pipe._seeks[tp] == 1
 
 
 async def test_a_fenced_task_already_revoked_is_left_to_its_new_owner():
@@ -135,33 +135,33 @@ def record(offset: int, value: bytes, partition: int = 0) -> ConsumerRecord:
 
 
 async def test_records_handed_out_after_a_rebalance_seek_are_processed_not_dropped():
-    """A fetch under way while the assignment callback seeks returns records from the new
-    position: they are the task's next records (dropping them lost them: the consumer had
-    moved past them and the next transaction committed offsets beyond them)."""
+    """A fetch under way while the assignment callback seeks hands out records from the new
+    position: they are the task's next records. (Dropping them lost them: the consumer had
+    moved past them and the next transaction committed offsets beyond them.)"""
     tp = TopicPartition(TOPIC, 2)
     pipe, _recorder = pipeline({tp: 5315})
     await pipe._assigned([tp])
-    pipe._queue({tp: [record(o, b"new", 2) for o in range(5315, 5358)]})
+    batch = {tp: [record(o, b"new", 2) for o in range(5315, 5358)]}
+    pipe._queue(batch, {tp: pipe._seeks[tp]})  # handed out after the seek
     assert [r.offset for r in pipe._pending[2][tp]] == list(range(5315, 5358))
-    assert pipe._next[tp] == 5358
     pipe._lanes[2].cancel()
 
 
-async def test_records_from_an_abandoned_position_put_the_consumer_back():
+async def test_records_handed_out_before_a_seek_are_read_again_from_it():
     tp = TopicPartition(TOPIC, 2)
-    pipe, recorder = pipeline({tp: 5315})
+    pipe, _recorder = pipeline({tp: 5315})
+    handed_out_at = {tp: pipe._seeks[tp]}  # then the rebalance seeks while they wait
     await pipe._assigned([tp])
-    recorder.log.clear()
-    pipe._queue({tp: [record(o, b"old", 2) for o in range(4000, 4100)]})
+    pipe._queue({tp: [record(o, b"old", 2) for o in range(5400, 5500)]}, handed_out_at)
     assert 2 not in pipe._pending
-    assert recorder.log == [("seek", 2, 5315)]  # handing them out moved it past 5315
 
 
-async def test_records_of_a_partition_not_yet_positioned_are_left_to_its_assignment():
+async def test_records_of_a_partition_no_longer_assigned_are_left_to_its_new_owner():
     tp = TopicPartition(TOPIC, 2)
     pipe, recorder = pipeline({tp: 5315})
-    pipe._queue({tp: [record(o, b"early", 2) for o in range(5315, 5320)]})
-    assert 2 not in pipe._pending and recorder.log == []
+    recorder.assigned = set()
+    pipe._queue({tp: [record(o, b"late", 2) for o in range(5315, 5320)]}, {tp: 0})
+    assert 2 not in pipe._pending
 
 
 async def test_a_record_the_processor_cannot_handle_is_dead_lettered_alone():
