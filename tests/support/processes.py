@@ -8,6 +8,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from modelstream.settings import Settings
 from tests.support.ports import free_base_below_ephemeral
 
@@ -43,7 +45,8 @@ class ServiceProcess:
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample from the process's /metrics (0 when absent or not yet serving)."""
+        """The sum of the samples of ``name`` that carry ``labels`` (and maybe others) on the
+        process's /metrics; 0 when absent or not yet serving."""
         try:
             text = (
                 urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
@@ -52,12 +55,12 @@ class ServiceProcess:
             )
         except OSError:
             return 0.0
-        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        prefix = f"{name}{{{wanted}}}" if wanted else name
-        for line in text.splitlines():
-            if line.startswith(prefix + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def output(self) -> str:
         self.log.flush()
