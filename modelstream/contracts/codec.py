@@ -24,7 +24,7 @@ import fastavro
 import fastavro.schema
 
 from modelstream.contracts.jsonform import JsonForm
-from modelstream.contracts.limits import Limits, check_record, json_depth
+from modelstream.contracts.limits import INTERNAL, Limits, check_record, json_depth
 from modelstream.contracts.records import RECORD_TYPES
 from modelstream.contracts.wire import read_string
 from modelstream.errors import DecodeError, SchemaMismatchError
@@ -102,8 +102,9 @@ class AvroCodec:
         fastavro.schemaless_writer(buf, schema.parsed, record)
         return buf.getvalue()
 
-    def writer_schema(self, data: bytes) -> Schema:
+    def writer_schema(self, data: bytes | None) -> Schema:
         """The schema that wrote ``data`` (a single-object encoded message)."""
+        data = _present(data, INTERNAL)  # size limits are the caller's
         if len(data) < HEADER_SIZE or data[:2] != MAGIC:
             raise DecodeError("not Avro single-object encoding (missing C3 01 header)")
         writer = self._by_fingerprint.get(bytes(data[2:HEADER_SIZE]))

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiokafka import AIOKafkaProducer
 
@@ -105,11 +105,22 @@ class DeadLetterWriter:
             message,
         )
         value, cut = fitted_value(record.value)
+        key = record.key[: DEAD_LETTER_MAX_VALUE // 16] if record.key else record.key
+        headers = dead_letter_headers(record, reason, message, self._service) + cut
+        if key is None and value is None:
+            # `send` refuses a record with neither key nor value, which any other client
+            # writes: it goes as a batch of its own, to the source's partition number.
+            batch = self._producer.create_batch()
+            batch.append(key=None, value=None, timestamp=None, headers=headers)
+            partitions = await self._producer.partitions_for(self._topic)
+            return cast(
+                "asyncio.Future[Any]",
+                await self._producer.send_batch(
+                    batch, self._topic, partition=record.partition % len(partitions)
+                ),
+            )
         future: asyncio.Future[Any] = await self._producer.send(
-            self._topic,
-            key=record.key[: DEAD_LETTER_MAX_VALUE // 16] if record.key else record.key,
-            value=value,
-            headers=dead_letter_headers(record, reason, message, self._service) + cut,
+            self._topic, key=key, value=value, headers=headers
         )
         return future
 

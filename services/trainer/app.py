@@ -13,7 +13,7 @@ from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
 from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import Action, Command, ModelArtifact, Origin, TrainingExample
-from modelstream.errors import DecodeError
+from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.boundary import Boundary, Failure, record_failure
 from modelstream.kafka.clients import (
     LagReporter,
@@ -113,7 +113,11 @@ class TrainerApp(Lifecycle):
         async for record in read_to_end(self.settings, self.settings.topic(CANDIDATES)):
             try:
                 artifacts.append(self.codec.decode(record.value, ModelArtifact, INTERNAL))
-            except DecodeError:
+            except (DecodeError, InvalidEventError) as exc:
+                # Not a candidate (the validator dead-letters it): no lineage to learn from.
+                self.boundary.reject(
+                    record.topic, record.partition, record.offset, Failure(exc.reason, str(exc))
+                )
                 continue
         for artifact in sorted(artifacts, key=lambda a: a["body"]["created_at_ms"]):
             body = artifact["body"]

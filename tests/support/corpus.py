@@ -58,6 +58,8 @@ def _widened(schema: Any, field_path: list[str]) -> Any:
     schema = copy.deepcopy(schema)
     node = schema
     for name in field_path:
+        if isinstance(node, list):  # a union: the record branch
+            node = next(branch for branch in node if isinstance(branch, dict))
         field = next(f for f in node["fields"] if f["name"] == name)
         if name == field_path[-1]:
             field["type"] = ["null", "long"] if isinstance(field["type"], list) else "long"
@@ -114,6 +116,8 @@ def mutations(
         yield Hostile("other-schema-body", key, avro[:HEADER_SIZE] + body)
         yield Hostile("other-schema-header", key, _avro(other, _sample(other)))
         for path in int_fields:
+            if not _has_path(record, path):
+                continue
             for value in (2**31, -(2**31) - 1, 2**40, 2**62):
                 yield Hostile(
                     "int-out-of-range", key, _with_value_of(type_name, record, path, value)
@@ -142,6 +146,13 @@ def mutations(
         yield Hostile("near-size-limit", key, _json({**plain, "pad": "p" * NEAR_LIMIT}))
     yield Hostile("huge-key", b"k" * 100_000, _avro(type_name, valid[0]))
     yield Hostile("non-utf8-key", b"\xff\xfe\xfd", _avro(type_name, valid[0]))
+
+
+def _has_path(record: dict[str, Any], path: list[str]) -> bool:
+    node: Any = record
+    for name in path[:-1]:
+        node = node.get(name) if isinstance(node, dict) else None
+    return isinstance(node, dict) and path[-1] in node
 
 
 def _nested(depth: int) -> Any:
