@@ -171,3 +171,10 @@ def test_every_feature_form_keeps_its_union_branch(type_name, features):
     record = {**SAMPLES[type_name], "features": features}
     record_type = RECORD_TYPES[type_name]
     assert CODEC.decode(CODEC.encode(record_type, record), record_type)["features"] == features
+
+
+def test_the_writer_schema_of_no_value_is_a_null_value_error():
+    for data, reason in ((None, "null-value"), (b"", "empty-value")):
+        with pytest.raises(DecodeError) as raised:
+            default_codec().writer_schema(data)
+        assert raised.value.reason == reason

@@ -47,6 +47,33 @@ async def test_dead_letter_writer_sends_the_record_unchanged():
     assert dict(sent["headers"])["source.offset"] == b"9"
 
 
+async def test_a_record_with_neither_key_nor_value_is_dead_lettered_as_a_batch():
+    """aiokafka's `send` refuses such a record (an assertion), which any other client writes;
+    it killed every service that dead-lettered one."""
+    from aiokafka import AIOKafkaProducer
+
+    class Record:
+        topic, partition, offset, key, value = "control", 4, 3, None, None
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started: no network
+    sent: list[tuple[object, str, int]] = []
+
+    async def partitions_for(topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    async def send_batch(batch: object, topic: str, *, partition: int) -> asyncio.Future[None]:
+        sent.append((batch, topic, partition))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        return future
+
+    producer.partitions_for = partitions_for  # type: ignore[method-assign]
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    await DeadLetterWriter(producer, "dl", "publisher").send(Record(), "null-value", "tombstone")
+    [(batch, topic, partition)] = sent
+    assert topic == "dl" and partition == 4 % 3
+    assert batch.record_count() == 1  # type: ignore[attr-defined]
+
+
 async def test_audit_writer_encodes_in_the_configured_format():
     avro, json_ = Recorder(), Recorder()
     await AuditWriter(avro, "audit", "publisher", "avro").send("m", "published", version=3)
