@@ -253,7 +253,7 @@ def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: b
     else:
         value = {
             "headers": {k: v.decode(errors="replace") for k, v in record.headers},
-            "value": record.value.decode(errors="replace"),
+            "value": None if record.value is None else record.value.decode(errors="replace"),
         }
     if as_json:
         return json.dumps(value, separators=(",", ":"))

@@ -31,9 +31,10 @@ from modelstream.errors import ModelstreamError
 from modelstream.kafka.control import send_command
 from modelstream.settings import Settings
 from tests.support.corpus import Hostile, distinct, mutations
-from tests.support.helpers import define, produce, produce_records, read_all
+from tests.support.helpers import define, produce, produce_records, read_all, run_cli
 from tests.support.models import dataset
 from tests.support.ports import free_base_below_ephemeral
+from tests.support.processes import stop_up
 from tests.support.samples import SAMPLES
 
 pytestmark = pytest.mark.faults
@@ -313,11 +314,30 @@ async def test_hostile_records_on_every_topic_stop_no_service(topics: Settings, 
         print("offsets committed past the corpus by:", {t: sorted(g) for t, g in committed.items()})
         print("crashes 0, restarts 0")
 
+        # The CLI's readers go through the same records without stopping.
+        cli_env = {"MODELSTREAM_STATE_DIR": str(tmp_path / "state")}
+        topics_read = [*hostile, "deadletter"]
+        tails = await asyncio.gather(
+            *(
+                run_cli(base, "tail", topic, "--from-beginning", "--idle-exit", "2", **cli_env)
+                for topic in topics_read
+            )
+        )
+        for topic, shown in zip(topics_read, tails, strict=True):
+            assert shown.returncode == 0, (topic, shown.stderr[-2000:])
+            lines = shown.stdout.count("\n")
+            assert lines >= len(sent.get(topic, [])), (topic, lines)
+        for args in (["status"], ["models", "list"], ["models", "show", BC]):
+            result = await run_cli(base, *args, **cli_env)
+            assert result.returncode == 0, (args, result.stdout[-1000:], result.stderr[-2000:])
+        assert re.search(
+            r"breast-cancer\s+v[2-9]", (await run_cli(base, "models", "list", **cli_env)).stdout
+        )
+
         up.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(up.wait, 90) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
+        await asyncio.to_thread(stop_up, up, tmp_path / "state")
 
 
 async def _committed(settings: Settings) -> dict[str, dict[str, dict[int, int]]]:

@@ -20,6 +20,7 @@ from modelstream.kafka.clients import read_to_end
 from modelstream.settings import load
 from tests.support.helpers import cli
 from tests.support.ports import free_base_below_ephemeral, free_port_pair
+from tests.support.processes import stop_up
 
 REQUESTS = 3000
 RATE = 250
@@ -156,8 +157,7 @@ def test_up_supervises_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: 
         up.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert up.wait(timeout=90) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
+        stop_up(up, state)
     text = out_path.read_text(errors="replace")
     final = text[text.rindex("final state:") :]
     print(final)
@@ -199,5 +199,4 @@ def test_up_supervises_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: 
         again.send_signal(signal.SIGINT)
         assert again.wait(timeout=90) == 0
     finally:
-        if again.poll() is None:
-            again.kill()
+        stop_up(again, state)

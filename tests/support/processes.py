@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -90,3 +92,21 @@ class Predictor(ServiceProcess):
 
     def consumed(self) -> float:
         return self.metric("modelstream_events_consumed_total", service="predictor")
+
+
+def stop_up(up: subprocess.Popen[bytes], state_dir: Path) -> None:
+    """Stop a `modelstream up` a test started, whatever state it is in: Ctrl-C first, then
+    SIGKILL for it and for every child it recorded (its children run in sessions of their
+    own, so killing `up` alone would leave them running)."""
+    if up.poll() is None:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+    pids = state_dir / "up.pids"
+    if pids.exists():
+        for line in pids.read_text().splitlines():
+            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
