@@ -54,7 +54,7 @@ from common import (
 )
 
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.records import Feedback, Prediction
+from modelstream.contracts.records import Feedback, Prediction, PredictionRequest
 from modelstream.kafka.topology import create_topics
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import generate_keys
@@ -161,7 +161,8 @@ async def monitor_worker(settings: Settings, events: int, *, copy: str = "") -> 
         learned = watch.learner.learned if watch.learner else 0
         started = first[0] if first else last  # a copy may hold the learner but no join task
         return {
-            "eps": events / (last - started),
+            # a copy holding the learner but no join task has no first input of its own
+            "eps": events / (last - started) if last > started else 0.0,
             "first": started,
             "last": last,
             "rss_mib": peak_rss_mib(),
@@ -210,12 +211,12 @@ def naive_worker(settings: Settings, events: int) -> None:
             if state["first"] is None:
                 state["first"] = time.perf_counter()
             kind = kinds[event.message.topic]
-            type_name = {
-                "requests": "PredictionRequest",
-                "predictions": "Prediction",
-                "feedback": "Feedback",
+            record_type = {
+                "requests": PredictionRequest,
+                "predictions": Prediction,
+                "feedback": Feedback,
             }[kind]
-            value = codec.decode(event.value, type_name)
+            value: Any = codec.decode(event.value, record_type)
             rid = value["request_id"]
             entry = dict(table[rid])
             if kind == "requests":
