@@ -73,12 +73,11 @@ def broker() -> Iterator[Settings]:
             owned.stop()
 
 
-def spawn_worker(
+def worker_command(
     script: Path, kind: str, settings: Settings, events: int, public_key: Path
-) -> dict[str, float]:
-    """Run ``script --worker KIND`` in its own process against ``settings``' broker and topic
-    prefix; its result is the JSON object on the last line it prints."""
-    cmd = [
+) -> list[str]:
+    """The command line of ``script --worker KIND`` against ``settings``' broker and prefix."""
+    return [
         sys.executable,
         str(script),
         "--worker",
@@ -92,6 +91,14 @@ def spawn_worker(
         "--public-key",
         str(public_key),
     ]
+
+
+def spawn_worker(
+    script: Path, kind: str, settings: Settings, events: int, public_key: Path
+) -> dict[str, float]:
+    """Run ``script --worker KIND`` in its own process against ``settings``' broker and topic
+    prefix; its result is the JSON object on the last line it prints."""
+    cmd = worker_command(script, kind, settings, events, public_key)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     # faust may put terminal control codes in front of the line
     lines = [line[line.index("{") :] for line in result.stdout.splitlines() if "{" in line]

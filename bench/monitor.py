@@ -52,6 +52,7 @@ from common import (
     request_bytes,
     spawn_worker,
 )
+from common import worker_command as common_worker_command
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Feedback, Prediction, PredictionRequest
@@ -281,20 +282,7 @@ async def prepared(base: Settings, keys: Path, body: dict[str, Any], events: int
 
 
 def worker_command(kind: str, settings: Settings, events: int) -> list[str]:
-    return [
-        sys.executable,
-        str(HERE),
-        "--worker",
-        kind,
-        "--bootstrap",
-        settings.bootstrap,
-        "--prefix",
-        settings.topic_prefix,
-        "--events",
-        str(events),
-        "--public-key",
-        str(settings.public_key_file),
-    ]
+    return common_worker_command(HERE, kind, settings, events, Path(str(settings.public_key_file)))
 
 
 def copies(settings: Settings, events: int, count: int = 3) -> dict[str, float]:
