@@ -18,6 +18,7 @@ from modelstream.contracts.records import (
     Lineage,
     ModelBody,
     OffsetRange,
+    OnnxGraph,
     Origin,
     Stage,
     Task,
@@ -78,7 +79,7 @@ def audit_event(
 
 
 class LinearTensors(TypedDict):
-    """The four tensors of a linear artifact body."""
+    """The four tensors of a linear artifact body (empty in an ONNX one)."""
 
     weights: Tensor
     intercepts: Tensor
@@ -137,6 +138,7 @@ def candidate_body(
     parent_version: int | None = None,
     created_by: str,
     created_at_ms: int | None = None,
+    onnx: OnnxGraph | None = None,
 ) -> ModelBody:
     """An unpublished model: version 0, stage CANDIDATE, never encrypted (the publisher
     encrypts), to be sealed with a digest and sent to ``candidates``."""
@@ -158,4 +160,5 @@ def candidate_body(
         "created_at_ms": now_ms() if created_at_ms is None else created_at_ms,
         "created_by": created_by,
         "encryption": None,
+        "onnx": onnx,
     }

@@ -42,7 +42,10 @@ class RequestEncoder:
         version: int | None = None,
         packed: bool = False,
         sent_at_ms: int | None = None,
+        categories: Mapping[str, str] | None = None,
     ) -> bytes:
+        """``categories`` carries the string values of categorical features (models whose
+        ONNX graph one-hot encodes them); numeric features go in ``features``."""
         if packed:
             payload: Any = self._ordered(features).astype("<f8").tobytes()
         elif isinstance(features, Mapping):
@@ -55,6 +58,7 @@ class RequestEncoder:
             "features": payload,
             "version": version,
             "sent_at_ms": sent_at_ms,
+            "categories": {str(k): str(v) for k, v in (categories or {}).items()},
         }
         if self.fmt == "json":
             return self._codec.encode_json(PredictionRequest, record)

@@ -250,7 +250,19 @@ def parse_json_object(data: bytes, limits: Limits = DEFAULTS) -> dict[str, Any]:
     return value
 
 
+def history_schemas() -> list[Schema]:
+    """Earlier versions of the contracts (``schemas/history/<Name>.<n>.avsc``): messages
+    their writers left on topics (artifacts on the compacted registry above all) still
+    decode, resolved against the current reader schema."""
+    folder = resources.files("modelstream.schemas").joinpath("history")
+    return [
+        Schema.parse(json.loads(entry.read_text("utf-8")))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".avsc")
+    ]
+
+
 @cache
 def default_codec() -> AvroCodec:
     """The codec over the schemas shipped in ``schemas/`` (parsed once per process)."""
-    return AvroCodec(Schema.parse(load_schema_json(n)) for n in SCHEMA_FILES)
+    return AvroCodec((Schema.parse(load_schema_json(n)) for n in SCHEMA_FILES), history_schemas())

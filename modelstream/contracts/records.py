@@ -10,7 +10,7 @@ from the ``.avsc`` files and compares it with these definitions, so the two cann
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class Task(StrEnum):
@@ -87,6 +87,20 @@ class Encryption(TypedDict):
     nonce: bytes
 
 
+class OnnxInput(TypedDict):
+    name: str
+    element_type: str
+    features: list[str]
+
+
+class OnnxGraph(TypedDict):
+    graph: bytes
+    graph_sha256: str
+    inputs: list[OnnxInput]
+    scores_output: str
+    zipmap_input: str | None
+
+
 class ModelBody(TypedDict):
     name: str
     version: int
@@ -105,6 +119,7 @@ class ModelBody(TypedDict):
     created_at_ms: int
     created_by: str
     encryption: Encryption | None
+    onnx: OnnxGraph | None  # an imported ONNX model; None for the linear families
 
 
 class ModelArtifact(TypedDict):
@@ -121,6 +136,7 @@ class TrainingExample(TypedDict):
     label: Label
     example_id: str | None
     timestamp_ms: int | None
+    categories: NotRequired[dict[str, str]]
 
 
 class PredictionRequest(TypedDict):
@@ -129,6 +145,7 @@ class PredictionRequest(TypedDict):
     features: Features
     version: int | None
     sent_at_ms: int | None
+    categories: NotRequired[dict[str, str]]
 
 
 class Feedback(TypedDict):

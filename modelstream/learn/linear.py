@@ -55,6 +55,15 @@ class LinearModel:
     def output(self, X: np.ndarray) -> np.ndarray:
         return self.proba(X)
 
+    @property
+    def categorical(self) -> list[str]:
+        """The linear families take numeric features only."""
+        return []
+
+    def score(self, X: np.ndarray, categories: object = None) -> np.ndarray:
+        """:meth:`proba`, under the name every served kind shares (``categories`` unused)."""
+        return self.proba(X)
+
     @classmethod
     def from_body(cls, body: ModelBody) -> LinearModel:
         """Build from a (decrypted) artifact body, checking that every shape agrees."""

@@ -3,8 +3,9 @@
 The digest is SHA-256 over the Avro binary encoding of the artifact's ``body`` record under
 the schema that wrote it; the signature is Ed25519 over ``SIGNATURE_CONTEXT + digest``.
 A consumer recomputes the digest from the bytes it received, so a flipped byte anywhere in
-the body (weights, names, version, lineage) fails verification. Nothing in an artifact is
-code: weights are raw little-endian floats, so loading one executes nothing.
+the body (weights, graph, names, version, lineage) fails verification. Nothing in an artifact
+is code: weights are raw little-endian floats and an imported model is an ONNX graph (a
+Protobuf description of tensor operators), so loading one executes no Python.
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ def _nonce(base: bytes, index: int) -> bytes:
 
 
 def encrypt_tensors(body: ModelBody, data_key: bytes, data_key_id: str) -> ModelBody:
-    """AES-256-GCM over each tensor's data; names, shapes and metadata stay readable."""
+    """AES-256-GCM over each tensor's data and an ONNX graph; names, shapes and metadata
+    stay readable."""
     aes = AESGCM(data_key)
     base = os.urandom(12)
     out = body.copy()
@@ -209,6 +211,11 @@ def encrypt_tensors(body: ModelBody, data_key: bytes, data_key_id: str) -> Model
         aad = f"{body['name']}:{name}".encode()
         tensor["data"] = aes.encrypt(_nonce(base, i), tensor["data"], aad)
         out[name] = tensor
+    if body["onnx"] is not None:
+        graph = body["onnx"].copy()
+        aad = f"{body['name']}:onnx".encode()
+        graph["graph"] = aes.encrypt(_nonce(base, len(TENSOR_FIELDS)), graph["graph"], aad)
+        out["onnx"] = graph
     out["encryption"] = {"algorithm": "AES-256-GCM", "key_id": data_key_id, "nonce": base}
     return out
 
@@ -232,5 +239,17 @@ def decrypt_tensors(body: ModelBody, data_key: bytes | None) -> ModelBody:
         except InvalidTag:
             raise ArtifactVerificationError("weights do not decrypt with the data key") from None
         out[name] = tensor
+    if body["onnx"] is not None:
+        graph = body["onnx"].copy()
+        aad = f"{body['name']}:onnx".encode()
+        try:
+            graph["graph"] = aes.decrypt(
+                _nonce(encryption["nonce"], len(TENSOR_FIELDS)), graph["graph"], aad
+            )
+        except InvalidTag:
+            raise ArtifactVerificationError(
+                "the graph does not decrypt with the data key"
+            ) from None
+        out["onnx"] = graph
     out["encryption"] = None
     return out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 
 from aiokafka import ConsumerRecord, TopicPartition
 
@@ -140,6 +142,8 @@ class PredictorApp(Lifecycle):
             self.audit_producer, settings.topic(AUDIT), SERVICE, settings.output_format.value
         )
         self._audits: list[AuditEvent] = []
+        # registry records being verified and built in worker threads, in registry order
+        self._preparing: deque[tuple[ConsumerRecord, bool, asyncio.Future[ServingModel]]] = deque()
         self.boundary = Boundary(SERVICE)
         self._last_lag = 0.0
 
@@ -183,47 +187,67 @@ class PredictorApp(Lifecycle):
         pending = {tp for tp, end in ends.items() if end > 0}
         while pending:
             batch = await self.registry.getmany(timeout_ms=500)
-            self._apply_registry(batch)
+            await self._apply_registry(batch, wait=True)
             for tp in list(pending):
                 if await self.registry.position(tp) >= ends[tp]:
                     pending.discard(tp)
         await self._flush_audits()
 
-    def _apply_registry(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _apply_registry(
+        self, batch: dict[TopicPartition, list[ConsumerRecord]], *, wait: bool = False
+    ) -> None:
+        """Start preparing each new artifact in a worker thread (verification, decryption,
+        an onnxruntime session for a graph), then install those that are ready, in registry
+        order: until a new version is ready, the one before it keeps serving. ``wait``
+        installs all of them (start-up)."""
         models_topic = self.settings.topic(MODELS)
         # History first, then the registry, so production is decided by `models`.
         for tp in sorted(batch, key=lambda t: t.topic == models_topic):
             for record in batch[tp]:
-                self._install(record, production=tp.topic == models_topic)
+                self.boundary.read(record.topic)
+                preparing = asyncio.ensure_future(asyncio.to_thread(self._prepare, record))
+                self._preparing.append((record, tp.topic == models_topic, preparing))
+        if wait:
+            await asyncio.gather(*(p for _, _, p in self._preparing), return_exceptions=True)
+        while self._preparing and self._preparing[0][2].done():
+            record, production, prepared = self._preparing.popleft()
+            exc = prepared.exception()
+            if exc is None:
+                self._install(prepared.result(), production=production)
+            else:
+                self._refuse(record, exc)
 
-    def _install(self, record: ConsumerRecord, *, production: bool) -> None:
+    def _prepare(self, record: ConsumerRecord) -> ServingModel:
+        """In a worker thread: verify the artifact and build its scorer."""
+        verified = verify_bytes(
+            record.value,
+            self.public_key,
+            allow_unsigned=self.settings.allow_unsigned,
+            codec=self.codec,
+        )
+        return ServingModel.from_verified(
+            verified, self.data_key, threads=self.settings.predictor_onnx_threads
+        )
+
+    def _refuse(self, record: ConsumerRecord, exc: BaseException) -> None:
         name = model_of_key(record.key)
-        self.boundary.read(record.topic)
-        try:
-            verified = verify_bytes(
-                record.value,
-                self.public_key,
-                allow_unsigned=self.settings.allow_unsigned,
-                codec=self.codec,
+        failure = self.boundary.failure(exc)  # infrastructure errors propagate
+        self.boundary.reject(record.topic, record.partition, record.offset, failure)
+        ARTIFACTS_REFUSED.labels(SERVICE, name if name in self.logic.versions else "").inc()
+        self._audits.append(
+            self.audit.event(
+                name,
+                "signature_refused" if "sign" in failure.error else "artifact_refused",
+                reason=failure.error,
+                details={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
             )
-            model = ServingModel.from_verified(verified, self.data_key)
-        except Exception as exc:
-            failure = self.boundary.failure(exc)  # infrastructure errors propagate
-            self.boundary.reject(record.topic, record.partition, record.offset, failure)
-            ARTIFACTS_REFUSED.labels(SERVICE, name if name in self.logic.versions else "").inc()
-            self._audits.append(
-                self.audit.event(
-                    name,
-                    "signature_refused" if "sign" in failure.error else "artifact_refused",
-                    reason=failure.error,
-                    details={
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
-                )
-            )
-            return
+        )
+
+    def _install(self, model: ServingModel, *, production: bool) -> None:
         previous = self.logic.production.get(model.name)
         self.logic.install(model, production=production)
         if production:
@@ -256,8 +280,8 @@ class PredictorApp(Lifecycle):
     async def refresh(self) -> None:
         """Between batches: new registry records and commands take effect here, atomically."""
         batch = await self.registry.getmany(timeout_ms=0)
-        if batch:
-            self._apply_registry(batch)
+        if batch or self._preparing:
+            await self._apply_registry(batch)
             await self._flush_audits()
         await self.control.poll()
         now = time.monotonic()

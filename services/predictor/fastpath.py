@@ -19,6 +19,8 @@ from modelstream.contracts.limits import INT_RANGE, LONG_RANGE
 from modelstream.contracts.wire import read_long, read_string, string, zigzag
 from modelstream.errors import DecodeError, InvalidEventError
 
+MAX_CATEGORIES = 10_000  # categorical features of one request
+
 
 class MapTemplate:
     """The exact bytes of a one-block Avro map<double> holding a model's features in its
@@ -59,7 +61,8 @@ class MapSection:
 # A request's features as the hot path holds them: packed bytes, a map section still to be
 # checked against the model's template, or decoded map/list values.
 RequestFeatures = bytes | MapSection | dict[str, float] | list[float]
-Request = tuple[bytes, str, RequestFeatures, int | None, int | None]  # id, model, features, ...
+# id, model, features, version, sent_at_ms, categories (None when there are none)
+Request = tuple[bytes, str, RequestFeatures, int | None, int | None, dict[str, str] | None]
 
 
 def _optional_long(data: bytes, pos: int, field: str) -> tuple[int | None, int]:
@@ -70,6 +73,29 @@ def _optional_long(data: bytes, pos: int, field: str) -> tuple[int | None, int]:
     if branch == 1:
         return read_long(data, pos)
     raise DecodeError(f"bad union branch {branch} for {field}")
+
+
+def _string_map(data: bytes, pos: int) -> tuple[dict[str, str] | None, int]:
+    """An Avro map<string> (the request's categories); None when it is empty."""
+    count, pos = read_long(data, pos)
+    if count == 0:
+        return None, pos
+    out: dict[str, str] = {}
+    while count != 0:
+        if count < 0:  # a block written with its byte size first
+            count = -count
+            _, pos = read_long(data, pos)
+        if len(out) + count > MAX_CATEGORIES:
+            raise InvalidEventError("too-many-items", f"more than {MAX_CATEGORIES} categories")
+        for _ in range(count):
+            key, pos = read_string(data, pos)
+            value, pos = read_string(data, pos)
+            try:
+                out[key.decode()] = value.decode()
+            except UnicodeDecodeError:
+                raise DecodeError("PredictionRequest categories are not UTF-8") from None
+        count, pos = read_long(data, pos)
+    return out, pos
 
 
 class RequestReader:
@@ -106,6 +132,7 @@ class RequestReader:
                 return None
             version, pos = _optional_long(data, pos, "version")
             sent_at, pos = _optional_long(data, pos, "sent_at_ms")
+            categories, pos = _string_map(data, pos)
             if version is not None and not INT_RANGE[0] <= version <= INT_RANGE[1]:
                 raise InvalidEventError("out-of-range", f"version {version} is not an Avro int")
             if sent_at is not None and not LONG_RANGE[0] <= sent_at <= LONG_RANGE[1]:
@@ -129,7 +156,7 @@ class RequestReader:
             raise DecodeError("PredictionRequest strings are not UTF-8") from None
         if model_bytes not in self._models and len(self._models) < 10_000:
             self._models[model_bytes] = model
-        return request_id, model, features, version, sent_at
+        return request_id, model, features, version, sent_at, categories
 
 
 class PredictionWriter:

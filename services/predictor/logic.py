@@ -26,8 +26,8 @@ from modelstream.contracts.definitions import check_request_id
 from modelstream.contracts.limits import Limits
 from modelstream.contracts.records import Prediction, PredictionRequest, Task
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import Verified, decrypt_tensors
+from modelstream.registry.scoring import Scorer, scorer_for
 from modelstream.services.predictor.fastpath import (
     MapSection,
     MapTemplate,
@@ -63,17 +63,21 @@ class ServingModel:
     name: str
     version: int
     digest: str
-    model: LinearModel
-    template: MapTemplate  # byte layout of this version's features as an Avro map
+    model: Scorer  # a linear family or an ONNX graph's onnxruntime session
+    template: MapTemplate  # byte layout of this version's numeric features as an Avro map
 
     @property
     def digest_prefix(self) -> str:
         return self.digest[:12]
 
     @classmethod
-    def from_verified(cls, verified: Verified, data_key: bytes | None) -> ServingModel:
+    def from_verified(
+        cls, verified: Verified, data_key: bytes | None, *, threads: int = 1
+    ) -> ServingModel:
+        """Decrypt and build the scorer (for a graph: its onnxruntime session, which takes
+        a while for a large one, so callers build it off the event loop)."""
         body = decrypt_tensors(verified.body, data_key)
-        model = LinearModel.from_body(body)
+        model = scorer_for(body, threads=threads)
         return cls(
             body["name"], body["version"], verified.digest, model, MapTemplate(model.feature_names)
         )
@@ -177,13 +181,25 @@ class PredictorLogic:
         for (name, version, route), items in groups.items():
             model = self.versions[name][version]
             X, good, bad = self._matrix(model, items)
+            categories, X, good = self._categories(model, X, good, bad)
             for (message, _), error in bad:
                 if route != "shadow":  # the production route reports it once
                     result.reject(message, name, error)
             if not good:
                 continue
-            with np.errstate(over="ignore", invalid="ignore"):
-                output = model.model.proba(X)
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    output = model.model.score(X, categories)
+            except Exception as exc:  # onnxruntime's own error types, or a wrong output shape
+                # the model failed on this batch: its events are dead-lettered, the other
+                # models' groups are scored as usual
+                if route != "shadow":
+                    failure = InvalidEventError(
+                        "model-failed", f"{name} v{version} failed: {str(exc)[:500]}"
+                    )
+                    for message, _ in good:
+                        result.reject(message, name, failure)
+                continue
             finite = np.isfinite(output).reshape(len(good), -1)
             if not finite.all():
                 # finite but extreme inputs can overflow standardization: never publish NaN
@@ -216,6 +232,7 @@ class PredictorLogic:
                 r["features"],
                 r["version"],
                 r["sent_at_ms"],
+                r.get("categories") or None,
             )
         check_request_id(request[0].decode(), None)
         return request
@@ -272,6 +289,41 @@ class PredictorLogic:
             X = X[keep]
             items = [items[i] for i in keep]
         return X, items, bad
+
+    @staticmethod
+    def _categories(
+        model: ServingModel,
+        X: np.ndarray,
+        items: list[Item[M]],
+        bad: list[tuple[Item[M], InvalidEventError]],
+    ) -> tuple[list[dict[str, str] | None] | None, np.ndarray, list[Item[M]]]:
+        """The categorical values of each row, for a model that takes some; rows that lack
+        one, or carry one the model does not know, join ``bad``."""
+        wanted = model.model.categorical
+        if not wanted and all(item[1][5] is None for item in items):
+            return None, X, items
+        known = set(wanted)
+        keep: list[int] = []
+        for i, item in enumerate(items):
+            given = item[1][5] or {}
+            missing = [c for c in wanted if c not in given]
+            extra = [c for c in given if c not in known]
+            if missing:
+                bad.append(
+                    (
+                        item,
+                        InvalidEventError("missing-features", f"missing categories {missing[:5]}"),
+                    )
+                )
+            elif extra:
+                bad.append(
+                    (item, InvalidEventError("extra-features", f"unknown categories {extra[:5]}"))
+                )
+            else:
+                keep.append(i)
+        if len(keep) != len(items):
+            X, items = X[keep], [items[i] for i in keep]
+        return [item[1][5] for item in items] if wanted else None, X, items
 
     def _rows(
         self,

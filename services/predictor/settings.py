@@ -25,6 +25,12 @@ class PredictorSettings(ServiceSettings):
     )
     predictor_batch_max_records: int = Field(default=5000, ge=1, description="Records per batch.")
     max_versions: int = Field(default=10, ge=1, description="Versions kept loaded per model.")
+    predictor_onnx_threads: int = Field(
+        default=1,
+        ge=1,
+        description="onnxruntime intra-op threads per ONNX model: 1 scales by running more "
+        "predictor processes, one per core.",
+    )
     predictor_commit_interval_ms: float = Field(
         default=0.0,
         ge=0,

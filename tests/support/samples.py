@@ -52,6 +52,7 @@ def model_artifact() -> dict[str, Any]:
             "created_at_ms": 1_790_000_000_000,
             "created_by": "trainer",
             "encryption": None,
+            "onnx": None,
         },
         "digest": "ab" * 32,
         "signature": b"\x01" * 64,
@@ -67,6 +68,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "label": "1",
         "example_id": "e-1",
         "timestamp_ms": 1_790_000_000_000,
+        "categories": {"diagnosis centre": "north"},
     },
     "PredictionRequest": {
         "request_id": "r-1",
@@ -74,6 +76,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "features": [17.99, 10.38],
         "version": 3,
         "sent_at_ms": 1_790_000_000_000,
+        "categories": {},
     },
     "Prediction": {
         "request_id": "r-1",

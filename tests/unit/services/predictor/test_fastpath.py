@@ -69,7 +69,8 @@ def test_prediction_writer_is_byte_identical(classes):
 
 @pytest.mark.parametrize("version", [None, 0, 7, 2**30])
 @pytest.mark.parametrize("sent_at", [None, 1_790_000_000_000])
-def test_request_reader_matches_fastavro(version, sent_at):
+@pytest.mark.parametrize("categories", [{}, {"centre": "north", "ü": "é" * 300}])
+def test_request_reader_matches_fastavro(version, sent_at, categories):
     reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
     features = RNG.normal(size=30).astype("<f8").tobytes()
     data = CODEC.encode(
@@ -80,9 +81,37 @@ def test_request_reader_matches_fastavro(version, sent_at):
             "features": features,
             "version": version,
             "sent_at_ms": sent_at,
+            "categories": categories,
         },
     )
-    assert reader.read(data) == ("r-ü".encode(), "breast-cancer", features, version, sent_at)
+    assert reader.read(data) == (
+        "r-ü".encode(),
+        "breast-cancer",
+        features,
+        version,
+        sent_at,
+        categories or None,
+    )
+    assert CODEC.decode(data, PredictionRequest)["categories"] == categories
+
+
+def test_request_reader_refuses_broken_categories():
+    reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
+    data = CODEC.encode(
+        PredictionRequest,
+        {
+            "request_id": "r",
+            "model": "m",
+            "features": b"\0" * 8,
+            "version": None,
+            "sent_at_ms": None,
+            "categories": {"centre": "north"},
+        },
+    )
+    with pytest.raises(DecodeError):
+        reader.read(data[:-3])  # truncated inside the map
+    with pytest.raises(DecodeError):
+        reader.read(data.replace(b"north", b"n\xffrth"))  # not UTF-8
 
 
 def test_request_reader_defers_and_refuses():

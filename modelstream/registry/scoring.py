@@ -1,0 +1,52 @@
+"""One interface for every kind of served model: the linear families and ONNX graphs.
+
+The predictor, the validator and the monitor score through :func:`scorer_for`; what they
+get takes a matrix of numeric features (``feature_names`` order) plus, per row, the
+values of categorical features, and returns class probabilities [N, classes] or
+regression values [N].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from modelstream.contracts.records import ModelBody, Task
+from modelstream.learn.linear import LinearModel
+from modelstream.registry.onnx_model import OnnxScorer
+
+
+class Scorer(Protocol):
+    @property
+    def task(self) -> Task: ...
+
+    @property
+    def feature_names(self) -> list[str]: ...
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def categorical(self) -> list[str]: ...
+
+    @property
+    def n_features(self) -> int: ...
+
+    def score(
+        self, X: np.ndarray, categories: Sequence[Mapping[str, str] | None] | None = None
+    ) -> np.ndarray: ...
+
+
+def kind_of(body: ModelBody) -> str:
+    """'onnx' for an imported graph, else the linear family's task."""
+    return "onnx" if body.get("onnx") is not None else "linear"
+
+
+def scorer_for(body: ModelBody, *, threads: int = 1) -> Scorer:
+    """The scorer of a verified, decrypted body (ArtifactVerificationError when its parts
+    do not add up; UnmappableGraphError when onnxruntime cannot load its graph)."""
+    if body.get("onnx") is not None:
+        return OnnxScorer(body, threads=threads)
+    return LinearModel.from_body(body)
