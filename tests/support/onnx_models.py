@@ -8,6 +8,7 @@ graph with the rows it can be scored on. Used by the unit and integration tests 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,7 +135,7 @@ def mlp_graph(sizes: tuple[int, ...] = (64, 128, 10), seed: int = 0) -> Bundle:
     layers = [d_in, *hidden, d_out]
     weights = [
         rng.normal(0, np.sqrt(2.0 / a), size=(a, b)).astype(np.float32)
-        for a, b in zip(layers[:-1], layers[1:], strict=True)
+        for a, b in itertools.pairwise(layers)
     ]
     biases = [np.zeros(b, dtype=np.float32) for b in layers[1:]]
     _train_mlp(X / 16.0, y, weights, biases)
