@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -163,7 +164,15 @@ def _summary(artifact: ModelArtifact, verified: str) -> dict[str, Any]:
         "parent_version": body["parent_version"],
         "created_at_ms": body["created_at_ms"],
         "created_by": body["created_by"],
+        "kind": "onnx" if body.get("onnx") else "linear",
         "features": body["feature_names"],
+        "categorical_features": [
+            f
+            for i in (body.get("onnx") or {"inputs": []})["inputs"]
+            if i["element_type"] == "string"
+            for f in i["features"]
+        ],
+        "graph_bytes": len(graph["graph"]) if (graph := body.get("onnx")) else 0,
         "classes": body["classes"],
         "encrypted": body["encryption"] is not None,
         "training": body["training"],
@@ -251,7 +260,8 @@ def export(
     version: Annotated[int | None, typer.Option(help="Default: the production version.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
 ) -> None:
-    """Write a published version as a standard ONNX graph (opset 17)."""
+    """Write a published version as ONNX: a linear one as a standard graph (opset 17), an
+    imported one as the exact bytes that were imported."""
     from modelstream.learn.linear import LinearModel
     from modelstream.registry.onnx_interop import export_onnx
 
@@ -263,10 +273,16 @@ def export(
     verify_record(artifact, key, allow_unsigned=key is None)
     data_key = settings.data_key()
     body = decrypt_tensors(artifact["body"], data_key[0] if data_key else None)
-    model = LinearModel.from_body(body)
-    output.write_bytes(
-        export_onnx(model, name=name, version=body["version"], digest=artifact["digest"])
-    )
+    if body["onnx"] is not None:
+        graph = body["onnx"]["graph"]
+        if hashlib.sha256(graph).hexdigest() != body["onnx"]["graph_sha256"]:
+            raise ArtifactVerificationError("the graph does not match its recorded SHA-256")
+        output.write_bytes(graph)
+    else:
+        model = LinearModel.from_body(body)
+        output.write_bytes(
+            export_onnx(model, name=name, version=body["version"], digest=artifact["digest"])
+        )
     typer.echo(f"wrote {name} v{body['version']} ({artifact['digest'][:12]}) to {output}")
 
 
@@ -277,45 +293,89 @@ def import_model(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An .onnx file.")],
     features: Annotated[
         str | None,
-        typer.Option(help="Comma-separated feature names (default: from the file, else f0..fN)."),
+        typer.Option(
+            help="Comma-separated feature names, in the order of the graph's input columns "
+            "(default: the graph's metadata, its input names, else f0..fN)."
+        ),
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated class labels in score-column order (default: from the graph)."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="binary, multiclass or regression (default: inferred).")
+    ] = None,
+    keep_graph: Annotated[
+        bool,
+        typer.Option(
+            "--keep-graph",
+            help="Serve a purely linear graph as it is instead of converting it to the "
+            "native linear kind (which the monitor can keep learning from its weights).",
+        ),
+    ] = False,
 ) -> None:
-    """Turn a linear ONNX model (skl2onnx or modelstream export) into a candidate; the
-    validator gates it on recent labelled data like any other candidate."""
+    """Import an ONNX model as a candidate; the validator gates it on recent labelled data
+    like any other candidate. Any graph onnxruntime runs on CPU is accepted (scikit-learn
+    pipelines, XGBoost, LightGBM, networks); a graph of linear operators only becomes a
+    native linear model unless --keep-graph."""
     from modelstream.contracts.builders import candidate_body, lineage, training_config
     from modelstream.contracts.codec import default_codec
     from modelstream.kafka.clients import make_producer
-    from modelstream.kafka.topology import CANDIDATES
+    from modelstream.kafka.topology import CANDIDATES, ensure_fits
     from modelstream.registry.artifact import seal
-    from modelstream.registry.onnx_interop import import_onnx
+    from modelstream.registry.onnx_interop import UnsupportedModelError, import_onnx
+    from modelstream.registry.onnx_model import check_runs, describe, onnx_candidate
 
-    imported = import_onnx(path.read_bytes(), csv_list(features) or None)
-    artifact = seal(
-        candidate_body(
-            name=name,
-            task=imported.task,
-            feature_names=imported.feature_names,
-            classes=imported.classes,
-            tensors=imported.tensors(),
-            training=training_config("imported"),
-            lineage=lineage(Origin.IMPORTED),
-            created_by=f"import:{path.name}",
+    data = path.read_bytes()
+    names = csv_list(features) or None
+    labels = csv_list(classes) or None
+    body = None
+    if not keep_graph and labels is None and task is None:
+        try:
+            linear = import_onnx(data, names)
+        except UnsupportedModelError:
+            linear = None
+        if linear is not None:
+            body = candidate_body(
+                name=name,
+                task=linear.task,
+                feature_names=linear.feature_names,
+                classes=linear.classes,
+                tensors=linear.tensors(),
+                training=training_config("imported"),
+                lineage=lineage(Origin.IMPORTED),
+                created_by=f"import:{path.name}",
+            )
+    if body is None:
+        signature = describe(
+            data, features=names, classes=labels, task=Task(task.upper()) if task else None
         )
-    )
+        check_runs(signature, name)
+        body = onnx_candidate(name, signature, created_by=f"import:{path.name}")
+    artifact = seal(body)
+    value = default_codec().encode(ModelArtifact, artifact)
+    ensure_fits(CANDIDATES, value, name.encode())  # refused here, never half-written
     settings = settings_of(ctx)
 
     async def send() -> None:
         async with make_producer(settings) as producer:
-            await producer.send_and_wait(
-                settings.topic(CANDIDATES),
-                key=name.encode(),
-                value=default_codec().encode(ModelArtifact, artifact),
-            )
+            await producer.send_and_wait(settings.topic(CANDIDATES), key=name.encode(), value=value)
 
     asyncio.run(send())
+    kind = "onnx" if body["onnx"] is not None else "linear"
+    categorical = (
+        [f for i in body["onnx"]["inputs"] if i["element_type"] == "string" for f in i["features"]]
+        if body["onnx"] is not None
+        else []
+    )
     typer.echo(
-        f"candidate {artifact['digest'][:12]} for {name} ({imported.task.lower()}, "
-        f"{len(imported.feature_names)} features) sent for validation"
+        f"candidate {artifact['digest'][:12]} for {name} ({kind}, {body['task'].lower()}, "
+        f"{len(body['feature_names'])} numeric features"
+        + (f", categorical {categorical}" if categorical else "")
+        + (f", classes {body['classes']}" if body["classes"] else "")
+        + f", {len(value) / 2**20:.1f} MiB) sent for validation"
     )
 
 

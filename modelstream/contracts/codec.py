@@ -191,7 +191,10 @@ class AvroCodec:
         data = _present(data, limits)
         if not is_json(data):
             return self.decode(data, record_type, limits)
-        record = self.json_form(record_type).from_plain(parse_json_object(data, limits))
+        plain = parse_json_object(data, limits)
+        if record_type.__name__ in WITH_CATEGORIES:
+            plain = split_categories(plain)
+        record = self.json_form(record_type).from_plain(plain)
         check_record(record, self.schema(record_type).parsed, limits)
         return cast(R, record)
 
@@ -210,6 +213,23 @@ class AvroCodec:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, record)
         return buf.getvalue()
+
+
+# Contracts whose JSON form takes categorical values among the named features.
+WITH_CATEGORIES = frozenset({"PredictionRequest", "TrainingExample"})
+
+
+def split_categories(plain: dict[str, Any]) -> dict[str, Any]:
+    """JSON features may hold strings (``{"radius": 17.9, "centre": "north"}``): those are
+    categorical values and move to ``categories``, where the Avro form keeps them."""
+    features, categories = plain.get("features"), plain.get("categories", {})
+    if not isinstance(features, dict) or not isinstance(categories, dict):
+        return plain
+    strings = {k: v for k, v in features.items() if isinstance(v, str)}
+    if not strings:
+        return plain
+    numeric = {k: v for k, v in features.items() if not isinstance(v, str)}
+    return {**plain, "features": numeric, "categories": {**categories, **strings}}
 
 
 def is_json(data: bytes) -> bool:

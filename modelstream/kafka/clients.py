@@ -48,6 +48,9 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+ARTIFACT_REQUEST_BYTES = 129 * 1024 * 1024  # an artifact of ARTIFACT_MAX_BYTES with framing
+
+
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """A durable producer: acks from all in-sync replicas, idempotent. Use it with
     ``async with`` where the caller owns it."""
@@ -57,9 +60,9 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "enable_idempotence": True,
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
-        # Room for any dead letter (see writers.DEAD_LETTER_MAX_BYTES); what each topic
-        # accepts is the broker's max.message.bytes, checked before sending.
-        "max_request_size": 4 * 1024 * 1024 + 64 * 1024,
+        # Room for the largest artifact (topology.ARTIFACT_MAX_BYTES); what each topic
+        # accepts is its max.message.bytes, checked before sending (ensure_fits).
+        "max_request_size": ARTIFACT_REQUEST_BYTES,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

@@ -75,6 +75,11 @@ MONITOR_TOPICS = (
 # An internal record carries one or more user records whole (a join entry holds a request and
 # its prediction), so internal topics take more than the user topics' 1 MiB.
 INTERNAL_MAX_BYTES = DEAD_LETTER_MAX_BYTES
+# Artifacts carry whole models: a gradient-boosted ensemble or a network exported to ONNX is
+# tens of MB. The topics that carry artifacts take records up to this size (one record per
+# version: verified and swapped as a whole, never reassembled from parts); the clients'
+# request limit and the brokers' socket.request.max.bytes are sized to match.
+ARTIFACT_MAX_BYTES = 128 * 1024 * 1024
 JOIN_PARTITIONS = 6  # tasks of the join: the three repartitioned inputs and its changelog
 LEARN_PARTITIONS = 3  # tasks of the learner: `monitor-labelled` and its changelog
 
@@ -106,7 +111,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "trainer, monitor",
         "validator",
         3,
-        {"retention.ms": str(7 * DAY_MS)},
+        {"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(ARTIFACT_MAX_BYTES)},
     ),
     TopicSpec(
         VALIDATIONS,
@@ -115,7 +120,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "validator",
         "publisher",
         3,
-        {"retention.ms": str(7 * DAY_MS)},
+        {"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(ARTIFACT_MAX_BYTES)},
     ),
     TopicSpec(
         MODELS,
@@ -128,6 +133,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
             "cleanup.policy": "compact",
             "min.cleanable.dirty.ratio": "0.1",
             "segment.ms": str(3600 * 1000),
+            "max.message.bytes": str(ARTIFACT_MAX_BYTES),
         },
     ),
     # Keys are name:version, so compaction keeps every version and only drops exact re-sends.
@@ -138,7 +144,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "publisher",
         "publisher (rollback), audit, CLI",
         3,
-        {"cleanup.policy": "compact"},
+        {"cleanup.policy": "compact", "max.message.bytes": str(ARTIFACT_MAX_BYTES)},
     ),
     TopicSpec(
         REQUESTS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -18,6 +19,12 @@ from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.sgd import GDConfig, fit_linear, fit_linear_grid
 
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class Scores(Protocol):
+    """A fixed model to compare with: a linear model or an imported graph."""
+
+    def output(self, X: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ def cross_validate(
     config: GDConfig,
     k: int,
     seed: int,
-    champion: LinearModel | None = None,
+    champion: Scores | None = None,
     unseen_by_champion: np.ndarray | None = None,
 ) -> CrossValidation:
     """K-fold CV of the procedure with fixed hyperparameters. The champion (if any) is

@@ -212,6 +212,9 @@ class EmbeddedCluster:
             "auto.create.topics.enable": "false",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             "num.io.threads": "4",
+            # a produce request with one artifact of up to 128 MiB (topology.ARTIFACT_MAX_BYTES)
+            "socket.request.max.bytes": str(256 * 1024 * 1024),
+            "replica.fetch.response.max.bytes": str(160 * 1024 * 1024),
             "num.network.threads": "2",
         }
         if self.security is not None:

@@ -31,6 +31,8 @@ from modelstream.errors import ArtifactVerificationError, ModelstreamError
 NUMERIC_TYPES = {"float": np.float32, "double": np.float64, "int64": np.int64}
 _ELEMENT_NAMES = {1: "float", 11: "double", 7: "int64", 8: "string"}
 MAX_GRAPH_BYTES = 1 << 30
+# where the ai.onnx.ml classifiers (trees, linear, SVM) keep their class labels
+CLASS_LABEL_ATTRIBUTES = ("classlabels_strings", "classlabels_int64s", "classlabels_ints")
 
 
 class UnmappableGraphError(ModelstreamError):
@@ -203,7 +205,7 @@ def _classifier_labels(graph: Any) -> list[str]:
     for node in graph.node:
         if node.op_type.endswith("Classifier"):
             for attribute in node.attribute:
-                if attribute.name in ("classlabels_strings", "classlabels_ints"):
+                if attribute.name in CLASS_LABEL_ATTRIBUTES:
                     values = helper.get_attribute_value(attribute)
                     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
     return []
@@ -323,7 +325,7 @@ class OnnxScorer:
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise UnmappableGraphError(f"onnxruntime cannot load the graph: {exc}") from None
-        self.output = onnx_graph["zipmap_input"] or onnx_graph["scores_output"]
+        self.output_name = onnx_graph["zipmap_input"] or onnx_graph["scores_output"]
         column = {name: j for j, name in enumerate(self.feature_names)}
         # per input: (name, numpy dtype or None for strings, numeric column indices or
         # categorical names, whether the columns are X itself)
@@ -373,7 +375,7 @@ class OnnxScorer:
     ) -> np.ndarray:
         """Class probabilities [N, classes] (regression: values [N]) for the rows of ``X``
         (numeric features in ``feature_names`` order) and their categorical values."""
-        (raw,) = self.session.run([self.output], self.feeds(X, categories))
+        (raw,) = self.session.run([self.output_name], self.feeds(X, categories))
         out = np.asarray(raw, dtype=np.float64)
         if self.task == Task.REGRESSION:
             return out.reshape(len(X))
@@ -388,6 +390,39 @@ class OnnxScorer:
 
     def output(self, X: np.ndarray) -> np.ndarray:
         return self.score(X)
+
+
+def onnx_candidate(
+    name: str,
+    signature: GraphSignature,
+    *,
+    created_by: str = "cli",
+    metrics: Mapping[str, float] | None = None,
+) -> ModelBody:
+    """An imported graph as an unpublished candidate body; the linear tensors stay empty
+    (feature drift is measured on the linear kinds' training statistics only)."""
+    from modelstream.contracts.builders import candidate_body, lineage, training_config
+    from modelstream.contracts.records import Origin
+    from modelstream.registry.artifact import to_tensor
+
+    empty = to_tensor(np.empty(0))
+    return candidate_body(
+        name=name,
+        task=signature.task,
+        feature_names=signature.feature_names,
+        classes=signature.classes,
+        tensors={
+            "weights": empty,
+            "intercepts": empty,
+            "feature_mean": empty,
+            "feature_scale": empty,
+        },
+        training=training_config("imported-onnx"),
+        lineage=lineage(Origin.IMPORTED),
+        metrics=metrics,
+        created_by=created_by,
+        onnx=signature.onnx,
+    )
 
 
 def check_runs(signature: GraphSignature, name: str) -> None:

@@ -38,6 +38,10 @@ class Scorer(Protocol):
         self, X: np.ndarray, categories: Sequence[Mapping[str, str] | None] | None = None
     ) -> np.ndarray: ...
 
+    def output(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`score` of numeric features alone."""
+        ...
+
 
 def kind_of(body: ModelBody) -> str:
     """'onnx' for an imported graph, else the linear family's task."""

@@ -31,6 +31,7 @@ from modelstream.contracts.records import (
     Command,
     Feedback,
     ModelArtifact,
+    ModelBody,
     MonitorLabelled,
     MonitorLabelledBatch,
     MonitorModelState,
@@ -152,7 +153,7 @@ class LearnStage:
             return None
         try:
             body = decrypt_tensors(verified.body, self.data_key)
-            linear = LinearModel.from_body(body)
+            linear = _linear(body)
         except (ArtifactVerificationError, ValueError) as exc:
             log.warning("cannot watch %s v%d: %s", model, verified.body["version"], exc)
             return None
@@ -173,7 +174,7 @@ class LearnStage:
             if watch is not None:
                 try:
                     plain = decrypt_tensors(body, self.data_key)
-                    watch.install(plain, LinearModel.from_body(plain))
+                    watch.install(plain, _linear(plain))
                 except (ArtifactVerificationError, ValueError) as exc:
                     log.warning("cannot learn online from %s v%d: %s", name, body["version"], exc)
                     del self.watches[name]
@@ -512,3 +513,9 @@ def _merge(into: Decisions, new: Decisions) -> None:
     new.drift = into.drift + new.drift
     new.rollback = new.rollback or into.rollback
     new.candidate = new.candidate or into.candidate
+
+
+def _linear(body: ModelBody) -> LinearModel | None:
+    """The production version's weights, or None for an imported graph (the watch then
+    learns a native challenger from zero)."""
+    return None if body.get("onnx") is not None else LinearModel.from_body(body)

@@ -46,13 +46,15 @@ from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.topology import AUDIT, CANDIDATES, DEADLETTER, TRAINING, ensure_fits
 from modelstream.kafka.topology import VALIDATIONS as REPORTS
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
-from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import Verified, decrypt_tensors, verify_bytes
 from modelstream.registry.follower import load_production, model_of_key, public_key
 from modelstream.registry.lineage import config_from_record, load_lineage, within_lineage
+from modelstream.registry.onnx_model import UnmappableGraphError
+from modelstream.registry.scoring import Scorer, scorer_for
 from modelstream.runner import Lifecycle
 from modelstream.services.validator.logic import (
     Champion,
+    Holdout,
     Verdict,
     cross_validation_verdict,
     holdout_verdict,
@@ -68,6 +70,7 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.validator")
+Position = tuple[str, int, int]
 SERVICE = "validator"
 
 
@@ -132,7 +135,7 @@ class ValidatorApp(Lifecycle):
             raise InvalidEventError(
                 "encrypted-candidate", "candidates must not be encrypted; the publisher encrypts"
             )
-        model = LinearModel.from_body(candidate.body)
+        model = await asyncio.to_thread(scorer_for, candidate.body)
         with VALIDATION_SECONDS.labels(name).time():
             champion, champion_body = await self._champion(name, model)
             verdict = await self._judge(candidate, model, definition, champion, champion_body)
@@ -175,7 +178,7 @@ class ValidatorApp(Lifecycle):
         return emit
 
     async def _champion(
-        self, name: str, candidate: LinearModel
+        self, name: str, candidate: Scorer
     ) -> tuple[Champion | None, ModelBody | None]:
         production = await load_production(self.settings, self.public_key)
         current: Verified | None = production.get(name)
@@ -183,21 +186,20 @@ class ValidatorApp(Lifecycle):
             return None, None
         version = current.body["version"]
         try:
-            model = LinearModel.from_body(decrypt_tensors(current.body, self.data_key))
-        except ArtifactVerificationError as exc:
+            plain = decrypt_tensors(current.body, self.data_key)
+            model = await asyncio.to_thread(scorer_for, plain)
+        except (ArtifactVerificationError, UnmappableGraphError) as exc:
             log.warning("champion %s v%d unusable: %s", name, version, exc)
             return None, current.body
-        if model.feature_names != candidate.feature_names or model.classes != candidate.classes:
-            log.warning(
-                "champion %s v%d has other features or classes; no comparison", name, version
-            )
+        if model.classes != candidate.classes:
+            log.warning("champion %s v%d has other classes; no comparison", name, version)
             return None, current.body
         return Champion(model, version, dict(current.body["metrics"])), current.body
 
     async def _judge(
         self,
         candidate: Verified,
-        model: LinearModel,
+        model: Scorer,
         definition: Definition,
         champion: Champion | None,
         champion_body: ModelBody | None,
@@ -210,6 +212,12 @@ class ValidatorApp(Lifecycle):
                 if champion_body is not None
                 else None
             )
+            if champion is not None and (
+                champion.model.categorical or champion.model.feature_names != model.feature_names
+            ):
+                # the lineage holds the candidate's features only: the champion is compared
+                # through the estimate recorded when it was published
+                unseen = np.zeros(len(data.y), bool)
             with CROSS_VALIDATION_SECONDS.labels(body["name"]).time():
                 return await asyncio.to_thread(
                     cross_validation_verdict,
@@ -221,19 +229,22 @@ class ValidatorApp(Lifecycle):
                     champion,
                     unseen,
                 )
-        X, y, positions = await self._holdout(body)
-        log.debug("holdout of %s: %d examples", body["name"], len(y))
+        holdout, positions = await self._holdout(body, model, champion.model if champion else None)
+        log.debug("holdout of %s: %d examples", body["name"], len(holdout.y))
         unseen = (
             ~within_lineage(positions, champion_body)
             if champion_body is not None
-            else np.ones(len(y), bool)
+            else np.ones(len(holdout.y), bool)
         )
-        return holdout_verdict(body, model, X, y, definition, champion, unseen)
+        return await asyncio.to_thread(
+            holdout_verdict, body, model, holdout, definition, champion, unseen
+        )
 
     async def _holdout(
-        self, body: ModelBody
-    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
-        """The newest labelled examples of the model on ``training``."""
+        self, body: ModelBody, candidate: Scorer, champion: Scorer | None
+    ) -> tuple[Holdout, list[tuple[str, int, int]]]:
+        """The newest labelled examples of the model on ``training``, read for the candidate
+        and, on the same rows, for the champion (whose features may differ)."""
         topic = self.settings.topic(TRAINING)
         async with make_consumer(self.settings, group_id=None) as probe:
             tps = await partitions_of(probe, topic)
@@ -254,8 +265,9 @@ class ValidatorApp(Lifecycle):
             feature_names=tuple(body["feature_names"]),
             classes=tuple(body["classes"]),
         )
+        readers = [candidate] if champion is None else [candidate, champion]
         online = body["lineage"]["origin"] == Origin.ONLINE
-        rows: list[tuple[int, np.ndarray, Label, tuple[str, int, int]]] = []
+        rows: list[tuple[int, list[tuple[np.ndarray, dict[str, str]]], Label, Position]] = []
         async for record in read_ranges(self.settings, ranges):
             try:
                 example = self.codec.decode_any(record.value, TrainingExample, self.limits)
@@ -263,10 +275,19 @@ class ValidatorApp(Lifecycle):
                     continue
                 if online and not unseen_by_online_learning(example["example_id"]):
                     continue  # the monitor's learners learned this row
+                categories = example.get("categories") or {}
+                views = []
+                for scorer in readers:
+                    missing = [c for c in scorer.categorical if c not in categories]
+                    if missing:
+                        raise InvalidEventError("missing-features", f"missing {missing[:5]}")
+                    views.append(
+                        (feature_vector(example["features"], scorer.feature_names), categories)
+                    )
                 rows.append(
                     (
                         record.timestamp,
-                        feature_vector(example["features"], rules.feature_names),
+                        views,
                         check_label(example["label"], rules),
                         (record.topic, record.partition, record.offset),
                     )
@@ -277,7 +298,12 @@ class ValidatorApp(Lifecycle):
                 continue
         rows.sort(key=lambda r: r[0])
         rows = rows[-self.settings.holdout_size :]
-        d = len(rules.feature_names)
-        X = np.vstack([r[1] for r in rows]) if rows else np.empty((0, d))
         y = labels_to_targets([r[2] for r in rows], rules.task, rules.classes)
-        return X, y, [r[3] for r in rows]
+
+        def view(i: int, scorer: Scorer) -> tuple[np.ndarray, list[dict[str, str]]]:
+            d = len(scorer.feature_names)
+            X = np.vstack([r[1][i][0] for r in rows]) if rows else np.empty((0, d))
+            return X, [r[1][i][1] for r in rows]
+
+        data = Holdout(y, view(0, candidate), view(1, champion) if champion is not None else None)
+        return data, [r[3] for r in rows]

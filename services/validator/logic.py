@@ -17,10 +17,10 @@ import numpy as np
 from modelstream.contracts.builders import now_ms
 from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import ModelArtifact, ModelBody, Task, ValidationReport
-from modelstream.learn.linear import LinearModel
 from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.procedure import cross_validate, summarize
 from modelstream.learn.sgd import GDConfig
+from modelstream.registry.scoring import Scorer
 
 MIN_FRESH = 30
 RECORDED_PREFIX = "validation_"
@@ -28,7 +28,7 @@ RECORDED_PREFIX = "validation_"
 
 @dataclass(frozen=True)
 class Champion:
-    model: LinearModel
+    model: Scorer
     version: int
     recorded: Mapping[str, float]  # the published artifact's metrics
 
@@ -100,31 +100,51 @@ def cross_validation_verdict(
     return verdict
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """Recent labelled examples, as each model to be compared reads them."""
+
+    y: np.ndarray
+    candidate: tuple[np.ndarray, list[dict[str, str]]]  # numeric matrix, categories per row
+    champion: tuple[np.ndarray, list[dict[str, str]]] | None = None
+
+
 def holdout_verdict(
     body: ModelBody,
-    candidate: LinearModel,
-    X: np.ndarray,
-    y: np.ndarray,
+    candidate: Scorer,
+    data: Holdout,
     definition: Definition,
     champion: Champion | None,
     unseen_by_champion: np.ndarray,
 ) -> Verdict:
-    """Score fixed weights (online-learned, imported) on recent labelled examples."""
+    """Score a fixed model (online-learned, imported: any kind) on recent labelled
+    examples; a champion, of the same kind or another, is scored on the same rows."""
+    y = data.y
     verdict = Verdict("holdout", {}, examples=len(y), folds=1)
     if len(y) < 10:
         verdict.reasons.append(f"only {len(y)} labelled examples available for the holdout")
         return verdict
     task = body["task"]
-    verdict.metrics = summarize([evaluate(task, y, candidate.output(X))])
+    X, categories = data.candidate
+    verdict.metrics = summarize([evaluate(task, y, candidate.score(X, categories))])
     apply_thresholds(verdict, definition)
-    if champion is not None:
+    if champion is not None and data.champion is not None:
         rows = np.flatnonzero(unseen_by_champion)
-        ours = summarize([evaluate(task, y[rows], candidate.output(X[rows]))]) if len(rows) else {}
-        theirs = (
-            summarize([evaluate(task, y[rows], champion.model.output(X[rows]))])
-            if len(rows)
-            else {}
-        )
+        CX, champion_categories = data.champion
+        ours = theirs = {}
+        if len(rows):
+            ours = summarize(
+                [evaluate(task, y[rows], candidate.score(X[rows], [categories[i] for i in rows]))]
+            )
+            theirs = summarize(
+                [
+                    evaluate(
+                        task,
+                        y[rows],
+                        champion.model.score(CX[rows], [champion_categories[i] for i in rows]),
+                    )
+                ]
+            )
         compare(verdict, task, definition, champion, ours, theirs, len(rows))
     return verdict
 

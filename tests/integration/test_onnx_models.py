@@ -22,7 +22,17 @@ from modelstream.services.publisher.settings import PublisherSettings
 from modelstream.services.validator.app import ValidatorApp
 from modelstream.services.validator.settings import ValidatorSettings
 from modelstream.settings import load
-from tests.support.helpers import consume_until, decoded, define, produce_records, run_cli, running
+from tests.support import onnx_models
+from tests.support.helpers import (
+    consume_until,
+    decoded,
+    define,
+    produce,
+    produce_records,
+    read_all,
+    run_cli,
+    running,
+)
 from tests.support.models import dataset
 
 BC = "breast-cancer"
@@ -93,8 +103,6 @@ async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp
 
     encoder = RequestEncoder(names)
     async with running(PredictorApp(load(PredictorSettings, **common))):
-        from tests.support.helpers import produce
-
         await produce(
             base,
             "requests",
@@ -120,3 +128,199 @@ async def test_scikit_learn_model_imported_gated_served_and_exported(topics, tmp
     session = ort.InferenceSession(exported_path.read_bytes(), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(None, {"features": X.astype(np.float32)})
     assert np.allclose(probabilities[:, 1], ours, atol=1e-5)
+
+
+# -- any graph: trees, pipelines, networks ---------------------------------------------------
+GRAPHS = ("xgboost", "lightgbm", "pipeline", "mlp")
+
+
+def _bundles() -> dict[str, onnx_models.Bundle]:
+    return {
+        "xgboost": onnx_models.xgboost_model(),
+        "lightgbm": onnx_models.lightgbm_model(),
+        "pipeline": onnx_models.pipeline_model(),
+        "mlp": onnx_models.mlp_graph(),
+        "lookup": onnx_models.failing_graph(),
+    }
+
+
+def _import_flags(name: str, bundle: onnx_models.Bundle) -> list[str]:
+    """What a user passes: XGBoost and LightGBM graphs name their columns f0..fN, the
+    network's labels are not in its graph; the pipeline's inputs name themselves."""
+    if name in ("xgboost", "lightgbm", "lookup"):
+        return ["--features", ",".join(bundle.feature_names)]
+    if name == "mlp":
+        return ["--features", ",".join(bundle.feature_names), "--classes", ",".join(bundle.classes)]
+    return []
+
+
+def _reference_scores(bundle: onnx_models.Bundle, graph_inputs: list[dict]) -> np.ndarray:
+    """onnxruntime on the graph exactly as exported, fed as its inputs declare."""
+    session = ort.InferenceSession(bundle.graph, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for spec in graph_inputs:
+        if spec["element_type"] == "string":
+            feeds[spec["name"]] = np.array(
+                [[row[f] for f in spec["features"]] for row in bundle.categories], dtype=object
+            )
+        else:
+            columns = [bundle.feature_names.index(f) for f in spec["features"]]
+            feeds[spec["name"]] = bundle.X[:, columns].astype(np.float32)
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, feeds), strict=True))
+    for value in outputs.values():
+        if isinstance(value, list):  # ZipMap: one {class: probability} per row
+            return np.array([[row[k] for k in sorted(row)] for row in value])
+    floats = [v for v in outputs.values() if np.asarray(v).dtype == np.float32]
+    return np.asarray(floats[-1], dtype=np.float64)
+
+
+async def test_each_libraries_graph_is_imported_gated_signed_and_served_exactly(topics, tmp_path):  # type: ignore[no-untyped-def]
+    base = topics
+    generate_keys(tmp_path / "keys")
+    keys = tmp_path / "keys"
+    bundles = _bundles()
+    for name, bundle in bundles.items():
+        regression = not bundle.classes
+        await define(
+            base,
+            name,
+            "REGRESSION" if regression else "MULTICLASS" if len(bundle.classes) > 2 else "BINARY",
+            feature_names=tuple(bundle.feature_names),
+            classes=tuple(bundle.classes),
+            thresholds={} if regression else {"min_accuracy": 0.8},
+        )
+        await produce_records(  # recent labelled data on `training`: the holdout gate's rows
+            base,
+            "training",
+            "TrainingExample",
+            [
+                {
+                    "model": name,
+                    "features": dict(zip(bundle.feature_names, row.tolist(), strict=True)),
+                    "label": float(label) if regression else label,
+                    "categories": bundle.categories[i] if bundle.categories else {},
+                }
+                for i, (row, label) in enumerate(zip(bundle.X[:300], bundle.y[:300], strict=True))
+            ],
+            key=lambda r: r["model"],
+        )
+    common = {
+        "bootstrap_servers": base.bootstrap,
+        "topic_prefix": base.topic_prefix,
+        "public_key_file": keys / "modelstream.pub",
+    }
+    public = load_public_key(keys / "modelstream.pub")
+    async with (
+        running(ValidatorApp(load(ValidatorSettings, **common))),
+        running(
+            PublisherApp(
+                load(PublisherSettings, **common, private_key_file=keys / "modelstream.key")
+            )
+        ),
+    ):
+        for name, bundle in bundles.items():
+            path = tmp_path / f"{name}.onnx"
+            path.write_bytes(bundle.graph)
+            imported = await cli(
+                base, keys, "models", "import", name, str(path), *_import_flags(name, bundle)
+            )
+            assert imported.returncode == 0, imported.stderr
+            assert "(onnx," in imported.stdout, imported.stdout
+        reports = decoded(
+            await consume_until(base, "validations", lambda r: len(r) >= len(bundles)),
+            "ValidationReport",
+        )
+        for report in reports:
+            assert report["passed"] and report["method"] == "holdout", report
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(await load_production(base, public)) < len(bundles):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.3)
+    production = await load_production(base, public)
+    assert all(production[n].signed and production[n].body["onnx"] for n in bundles)
+
+    # requests for every model, packed, and a batch the lookup graph fails on
+    requests, expected = [], {}
+    for name, bundle in bundles.items():
+        encoder = RequestEncoder(bundle.feature_names)
+        for i in range(len(bundle.X)):
+            rid = f"{name}-{i}"
+            categories = bundle.categories[i] if bundle.categories else None
+            requests.append(
+                (
+                    rid.encode(),
+                    encoder.encode(rid, name, bundle.X[i], packed=True, categories=categories),
+                )
+            )
+        expected[name] = _reference_scores(bundle, production[name].body["onnx"]["inputs"])
+    lookup = RequestEncoder(bundles["lookup"].feature_names)
+    poisoned = [
+        (f"bad-{i}".encode(), lookup.encode(f"bad-{i}", "lookup", [9.0, 0.0, 0.0], packed=True))
+        for i in range(5)
+    ]
+    answered = len(requests)
+    async with running(PredictorApp(load(PredictorSettings, **common))):
+        await produce(base, "requests", requests)
+        records = await consume_until(base, "predictions", lambda r: len(r) >= answered)
+        await produce(base, "requests", poisoned)  # Gather out of bounds at run time
+        dead = await consume_until(base, "deadletter", lambda r: len(r) >= len(poisoned))
+        again = [  # the lookup model still serves after its failure
+            (f"again-{i}".encode(), lookup.encode(f"again-{i}", "lookup", row, packed=True))
+            for i, row in enumerate(bundles["lookup"].X[:3])
+        ]
+        await produce(base, "requests", again)
+        records = await consume_until(base, "predictions", lambda r: len(r) >= answered + 3)
+    served = {p["request_id"]: p for p in decoded(records, "Prediction")}
+    assert len(served) == answered + 3 and not any(k.startswith("bad-") for k in served)
+    for name, bundle in bundles.items():
+        rows = [served[f"{name}-{i}"] for i in range(len(bundle.X))]
+        assert {p["version"] for p in rows} == {1}
+        if bundle.classes:
+            ours = np.array([[p["scores"][c] for c in bundle.classes] for p in rows])
+            predicted = [p["prediction"] for p in rows]
+            assert predicted == [bundle.classes[k] for k in ours.argmax(axis=1)]
+        else:
+            ours = np.array([p["prediction"] for p in rows])
+        np.testing.assert_allclose(ours, expected[name].reshape(ours.shape), atol=1e-5)
+    assert sorted(r.key for r in dead) == sorted(k for k, _ in poisoned)
+    assert {dict(r.headers)["reason"] for r in dead} == {b"model-failed"}
+
+    # export gives back the exact bytes that were imported
+    exported_path = tmp_path / "exported.onnx"
+    exported = await cli(base, keys, "models", "export", "pipeline", "-o", str(exported_path))
+    assert exported.returncode == 0, exported.stderr
+    assert exported_path.read_bytes() == bundles["pipeline"].graph
+
+
+async def test_unmappable_graph_is_refused_with_its_reason(topics, tmp_path):  # type: ignore[no-untyped-def]
+    mlp = onnx_models.mlp_graph()
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(mlp.graph)
+    refused = await run_cli(topics, "models", "import", "digits", str(path))
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "modelstream: error: output 'output' has 10 columns: pass --classes for a classifier "
+        "or --task regression\n"
+    )
+    image = tmp_path / "cnn.onnx"
+    image.write_bytes(_image_graph())
+    refused = await run_cli(topics, "models", "import", "cnn", str(image))
+    assert refused.returncode == 2
+    assert "input 'image' has shape [0, 3, 224, 224]" in refused.stderr or (
+        "only [batch, features] inputs can be mapped" in refused.stderr
+    ), refused.stderr
+    assert not await read_all(topics, "candidates")
+
+
+def _image_graph() -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0)],
+        "cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 3, 224, 224])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())

@@ -112,19 +112,33 @@ class ModelWatch:
         return self.body["version"] if self.body is not None else None
 
     # -- production changes ------------------------------------------------------------
-    def install(self, body: ModelBody, model: LinearModel) -> None:
-        """A new production version: the learner restarts from its weights."""
+    def install(self, body: ModelBody, model: LinearModel | None) -> None:
+        """A new production version. A linear one: the learner restarts from its weights
+        and features are compared with its training statistics. An imported graph
+        (``model`` None): a native learner starts from zero on the numeric features, a
+        challenger the gate compares with the graph on the same rows; feature drift has no
+        training statistics to compare with (error drift and rollback work as for any kind)."""
         self.body, self.model = body, model
-        self.learner = OnlineLearner.from_model(
-            model, body["lineage"]["example_count"], self.config.learning_rate, self.config.l2
-        )
-        self.feature_drift = FeatureDrift(
-            model.mean,
-            model.scale,
-            model.feature_names,
-            self.config.feature_drift_window,
-            self.config.feature_drift_threshold,
-        )
+        if model is not None:
+            self.learner = OnlineLearner.from_model(
+                model, body["lineage"]["example_count"], self.config.learning_rate, self.config.l2
+            )
+            self.feature_drift = FeatureDrift(
+                model.mean,
+                model.scale,
+                model.feature_names,
+                self.config.feature_drift_window,
+                self.config.feature_drift_threshold,
+            )
+        else:
+            self.learner = OnlineLearner(
+                Task(body["task"]),
+                body["feature_names"],
+                body["classes"],
+                self.config.learning_rate,
+                self.config.l2,
+            )
+            self.feature_drift = None
         self.feedback_ranges.clear()
         self.learned_since_export = 0
         self.paired.clear()
@@ -137,7 +151,7 @@ class ModelWatch:
     def observe(self, labels: Sequence[Labelled], now_ms: int) -> Decisions:
         out = Decisions()
         self.joined_total += len(labels)
-        if self.body is None or self.model is None or not labels:
+        if self.body is None or self.learner is None or not labels:
             out.usable = list(labels)
             return out
         task, classes = self.body["task"], self.body["classes"]
@@ -188,7 +202,9 @@ class ModelWatch:
         return out
 
     def _drift_in_features(self, X: np.ndarray, out: Decisions) -> None:
-        assert self.feature_drift is not None and self.body is not None
+        assert self.body is not None
+        if self.feature_drift is None:
+            return
         shifted = self.feature_drift.update_many(X)
         if shifted:
             self.feature_drift.reset()  # one event per window, not one per batch
