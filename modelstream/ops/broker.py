@@ -370,15 +370,21 @@ class EmbeddedCluster:
 
     def stop(self) -> list[Node]:
         """Stop every running node (SIGTERM: controlled shutdown; SIGKILL after a timeout)."""
-        stopped = []
-        for node in reversed(self.nodes):
+        running: list[tuple[Node, int]] = []
+        for node in self.nodes:
             pid = node.pid()
             if pid is None:
                 node.pid_file.unlink(missing_ok=True)
                 continue
+            running.append((node, pid))
+        # All at once: stopped one after the other, the last controller of a 3-node quorum
+        # has no majority left and its controlled shutdown waits out the timeout.
+        for _, pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for node, pid in running:
             stop_node_process(node, pid)
-            stopped.append(node)
-        return stopped
+        return [node for node, _ in running]
 
     def kill_node(self, node_id: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to one node (fault tests)."""

@@ -14,12 +14,18 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from modelstream.contracts.records import ValidationReport
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import ModelArtifact, ValidationReport
+from modelstream.kafka.clients import make_producer
 from modelstream.kafka.topology import create_topics, describe_topics
 from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
-from modelstream.registry.artifact import generate_keys
+from modelstream.registry.artifact import generate_keys, load_private_key, load_public_key
+from modelstream.registry.follower import load_production
+from modelstream.registry.onnx_model import describe, onnx_candidate
 from modelstream.settings import load
-from tests.support.models import BC, publish, requests_for, trained_body
+from tests.support import onnx_models
+from tests.support.helpers import eventually
+from tests.support.models import BC, publish, publishable, requests_for, trained_body
 from tests.support.ports import free_port_block
 
 pytestmark = pytest.mark.faults
@@ -366,3 +372,37 @@ async def test_monitor_kill_9_on_the_cluster_loses_no_label(cluster, tmp_path): 
         settings, tmp_path / "keys", tmp_path, n=50_000, per_s=5000
     )
     print(f"monitor SIGKILL on 3 brokers: {counts}")
+
+
+async def test_a_100_mib_artifact_replicates_to_every_broker_and_verifies(cluster, tmp_path):  # type: ignore[no-untyped-def]
+    """The largest artifacts are written with acks=all to 3 replicas (min ISR 2): every
+    broker's log holds the whole record, and it reads back and verifies."""
+    settings = load(
+        bootstrap_servers=cluster.bootstrap,
+        topic_prefix=f"big{uuid.uuid4().hex[:6]}.",
+        replication_factor=3,
+    )
+    await create_topics(settings)
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    bundle = onnx_models.lookup_graph(100)
+    body = onnx_candidate("large", describe(bundle.graph, features=bundle.feature_names))
+    artifact = publishable(body, 1, None, load_private_key(keys / "modelstream.key"), None)
+    value = default_codec().encode(ModelArtifact, artifact)
+    assert len(value) > 100 * 2**20
+    async with make_producer(settings) as producer:  # acks=all, as the publisher writes
+        sent = await producer.send_and_wait(settings.topic("models"), key=b"large", value=value)
+    folder = f"{settings.topic('models')}-{sent.partition}"
+
+    def replicated() -> bool:
+        sizes = [
+            sum(f.stat().st_size for f in (node.data_dir / folder).glob("*.log"))
+            for node in cluster.nodes
+        ]
+        return all(size > len(value) for size in sizes)
+
+    await eventually(replicated, 60, "the artifact on all three brokers")
+    public = load_public_key(keys / "modelstream.pub")
+    production = await load_production(settings, public)
+    assert production["large"].signed and production["large"].digest == artifact["digest"]
+    assert production["large"].body["onnx"]["graph"] == bundle.graph

@@ -4,6 +4,8 @@ and the served model exported to ONNX scores like the predictor in onnxruntime."
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from modelstream.contracts.client import RequestEncoder
 from modelstream.registry.artifact import generate_keys, load_public_key
 from modelstream.registry.follower import load_production
+from modelstream.registry.onnx_model import describe, onnx_candidate
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.app import PublisherApp
@@ -33,7 +36,7 @@ from tests.support.helpers import (
     run_cli,
     running,
 )
-from tests.support.models import dataset
+from tests.support.models import dataset, predictor_settings, publish
 
 BC = "breast-cancer"
 
@@ -324,3 +327,90 @@ def _image_graph() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return bytes(model.SerializeToString())
+
+
+# -- large artifacts ---------------------------------------------------------------------------
+def _graph_body(name: str, bundle: onnx_models.Bundle):  # type: ignore[no-untyped-def]
+    signature = describe(bundle.graph, features=bundle.feature_names)
+    return onnx_candidate(name, signature)
+
+
+async def test_a_100_mib_graph_publishes_verifies_and_hot_swaps_under_load(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    small, large = onnx_models.lookup_graph(0.001), onnx_models.lookup_graph(100, seed=7)
+    assert len(large.graph) > 100 * 2**20
+    name, chunk = "lookup", 250
+    await publish(base, keys, _graph_body(name, small), 1)
+    encoder = RequestEncoder(small.feature_names)
+    rows = np.column_stack([np.arange(40_000) % 4, np.ones((40_000, 2))])
+    sent = 0
+
+    async def load(chunks: int) -> None:
+        nonlocal sent
+        for _ in range(chunks):
+            batch = [
+                (f"r-{i}".encode(), encoder.encode(f"r-{i}", name, rows[i], packed=True))
+                for i in range(sent, sent + chunk)
+            ]
+            await produce(base, "requests", batch)
+            sent += chunk
+            await asyncio.sleep(0.05)
+
+    async with running(app := PredictorApp(predictor_settings(base, keys))):
+        await load(8)
+        swapped_at = time.time()
+        publishing = asyncio.create_task(publish(base, keys, _graph_body(name, large), 2))
+        deadline = time.monotonic() + 90
+        while app.logic.production.get(name) != 2:  # load goes on while v2 travels
+            assert time.monotonic() < deadline, "v2 was never installed"
+            await load(1)
+        v2 = await publishing
+        await load(8)
+        records = await consume_until(base, "predictions", lambda r: len(r) >= sent, timeout_s=120)
+    counts = Counter(r.key for r in records)
+    assert len(counts) == sent and max(counts.values()) == 1  # nothing lost, nothing twice
+    predictions = decoded(records, "Prediction")
+    assert {p["digest_prefix"] for p in predictions if p["version"] == 2} == {v2["digest"][:12]}
+    by_time = sorted((p["predicted_at_ms"], p["request_id"], p["version"]) for p in predictions)
+    versions = [v for _, _, v in by_time]
+    first = versions.index(2)
+    assert set(versions[:first]) == {1} and set(versions[first:]) == {2}  # one switch
+    table = {1: small, 2: large}
+    values = {v: _lookup_values(table[v], rows[:4]) for v in table}
+    for p in predictions:  # each answer is its version's graph's value for that row
+        i = int(p["request_id"][2:])
+        assert abs(p["prediction"] - values[p["version"]][i % 4]) < 1e-4
+    swap_s = by_time[first][0] / 1000 - swapped_at
+    print(f"\n100 MiB artifact: first prediction by it {swap_s:.2f} s after publishing")
+
+
+def _lookup_values(bundle: onnx_models.Bundle, rows: np.ndarray) -> list[float]:
+    session = ort.InferenceSession(bundle.graph, providers=["CPUExecutionProvider"])
+    (values,) = session.run(None, {"x": rows.astype(np.float32)})
+    return [float(v) for v in values]
+
+
+async def test_a_graph_with_one_flipped_byte_is_never_served(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    bundle = onnx_models.lightgbm_model()
+    name = "wine"
+    signature = describe(bundle.graph, features=bundle.feature_names)
+    v1 = await publish(base, keys, onnx_candidate(name, signature), 1)
+    tampered = dict(onnx_candidate(name, signature))
+    await publish(base, keys, tampered, 2, tamper_bytes=bundle.graph[1000:1064])
+    encoder = RequestEncoder(bundle.feature_names)
+    async with running(app := PredictorApp(predictor_settings(base, keys))):
+        await produce(
+            base,
+            "requests",
+            [
+                (f"w{i}".encode(), encoder.encode(f"w{i}", name, bundle.X[i], packed=True))
+                for i in range(50)
+            ],
+        )
+        records = await consume_until(base, "predictions", lambda r: len(r) >= 50)
+        assert app.logic.production[name] == 1 and 2 not in app.logic.versions[name]
+    served = decoded(records, "Prediction")
+    assert {(p["version"], p["digest_prefix"]) for p in served} == {(1, v1["digest"][:12])}
+    audit = decoded(await consume_until(base, "audit", lambda r: len(r) >= 1), "AuditEvent")
+    assert any(e["event"] == "artifact_refused" and "digest mismatch" in e["reason"] for e in audit)

@@ -19,6 +19,7 @@ from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import RECORD_TYPES, Action, Task
+from modelstream.kafka.clients import ARTIFACT_REQUEST_BYTES
 from modelstream.kafka.control import send_command
 from modelstream.runner import Service
 from modelstream.settings import Settings, load
@@ -52,7 +53,11 @@ def _report_crash(task: asyncio.Task) -> None:  # type: ignore[type-arg]
 async def produce(
     settings: Settings, topic: str, items: Iterable[tuple[bytes | None, bytes]]
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        linger_ms=5,
+        max_request_size=ARTIFACT_REQUEST_BYTES,  # artifacts, as the publisher writes them
+    )
     await producer.start()
     try:
         futures = [await producer.send(settings.topic(topic), value=v, key=k) for k, v in items]

@@ -48,6 +48,7 @@ async def publish(
     version: int,
     *,
     tamper: bool = False,
+    tamper_bytes: bytes | None = None,
     data_key: tuple[bytes, str] | None = None,
     production: bool = True,
 ) -> dict[str, Any]:
@@ -56,9 +57,10 @@ async def publish(
         body, version, version - 1 or None, load_private_key(keys / "modelstream.key"), data_key
     )
     value = default_codec().encode(ModelArtifact, artifact)
-    if tamper:  # flip one bit inside the weight bytes; digest and signature stay as signed
-        weights = artifact["body"]["weights"]["data"]
-        at = value.index(weights) + len(weights) // 2
+    if tamper or tamper_bytes:  # flip one bit inside the weights (or the given bytes, of a
+        # graph); digest and signature stay as signed
+        inside = tamper_bytes or artifact["body"]["weights"]["data"]
+        at = value.index(inside) + len(inside) // 2
         value = value[:at] + bytes([value[at] ^ 0x01]) + value[at + 1 :]
     name = body["name"]
     await produce(settings, "model-history", [(history_key(name, version), value)])

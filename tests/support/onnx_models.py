@@ -198,13 +198,20 @@ def _train_mlp(
             biases[i] -= 0.5 * gb.astype(np.float32)
 
 
-def failing_graph(features: int = 3) -> Bundle:
-    """A regression graph that fails at run time for some inputs: it looks a value up in a
-    4-entry table with an index taken from the first feature (Gather out of bounds when
-    that feature is >= 4 or negative)."""
-    import onnx
+def failing_graph() -> Bundle:
+    """A regression graph that fails at run time for some inputs: its 4-entry lookup table
+    is indexed by the first feature (Gather out of bounds when that is >= 4 or < -4)."""
+    return lookup_graph(0.0)
+
+
+def lookup_graph(megabytes: float, features: int = 3, seed: int = 0) -> Bundle:
+    """A regression graph carrying a table of ``megabytes`` of float32 (the size of a large
+    tree ensemble or network): the value is the table entry indexed by the first feature
+    (0..3) plus the sum of the features, so scoring stays cheap whatever the size."""
     from onnx import TensorProto, helper, numpy_helper
 
+    entries = max(4, int(megabytes * 2**20 / 4))
+    table = np.random.default_rng(seed).normal(size=entries).astype(np.float32)
     nodes = [
         helper.make_node("Slice", ["x", "start", "end", "axis"], ["first"]),
         helper.make_node("Cast", ["first"], ["index"], to=TensorProto.INT64),
@@ -217,19 +224,19 @@ def failing_graph(features: int = 3) -> Bundle:
         numpy_helper.from_array(np.array([0], dtype=np.int64), "start"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "end"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
-        numpy_helper.from_array(np.array([0.0, 10.0, 20.0, 30.0], dtype=np.float32), "table"),
+        numpy_helper.from_array(table, "table"),
     ]
     graph = helper.make_graph(
         nodes,
-        "lookup",
+        "large_lookup",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, features])],
         [helper.make_tensor_value_info("value", TensorProto.FLOAT, [None])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.checker.check_model(model)
-    rng = np.random.default_rng(1)
-    X = np.column_stack([rng.integers(0, 4, 200), rng.normal(size=(200, features - 1))])
+    rng = np.random.default_rng(seed + 1)
+    X = np.column_stack([rng.integers(0, 4, 500), rng.normal(size=(500, features - 1))])
+    y = table[X[:, 0].astype(int)] + X.sum(axis=1)
     names = [f"x{i}" for i in range(features)]
-    return Bundle(model.SerializeToString(), X, [f"{v}" for v in X.sum(axis=1)], names, [])
+    return Bundle(model.SerializeToString(), X, [str(v) for v in y], names, [])
