@@ -9,6 +9,7 @@ from collections import Counter
 
 import numpy as np
 import onnxruntime as ort
+from river import datasets
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -18,6 +19,8 @@ from modelstream.contracts.client import RequestEncoder
 from modelstream.registry.artifact import generate_keys, load_public_key
 from modelstream.registry.follower import load_production
 from modelstream.registry.onnx_model import describe, onnx_candidate
+from modelstream.services.monitor.app import MonitorApp
+from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.app import PublisherApp
@@ -30,13 +33,15 @@ from tests.support.helpers import (
     consume_until,
     decoded,
     define,
+    eventually,
     produce,
     produce_records,
     read_all,
     run_cli,
     running,
+    service_settings,
 )
-from tests.support.models import dataset, predictor_settings, publish
+from tests.support.models import dataset, feedback_records, predictor_settings, publish
 
 BC = "breast-cancer"
 
@@ -414,3 +419,127 @@ async def test_a_graph_with_one_flipped_byte_is_never_served(topics, keys):  # t
     assert {(p["version"], p["digest_prefix"]) for p in served} == {(1, v1["digest"][:12])}
     audit = decoded(await consume_until(base, "audit", lambda r: len(r) >= 1), "AuditEvent")
     assert any(e["event"] == "artifact_refused" and "digest mismatch" in e["reason"] for e in audit)
+
+
+# -- the monitor's native challenger of an imported champion ---------------------------------
+SEA_NAMES = ["x0", "x1", "x2"]
+
+
+def _sea(variant: int, seed: int, n: int) -> tuple[np.ndarray, list[str]]:
+    rows = list(datasets.synth.SEA(variant=variant, seed=seed).take(n))
+    return np.array([[x[0], x[1], x[2]] for x, _ in rows]), [str(int(y)) for _, y in rows]
+
+
+async def test_an_imported_champion_is_challenged_by_the_monitors_native_learner(
+    topics, keys, tmp_path
+):  # type: ignore[no-untyped-def]
+    """XGBoost trained on SEA concept 0 is imported and published; the stream moves to
+    concept 3; the monitor learns a native challenger from zero on the labelled stream and
+    exports it; the gate compares it with the imported graph on the same held-out rows."""
+    import xgboost
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    base, name = topics, "sea-xgb"
+    X_train, y_train = _sea(0, 1, 2000)
+    await define(
+        base,
+        name,
+        "BINARY",
+        feature_names=tuple(SEA_NAMES),
+        classes=("0", "1"),
+        tolerance=0.01,
+    )
+    await produce_records(
+        base,
+        "training",
+        "TrainingExample",
+        [
+            {
+                "model": name,
+                "features": dict(zip(SEA_NAMES, row.tolist(), strict=True)),
+                "label": label,
+                "example_id": f"e{i}",
+            }
+            for i, (row, label) in enumerate(zip(X_train, y_train, strict=True))
+        ],
+        key=lambda r: r["model"],
+    )
+    booster = xgboost.XGBClassifier(n_estimators=40, max_depth=4, n_jobs=1, random_state=0)
+    booster.fit(X_train, np.array(y_train, dtype=int))
+    graph = convert_xgboost(
+        booster, initial_types=[("features", FloatTensorType([None, 3]))], target_opset=15
+    )
+    path = tmp_path / "sea.onnx"
+    path.write_bytes(graph.SerializeToString())
+    validator_settings = service_settings(ValidatorSettings, base, keys, holdout_size=300)
+    async with (
+        running(ValidatorApp(validator_settings)),
+        running(PublisherApp(service_settings(PublisherSettings, base, keys))),
+    ):
+        imported = await cli(
+            base, keys, "models", "import", name, str(path), "--features", ",".join(SEA_NAMES)
+        )
+        assert imported.returncode == 0, imported.stderr
+        await consume_until(base, "models", lambda r: len(r) >= 1, timeout_s=60)
+
+    monitor = MonitorApp(
+        service_settings(
+            MonitorSettings,
+            base,
+            keys,
+            export_every_labels=400,
+            export_min_labels=200,
+            export_min_gain=0.01,
+            online_learning_rate=0.03,
+            monitor_batch_max_records=500,
+        )
+    )
+    X, y = _sea(3, 3, 6000)
+    encoder = RequestEncoder(SEA_NAMES)
+
+    async with (
+        running(ValidatorApp(validator_settings)),
+        running(PublisherApp(service_settings(PublisherSettings, base, keys))),
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))),
+        running(monitor),
+    ):
+        chunk = 500
+        for start in range(0, len(y), chunk):
+            ids = [f"s-{i}" for i in range(start, start + chunk)]
+            await produce(
+                base,
+                "requests",
+                [
+                    (rid.encode(), encoder.encode(rid, name, X[i], packed=True))
+                    for rid, i in zip(ids, range(start, start + chunk), strict=True)
+                ],
+            )
+            labelled = list(zip(ids, y[start : start + chunk], strict=True))
+            await produce(base, "feedback", feedback_records(name, labelled))
+            await eventually(
+                lambda n=start + chunk: monitor.joined_total(name) >= n, 60, "labels not joined"
+            )
+        reports = decoded(
+            await consume_until(
+                base,
+                "validations",
+                lambda r: any(v["champion_version"] == 1 for v in decoded(r, "ValidationReport")),
+                timeout_s=90,
+            ),
+            "ValidationReport",
+        )
+    judged = [r for r in reports if r["champion_version"] == 1]
+    assert judged and judged[0]["method"] == "holdout"
+    challenge = judged[0]
+    assert challenge["champion_metrics"].get("fresh_examples", 0) >= 30, challenge
+    candidate = challenge["artifact"]
+    print(
+        f"\nimported XGBoost v1 vs the monitor's native challenger on the same rows: "
+        f"{challenge['champion_metrics'].get('accuracy_mean')} vs "
+        f"{challenge['metrics'].get('accuracy_mean')}; passed={challenge['passed']}"
+    )
+    assert challenge["passed"], challenge["reasons"]  # concept 3 favours the learner
+    assert candidate["body"]["onnx"] is None  # a native (linear) candidate
+    assert candidate["body"]["lineage"]["origin"] == "ONLINE"
+    assert candidate["body"]["parent_version"] == 1
