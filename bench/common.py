@@ -25,6 +25,7 @@ from modelstream.cli.common import SERVICES
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import ModelArtifact
+from modelstream.kafka.clients import ARTIFACT_REQUEST_BYTES
 from modelstream.kafka.topology import create_topics
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
@@ -212,7 +213,9 @@ async def publish(settings: Settings, keys: Path, body: dict[str, Any], version:
 
     artifact = publishable(body, version, None, load_private_key(keys / "modelstream.key"), None)
     value = default_codec().encode(ModelArtifact, artifact)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap, max_request_size=ARTIFACT_REQUEST_BYTES
+    )
     await producer.start()
     try:
         await producer.send_and_wait(
