@@ -36,14 +36,25 @@ def _breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return data.data.astype(np.float64), data.target, names
 
 
-def xgboost_model(trees: int = 30, depth: int = 4, features: int = 30) -> Bundle:
-    """Binary gradient-boosted trees (xgboost-cpu) converted by onnxmltools."""
+def xgboost_model(
+    trees: int = 30, depth: int = 4, features: int = 30, rows: int | None = None
+) -> Bundle:
+    """Binary gradient-boosted trees (xgboost-cpu) converted by onnxmltools: on
+    breast-cancer, or with ``rows`` on a noisy synthetic set large enough that every tree
+    grows to its full depth (the size of a production ensemble)."""
     import xgboost
     from onnxmltools import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    X, y, _ = _breast_cancer()
-    X = X[:, :features]
+    if rows is None:
+        X, y, _ = _breast_cancer()
+        X = X[:, :features]
+    else:
+        from sklearn.datasets import make_classification
+
+        X, y = make_classification(
+            n_samples=rows, n_features=features, n_informative=12, flip_y=0.1, random_state=0
+        )
     model = xgboost.XGBClassifier(n_estimators=trees, max_depth=depth, n_jobs=1, random_state=0)
     model.fit(X, y)
     onx = convert_xgboost(
