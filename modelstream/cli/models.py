@@ -263,6 +263,7 @@ def export(
     """Write a published version as ONNX: a linear one as a standard graph (opset 17), an
     imported one as the exact bytes that were imported."""
     from modelstream.learn.linear import LinearModel
+    from modelstream.learn.mlp import MLPModel
     from modelstream.registry.onnx_interop import export_onnx
 
     if fmt != "onnx":
@@ -279,7 +280,7 @@ def export(
             raise ArtifactVerificationError("the graph does not match its recorded SHA-256")
         output.write_bytes(graph)
     else:
-        model = LinearModel.from_body(body)
+        model = MLPModel.from_body(body) if body["layers"] else LinearModel.from_body(body)
         output.write_bytes(
             export_onnx(model, name=name, version=body["version"], digest=artifact["digest"])
         )

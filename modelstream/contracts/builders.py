@@ -15,6 +15,7 @@ from modelstream.contracts.records import (
     Action,
     AuditEvent,
     Command,
+    DenseLayer,
     Lineage,
     ModelBody,
     OffsetRange,
@@ -102,6 +103,7 @@ def training_config(
     l2_grid: Sequence[float] = (),
     l2_grid_scores: Sequence[float] = (),
     epochs_run: int = 0,
+    hidden: Sequence[int] = (),
 ) -> TrainingConfig:
     """How a candidate was made; what an algorithm does not use stays zero or empty."""
     return {
@@ -118,6 +120,7 @@ def training_config(
         "l2_grid": list(l2_grid),
         "l2_grid_scores": list(l2_grid_scores),
         "epochs_run": epochs_run,
+        "hidden": list(hidden),
     }
 
 
@@ -139,6 +142,7 @@ def candidate_body(
     created_by: str,
     created_at_ms: int | None = None,
     onnx: OnnxGraph | None = None,
+    layers: Sequence[DenseLayer] | None = None,
 ) -> ModelBody:
     """An unpublished model: version 0, stage CANDIDATE, never encrypted (the publisher
     encrypts), to be sealed with a digest and sent to ``candidates``."""
@@ -161,4 +165,5 @@ def candidate_body(
         "created_by": created_by,
         "encryption": None,
         "onnx": onnx,
+        "layers": list(layers) if layers is not None else None,
     }

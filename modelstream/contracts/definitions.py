@@ -21,6 +21,10 @@ MAX_FEATURES = 100_000
 MAX_REQUEST_ID = 256
 MAX_NAME = 255  # model, feature and class names: Kafka keys, metric labels, JSON keys
 MAX_WINDOW = 10_000_000
+FAMILIES = ("linear", "mlp")  # what the trainer makes
+MAX_HIDDEN_LAYERS = 8
+MAX_HIDDEN_UNITS = 4096
+DEFAULT_HIDDEN: tuple[int, ...] = (64,)
 # Labelled examples the monitor writes to ``training`` carry this example-id prefix. One in
 # ONLINE_HOLDOUT_MODULUS of them is never learned online, so the validator can judge
 # online-learned candidates on rows they have not seen.
@@ -44,6 +48,8 @@ class Definition:
     tolerance: float = 0.01
     l2_grid: tuple[float, ...] = ()
     seed: int = 0
+    family: str = "linear"
+    hidden: tuple[int, ...] = ()
 
     @classmethod
     def from_command(cls, command: Command) -> Definition:
@@ -63,6 +69,8 @@ class Definition:
             tolerance=d["tolerance"],
             l2_grid=tuple(d["l2_grid"]),
             seed=d["seed"],
+            family=d.get("family", "linear"),
+            hidden=tuple(d.get("hidden", ())),
         )
         definition.check()
         return definition
@@ -99,6 +107,16 @@ class Definition:
             problems.append("retrain_every and tolerance must be >= 0")
         if any(v <= 0 for v in self.l2_grid):
             problems.append("l2_grid values must be > 0")
+        if self.family not in FAMILIES:
+            problems.append(f"family must be one of {list(FAMILIES)}")
+        if self.hidden and self.family != "mlp":
+            problems.append("hidden layer sizes are for the mlp family")
+        if len(self.hidden) > MAX_HIDDEN_LAYERS or any(
+            not 1 <= h <= MAX_HIDDEN_UNITS for h in self.hidden
+        ):
+            problems.append(
+                f"at most {MAX_HIDDEN_LAYERS} hidden layers of 1..{MAX_HIDDEN_UNITS} units"
+            )
         for key in self.thresholds:
             if not key.startswith(("min_", "max_")):
                 problems.append(f"threshold {key!r} must start with min_ or max_")
@@ -118,6 +136,8 @@ class Definition:
             "tolerance": self.tolerance,
             "l2_grid": list(self.l2_grid),
             "seed": self.seed,
+            "family": self.family,
+            "hidden": list(self.hidden),
         }
 
     def fixed(self, feature_names: Sequence[str], classes: Sequence[str]) -> Definition:

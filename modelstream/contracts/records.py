@@ -66,6 +66,7 @@ class TrainingConfig(TypedDict):
     l2_grid: list[float]
     l2_grid_scores: list[float]
     epochs_run: int
+    hidden: list[int]
 
 
 class OffsetRange(TypedDict):
@@ -101,6 +102,11 @@ class OnnxGraph(TypedDict):
     zipmap_input: str | None
 
 
+class DenseLayer(TypedDict):
+    weights: Tensor
+    biases: Tensor
+
+
 class ModelBody(TypedDict):
     name: str
     version: int
@@ -119,7 +125,8 @@ class ModelBody(TypedDict):
     created_at_ms: int
     created_by: str
     encryption: Encryption | None
-    onnx: OnnxGraph | None  # an imported ONNX model; None for the linear families
+    onnx: OnnxGraph | None  # an imported ONNX model; None for the native families
+    layers: list[DenseLayer] | None  # a multilayer perceptron; None for the others
 
 
 class ModelArtifact(TypedDict):
@@ -167,6 +174,8 @@ class ModelDefinition(TypedDict):
     tolerance: float
     l2_grid: list[float]
     seed: int
+    family: NotRequired[str]
+    hidden: NotRequired[list[int]]
 
 
 class TrafficSplit(TypedDict):

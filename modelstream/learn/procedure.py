@@ -16,6 +16,7 @@ from modelstream.contracts.records import Task
 from modelstream.learn.cv import folds_for
 from modelstream.learn.linear import LinearModel, standardization
 from modelstream.learn.metrics import PRIMARY, evaluate
+from modelstream.learn.mlp import MLPModel, fit_mlp, fit_mlp_grid
 from modelstream.learn.sgd import GDConfig, fit_linear, fit_linear_grid
 
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -27,9 +28,12 @@ class Scores(Protocol):
     def output(self, X: np.ndarray) -> np.ndarray: ...
 
 
+Model = LinearModel | MLPModel
+
+
 @dataclass(frozen=True)
 class TrainedModel:
-    model: LinearModel
+    model: Model
     config: GDConfig
     epochs_run: int
     l2_grid: tuple[float, ...]
@@ -45,10 +49,16 @@ def fit_fixed(
     feature_names: Sequence[str],
     classes: Sequence[str],
     config: GDConfig,
-) -> tuple[LinearModel, int]:
-    """Standardize on ``X`` and fit with the given hyperparameters (no search)."""
+) -> tuple[Model, int]:
+    """Standardize on ``X`` and fit with the given hyperparameters (no search); a network
+    when ``config.hidden`` names hidden layers, else the linear family."""
     mean, scale = standardization(X)
-    fit = fit_linear((X - mean) / scale, y, task, len(classes), config)
+    Z = (X - mean) / scale
+    if config.hidden:
+        net = fit_mlp(Z, y, task, len(classes), config)
+        mlp = MLPModel(task, list(feature_names), list(classes), net.layers, mean, scale)
+        return mlp, net.epochs_run
+    fit = fit_linear(Z, y, task, len(classes), config)
     model = LinearModel(task, list(feature_names), list(classes), fit.W, fit.b, mean, scale)
     return model, fit.epochs_run
 
@@ -75,11 +85,15 @@ def search_l2(
     fold_scores = np.zeros((len(folds), len(grid)))
     for f, (train_idx, test_idx) in enumerate(folds):
         mean, scale = standardization(X[train_idx])
-        fits = fit_linear_grid(
-            (X[train_idx] - mean) / scale, y[train_idx], task, n_classes, config, tuple(grid)
-        )
-        for g, fit in enumerate(fits):
-            model = LinearModel(task, [], [], fit.W, fit.b, mean, scale)
+        Z = (X[train_idx] - mean) / scale
+        models: list[Model]
+        if config.hidden:
+            nets = fit_mlp_grid(Z, y[train_idx], task, n_classes, config, tuple(grid))
+            models = [MLPModel(task, [], [], net.layers, mean, scale) for net in nets]
+        else:
+            fits = fit_linear_grid(Z, y[train_idx], task, n_classes, config, tuple(grid))
+            models = [LinearModel(task, [], [], fit.W, fit.b, mean, scale) for fit in fits]
+        for g, model in enumerate(models):
             fold_scores[f, g] = primary_score(task, y[test_idx], model.output(X[test_idx]))
     scores = tuple(float(v) for v in fold_scores.mean(axis=0))
     best = max(range(len(grid)), key=lambda i: (round(scores[i], 12), grid[i]))

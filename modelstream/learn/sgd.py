@@ -33,6 +33,7 @@ class GDConfig:
     validation_fraction: float = 0.1
     tolerance: float = 1e-5
     seed: int = 0
+    hidden: tuple[int, ...] = ()  # hidden layer sizes: a multilayer perceptron (learn/mlp.py)
 
     def with_l2(self, l2: float) -> GDConfig:
         return replace(self, l2=l2)

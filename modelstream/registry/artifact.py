@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelstream.contracts.codec import AvroCodec, default_codec
 from modelstream.contracts.limits import INTERNAL
-from modelstream.contracts.records import ModelArtifact, ModelBody, Tensor
+from modelstream.contracts.records import DenseLayer, ModelArtifact, ModelBody, Tensor
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 
 SIGNATURE_CONTEXT = b"modelstream-artifact-v1:"
@@ -216,6 +217,11 @@ def encrypt_tensors(body: ModelBody, data_key: bytes, data_key_id: str) -> Model
         aad = f"{body['name']}:onnx".encode()
         graph["graph"] = aes.encrypt(_nonce(base, len(TENSOR_FIELDS)), graph["graph"], aad)
         out["onnx"] = graph
+    if body.get("layers"):
+        out["layers"] = [
+            _layer(layer, lambda i, data, aad: aes.encrypt(_nonce(base, i), data, aad), body, j)
+            for j, layer in enumerate(body["layers"] or [])
+        ]
     out["encryption"] = {"algorithm": "AES-256-GCM", "key_id": data_key_id, "nonce": base}
     return out
 
@@ -251,5 +257,29 @@ def decrypt_tensors(body: ModelBody, data_key: bytes | None) -> ModelBody:
                 "the graph does not decrypt with the data key"
             ) from None
         out["onnx"] = graph
+    if body.get("layers"):
+        nonce = encryption["nonce"]
+        try:
+            out["layers"] = [
+                _layer(
+                    layer, lambda i, data, aad: aes.decrypt(_nonce(nonce, i), data, aad), body, j
+                )
+                for j, layer in enumerate(body["layers"] or [])
+            ]
+        except InvalidTag:
+            raise ArtifactVerificationError("layers do not decrypt with the data key") from None
     out["encryption"] = None
     return out
+
+
+def _layer(
+    layer: DenseLayer, cipher: Callable[[int, bytes, bytes], bytes], body: ModelBody, j: int
+) -> DenseLayer:
+    """One dense layer with both tensors through ``cipher`` (nonces after the fixed
+    fields and the graph: 5 + 2j for the weights, 6 + 2j for the biases)."""
+    weights, biases = layer["weights"].copy(), layer["biases"].copy()
+    name = body["name"]
+    at = len(TENSOR_FIELDS) + 1 + 2 * j
+    weights["data"] = cipher(at, weights["data"], f"{name}:layers.{j}.weights".encode())
+    biases["data"] = cipher(at + 1, biases["data"], f"{name}:layers.{j}.biases".encode())
+    return {"weights": weights, "biases": biases}

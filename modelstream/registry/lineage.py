@@ -61,6 +61,7 @@ def config_from_record(training: Mapping[str, Any]) -> GDConfig:
         patience=training["patience"],
         validation_fraction=training["validation_fraction"],
         seed=training["seed"],
+        hidden=tuple(training.get("hidden", ())),
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from modelstream.contracts.records import Task
 from modelstream.errors import ModelstreamError
 from modelstream.learn.linear import LinearModel
+from modelstream.learn.mlp import MLPModel
 
 OPSET = 17
 ML_OPSET = 1
@@ -34,8 +35,9 @@ class UnsupportedModelError(ModelstreamError):
     reason = "unsupported-onnx"
 
 
-def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> bytes:
-    """Serialized ONNX model of ``model``."""
+def export_onnx(model: LinearModel | MLPModel, *, name: str, version: int, digest: str) -> bytes:
+    """Serialized ONNX model of ``model`` (a network: one MatMul + Add per layer, Relu
+    between them)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -44,15 +46,38 @@ def export_onnx(model: LinearModel, *, name: str, version: int, digest: str) -> 
     inits = [
         numpy_helper.from_array(model.mean.astype(f32), "feature_mean"),
         numpy_helper.from_array(model.scale.astype(f32), "feature_scale"),
-        numpy_helper.from_array(model.W.astype(f32), "weights"),
-        numpy_helper.from_array(model.b.astype(f32), "intercepts"),
     ]
     nodes = [
         helper.make_node("Sub", ["features", "feature_mean"], ["centered"]),
         helper.make_node("Div", ["centered", "feature_scale"], ["standardized"]),
-        helper.make_node("MatMul", ["standardized", "weights"], ["product"]),
-        helper.make_node("Add", ["product", "intercepts"], ["linear"]),
     ]
+    if isinstance(model, MLPModel):
+        current = "standardized"
+        for i, (W, b) in enumerate(model.layers):
+            inits += [
+                numpy_helper.from_array(W.astype(f32), f"layers.{i}.weights"),
+                numpy_helper.from_array(b.astype(f32), f"layers.{i}.biases"),
+            ]
+            last = i == len(model.layers) - 1
+            out = "linear" if last else f"layers.{i}.output"
+            nodes += [
+                helper.make_node(
+                    "MatMul", [current, f"layers.{i}.weights"], [f"layers.{i}.product"]
+                ),
+                helper.make_node("Add", [f"layers.{i}.product", f"layers.{i}.biases"], [out]),
+            ]
+            if not last:
+                nodes.append(helper.make_node("Relu", [out], [f"layers.{i}.relu"]))
+                current = f"layers.{i}.relu"
+    else:
+        inits += [
+            numpy_helper.from_array(model.W.astype(f32), "weights"),
+            numpy_helper.from_array(model.b.astype(f32), "intercepts"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", ["standardized", "weights"], ["product"]),
+            helper.make_node("Add", ["product", "intercepts"], ["linear"]),
+        ]
     if model.task == Task.BINARY:
         inits.append(numpy_helper.from_array(np.array([1.0], dtype=f32), "one"))
         nodes += [

@@ -15,6 +15,7 @@ import numpy as np
 
 from modelstream.contracts.records import ModelBody, Task
 from modelstream.learn.linear import LinearModel
+from modelstream.learn.mlp import MLPModel
 from modelstream.registry.onnx_model import OnnxScorer
 
 
@@ -44,8 +45,10 @@ class Scorer(Protocol):
 
 
 def kind_of(body: ModelBody) -> str:
-    """'onnx' for an imported graph, else the linear family's task."""
-    return "onnx" if body.get("onnx") is not None else "linear"
+    """'onnx' (an imported graph), 'mlp' or 'linear'."""
+    if body.get("onnx") is not None:
+        return "onnx"
+    return "mlp" if body.get("layers") else "linear"
 
 
 def scorer_for(body: ModelBody, *, threads: int = 1) -> Scorer:
@@ -53,4 +56,6 @@ def scorer_for(body: ModelBody, *, threads: int = 1) -> Scorer:
     do not add up; UnmappableGraphError when onnxruntime cannot load its graph)."""
     if body.get("onnx") is not None:
         return OnnxScorer(body, threads=threads)
+    if body.get("layers"):
+        return MLPModel.from_body(body)
     return LinearModel.from_body(body)

@@ -516,6 +516,8 @@ def _merge(into: Decisions, new: Decisions) -> None:
 
 
 def _linear(body: ModelBody) -> LinearModel | None:
-    """The production version's weights, or None for an imported graph (the watch then
-    learns a native challenger from zero)."""
-    return None if body.get("onnx") is not None else LinearModel.from_body(body)
+    """The production version's linear weights, or None for another kind (an imported
+    graph, a network): the watch then learns a native linear challenger from zero."""
+    if body.get("onnx") is not None or body.get("layers"):
+        return None
+    return LinearModel.from_body(body)

@@ -11,6 +11,7 @@ import numpy as np
 
 from modelstream.contracts.builders import candidate_body, lineage, training_config
 from modelstream.contracts.definitions import (
+    DEFAULT_HIDDEN,
     Definition,
     check_feature_count,
     check_label,
@@ -29,6 +30,7 @@ from modelstream.contracts.records import (
     TrainingExample,
 )
 from modelstream.errors import InvalidEventError
+from modelstream.learn.mlp import MLPModel, mlp_config
 from modelstream.learn.procedure import DEFAULT_L2_GRID, TrainedModel, train
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import seal
@@ -156,6 +158,8 @@ class TrainerLogic:
             validation_fraction=self.gd.validation_fraction,
             seed=d.seed,
         )
+        if d.family == "mlp":
+            config = mlp_config(config, d.hidden or DEFAULT_HIDDEN)
         trained = train(
             X, y, d.task, d.feature_names, classes, config, d.l2_grid or DEFAULT_L2_GRID, d.cv_folds
         )
@@ -194,14 +198,17 @@ def trained_candidate(
     """The candidate body of a model trained on ``example_count`` rows of ``ranges``."""
     cfg = trained.config
     model = trained.model
+    network = isinstance(model, MLPModel)
     return candidate_body(
         name=name,
         task=model.task,
         feature_names=model.feature_names,
         classes=model.classes,
         tensors=model.tensors(),
+        layers=model.layer_records() if isinstance(model, MLPModel) else None,
         training=training_config(
-            "minibatch-gd",
+            "minibatch-adam" if network else "minibatch-gd",
+            hidden=cfg.hidden,
             l2=cfg.l2,
             learning_rate=cfg.learning_rate,
             lr_decay=cfg.lr_decay,
