@@ -71,6 +71,13 @@ def define(
     ] = 0.01,
     l2_grid: Annotated[str | None, typer.Option(help="Comma-separated L2 strengths.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of shuffles and splits.")] = 0,
+    family: Annotated[
+        str, typer.Option(help="linear (logistic, softmax, linear regression) or mlp.")
+    ] = "linear",
+    hidden: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated hidden layer sizes of an mlp (default 64)."),
+    ] = None,
 ) -> None:
     """Declare (or redefine) a model with a DEFINE command on `control`."""
     thresholds: dict[str, float] = {}
@@ -80,6 +87,10 @@ def define(
             thresholds[key.strip()] = float(value)
         except ValueError:
             raise typer.BadParameter(f"threshold {item!r} is not KEY=NUMBER") from None
+    try:
+        sizes = tuple(int(v) for v in csv_list(hidden))
+    except ValueError:
+        raise typer.BadParameter(f"hidden sizes {hidden!r} are not integers") from None
     task_name = task.upper()
     if task_name not in Task.__members__:
         raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in Task)}")
@@ -96,13 +107,15 @@ def define(
         tolerance=tolerance,
         l2_grid=tuple(float(v) for v in csv_list(l2_grid)),
         seed=seed,
+        family=family.lower(),
+        hidden=sizes,
     )
     try:
         definition.check()
     except Exception as exc:
         raise typer.BadParameter(str(exc)) from None
     asyncio.run(send_command(settings_of(ctx), command(name, Action.DEFINE, definition=definition)))
-    typer.echo(f"defined {name} ({task_name.lower()})")
+    typer.echo(f"defined {name} ({task_name.lower()}, {definition.family})")
 
 
 @app.command("train")
