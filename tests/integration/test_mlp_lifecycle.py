@@ -40,7 +40,7 @@ MODEL = "digits-mlp"
 NAMES = [f"pixel_{i}" for i in range(64)]
 
 
-async def test_an_mlp_is_trained_gated_signed_served_exported_and_reproduced(
+async def test_an_mlp_is_trained_gated_served_exported_and_reproduced(
     topics, keys, tmp_path
 ):  # type: ignore[no-untyped-def]
     base = topics
