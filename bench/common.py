@@ -31,8 +31,8 @@ from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
 from modelstream.registry.artifact import load_private_key
+from modelstream.registry.trained import trained_candidate
 from modelstream.services.publisher.logic import history_key, publishable
-from modelstream.services.trainer.logic import trained_candidate
 from modelstream.settings import Settings, load
 
 # Services in benchmark workers serve no /metrics endpoint (their default ports would clash).

@@ -26,7 +26,6 @@ from modelstream.errors import ArtifactVerificationError, ConfigurationError
 from modelstream.kafka.boundary import record_failure
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import (
-    TENSOR_FIELDS,
     Verified,
     body_digest,
     decrypt_tensors,
@@ -34,6 +33,7 @@ from modelstream.registry.artifact import (
 )
 from modelstream.registry.follower import load_history, load_production, public_key
 from modelstream.registry.lineage import load_lineage, retrain
+from modelstream.registry.trained import trained_candidate
 from modelstream.settings import Settings
 
 app = typer.Typer(
@@ -452,21 +452,22 @@ def reproduce(ctx: typer.Context, name: str, version: int) -> None:
     plain = decrypt_tensors(published, data_key[0] if data_key else None)
     data = asyncio.run(load_lineage(settings, plain))
     trained = retrain(plain, data)
-    rebuilt = plain.copy()
-    tensors = trained.model.tensors()
-    for field in TENSOR_FIELDS:
-        rebuilt[field] = tensors[field]
-    # Metrics the publisher added after validation are not training output; keep them, in
-    # the same map order, since the digest covers their encoding.
+    # The body the trainer would have made from this run, as the publisher turned it into
+    # this version (version, stage, the validator's metrics), with the original lineage,
+    # parent and creation time: every field is rebuilt, tensors, layers and graph included.
+    candidate = trained_candidate(
+        name,
+        trained,
+        plain["lineage"]["ranges"],
+        plain["lineage"]["example_count"],
+        plain["parent_version"],
+        created_at_ms=plain["created_at_ms"],
+    )
+    rebuilt = candidate.copy()
+    rebuilt["version"], rebuilt["stage"] = plain["version"], plain["stage"]
     rebuilt["metrics"] = {
-        **trained.metrics,
+        **candidate["metrics"],
         **{k: v for k, v in plain["metrics"].items() if k.startswith("validation_")},
-    }
-    rebuilt["training"] = {
-        **plain["training"],
-        "l2": trained.config.l2,
-        "l2_grid_scores": list(trained.l2_grid_scores),
-        "epochs_run": trained.epochs_run,
     }
     matches_plain = body_digest(rebuilt) == body_digest(plain)
     if published["encryption"] is None:
@@ -483,4 +484,6 @@ def reproduce(ctx: typer.Context, name: str, version: int) -> None:
             + ("MATCH (bit for bit)" if matches else "MISMATCH")
         )
     if not matches:
+        differing = sorted(k for k in plain if rebuilt.get(k) != plain[k])  # type: ignore[misc]
+        typer.echo(f"fields that differ: {', '.join(differing) or 'none (encoding only)'}")
         raise typer.Exit(code=1)

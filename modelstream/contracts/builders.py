@@ -104,6 +104,7 @@ def training_config(
     l2_grid_scores: Sequence[float] = (),
     epochs_run: int = 0,
     hidden: Sequence[int] = (),
+    hyperparameters: Mapping[str, float] | None = None,
 ) -> TrainingConfig:
     """How a candidate was made; what an algorithm does not use stays zero or empty."""
     return {
@@ -121,6 +122,7 @@ def training_config(
         "l2_grid_scores": list(l2_grid_scores),
         "epochs_run": epochs_run,
         "hidden": list(hidden),
+        "hyperparameters": dict(hyperparameters or {}),
     }
 
 

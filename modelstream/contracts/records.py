@@ -67,6 +67,7 @@ class TrainingConfig(TypedDict):
     l2_grid_scores: list[float]
     epochs_run: int
     hidden: list[int]
+    hyperparameters: dict[str, float]
 
 
 class OffsetRange(TypedDict):

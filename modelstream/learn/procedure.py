@@ -14,6 +14,7 @@ import numpy as np
 
 from modelstream.contracts.records import Task
 from modelstream.learn.cv import folds_for
+from modelstream.learn.gbdt import COMPLEXITY_GRID, N_ESTIMATORS, GBDTModel, GBDTParams, fit_gbdt
 from modelstream.learn.linear import LinearModel, standardization
 from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.mlp import MLPModel, fit_mlp, fit_mlp_grid
@@ -28,7 +29,7 @@ class Scores(Protocol):
     def output(self, X: np.ndarray) -> np.ndarray: ...
 
 
-Model = LinearModel | MLPModel
+Model = LinearModel | MLPModel | GBDTModel
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ def fit_fixed(
 ) -> tuple[Model, int]:
     """Standardize on ``X`` and fit with the given hyperparameters (no search); a network
     when ``config.hidden`` names hidden layers, else the linear family."""
+    if config.family == "gbdt":  # trees need no standardization
+        trees = fit_gbdt(X, y, task, feature_names, classes, gbdt_params(config))
+        return trees, N_ESTIMATORS
     mean, scale = standardization(X)
     Z = (X - mean) / scale
     if config.hidden:
@@ -100,6 +104,56 @@ def search_l2(
     return float(grid[best]), scores
 
 
+def gbdt_params(config: GDConfig) -> GBDTParams:
+    return GBDTParams(
+        l2=config.l2,
+        num_leaves=config.num_leaves,
+        min_data_in_leaf=config.min_data_in_leaf,
+        seed=config.seed,
+    )
+
+
+def search_gbdt(
+    X: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    classes: Sequence[str],
+    config: GDConfig,
+    grid: Sequence[float],
+    k: int,
+) -> tuple[GDConfig, tuple[float, ...]]:
+    """Mean CV score of each (L2, num_leaves, min_data_in_leaf); returns the best settings
+    and, per L2 value, its best score over the complexities. Ties go to the stronger
+    regularization, then the simpler trees."""
+    folds = folds_for(task, y, k, config.seed)
+    candidates = [
+        replace(config, l2=l2, num_leaves=leaves, min_data_in_leaf=min_data)
+        for l2 in (grid or (config.l2,))
+        for leaves, min_data in COMPLEXITY_GRID
+    ]
+    means = []
+    for candidate in candidates:
+        scores = []
+        for train_idx, test_idx in folds:
+            model = fit_gbdt(X[train_idx], y[train_idx], task, [], classes, gbdt_params(candidate))
+            scores.append(primary_score(task, y[test_idx], model.output(X[test_idx])))
+        means.append(float(np.mean(scores)))
+    best = max(
+        range(len(candidates)),
+        key=lambda i: (
+            round(means[i], 12),
+            candidates[i].l2,
+            -candidates[i].num_leaves,
+            candidates[i].min_data_in_leaf,
+        ),
+    )
+    per_l2 = tuple(
+        max(m for c, m in zip(candidates, means, strict=True) if c.l2 == l2)
+        for l2 in (grid or (config.l2,))
+    )
+    return candidates[best], per_l2
+
+
 def train(
     X: np.ndarray,
     y: np.ndarray,
@@ -113,11 +167,14 @@ def train(
     """The whole procedure; deterministic for a given ``config.seed``."""
     grid = tuple(float(v) for v in l2_grid)
     k = min(cv_folds, _max_folds(task, y))
-    if len(grid) > 1 and k >= 2:
+    if config.family == "gbdt" and k >= 2:
+        chosen, scores = search_gbdt(X, y, task, classes, config, grid, k)
+    elif len(grid) > 1 and k >= 2:
         l2, scores = search_l2(X, y, task, len(classes), config, grid, k)
+        chosen = replace(config, l2=l2)
     else:
         l2, scores = (grid[0] if grid else config.l2), tuple(float("nan") for _ in grid)
-    chosen = replace(config, l2=l2)
+        chosen = replace(config, l2=l2)
     model, epochs = fit_fixed(X, y, task, feature_names, classes, chosen)
     metrics = {f"train_{k_}": v for k_, v in evaluate(task, y, model.output(X)).items()}
     if scores:

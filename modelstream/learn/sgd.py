@@ -34,6 +34,11 @@ class GDConfig:
     tolerance: float = 1e-5
     seed: int = 0
     hidden: tuple[int, ...] = ()  # hidden layer sizes: a multilayer perceptron (learn/mlp.py)
+    # family "gbdt": LightGBM trees (learn/gbdt.py) with these; the fields above that only
+    # gradient descent uses are then unused
+    family: str = "linear"
+    num_leaves: int = 31
+    min_data_in_leaf: int = 20
 
     def with_l2(self, l2: float) -> GDConfig:
         return replace(self, l2=l2)

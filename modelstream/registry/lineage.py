@@ -51,7 +51,12 @@ def within_lineage(positions: list[tuple[str, int, int]], body: Mapping[str, Any
     )
 
 
+# the family a recorded training algorithm belongs to
+FAMILY_OF_ALGORITHM = {"minibatch-gd": "linear", "minibatch-adam": "mlp", "lightgbm": "gbdt"}
+
+
 def config_from_record(training: Mapping[str, Any]) -> GDConfig:
+    extra = training.get("hyperparameters") or {}
     return GDConfig(
         l2=training["l2"],
         learning_rate=training["learning_rate"],
@@ -62,6 +67,9 @@ def config_from_record(training: Mapping[str, Any]) -> GDConfig:
         validation_fraction=training["validation_fraction"],
         seed=training["seed"],
         hidden=tuple(training.get("hidden", ())),
+        family=FAMILY_OF_ALGORITHM.get(training["algorithm"], "linear"),
+        num_leaves=int(extra.get("num_leaves", 31)),
+        min_data_in_leaf=int(extra.get("min_data_in_leaf", 20)),
     )
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from modelstream.contracts.builders import candidate_body, lineage, training_config
 from modelstream.contracts.definitions import (
     DEFAULT_HIDDEN,
     Definition,
@@ -25,15 +24,16 @@ from modelstream.contracts.records import (
     ModelArtifact,
     ModelBody,
     OffsetRange,
-    Origin,
     Task,
     TrainingExample,
 )
 from modelstream.errors import InvalidEventError
-from modelstream.learn.mlp import MLPModel, mlp_config
+from modelstream.learn.gbdt import LEARNING_RATE
+from modelstream.learn.mlp import mlp_config
 from modelstream.learn.procedure import DEFAULT_L2_GRID, TrainedModel, train
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import seal
+from modelstream.registry.trained import trained_candidate
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,8 @@ class TrainerLogic:
         )
         if d.family == "mlp":
             config = mlp_config(config, d.hidden or DEFAULT_HIDDEN)
+        elif d.family == "gbdt":
+            config = replace(config, family="gbdt", learning_rate=LEARNING_RATE)
         trained = train(
             X, y, d.task, d.feature_names, classes, config, d.l2_grid or DEFAULT_L2_GRID, d.cv_folds
         )
@@ -184,50 +186,6 @@ def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[OffsetRange]
         {"topic": topic, "partition": p, "start": lo, "end": hi + 1}
         for p, (lo, hi) in sorted(bounds.items())
     ]
-
-
-def trained_candidate(
-    name: str,
-    trained: TrainedModel,
-    ranges: list[OffsetRange],
-    example_count: int,
-    parent_version: int | None,
-    *,
-    created_at_ms: int | None = None,
-) -> ModelBody:
-    """The candidate body of a model trained on ``example_count`` rows of ``ranges``."""
-    cfg = trained.config
-    model = trained.model
-    network = isinstance(model, MLPModel)
-    return candidate_body(
-        name=name,
-        task=model.task,
-        feature_names=model.feature_names,
-        classes=model.classes,
-        tensors=model.tensors(),
-        layers=model.layer_records() if isinstance(model, MLPModel) else None,
-        training=training_config(
-            "minibatch-adam" if network else "minibatch-gd",
-            hidden=cfg.hidden,
-            l2=cfg.l2,
-            learning_rate=cfg.learning_rate,
-            lr_decay=cfg.lr_decay,
-            batch_size=cfg.batch_size,
-            max_epochs=cfg.max_epochs,
-            patience=cfg.patience,
-            validation_fraction=cfg.validation_fraction,
-            seed=cfg.seed,
-            cv_folds=trained.cv_folds,
-            l2_grid=trained.l2_grid,
-            l2_grid_scores=trained.l2_grid_scores,
-            epochs_run=trained.epochs_run,
-        ),
-        metrics=trained.metrics,
-        lineage=lineage(Origin.BATCH, ranges, example_count),
-        parent_version=parent_version,
-        created_by="trainer",
-        created_at_ms=created_at_ms,
-    )
 
 
 def sealed_candidate(candidate: Candidate) -> ModelArtifact:

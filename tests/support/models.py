@@ -15,9 +15,9 @@ from modelstream.contracts.records import Feedback, ModelArtifact
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import load_private_key
+from modelstream.registry.trained import trained_candidate
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.logic import history_key, publishable
-from modelstream.services.trainer.logic import trained_candidate
 from modelstream.settings import Settings, load
 from tests.support.helpers import produce
 

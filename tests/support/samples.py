@@ -40,6 +40,7 @@ def model_artifact() -> dict[str, Any]:
                 "l2_grid_scores": [0.95, 0.97, 0.96],
                 "epochs_run": 42,
                 "hidden": [],
+                "hyperparameters": {},
             },
             "metrics": {"accuracy": 0.97, "log_loss": 0.08},
             "lineage": {

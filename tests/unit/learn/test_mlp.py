@@ -13,7 +13,7 @@ from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import decrypt_tensors, encrypt_tensors, seal, verify_bytes
 from modelstream.registry.onnx_interop import export_onnx
 from modelstream.registry.scoring import scorer_for
-from modelstream.services.trainer.logic import trained_candidate
+from modelstream.registry.trained import trained_candidate
 
 RNG = np.random.default_rng(3)
 
