@@ -484,6 +484,7 @@ def reproduce(ctx: typer.Context, name: str, version: int) -> None:
             + ("MATCH (bit for bit)" if matches else "MISMATCH")
         )
     if not matches:
-        differing = sorted(k for k in plain if rebuilt.get(k) != plain[k])  # type: ignore[misc]
+        ours, theirs = dict(rebuilt), dict(plain)
+        differing = sorted(k for k in theirs if ours.get(k) != theirs[k])
         typer.echo(f"fields that differ: {', '.join(differing) or 'none (encoding only)'}")
         raise typer.Exit(code=1)
