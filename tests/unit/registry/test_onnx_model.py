@@ -13,7 +13,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelstream.contracts.codec import HEADER_SIZE, Schema, default_codec
-from modelstream.contracts.records import ModelArtifact, PredictionRequest, Task, TrainingExample
+from modelstream.contracts.definitions import Definition
+from modelstream.contracts.records import (
+    RECORD_TYPES,
+    ModelArtifact,
+    PredictionRequest,
+    Task,
+    TrainingExample,
+)
 from modelstream.errors import ArtifactVerificationError
 from modelstream.registry.artifact import (
     body_digest,
@@ -31,7 +38,7 @@ from modelstream.registry.onnx_model import (
 )
 from modelstream.registry.scoring import scorer_for
 from tests.support import onnx_models
-from tests.support.samples import model_artifact
+from tests.support.samples import SAMPLES, model_artifact
 
 CODEC = default_codec()
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
@@ -198,9 +205,12 @@ def test_apache_avro_reads_an_onnx_artifact_from_the_avsc_alone(bundles):
     assert decoded["digest"] == record["digest"]
 
 
-@pytest.mark.parametrize("name", ["ModelArtifact", "PredictionRequest", "TrainingExample"])
+@pytest.mark.parametrize(
+    "name", ["ModelArtifact", "PredictionRequest", "TrainingExample", "Command"]
+)
 def test_messages_of_the_previous_schemas_still_decode_and_verify(name):
-    """Writers of the first contracts (no ONNX graph, no categories) are resolved."""
+    """Writers of the first contracts (no graph or layers, no categories, no family) are
+    resolved against the current readers."""
     old = avro.schema.parse((SCHEMAS / "history" / f"{name}.1.avsc").read_text())
     sample = {
         "ModelArtifact": model_artifact(),
@@ -218,23 +228,42 @@ def test_messages_of_the_previous_schemas_still_decode_and_verify(name):
             "example_id": None,
             "timestamp_ms": None,
         },
+        "Command": {
+            "model": "m",
+            "action": "DEFINE",
+            "definition": {
+                k: v
+                for k, v in SAMPLES["Command"]["definition"].items()
+                if k not in ("family", "hidden")
+            },
+            "version": None,
+            "traffic": None,
+            "actor": "cli",
+            "reason": "",
+            "issued_at_ms": 1,
+        },
     }[name]
     if name == "ModelArtifact":
         body = dict(sample["body"])
-        del body["onnx"]
+        for newer in ("onnx", "layers"):
+            del body[newer]
+        body["training"] = {
+            k: v for k, v in body["training"].items() if k not in ("hidden", "hyperparameters")
+        }
         raw = json.loads((SCHEMAS / "history" / f"{name}.1.avsc").read_text())
         digest = body_digest(body, Schema.parse(raw).parsed["fields"][0]["type"])
         sample = {"body": body, "digest": digest, "signature": b"", "key_id": ""}
     buffer = io.BytesIO()
     avro.io.DatumWriter(old).write(sample, avro.io.BinaryEncoder(buffer))
     data = b"\xc3\x01" + old.fingerprint("CRC-64-AVRO") + buffer.getvalue()
-    record_type = {"ModelArtifact": ModelArtifact, "PredictionRequest": PredictionRequest}.get(
-        name, TrainingExample
-    )
-    decoded = CODEC.decode(data, record_type)
+    decoded = CODEC.decode(data, RECORD_TYPES[name])
     if name == "ModelArtifact":
-        assert decoded["body"]["onnx"] is None
+        assert decoded["body"]["onnx"] is None and decoded["body"]["layers"] is None
+        assert decoded["body"]["training"]["hidden"] == []
         assert verify_bytes(data, None, allow_unsigned=True).digest == sample["digest"]
+    elif name == "Command":
+        assert decoded["definition"]["family"] == "linear"
+        assert Definition.from_command(decoded).family == "linear"
     else:
         assert decoded["categories"] == {}
 
