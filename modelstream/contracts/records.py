@@ -288,6 +288,7 @@ class OnlineLearnerState(TypedDict):
     counts: list[int]
     means: list[float]
     vars: list[float]
+    layers: NotRequired[list[list[float]]]
 
 
 class MetricWindowState(TypedDict):

@@ -57,6 +57,7 @@ from modelstream.kafka.topology import (
 )
 from modelstream.kafka.writers import SourcePosition
 from modelstream.learn.linear import LinearModel
+from modelstream.learn.mlp import MLPModel
 from modelstream.ops.influx import InfluxWriter
 from modelstream.registry.artifact import decrypt_tensors, seal
 from modelstream.registry.follower import ProductionFollower
@@ -153,7 +154,7 @@ class LearnStage:
             return None
         try:
             body = decrypt_tensors(verified.body, self.data_key)
-            linear = _linear(body)
+            linear = _native_model(body)
         except (ArtifactVerificationError, ValueError) as exc:
             log.warning("cannot watch %s v%d: %s", model, verified.body["version"], exc)
             return None
@@ -174,7 +175,7 @@ class LearnStage:
             if watch is not None:
                 try:
                     plain = decrypt_tensors(body, self.data_key)
-                    watch.install(plain, _linear(plain))
+                    watch.install(plain, _native_model(plain))
                 except (ArtifactVerificationError, ValueError) as exc:
                     log.warning("cannot learn online from %s v%d: %s", name, body["version"], exc)
                     del self.watches[name]
@@ -515,9 +516,11 @@ def _merge(into: Decisions, new: Decisions) -> None:
     new.candidate = new.candidate or into.candidate
 
 
-def _linear(body: ModelBody) -> LinearModel | None:
-    """The production version's linear weights, or None for another kind (an imported
-    graph, a network): the watch then learns a native linear challenger from zero."""
-    if body.get("onnx") is not None or body.get("layers"):
+def _native_model(body: ModelBody) -> LinearModel | MLPModel | None:
+    """The production version's native model (linear or network) to keep learning from,
+    or None for an ONNX graph: the watch then learns a native linear challenger from zero."""
+    if body.get("onnx") is not None:
         return None
+    if body.get("layers"):
+        return MLPModel.from_body(body)
     return LinearModel.from_body(body)

@@ -126,6 +126,7 @@ class OnlineLearner:
             "counts": [int(self.scaler.counts.get(n, 0)) for n in names],
             "means": [float(self.scaler.means.get(n, 0.0)) for n in names],
             "vars": [float(self.scaler.vars.get(n, 0.0)) for n in names],
+            "layers": [],
         }
 
     def restore(self, state: OnlineLearnerState) -> None:
@@ -164,6 +165,10 @@ class OnlineLearner:
             "feature_mean": to_tensor(mean),
             "feature_scale": to_tensor(scale),
         }
+
+    def layer_records(self) -> None:
+        """A linear learner has no dense layers (see OnlineMLP)."""
+        return None
 
     def as_model(self) -> LinearModel:
         """The learner as it is now, as a model that scores whole matrices."""

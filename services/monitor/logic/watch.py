@@ -28,7 +28,9 @@ from modelstream.contracts.records import (
 )
 from modelstream.errors import InvalidEventError
 from modelstream.learn.linear import LinearModel
+from modelstream.learn.mlp import MLPModel
 from modelstream.services.monitor.logic.learner import OnlineLearner
+from modelstream.services.monitor.logic.mlp_learner import OnlineMLP
 from modelstream.services.monitor.logic.quality import (
     DriftEvent,
     ErrorDrift,
@@ -94,8 +96,8 @@ class ModelWatch:
         self.name = name
         self.config = config
         self.body: ModelBody | None = None  # the production artifact (plain tensors)
-        self.model: LinearModel | None = None
-        self.learner: OnlineLearner | None = None
+        self.model: LinearModel | MLPModel | None = None
+        self.learner: OnlineLearner | OnlineMLP | None = None
         self.metrics: dict[int, LiveMetrics] = {}
         self.error_drift: dict[int, ErrorDrift] = {}
         self.feature_drift: FeatureDrift | None = None
@@ -112,17 +114,22 @@ class ModelWatch:
         return self.body["version"] if self.body is not None else None
 
     # -- production changes ------------------------------------------------------------
-    def install(self, body: ModelBody, model: LinearModel | None) -> None:
-        """A new production version. A linear one: the learner restarts from its weights
-        and features are compared with its training statistics. An imported graph
-        (``model`` None): a native learner starts from zero on the numeric features, a
-        challenger the gate compares with the graph on the same rows; feature drift has no
+    def install(self, body: ModelBody, model: LinearModel | MLPModel | None) -> None:
+        """A new production version. A linear one or a network: the learner continues from
+        its weights (river for the linear families, OnlineMLP's gradient steps for a
+        network) and features are compared with its training statistics. An ONNX graph
+        (``model`` None): a native linear learner starts from zero on the numeric features,
+        a challenger the gate compares with the graph on the same rows; feature drift has no
         training statistics to compare with (error drift and rollback work as for any kind)."""
         self.body, self.model = body, model
-        if model is not None:
+        if isinstance(model, MLPModel):
+            # the trainer's loss and weight decay, small steps from the production weights
+            self.learner = OnlineMLP(model, body["training"]["l2"], self.config.learning_rate)
+        elif model is not None:
             self.learner = OnlineLearner.from_model(
                 model, body["lineage"]["example_count"], self.config.learning_rate, self.config.l2
             )
+        if model is not None:
             self.feature_drift = FeatureDrift(
                 model.mean,
                 model.scale,
@@ -281,8 +288,10 @@ class ModelWatch:
             feature_names=body["feature_names"],
             classes=body["classes"],
             tensors=self.learner.export(),
+            layers=self.learner.layer_records(),
             training=training_config(
-                "river-online",
+                "online-sgd" if isinstance(self.learner, OnlineMLP) else "river-online",
+                hidden=self.learner.hidden if isinstance(self.learner, OnlineMLP) else (),
                 l2=self.config.l2,
                 learning_rate=self.config.learning_rate,
                 batch_size=1,
