@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 from aiokafka import AIOKafkaProducer
 from river import datasets
 
@@ -75,7 +76,8 @@ def sea(variant: int, seed: int, n: int) -> tuple[np.ndarray, list[str]]:
     return X, [str(int(label)) for _, label in rows]
 
 
-async def test_concept_drift_is_detected_learned_online_and_recovered(topics, keys):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("family", ["linear", "mlp"])
+async def test_concept_drift_is_detected_learned_online_and_recovered(topics, keys, family):  # type: ignore[no-untyped-def]
     base = topics
     # Training data and the first requests follow SEA concept 0; from request 2000 on the
     # stream follows concept 3 (river's synthetic SEA generator, threshold 8 -> 9.5).
@@ -90,6 +92,8 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
         classes=("0", "1"),
         min_examples=100,
         tolerance=0.01,
+        family=family,
+        hidden=(16,) if family == "mlp" else (),
     )
     await produce(
         base,
@@ -185,6 +189,8 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     assert first_online["parent_version"] == 1
     assert first_online["lineage"]["ranges"][0]["topic"] == "feedback"
     assert first_online["lineage"]["example_count"] > 0
+    # a network keeps learning as a network, from the production weights
+    assert bool(first_online["layers"]) == (family == "mlp")
 
     by_id = {p["request_id"]: p for p in predictions}
     ordered = [by_id[f"s-{i}"] for i in range(len(y))]
@@ -194,7 +200,8 @@ async def test_concept_drift_is_detected_learned_online_and_recovered(topics, ke
     assert len(swapped) >= 1000, f"only {len(swapped)} requests were served after the swap"
     recovered = accuracy(swapped[-1000:], truth)
     print(
-        f"\nSEA drift: accuracy before the change {pre:.4f}, first 500 after {just_after:.4f}, "
+        f"\nSEA drift ({family}): accuracy before the change {pre:.4f}, "
+        f"first 500 after {just_after:.4f}, "
         f"last 1000 on online-learned v{swapped[-1]['version']} {recovered:.4f}; "
         f"{len(drifts)} drift events, {len(online)} online versions published"
     )
