@@ -27,6 +27,7 @@ from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import ModelArtifact
 from modelstream.kafka.clients import ARTIFACT_REQUEST_BYTES
 from modelstream.kafka.topology import create_topics
+from modelstream.learn.mlp import mlp_config
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.ops.broker import EmbeddedCluster, fetch_broker_ids
@@ -123,11 +124,15 @@ def dataset(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return data.data.astype(np.float64), data.target, names
 
 
-def body_for(name: str, seed: int = 0) -> dict[str, Any]:
+def body_for(name: str, seed: int = 0, hidden: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A trained candidate of data set ``name``: linear, or an mlp with ``hidden`` layers."""
     X, y, names = dataset(name)
     classes = [str(c) for c in sorted(set(y.tolist()))]
     task = "BINARY" if len(classes) == 2 else "MULTICLASS"
-    trained = train(X, y, task, names, classes, GDConfig(seed=seed, max_epochs=30), (1e-3,), 2)
+    config = GDConfig(seed=seed, max_epochs=30)
+    if hidden:
+        config = mlp_config(config, hidden)
+    trained = train(X, y, task, names, classes, config, (1e-3,), 2)
     return trained_candidate(name, trained, [], len(y), None, created_at_ms=1)
 
 

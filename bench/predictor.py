@@ -250,9 +250,10 @@ async def throughput(
     packed: bool,
     events: int,
     bodies: dict[str, dict[str, Any]],
+    body_key: str | None = None,
 ) -> dict[str, float]:
     settings = await fresh(base)
-    await publish(settings, keys, bodies[model], 1)
+    await publish(settings, keys, bodies[body_key or model], 1)
     await preload(settings, request_bytes(model, events, packed=packed))
     return await asyncio.to_thread(
         spawn_worker, HERE, kind, settings, events, keys / "modelstream.pub"
@@ -397,7 +398,11 @@ def main() -> None:
         return
     keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
     generate_keys(keys)
-    bodies = {"breast-cancer": body_for("breast-cancer"), "digits": body_for("digits")}
+    bodies = {
+        "breast-cancer": body_for("breast-cancer"),
+        "digits": body_for("digits"),
+        "digits-mlp": body_for("digits", hidden=(64,)),  # served as model "digits"
+    }
     n = args.events
     wanted = set(args.only.split(","))
     results: dict[str, float] = {}
@@ -409,12 +414,16 @@ def main() -> None:
             ("predictor_packed_eps", "predictor", "breast-cancer", True, n),
             ("predictor_eps", "predictor", "breast-cancer", False, n),
             ("predictor_digits_eps", "predictor", "digits", True, n),
+            ("predictor_mlp_eps", "predictor", "digits", True, n),
             ("naive_eps", "naive", "breast-cancer", False, args.naive_events),
         ]
         for key, kind, model, packed, events in runs:
             if kind not in wanted:
                 continue
-            result = asyncio.run(throughput(base, keys, kind, model, packed, events, bodies))
+            body_key = "digits-mlp" if key == "predictor_mlp_eps" else model
+            result = asyncio.run(
+                throughput(base, keys, kind, model, packed, events, bodies, body_key)
+            )
             results[key] = round(result["eps"])
             if key == "predictor_packed_eps":
                 results["rss_mib"] = round(result["rss_mib"], 1)
@@ -447,6 +456,8 @@ def main() -> None:
         "packed / passthrough": results["predictor_packed_eps"] / results["passthrough_eps"],
         "map / identity": results["predictor_eps"] / results["identity_eps"],
         "map / naive": results["predictor_eps"] / results["naive_eps"],
+        "digits mlp / digits linear": results["predictor_mlp_eps"]
+        / results["predictor_digits_eps"],
     }
     print("  ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
     print(json.dumps(results))
