@@ -351,3 +351,21 @@ MONITOR_RESTORE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+
+# -- the gateway ---------------------------------------------------------------------------
+GATEWAY_CALLS = Counter(
+    "modelstream_gateway_calls_total",
+    "HTTP inference calls by model, protocol (oip, tf) and status code.",
+    ["model", "protocol", "status"],
+)
+GATEWAY_CALL_SECONDS = Histogram(
+    "modelstream_gateway_call_seconds",
+    "An inference call from its arrival to its answer.",
+    ["model", "protocol"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GATEWAY_TIMEOUTS = Counter(
+    "modelstream_gateway_timeouts_total",
+    "Calls answered 504: a prediction did not arrive in time.",
+    ["model"],
+)

@@ -8,7 +8,7 @@ import typer
 
 from modelstream.settings import Settings, load
 
-SERVICES = ("trainer", "validator", "publisher", "predictor", "monitor")
+SERVICES = ("trainer", "validator", "publisher", "predictor", "monitor", "gateway")
 
 
 class Context:

@@ -43,6 +43,10 @@ REQUESTS = "requests"
 PREDICTIONS = "predictions"
 SHADOW_PREDICTIONS = "shadow-predictions"
 FEEDBACK = "feedback"
+# The gateway's reply path: a request carrying REPLY_PARTITION_HEADER is also answered on
+# that partition of `replies`, which one gateway copy owns.
+REPLIES = "replies"
+REPLY_PARTITION_HEADER = "modelstream.reply-partition"
 AUDIT = "audit"
 DEADLETTER = "deadletter"
 # The monitor's own topics (internal). Its join repartitions requests, predictions and
@@ -175,6 +179,16 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         FEEDBACK, "request id", "Feedback", "users", "monitor", 6, {"retention.ms": str(7 * DAY_MS)}
+    ),
+    # Answers to synchronous calls; a rejected request: no value, `reason`/`error` headers.
+    TopicSpec(
+        REPLIES,
+        "request id",
+        "Prediction (none when rejected)",
+        "predictor",
+        "gateway",
+        6,
+        {"retention.ms": str(3600 * 1000)},
     ),
     TopicSpec(
         AUDIT,

@@ -20,6 +20,8 @@ from modelstream.kafka.topology import (
     DEADLETTER,
     MODEL_HISTORY,
     MODELS,
+    REPLIES,
+    REPLY_PARTITION_HEADER,
     REQUESTS,
     max_message_bytes,
 )
@@ -62,6 +64,22 @@ class _Processor(Stateless):
         settings = app.settings
         self.topics = {False: settings.topic(PREDICTIONS_TOPIC), True: settings.topic(SHADOW_TOPIC)}
         self.deadletter = settings.topic(DEADLETTER)
+        self.replies = settings.topic(REPLIES)
+        self.reply_partitions = 0  # of `replies`; 0 until known (or when it does not exist)
+
+    def _reply_partition(self, message: ConsumerRecord) -> int | None:
+        """Where a gateway waits for this request's answer, if it asked for one; the header
+        is untrusted input: anything but a partition of `replies` is ignored."""
+        if not message.headers or not self.reply_partitions:
+            return None
+        for name, value in message.headers:
+            if name == REPLY_PARTITION_HEADER:
+                try:
+                    partition = int(value)
+                except (TypeError, ValueError):
+                    return None
+                return partition if 0 <= partition < self.reply_partitions else None
+        return None
 
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         started = time.perf_counter()
@@ -75,17 +93,22 @@ class _Processor(Stateless):
                 group.messages, group.values, group.request_ids, strict=True
             )
         ]
+        for group in scored.groups:
+            if group.shadow:
+                continue
+            for message, value, request_id in zip(
+                group.messages, group.values, group.request_ids, strict=True
+            ):
+                partition = self._reply_partition(message)
+                if partition is not None:
+                    out.append(Outgoing(self.replies, request_id, value, partition, None, message))
         for rejected in scored.rejected:
             record = rejected.message
-            out.append(
-                Outgoing(
-                    self.deadletter,
-                    record.key,
-                    record.value,
-                    None,
-                    dead_letter_headers(record, rejected.reason, rejected.error, SERVICE),
-                )
-            )
+            headers = dead_letter_headers(record, rejected.reason, rejected.error, SERVICE)
+            out.append(Outgoing(self.deadletter, record.key, record.value, None, headers))
+            partition = self._reply_partition(record)
+            if partition is not None:  # the caller gets the reason now, not a timeout
+                out.append(Outgoing(self.replies, record.key, None, partition, headers))
             DEAD_LETTERS.labels(SERVICE, rejected.model).inc()
             self.app.boundary.reject(
                 record.topic,
@@ -119,15 +142,16 @@ class PredictorApp(Lifecycle):
             output_format=settings.output_format.value,
             max_versions=settings.max_versions,
         )
+        self.processor = _Processor(self)
         self.pipeline = BatchPipeline(
             settings,
             SERVICE,
             settings.topic(REQUESTS),
-            _Processor(self),
+            self.processor,
             deadletter_topic=settings.topic(DEADLETTER),
             topic_limits={
                 settings.topic(name): max_message_bytes(name)
-                for name in (PREDICTIONS_TOPIC, SHADOW_TOPIC)
+                for name in (PREDICTIONS_TOPIC, SHADOW_TOPIC, REPLIES)
             },
             crash_guard=settings.state_dir / f"predictor-{settings.instance_id}" / "in-flight.json",
             exactly_once=settings.delivery == Delivery.EXACTLY_ONCE,
@@ -155,6 +179,10 @@ class PredictorApp(Lifecycle):
         await self.own(self.audit_producer)
         await self.own(self.registry)
         await self._load_registry()
+        replies = await partitions_of(self.registry, self.settings.topic(REPLIES))
+        if not replies:  # a deployment provisioned before the gateway existed
+            log.warning("no %s topic: synchronous calls are not answered", REPLIES)
+        self.processor.reply_partitions = len(replies)
         await self.own(self.control)
         await self.control.replay()
         await self.own(self.pipeline)

@@ -162,7 +162,7 @@ def _spawn_up(env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
     base_port = str(free_base_below_ephemeral())
     with out.open("wb") as sink:
         return subprocess.Popen(
-            [*UP, "--refresh", "0.5", "--metrics-base-port", base_port],
+            [*UP, "--refresh", "0.5", "--metrics-base-port", base_port, "--gateway-port", "0"],
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,

@@ -84,7 +84,7 @@ def test_up_supervises_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: 
     }
     env.update(MODELSTREAM_STATE_DIR=str(state), MODELSTREAM_BROKER_PORT=str(port))
     metrics_base = str(free_base_below_ephemeral())
-    common = ["--refresh", "0.5", "--metrics-base-port", metrics_base]
+    common = ["--refresh", "0.5", "--metrics-base-port", metrics_base, "--gateway-port", "0"]
     out_path = tmp_path / "up.out"
     up = _up(
         [

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from modelstream.errors import ConfigurationError
+from modelstream.services.gateway.settings import GatewaySettings
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.settings import PredictorSettings
 from modelstream.services.publisher.settings import PublisherSettings
@@ -21,6 +22,7 @@ EVERY_SETTINGS_CLASS = (
     PublisherSettings,
     PredictorSettings,
     MonitorSettings,
+    GatewaySettings,
 )
 
 

@@ -43,9 +43,12 @@ def up(
         int,
         typer.Option(
             help="trainer's /metrics port; the others follow (predictor +3, monitor +4, "
-            "`up` itself +9, further predictors +10+i)."
+            "gateway +5, `up` itself +9, further predictors +10+i)."
         ),
     ] = 9101,
+    gateway_port: Annotated[
+        int, typer.Option(help="The inference gateway's HTTP port (0: any free port).")
+    ] = 8080,
 ) -> None:
     """Start the broker (unless MODELSTREAM_BOOTSTRAP_SERVERS is set), the topics and every
     service, and watch them live; Ctrl-C stops everything."""
@@ -55,7 +58,12 @@ def up(
         raise ConfigurationError(
             "the demo plays scikit-learn's bundled data sets: pip install 'modelstream[demo]'"
         )
-    stack = Stack(settings_of(ctx), predictors=predictors, metrics_base_port=metrics_base_port)
+    stack = Stack(
+        settings_of(ctx),
+        predictors=predictors,
+        metrics_base_port=metrics_base_port,
+        gateway_port=gateway_port,
+    )
 
     def write(text: str) -> None:
         sys.stdout.write(text)

@@ -52,6 +52,7 @@ class Stack:
     settings: Settings
     predictors: int = 2
     metrics_base_port: int = 9101
+    gateway_port: int = 8080
     children: list[Child] = field(default_factory=list)
     started_broker: bool = False
     broker_restarts: int = 0
@@ -89,6 +90,7 @@ class Stack:
                 {"MODELSTREAM_PRIVATE_KEY_FILE": str(self.keys_dir / "modelstream.key")},
             ),
             ("monitor", base + 4, {}),
+            ("gateway", base + 5, {"MODELSTREAM_GATEWAY_PORT": str(self.gateway_port)}),
         ]
         plan += [
             (
@@ -103,6 +105,11 @@ class Stack:
         if busy:
             raise ConfigurationError(
                 f"/metrics port(s) {busy} are in use; choose others with --metrics-base-port"
+            )
+        if self.gateway_port and not port_free(self.gateway_port):
+            raise ConfigurationError(
+                f"the gateway's port {self.gateway_port} is in use; choose another with "
+                "--gateway-port (0: any free port)"
             )
         for service, port, extra in plan:
             instance = extra.get("MODELSTREAM_INSTANCE_ID")

@@ -1,0 +1,2 @@
+"""The inference gateway: synchronous HTTP calls (Open Inference Protocol, TensorFlow
+Serving REST) over the Kafka path."""
