@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-import json
 import logging
 import ssl
 import time
@@ -45,6 +44,7 @@ from modelstream.services.gateway.logic import (
     CallError,
     ModelInfo,
     Rows,
+    oip_body,
     oip_metadata,
     oip_response,
     oip_rows,
@@ -95,6 +95,7 @@ class GatewayApp(Lifecycle):
         self.versions: dict[str, set[int]] = {}
         self.pending: dict[str, asyncio.Future[ConsumerRecord]] = {}
         self.owned: list[int] = []
+        self.unclaimed_replies = 0
         self._next = itertools.count()
         self._runner: web.AppRunner | None = None
         self.port = settings.gateway_port
@@ -179,7 +180,10 @@ class GatewayApp(Lifecycle):
             for records in batch.values():
                 for record in records:
                     future = self.pending.pop((record.key or b"").decode(errors="replace"), None)
-                    if future is not None and not future.done():
+                    if future is None:
+                        # not a call of this copy (or one that already timed out)
+                        self.unclaimed_replies += 1
+                    elif not future.done():
                         future.set_result(record)
             if time.monotonic() - last_registry > 0.5:
                 last_registry = time.monotonic()
@@ -257,10 +261,12 @@ class GatewayApp(Lifecycle):
         try:
             model, version = self._model(request)
             label = model.name
-            try:
-                body = await request.json(loads=json.loads)
-            except (ValueError, UnicodeDecodeError):
-                raise CallError(400, "the request body is not JSON") from None
+            raw = await request.read()
+            body = (
+                oip_body(raw, request.headers.get("Inference-Header-Content-Length"))
+                if protocol == "oip"
+                else oip_body(raw, None)
+            )
             max_rows = self.settings.gateway_max_rows
             rows = (
                 oip_rows(body, model, max_rows)

@@ -14,6 +14,7 @@ name) and its answers become the protocol's response:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -81,7 +82,77 @@ class Rows:
         return len(self.X)
 
 
+# Little-endian numpy types of the Open Inference Protocol's binary tensor extension.
+BINARY_DTYPES = {
+    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}  # fmt: skip
+
+
 # -- reading calls ---------------------------------------------------------------------------
+def oip_body(raw: bytes, header_length: str | None) -> Any:
+    """The JSON of an inference request; with the binary tensor extension (the
+    ``Inference-Header-Content-Length`` header, what tritonclient sends by default), the
+    JSON comes first and each input's ``binary_data_size`` bytes follow in order."""
+    if header_length is None:
+        return _json(raw)
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise CallError(400, "Inference-Header-Content-Length is not a number") from None
+    if not 0 < length <= len(raw):
+        raise CallError(400, "Inference-Header-Content-Length is outside the body")
+    body = _json(raw[:length])
+    at = length
+    for tensor in body.get("inputs", []) if isinstance(body, dict) else []:
+        size = (
+            (tensor.get("parameters") or {}).get("binary_data_size")
+            if isinstance(tensor, dict)
+            else None
+        )
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or at + size > len(raw):
+            raise CallError(400, f"input {tensor.get('name')!r}: bad binary_data_size")
+        blob, at = raw[at : at + size], at + size
+        datatype = tensor.get("datatype")
+        if datatype == "BYTES":
+            tensor["data"] = _binary_strings(blob)
+        elif datatype in BINARY_DTYPES:
+            itemsize = np.dtype(BINARY_DTYPES[datatype]).itemsize
+            if size % itemsize:
+                raise CallError(400, f"input {tensor.get('name')!r}: {size} bytes of {datatype}")
+            tensor["data"] = np.frombuffer(blob, dtype=BINARY_DTYPES[datatype]).tolist()
+        else:
+            raise CallError(400, f"input {tensor.get('name')!r} has datatype {datatype!r}")
+    if at != len(raw):
+        raise CallError(400, f"{len(raw) - at} bytes after the last binary input")
+    return body
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise CallError(400, "the request body is not JSON") from None
+
+
+def _binary_strings(blob: bytes) -> list[str]:
+    """BYTES elements: each a 4-byte little-endian length, then the bytes."""
+    out, at = [], 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise CallError(400, "truncated BYTES element")
+        n = int.from_bytes(blob[at : at + 4], "little")
+        at += 4
+        if at + n > len(blob):
+            raise CallError(400, "truncated BYTES element")
+        out.append(blob[at : at + n].decode("utf-8", errors="replace"))
+        at += n
+    return out
+
+
 def oip_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
     """Rows of an Open Inference Protocol inference request."""
     if not isinstance(body, dict):

@@ -1,0 +1,214 @@
+"""Synchronous callers through the gateway, on the real broker, with independent clients:
+tritonclient.http (Open Inference Protocol) and plain HTTP JSON as TensorFlow Serving's
+REST documentation writes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import tritonclient.http as triton
+from pydantic import SecretStr
+
+from modelstream.learn.linear import LinearModel
+from modelstream.services.gateway.app import GatewayApp
+from modelstream.services.gateway.settings import GatewaySettings
+from modelstream.services.predictor.app import PredictorApp
+from modelstream.services.predictor.settings import PredictorSettings
+from tests.support.helpers import eventually, running, service_settings
+from tests.support.models import BC, dataset, publish, trained_body
+from tests.support.processes import Predictor
+
+
+@contextlib.asynccontextmanager
+async def gateway(base, keys, **extra: Any) -> AsyncIterator[GatewayApp]:  # type: ignore[no-untyped-def]
+    options = {"gateway_port": 0, "gateway_timeout_s": 10, **extra}
+    app = GatewayApp(service_settings(GatewaySettings, base, keys, **options))
+    async with running(app):
+        await eventually(lambda: bool(app.owned), 30, "the gateway owns no reply partition")
+        yield app
+
+
+def _triton_infer(port: int, X: np.ndarray, version: str = "") -> dict[str, np.ndarray]:
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    tensor = triton.InferInput("input-0", list(X.shape), "FP64")
+    tensor.set_data_from_numpy(X)  # the binary tensor extension, tritonclient's default
+    result = client.infer(
+        BC,
+        [tensor],
+        model_version=version,
+        outputs=[triton.InferRequestedOutput(n) for n in ("predict", "scores", "version")],
+    )
+    client.close()
+    return {n: result.as_numpy(n) for n in ("predict", "scores", "version")}
+
+
+async def test_both_protocols_answer_what_the_predictor_computes(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    v1 = await publish(base, keys, trained_body(BC), 1, production=False)
+    v2 = await publish(base, keys, trained_body(BC, seed=9), 2)
+    X, _, names, _ = dataset(BC)
+    models = {1: LinearModel.from_body(v1["body"]), 2: LinearModel.from_body(v2["body"])}
+    async with (
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))),
+        gateway(base, keys) as gw,
+    ):
+        assert gw.models[BC].version == 2
+        # Open Inference Protocol through tritonclient: 20 rows in one call
+        out = await asyncio.to_thread(_triton_infer, gw.port, X[:20])
+        np.testing.assert_allclose(out["scores"], models[2].proba(X[:20]), atol=1e-12)
+        assert list(out["version"]) == [2] * 20
+        assert [p if isinstance(p, str) else p.decode() for p in out["predict"]] == [
+            str(c) for c in models[2].proba(X[:20]).argmax(axis=1)
+        ]
+        # a pinned version
+        pinned = await asyncio.to_thread(_triton_infer, gw.port, X[:5], "1")
+        np.testing.assert_allclose(pinned["scores"], models[1].proba(X[:5]), atol=1e-12)
+
+        url = f"http://127.0.0.1:{gw.port}"
+        async with aiohttp.ClientSession() as http:
+            # TensorFlow Serving REST: rows as objects of named features, and columnar inputs
+            instances = [dict(zip(names, row.tolist(), strict=True)) for row in X[20:23]]
+            async with http.post(
+                f"{url}/v1/models/{BC}:predict", json={"instances": instances}
+            ) as r:
+                assert r.status == 200, await r.text()
+                predictions = (await r.json())["predictions"]
+            np.testing.assert_allclose(
+                [p["scores"] for p in predictions], models[2].proba(X[20:23]), atol=1e-12
+            )
+            columnar = {n: X[23:25, i].tolist() for i, n in enumerate(names)}
+            async with http.post(
+                f"{url}/v1/models/{BC}/versions/1:predict", json={"inputs": columnar}
+            ) as r:
+                assert [p["version"] for p in (await r.json())["predictions"]] == [1, 1]
+            # metadata and status
+            async with http.get(f"{url}/v2/models/{BC}") as r:
+                metadata = await r.json()
+            assert [i["name"] for i in metadata["inputs"]] == names
+            async with http.get(f"{url}/v1/models/{BC}") as r:
+                assert (await r.json())["model_version_status"][0]["state"] == "AVAILABLE"
+            # errors: unknown model 404, malformed body 400, unknown feature 400, a row the
+            # predictor dead-letters 400 with its reason, an unknown version 404
+            async with http.post(f"{url}/v2/models/nope/infer", json={"inputs": []}) as r:
+                assert r.status == 404 and "nope" in (await r.json())["error"]
+            async with http.post(f"{url}/v2/models/{BC}/infer", data=b"{not json") as r:
+                assert r.status == 400 and "not JSON" in (await r.json())["error"]
+            bad = {"instances": [{**instances[0], "colour": 1.0}]}
+            async with http.post(f"{url}/v1/models/{BC}:predict", json=bad) as r:
+                assert r.status == 400 and "unknown feature 'colour'" in (await r.json())["error"]
+            overflow = {"instances": [[1e308] * len(names)]}  # finite, but not for the model
+            async with http.post(f"{url}/v1/models/{BC}:predict", json=overflow) as r:
+                body = await r.json()
+                assert r.status == 400 and "non-finite-score" in body["error"], body
+            async with http.post(
+                f"{url}/v1/models/{BC}/versions/7:predict", json={"instances": [X[0].tolist()]}
+            ) as r:
+                assert r.status == 404 and "unknown-version" in (await r.json())["error"]
+            async with http.get(f"{url}/metrics") as r:
+                assert "modelstream_gateway_calls_total" in await r.text()
+
+
+async def test_two_copies_under_load_each_get_only_their_own_replies(topics, keys):  # type: ignore[no-untyped-def]
+    base = topics
+    v1 = await publish(base, keys, trained_body(BC), 1)
+    model = LinearModel.from_body(v1["body"])
+    X, _, _, _ = dataset(BC)
+    async with (
+        running(PredictorApp(service_settings(PredictorSettings, base, keys))),
+        gateway(base, keys) as first,
+        gateway(base, keys) as second,
+    ):
+        # both copies in the group, each with its own partitions
+        await eventually(
+            lambda: (
+                bool(first.owned)
+                and bool(second.owned)
+                and not set(first.owned) & set(second.owned)
+            ),
+            30,
+            "the two copies do not split the reply partitions",
+        )
+        first.unclaimed_replies = second.unclaimed_replies = 0
+
+        async def call(http: aiohttp.ClientSession, port: int, i: int) -> None:
+            rows = X[i % 500 : i % 500 + 4]
+            body = {"instances": rows.tolist()}
+            async with http.post(f"http://127.0.0.1:{port}/v1/models/{BC}:predict", json=body) as r:
+                assert r.status == 200, await r.text()
+                scores = [p["scores"] for p in (await r.json())["predictions"]]
+            np.testing.assert_allclose(scores, model.proba(rows), atol=1e-12)
+
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(
+                *(call(http, (first if i % 2 else second).port, i) for i in range(400))
+            )
+    assert first.unclaimed_replies == 0 and second.unclaimed_replies == 0
+
+
+async def test_a_token_is_required_when_set(topics, keys):  # type: ignore[no-untyped-def]
+    await publish(topics, keys, trained_body(BC), 1)
+    X, _, _, _ = dataset(BC)
+    async with (
+        running(PredictorApp(service_settings(PredictorSettings, topics, keys))),
+        gateway(topics, keys, gateway_token=SecretStr("s3cret")) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"http://127.0.0.1:{gw.port}/v1/models/{BC}:predict"
+        body = {"instances": [X[0].tolist()]}
+        async with http.post(url, json=body) as r:
+            assert r.status == 401
+        async with http.post(url, json=body, headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+        async with http.post(url, json=body, headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 200
+        async with http.get(f"http://127.0.0.1:{gw.port}/v2/health/ready") as r:
+            assert r.status == 200  # health checks stay open
+
+
+async def test_a_killed_predictor_leaves_calls_answered_or_timed_out_never_wrong(  # type: ignore[no-untyped-def]
+    topics, keys, tmp_path
+):
+    base = topics
+    v1 = await publish(base, keys, trained_body(BC), 1)
+    model = LinearModel.from_body(v1["body"])
+    X, _, _, _ = dataset(BC)
+    # two predictor processes share `requests`; one is killed mid-load
+    predictors = [
+        Predictor(base, keys, str(i), tmp_path, MODELSTREAM_STATE_DIR=str(tmp_path))
+        for i in range(2)
+    ]
+    statuses: list[int] = []
+    try:
+        async with gateway(base, keys, gateway_timeout_s=4) as gw, aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gw.port}/v1/models/{BC}:predict"
+
+            async def call(i: int) -> None:
+                rows = X[i % 500 : i % 500 + 2]
+                async with http.post(url, json={"instances": rows.tolist()}) as r:
+                    statuses.append(r.status)
+                    if r.status == 200:  # an answer is always the right one
+                        scores = [p["scores"] for p in (await r.json())["predictions"]]
+                        np.testing.assert_allclose(scores, model.proba(rows), atol=1e-12)
+                    else:
+                        assert r.status == 504, await r.text()
+
+            async def load(start: int, n: int) -> None:
+                for j in range(0, n, 20):
+                    await asyncio.gather(*(call(start + j + k) for k in range(20)))
+
+            await load(0, 100)  # both predictors up and answering
+            assert set(statuses) == {200}
+            predictors[0].process.send_signal(signal.SIGKILL)
+            await load(100, 300)  # through the rebalance
+            await load(400, 100)  # after it: the survivor answers everything
+            assert statuses[-100:] == [200] * 100
+    finally:
+        for p in predictors:
+            p.stop()
+    print(f"\nkilled predictor: {statuses.count(200)} answered, {statuses.count(504)} timed out")
