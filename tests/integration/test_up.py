@@ -7,14 +7,18 @@ the signed production version; and `up` starts again right after it stopped."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
+
+from sklearn.datasets import load_breast_cancer
 
 from modelstream.kafka.clients import read_to_end
 from modelstream.settings import load
@@ -84,7 +88,15 @@ def test_up_supervises_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: 
     }
     env.update(MODELSTREAM_STATE_DIR=str(state), MODELSTREAM_BROKER_PORT=str(port))
     metrics_base = str(free_base_below_ephemeral())
-    common = ["--refresh", "0.5", "--metrics-base-port", metrics_base, "--gateway-port", "0"]
+    gateway_port = free_port_pair()
+    common = [
+        "--refresh",
+        "0.5",
+        "--metrics-base-port",
+        metrics_base,
+        "--gateway-port",
+        str(gateway_port),
+    ]
     out_path = tmp_path / "up.out"
     up = _up(
         [
@@ -154,6 +166,17 @@ def test_up_supervises_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: 
         status = cli("status", drop=("MODELSTREAM_PUBLIC_KEY_FILE",), **cli_env)
         assert re.search(r"model breast-cancer: v\d+ \(\w+, signed\)", status.stdout), status
 
+        # `up` also runs the gateway: one synchronous call, TensorFlow Serving style
+        row = load_breast_cancer().data[0].tolist()
+        call = urllib.request.Request(
+            f"http://127.0.0.1:{gateway_port}/v1/models/breast-cancer:predict",
+            data=json.dumps({"instances": [row]}).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(call, timeout=30) as answer:
+            (prediction,) = json.loads(answer.read())["predictions"]
+        assert prediction["predict"] in ("0", "1") and len(prediction["scores"]) == 2
+
         up.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert up.wait(timeout=90) == 0
     finally:
@@ -168,13 +191,14 @@ def test_up_supervises_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: 
         r"lifecycle\s+\d+ trained, \d+ validated, \d+ rejected, [1-9]\d* published", final
     )
     assert (
-        "services stopped (trainer=0, validator=0, publisher=0, monitor=0, predictor-0=0, "
+        "services stopped (trainer=0, validator=0, publisher=0, monitor=0, gateway=0, "
+        "predictor-0=0, "
         "predictor-1=0)" in text
     )
     assert "embedded broker stopped" in text
-    # nothing left running: neither a service nor the broker
+    # nothing left running: neither a service (gateway included) nor the broker
     pids_left = [int(line.split()[0]) for line in (state / "up.pids").read_text().splitlines()]
-    assert len(pids_left) == 6 and not any(_alive(p) for p in pids_left)
+    assert len(pids_left) == 7 and not any(_alive(p) for p in pids_left)
 
     # `up` starts again at once on the same ports (its scrapes left TIME_WAIT sockets).
     again_path = tmp_path / "again.out"
