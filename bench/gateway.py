@@ -40,7 +40,9 @@ from modelstream.kafka.topology import create_topics
 from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
 
-MLSERVER = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn"]
+# uvloop 0.22 (2025-10) broke `mlserver start` (SeldonIO/MLServer#2286, fix unreleased in
+# 1.7.1): its inference workers die at start. A user pins the one before, as here.
+MLSERVER = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn", "uvloop<0.22"]
 VENV = Path.home() / ".cache" / "modelstream" / "bench" / "mlserver-venv"
 MODEL = "breast-cancer"
 
@@ -154,13 +156,22 @@ async def wait_ready(url: str, timeout_s: float = 120.0) -> None:
 # -- the two servers ------------------------------------------------------------------------------
 def install_mlserver() -> Path:
     python = VENV / "bin" / "python"
-    if not (VENV / "bin" / "mlserver").exists():
+    if not (VENV / "bin" / "mlserver").exists() or not _pinned(python):
         print(f"installing {' '.join(MLSERVER)} into {VENV} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "-q", *MLSERVER], check=True, timeout=1800
         )
     return VENV / "bin" / "mlserver"
+
+
+def _pinned(python: Path) -> bool:
+    """The virtualenv holds what MLSERVER asks for (an older run may predate a pin)."""
+    check = subprocess.run(
+        [str(python), "-c", "import uvloop, sys; sys.exit(uvloop.__version__ >= '0.22')"],
+        check=False,
+    )
+    return check.returncode == 0
 
 
 def mlserver_model_dir() -> Path:
