@@ -36,6 +36,7 @@ from common import broker
 from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
+from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import TrainingExample, ValidationReport
 from modelstream.kafka.control import send_command
 from modelstream.learn.cv import folds_for
@@ -145,7 +146,7 @@ async def _first_report(settings: Settings, name: str) -> dict:
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    report = default_codec().decode(record.value, ValidationReport)
+                    report = default_codec().decode(record.value, ValidationReport, INTERNAL)
                     if report["model"] == name:
                         return report
     finally:
