@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 import tritonclient.http as triton
 from pydantic import SecretStr
 
 from modelstream.learn.linear import LinearModel
+from modelstream.ops.security import generate_tls
 from modelstream.services.gateway.app import GatewayApp
 from modelstream.services.gateway.settings import GatewaySettings
 from modelstream.services.predictor.app import PredictorApp
@@ -212,3 +215,24 @@ async def test_a_killed_predictor_leaves_calls_answered_or_timed_out_never_wrong
         for p in predictors:
             p.stop()
     print(f"\nkilled predictor: {statuses.count(200)} answered, {statuses.count(504)} timed out")
+
+
+async def test_mtls_refuses_clients_without_a_certificate(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
+    tls = generate_tls(tmp_path / "tls")
+    async with gateway(
+        topics,
+        keys,
+        gateway_tls_cert_file=tls.broker,
+        gateway_tls_key_file=tls.broker,
+        gateway_tls_client_ca_file=tls.ca,
+    ) as gw:
+        url = f"https://127.0.0.1:{gw.port}/v2/health/live"
+        anonymous = ssl.create_default_context(cafile=str(tls.ca))
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(url, ssl=anonymous) as r:
+                    await r.read()
+            known = ssl.create_default_context(cafile=str(tls.ca))
+            known.load_cert_chain(tls.broker)  # a certificate the gateway's CA signed
+            async with http.get(url, ssl=known) as r:
+                assert r.status == 200

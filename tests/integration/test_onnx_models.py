@@ -311,6 +311,15 @@ async def test_unmappable_graph_is_refused_with_its_reason(topics, tmp_path):  #
         "modelstream: error: output 'output' has 10 columns: pass --classes for a classifier "
         "or --task regression\n"
     )
+    too_large = tmp_path / "huge.onnx"
+    too_large.write_bytes(onnx_models.lookup_graph(130).graph)  # over the 128 MiB a record takes
+    refused = await run_cli(
+        topics, "models", "import", "huge", str(too_large), "--features", "x0,x1,x2"
+    )
+    assert refused.returncode == 2
+    assert "output-too-large" in refused.stderr or "the topic takes" in refused.stderr, (
+        refused.stderr
+    )
     image = tmp_path / "cnn.onnx"
     image.write_bytes(_image_graph())
     refused = await run_cli(topics, "models", "import", "cnn", str(image))

@@ -11,26 +11,14 @@ from modelstream.ops.broker import CONTROLLER_PORT_OFFSET
 
 def free_port_pair() -> int:
     """A port P with P and P+1000 (the controller port) both free on loopback."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 1000 > 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on loopback")
+    return free_port_block(1)
 
 
 def free_base_below_ephemeral(span: int = 16) -> int:
     """A base port with ``span`` free ports after it, below the kernel's ephemeral range.
     A port found by bind(0) is ephemeral: until the child process that should listen on it
     starts, any process's outgoing connection (Kafka clients open many) may take it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    low = _ephemeral_low()
     for base in random.sample(range(20_000, low - span, span), 200):
         if all(_free(port) for port in range(base, base + span)):
             return base
@@ -47,26 +35,19 @@ def _free(port: int) -> bool:
 
 
 def free_port_block(nodes: int) -> int:
-    """A port P such that P..P+n-1 and P+1000..P+1000+n-1 are free on loopback."""
-    for _ in range(500):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+    """A port P such that P..P+n-1 and P+1000..P+1000+n-1 are free on loopback, all below
+    the ephemeral range (see free_base_below_ephemeral: a broker that found its port by
+    bind(0) lost it once to a client's outgoing connection before it could listen)."""
+    low = _ephemeral_low()
+    top = low - CONTROLLER_PORT_OFFSET - nodes
+    for base in random.sample(range(20_000, top), 500):
         wanted = [base + i for i in range(nodes)] + [
             base + CONTROLLER_PORT_OFFSET + i for i in range(nodes)
         ]
-        if max(wanted) > 65535:
-            continue
-        sockets = []
-        try:
-            for port in wanted:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
+        if all(_free(port) for port in wanted):
             return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free port block")
+    raise RuntimeError("no free port block below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
