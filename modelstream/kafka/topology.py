@@ -180,11 +180,11 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
     TopicSpec(
         FEEDBACK, "request id", "Feedback", "users", "monitor", 6, {"retention.ms": str(7 * DAY_MS)}
     ),
-    # Answers to synchronous calls; a rejected request: no value, `reason`/`error` headers.
+    # Answers to synchronous calls, to the partition the calling gateway copy owns.
     TopicSpec(
         REPLIES,
         "request id",
-        "Prediction (none when rejected)",
+        "Prediction",  # a rejected request: no value, `reason` and `error` headers
         "predictor",
         "gateway",
         6,

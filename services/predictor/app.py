@@ -227,7 +227,7 @@ class PredictorApp(Lifecycle):
         """Start preparing each new artifact in a worker thread (verification, decryption,
         an onnxruntime session for a graph), then install those that are ready, in registry
         order: until a new version is ready, the one before it keeps serving. ``wait``
-        installs all of them (start-up)."""
+        (start-up), or a model's first version, installs all of them before returning."""
         models_topic = self.settings.topic(MODELS)
         # History first, then the registry, so production is decided by `models`.
         for tp in sorted(batch, key=lambda t: t.topic == models_topic):
@@ -235,7 +235,13 @@ class PredictorApp(Lifecycle):
                 self.boundary.read(record.topic)
                 preparing = asyncio.ensure_future(asyncio.to_thread(self._prepare, record))
                 self._preparing.append((record, tp.topic == models_topic, preparing))
-        if wait:
+        # A model's first version is waited for: until it is installed, its requests could
+        # only be dead-lettered as unknown. Later versions swap in when ready.
+        first = any(
+            production and model_of_key(record.key) not in self.logic.production
+            for record, production, _ in self._preparing
+        )
+        if wait or first:
             await asyncio.gather(*(p for _, _, p in self._preparing), return_exceptions=True)
         while self._preparing and self._preparing[0][2].done():
             record, production, prepared = self._preparing.popleft()

@@ -195,6 +195,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "counts": [140, 140],
             "means": [1.0, 2.0],
             "vars": [0.5, 4.0],
+            "layers": [],
         },
         "metrics": {
             "3": {

@@ -1,6 +1,6 @@
 """Property-based fuzzing of every input decoder and of the handling paths (no broker).
 
-Each property runs 300 examples of 10 structured messages (3,000 per input type: wrong
+Each property runs 200 examples of 10 structured messages (2,000 per input type: wrong
 types, huge and NaN values, truncations, unknown models, through decoders *and* handlers);
 the byte-level properties in tests/unit/contracts/test_byte_fuzz.py run 10,000 records per
 type through the decoders. Every message is either accepted or refused with a modelstream
@@ -37,7 +37,7 @@ CODEC = default_codec()
 BODY = trained_body("breast-cancer")
 NAMES = BODY["feature_names"]
 MODELS = ["breast-cancer"]
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @dataclass(frozen=True)

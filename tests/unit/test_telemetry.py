@@ -15,7 +15,8 @@ import modelstream.telemetry  # noqa: F401 - registers every metric
 
 ROOT = Path(__file__).resolve().parents[2]
 # reason, stage (of the monitor) and topic (logical names) are fixed sets
-ALLOWED_LABELS = {"service", "model", "version", "reason", "stage", "topic"}
+# bounded label values only; the gateway's protocol is oip or tf, its status an HTTP code
+ALLOWED_LABELS = {"service", "model", "version", "reason", "stage", "topic", "protocol", "status"}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
