@@ -115,6 +115,9 @@ async def test_monitor_writes_live_metrics_to_influxdb(topics, keys, influxdb): 
         running(monitor),
     ):
         await labelled_traffic(base, monitor)
+        # the windows (faust) read the learner's outcomes after the join: stopping before
+        # they have would leave labels out of every window (seen under CI load: 320 of 600)
+        await eventually(lambda: monitor.windows.added >= N, 60, "windows missed outcomes")
     # One point per closed (or, at the stop, still open) one-second window: together they
     # hold every label once.
     series: list[dict] = []  # type: ignore[type-arg]
