@@ -81,7 +81,10 @@ class Settings(BaseSettings):
     ssl_ca_file: Path | None = Field(default=None, description="CA that signed the brokers.")
     # What a decoded input may hold (see modelstream.contracts.limits).
     max_message_bytes: int = Field(
-        default=1_048_576, ge=1024, description="Largest record value accepted on an input."
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Largest record value accepted on an input (the requests and training "
+        "topics take records up to this size: a 1 MB image with room to spare).",
     )
     max_json_depth: int = Field(default=32, ge=2, description="Deepest JSON nesting accepted.")
     max_string_chars: int = Field(default=65_536, ge=256)

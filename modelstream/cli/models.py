@@ -33,6 +33,7 @@ from modelstream.registry.artifact import (
 )
 from modelstream.registry.follower import load_history, load_production, public_key
 from modelstream.registry.lineage import load_lineage, retrain
+from modelstream.registry.scoring import kind_of
 from modelstream.registry.trained import trained_candidate
 from modelstream.settings import Settings
 
@@ -45,7 +46,9 @@ app = typer.Typer(
 def define(
     ctx: typer.Context,
     name: str,
-    task: Annotated[str, typer.Option(help="binary, multiclass or regression.")],
+    task: Annotated[
+        str, typer.Option(help="binary, multiclass, regression or embedding (imported only).")
+    ],
     features: Annotated[
         str | None,
         typer.Option(
@@ -177,7 +180,7 @@ def _summary(artifact: ModelArtifact, verified: str) -> dict[str, Any]:
         "parent_version": body["parent_version"],
         "created_at_ms": body["created_at_ms"],
         "created_by": body["created_by"],
-        "kind": "onnx" if body.get("onnx") else "linear",
+        "kind": kind_of(body),
         "features": body["feature_names"],
         "categorical_features": [
             f
@@ -186,12 +189,35 @@ def _summary(artifact: ModelArtifact, verified: str) -> dict[str, Any]:
             for f in i["features"]
         ],
         "graph_bytes": len(graph["graph"]) if (graph := body.get("onnx")) else 0,
+        "serving_spec": _spec_summary(body),
         "classes": body["classes"],
         "encrypted": body["encryption"] is not None,
         "training": body["training"],
         "metrics": body["metrics"],
         "lineage": body["lineage"],
     }
+
+
+def _spec_summary(body: Any) -> Any:
+    """A tensor model's serving spec as JSON, a tokenizer file named by its size and
+    SHA-256 rather than printed."""
+    graph = body.get("onnx")
+    if not graph or not graph.get("spec"):
+        return None
+    from modelstream.contracts.codec import default_codec
+    from modelstream.contracts.records import ServingSpec
+    from modelstream.registry.tensor_model import decode_spec
+
+    plain = default_codec().json_form(ServingSpec).to_plain(decode_spec(graph["spec"]))
+    for item in plain["inputs"]:
+        text = item.get("text")
+        if text and text.get("tokenizer_json"):
+            raw = text["tokenizer_json"].encode()
+            text["tokenizer_json"] = f"<{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()}>"
+    scores = plain.get("scores")
+    if scores and len(scores["labels"]) > 20:
+        scores["labels"] = [*scores["labels"][:20], f"... {len(scores['labels'])} labels"]
+    return plain
 
 
 def _verification(settings: Settings, artifact: ModelArtifact) -> str:
@@ -274,7 +300,8 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
 ) -> None:
     """Write a published version as ONNX: a linear one as a standard graph (opset 17), an
-    imported one as the exact bytes that were imported."""
+    imported one as the exact bytes that were imported (a tensor model's with its serving
+    spec in the metadata, so importing the file again needs no --preprocess)."""
     from modelstream.learn.linear import LinearModel
     from modelstream.learn.mlp import MLPModel
     from modelstream.registry.onnx_interop import export_onnx
@@ -291,6 +318,11 @@ def export(
         graph = body["onnx"]["graph"]
         if hashlib.sha256(graph).hexdigest() != body["onnx"]["graph_sha256"]:
             raise ArtifactVerificationError("the graph does not match its recorded SHA-256")
+        spec = body["onnx"].get("spec")
+        if spec:  # the serving spec rides in the graph's metadata: import reads it back
+            from modelstream.registry.tensor_model import decode_spec, with_spec_metadata
+
+            graph = with_spec_metadata(graph, decode_spec(spec))
         output.write_bytes(graph)
     else:
         model = MLPModel.from_body(body) if body["layers"] else LinearModel.from_body(body)
@@ -319,7 +351,8 @@ def import_model(
         ),
     ] = None,
     task: Annotated[
-        str | None, typer.Option(help="binary, multiclass or regression (default: inferred).")
+        str | None,
+        typer.Option(help="binary, multiclass, regression or embedding (default: inferred)."),
     ] = None,
     keep_graph: Annotated[
         bool,
@@ -329,11 +362,22 @@ def import_model(
             "native linear kind (which the monitor can keep learning from its weights).",
         ),
     ] = False,
+    preprocess: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="A serving spec (JSON, schemas/ServingSpec.avsc): which request tensors fill "
+            "which graph inputs and how (images decoded and normalized, text tokenized, "
+            "bytes windowed), which outputs give the scores and embeddings.",
+        ),
+    ] = None,
 ) -> None:
     """Import an ONNX model as a candidate; the validator gates it on recent labelled data
     like any other candidate. Any graph onnxruntime runs on CPU is accepted (scikit-learn
-    pipelines, XGBoost, LightGBM, networks); a graph of linear operators only becomes a
-    native linear model unless --keep-graph."""
+    pipelines, XGBoost, LightGBM, networks over features; image, text, token and byte
+    models over tensors, with --preprocess or the spec an exported graph carries); a graph
+    of linear operators only becomes a native linear model unless --keep-graph."""
     from modelstream.contracts.builders import candidate_body, lineage, training_config
     from modelstream.contracts.codec import default_codec
     from modelstream.kafka.clients import make_producer
@@ -341,12 +385,29 @@ def import_model(
     from modelstream.registry.artifact import seal
     from modelstream.registry.onnx_interop import UnsupportedModelError, import_onnx
     from modelstream.registry.onnx_model import check_runs, describe, onnx_candidate
+    from modelstream.registry.tensor_model import (
+        describe as describe_tensors,
+    )
+    from modelstream.registry.tensor_model import (
+        parse_spec,
+        takes_tensors,
+        tensor_candidate,
+    )
 
     data = path.read_bytes()
     names = csv_list(features) or None
     labels = csv_list(classes) or None
+    if task and task.upper() not in Task.__members__:
+        raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in Task)}")
+    wanted_task = Task(task.upper()) if task else None
     body = None
-    if not keep_graph and labels is None and task is None:
+    spec = parse_spec(preprocess.read_text(), base=preprocess.parent) if preprocess else None
+    if spec is not None or takes_tensors(data):
+        if names:
+            raise typer.BadParameter("--features is for graphs over features, not tensors")
+        tensor_signature = describe_tensors(data, spec, classes=labels, task=wanted_task)
+        body = tensor_candidate(name, tensor_signature, created_by=f"import:{path.name}")
+    elif not keep_graph and labels is None and task is None:
         try:
             linear = import_onnx(data, names)
         except UnsupportedModelError:
@@ -363,9 +424,7 @@ def import_model(
                 created_by=f"import:{path.name}",
             )
     if body is None:
-        signature = describe(
-            data, features=names, classes=labels, task=Task(task.upper()) if task else None
-        )
+        signature = describe(data, features=names, classes=labels, task=wanted_task)
         check_runs(signature, name)
         body = onnx_candidate(name, signature, created_by=f"import:{path.name}")
     artifact = seal(body)
@@ -378,17 +437,37 @@ def import_model(
             await producer.send_and_wait(settings.topic(CANDIDATES), key=name.encode(), value=value)
 
     asyncio.run(send())
-    kind = "onnx" if body["onnx"] is not None else "linear"
-    categorical = (
-        [f for i in body["onnx"]["inputs"] if i["element_type"] == "string" for f in i["features"]]
-        if body["onnx"] is not None
-        else []
+    kind = kind_of(body)
+    if kind == "tensor":
+        spec_used = tensor_signature.spec
+        what = "inputs " + ", ".join(
+            f"{i['name']} ({i['kind'].lower()})" for i in spec_used["inputs"]
+        )
+        if spec_used["outputs"]:
+            what += ", outputs " + ", ".join(o["name"] for o in spec_used["outputs"])
+    else:
+        categorical = (
+            [
+                f
+                for i in body["onnx"]["inputs"]
+                if i["element_type"] == "string"
+                for f in i["features"]
+            ]
+            if body["onnx"] is not None
+            else []
+        )
+        what = f"{len(body['feature_names'])} numeric features" + (
+            f", categorical {categorical}" if categorical else ""
+        )
+    classes_text = (
+        body["classes"]
+        if len(body["classes"]) <= 20
+        else (f"{body['classes'][:5]} and {len(body['classes']) - 5} more")
     )
     typer.echo(
         f"candidate {artifact['digest'][:12]} for {name} ({kind}, {body['task'].lower()}, "
-        f"{len(body['feature_names'])} numeric features"
-        + (f", categorical {categorical}" if categorical else "")
-        + (f", classes {body['classes']}" if body["classes"] else "")
+        + what
+        + (f", classes {classes_text}" if body["classes"] else "")
         + f", {len(value) / 2**20:.1f} MiB) sent for validation"
     )
 

@@ -23,11 +23,12 @@ from typing import Any, TypeVar, cast
 import fastavro
 import fastavro.schema
 
+from modelstream.contracts import tensors
 from modelstream.contracts.jsonform import JsonForm
 from modelstream.contracts.limits import INTERNAL, Limits, check_record, json_depth
 from modelstream.contracts.records import RECORD_TYPES
 from modelstream.contracts.wire import read_string
-from modelstream.errors import DecodeError, SchemaMismatchError
+from modelstream.errors import DecodeError, InvalidEventError, SchemaMismatchError
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10  # magic (2) + fingerprint (8)
@@ -49,13 +50,21 @@ class Schema:
     parsed: dict[str, Any]
     fingerprint: bytes
     canonical_form: str
+    bytes_defaults: tuple[str, ...] = ()  # top-level fields whose default is empty bytes
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Schema:
         parsed = cast(dict[str, Any], fastavro.schema.parse_schema(dict(raw)))
         canonical = fastavro.schema.to_parsing_canonical_form(parsed)
         fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
-        return cls(str(parsed["name"]).rsplit(".", 1)[-1], parsed, fingerprint, canonical)
+        defaults = tuple(
+            f["name"]
+            for f in parsed.get("fields", [])
+            if f.get("default") == ""
+            and (f["type"][0] if isinstance(f["type"], list) else f["type"]) == "bytes"
+        )
+        name = str(parsed["name"]).rsplit(".", 1)[-1]
+        return cls(name, parsed, fingerprint, canonical, defaults)
 
 
 def load_schema_json(name: str) -> dict[str, Any]:
@@ -96,6 +105,9 @@ class AvroCodec:
 
     def encode(self, record_type: type[R], record: R) -> bytes:
         schema = self.schema(record_type)
+        missing = [f for f in schema.bytes_defaults if f not in cast(Mapping[str, Any], record)]
+        if missing:  # fastavro writes a bytes default as the str the schema spells it with
+            record = cast(R, {**cast(Mapping[str, Any], record), **{f: b"" for f in missing}})
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(schema.fingerprint)
@@ -194,12 +206,32 @@ class AvroCodec:
         plain = parse_json_object(data, limits)
         if record_type.__name__ in WITH_CATEGORIES:
             plain = split_categories(plain)
+        tensor_field = TENSOR_FIELDS.get(record_type.__name__)
+        if tensor_field == "tensors" and "features" not in plain and "tensors" not in plain:
+            raise InvalidEventError(
+                "invalid-json",
+                "features: missing required field (a row has features, tensors or both)",
+            )
+        if tensor_field is not None and isinstance(plain.get(tensor_field), list):
+            plain[tensor_field] = [
+                tensors.from_plain(t, f"{tensor_field}[{i}]")
+                for i, t in enumerate(plain[tensor_field])
+            ]
         record = self.json_form(record_type).from_plain(plain)
         check_record(record, self.schema(record_type).parsed, limits)
         return cast(R, record)
 
-    def encode_json(self, record_type: type[R], record: R) -> bytes:
+    def to_plain(self, record_type: type[R], record: R) -> dict[str, Any]:
+        """The public JSON shape of a record (tensors as lists of numbers or strings)."""
         plain = self.json_form(record_type).to_plain(cast(Mapping[str, Any], record))
+        tensor_field = TENSOR_FIELDS.get(record_type.__name__)
+        if tensor_field is not None and plain.get(tensor_field):
+            source = cast(Mapping[str, Any], record)[tensor_field]
+            plain[tensor_field] = [tensors.to_plain(t) for t in source]
+        return plain
+
+    def encode_json(self, record_type: type[R], record: R) -> bytes:
+        plain = self.to_plain(record_type, record)
         return json.dumps(plain, separators=(",", ":"), allow_nan=False).encode()
 
     def encode_as(self, record_type: type[R], record: R, fmt: str) -> bytes:
@@ -217,6 +249,13 @@ class AvroCodec:
 
 # Contracts whose JSON form takes categorical values among the named features.
 WITH_CATEGORIES = frozenset({"PredictionRequest", "TrainingExample"})
+# Contracts that carry named tensors, by the field that holds them: their JSON form takes
+# the data as lists of numbers or strings (contracts/tensors.py), not only as base64.
+TENSOR_FIELDS = {
+    "PredictionRequest": "tensors",
+    "TrainingExample": "tensors",
+    "Prediction": "outputs",
+}
 
 
 def split_categories(plain: dict[str, Any]) -> dict[str, Any]:

@@ -156,10 +156,20 @@ class JsonForm:
             if name in value:
                 out[name] = self._read(f["type"], value[name], sub)
             elif "default" in f:
-                out[name] = _copy_default(f["default"])
+                out[name] = self._default(f["type"], f["default"])
             else:
                 raise self._fail(sub, "missing required field")
         return out
+
+    def _default(self, schema: AvroSchema, default: Any) -> Any:
+        """A field's default as a decoded value: Avro writes a bytes default as a string of
+        code points 0-255 (for a union, the default belongs to the first branch)."""
+        schema = self._resolve(schema)
+        first = self._resolve(schema[0]) if isinstance(schema, list) else schema
+        kind = first if isinstance(first, str) else first.get("type")
+        if kind == "bytes" and isinstance(default, str):
+            return default.encode("latin-1")
+        return _copy_default(default)
 
     # -- writing -------------------------------------------------------------------------
     def to_plain(self, record: Mapping[str, Any]) -> dict[str, Any]:

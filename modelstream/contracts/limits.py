@@ -32,7 +32,7 @@ LONG_RANGE = (-(2**63), 2**63 - 1)
 class Limits:
     """Bounds every decoded input must stay within."""
 
-    max_bytes: int = 1_048_576  # Kafka's default max.message.bytes is 1,048,588
+    max_bytes: int = 2 * 1024 * 1024  # what `requests` and `training` take (an image)
     max_json_depth: int = 32
     max_string_chars: int = 65_536
     max_items: int = 100_000  # entries of one array or map (the feature limit)

@@ -14,11 +14,13 @@ from typing import NotRequired, TypedDict
 
 
 class Task(StrEnum):
-    """Which link function scores the model: sigmoid, softmax or identity."""
+    """Which link function scores the model: sigmoid, softmax or identity; an embedding
+    model's answer is its output tensors (no class, no value)."""
 
     BINARY = "BINARY"
     MULTICLASS = "MULTICLASS"
     REGRESSION = "REGRESSION"
+    EMBEDDING = "EMBEDDING"
 
 
 class Stage(StrEnum):
@@ -39,10 +41,172 @@ class Action(StrEnum):
     SET_TRAFFIC = "SET_TRAFFIC"
 
 
+class TensorDatatype(StrEnum):
+    """Element types of named tensors, as the Open Inference Protocol names them."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+
+class NamedTensor(TypedDict):
+    """A tensor of a request, example or prediction (see contracts/tensors.py)."""
+
+    name: str
+    datatype: TensorDatatype
+    shape: list[int]
+    data: bytes
+
+
 # A request's or example's features: packed little-endian float64 in the model's feature
 # order, a map by feature name, or a list in feature order.
 Features = bytes | dict[str, float] | list[float]
 Label = str | float
+
+
+# -- ServingSpec: how a model that takes tensors is served -------------------------------------
+class ColorMode(StrEnum):
+    RGB = "RGB"
+    BGR = "BGR"
+    L = "L"
+
+
+class ResizeMode(StrEnum):
+    NONE = "NONE"
+    STRETCH = "STRETCH"
+    FIT = "FIT"
+    HEIGHT = "HEIGHT"
+    SHORTER_SIDE = "SHORTER_SIDE"
+
+
+class Interpolation(StrEnum):
+    NEAREST = "NEAREST"
+    BILINEAR = "BILINEAR"
+    BICUBIC = "BICUBIC"
+    LANCZOS = "LANCZOS"
+    OPENCV_LINEAR = "OPENCV_LINEAR"
+
+
+class PadMode(StrEnum):
+    END = "END"
+    CENTER = "CENTER"
+
+
+class Layout(StrEnum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+    FLAT = "FLAT"
+
+
+class Tokenizer(StrEnum):
+    GRAPH = "GRAPH"
+    WORDPIECE = "WORDPIECE"
+
+
+class InputKind(StrEnum):
+    TENSOR = "TENSOR"
+    IMAGE = "IMAGE"
+    TEXT = "TEXT"
+    BYTES = "BYTES"
+
+
+class Activation(StrEnum):
+    NONE = "NONE"
+    SOFTMAX = "SOFTMAX"
+    SIGMOID = "SIGMOID"
+
+
+class Pooling(StrEnum):
+    NONE = "NONE"
+    MEAN = "MEAN"
+    CLS = "CLS"
+    MAX = "MAX"
+
+
+class Normalization(StrEnum):
+    NONE = "NONE"
+    L2 = "L2"
+
+
+class ImageSpec(TypedDict):
+    color: ColorMode
+    height: int
+    width: int
+    resize: ResizeMode
+    resize_shorter_to: int
+    interpolation: Interpolation
+    scale: float
+    mean: list[float]
+    std: list[float]
+    pad: PadMode
+    pad_value: float
+    layout: Layout
+    formats: list[str]
+    max_pixels: int
+
+
+class TextSpec(TypedDict):
+    tokenizer: Tokenizer
+    tokenizer_json: str
+    max_length: int
+    max_chars: int
+    attention_mask_input: str
+    token_type_ids_input: str
+
+
+class BytesSpec(TypedDict):
+    beg_size: int
+    mid_size: int
+    end_size: int
+    block_size: int
+    padding_token: int
+    strip_whitespace: bool
+
+
+class InputSpec(TypedDict):
+    name: str
+    kind: InputKind
+    graph_input: str
+    datatype: TensorDatatype | None
+    shape: list[int]
+    image: ImageSpec | None
+    text: TextSpec | None
+    bytes: BytesSpec | None
+
+
+class ScoresSpec(TypedDict):
+    graph_output: str
+    labels: list[str]
+    activation: Activation
+    threshold: float
+    below_threshold_label: str
+    top_k: int
+
+
+class OutputSpec(TypedDict):
+    name: str
+    graph_output: str
+    pool: Pooling
+    normalize: Normalization
+    datatype: TensorDatatype
+
+
+class ServingSpec(TypedDict):
+    inputs: list[InputSpec]
+    scores: ScoresSpec | None
+    outputs: list[OutputSpec]
+    max_batch_size: int
+    max_queue_delay_ms: int
 
 
 # -- ModelArtifact ---------------------------------------------------------------------------
@@ -101,6 +265,7 @@ class OnnxGraph(TypedDict):
     inputs: list[OnnxInput]
     scores_output: str
     zipmap_input: str | None
+    spec: NotRequired[bytes | None]  # a ServingSpec, single-object encoded (tensor models)
 
 
 class DenseLayer(TypedDict):
@@ -145,6 +310,7 @@ class TrainingExample(TypedDict):
     example_id: str | None
     timestamp_ms: int | None
     categories: NotRequired[dict[str, str]]
+    tensors: NotRequired[list[NamedTensor]]
 
 
 class PredictionRequest(TypedDict):
@@ -154,6 +320,7 @@ class PredictionRequest(TypedDict):
     version: int | None
     sent_at_ms: int | None
     categories: NotRequired[dict[str, str]]
+    tensors: NotRequired[list[NamedTensor]]
 
 
 class Feedback(TypedDict):
@@ -207,6 +374,7 @@ class Prediction(TypedDict):
     route: str
     requested_at_ms: int
     predicted_at_ms: int
+    outputs: NotRequired[list[NamedTensor]]
 
 
 class ValidationReport(TypedDict):
@@ -325,5 +493,6 @@ RECORD_TYPES: dict[str, type] = {
         MonitorLabelledBatch,
         MonitorModelState,
         MonitorOutcomes,
+        ServingSpec,
     )
 }

@@ -62,6 +62,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from modelstream.kafka.boundary import Attempts, Boundary, CrashGuard, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
+from modelstream.kafka.topology import ROW_MAX_BYTES
 from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
 from modelstream.settings import Settings
@@ -221,7 +222,8 @@ class BatchPipeline(Managed):
             max_poll_records=max_records,
             session_timeout_ms=int(session_timeout_s * 1000),
             heartbeat_interval_ms=max(1000, int(session_timeout_s * 250)),
-            max_partition_fetch_bytes=1024 * 1024,
+            # one record of the largest row (an image) per partition and fetch, at least
+            max_partition_fetch_bytes=ROW_MAX_BYTES + 64 * 1024,
             fetch_max_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=fetch_max_wait_ms,
             partition_assignment_strategy=(assignor,),

@@ -79,6 +79,10 @@ MONITOR_TOPICS = (
 # An internal record carries one or more user records whole (a join entry holds a request and
 # its prediction), so internal topics take more than the user topics' 1 MiB.
 INTERNAL_MAX_BYTES = DEAD_LETTER_MAX_BYTES
+# Rows may carry tensors (an encoded image, a text, a file): the topics of rows and their
+# answers take records up to 2 MiB, so a 1 MB image request fits with room to spare, and its
+# dead letter (value and headers) fits the dead-letter topic's 4 MiB.
+ROW_MAX_BYTES = 2 * 1024 * 1024
 # Artifacts carry whole models: a gradient-boosted ensemble or a network exported to ONNX is
 # tens of MB. The topics that carry artifacts take records up to this size (one record per
 # version: verified and swapped as a whole, never reassembled from parts); the clients'
@@ -96,7 +100,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "users",
         "trainer, validator",
         3,
-        {"retention.ms": FOREVER},
+        {"retention.ms": FOREVER, "max.message.bytes": str(ROW_MAX_BYTES)},
     ),
     # One partition: commands about different models stay in issue order for every reader.
     TopicSpec(
@@ -157,7 +161,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "users",
         "predictor",
         6,
-        {"retention.ms": str(DAY_MS)},
+        {"retention.ms": str(DAY_MS), "max.message.bytes": str(ROW_MAX_BYTES)},
     ),
     TopicSpec(
         PREDICTIONS,
@@ -166,7 +170,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "predictor",
         "users, monitor",
         6,
-        {"retention.ms": str(7 * DAY_MS)},
+        {"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(ROW_MAX_BYTES)},
     ),
     TopicSpec(
         SHADOW_PREDICTIONS,
@@ -175,7 +179,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "predictor",
         "users",
         6,
-        {"retention.ms": str(7 * DAY_MS)},
+        {"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(ROW_MAX_BYTES)},
     ),
     TopicSpec(
         FEEDBACK, "request id", "Feedback", "users", "monitor", 6, {"retention.ms": str(7 * DAY_MS)}
@@ -188,7 +192,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "predictor",
         "gateway",
         6,
-        {"retention.ms": str(3600 * 1000)},
+        {"retention.ms": str(3600 * 1000), "max.message.bytes": str(ROW_MAX_BYTES)},
     ),
     TopicSpec(
         AUDIT,

@@ -60,8 +60,9 @@ class LinearModel:
         """The linear families take numeric features only."""
         return []
 
-    def score(self, X: np.ndarray, categories: object = None) -> np.ndarray:
-        """:meth:`proba`, under the name every served kind shares (``categories`` unused)."""
+    def score(self, X: np.ndarray, categories: object = None, tensors: object = None) -> np.ndarray:
+        """:meth:`proba`, under the name every served kind shares (``categories`` and
+        ``tensors`` unused)."""
         return self.proba(X)
 
     @classmethod

@@ -268,19 +268,23 @@ def _map_output(
     )
 
 
-def serving_graph(onnx_graph: OnnxGraph, data: bytes) -> bytes:
-    """The graph reduced to the one output the scorer reads (a ZipMap replaced by the
-    tensor it zips), so onnxruntime computes nothing else."""
+def serving_graph(
+    onnx_graph: OnnxGraph, data: bytes, outputs: Sequence[str] | None = None
+) -> bytes:
+    """The graph reduced to the outputs the scorer reads (by default the scores; a ZipMap
+    replaced by the tensor it zips), so onnxruntime computes nothing else."""
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load_model_from_string(data)
     graph = model.graph
-    wanted = onnx_graph["zipmap_input"] or onnx_graph["scores_output"]
-    keep_output = [o for o in graph.output if o.name == wanted]
-    if not keep_output:
-        keep_output = [helper.make_tensor_value_info(wanted, TensorProto.FLOAT, None)]
-    needed = {wanted}
+    wanted = list(outputs or [onnx_graph["zipmap_input"] or onnx_graph["scores_output"]])
+    declared = {o.name: o for o in graph.output}
+    keep_output = [
+        declared.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        for name in wanted
+    ]
+    needed = set(wanted)
     kept = []
     for node in reversed(graph.node):
         if needed.intersection(node.output):
@@ -371,7 +375,10 @@ class OnnxScorer:
         return feeds
 
     def score(
-        self, X: np.ndarray, categories: Sequence[Mapping[str, str] | None] | None = None
+        self,
+        X: np.ndarray,
+        categories: Sequence[Mapping[str, str] | None] | None = None,
+        tensors: object = None,
     ) -> np.ndarray:
         """Class probabilities [N, classes] (regression: values [N]) for the rows of ``X``
         (numeric features in ``feature_names`` order) and their categorical values."""
@@ -390,6 +397,14 @@ class OnnxScorer:
 
     def output(self, X: np.ndarray) -> np.ndarray:
         return self.score(X)
+
+    def warm_up(self) -> None:
+        """Score one row of zeros, so the first real batch does not pay for onnxruntime's
+        first-run allocations (a graph that refuses zeros is left cold)."""
+        try:
+            self.score(np.zeros((1, self.n_features)), [dict.fromkeys(self.categorical, "")])
+        except Exception:  # a lookup graph may have no answer for zeros: serving will tell
+            return
 
 
 def onnx_candidate(

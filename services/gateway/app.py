@@ -319,10 +319,11 @@ class GatewayApp(Lifecycle):
                     {
                         "request_id": request_id,
                         "model": model.name,
-                        "features": packed[i].tobytes(),
+                        "features": packed[i].tobytes() if rows.tensors is None else b"",
                         "version": version,
                         "sent_at_ms": now_ms,
                         "categories": rows.categories[i] if rows.categories else {},
+                        "tensors": rows.tensors[i] if rows.tensors is not None else [],
                     },
                 )
                 deliveries.append(

@@ -10,6 +10,13 @@ name) and its answers become the protocol's response:
 * TensorFlow Serving REST: ``instances`` (rows as lists in feature order or objects of
   named features) or ``inputs`` (columnar: an object of feature -> values, or a list of
   rows); the response is ``predictions``, one per row.
+
+A model that takes tensors (an image, a text, a file, any tensor: see
+``registry/tensor_model.py``) takes one protocol tensor per input, its first axis the rows:
+BYTES elements (encoded images, UTF-8 text, raw files; ``{"b64": ...}`` in TensorFlow
+Serving's JSON), or numbers (UINT8 pixels, FP32 tensors, token ids). Its answers add the
+outputs it declares (an embedding) and, when it keeps only the top k scores, ``top_labels``
+and ``top_scores`` instead of ``scores``.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from modelstream.contracts.records import ModelBody, Prediction, Task
+from modelstream.contracts import tensors
+from modelstream.contracts.records import ModelBody, NamedTensor, Prediction, ServingSpec, Task
+from modelstream.errors import InvalidEventError
 
 NUMERIC_DATATYPES = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
@@ -50,9 +59,13 @@ class ModelInfo:
     categorical: list[str]
     classes: list[str]
     kind: str
+    spec: ServingSpec | None = None  # a tensor model's serving spec
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()  # its tensors: name, type, row
 
     @classmethod
     def from_body(cls, body: ModelBody) -> ModelInfo:
+        from modelstream.registry.tensor_model import decode_spec, input_signature
+
         graph = body.get("onnx")
         categorical = (
             [f for i in graph["inputs"] if i["element_type"] == "string" for f in i["features"]]
@@ -60,6 +73,8 @@ class ModelInfo:
             else []
         )
         kind = "onnx" if graph else "mlp" if body.get("layers") else "linear"
+        spec_bytes = graph.get("spec") if graph else None
+        spec = decode_spec(spec_bytes) if spec_bytes else None
         return cls(
             body["name"],
             body["version"],
@@ -67,8 +82,15 @@ class ModelInfo:
             list(body["feature_names"]),
             categorical,
             list(body["classes"]),
-            kind,
+            "tensor" if spec is not None else kind,
+            spec,
+            tuple((n, d, tuple(shape)) for n, d, shape in input_signature(spec)) if spec else (),
         )
+
+    @property
+    def top_k(self) -> int:
+        scores = self.spec["scores"] if self.spec is not None else None
+        return scores["top_k"] if scores and 0 < scores["top_k"] < len(self.classes) else 0
 
 
 @dataclass
@@ -77,9 +99,18 @@ class Rows:
 
     X: np.ndarray  # N x d numeric features
     categories: list[dict[str, str]] | None  # per row, for models with categorical inputs
+    tensors: list[list[NamedTensor]] | None = None  # per row, for a model that takes tensors
 
     def __len__(self) -> int:
-        return len(self.X)
+        return len(self.tensors) if self.tensors is not None else len(self.X)
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A binary-extension input's bytes, in place of its JSON data (no JSON value is one):
+    read as the model needs it, lists for features, bytes for tensors."""
+
+    blob: bytes
 
 
 # Little-endian numpy types of the Open Inference Protocol's binary tensor extension.
@@ -118,14 +149,14 @@ def oip_body(raw: bytes, header_length: str | None) -> Any:
         blob, at = raw[at : at + size], at + size
         datatype = tensor.get("datatype")
         if datatype == "BYTES":
-            tensor["data"] = _binary_strings(blob)
+            _binary_strings(blob)  # the length prefixes must add up
         elif datatype in BINARY_DTYPES:
             itemsize = np.dtype(BINARY_DTYPES[datatype]).itemsize
             if size % itemsize:
                 raise CallError(400, f"input {tensor.get('name')!r}: {size} bytes of {datatype}")
-            tensor["data"] = np.frombuffer(blob, dtype=BINARY_DTYPES[datatype]).tolist()
         else:
             raise CallError(400, f"input {tensor.get('name')!r} has datatype {datatype!r}")
+        tensor["data"] = Binary(blob)
     if at != len(raw):
         raise CallError(400, f"{len(raw) - at} bytes after the last binary input")
     return body
@@ -138,7 +169,7 @@ def _json(raw: bytes) -> Any:
         raise CallError(400, "the request body is not JSON") from None
 
 
-def _binary_strings(blob: bytes) -> list[str]:
+def _binary_strings(blob: bytes) -> list[bytes]:
     """BYTES elements: each a 4-byte little-endian length, then the bytes."""
     out, at = [], 0
     while at < len(blob):
@@ -148,9 +179,19 @@ def _binary_strings(blob: bytes) -> list[str]:
         at += 4
         if at + n > len(blob):
             raise CallError(400, "truncated BYTES element")
-        out.append(blob[at : at + n].decode("utf-8", errors="replace"))
+        out.append(blob[at : at + n])
         at += n
     return out
+
+
+def _json_values(tensor: dict[str, Any]) -> Any:
+    """A feature tensor's values as JSON would carry them (a binary input converted)."""
+    data = tensor["data"]
+    if not isinstance(data, Binary):
+        return data
+    if tensor.get("datatype") == "BYTES":
+        return [v.decode("utf-8", errors="replace") for v in _binary_strings(data.blob)]
+    return np.frombuffer(data.blob, dtype=BINARY_DTYPES[tensor["datatype"]]).tolist()
 
 
 def oip_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
@@ -160,6 +201,8 @@ def oip_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise CallError(400, "'inputs' must be a non-empty list of tensors")
+    if model.spec is not None:
+        return _oip_tensor_rows(inputs, model, max_rows)
     tensors = [_oip_tensor(t, i) for i, t in enumerate(inputs)]
     names = set(model.feature_names) | set(model.categorical)
     if len(tensors) == 1 and tensors[0][0] not in names:
@@ -200,7 +243,7 @@ def _oip_tensor(tensor: Any, index: int) -> tuple[str, Any, list[int], str]:
         raise CallError(400, f"input {name!r} has datatype {datatype!r}")
     if "data" not in tensor:
         raise CallError(400, f"input {name!r} has no data")
-    return name, tensor["data"], shape, datatype
+    return name, _json_values(tensor), shape, datatype
 
 
 def tf_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
@@ -209,6 +252,8 @@ def tf_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
         raise CallError(400, "the request body must be a JSON object")
     if ("instances" in body) == ("inputs" in body):
         raise CallError(400, "the request needs exactly one of 'instances' and 'inputs'")
+    if model.spec is not None:
+        return _tf_tensor_rows(body, model, max_rows)
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
@@ -302,13 +347,225 @@ def _numeric(values: Any, shape: Sequence[int], max_rows: int) -> np.ndarray:
     return array
 
 
+# -- tensors ---------------------------------------------------------------------------------
+def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows:
+    """One protocol tensor per model input, its first axis the rows."""
+    wanted = {name: datatype for name, datatype, _ in model.inputs}
+    batches: dict[str, NamedTensor] = {}
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise CallError(400, f"input {index} is not an object")
+        name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+        if not isinstance(name, str) or name not in wanted:
+            raise CallError(400, f"unknown input {str(name)[:64]!r} (inputs: {sorted(wanted)})")
+        if name in batches:
+            raise CallError(400, f"input {name!r} given twice")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape
+            )
+        ):
+            raise CallError(400, f"input {name!r} needs a shape whose first axis is the rows")
+        if datatype not in tensors.DATATYPES:
+            raise CallError(400, f"input {name!r} has datatype {str(datatype)[:32]!r}")
+        try:
+            if "data" not in tensor:
+                raise CallError(400, f"input {name!r} has no data")
+            if isinstance(tensor["data"], Binary):
+                data = tensor["data"].blob
+            else:
+                data, _ = tensors.json_data(datatype, tensor["data"], f"input {name!r}")
+            batch: NamedTensor = {
+                "name": name,
+                "datatype": datatype,
+                "shape": shape,
+                "data": data,
+            }
+            tensors.check(batch)
+        except InvalidEventError as exc:
+            raise CallError(400, str(exc)) from None
+        batches[name] = batch
+    missing = sorted(set(wanted) - set(batches))
+    if missing:
+        raise CallError(400, f"missing inputs {missing}")
+    counts = {t["shape"][0] for t in batches.values()}
+    if len(counts) != 1:
+        raise CallError(400, "every input needs the same number of rows (its first axis)")
+    (n,) = counts
+    if not 1 <= n <= max_rows:
+        raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
+    rows: list[list[NamedTensor]] = [[] for _ in range(n)]
+    for batch in batches.values():
+        for i, row in enumerate(_split_rows(batch, n)):
+            rows[i].append(row)
+    return Rows(np.empty((n, 0)), None, rows)
+
+
+def _split_rows(batch: NamedTensor, n: int) -> list[NamedTensor]:
+    """A batch tensor's rows, each without the batch axis (one BYTES element: shape [1])."""
+    row_shape = list(batch["shape"][1:])
+    if batch["datatype"] == "BYTES":
+        values = tensors.elements(batch)
+        per = len(values) // n if n else 0
+        return [
+            tensors.from_elements(batch["name"], values[i * per : (i + 1) * per], row_shape or [1])
+            for i in range(n)
+        ]
+    array = tensors.numeric(batch)
+    return [tensors.from_array(batch["name"], array[i]) for i in range(n)]
+
+
+def _tf_tensor_rows(body: dict[str, Any], model: ModelInfo, max_rows: int) -> Rows:
+    """``instances``: one object of input -> value per row (or the value itself for a
+    one-input model); ``inputs``: an object of input -> list of values (or the list)."""
+    names = [name for name, _, _ in model.inputs]
+    if "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise CallError(400, "'instances' must be a non-empty list")
+        columns: dict[str, list[Any]] = {}
+        for instance in instances:
+            values = instance if _named_row(instance, names) else {names[0]: instance}
+            if len(names) > 1 and not _named_row(instance, names):
+                raise CallError(400, f"each instance is an object of the inputs {names}")
+            for name, value in values.items():
+                columns.setdefault(name, []).append(value)
+    else:
+        inputs = body["inputs"]
+        columns = inputs if _named_row(inputs, names) else {names[0]: inputs}
+        if not all(isinstance(v, list) for v in columns.values()):
+            raise CallError(400, "'inputs' maps each input to a list of values, one per row")
+    unknown = sorted(set(columns) - set(names))
+    if unknown:
+        raise CallError(400, f"unknown inputs {[u[:64] for u in unknown[:5]]} (inputs: {names})")
+    missing = sorted(set(names) - set(columns))
+    if missing:
+        raise CallError(400, f"missing inputs {missing}")
+    counts = {len(v) for v in columns.values()}
+    if len(counts) != 1:
+        raise CallError(400, "every input needs the same number of rows")
+    (n,) = counts
+    if not 1 <= n <= max_rows:
+        raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
+    datatypes = {name: datatype for name, datatype, _ in model.inputs}
+    rows: list[list[NamedTensor]] = [[] for _ in range(n)]
+    for name in names:
+        for i, value in enumerate(columns[name]):
+            rows[i].append(_tf_value(name, datatypes[name], value))
+    return Rows(np.empty((n, 0)), None, rows)
+
+
+def _named_row(value: Any, names: list[str]) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) != {"b64"}
+        and (set(value) <= set(names) or len(names) > 1)
+    )
+
+
+def _tf_value(name: str, datatype: str, value: Any) -> NamedTensor:
+    """One row's value of one input: ``{"b64": ...}`` or a string for BYTES, nested lists
+    of numbers (UINT8 pixels for an image, the input's own datatype for a tensor)."""
+    try:
+        if isinstance(value, str | dict):
+            data, _ = tensors.json_data("BYTES", [value], f"input {name!r}")
+            return {"name": name, "datatype": "BYTES", "shape": [1], "data": data}  # type: ignore[typeddict-item]
+        numeric = "UINT8" if datatype == "BYTES" else datatype  # raw pixels of an image
+        data, shape = tensors.json_data(numeric, value, f"input {name!r}")
+    except InvalidEventError as exc:
+        raise CallError(400, str(exc)) from None
+    return {"name": name, "datatype": numeric, "shape": shape, "data": data}  # type: ignore[typeddict-item]
+
+
+def _stack(name: str, values: Sequence[NamedTensor]) -> dict[str, Any]:
+    """One output over the rows, as a protocol tensor [N, ...] (JSON data)."""
+    datatype = str(values[0]["datatype"])
+    if any(v["datatype"] != datatype or v["datatype"] == "BYTES" for v in values):
+        raise CallError(502, f"output {name!r} has rows of different kinds")
+    arrays = [tensors.numeric(v) for v in values]
+    if any(a.shape != arrays[0].shape for a in arrays):
+        raise CallError(502, f"output {name!r} has rows of different shapes")
+    stacked = np.stack(arrays)
+    return {
+        "name": name,
+        "shape": list(stacked.shape),
+        "datatype": datatype,
+        "data": stacked.reshape(-1).tolist(),
+    }
+
+
+def _output_rows(answers: Sequence[Prediction]) -> dict[str, list[NamedTensor]]:
+    by_name: dict[str, list[NamedTensor]] = {}
+    for answer in answers:
+        for tensor in answer.get("outputs") or ():
+            by_name.setdefault(tensor["name"], []).append(tensor)
+    return {name: rows for name, rows in by_name.items() if len(rows) == len(answers)}
+
+
+def _oip_class_outputs(model: ModelInfo, answers: Sequence[Prediction]) -> list[dict[str, Any]]:
+    n = len(answers)
+    if model.task == Task.EMBEDDING:
+        return []
+    if model.task == Task.REGRESSION:
+        return [
+            {
+                "name": "predict",
+                "shape": [n],
+                "datatype": "FP64",
+                "data": [float(a["prediction"]) for a in answers],
+            }
+        ]
+    outputs: list[dict[str, Any]] = [
+        {
+            "name": "predict",
+            "shape": [n],
+            "datatype": "BYTES",
+            "data": [str(a["prediction"]) for a in answers],
+        }
+    ]
+    k = model.top_k
+    if k:
+        outputs.append(
+            {
+                "name": "top_labels",
+                "shape": [n, k],
+                "datatype": "BYTES",
+                "data": [label for a in answers for label in list(a["scores"])[:k]],
+            }
+        )
+        outputs.append(
+            {
+                "name": "top_scores",
+                "shape": [n, k],
+                "datatype": "FP64",
+                "data": [score for a in answers for score in list(a["scores"].values())[:k]],
+            }
+        )
+    else:
+        outputs.append(
+            {
+                "name": "scores",
+                "shape": [n, len(model.classes)],
+                "datatype": "FP64",
+                "data": [a["scores"].get(c, 0.0) for a in answers for c in model.classes],
+            }
+        )
+    return outputs
+
+
 # -- answering -------------------------------------------------------------------------------
 def oip_response(
     model: ModelInfo, call_id: str, request_ids: Sequence[str], answers: Sequence[Prediction]
 ) -> dict[str, Any]:
     versions = sorted({a["version"] for a in answers})
     outputs: list[dict[str, Any]]
-    if model.task == Task.REGRESSION:
+    if model.spec is not None:
+        outputs = _oip_class_outputs(model, answers) + [
+            _stack(name, rows) for name, rows in _output_rows(answers).items()
+        ]
+    elif model.task == Task.REGRESSION:
         outputs = [
             {
                 "name": "predict",
@@ -350,6 +607,19 @@ def oip_response(
 
 
 def tf_response(model: ModelInfo, answers: Sequence[Prediction]) -> dict[str, Any]:
+    if model.spec is not None:
+        rows: list[dict[str, Any]] = []
+        for answer in answers:
+            row: dict[str, Any] = {"version": answer["version"]}
+            if model.task == Task.REGRESSION:
+                row["predict"] = float(answer["prediction"])
+            elif model.task != Task.EMBEDDING:
+                row["predict"] = str(answer["prediction"])
+                row["scores"] = dict(answer["scores"])
+            for tensor in answer.get("outputs") or ():
+                row[tensor["name"]] = tensors.to_plain(tensor)["data"]
+            rows.append(row)
+        return {"predictions": rows}
     if model.task == Task.REGRESSION:
         return {"predictions": [float(a["prediction"]) for a in answers]}
     return {
@@ -365,6 +635,8 @@ def tf_response(model: ModelInfo, answers: Sequence[Prediction]) -> dict[str, An
 
 
 def oip_metadata(model: ModelInfo, versions: Sequence[int]) -> dict[str, Any]:
+    if model.spec is not None:
+        return _tensor_metadata(model, versions)
     inputs: list[dict[str, Any]] = [
         {"name": f, "datatype": "FP64", "shape": [-1, 1]} for f in model.feature_names
     ] + [{"name": c, "datatype": "BYTES", "shape": [-1, 1]} for c in model.categorical]
@@ -389,6 +661,47 @@ def oip_metadata(model: ModelInfo, versions: Sequence[int]) -> dict[str, Any]:
             "classes": model.classes,
             "production_version": model.version,
             "feature_order": model.feature_names,
+        },
+    }
+
+
+def _tensor_metadata(model: ModelInfo, versions: Sequence[int]) -> dict[str, Any]:
+    """A tensor model's inputs (rows first, -1 for any size) and outputs."""
+    assert model.spec is not None
+    kinds = {i["name"]: str(i["kind"]).lower() for i in model.spec["inputs"]}
+    inputs = [
+        {
+            "name": name,
+            "datatype": datatype,
+            "shape": [-1, *shape],
+            "parameters": {"content": kinds[name]},
+        }
+        for name, datatype, shape in model.inputs
+    ]
+    n = len(model.classes)
+    outputs: list[dict[str, Any]] = []
+    if model.task == Task.REGRESSION:
+        outputs.append({"name": "predict", "datatype": "FP64", "shape": [-1]})
+    elif model.task != Task.EMBEDDING:
+        outputs.append({"name": "predict", "datatype": "BYTES", "shape": [-1]})
+        if model.top_k:
+            outputs.append({"name": "top_labels", "datatype": "BYTES", "shape": [-1, model.top_k]})
+            outputs.append({"name": "top_scores", "datatype": "FP64", "shape": [-1, model.top_k]})
+        else:
+            outputs.append({"name": "scores", "datatype": "FP64", "shape": [-1, n]})
+    for output in model.spec["outputs"]:
+        outputs.append({"name": output["name"], "datatype": str(output["datatype"]), "shape": [-1]})
+    outputs.append({"name": "version", "datatype": "INT64", "shape": [-1]})
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": "modelstream-tensor",
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": {
+            "task": model.task.lower(),
+            "classes": model.classes,
+            "production_version": model.version,
         },
     }
 

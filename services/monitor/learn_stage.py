@@ -250,7 +250,12 @@ class LearnStage:
     def _labelled(
         self, item: MonitorLabelled, model: str, watch: ModelWatch | None, now: int
     ) -> Labelled:
-        request = self._decode(item["request"], PredictionRequest)
+        # A tensor model's request (an image, a text) is not needed: nothing learns from it.
+        features = (
+            self._decode(item["request"], PredictionRequest)["features"]
+            if watch is None or watch.learns_features
+            else b""
+        )
         prediction = self._decode(item["prediction"], Prediction)
         feedback = self._decode(item["feedback"], Feedback)
         # Decoded unchecked (hot path): what is used below is checked here, or by
@@ -276,7 +281,7 @@ class LearnStage:
         )
         return Labelled(
             request_id=item["request_id"],
-            features=request["features"],
+            features=features,
             version=prediction["version"],
             prediction=prediction["prediction"],
             scores=prediction["scores"],
@@ -311,7 +316,7 @@ class LearnStage:
     def _act(self, watch: ModelWatch, d: Decisions) -> list[Outgoing]:
         model, key = watch.name, watch.name.encode()
         out: list[Outgoing] = []
-        if self.write_training:
+        if self.write_training and watch.learns_features:  # a tensor row's tensors are not here
             for label in d.usable:
                 example: TrainingExample = {
                     "model": model,

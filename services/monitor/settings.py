@@ -25,6 +25,12 @@ class MonitorSettings(ServiceSettings):
     feature_drift_threshold: float = Field(
         default=0.5, gt=0, description="Shift of a feature's window mean, in training stds."
     )
+    score_drift_threshold: float = Field(
+        default=0.25,
+        gt=0,
+        description="Population stability index of a window of live top scores against the "
+        "validator's hold-out deciles above which the scores have drifted.",
+    )
     online_learning_rate: float = Field(default=0.01, gt=0, description="Online SGD step.")
     online_l2: float = Field(default=0.0, ge=0)
     export_every_labels: int = Field(default=2000, ge=1)
@@ -74,6 +80,7 @@ class MonitorSettings(ServiceSettings):
             drift_delta=self.drift_delta,
             feature_drift_window=self.feature_drift_window,
             feature_drift_threshold=self.feature_drift_threshold,
+            score_drift_threshold=self.score_drift_threshold,
             learning_rate=self.online_learning_rate,
             l2=self.online_l2,
             export_every_labels=self.export_every_labels,

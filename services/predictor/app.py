@@ -260,7 +260,10 @@ class PredictorApp(Lifecycle):
             codec=self.codec,
         )
         return ServingModel.from_verified(
-            verified, self.data_key, threads=self.settings.predictor_onnx_threads
+            verified,
+            self.data_key,
+            threads=self.settings.predictor_onnx_threads,
+            max_chars=self.settings.max_string_chars,
         )
 
     def _refuse(self, record: ConsumerRecord, exc: BaseException) -> None:

@@ -16,10 +16,13 @@ import numpy as np
 
 from modelstream.contracts.codec import MAGIC
 from modelstream.contracts.limits import INT_RANGE, LONG_RANGE
+from modelstream.contracts.records import NamedTensor, TensorDatatype
 from modelstream.contracts.wire import read_long, read_string, string, zigzag
 from modelstream.errors import DecodeError, InvalidEventError
 
 MAX_CATEGORIES = 10_000  # categorical features of one request
+MAX_TENSORS = 1_000  # named tensors of one request
+DATATYPES = list(TensorDatatype)  # the Avro enum's symbols, in order
 
 
 class MapTemplate:
@@ -61,8 +64,16 @@ class MapSection:
 # A request's features as the hot path holds them: packed bytes, a map section still to be
 # checked against the model's template, or decoded map/list values.
 RequestFeatures = bytes | MapSection | dict[str, float] | list[float]
-# id, model, features, version, sent_at_ms, categories (None when there are none)
-Request = tuple[bytes, str, RequestFeatures, int | None, int | None, dict[str, str] | None]
+# id, model, features, version, sent_at_ms, categories, tensors (None when there are none)
+Request = tuple[
+    bytes,
+    str,
+    RequestFeatures,
+    int | None,
+    int | None,
+    dict[str, str] | None,
+    list[NamedTensor] | None,
+]
 
 
 def _optional_long(data: bytes, pos: int, field: str) -> tuple[int | None, int]:
@@ -94,6 +105,52 @@ def _string_map(data: bytes, pos: int) -> tuple[dict[str, str] | None, int]:
                 out[key.decode()] = value.decode()
             except UnicodeDecodeError:
                 raise DecodeError("PredictionRequest categories are not UTF-8") from None
+        count, pos = read_long(data, pos)
+    return out, pos
+
+
+def _long_array(data: bytes, pos: int, limit: int) -> tuple[list[int], int]:
+    """An Avro array<long> (a tensor's shape)."""
+    out: list[int] = []
+    count, pos = read_long(data, pos)
+    while count != 0:
+        if count < 0:
+            count = -count
+            _, pos = read_long(data, pos)
+        if len(out) + count > limit:
+            raise InvalidEventError("invalid-tensor", f"a shape of more than {limit} dimensions")
+        for _ in range(count):
+            value, pos = read_long(data, pos)
+            out.append(value)
+        count, pos = read_long(data, pos)
+    return out, pos
+
+
+def _tensors(data: bytes, pos: int) -> tuple[list[NamedTensor] | None, int]:
+    """An Avro array<NamedTensor>; None when it is empty. Only the encoding is checked here
+    (shapes against bytes are the model's to check)."""
+    count, pos = read_long(data, pos)
+    if count == 0:
+        return None, pos
+    out: list[NamedTensor] = []
+    while count != 0:
+        if count < 0:
+            count = -count
+            _, pos = read_long(data, pos)
+        if len(out) + count > MAX_TENSORS:
+            raise InvalidEventError("too-many-items", f"more than {MAX_TENSORS} tensors")
+        for _ in range(count):
+            name, pos = read_string(data, pos)
+            datatype, pos = read_long(data, pos)
+            if not 0 <= datatype < len(DATATYPES):
+                raise DecodeError(f"bad tensor datatype index {datatype}")
+            shape, pos = _long_array(data, pos, 64)
+            raw, pos = read_string(data, pos)
+            try:
+                text = name.decode()
+            except UnicodeDecodeError:
+                raise DecodeError("a tensor name is not UTF-8") from None
+            out.append({"name": text, "datatype": DATATYPES[datatype], "shape": shape, "data": raw})
         count, pos = read_long(data, pos)
     return out, pos
 
@@ -133,6 +190,7 @@ class RequestReader:
             version, pos = _optional_long(data, pos, "version")
             sent_at, pos = _optional_long(data, pos, "sent_at_ms")
             categories, pos = _string_map(data, pos)
+            tensors, pos = _tensors(data, pos)
             if version is not None and not INT_RANGE[0] <= version <= INT_RANGE[1]:
                 raise InvalidEventError("out-of-range", f"version {version} is not an Avro int")
             if sent_at is not None and not LONG_RANGE[0] <= sent_at <= LONG_RANGE[1]:
@@ -156,7 +214,7 @@ class RequestReader:
             raise DecodeError("PredictionRequest strings are not UTF-8") from None
         if model_bytes not in self._models and len(self._models) < 10_000:
             self._models[model_bytes] = model
-        return request_id, model, features, version, sent_at, categories
+        return request_id, model, features, version, sent_at, categories, tensors
 
 
 class PredictionWriter:
@@ -187,6 +245,41 @@ class PredictionWriter:
             )
             self.score_keys = keys
 
+    def score_sections(self, output: np.ndarray) -> list[bytes]:
+        """Each row's scores map over every class, from one numpy structured array."""
+        n = len(output)
+        scores = np.empty(n, dtype=self.score_dtype)
+        scores["count"] = zigzag(len(self.classes))
+        for j, key in enumerate(self.score_keys):
+            scores[f"k{j}"] = key
+            scores[f"v{j}"] = output[:, j]
+        scores["end"] = b"\x00"
+        blob = scores.tobytes()
+        size = self.score_dtype.itemsize
+        return [blob[i * size : (i + 1) * size] for i in range(n)]
+
+    def top_sections(self, output: np.ndarray, k: int) -> list[bytes]:
+        """Each row's scores map over its k highest classes, highest first."""
+        top = np.argsort(-output, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(output, top, axis=1).astype("<f8")
+        head, keys = zigzag(k), self.score_keys
+        return [
+            head
+            + b"".join(keys[j] + values[i, c].tobytes() for c, j in enumerate(row.tolist()))
+            + b"\x00"
+            for i, row in enumerate(top)
+        ]
+
+    @staticmethod
+    def label_sections(labels: Sequence[str | float]) -> list[bytes]:
+        """The Prediction's ``prediction`` union: a class label (string) or a value."""
+        return [
+            zigzag(0) + string(label.encode())
+            if isinstance(label, str)
+            else b"\x02" + np.float64(label).astype("<f8").tobytes()
+            for label in labels
+        ]
+
     def encode(
         self,
         request_ids: Sequence[bytes],
@@ -195,32 +288,70 @@ class PredictionWriter:
         predicted_ms: int,
     ) -> list[bytes]:
         n = len(request_ids)
-        tail = zigzag(predicted_ms)
-        stamps: dict[int, bytes] = {}
         if self.classes:
-            scores = np.empty(n, dtype=self.score_dtype)
-            scores["count"] = zigzag(len(self.classes))
-            for j, key in enumerate(self.score_keys):
-                scores[f"k{j}"] = key
-                scores[f"v{j}"] = output[:, j]
-            scores["end"] = b"\x00"
-            blob = scores.tobytes()
-            size = self.score_dtype.itemsize
             labels = [self.labels[i] for i in output.argmax(axis=1).tolist()]
-            score_bytes = [blob[i * size : (i + 1) * size] for i in range(n)]
+            score_bytes = self.score_sections(output)
         else:  # regression: union branch 1 (double), empty scores map
             values = np.ascontiguousarray(output, dtype="<f8").tobytes()
             labels = [b"\x02" + values[i * 8 : (i + 1) * 8] for i in range(n)]
             score_bytes = [b"\x00"] * n
+        return self.encode_rows(request_ids, labels, score_bytes, None, requested_ms, predicted_ms)
+
+    def encode_rows(
+        self,
+        request_ids: Sequence[bytes],
+        labels: Sequence[bytes],
+        scores: Sequence[bytes],
+        outputs: Sequence[bytes] | None,
+        requested_ms: Sequence[int],
+        predicted_ms: int,
+    ) -> list[bytes]:
+        """Predictions from their encoded parts: ``labels`` (:meth:`label_sections`),
+        ``scores`` (:meth:`score_sections` or :meth:`top_sections`) and ``outputs``
+        (:func:`encode_outputs`; None: no output tensors)."""
+        stamps: dict[int, bytes] = {}
+        tail = zigzag(predicted_ms)
+        no_outputs = b"\x00"
         out = []
         header, middle, route = self.header, self.middle, self.route
-        for rid, label, score, requested in zip(
-            request_ids, labels, score_bytes, requested_ms, strict=True
-        ):
+        for i, rid in enumerate(request_ids):
+            requested = requested_ms[i]
             stamp = stamps.get(requested)
             if stamp is None:
                 stamp = stamps[requested] = zigzag(requested)
             out.append(
-                b"".join((header, zigzag(len(rid)), rid, middle, label, score, route, stamp, tail))
+                b"".join(
+                    (
+                        header,
+                        zigzag(len(rid)),
+                        rid,
+                        middle,
+                        labels[i],
+                        scores[i],
+                        route,
+                        stamp,
+                        tail,
+                        outputs[i] if outputs is not None else no_outputs,
+                    )
+                )
             )
         return out
+
+
+def encode_outputs(tensors: Sequence[NamedTensor]) -> bytes:
+    """An Avro array<NamedTensor> (a Prediction's outputs)."""
+    if not tensors:
+        return b"\x00"
+    parts = [zigzag(len(tensors))]
+    for tensor in tensors:
+        parts.append(string(tensor["name"].encode()))
+        parts.append(zigzag(DATATYPES.index(TensorDatatype(tensor["datatype"]))))
+        shape = tensor["shape"]
+        parts.append(
+            (zigzag(len(shape)) + b"".join(zigzag(d) for d in shape) + b"\x00")
+            if shape
+            else b"\x00"
+        )
+        parts.append(string(tensor["data"]))
+    parts.append(b"\x00")
+    return b"".join(parts)

@@ -21,19 +21,28 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 
+from modelstream.contracts import tensors
 from modelstream.contracts.codec import DEFAULTS, AvroCodec, is_json
 from modelstream.contracts.definitions import check_request_id
 from modelstream.contracts.limits import Limits
-from modelstream.contracts.records import Prediction, PredictionRequest, Task
+from modelstream.contracts.records import (
+    NamedTensor,
+    Prediction,
+    PredictionRequest,
+    Task,
+    TensorDatatype,
+)
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.registry.artifact import Verified, decrypt_tensors
 from modelstream.registry.scoring import Scorer, scorer_for
+from modelstream.registry.tensor_model import TensorOutputs, TensorScorer
 from modelstream.services.predictor.fastpath import (
     MapSection,
     MapTemplate,
     PredictionWriter,
     Request,
     RequestReader,
+    encode_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -72,12 +81,20 @@ class ServingModel:
 
     @classmethod
     def from_verified(
-        cls, verified: Verified, data_key: bytes | None, *, threads: int = 1
+        cls,
+        verified: Verified,
+        data_key: bytes | None,
+        *,
+        threads: int = 1,
+        max_chars: int = 65_536,
     ) -> ServingModel:
-        """Decrypt and build the scorer (for a graph: its onnxruntime session, which takes
-        a while for a large one, so callers build it off the event loop)."""
+        """Decrypt, build the scorer and warm it up (for a graph: its onnxruntime session,
+        which takes a while for a large one, so callers build it off the event loop)."""
         body = decrypt_tensors(verified.body, data_key)
-        model = scorer_for(body, threads=threads)
+        model = scorer_for(body, threads=threads, max_chars=max_chars)
+        warm_up = getattr(model, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
         return cls(
             body["name"], body["version"], verified.digest, model, MapTemplate(model.feature_names)
         )
@@ -180,6 +197,10 @@ class PredictorLogic:
                 result.reject(message, self._model_hint(message), exc)
         for (name, version, route), items in groups.items():
             model = self.versions[name][version]
+            if isinstance(model.model, TensorScorer):
+                self._score_tensors(model, model.model, route, items, now_ms, result)
+                continue
+            items = self._without_tensors(model, route, items, result)
             X, good, bad = self._matrix(model, items)
             categories, X, good = self._categories(model, X, good, bad)
             for (message, _), error in bad:
@@ -220,6 +241,191 @@ class PredictorLogic:
             result.groups.append(self._encode(model, route, good, output, now_ms, result))
         return result
 
+    def _without_tensors(
+        self, model: ServingModel, route: str, items: list[Item[M]], result: Scored[M]
+    ) -> list[Item[M]]:
+        """A feature model's rows; requests that send it tensors are refused."""
+        if all(item[1][6] is None for item in items):
+            return items
+        error = InvalidEventError(
+            "unknown-tensors", f"{model.name} v{model.version} takes features, not tensors"
+        )
+        for message, request in items:
+            if request[6] is not None and route != "shadow":
+                result.reject(message, model.name, error)
+        return [item for item in items if item[1][6] is None]
+
+    def _score_tensors(
+        self,
+        model: ServingModel,
+        scorer: TensorScorer,
+        route: str,
+        items: list[Item[M]],
+        now_ms: int,
+        result: Scored[M],
+    ) -> None:
+        """A tensor model's rows: each prepared alone (a row that cannot be is rejected with
+        its reason), then run in batches. Rows are prepared a chunk at a time, so what a
+        fetch of large images holds at once is bounded by the chunk, not the fetch."""
+        shadow = route == "shadow"
+        for start in range(0, len(items), scorer.prepare_chunk):
+            chunk = items[start : start + scorer.prepare_chunk]
+            prepared, good = [], []
+            for item in chunk:
+                message, request = item
+                try:
+                    if request[2]:
+                        raise InvalidEventError(
+                            "extra-features", f"{model.name} takes tensors, not features"
+                        )
+                    prepared.append(scorer.prepare(request[6] or ()))
+                    good.append(item)
+                except InvalidEventError as exc:
+                    if not shadow:
+                        result.reject(message, model.name, exc)
+            if not good:
+                continue
+            try:
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    outputs = scorer.infer(prepared)
+            except Exception as exc:  # onnxruntime's own error types, or a wrong output shape
+                if not shadow:
+                    failure = InvalidEventError(
+                        "model-failed", f"{model.name} v{model.version} failed: {str(exc)[:500]}"
+                    )
+                    for message, _ in good:
+                        result.reject(message, model.name, failure)
+                continue
+            keep = _finite_rows(outputs, len(good))
+            if not keep.all():
+                for i in np.flatnonzero(~keep).tolist():
+                    if not shadow:
+                        result.reject(
+                            good[i][0],
+                            model.name,
+                            InvalidEventError(
+                                "non-finite-score", "the model's outputs are not finite"
+                            ),
+                        )
+                rows = np.flatnonzero(keep)
+                good = [good[i] for i in rows.tolist()]
+                outputs = TensorOutputs(
+                    outputs.scores[rows] if outputs.scores is not None else None,
+                    {k: v[rows] for k, v in outputs.outputs.items()},
+                )
+                if not good:
+                    continue
+            result.groups.append(
+                self._encode_tensors(model, scorer, route, good, outputs, now_ms, result)
+            )
+
+    def _encode_tensors(
+        self,
+        model: ServingModel,
+        scorer: TensorScorer,
+        route: str,
+        items: list[Item[M]],
+        outputs: TensorOutputs,
+        now_ms: int,
+        result: Scored[M],
+    ) -> ScoredGroup[M]:
+        requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
+        shadow = route == "shadow"
+        if not shadow:
+            result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
+        result.predicted[(model.name, model.version, shadow)] += len(items)
+        n = len(items)
+        scores = outputs.scores
+        labels: list[str | float]
+        if scores is None:
+            labels = [""] * n
+        elif scorer.task == Task.REGRESSION:
+            labels = scores.tolist()
+        else:
+            labels = list(scorer.labels(scores))
+        tensor_rows = [
+            [
+                _output_tensor(name, value[i], scorer.output_datatypes[name])
+                for name, value in outputs.outputs.items()
+            ]
+            for i in range(n)
+        ]
+        ids = [req[0] for _, req in items]
+        if self.output_format == "json":
+            values = self._tensor_json(
+                model, scorer, route, items, labels, scores, tensor_rows, requested, now_ms
+            )
+        else:
+            writer = self._writer(model, route)
+            if scores is None or scorer.task == Task.REGRESSION:
+                sections = [b"\x00"] * n
+            elif scorer.top_k:
+                sections = writer.top_sections(scores, scorer.top_k)
+            else:
+                sections = writer.score_sections(scores)
+            values = writer.encode_rows(
+                ids,
+                writer.label_sections(labels),
+                sections,
+                [encode_outputs(row) for row in tensor_rows],
+                requested,
+                now_ms,
+            )
+        return ScoredGroup(shadow, [message for message, _ in items], values, ids)
+
+    def _tensor_json(
+        self,
+        model: ServingModel,
+        scorer: TensorScorer,
+        route: str,
+        items: list[Item[M]],
+        labels: Sequence[str | float],
+        scores: np.ndarray | None,
+        tensor_rows: list[list[NamedTensor]],
+        requested: list[int],
+        now_ms: int,
+    ) -> list[bytes]:
+        out = []
+        classes = scorer.classes
+        for i, (_, req) in enumerate(items):
+            row_scores: dict[str, float] = {}
+            if scores is not None and scorer.task != Task.REGRESSION:
+                order = np.argsort(-scores[i], kind="stable")[: scorer.top_k or len(classes)]
+                row_scores = {classes[j]: float(scores[i, j]) for j in order.tolist()}
+            out.append(
+                self.codec.encode_json(
+                    Prediction,
+                    {
+                        "request_id": req[0].decode(),
+                        "model": model.name,
+                        "version": model.version,
+                        "digest_prefix": model.digest_prefix,
+                        "prediction": labels[i],
+                        "scores": row_scores,
+                        "route": route,
+                        "requested_at_ms": requested[i],
+                        "predicted_at_ms": now_ms,
+                        "outputs": tensor_rows[i],
+                    },
+                )
+            )
+        return out
+
+    def _writer(self, model: ServingModel, route: str) -> PredictionWriter:
+        writer = self._writers.get((model.name, model.version, route))
+        if writer is None:
+            writer = self._writers[(model.name, model.version, route)] = PredictionWriter(
+                self._prediction_fp,
+                model.name,
+                model.version,
+                model.digest_prefix,
+                model.model.classes
+                if model.model.task not in (Task.REGRESSION, Task.EMBEDDING)
+                else [],
+                route,
+            )
+        return writer
+
     def _decode(self, data: bytes | None) -> Request:
         fast = self._reader.read(data) if data and len(data) <= self.limits.max_bytes else None
         if fast is not None:
@@ -233,6 +439,7 @@ class PredictorLogic:
                 r["version"],
                 r["sent_at_ms"],
                 r.get("categories") or None,
+                r.get("tensors") or None,
             )
         check_request_id(request[0].decode(), None)
         return request
@@ -402,16 +609,7 @@ class PredictorLogic:
         if self.output_format == "json":
             values = self._encode_json(model, route, items, output, requested, now_ms)
         else:
-            writer = self._writers.get((model.name, model.version, route))
-            if writer is None:
-                writer = self._writers[(model.name, model.version, route)] = PredictionWriter(
-                    self._prediction_fp,
-                    model.name,
-                    model.version,
-                    model.digest_prefix,
-                    model.model.classes if model.model.task != Task.REGRESSION else [],
-                    route,
-                )
+            writer = self._writer(model, route)
             values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
         return ScoredGroup(
             shadow, [message for message, _ in items], values, [req[0] for _, req in items]
@@ -460,6 +658,28 @@ class PredictorLogic:
         named = _JSON_MODEL.search(value[:4096]) if is_json(value) else None
         hint = named.group(1).decode(errors="replace") if named else ""
         return hint if hint in self.versions else ""
+
+
+def _finite_rows(outputs: TensorOutputs, n: int) -> np.ndarray:
+    """Which rows of a tensor model's answers are finite everywhere."""
+    keep = np.ones(n, dtype=bool)
+    if outputs.scores is not None:
+        keep &= np.isfinite(outputs.scores).reshape(n, -1).all(axis=1)
+    for value in outputs.outputs.values():
+        if value.dtype == object:  # rows of different lengths
+            keep &= np.fromiter((np.isfinite(v).all() for v in value), bool, count=n)
+        elif value.dtype.kind in "fc":
+            keep &= np.isfinite(value).reshape(n, -1).all(axis=1)
+    return keep
+
+
+def _output_tensor(name: str, value: np.ndarray, datatype: str) -> NamedTensor:
+    return {
+        "name": name,
+        "datatype": TensorDatatype(datatype),
+        "shape": list(np.shape(value)),
+        "data": np.ascontiguousarray(value, dtype=tensors.NUMPY_TYPES[datatype]).tobytes(),
+    }
 
 
 def _feature_error(features: Mapping[str, Any], names: list[str]) -> InvalidEventError:

@@ -219,7 +219,8 @@ class TrainerApp(Lifecycle):
         self.boundary.read(record.topic)
         try:
             example = self.codec.decode_any(record.value, TrainingExample, self.limits)
-            self.logic.accept(example, record.partition, record.offset)
+            if not self.logic.accept(example, record.partition, record.offset):
+                return None  # a tensor model's example: the validator's, not ours
         except Exception as exc:
             failure = self.boundary.failure(exc)  # infrastructure errors propagate
             self.boundary.reject(record.topic, record.partition, record.offset, failure)

@@ -102,13 +102,18 @@ class TrainerLogic:
 
     def accept(
         self, example: TrainingExample, partition: int, offset: int, *, count_as_new: bool = True
-    ) -> None:
-        """Validate one TrainingExample and add it to its model's window."""
+    ) -> bool:
+        """Validate one TrainingExample and add it to its model's window. False for an
+        example that is not the trainer's: one that carries tensors only (it labels an
+        imported tensor model, which the validator judges on such rows), or one of an
+        embedding model (nothing to train)."""
         name = example["model"]
         window = self.windows.get(name)
         if window is None:
             raise InvalidEventError("unknown-model", f"no model named {name!r} is defined")
         d = window.definition
+        if d.task == Task.EMBEDDING or (example.get("tensors") and not example["features"]):
+            return False
         names = d.feature_names
         if not names:
             names = tuple(infer_feature_names(example["features"]))
@@ -120,6 +125,7 @@ class TrainerLogic:
         window.examples.append(Example(partition, offset, x, label))
         if count_as_new:
             window.new_since_training += 1
+        return True
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)

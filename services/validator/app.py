@@ -21,6 +21,7 @@ from modelstream.contracts.records import (
     Command,
     Label,
     ModelBody,
+    NamedTensor,
     Origin,
     Task,
     TrainingExample,
@@ -51,11 +52,13 @@ from modelstream.registry.follower import load_production, model_of_key, public_
 from modelstream.registry.lineage import config_from_record, load_lineage, within_lineage
 from modelstream.registry.onnx_model import UnmappableGraphError
 from modelstream.registry.scoring import Scorer, scorer_for
+from modelstream.registry.tensor_model import TensorScorer
 from modelstream.runner import Lifecycle
 from modelstream.services.validator.logic import (
     Champion,
     Holdout,
     Verdict,
+    View,
     cross_validation_verdict,
     holdout_verdict,
     report,
@@ -70,6 +73,7 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.validator")
+_NO_FEATURES = np.empty(0)  # a tensor model's row of features
 Position = tuple[str, int, int]
 SERVICE = "validator"
 
@@ -267,7 +271,8 @@ class ValidatorApp(Lifecycle):
         )
         readers = [candidate] if champion is None else [candidate, champion]
         online = body["lineage"]["origin"] == Origin.ONLINE
-        rows: list[tuple[int, list[tuple[np.ndarray, dict[str, str]]], Label, Position]] = []
+        Row = tuple[np.ndarray, dict[str, str], list[NamedTensor] | None]
+        rows: list[tuple[int, list[Row], Label, Position]] = []
         async for record in read_ranges(self.settings, ranges):
             try:
                 example = self.codec.decode_any(record.value, TrainingExample, self.limits)
@@ -276,13 +281,22 @@ class ValidatorApp(Lifecycle):
                 if online and not unseen_by_online_learning(example["example_id"]):
                     continue  # the monitor's learners learned this row
                 categories = example.get("categories") or {}
-                views = []
+                views: list[Row] = []
                 for scorer in readers:
+                    if isinstance(scorer, TensorScorer):
+                        # a row the model cannot read (a corrupt image) judges nothing
+                        scorer.prepare(example.get("tensors") or [])
+                        views.append((_NO_FEATURES, {}, example.get("tensors") or []))
+                        continue
                     missing = [c for c in scorer.categorical if c not in categories]
                     if missing:
                         raise InvalidEventError("missing-features", f"missing {missing[:5]}")
                     views.append(
-                        (feature_vector(example["features"], scorer.feature_names), categories)
+                        (
+                            feature_vector(example["features"], scorer.feature_names),
+                            categories,
+                            None,
+                        )
                     )
                 rows.append(
                     (
@@ -298,12 +312,17 @@ class ValidatorApp(Lifecycle):
                 continue
         rows.sort(key=lambda r: r[0])
         rows = rows[-self.settings.holdout_size :]
-        y = labels_to_targets([r[2] for r in rows], rules.task, rules.classes)
+        y = (
+            np.zeros(len(rows))
+            if rules.task == Task.EMBEDDING
+            else labels_to_targets([r[2] for r in rows], rules.task, rules.classes)
+        )
 
-        def view(i: int, scorer: Scorer) -> tuple[np.ndarray, list[dict[str, str]]]:
+        def view(i: int, scorer: Scorer) -> View:
             d = len(scorer.feature_names)
             X = np.vstack([r[1][i][0] for r in rows]) if rows else np.empty((0, d))
-            return X, [r[1][i][1] for r in rows]
+            tensors = [r[1][i][2] or [] for r in rows] if isinstance(scorer, TensorScorer) else None
+            return X, [r[1][i][1] for r in rows], tensors
 
         data = Holdout(y, view(0, candidate), view(1, champion) if champion is not None else None)
         return data, [r[3] for r in rows]

@@ -16,7 +16,13 @@ import numpy as np
 
 from modelstream.contracts.builders import now_ms
 from modelstream.contracts.definitions import Definition
-from modelstream.contracts.records import ModelArtifact, ModelBody, Task, ValidationReport
+from modelstream.contracts.records import (
+    ModelArtifact,
+    ModelBody,
+    NamedTensor,
+    Task,
+    ValidationReport,
+)
 from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.procedure import cross_validate, summarize
 from modelstream.learn.sgd import GDConfig
@@ -100,13 +106,40 @@ def cross_validation_verdict(
     return verdict
 
 
+# How a model reads the rows of a hold-out: numeric matrix, categories per row, and the
+# named tensors per row (None for a model over features).
+View = tuple[np.ndarray, list[dict[str, str]], list[list[NamedTensor]] | None]
+# Quantiles of the hold-out's top scores, recorded with a published model: the monitor
+# compares live score distributions with them (drift on what the model outputs, for models
+# without training statistics of their features).
+SCORE_QUANTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
 @dataclass(frozen=True)
 class Holdout:
     """Recent labelled examples, as each model to be compared reads them."""
 
     y: np.ndarray
-    candidate: tuple[np.ndarray, list[dict[str, str]]]  # numeric matrix, categories per row
-    champion: tuple[np.ndarray, list[dict[str, str]]] | None = None
+    candidate: View
+    champion: View | None = None
+
+
+def _rows(view: View, rows: np.ndarray) -> View:
+    X, categories, tensors = view
+    return (
+        X[rows],
+        [categories[i] for i in rows],
+        [tensors[i] for i in rows] if tensors is not None else None,
+    )
+
+
+def score_reference(task: Task, scores: np.ndarray) -> dict[str, float]:
+    """Deciles of the top score (a classifier's confidence) or of the values (regression)."""
+    if task == Task.EMBEDDING or not len(scores):
+        return {}
+    top = scores if task == Task.REGRESSION else scores.max(axis=1)
+    quantiles = np.percentile(top, SCORE_QUANTILES)
+    return {f"score_q{q}": float(v) for q, v in zip(SCORE_QUANTILES, quantiles, strict=True)}
 
 
 def holdout_verdict(
@@ -120,32 +153,44 @@ def holdout_verdict(
     """Score a fixed model (online-learned, imported: any kind) on recent labelled
     examples; a champion, of the same kind or another, is scored on the same rows."""
     y = data.y
+    task = body["task"]
+    if task == Task.EMBEDDING:
+        return _embedding_verdict(candidate, data, definition)
     verdict = Verdict("holdout", {}, examples=len(y), folds=1)
     if len(y) < 10:
         verdict.reasons.append(f"only {len(y)} labelled examples available for the holdout")
         return verdict
-    task = body["task"]
-    X, categories = data.candidate
-    verdict.metrics = summarize([evaluate(task, y, candidate.score(X, categories))])
+    scores = candidate.score(*data.candidate)
+    verdict.metrics = {**summarize([evaluate(task, y, scores)]), **score_reference(task, scores)}
     apply_thresholds(verdict, definition)
     if champion is not None and data.champion is not None:
         rows = np.flatnonzero(unseen_by_champion)
-        CX, champion_categories = data.champion
         ours = theirs = {}
         if len(rows):
-            ours = summarize(
-                [evaluate(task, y[rows], candidate.score(X[rows], [categories[i] for i in rows]))]
-            )
+            ours = summarize([evaluate(task, y[rows], scores[rows])])
             theirs = summarize(
-                [
-                    evaluate(
-                        task,
-                        y[rows],
-                        champion.model.score(CX[rows], [champion_categories[i] for i in rows]),
-                    )
-                ]
+                [evaluate(task, y[rows], champion.model.score(*_rows(data.champion, rows)))]
             )
         compare(verdict, task, definition, champion, ours, theirs, len(rows))
+    return verdict
+
+
+def _embedding_verdict(candidate: Scorer, data: Holdout, definition: Definition) -> Verdict:
+    """An embedding model has no label to be right or wrong about: it is judged on running
+    over recent examples of ``training`` (their labels unused), every output finite, and
+    on the definition's thresholds over ``rows`` and ``finite``."""
+    rows = len(data.y)
+    verdict = Verdict("holdout-run", {}, examples=rows, folds=1)
+    verdict.comparison = "an embedding model has no labels to be compared on"
+    if rows < 1:
+        verdict.reasons.append("no example of the model in training to run the candidate on")
+        return verdict
+    outputs = candidate.score(*data.candidate)
+    finite = float(np.isfinite(outputs).all(axis=1).mean())
+    verdict.metrics = {"rows_mean": float(rows), "finite_mean": finite}
+    if finite < 1.0:
+        verdict.reasons.append(f"{1 - finite:.1%} of the rows gave outputs that are not finite")
+    apply_thresholds(verdict, definition)
     return verdict
 
 

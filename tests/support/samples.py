@@ -63,6 +63,102 @@ def model_artifact() -> dict[str, Any]:
     }
 
 
+def serving_spec() -> dict[str, Any]:
+    """An image classifier's spec with an embedding output: every record and enum in use."""
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "kind": "IMAGE",
+                "graph_input": "x",
+                "datatype": None,
+                "shape": [],
+                "image": {
+                    "color": "BGR",
+                    "height": 48,
+                    "width": 192,
+                    "resize": "HEIGHT",
+                    "resize_shorter_to": 0,
+                    "interpolation": "OPENCV_LINEAR",
+                    "scale": 1 / 255,
+                    "mean": [0.5],
+                    "std": [0.5],
+                    "pad": "END",
+                    "pad_value": 0.0,
+                    "layout": "NCHW",
+                    "formats": ["PNG", "JPEG"],
+                    "max_pixels": 40_000_000,
+                },
+                "text": None,
+                "bytes": None,
+            },
+            {
+                "name": "caption",
+                "kind": "TEXT",
+                "graph_input": "input_ids",
+                "datatype": None,
+                "shape": [],
+                "image": None,
+                "text": {
+                    "tokenizer": "WORDPIECE",
+                    "tokenizer_json": "{}",
+                    "max_length": 256,
+                    "max_chars": 0,
+                    "attention_mask_input": "attention_mask",
+                    "token_type_ids_input": "",
+                },
+                "bytes": None,
+            },
+            {
+                "name": "file",
+                "kind": "BYTES",
+                "graph_input": "bytes",
+                "datatype": None,
+                "shape": [],
+                "image": None,
+                "text": None,
+                "bytes": {
+                    "beg_size": 1024,
+                    "mid_size": 0,
+                    "end_size": 1024,
+                    "block_size": 4096,
+                    "padding_token": 256,
+                    "strip_whitespace": True,
+                },
+            },
+            {
+                "name": "mask",
+                "kind": "TENSOR",
+                "graph_input": "mask",
+                "datatype": "FP32",
+                "shape": [3, -1],
+                "image": None,
+                "text": None,
+                "bytes": None,
+            },
+        ],
+        "scores": {
+            "graph_output": "probs",
+            "labels": ["0", "180"],
+            "activation": "NONE",
+            "threshold": 0.9,
+            "below_threshold_label": "unknown",
+            "top_k": 1,
+        },
+        "outputs": [
+            {
+                "name": "embedding",
+                "graph_output": "hidden",
+                "pool": "MEAN",
+                "normalize": "L2",
+                "datatype": "FP32",
+            }
+        ],
+        "max_batch_size": 32,
+        "max_queue_delay_ms": 5,
+    }
+
+
 SAMPLES: dict[str, dict[str, Any]] = {
     "ModelArtifact": model_artifact(),
     "TrainingExample": {
@@ -72,6 +168,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "example_id": "e-1",
         "timestamp_ms": 1_790_000_000_000,
         "categories": {"diagnosis centre": "north"},
+        "tensors": [],
     },
     "PredictionRequest": {
         "request_id": "r-1",
@@ -80,6 +177,20 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "version": 3,
         "sent_at_ms": 1_790_000_000_000,
         "categories": {},
+        "tensors": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": b"\x04\x00\x00\x00\x89PNG",
+            },
+            {
+                "name": "mask",
+                "datatype": "INT64",
+                "shape": [2],
+                "data": np.asarray([1, 0], "<i8").tobytes(),
+            },
+        ],
     },
     "Prediction": {
         "request_id": "r-1",
@@ -91,6 +202,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "route": "production",
         "requested_at_ms": 1_790_000_000_000,
         "predicted_at_ms": 1_790_000_000_004,
+        "outputs": [
+            {
+                "name": "embedding",
+                "datatype": "FP32",
+                "shape": [3],
+                "data": np.asarray([0.5, -0.25, 0.0], "<f4").tobytes(),
+            }
+        ],
     },
     "Feedback": {
         "request_id": "r-1",
@@ -186,6 +305,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "bin_confidence": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.7, 17.1],
         },
     },
+    "ServingSpec": serving_spec(),
     "MonitorModelState": {
         "version": 3,
         "learner": {

@@ -274,8 +274,66 @@ class FeatureDrift:
         return [n for n, v in zip(self.names, shift, strict=True) if v > max(self.threshold, noise)]
 
 
+class ScoreDrift:
+    """Compares the live distribution of a model's top score (its confidence; a regression
+    model's values) with the one the validator recorded on its hold-out: the deciles in the
+    artifact (``validation_score_q10`` .. ``q90``) cut the line into ten bins that held a
+    tenth of the hold-out each. Each full window of live scores gives the population
+    stability index sum((live - 0.1) * ln(live / 0.1)) over the bins; above ``threshold``
+    (0.25 is the customary "shifted" mark) the distribution has moved. For models without
+    training statistics of their features (imported graphs, images, text) this is what says
+    the inputs changed before labels arrive."""
+
+    def __init__(self, edges: Sequence[float], window: int = 500, threshold: float = 0.25) -> None:
+        self.edges = np.asarray(edges, dtype=np.float64)
+        self.window, self.threshold = window, threshold
+        self.counts = np.zeros(len(self.edges) + 1)
+        self.last_index = 0.0
+
+    @classmethod
+    def from_metrics(
+        cls, metrics: dict[str, float], window: int, threshold: float
+    ) -> ScoreDrift | None:
+        keys = sorted(
+            (k for k in metrics if k.startswith("validation_score_q")),
+            key=lambda k: int(k.rsplit("q", 1)[1]),
+        )
+        if len(keys) < 3:
+            return None
+        return cls([metrics[k] for k in keys], window, threshold)
+
+    def update_many(self, scores: np.ndarray) -> float | None:
+        """Add live scores; the stability index of each window that completed above the
+        threshold (the last of them), else None."""
+        shifted = None
+        for start in range(0, len(scores), self.window):
+            part = scores[start : start + self.window]
+            room = int(self.window - self.counts.sum())
+            head, tail = part[:room], part[room:]
+            self.counts += np.bincount(
+                np.searchsorted(self.edges, head, side="right"), minlength=len(self.counts)
+            )
+            if self.counts.sum() >= self.window:
+                index = self.stability_index()
+                self.last_index = index
+                self.counts[:] = 0
+                if index > self.threshold:
+                    shifted = index
+                if len(tail):
+                    self.counts += np.bincount(
+                        np.searchsorted(self.edges, tail, side="right"),
+                        minlength=len(self.counts),
+                    )
+        return shifted
+
+    def stability_index(self) -> float:
+        expected = 1.0 / len(self.counts)
+        live = np.maximum(self.counts / max(self.counts.sum(), 1.0), 1e-4)
+        return float(((live - expected) * np.log(live / expected)).sum())
+
+
 @dataclass
 class DriftEvent:
-    kind: str  # "error" (ADWIN on a version's error stream) or "features"
+    kind: str  # "error" (ADWIN on a version's error stream), "features" or "scores"
     version: int
     detail: str

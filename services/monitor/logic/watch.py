@@ -37,6 +37,7 @@ from modelstream.services.monitor.logic.quality import (
     FeatureDrift,
     LiveMetrics,
     Outcome,
+    ScoreDrift,
     outcome,
 )
 from modelstream.services.monitor.logic.rollback import RollbackDecision, should_roll_back
@@ -66,6 +67,7 @@ class WatchConfig:
     drift_delta: float = 0.002
     feature_drift_window: int = 500
     feature_drift_threshold: float = 0.5
+    score_drift_threshold: float = 0.25
     learning_rate: float = 0.01
     l2: float = 0.0
     export_every_labels: int = 2000
@@ -101,6 +103,7 @@ class ModelWatch:
         self.metrics: dict[int, LiveMetrics] = {}
         self.error_drift: dict[int, ErrorDrift] = {}
         self.feature_drift: FeatureDrift | None = None
+        self.score_drift: ScoreDrift | None = None
         self.feedback_ranges: dict[int, list[int]] = {}  # partition -> [first, last + 1]
         self.learned_since_export = 0
         self.last_export_ms = 0
@@ -117,27 +120,20 @@ class ModelWatch:
     def install(self, body: ModelBody, model: LinearModel | MLPModel | None) -> None:
         """A new production version. A linear one or a network: the learner continues from
         its weights (river for the linear families, OnlineMLP's gradient steps for a
-        network) and features are compared with its training statistics. An ONNX graph
-        (``model`` None): a native linear learner starts from zero on the numeric features,
-        a challenger the gate compares with the graph on the same rows; feature drift has no
-        training statistics to compare with (error drift and rollback work as for any kind)."""
+        network) and features are compared with its training statistics. An ONNX graph over
+        features (``model`` None): a native linear learner starts from zero on the numeric
+        features, a challenger the gate compares with the graph on the same rows; feature
+        drift has no training statistics to compare with. A tensor model (images, text):
+        no learner; its scores are compared with the validator's hold-out. Error drift and
+        rollback work as for any kind."""
         self.body, self.model = body, model
-        if isinstance(model, MLPModel):
-            # the trainer's loss and weight decay, small steps from the production weights
-            self.learner = OnlineMLP(model, body["training"]["l2"], self.config.learning_rate)
-        elif model is not None:
-            self.learner = OnlineLearner.from_model(
-                model, body["lineage"]["example_count"], self.config.learning_rate, self.config.l2
-            )
-        if model is not None:
-            self.feature_drift = FeatureDrift(
-                model.mean,
-                model.scale,
-                model.feature_names,
-                self.config.feature_drift_window,
-                self.config.feature_drift_threshold,
-            )
-        else:
+        self.score_drift = ScoreDrift.from_metrics(
+            body["metrics"], self.config.feature_drift_window, self.config.score_drift_threshold
+        )
+        self.learner, self.feature_drift = None, None
+        if not self.learns_features or body["task"] == Task.EMBEDDING:
+            pass  # a tensor model: live metrics, score and error drift, rollback
+        elif model is None:  # a graph over features: a linear challenger from zero
             self.learner = OnlineLearner(
                 Task(body["task"]),
                 body["feature_names"],
@@ -145,7 +141,36 @@ class ModelWatch:
                 self.config.learning_rate,
                 self.config.l2,
             )
-            self.feature_drift = None
+        else:
+            if isinstance(model, MLPModel):
+                # the trainer's loss and weight decay, small steps from the production weights
+                self.learner = OnlineMLP(model, body["training"]["l2"], self.config.learning_rate)
+            else:
+                self.learner = OnlineLearner.from_model(
+                    model,
+                    body["lineage"]["example_count"],
+                    self.config.learning_rate,
+                    self.config.l2,
+                )
+            self.feature_drift = FeatureDrift(
+                model.mean,
+                model.scale,
+                model.feature_names,
+                self.config.feature_drift_window,
+                self.config.feature_drift_threshold,
+            )
+        self._after_install()
+
+    @property
+    def learns_features(self) -> bool:
+        """Whether the model's requests carry features (not so for a tensor model: its
+        labels feed live metrics, drift and rollback, not a learner)."""
+        graph = self.body.get("onnx") if self.body is not None else None
+        return not (graph is not None and graph.get("spec"))
+
+    def _after_install(self) -> None:
+        assert self.body is not None
+        body = self.body
         self.feedback_ranges.clear()
         self.learned_since_export = 0
         self.paired.clear()
@@ -158,12 +183,16 @@ class ModelWatch:
     def observe(self, labels: Sequence[Labelled], now_ms: int) -> Decisions:
         out = Decisions()
         self.joined_total += len(labels)
-        if self.body is None or self.learner is None or not labels:
+        if self.body is None or not labels or self.body["task"] == Task.EMBEDDING:
+            out.usable = list(labels)
+            return out
+        if self.learns_features and self.learner is None:
             out.usable = list(labels)
             return out
         task, classes = self.body["task"], self.body["classes"]
         names = self.body["feature_names"]
         rows: list[np.ndarray] = []
+        top_scores: list[float] = []
         for item in labels:
             version = item.version
             try:
@@ -175,7 +204,7 @@ class ModelWatch:
                     item.label,
                     max(0.0, float(item.labelled_at_ms - item.predicted_at_ms)),
                 )
-                row = feature_vector(item.features, names)
+                row = feature_vector(item.features, names) if self.learns_features else None
             except (ValueError, InvalidEventError) as exc:
                 out.unusable.append((item, getattr(exc, "reason", "invalid-label"), str(exc)))
                 continue
@@ -195,9 +224,17 @@ class ModelWatch:
                         ),
                     )
                 )
-            rows.append(row)
+            if row is not None:
+                rows.append(row)
+            if version == self.body["version"]:
+                top_scores.append(
+                    float(item.prediction)
+                    if task == Task.REGRESSION
+                    else max(item.scores.values(), default=0.0)
+                )
             out.usable.append(item)
-        if out.usable:
+        self._drift_in_scores(np.asarray(top_scores), out)
+        if out.usable and rows:
             X = np.vstack(rows)
             self._drift_in_features(X, out)
             self._learn(X, out.usable, out)
@@ -207,6 +244,25 @@ class ModelWatch:
         out.rollback = self._rollback()
         out.candidate = self._export(now_ms)
         return out
+
+    def _drift_in_scores(self, scores: np.ndarray, out: Decisions) -> None:
+        """Production's scores against the distribution recorded on the validator's
+        hold-out (models whose artifact carries it)."""
+        if self.score_drift is None or self.body is None or not len(scores):
+            return
+        index = self.score_drift.update_many(scores)
+        if index is not None:
+            out.drift.append(
+                DriftEvent(
+                    "scores",
+                    self.body["version"],
+                    (
+                        f"scores moved from the hold-out's: population stability index "
+                        f"{index:.3f} over {self.score_drift.window} labels "
+                        f"(threshold {self.score_drift.threshold})"
+                    ),
+                )
+            )
 
     def _drift_in_features(self, X: np.ndarray, out: Decisions) -> None:
         assert self.body is not None

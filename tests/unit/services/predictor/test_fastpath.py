@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from modelstream.contracts import tensors
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Prediction, PredictionRequest
 from modelstream.contracts.wire import zigzag
@@ -26,7 +27,8 @@ def test_zigzag_matches_fastavro(value):
         "requested_at_ms": value,
         "predicted_at_ms": 0,
     }
-    assert zigzag(value) + b"\x00" == CODEC.encode(Prediction, record)[-len(zigzag(value)) - 1 :]
+    encoded = CODEC.encode(Prediction, record)
+    assert zigzag(value) + b"\x00\x00" == encoded[-len(zigzag(value)) - 2 :]
 
 
 @pytest.mark.parametrize("classes", [["0", "1"], [str(c) for c in range(10)], ["ünï", "b"], []])
@@ -67,12 +69,71 @@ def test_prediction_writer_is_byte_identical(classes):
         assert fast[i] == expected
 
 
+@pytest.mark.parametrize("top_k", [0, 1, 3])
+def test_tensor_predictions_are_byte_identical(top_k):
+    """Rows with a label, (top) scores and output tensors, as a tensor model writes them."""
+    from modelstream.services.predictor.fastpath import encode_outputs
+
+    classes = ["cat", "dög", "bird", "fish"]
+    n = 20
+    output = RNG.dirichlet(np.ones(len(classes)), size=n)
+    writer = PredictionWriter(
+        CODEC.schema(Prediction).fingerprint, "m", 3, "abcdef012345", classes, "production"
+    )
+    labels = [classes[i] if i % 5 else "unknown" for i in output.argmax(axis=1).tolist()]
+    sections = writer.top_sections(output, top_k) if top_k else writer.score_sections(output)
+    embeddings = RNG.normal(size=(n, 6)).astype(np.float32)
+    outputs = [
+        [tensors.from_array("embedding", embeddings[i]), tensors.from_elements("tags", ["a", "b"])]
+        for i in range(n)
+    ]
+    ids = [f"r-{i}".encode() for i in range(n)]
+    fast = writer.encode_rows(
+        ids,
+        writer.label_sections(labels),
+        sections,
+        [encode_outputs(o) for o in outputs],
+        [7] * n,
+        9,
+    )
+    for i in range(n):
+        order = np.argsort(-output[i], kind="stable")[: top_k or len(classes)]
+        scores = {classes[j]: float(output[i, j]) for j in (order if top_k else range(4))}
+        expected = CODEC.encode(
+            Prediction,
+            {
+                "request_id": f"r-{i}",
+                "model": "m",
+                "version": 3,
+                "digest_prefix": "abcdef012345",
+                "prediction": labels[i],
+                "scores": scores,
+                "route": "production",
+                "requested_at_ms": 7,
+                "predicted_at_ms": 9,
+                "outputs": outputs[i],
+            },
+        )
+        assert fast[i] == expected
+        assert list(CODEC.decode(fast[i], Prediction)["scores"]) == list(scores)
+
+
 @pytest.mark.parametrize("version", [None, 0, 7, 2**30])
 @pytest.mark.parametrize("sent_at", [None, 1_790_000_000_000])
 @pytest.mark.parametrize("categories", [{}, {"centre": "north", "ü": "é" * 300}])
-def test_request_reader_matches_fastavro(version, sent_at, categories):
+@pytest.mark.parametrize("with_tensors", [False, True])
+def test_request_reader_matches_fastavro(version, sent_at, categories, with_tensors):
     reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
     features = RNG.normal(size=30).astype("<f8").tobytes()
+    named = (
+        [
+            tensors.from_elements("image", [b"\x89PNG" + bytes(range(256)) * 4]),
+            tensors.from_array("ids", RNG.integers(-(2**40), 2**40, size=(1, 70))),
+            tensors.from_array("empty", np.zeros((0, 3), np.float32)),
+        ]
+        if with_tensors
+        else []
+    )
     data = CODEC.encode(
         PredictionRequest,
         {
@@ -82,6 +143,7 @@ def test_request_reader_matches_fastavro(version, sent_at, categories):
             "version": version,
             "sent_at_ms": sent_at,
             "categories": categories,
+            "tensors": named,
         },
     )
     assert reader.read(data) == (
@@ -91,8 +153,29 @@ def test_request_reader_matches_fastavro(version, sent_at, categories):
         version,
         sent_at,
         categories or None,
+        named or None,
     )
-    assert CODEC.decode(data, PredictionRequest)["categories"] == categories
+    decoded = CODEC.decode(data, PredictionRequest)
+    assert decoded["categories"] == categories and decoded["tensors"] == named
+
+
+def test_request_reader_refuses_broken_tensors():
+    reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
+    data = CODEC.encode(
+        PredictionRequest,
+        {
+            "request_id": "r",
+            "model": "m",
+            "tensors": [tensors.from_elements("text", ["héllo"])],
+        },
+    )
+    with pytest.raises(DecodeError):
+        reader.read(data[:-2])  # truncated inside the tensor's bytes
+    with pytest.raises(DecodeError):
+        reader.read(data + b"\x00")
+    bad_type = data.replace(b"\x08text\x18", b"\x08text\x7e")  # datatype index 63
+    with pytest.raises(DecodeError, match="datatype"):
+        reader.read(bad_type)
 
 
 def test_request_reader_refuses_broken_categories():
