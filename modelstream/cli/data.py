@@ -24,6 +24,7 @@ from modelstream.contracts.records import (
     Feedback,
     Label,
     ModelArtifact,
+    Prediction,
     PredictionRequest,
     Task,
     TrainingExample,
@@ -124,20 +125,114 @@ async def defined_tasks(settings: Settings) -> dict[str, Task]:
     return tasks
 
 
+def _tensor_input(settings: Settings, model: str, given: str | None) -> str:
+    """The input a folder's files or a file's lines fill: ``--tensor``, else the only input
+    of the model's production version."""
+    if given:
+        return given
+    from modelstream.registry.tensor_model import decode_spec
+
+    production = asyncio.run(
+        load_production(settings, public_key(settings), allow_unsigned=public_key(settings) is None)
+    )
+    verified = production.get(model)
+    graph = verified.body.get("onnx") if verified is not None else None
+    spec = graph.get("spec") if graph else None
+    if not spec:
+        raise ConfigurationError(
+            f"{model!r} has no production tensor model to name the input: pass --tensor NAME"
+        )
+    names = [i["name"] for i in decode_spec(spec)["inputs"]]
+    if len(names) != 1:
+        raise ConfigurationError(f"{model!r} takes inputs {names}: pass --tensor NAME")
+    return names[0]
+
+
+def _tensor_records(
+    path: Path, topic: str, model: str, tensor: str, label: str | None, limit: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """A folder's files (each file's bytes one row: images, documents, any file; for
+    ``training`` each subfolder's name is its files' label) or a text file's lines (for
+    ``training``, ``LABEL<TAB>TEXT``), as records of one BYTES tensor each."""
+    import base64
+
+    rows: list[tuple[str, bytes, str | None]] = []
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            size = file.stat().st_size
+            if size > limit:
+                raise ConfigurationError(
+                    f"{file}: {size} bytes; a record takes at most {limit} "
+                    "(MODELSTREAM_MAX_MESSAGE_BYTES)"
+                )
+            folder = file.parent.name if file.parent != path else None
+            rows.append((str(file.relative_to(path)), file.read_bytes(), label or folder))
+    else:
+        for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            text, line_label = line, label
+            if topic == "training" and label is None:
+                line_label, sep, text = line.partition("\t")
+                if not sep:
+                    raise ConfigurationError(f"{path}:{n}: a training line is LABEL<TAB>TEXT")
+            rows.append((f"{path.name}:{n}", text.encode(), line_label))
+    records = []
+    for where, data, row_label in rows:
+        record: dict[str, Any] = {
+            "model": model,
+            "tensors": [
+                {
+                    "name": tensor,
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [{"b64": base64.b64encode(data).decode()}],
+                }
+            ],
+        }
+        if topic == "requests":
+            stem = where.replace("/", "_").replace(":", "-")
+            record["request_id"] = f"{Path(stem).stem}-{time.time_ns() % 10**9}"[:200]
+        elif topic == "training":
+            if row_label is None:
+                raise ConfigurationError(
+                    f"{where}: no label (a subfolder per label, LABEL<TAB>TEXT, or --label)"
+                )
+            record["label"] = row_label
+        else:
+            raise ConfigurationError("files and text lines go to requests or training")
+        records.append((where, record))
+    return records
+
+
 @app.command("send")
 def send(
     ctx: typer.Context,
     path: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, help="A .jsonl (one JSON object per line) or .csv file."
+            exists=True,
+            help="A .jsonl (one JSON object per line) or .csv file; a folder of files (images, "
+            "documents: each file one row of a tensor model); a .txt file (each line a text).",
         ),
     ],
     topic: Annotated[str, typer.Option(help="requests, feedback, training or control.")],
-    model: Annotated[str | None, typer.Option(help="Model name for CSV rows without one.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name for rows without one (CSV, files, text).")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Send the JSON text instead of Avro.")
     ] = False,
+    tensor: Annotated[
+        str | None,
+        typer.Option(
+            help="Files and text lines: the input tensor they fill (default: the model's only "
+            "input)."
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Files and text lines sent to training: their label.")
+    ] = None,
 ) -> None:
     """Validate every record against the topic's contract, then produce them all."""
     if topic not in INPUT_TYPES:
@@ -145,7 +240,17 @@ def send(
     record_type = INPUT_TYPES[topic]
     codec = default_codec()
     settings = settings_of(ctx)
-    if path.suffix == ".csv":
+    if path.is_dir() or path.suffix == ".txt":
+        if model is None:
+            raise typer.BadParameter("files and text lines need --model")
+        name = _tensor_input(settings, model, tensor)
+        texts = [
+            (where, json.dumps(item).encode())
+            for where, item in _tensor_records(
+                path, topic, model, name, label, settings.max_message_bytes
+            )
+        ]
+    elif path.suffix == ".csv":
         tasks = asyncio.run(defined_tasks(settings)) if topic in ("training", "feedback") else {}
         texts = [
             (f"{path} row {n}", json.dumps(item).encode())
@@ -237,14 +342,17 @@ def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: b
     value: Any
     if record_type is not None:
         try:
-            value = codec.json_form(record_type).to_plain(
-                codec.decode_any(record.value, record_type)
-            )
+            value = codec.to_plain(record_type, codec.decode_any(record.value, record_type))
         except Exception as exc:
             failure = record_failure(exc)
             if failure is None:
                 raise
             value = {"undecodable": f"{failure.reason}: {failure.error}"}
+        if record_type is Prediction and not as_json and isinstance(value, dict):
+            value = _short_prediction(value)
+        elif record_type in (PredictionRequest, TrainingExample) and not as_json:
+            for item in value.get("tensors") or []:
+                item["data"] = _short_data(item["data"])
         if record_type is ModelArtifact and "body" in value:
             # weights are bytes: show what they are, not them
             body = value["body"]
@@ -258,6 +366,31 @@ def _render(codec: AvroCodec, type_name: str, record: ConsumerRecord, as_json: b
     if as_json:
         return json.dumps(value, separators=(",", ":"))
     return f"{record.partition}:{record.offset} {key} {json.dumps(value)}"
+
+
+TOP_K = 5
+
+
+def _short_prediction(value: dict[str, Any]) -> dict[str, Any]:
+    """A prediction for the eye: its top scores (highest first), its output tensors as
+    datatype and shape, not a wall of numbers (``--json`` keeps everything)."""
+    scores = value.get("scores") or {}
+    if len(scores) > TOP_K:
+        best = sorted(scores.items(), key=lambda kv: -kv[1])[:TOP_K]
+        value["scores"] = {k: round(v, 6) for k, v in best}
+        value["scores_kept"] = f"top {TOP_K} of {len(scores)}"
+    outputs = value.get("outputs")
+    if outputs:
+        value["outputs"] = {o["name"]: f"{o['datatype']}{o['shape']}" for o in outputs}
+    else:
+        value.pop("outputs", None)
+    return value
+
+
+def _short_data(data: Any) -> Any:
+    """A tensor's data, cut to what a terminal line can show."""
+    text = json.dumps(data)
+    return data if len(text) <= 120 else f"{text[:100]}... ({len(text)} characters)"
 
 
 @app.command("status")

@@ -50,7 +50,7 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,6 +202,7 @@ class BatchPipeline(Managed):
         crash_guard: Path | None = None,
         punctuate_every_s: float = 1.0,
         commit_interval_s: float = 0.0,
+        hold: Callable[[list[ConsumerRecord]], float] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -247,6 +248,9 @@ class BatchPipeline(Managed):
         # At least once: offsets whose outputs are acknowledged, committed by the fetch loop.
         self._acknowledged: dict[TopicPartition, int] = {}
         self.commit_interval_s = commit_interval_s
+        # How long a lane may let its records wait for more before processing them (a
+        # model's maximum queue delay), from the records that wait: seconds, 0 for none.
+        self.hold = hold
         self._stop = asyncio.Event()
         self.batches = 0
         self.records_in = 0
@@ -340,6 +344,11 @@ class BatchPipeline(Managed):
             if self.commit_interval_s > 0:
                 # More per transaction, fewer transactions: wait out the interval.
                 await asyncio.sleep(max(0.0, began + self.commit_interval_s - time.monotonic()))
+            waiting = self._pending.get(task)
+            if waiting and self.hold is not None:
+                delay = self.hold([r for records in waiting.values() for r in records])
+                if delay > 0:  # the fetch loop keeps queueing meanwhile
+                    await asyncio.sleep(delay)
             parts = self._pending.pop(task, None)
             if not parts:
                 return

@@ -427,14 +427,14 @@ def _tf_tensor_rows(body: dict[str, Any], model: ModelInfo, max_rows: int) -> Ro
             raise CallError(400, "'instances' must be a non-empty list")
         columns: dict[str, list[Any]] = {}
         for instance in instances:
-            values = instance if _named_row(instance, names) else {names[0]: instance}
-            if len(names) > 1 and not _named_row(instance, names):
+            values = instance if _named_row(instance) else {names[0]: instance}
+            if len(names) > 1 and not _named_row(instance):
                 raise CallError(400, f"each instance is an object of the inputs {names}")
             for name, value in values.items():
                 columns.setdefault(name, []).append(value)
     else:
         inputs = body["inputs"]
-        columns = inputs if _named_row(inputs, names) else {names[0]: inputs}
+        columns = inputs if _named_row(inputs) else {names[0]: inputs}
         if not all(isinstance(v, list) for v in columns.values()):
             raise CallError(400, "'inputs' maps each input to a list of values, one per row")
     unknown = sorted(set(columns) - set(names))
@@ -457,12 +457,9 @@ def _tf_tensor_rows(body: dict[str, Any], model: ModelInfo, max_rows: int) -> Ro
     return Rows(np.empty((n, 0)), None, rows)
 
 
-def _named_row(value: Any, names: list[str]) -> bool:
-    return (
-        isinstance(value, dict)
-        and set(value) != {"b64"}
-        and (set(value) <= set(names) or len(names) > 1)
-    )
+def _named_row(value: Any) -> bool:
+    """An object of input -> value (not a ``{"b64": ...}`` value of the only input)."""
+    return isinstance(value, dict) and set(value) != {"b64"}
 
 
 def _tf_value(name: str, datatype: str, value: Any) -> NamedTensor:

@@ -158,6 +158,7 @@ class PredictorApp(Lifecycle):
             max_records=settings.predictor_batch_max_records,
             session_timeout_s=settings.predictor_session_timeout_s,
             commit_interval_s=settings.predictor_commit_interval_ms / 1000,
+            hold=self.logic.hold_s,
         )
         self.registry = make_consumer(settings, group_id=None, fetch_max_wait_ms=10)
         self.control = ControlFollower(settings, self._apply_command, SERVICE)

@@ -168,6 +168,18 @@ class RequestReader:
         """Map features of ``model`` written in this order take the fast path."""
         self.templates[model.encode()] = MapTemplate(feature_names)
 
+    def model_of(self, data: bytes) -> str | None:
+        """The model a request names, read without decoding the rest (None: not a request
+        of the current schema, or unreadable)."""
+        if data[:10] != self.header:
+            return None
+        try:
+            _, pos = read_string(data, 10)
+            model, _ = read_string(data, pos)
+            return self._models.get(model) or model.decode()
+        except (IndexError, DecodeError, UnicodeDecodeError):
+            return None
+
     def read(self, data: bytes) -> Request | None:
         if data[:10] != self.header:
             return None

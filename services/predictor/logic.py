@@ -160,6 +160,8 @@ class PredictorLogic:
         self.production: dict[str, int] = {}
         self.traffic: dict[str, Traffic] = {}
         self._reader = RequestReader(codec.schema(PredictionRequest).fingerprint)
+        # production models with a maximum queue delay: name -> (delay ms, batch size)
+        self._delays: dict[str, tuple[int, int]] = {}
         self._prediction_fp = codec.schema(Prediction).fingerprint
         self._writers: dict[tuple[str, int, str], PredictionWriter] = {}
 
@@ -172,6 +174,10 @@ class PredictorLogic:
         if production:
             self.production[model.name] = model.version
             self._reader.expect_maps(model.name, model.model.feature_names)
+            self._delays.pop(model.name, None)
+            if isinstance(model.model, TensorScorer) and model.model.spec["max_queue_delay_ms"]:
+                spec = model.model.spec
+                self._delays[model.name] = (spec["max_queue_delay_ms"], spec["max_batch_size"])
         keep = {
             self.production.get(model.name),
             self.traffic.get(model.name, Traffic()).challenger_version,
@@ -182,6 +188,34 @@ class PredictorLogic:
 
     def set_traffic(self, model: str, traffic: Traffic) -> None:
         self.traffic[model] = traffic
+
+    def hold_s(self, messages: Sequence[Message]) -> float:
+        """How long these waiting requests may wait for more before they are scored: when
+        every model they name has a maximum queue delay and none has a full batch yet, until
+        the soonest of those delays runs out (from its oldest request's timestamp);
+        otherwise 0. A model without a queue delay is never made to wait."""
+        if not self._delays or not messages:
+            return 0.0
+        counts: dict[str, int] = defaultdict(int)
+        oldest: dict[str, int] = {}
+        for message in messages:
+            value = message.value or b""
+            name = self._reader.model_of(value)
+            if name is None and is_json(value):
+                named = _JSON_MODEL.search(value[:4096])
+                name = named.group(1).decode(errors="replace") if named else None
+            if name is None or name not in self._delays:
+                return 0.0
+            counts[name] += 1
+            oldest[name] = min(oldest.get(name, message.timestamp), message.timestamp)
+        now_ms = time.time() * 1000
+        wait_ms = float("inf")
+        for name, count in counts.items():
+            delay_ms, batch = self._delays[name]
+            if count >= batch:
+                return 0.0
+            wait_ms = min(wait_ms, oldest[name] + delay_ms - now_ms)
+        return max(0.0, wait_ms / 1000)
 
     # -- the hot path ------------------------------------------------------------------------
     def process(self, messages: Sequence[M]) -> Scored[M]:

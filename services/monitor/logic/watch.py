@@ -128,7 +128,9 @@ class ModelWatch:
         rollback work as for any kind."""
         self.body, self.model = body, model
         self.score_drift = ScoreDrift.from_metrics(
-            body["metrics"], self.config.feature_drift_window, self.config.score_drift_threshold
+            body.get("metrics") or {},
+            self.config.feature_drift_window,
+            self.config.score_drift_threshold,
         )
         self.learner, self.feature_drift = None, None
         if not self.learns_features or body["task"] == Task.EMBEDDING:

@@ -1,11 +1,14 @@
 """The gateway's protocols in modelstream's terms: calls to rows, answers to responses."""
 
+import json
+
 import numpy as np
 import pytest
 
 from modelstream.services.gateway.logic import (
     CallError,
     ModelInfo,
+    oip_body,
     oip_metadata,
     oip_response,
     oip_rows,
@@ -120,3 +123,148 @@ def test_responses_carry_labels_scores_and_versions():
     metadata = oip_metadata(CHURN, [1])
     assert [i["name"] for i in metadata["inputs"]] == ["a", "b", "centre"]
     assert metadata["inputs"][2]["datatype"] == "BYTES"
+
+
+# -- tensor models ----------------------------------------------------------------------------
+def tensor_model(top_k: int = 0, embedding: bool = False) -> ModelInfo:
+    from modelstream.contracts.records import ModelBody
+    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
+    from tests.support.tensor_models import image_graph, spec
+
+    scores = {"graph_output": "probs", "labels": ["a", "b", "c"], "top_k": top_k}
+    outputs = [{"name": "probs_out", "graph_output": "probs"}] if embedding else []
+    text = spec(scores=scores, outputs=outputs)
+    body: ModelBody = tensor_candidate(
+        "img", describe(image_graph()[0], parse_spec(text)), created_by="t"
+    )
+    body["version"] = 2
+    return ModelInfo.from_body(body)
+
+
+def test_oip_tensor_rows_split_along_the_first_axis():
+    import base64
+
+    from modelstream.contracts import tensors
+
+    model = tensor_model()
+    assert model.kind == "tensor" and model.inputs == (("image", "BYTES", (1,)),)
+    json_body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [2],
+                "datatype": "BYTES",
+                "data": [{"b64": base64.b64encode(b"\x89PNG-one").decode()}, "two"],
+            }
+        ]
+    }
+    rows = oip_rows(json_body, model, 10)
+    assert len(rows) == 2
+    assert [tensors.elements(r[0]) for r in rows.tensors] == [[b"\x89PNG-one"], [b"two"]]
+    # the binary extension keeps the bytes as they are (no UTF-8 round trip)
+    blob = tensors.pack_elements([b"\xff\xd8jpeg", b"\x00\x01"])
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    ).encode()
+    body = oip_body(header + blob, str(len(header)))
+    rows = oip_rows(body, model, 10)
+    assert [tensors.elements(r[0]) for r in rows.tensors] == [[b"\xff\xd8jpeg"], [b"\x00\x01"]]
+    # raw pixels, [N, H, W, C]
+    pixels = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    numeric = {
+        "inputs": [
+            {"name": "image", "shape": [2, 4, 4, 3], "datatype": "UINT8", "data": pixels.tolist()}
+        ]
+    }
+    rows = oip_rows(numeric, model, 10)
+    np.testing.assert_array_equal(tensors.numeric(rows.tensors[1][0]), pixels[1])
+
+
+@pytest.mark.parametrize(
+    ("inputs", "reason"),
+    [
+        ([{"name": "nope", "shape": [1], "datatype": "BYTES", "data": ["x"]}], "unknown input"),
+        ([{"name": "image", "shape": [], "datatype": "BYTES", "data": ["x"]}], "first axis"),
+        ([{"name": "image", "shape": [-1], "datatype": "BYTES", "data": ["x"]}], "first axis"),
+        ([{"name": "image", "shape": [2**70], "datatype": "BYTES", "data": ["x"]}], "first axis"),
+        ([{"name": "image", "shape": [2], "datatype": "BYTES", "data": ["x"]}], "cannot fit"),
+        ([{"name": "image", "shape": [1], "datatype": "FP8", "data": [1]}], "datatype"),
+        ([{"name": "image", "shape": [1, 2], "datatype": "UINT8", "data": [1, 300]}], "range"),
+        ([{"name": "image", "shape": [20], "datatype": "BYTES", "data": ["x"] * 20}], "1..10"),
+        ([{"name": "image", "shape": [1], "datatype": "BYTES"}], "no data"),
+    ],
+)
+def test_oip_tensor_calls_that_cannot_be_read_are_400(inputs, reason):
+    with pytest.raises(CallError) as caught:
+        oip_rows({"inputs": inputs}, tensor_model(), 10)
+    assert caught.value.status == 400 and reason in caught.value.message
+
+
+def test_tf_serving_b64_instances_and_columnar_inputs():
+    import base64
+
+    from modelstream.contracts import tensors
+
+    model = tensor_model()
+    b64 = base64.b64encode(b"\x89PNG").decode()
+    for body in (
+        {"instances": [{"b64": b64}, {"image": {"b64": b64}}]},
+        {"inputs": {"image": [{"b64": b64}, {"b64": b64}]}},
+        {"inputs": [{"b64": b64}, {"b64": b64}]},
+    ):
+        rows = tf_rows(body, model, 10)
+        assert [tensors.elements(r[0]) for r in rows.tensors] == [[b"\x89PNG"], [b"\x89PNG"]]
+    pixels = tf_rows({"instances": [[[[1, 2, 3]]]]}, model, 10).tensors[0][0]
+    assert pixels["datatype"] == "UINT8" and pixels["shape"] == [1, 1, 3]
+    with pytest.raises(CallError, match="unknown inputs"):
+        tf_rows({"instances": [{"text": "x"}]}, model, 10)
+
+
+def test_tensor_answers_and_metadata():
+    from modelstream.contracts import tensors
+
+    model = tensor_model(top_k=2, embedding=True)
+    answers = [
+        {
+            "prediction": "b",
+            "scores": {"b": 0.7, "a": 0.2},
+            "version": 2,
+            "outputs": [tensors.from_array("probs_out", np.asarray([0.2, 0.7, 0.1], np.float32))],
+        },
+        {
+            "prediction": "c",
+            "scores": {"c": 0.6, "b": 0.3},
+            "version": 2,
+            "outputs": [tensors.from_array("probs_out", np.asarray([0.1, 0.3, 0.6], np.float32))],
+        },
+    ]
+    oip = oip_response(model, "call", ["r0", "r1"], answers)  # type: ignore[arg-type]
+    outputs = {o["name"]: o for o in oip["outputs"]}
+    assert outputs["predict"]["data"] == ["b", "c"]
+    assert outputs["top_labels"]["data"] == ["b", "a", "c", "b"]
+    assert outputs["top_scores"]["shape"] == [2, 2]
+    assert outputs["probs_out"]["shape"] == [2, 3] and outputs["probs_out"]["datatype"] == "FP32"
+    np.testing.assert_allclose(outputs["probs_out"]["data"][:3], [0.2, 0.7, 0.1], atol=1e-7)
+    tf = tf_response(model, answers)  # type: ignore[arg-type]
+    assert tf["predictions"][1]["scores"] == {"c": 0.6, "b": 0.3}
+    assert len(tf["predictions"][0]["probs_out"]) == 3
+    metadata = oip_metadata(model, [2])
+    assert metadata["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [-1, 1], "parameters": {"content": "image"}}
+    ]
+    assert [o["name"] for o in metadata["outputs"]] == [
+        "predict",
+        "top_labels",
+        "top_scores",
+        "probs_out",
+        "version",
+    ]

@@ -158,3 +158,61 @@ def test_watch_asks_for_one_rollback_of_a_worse_version():
     asked = [d for d in decisions if d is not None]
     assert len(asked) == 1 and asked[0].version == 2 and asked[0].parent == 1
     assert asked[0].labels >= 200
+
+
+def test_score_drift_compares_live_top_scores_with_the_holdout_deciles():
+    from modelstream.services.monitor.logic.quality import ScoreDrift
+
+    rng = np.random.default_rng(4)
+    holdout = rng.beta(8, 2, 2000)  # confident most of the time
+    edges = np.percentile(holdout, range(10, 100, 10))
+    drift = ScoreDrift(edges, window=500, threshold=0.25)
+    assert drift.update_many(rng.beta(8, 2, 2000)) is None  # the same distribution
+    assert drift.last_index < 0.1
+    shifted = drift.update_many(rng.beta(2, 2, 500))  # unsure: the inputs changed
+    assert shifted is not None and shifted > 0.25
+    assert ScoreDrift.from_metrics({"accuracy": 1.0}, 500, 0.25) is None
+    deciles = zip(range(10, 100, 10), edges, strict=True)
+    recorded = {f"validation_score_q{q}": float(v) for q, v in deciles}
+    assert ScoreDrift.from_metrics(recorded, 500, 0.25).edges.tolist() == edges.tolist()
+
+
+def test_a_tensor_model_is_watched_without_a_learner():
+    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
+    from tests.support.tensor_models import image_graph, spec
+
+    body = tensor_candidate("img", describe(image_graph()[0], parse_spec(spec())), created_by="t")
+    body["version"] = 1
+    rng = np.random.default_rng(0)
+    confident = rng.beta(8, 2, 5000)
+    edges = np.percentile(confident, range(10, 100, 10))
+    body["metrics"] = {
+        f"validation_score_q{q}": float(v) for q, v in zip(range(10, 100, 10), edges, strict=True)
+    }
+    watch = ModelWatch("img", WatchConfig(feature_drift_window=500))
+    watch.install(body, None)
+    assert watch.learner is None and watch.feature_drift is None and not watch.learns_features
+
+    def labels(tops: np.ndarray, start: int) -> list[Labelled]:
+        return [
+            Labelled(
+                request_id=f"r{start + i}",
+                features=b"",
+                version=1,
+                prediction="a",
+                scores={"a": float(t), "b": float(1 - t) / 2, "c": float(1 - t) / 2},
+                predicted_at_ms=0,
+                label="a" if i % 4 else "b",
+                labelled_at_ms=10,
+                feedback_partition=0,
+                feedback_offset=start + i,
+            )
+            for i, t in enumerate(tops)
+        ]
+
+    calm = watch.observe(labels(rng.beta(8, 2, 1000), 0), 20)
+    assert not calm.drift and calm.learned == 0 and len(calm.outcomes) == 1000
+    assert watch.metrics[1].snapshot()["accuracy"] == 0.75
+    moved = watch.observe(labels(rng.beta(2, 3, 500), 1000), 30)
+    assert [d.kind for d in moved.drift] == ["scores"]
+    assert "population stability index" in moved.drift[0].detail

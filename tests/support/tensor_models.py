@@ -1,0 +1,214 @@
+"""Small tensor models and their data for tests: graphs written with ``onnx.helper`` whose
+answers numpy computes independently, a scikit-learn text pipeline converted by skl2onnx,
+Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, and images encoded with
+Pillow."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
+
+
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> bytes:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "test", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def image_graph(
+    height: int = 8, width: int = 8, channels: int = 3, classes: int = 3, seed: int = 0
+) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A softmax over a linear map of an NCHW float image ``x`` -> ``probs``; with its
+    weights, so numpy can score the same pixels."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    d = height * width * channels
+    W = (rng.normal(size=(d, classes)) / np.sqrt(d)).astype(np.float32)
+    b = rng.normal(size=classes).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["z0"]),
+        helper.make_node("Add", ["z0", "b"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["probs"], axis=1),
+    ]
+    graph = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, height, width])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "b")],
+    )
+    return graph, W, b
+
+
+def token_graph(vocab: int = 40, dim: int = 4, seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """Token ids and attention mask -> per-token vectors [N, S, dim] (an embedding table
+    masked), and ``logits`` [N, 2] from the first token: a tiny stand-in for a BERT."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    E = rng.normal(size=(vocab, dim)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["E", "input_ids"], ["emb"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis"], ["mask3"]),
+        helper.make_node("Mul", ["emb", "mask3"], ["hidden"]),
+    ]
+    graph = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "S"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "S"]),
+        ],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", "S", dim])],
+        [
+            numpy_helper.from_array(E, "E"),
+            numpy_helper.from_array(np.asarray([2], np.int64), "axis"),
+        ],
+    )
+    return graph, E
+
+
+def bytes_graph(width: int = 16, classes: int = 4, seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """INT32 byte values [N, width] -> softmax ``scores`` [N, classes]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    W = (rng.normal(size=(width, classes)) / 64).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["bytes"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["f", "W"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["scores"], axis=1),
+    ]
+    graph = _model(
+        nodes,
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["N", width])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(W, "W")],
+    )
+    return graph, W
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    result: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return result
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """uint8 [H, W] or [H, W, 3] as PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(
+        buffer, format="JPEG", quality=quality
+    )
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` pixels, with a few bytes of
+    compressed data: decoding it whole would claim width * height * 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = zlib.compress(b"\x00" * 1024)
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def fashion_mnist(
+    rows: int, *, test: bool = False, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` images (uint8 [rows, 28, 28]) and labels of Fashion-MNIST's training (or
+    test) set, from Debian's ``dataset-fashion-mnist``."""
+    kind = "t10k" if test else "train"
+    with gzip.open(FASHION / f"{kind}-images-idx3-ubyte.gz") as f:
+        f.read(16 + offset * 784)
+        images = np.frombuffer(f.read(rows * 784), np.uint8).reshape(rows, 28, 28)
+    with gzip.open(FASHION / f"{kind}-labels-idx1-ubyte.gz") as f:
+        f.read(8 + offset)
+        labels = np.frombuffer(f.read(rows), np.uint8)
+    return images, labels
+
+
+def text_pipeline() -> tuple[bytes, Any, list[str], list[str]]:
+    """A TF-IDF + logistic-regression pipeline on a small made-up corpus, converted by
+    skl2onnx with a string input [N, 1] (its tokenizer inside the graph); with the fitted
+    pipeline, the texts and their labels."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    good = ["great stream", "fast kafka topics", "lovely model", "nice clean data", "well done"]
+    bad = ["awful crash", "broken stream", "terrible lag", "lost records again", "bad data"]
+    texts = [f"{a} {b}" for a in good for b in good] + [f"{a} {b}" for a in bad for b in bad]
+    labels = ["good"] * 25 + ["bad"] * 25
+    pipeline = Pipeline([("tfidf", TfidfVectorizer()), ("clf", LogisticRegression())])
+    pipeline.fit(texts, labels)
+    onx = convert_sklearn(
+        pipeline,
+        "text",
+        initial_types=[("text", StringTensorType([None, 1]))],
+        options={
+            id(pipeline.steps[0][1]): {"locale": "C.UTF-8", "tokenexp": r"[\p{L}\p{N}_]+"},
+            id(pipeline.steps[1][1]): {"zipmap": False},
+        },
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    return onx.SerializeToString(), pipeline, texts, labels
+
+
+def spec(**overrides: Any) -> str:
+    """The JSON of an image spec for :func:`image_graph`, with overrides at the top level."""
+    plain: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": "image",
+                "kind": "image",
+                "graph_input": "x",
+                "image": {"height": 8, "width": 8, "scale": 1 / 255, "layout": "nchw"},
+            }
+        ],
+        "scores": {"graph_output": "probs", "labels": ["a", "b", "c"]},
+    }
+    plain.update(overrides)
+    return json.dumps(plain)

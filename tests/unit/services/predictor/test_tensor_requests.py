@@ -1,0 +1,236 @@
+"""The predictor's logic with tensor models: each row prepared alone (its reason when it
+cannot be), the rest scored in batches, predictions with labels, top scores and output
+tensors; hostile tensor requests, mutated byte by byte, are scored or refused, never raised."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelstream.contracts import tensors
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import Prediction, PredictionRequest
+from modelstream.registry.artifact import Verified, seal
+from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
+from modelstream.services.predictor.logic import PredictorLogic, ServingModel
+from tests.support.tensor_models import image_graph, jpeg, png, png_bomb, softmax, spec, token_graph
+
+CODEC = default_codec()
+IMAGE, W, B = image_graph()
+RNG = np.random.default_rng(11)
+
+
+@dataclass
+class Record:
+    value: bytes | None
+    key: bytes | None = None
+    timestamp: int = 1_790_000_000_000
+
+
+def serving(name: str, graph: bytes, spec_text: str, version: int = 1) -> ServingModel:
+    body = tensor_candidate(name, describe(graph, parse_spec(spec_text)), created_by="t")
+    body["version"] = version
+    record = seal(body)
+    return ServingModel.from_verified(Verified(record, False), None)
+
+
+def logic_with(*models: ServingModel, output_format: str = "avro") -> PredictorLogic:
+    logic = PredictorLogic(CODEC, output_format=output_format)
+    for model in models:
+        logic.install(model, production=True)
+    return logic
+
+
+def request(rid: str, model: str, named: list[dict], **extra: object) -> bytes:
+    return CODEC.encode(
+        PredictionRequest, {"request_id": rid, "model": model, "tensors": named, **extra}
+    )
+
+
+def image(data: bytes) -> list[dict]:
+    return [tensors.from_elements("image", [data])]
+
+
+@pytest.mark.parametrize("output_format", ["avro", "json"])
+def test_good_rows_are_scored_and_bad_ones_rejected_with_their_reason(output_format):
+    pixels = RNG.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    top = spec(scores={"graph_output": "probs", "labels": ["a", "b", "c"], "top_k": 2})
+    logic = logic_with(serving("img", IMAGE, top), output_format=output_format)
+    records = [
+        Record(request("ok-0", "img", image(png(pixels[0])))),
+        Record(request("bomb", "img", image(png_bomb()))),
+        Record(request("ok-1", "img", image(png(pixels[1])))),
+        Record(request("trunc", "img", image(jpeg(pixels[2])[:100]))),
+        Record(request("feat", "img", image(png(pixels[3])), features=b"\x00" * 8)),
+        Record(request("none", "img", [])),
+        Record(
+            request(
+                "lie",
+                "img",
+                [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": b"\xff\xff\xff\x7fab",
+                    }
+                ],
+            )
+        ),
+        Record(request("raw-ok", "img", [tensors.from_array("image", pixels[2])])),
+    ]
+    scored = logic.process(records)
+    reasons = {r.message.value: r.reason for r in scored.rejected}
+    assert sorted(reasons.values()) == sorted(
+        ["image-too-large", "invalid-image", "extra-features", "missing-tensors", "invalid-tensor"]
+    )
+    (group,) = scored.groups
+    predictions = [CODEC.decode_any(v, Prediction) for v in group.values]
+    assert [p["request_id"] for p in predictions] == ["ok-0", "ok-1", "raw-ok"]
+    x = (pixels[[0, 1, 2]].astype(np.float32) / 255).transpose(0, 3, 1, 2).reshape(3, -1)
+    expected = softmax(x @ W + B)
+    for prediction, row in zip(predictions, expected, strict=True):
+        best = np.argsort(-row)[:2]
+        assert list(prediction["scores"]) == [["a", "b", "c"][j] for j in best]
+        np.testing.assert_allclose(list(prediction["scores"].values()), row[best], atol=1e-5)
+        assert prediction["prediction"] == ["a", "b", "c"][int(row.argmax())]
+
+
+def test_embeddings_travel_as_output_tensors():
+    graph, E = token_graph()
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hello": 5, "world": 6}
+    text_spec = {
+        "inputs": [
+            {
+                "name": "text",
+                "kind": "text",
+                "graph_input": "input_ids",
+                "text": {
+                    "tokenizer": "wordpiece",
+                    "tokenizer_json": json.dumps(
+                        {
+                            "normalizer": {"type": "BertNormalizer"},
+                            "pre_tokenizer": {"type": "BertPreTokenizer"},
+                            "model": {"type": "WordPiece", "vocab": vocab},
+                        }
+                    ),
+                    "attention_mask_input": "attention_mask",
+                },
+            }
+        ],
+        "outputs": [{"name": "embedding", "graph_output": "hidden", "pool": "mean"}],
+    }
+    logic = logic_with(serving("emb", graph, json.dumps(text_spec)))
+    texts = ["hello world", "world", "hello hello hello world"]
+    scored = logic.process(
+        [
+            Record(request(f"r{i}", "emb", [tensors.from_elements("text", [t])]))
+            for i, t in enumerate(texts)
+        ]
+    )
+    assert not scored.rejected
+    for value, text in zip(scored.groups[0].values, texts, strict=True):
+        prediction = CODEC.decode(value, Prediction)
+        assert prediction["prediction"] == "" and prediction["scores"] == {}
+        (embedding,) = prediction["outputs"]
+        ids = [2] + [vocab[w] for w in text.split()] + [3]
+        np.testing.assert_allclose(tensors.numeric(embedding), E[ids].mean(axis=0), atol=1e-6)
+
+
+def test_feature_models_refuse_tensors_and_tensor_models_refuse_features():
+    from modelstream.registry.onnx_model import describe as describe_features
+    from modelstream.registry.onnx_model import onnx_candidate
+    from tests.support.onnx_models import mlp_graph
+
+    bundle = mlp_graph((64, 8, 10))
+    body = onnx_candidate("mlp", describe_features(bundle.graph, classes=bundle.classes))
+    body["version"] = 1
+    feature_model = ServingModel.from_verified(Verified(seal(body), False), None)
+    logic = logic_with(serving("img", IMAGE, spec()), feature_model)
+    scored = logic.process(
+        [
+            Record(request("a", "img", [], features=b"\x00" * 16)),
+            Record(request("b", "mlp", image(b"x"), features=b"\x00" * 512)),
+            Record(request("c", "mlp", [], features=b"\x00" * 512)),
+        ]
+    )
+    assert sorted((r.message.value[11:12], r.reason) for r in scored.rejected) == [
+        (b"a", "extra-features"),
+        (b"b", "unknown-tensors"),
+    ]
+    assert sum(len(g.values) for g in scored.groups) == 1
+
+
+def test_queue_delay_holds_a_partial_batch_until_it_runs_out():
+    delayed = spec(max_batch_size=4, max_queue_delay_ms=200)
+    logic = logic_with(serving("img", IMAGE, delayed), serving("now", IMAGE, spec()))
+    now_ms = 1_790_000_000_000
+    fresh = [Record(request(f"r{i}", "img", []), timestamp=now_ms) for i in range(3)]
+    import time
+
+    real = time.time
+    try:
+        time.time = lambda: now_ms / 1000 + 0.05  # 50 ms after the requests were sent
+        assert logic.hold_s(fresh) == pytest.approx(0.15, abs=1e-3)
+        full = [*fresh, Record(request("r3", "img", []), timestamp=now_ms)]
+        assert logic.hold_s(full) == 0.0  # a full batch goes at once
+        mixed = [*fresh, Record(request("x", "now", []), timestamp=now_ms)]
+        assert logic.hold_s(mixed) == 0.0  # a model without a delay is never held
+        time.time = lambda: now_ms / 1000 + 0.5
+        assert logic.hold_s(fresh) == 0.0  # the delay has run out
+    finally:
+        time.time = real
+
+
+SEED_PIXELS = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+SEEDS = [
+    request("p", "img", image(png(SEED_PIXELS))),
+    request("j", "img", image(jpeg(SEED_PIXELS))),
+    request("r", "img", [tensors.from_array("image", SEED_PIXELS)]),
+    json.dumps(
+        {
+            "request_id": "js",
+            "model": "img",
+            "tensors": [{"name": "image", "datatype": "UINT8", "data": SEED_PIXELS.tolist()}],
+        }
+    ).encode(),
+]
+FUZZ_LOGIC = logic_with(serving("img", IMAGE, spec()))
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        kind = draw(st.sampled_from(["flip", "overwrite", "insert", "delete", "truncate"]))
+        if kind == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "overwrite" and data:
+            data[at] = draw(st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFF]))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 8))]
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batch=st.lists(mutated(), min_size=10, max_size=10))
+def test_mutated_tensor_requests_are_scored_or_refused_with_a_reason(batch):
+    """10,000 mutated image requests (PNG, JPEG, raw pixels, JSON) through the tensor path."""
+    records = [Record(value) for value in batch]
+    scored = FUZZ_LOGIC.process(records)
+    answered = sum(len(g.values) for g in scored.groups)
+    assert answered + len(scored.rejected) == len(records)
+    for rejected in scored.rejected:
+        assert rejected.reason and rejected.error
+    for group in scored.groups:
+        for value in group.values:
+            prediction = CODEC.decode(value, Prediction)
+            assert abs(sum(prediction["scores"].values()) - 1) < 1e-5
