@@ -178,7 +178,8 @@ def _tensor_records(
                     raise ConfigurationError(f"{path}:{n}: a training line is LABEL<TAB>TEXT")
             rows.append((f"{path.name}:{n}", text.encode(), line_label))
     records = []
-    for where, data, row_label in rows:
+    batch = f"{time.time_ns() % 10**9:09d}"  # request ids stay unique across sends
+    for n, (where, data, row_label) in enumerate(rows):
         record: dict[str, Any] = {
             "model": model,
             "tensors": [
@@ -191,8 +192,8 @@ def _tensor_records(
             ],
         }
         if topic == "requests":
-            stem = where.replace("/", "_").replace(":", "-")
-            record["request_id"] = f"{Path(stem).stem}-{time.time_ns() % 10**9}"[:200]
+            stem = Path(where.replace("/", "_").split(":")[0]).stem
+            record["request_id"] = f"{stem[:200]}-{batch}-{n}"
         elif topic == "training":
             if row_label is None:
                 raise ConfigurationError(
