@@ -58,10 +58,29 @@ ensure_compose() {
 
 ensure_test_tools() {
   # Outside tools the integration tests drive: kcat (a non-Python Kafka client), Prometheus
-  # with promtool, and InfluxDB 1.x, all from Debian's packages.
+  # with promtool, and InfluxDB 1.x, all from Debian's packages; Fashion-MNIST (Debian's
+  # dataset-fashion-mnist) for the image models.
   command -v kcat >/dev/null || apt_install kcat
   { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || apt_install prometheus
   command -v influxd >/dev/null || apt_install influxdb
+  [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+    || apt_install dataset-fashion-mnist
+}
+
+start_references() {
+  # The model libraries the tensor-model tests compare with, in a pinned virtualenv of their
+  # own (tests/support/reference.py), built once per machine, meanwhile the lint runs.
+  mkdir -p "$root/.modelstream"
+  "$venv/bin/python" -m tests.support.reference >"$root/.modelstream/references.log" 2>&1 &
+  references_pid=$!
+}
+
+wait_references() {
+  if ! wait "$references_pid"; then
+    echo "building the model libraries' environment failed:" >&2
+    tail -40 "$root/.modelstream/references.log" >&2
+    exit 1
+  fi
 }
 
 lint() {
@@ -110,9 +129,11 @@ case "${1:-}" in
   test)
     shift
     setup
+    start_references
     lint
     ensure_compose
     ensure_test_tools
+    wait_references
     start_broker
     trap stop_broker EXIT
     say "running the test suite"

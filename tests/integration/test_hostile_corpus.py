@@ -9,6 +9,7 @@ new version, a request is answered, its label is joined."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -19,27 +20,31 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownError
 
+from modelstream.contracts import tensors
 from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Feedback, PredictionRequest, TrainingExample
 from modelstream.errors import ModelstreamError
 from modelstream.kafka.control import send_command
 from modelstream.settings import Settings
-from tests.support.corpus import Hostile, distinct, mutations
+from tests.support.corpus import Hostile, distinct, mutations, tensor_hostiles
 from tests.support.helpers import define, produce, produce_records, read_all, run_cli
 from tests.support.models import dataset
 from tests.support.ports import free_base_below_ephemeral
 from tests.support.processes import stop_up
 from tests.support.samples import SAMPLES
+from tests.support.tensor_models import image_graph, png, spec
 
 pytestmark = pytest.mark.faults
 
 BC = "breast-cancer"
+IMAGES = "hostile-images"  # a tensor model: images decoded, so image bombs meet a decoder
 CODEC = default_codec()
 UP = [sys.executable, "-m", "modelstream.cli", "up"]
 SERVICES = ("trainer", "validator", "publisher", "monitor", "predictor-0", "predictor-1")
@@ -60,6 +65,13 @@ def corpus(names: list[str]) -> dict[str, tuple[str, list[Hostile]]]:
         dict(sample, body=dict(sample["body"], stage="CANDIDATE", version=0)),
         dict(sample, body=dict(sample["body"], name="no-such-model"), key_id="ffffffffffffffff"),
     ]
+    image_request = _valid(
+        "PredictionRequest",
+        request_id="h-3",
+        model=IMAGES,
+        features=b"",
+        tensors=[tensors.from_elements("image", [png(np.zeros((8, 8, 3), np.uint8))])],
+    )
     plans: dict[str, tuple[str, str, list[dict[str, Any]], list[list[str]]]] = {
         "requests": (
             "predictor",
@@ -67,6 +79,7 @@ def corpus(names: list[str]) -> dict[str, tuple[str, list[Hostile]]]:
             [
                 _valid("PredictionRequest", request_id="h-1", model=BC, features=[1.0] * 30),
                 _valid("PredictionRequest", request_id="h-2", model="no-such-model", version=9),
+                image_request,
             ],
             [["version"]],
         ),
@@ -118,10 +131,52 @@ def corpus(names: list[str]) -> dict[str, tuple[str, list[Hostile]]]:
     out = {}
     for seed, (topic, (owner, type_name, valid, int_fields)) in enumerate(plans.items()):
         key = f"hostile-{topic}".encode()  # not a model's key: `models` is compacted by key
-        records = distinct(mutations(type_name, valid, key, seed, int_fields))
+        found = mutations(type_name, valid, key, seed, int_fields)
+        if topic == "requests":
+            found = itertools.chain(found, tensor_hostiles(key, IMAGES))
+        records = distinct(found)
         assert len(records) >= 200, (topic, len(records))
         out[topic] = (owner, records)
     return out
+
+
+async def _publish_image_model(base: Settings, tmp_path: Path, env: dict[str, str]) -> None:
+    """A small image classifier, imported with its spec and gated on a few labelled PNGs."""
+    await define(base, IMAGES, "MULTICLASS", classes=("a", "b", "c"))
+    rng = np.random.default_rng(0)
+    examples = [
+        (
+            IMAGES.encode(),
+            CODEC.encode(
+                TrainingExample,
+                {
+                    "model": IMAGES,
+                    "label": "abc"[i % 3],
+                    "tensors": [
+                        tensors.from_elements(
+                            "image", [png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))]
+                        )
+                    ],
+                },
+            ),
+        )
+        for i in range(30)
+    ]
+    await produce(base, "training", examples)
+    (tmp_path / "images.onnx").write_bytes(image_graph()[0])
+    (tmp_path / "images.json").write_text(spec())
+    imported = await run_cli(
+        base,
+        "models",
+        "import",
+        IMAGES,
+        str(tmp_path / "images.onnx"),
+        "--preprocess",
+        str(tmp_path / "images.json"),
+        **env,
+    )
+    assert imported.returncode == 0, imported.stderr
+    await _until(lambda: _has(base, "models", IMAGES.encode()), 120, "the image model is published")
 
 
 async def _write(
@@ -222,6 +277,9 @@ async def test_hostile_records_on_every_topic_stop_no_service(topics: Settings, 
     up = _spawn_up(env, out)
     try:
         await _wait_frame(out, up, lambda f: re.search(r"production\s+breast-cancer v1", f), 180)
+        await _publish_image_model(
+            base, tmp_path, {"MODELSTREAM_STATE_DIR": str(tmp_path / "state")}
+        )
 
         hostile = corpus(names)
         sent: dict[str, list[tuple[int, int]]] = {}

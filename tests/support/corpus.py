@@ -180,3 +180,56 @@ def distinct(records: Iterator[Hostile]) -> list[Hostile]:
 
 def f64(value: float) -> bytes:
     return struct.pack("<d", value)
+
+
+def tensor_hostiles(key: bytes, model: str) -> Iterator[Hostile]:
+    """Requests to a tensor model (an image classifier) built to break its readers: corrupt,
+    truncated and bomb images, BYTES whose length prefix lies, shapes negative or
+    astronomical, the wrong datatype, text that is not UTF-8, a 1 MB image that is not one."""
+    import numpy as np
+
+    from modelstream.contracts import tensors
+    from tests.support.tensor_models import jpeg, png, png_bomb
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    good_png, good_jpeg = png(pixels), jpeg(pixels)
+
+    def request(name: str, named: list[Any]) -> Hostile:
+        record = {"request_id": f"t-{name}", "model": model, "tensors": named}
+        return Hostile(f"tensor-{name}", key, _avro("PredictionRequest", record))
+
+    def image(data: bytes) -> list[Any]:
+        return [tensors.from_elements("image", [data])]
+
+    yield request("truncated-png", image(good_png[: len(good_png) // 2]))
+    yield request("truncated-jpeg", image(good_jpeg[: len(good_jpeg) // 3]))
+    flipped = bytearray(good_png)
+    flipped[len(flipped) // 2] ^= 0xFF
+    yield request("corrupt-png", image(bytes(flipped)))
+    yield request("png-bomb", image(png_bomb()))
+    yield request("not-an-image", image(b"GIF89a" + rng.bytes(200)))
+    yield request("empty-image", image(b""))
+    yield request("one-mb-noise", image(b"\x89PNG\r\n\x1a\n" + rng.bytes(1_000_000)))
+    yield request(
+        "lying-prefix",
+        [{"name": "image", "datatype": "BYTES", "shape": [1], "data": b"\xff\xff\xff\x7fab"}],
+    )
+    yield request(
+        "negative-shape", [{"name": "image", "datatype": "UINT8", "shape": [8, -8, 3], "data": b""}]
+    )
+    yield request(
+        "huge-shape",
+        [{"name": "image", "datatype": "UINT8", "shape": [2**40, 2**40], "data": b"\x00"}],
+    )
+    yield request(
+        "byte-length", [{"name": "image", "datatype": "UINT8", "shape": [8, 8, 3], "data": b"\x00"}]
+    )
+    yield request("wrong-datatype", [tensors.from_array("image", np.zeros((8, 8, 3), np.float32))])
+    yield request("two-elements", [tensors.from_elements("image", [good_png, good_png])])
+    yield request("non-utf8-text", [tensors.from_elements("image", [b"\xff\xfe text"])])
+    yield request("unknown-tensor", [tensors.from_elements("caption", ["a cat"])])
+    yield request("no-tensor", [])
+    yield request("tensor-twice", [tensors.from_elements("image", [good_png])] * 2)
+    yield request("raw-pixels-4-channels", [tensors.from_array("image", pixels[:, :, :2])])
+    yield request("valid-png", image(good_png))  # processed: the good path runs too
