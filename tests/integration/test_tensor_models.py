@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import time
 import uuid
@@ -49,6 +48,7 @@ from modelstream.kafka.control import send_command
 from modelstream.kafka.topology import create_topics
 from modelstream.registry.artifact import generate_keys, load_public_key
 from modelstream.registry.follower import load_production
+from modelstream.registry.tensor_model import describe as describe_tensors
 from modelstream.registry.tensor_model import parse_spec
 from modelstream.services.gateway.app import GatewayApp
 from modelstream.services.gateway.settings import GatewaySettings
@@ -73,7 +73,17 @@ from tests.support.helpers import (
     running,
     service_settings,
 )
-from tests.support.tensor_models import FASHION_CLASSES, fashion_mnist, jpeg, png, png_bomb
+from tests.support.tensor_models import (
+    FASHION_CLASSES,
+    OCR_SPEC,
+    SENTENCES,
+    fashion_mnist,
+    jpeg,
+    png,
+    png_bomb,
+    sample_files,
+    text_lines,
+)
 
 CODEC = default_codec()
 # The model files the tests use, as their packages ship them.
@@ -250,49 +260,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # -- PaddleOCR's text-orientation classifier ----------------------------------------------
-def text_lines(n: int) -> list[bytes]:
-    """Lines of text drawn with Pillow, half of them turned 180 degrees, as PNG."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    words = ["Kafka streams", "model lifecycle", "tensor serving", "exactly once", "drift"]
-    out = []
-    for i in range(n):
-        font = ImageFont.load_default(size=20 + 3 * (i % 6))
-        text = f"{words[i % len(words)]} {i * 37}"
-        width = int(font.getlength(text)) + 16
-        image = Image.new("RGB", (width, 36 + 3 * (i % 6)), (255, 255, 245 - 5 * (i % 4)))
-        ImageDraw.Draw(image).text((8, 4), text, fill=(10 * (i % 7), 20, 60), font=font)
-        buffer = io.BytesIO()
-        image.rotate(180 * (i % 2), expand=True).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
-
-
-OCR_SPEC = {
-    "inputs": [
-        {
-            "name": "image",
-            "kind": "image",
-            "graph_input": "x",
-            "image": {
-                "color": "bgr",
-                "height": 48,
-                "width": 192,
-                "resize": "height",
-                "interpolation": "opencv_linear",
-                "scale": 1 / 255,
-                "mean": [0.5],
-                "std": [0.5],
-                "pad": "end",
-                "pad_value": 0.0,
-            },
-        }
-    ],
-    "scores": {"graph_output": "save_infer_model/scale_0.tmp_1", "labels": ["0", "180"]},
-    "max_batch_size": 6,
-}
-
-
 async def test_paddleocr_orientation_matches_the_library_through_kafka_and_the_gateway(stack):  # type: ignore[no-untyped-def]
     images = text_lines(16)
     truth = ["0" if i % 2 == 0 else "180" for i in range(len(images))]
@@ -436,21 +403,6 @@ async def test_profanity_pickles_served_as_one_graph_with_the_library_probabilit
 
 
 # -- MiniLM embeddings --------------------------------------------------------------------------
-GENERATED = [
-    f"{subject} {verb} {thing}."
-    for subject in ("The stream processor", "A data scientist", "Our Kafka cluster", "Élodie")
-    for verb in ("reads", "publishes", "validates", "monitors")
-    for thing in ("every record in order", "a signed model", "drift in the scores")
-]
-SENTENCES = [
-    *GENERATED[:46],
-    "Short.",
-    "日本語のテキストも埋め込む",
-    "emoji 😀 and accents: naïve café",
-    "long " * 400,
-]
-
-
 async def test_minilm_embeddings_equal_tryaiis_own_through_kafka_and_the_gateway(stack):  # type: ignore[no-untyped-def]
     spec = {
         "inputs": [
@@ -526,24 +478,6 @@ async def test_minilm_embeddings_equal_tryaiis_own_through_kafka_and_the_gateway
 
 
 # -- magika ---------------------------------------------------------------------------------
-def files() -> dict[str, bytes]:
-    rng = np.random.default_rng(2)
-    return {
-        "main.py": b"import os\n\n\ndef main():\n    print(os.getcwd())\n\n" * 40,
-        "data.json": json.dumps(
-            {"records": [{"id": i, "name": f"n{i}"} for i in range(80)]}, indent=2
-        ).encode(),
-        "page.html": b"<!DOCTYPE html><html><head><title>t</title></head>"
-        + b"<body><p>hi</p></body></html>\n" * 30,
-        "notes.txt": b"The quick brown fox jumps over the lazy dog. " * 60,
-        "noise.bin": rng.integers(0, 256, 6000, dtype=np.uint8).tobytes(),
-        "run.sh": b"#!/bin/bash\nset -e\nfor i in 1 2 3; do echo $i; done\n" * 30,
-        "query.sql": b"SELECT a, b FROM t WHERE c = 1;\nINSERT INTO t VALUES (1, 2);\n" * 40,
-        "table.csv": b"id,name,score\n"
-        + b"".join(f"{i},n{i},{i * 0.5}\n".encode() for i in range(200)),
-    }
-
-
 async def test_magika_content_types_from_raw_file_bytes(stack, tmp_path):  # type: ignore[no-untyped-def]
     config = json.loads(stack.files["magika_config"].read_text())
     spec = {
@@ -568,7 +502,7 @@ async def test_magika_content_types_from_raw_file_bytes(stack, tmp_path):  # typ
         },
         "max_batch_size": 64,
     }
-    contents = files()
+    contents = sample_files()
     library = reference.run(
         "magika", {"files": [base64.b64encode(d).decode() for d in contents.values()]}
     )
@@ -1008,3 +942,26 @@ async def test_fashion_mnist_pixels_through_the_trainers_network(stack):  # type
     )
     print(f"\nfashion-pixels (mlp 784-32-10, 1,500 rows): held-out accuracy {accuracy:.3f}")
     assert accuracy > 0.7
+
+
+def test_the_readme_specs_fit_the_real_models(library_files, tmp_path):  # type: ignore[no-untyped-def]
+    """Every spec the README shows (```json spec NAME) imports against its real model."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = dict(re.findall(r"```json spec (\S+)\n(.*?)```", readme, flags=re.S))
+    assert set(blocks) == {"orientation", "profanity", "minilm"}
+    (tmp_path / "tokenizer.json").write_text(library_files["minilm_tokenizer"].read_text())
+    profanity = tmp_path / "profanity.onnx"
+    reference.run("profanity", {"texts": ["x"], "out": str(profanity)})
+    graphs = {
+        "orientation": library_files["ocr_cls"],
+        "profanity": profanity,
+        "minilm": library_files["minilm_model"],
+    }
+    tasks = {"orientation": "BINARY", "profanity": "BINARY", "minilm": "EMBEDDING"}
+    for name, text in blocks.items():
+        spec = parse_spec(text, base=tmp_path)
+        signature = describe_tensors(graphs[name].read_bytes(), spec)
+        assert signature.task == tasks[name], name
+    assert parse_spec(blocks["orientation"]) == parse_spec(json.dumps(OCR_SPEC))

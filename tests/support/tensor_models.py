@@ -212,3 +212,80 @@ def spec(**overrides: Any) -> str:
     }
     plain.update(overrides)
     return json.dumps(plain)
+
+
+# -- what the real models of the tests and bench/tensors.py read -----------------------------
+def text_lines(n: int) -> list[bytes]:
+    """Lines of text drawn with Pillow, half of them turned 180 degrees, as PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    words = ["Kafka streams", "model lifecycle", "tensor serving", "exactly once", "drift"]
+    out = []
+    for i in range(n):
+        font = ImageFont.load_default(size=20 + 3 * (i % 6))
+        text = f"{words[i % len(words)]} {i * 37}"
+        width = int(font.getlength(text)) + 16
+        image = Image.new("RGB", (width, 36 + 3 * (i % 6)), (255, 255, 245 - 5 * (i % 4)))
+        ImageDraw.Draw(image).text((8, 4), text, fill=(10 * (i % 7), 20, 60), font=font)
+        buffer = io.BytesIO()
+        image.rotate(180 * (i % 2), expand=True).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+OCR_SPEC = {
+    "inputs": [
+        {
+            "name": "image",
+            "kind": "image",
+            "graph_input": "x",
+            "image": {
+                "color": "bgr",
+                "height": 48,
+                "width": 192,
+                "resize": "height",
+                "interpolation": "opencv_linear",
+                "scale": 1 / 255,
+                "mean": [0.5],
+                "std": [0.5],
+                "pad": "end",
+                "pad_value": 0.0,
+            },
+        }
+    ],
+    "scores": {"graph_output": "save_infer_model/scale_0.tmp_1", "labels": ["0", "180"]},
+    "max_batch_size": 6,
+}
+
+
+GENERATED = [
+    f"{subject} {verb} {thing}."
+    for subject in ("The stream processor", "A data scientist", "Our Kafka cluster", "Élodie")
+    for verb in ("reads", "publishes", "validates", "monitors")
+    for thing in ("every record in order", "a signed model", "drift in the scores")
+]
+SENTENCES = [
+    *GENERATED[:46],
+    "Short.",
+    "日本語のテキストも埋め込む",
+    "emoji 😀 and accents: naïve café",
+    "long " * 400,
+]
+
+
+def sample_files() -> dict[str, bytes]:
+    rng = np.random.default_rng(2)
+    return {
+        "main.py": b"import os\n\n\ndef main():\n    print(os.getcwd())\n\n" * 40,
+        "data.json": json.dumps(
+            {"records": [{"id": i, "name": f"n{i}"} for i in range(80)]}, indent=2
+        ).encode(),
+        "page.html": b"<!DOCTYPE html><html><head><title>t</title></head>"
+        + b"<body><p>hi</p></body></html>\n" * 30,
+        "notes.txt": b"The quick brown fox jumps over the lazy dog. " * 60,
+        "noise.bin": rng.integers(0, 256, 6000, dtype=np.uint8).tobytes(),
+        "run.sh": b"#!/bin/bash\nset -e\nfor i in 1 2 3; do echo $i; done\n" * 30,
+        "query.sql": b"SELECT a, b FROM t WHERE c = 1;\nINSERT INTO t VALUES (1, 2);\n" * 40,
+        "table.csv": b"id,name,score\n"
+        + b"".join(f"{i},n{i},{i * 0.5}\n".encode() for i in range(200)),
+    }

@@ -11,7 +11,7 @@ import pytest
 from modelstream.registry.onnx_model import check_runs, describe
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-SECTION = README[README.index("## Deploy your own model") : README.index("## Long-term history")]
+SECTION = README[README.index("## Deploy your own model") : README.index("## Images and text")]
 SNIPPETS = re.findall(r"```python\n(.*?)```", SECTION, flags=re.S)  # not `python no-run`
 
 
