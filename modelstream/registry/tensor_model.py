@@ -861,10 +861,21 @@ class TensorScorer:
                     value = (value * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
                 else:
                     value = np.where(weights > 0, value, -np.inf).max(axis=1)
-            if spec["normalize"] == "L2":
+            elif pool == "NONE" and mask is not None and value.ndim >= 3:
+                value = _own_lengths(value, mask)
+            if spec["normalize"] == "L2" and value.dtype == object:
+                value = _object_rows(
+                    [row / max(float(np.linalg.norm(row)), 1e-12) for row in value]
+                )
+            elif spec["normalize"] == "L2":
                 norms = np.linalg.norm(value.reshape(len(value), -1), axis=1)
                 value = value / np.clip(norms, 1e-12, None).reshape((-1,) + (1,) * (value.ndim - 1))
-            out[spec["name"]] = value.astype(_numpy_type(spec["datatype"]), copy=False)
+            dtype = _numpy_type(spec["datatype"])
+            if value.dtype == object:
+                value = _object_rows([np.asarray(row, dtype=dtype) for row in value])
+            else:
+                value = value.astype(dtype, copy=False)
+            out[spec["name"]] = value
         return out
 
     # -- after the graph ---------------------------------------------------------------------
@@ -933,6 +944,25 @@ class TensorScorer:
         self.infer([row])
 
 
+def _object_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of different shapes as one object array (one row per element)."""
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = row
+    return out
+
+
+def _own_lengths(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A per-token output [N, S, ...] of a padded text batch, each row cut to its own tokens
+    (an object array of rows [S_i, ...]): what the row's text made, not the batch's padding."""
+    if value.shape[1] != mask.shape[1]:
+        return value
+    lengths = mask.sum(axis=1).tolist()
+    if all(n == value.shape[1] for n in lengths):
+        return value
+    return _object_rows([value[i, :n] for i, n in enumerate(lengths)])
+
+
 def _numpy_type(datatype: str) -> Any:
     return np.dtype(tensors.NUMPY_TYPES[datatype]) if datatype != "BYTES" else object
 
@@ -961,9 +991,7 @@ def _reassemble(parts: list[tuple[list[int], TensorOutputs]], n: int) -> TensorO
             for positions, part in parts:
                 for position, row in zip(positions, part.outputs[name], strict=True):
                     rows[position] = row
-            merged_rows = np.empty(n, dtype=object)
-            merged_rows[:] = rows
-            outputs[name] = merged_rows
+            outputs[name] = _object_rows(rows)
     return TensorOutputs(scores, outputs)
 
 

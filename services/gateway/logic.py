@@ -476,21 +476,43 @@ def _tf_value(name: str, datatype: str, value: Any) -> NamedTensor:
     return {"name": name, "datatype": numeric, "shape": shape, "data": data}  # type: ignore[typeddict-item]
 
 
-def _stack(name: str, values: Sequence[NamedTensor]) -> dict[str, Any]:
-    """One output over the rows, as a protocol tensor [N, ...] (JSON data)."""
+def _stack(name: str, values: Sequence[NamedTensor]) -> list[dict[str, Any]]:
+    """One output over the rows, as a protocol tensor [N, ...] (JSON data). Rows of
+    different lengths (a sequence per token of texts of different lengths) are padded with
+    zeros to the longest, and ``<name>_lengths`` [N] says how long each row is."""
     datatype = str(values[0]["datatype"])
     if any(v["datatype"] != datatype or v["datatype"] == "BYTES" for v in values):
         raise CallError(502, f"output {name!r} has rows of different kinds")
     arrays = [tensors.numeric(v) for v in values]
-    if any(a.shape != arrays[0].shape for a in arrays):
-        raise CallError(502, f"output {name!r} has rows of different shapes")
+    shapes = {a.shape for a in arrays}
+    lengths = None
+    if len(shapes) > 1:
+        if len({a.shape[1:] for a in arrays}) != 1 or any(a.ndim == 0 for a in arrays):
+            raise CallError(502, f"output {name!r} has rows of different shapes")
+        longest = max(len(a) for a in arrays)
+        lengths = [len(a) for a in arrays]
+        arrays = [
+            np.concatenate([a, np.zeros((longest - len(a), *a.shape[1:]), a.dtype)]) for a in arrays
+        ]
     stacked = np.stack(arrays)
-    return {
-        "name": name,
-        "shape": list(stacked.shape),
-        "datatype": datatype,
-        "data": stacked.reshape(-1).tolist(),
-    }
+    out = [
+        {
+            "name": name,
+            "shape": list(stacked.shape),
+            "datatype": datatype,
+            "data": stacked.reshape(-1).tolist(),
+        }
+    ]
+    if lengths is not None:
+        out.append(
+            {
+                "name": f"{name}_lengths",
+                "shape": [len(lengths)],
+                "datatype": "INT64",
+                "data": lengths,
+            }
+        )
+    return out
 
 
 def _output_rows(answers: Sequence[Prediction]) -> dict[str, list[NamedTensor]]:
@@ -560,7 +582,7 @@ def oip_response(
     outputs: list[dict[str, Any]]
     if model.spec is not None:
         outputs = _oip_class_outputs(model, answers) + [
-            _stack(name, rows) for name, rows in _output_rows(answers).items()
+            tensor for name, rows in _output_rows(answers).items() for tensor in _stack(name, rows)
         ]
     elif model.task == Task.REGRESSION:
         outputs = [

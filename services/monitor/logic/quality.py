@@ -282,7 +282,7 @@ class ScoreDrift:
     stability index sum((live - 0.1) * ln(live / 0.1)) over the bins; above ``threshold``
     (0.25 is the customary "shifted" mark) the distribution has moved. For models without
     training statistics of their features (imported graphs, images, text) this is what says
-    the inputs changed before labels arrive."""
+    the inputs changed, whether or not the model's accuracy has moved yet."""
 
     def __init__(self, edges: Sequence[float], window: int = 500, threshold: float = 0.25) -> None:
         self.edges = np.asarray(edges, dtype=np.float64)

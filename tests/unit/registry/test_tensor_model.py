@@ -325,3 +325,16 @@ def test_feature_graphs_are_not_tensor_models():
 
     assert not takes_tensors(mlp_graph().graph)
     assert takes_tensors(IMAGE)
+
+
+def test_a_per_token_output_keeps_each_texts_own_tokens():
+    graph, E = token_graph()
+    plain = json.loads(text_spec(max_length=8))
+    plain["outputs"] = [{"name": "tokens", "graph_output": "hidden"}]
+    plain["max_batch_size"] = 2
+    model = scorer(graph, json.dumps(plain))
+    texts = ["w1 w2 w3", "w4", "w5 w6", "w7 w8 w9 w10 w11 w12 w13 w14"]
+    out = model.infer([model.prepare([tensors.from_elements("text", [t])]) for t in texts])
+    for row, text in zip(out.outputs["tokens"], texts, strict=True):
+        ids = [2, *[4 + int(w[1:]) for w in text.split()][:6], 3]
+        np.testing.assert_allclose(row, E[ids], atol=1e-6)  # no padding positions

@@ -268,3 +268,16 @@ def test_tensor_answers_and_metadata():
         "probs_out",
         "version",
     ]
+
+
+def test_rows_of_different_lengths_are_padded_with_their_lengths():
+    from modelstream.contracts import tensors
+    from modelstream.services.gateway.logic import _stack
+
+    rows = [
+        tensors.from_array("tokens", np.ones((2, 3), np.float32)),
+        tensors.from_array("tokens", np.ones((4, 3), np.float32)),
+    ]
+    stacked, lengths = _stack("tokens", rows)
+    assert stacked["shape"] == [2, 4, 3] and lengths["data"] == [2, 4]
+    assert stacked["data"][6:12] == [0.0] * 6  # the first row's padding
