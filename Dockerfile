@@ -6,7 +6,7 @@ COPY pyproject.toml README.md ./
 COPY modelstream ./modelstream
 COPY services ./services
 COPY schemas ./schemas
-RUN pip install . && useradd --create-home --uid 10001 modelstream
+RUN pip install ".[extensions]" && useradd --create-home --uid 10001 modelstream
 USER modelstream
 ENTRYPOINT ["modelstream"]
 CMD ["--help"]

@@ -7,6 +7,7 @@ import csv
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from modelstream.cli.common import SERVICES, settings_of
+from modelstream.contracts import tensors
 from modelstream.contracts.codec import AvroCodec, default_codec
 from modelstream.contracts.definitions import check_command
 from modelstream.contracts.records import (
@@ -148,62 +150,103 @@ def _tensor_input(settings: Settings, model: str, given: str | None) -> str:
     return names[0]
 
 
-def _tensor_records(
-    path: Path, topic: str, model: str, tensor: str, label: str | None, limit: int
-) -> list[tuple[str, dict[str, Any]]]:
-    """A folder's files (each file's bytes one row: images, documents, any file; for
-    ``training`` each subfolder's name is its files' label) or a text file's lines (for
-    ``training``, ``LABEL<TAB>TEXT``), as records of one BYTES tensor each."""
-    import base64
+# What a request or example adds to its tensor's bytes (ids, names, framing), at most.
+RECORD_OVERHEAD = 1024
 
-    rows: list[tuple[str, bytes, str | None]] = []
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One row of files or lines: where it comes from, its bytes (or the file to read
+    them from when it is sent), and its label."""
+
+    where: str
+    source: Path | bytes
+    label: str | None
+
+
+def _tensor_rows(path: Path, topic: str, label: str | None, limit: int) -> list[TensorRow]:
+    """A folder's files (each file one row: images, documents, any file; for ``training``
+    each subfolder's name is its files' label) or a text file's lines (for ``training``,
+    ``LABEL<TAB>TEXT``), checked before anything is sent; files are read when sent."""
+    if topic not in ("requests", "training"):
+        raise ConfigurationError("files and text lines go to requests or training")
+    rows: list[TensorRow] = []
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             size = file.stat().st_size
-            if size > limit:
+            if size + RECORD_OVERHEAD > limit:
                 raise ConfigurationError(
                     f"{file}: {size} bytes; a record takes at most {limit} "
                     "(MODELSTREAM_MAX_MESSAGE_BYTES)"
                 )
             folder = file.parent.name if file.parent != path else None
-            rows.append((str(file.relative_to(path)), file.read_bytes(), label or folder))
+            rows.append(TensorRow(str(file.relative_to(path)), file, label or folder))
     else:
-        for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        text = path.read_text("utf-8")
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
-            text, line_label = line, label
+            value, line_label = line, label
             if topic == "training" and label is None:
-                line_label, sep, text = line.partition("\t")
+                line_label, sep, value = line.partition("\t")
                 if not sep:
                     raise ConfigurationError(f"{path}:{n}: a training line is LABEL<TAB>TEXT")
-            rows.append((f"{path.name}:{n}", text.encode(), line_label))
-    records = []
+            rows.append(TensorRow(f"{path.name}:{n}", value.encode(), line_label))
+    if topic == "training":
+        unlabelled = next((r for r in rows if r.label is None), None)
+        if unlabelled is not None:
+            raise ConfigurationError(
+                f"{unlabelled.where}: no label (a subfolder per label, LABEL<TAB>TEXT, or --label)"
+            )
+    return rows
+
+
+async def _send_tensor_rows(
+    settings: Settings,
+    topic: str,
+    model: str,
+    tensor: str,
+    rows: list[TensorRow],
+    as_json: bool,
+) -> None:
+    """Each row as a request or example of one BYTES tensor, read, encoded and produced
+    one after another (a folder of images is never in memory at once)."""
+    codec = default_codec()
+    record_type = INPUT_TYPES[topic]
     batch = f"{time.time_ns() % 10**9:09d}"  # request ids stay unique across sends
-    for n, (where, data, row_label) in enumerate(rows):
-        record: dict[str, Any] = {
-            "model": model,
-            "tensors": [
-                {
-                    "name": tensor,
-                    "datatype": "BYTES",
-                    "shape": [1],
-                    "data": [{"b64": base64.b64encode(data).decode()}],
-                }
-            ],
-        }
-        if topic == "requests":
-            stem = Path(where.replace("/", "_").split(":")[0]).stem
-            record["request_id"] = f"{stem[:200]}-{batch}-{n}"
-        elif topic == "training":
-            if row_label is None:
+    async with make_producer(settings) as producer:
+        pending = []
+        for n, row in enumerate(rows):
+            data = row.source.read_bytes() if isinstance(row.source, Path) else row.source
+            record: dict[str, Any] = {
+                "model": model,
+                "tensors": [tensors.from_elements(tensor, [data])],
+            }
+            if topic == "requests":
+                stem = Path(row.where.replace("/", "_").split(":")[0]).stem
+                record["request_id"] = f"{stem[:200]}-{batch}-{n}"
+                key = record["request_id"].encode()
+            else:
+                record["label"] = row.label
+                key = model.encode()
+            value = codec.encode(record_type, record)
+            try:
+                codec.decode(value, record_type, settings.limits())
+            except Exception as exc:
+                failure = record_failure(exc)
+                if failure is None:
+                    raise
                 raise ConfigurationError(
-                    f"{where}: no label (a subfolder per label, LABEL<TAB>TEXT, or --label)"
-                )
-            record["label"] = row_label
-        else:
-            raise ConfigurationError("files and text lines go to requests or training")
-        records.append((where, record))
-    return records
+                    f"{row.where}: {failure.reason}: {failure.error}"
+                ) from None
+            if as_json:
+                value = codec.encode_json(record_type, codec.decode(value, record_type))
+            pending.append(await producer.send(settings.topic(topic), key=key, value=value))
+            if len(pending) >= 256:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
 
 
 @app.command("send")
@@ -244,14 +287,12 @@ def send(
     if path.is_dir() or path.suffix == ".txt":
         if model is None:
             raise typer.BadParameter("files and text lines need --model")
+        rows = _tensor_rows(path, topic, label, settings.max_message_bytes)
         name = _tensor_input(settings, model, tensor)
-        texts = [
-            (where, json.dumps(item).encode())
-            for where, item in _tensor_records(
-                path, topic, model, name, label, settings.max_message_bytes
-            )
-        ]
-    elif path.suffix == ".csv":
+        asyncio.run(_send_tensor_rows(settings, topic, model, name, rows, as_json))
+        typer.echo(f"sent {len(rows)} {record_type.__name__} record(s) to {settings.topic(topic)}")
+        return
+    if path.suffix == ".csv":
         tasks = asyncio.run(defined_tasks(settings)) if topic in ("training", "feedback") else {}
         texts = [
             (f"{path} row {n}", json.dumps(item).encode())

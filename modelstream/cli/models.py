@@ -385,16 +385,11 @@ def import_model(
     from modelstream.registry.artifact import seal
     from modelstream.registry.onnx_interop import UnsupportedModelError, import_onnx
     from modelstream.registry.onnx_model import check_runs, describe, onnx_candidate
-    from modelstream.registry.tensor_model import (
-        describe as describe_tensors,
-    )
-    from modelstream.registry.tensor_model import (
-        parse_spec,
-        takes_tensors,
-        tensor_candidate,
-    )
+    from modelstream.registry.tensor_model import describe as describe_tensors
+    from modelstream.registry.tensor_model import parse_spec, takes_tensors, tensor_candidate
 
     data = path.read_bytes()
+    what = ""  # what the model takes, for the last line
     names = csv_list(features) or None
     labels = csv_list(classes) or None
     if task and task.upper() not in Task.__members__:
@@ -407,6 +402,10 @@ def import_model(
             raise typer.BadParameter("--features is for graphs over features, not tensors")
         tensor_signature = describe_tensors(data, spec, classes=labels, task=wanted_task)
         body = tensor_candidate(name, tensor_signature, created_by=f"import:{path.name}")
+        used = tensor_signature.spec
+        what = "inputs " + ", ".join(f"{i['name']} ({i['kind'].lower()})" for i in used["inputs"])
+        if used["outputs"]:
+            what += ", outputs " + ", ".join(o["name"] for o in used["outputs"])
     elif not keep_graph and labels is None and task is None:
         try:
             linear = import_onnx(data, names)
@@ -438,22 +437,11 @@ def import_model(
 
     asyncio.run(send())
     kind = kind_of(body)
-    if kind == "tensor":
-        spec_used = tensor_signature.spec
-        what = "inputs " + ", ".join(
-            f"{i['name']} ({i['kind'].lower()})" for i in spec_used["inputs"]
-        )
-        if spec_used["outputs"]:
-            what += ", outputs " + ", ".join(o["name"] for o in spec_used["outputs"])
-    else:
+    if kind != "tensor":
+        graph = body["onnx"]
         categorical = (
-            [
-                f
-                for i in body["onnx"]["inputs"]
-                if i["element_type"] == "string"
-                for f in i["features"]
-            ]
-            if body["onnx"] is not None
+            [f for i in graph["inputs"] if i["element_type"] == "string" for f in i["features"]]
+            if graph is not None
             else []
         )
         what = f"{len(body['feature_names'])} numeric features" + (

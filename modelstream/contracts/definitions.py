@@ -81,8 +81,10 @@ class Definition:
             problems.append(f"task must be one of {list(Task)}")
         if self.task == "BINARY" and self.classes and len(self.classes) != 2:
             problems.append("a binary model has exactly 2 classes")
-        if self.task == "REGRESSION" and self.classes:
-            problems.append("a regression model has no classes")
+        if self.task in ("REGRESSION", "EMBEDDING") and self.classes:
+            problems.append(f"a {self.task.lower()} model has no classes")
+        if self.task == "EMBEDDING" and self.retrain_every:
+            problems.append("an embedding model is imported, not trained: no retrain_every")
         if len(set(self.feature_names)) != len(self.feature_names):
             problems.append("feature names must be unique")
         if len(self.feature_names) > MAX_FEATURES:

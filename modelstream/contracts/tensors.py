@@ -58,6 +58,7 @@ DATATYPES = (*NUMPY_TYPES, "BYTES")
 DATATYPE_OF = {np.dtype(v).newbyteorder("<"): k for k, v in NUMPY_TYPES.items()}
 MAX_RANK = 8
 MAX_DIMENSION = 2**31 - 1
+MAX_ELEMENTS = 2**32  # far above what a record holds; keeps numpy's shape arithmetic in range
 LENGTH_PREFIX = 4
 INVALID = "invalid-tensor"
 
@@ -67,13 +68,17 @@ def invalid(name: str, message: str) -> InvalidEventError:
 
 
 def element_count(tensor: NamedTensor) -> int:
-    """The number of elements the shape declares, after checking the shape itself."""
+    """The number of elements the shape declares, after checking the shape itself: each
+    dimension in range, and the dimensions other than 0 together within MAX_ELEMENTS (an
+    empty tensor of shape [0, 2**31, 2**31] is still one no array can have)."""
     name, shape = tensor["name"], tensor["shape"]
     if len(shape) > MAX_RANK:
         raise invalid(name, f"rank {len(shape)} is over {MAX_RANK}")
     for size in shape:
         if not 0 <= size <= MAX_DIMENSION:
             raise invalid(name, f"dimension {size} of shape {list(shape)} is out of range")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise invalid(name, f"shape {list(shape)} is larger than any record holds")
     return math.prod(shape)
 
 
@@ -107,12 +112,21 @@ def elements(tensor: NamedTensor) -> list[bytes]:
     data = tensor["data"]
     if count * LENGTH_PREFIX > len(data):
         raise invalid(name, f"{count} elements cannot fit in {len(data)} bytes")
+    out = split_elements(data, name)
+    if len(out) != count:
+        raise invalid(name, f"the data holds {len(out)} elements, the shape {count}")
+    return out
+
+
+def split_elements(data: bytes, name: str = "") -> list[bytes]:
+    """BYTES elements laid end to end, each a 4-byte little-endian length and its bytes;
+    ``invalid-tensor`` when a length prefix points past the data."""
     out: list[bytes] = []
     view = memoryview(data)
     at = 0
-    for _ in range(count):
+    while at < len(data):
         if at + LENGTH_PREFIX > len(data):
-            raise invalid(name, f"element {len(out)} has no length prefix (data ends)")
+            raise invalid(name, f"{len(data) - at} bytes after the last element")
         size = int.from_bytes(view[at : at + LENGTH_PREFIX], "little")
         at += LENGTH_PREFIX
         if at + size > len(data):
@@ -121,8 +135,6 @@ def elements(tensor: NamedTensor) -> list[bytes]:
             )
         out.append(bytes(view[at : at + size]))
         at += size
-    if at != len(data):
-        raise invalid(name, f"{len(data) - at} bytes after the last of {count} elements")
     return out
 
 
@@ -263,8 +275,13 @@ def _numbers(data: Any, datatype: str, where: str) -> np.ndarray:
     if array.dtype.kind == "f" and not (np.isfinite(array) & (array == np.round(array))).all():
         raise _json_fail(where, f"{datatype} elements must be integers")
     info = np.iinfo(target)
-    if array.size and (array.min() < info.min or array.max() > info.max):
-        raise _json_fail(where, f"a value is outside the range of {datatype}", "out-of-range")
+    if array.size:
+        if array.dtype.kind == "f":  # compared as floats: the exclusive bound is exact
+            outside = array.min() < float(info.min) or array.max() >= float(info.max) + 1
+        else:
+            outside = array.min() < info.min or array.max() > info.max
+        if outside:
+            raise _json_fail(where, f"a value is outside the range of {datatype}", "out-of-range")
     return array.astype(target)
 
 

@@ -60,9 +60,11 @@ class LinearModel:
         """The linear families take numeric features only."""
         return []
 
-    def score(self, X: np.ndarray, categories: object = None, tensors: object = None) -> np.ndarray:
+    def score(
+        self, X: np.ndarray, categories: object = None, tensor_rows: object = None
+    ) -> np.ndarray:
         """:meth:`proba`, under the name every served kind shares (``categories`` and
-        ``tensors`` unused)."""
+        ``tensor_rows`` unused)."""
         return self.proba(X)
 
     @classmethod

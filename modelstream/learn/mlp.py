@@ -78,7 +78,9 @@ class MLPModel:
     def output(self, X: np.ndarray) -> np.ndarray:
         return self.proba(X)
 
-    def score(self, X: np.ndarray, categories: object = None, tensors: object = None) -> np.ndarray:
+    def score(
+        self, X: np.ndarray, categories: object = None, tensor_rows: object = None
+    ) -> np.ndarray:
         return self.proba(X)
 
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -104,12 +105,20 @@ def target_size(height: int, width: int, spec: ImageSpec) -> tuple[int, int]:
     return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
-    """uint8 [H, W, C] to ``size``; Pillow's filters, or OpenCV's INTER_LINEAR semantics."""
+def resize(
+    pixels: np.ndarray,
+    size: tuple[int, int],
+    interpolation: str,
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """uint8 [H, W, C] resized to ``size`` with Pillow's filters or OpenCV's INTER_LINEAR
+    rule; with ``window`` (top, left, height, width) only that part of the result is
+    computed (a centre crop of an image whose other side would grow very long)."""
+    top, left, h, w = window or (0, 0, *size)
     if pixels.shape[:2] == size:
-        return pixels
+        return pixels[top : top + h, left : left + w]
     if interpolation == "OPENCV_LINEAR":
-        return _linear_on_centres(pixels, size)
+        return _linear_on_centres(pixels, size, (top, left, h, w))
     from PIL import Image
 
     filters = {
@@ -118,37 +127,44 @@ def resize(pixels: np.ndarray, size: tuple[int, int], interpolation: str) -> np.
         "BICUBIC": Image.Resampling.BICUBIC,
         "LANCZOS": Image.Resampling.LANCZOS,
     }
-    channels = pixels.shape[2]
+    height, width, channels = pixels.shape
+    sy, sx = height / size[0], width / size[1]
+    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
     image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
-    out = np.asarray(image.resize((size[1], size[0]), filters[interpolation]), dtype=np.uint8)
-    return out.reshape(size[0], size[1], channels)
+    out = np.asarray(image.resize((w, h), filters[interpolation], box=box), dtype=np.uint8)
+    return out.reshape(h, w, channels)
 
 
-def _linear_on_centres(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _linear_on_centres(
+    pixels: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int]
+) -> np.ndarray:
     """Bilinear interpolation between the two nearest source pixel centres, without
     antialiasing, rounded to uint8: what ``cv2.resize(..., INTER_LINEAR)`` computes (up to
-    its fixed-point rounding), for models trained on OpenCV's resize."""
+    its fixed-point rounding), for models trained on OpenCV's resize. The axis whose pass
+    leaves the smaller intermediate goes first, so a 1 x 4,000,000 line costs a row, not
+    4,000,000 columns per output row."""
     height, width = pixels.shape[:2]
-    out_h, out_w = size
+    top, left, h, w = window
 
-    def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        centre = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    def taps(n_in: int, n_out: int, start: int, count: int) -> tuple[Any, Any, Any]:
+        centre = (np.arange(start, start + count, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
         low = np.floor(centre)
         frac = centre - low
         low = low.astype(np.intp)
         frac[low < 0] = 0.0
         frac[low >= n_in - 1] = 0.0
         low = np.clip(low, 0, n_in - 1)
-        return low, np.minimum(low + 1, n_in - 1), frac
+        return low, np.minimum(low + 1, n_in - 1), frac.astype(np.float32)
 
-    y0, y1, fy = taps(height, out_h)
-    x0, x1, fx = taps(width, out_w)
-    src = pixels.astype(np.float32)
-    rows = src[y0] * (1 - fy)[:, None, None].astype(np.float32) + src[y1] * fy[
-        :, None, None
-    ].astype(np.float32)
-    wx = fx[None, :, None].astype(np.float32)
-    out = rows[:, x0] * (1 - wx) + rows[:, x1] * wx
+    y0, y1, fy = taps(height, size[0], top, h)
+    x0, x1, fx = taps(width, size[1], left, w)
+    wy, wx = fy[:, None, None], fx[None, :, None]
+    if h * width <= height * w:  # rows first
+        rows = pixels[y0].astype(np.float32) * (1 - wy) + pixels[y1].astype(np.float32) * wy
+        out = rows[:, x0] * (1 - wx) + rows[:, x1] * wx
+    else:
+        cols = pixels[:, x0].astype(np.float32) * (1 - wx) + pixels[:, x1].astype(np.float32) * wx
+        out = cols[y0] * (1 - wy) + cols[y1] * wy
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -156,12 +172,19 @@ def prepare(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """Decoded pixels [H, W, C] as one graph row: float32 in the spec's layout, without the
     batch axis ([C, H, W], [H, W, C] or [H * W * C])."""
     height, width = pixels.shape[:2]
-    resized = resize(pixels, target_size(height, width, spec), spec["interpolation"])
     h, w = spec["height"], spec["width"]
-    if spec["resize"] == "SHORTER_SIDE" or (
-        spec["resize"] == "NONE" and resized.shape[:2] != (h, w)
-    ):
-        resized = _centre_crop(resized, h, w)
+    target = target_size(height, width, spec)
+    if spec["resize"] == "SHORTER_SIDE":
+        if target[0] < h or target[1] < w:
+            raise InvalidEventError(
+                "wrong-image-size", f"image of {height}x{width} resized is smaller than {h}x{w}"
+            )
+        window = ((target[0] - h) // 2, (target[1] - w) // 2, h, w)
+        resized = resize(pixels, target, spec["interpolation"], window)
+    else:
+        resized = resize(pixels, target, spec["interpolation"])
+        if spec["resize"] == "NONE" and resized.shape[:2] != (h, w):
+            resized = _centre_crop(resized, h, w)
     values = resized.astype(np.float32)
     if spec["scale"] != 1.0:
         values *= np.float32(spec["scale"])

@@ -37,6 +37,7 @@ CJK_RANGES = (
     (0xF900, 0xFAFF),
     (0x2F800, 0x2FA1F),
 )
+WORD_CACHE = 100_000  # words (of at most max_input_chars_per_word) remembered per tokenizer
 # "Other" characters clean_text removes; unassigned code points (Cn) stay, as in tokenizers.
 CONTROL = frozenset({"Cc", "Cf", "Cs", "Co"})
 ASCII_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -103,6 +104,10 @@ class WordPiece:
         self.strip_accents = lowercase if strip_accents is None else strip_accents
         self.lowercase = lowercase
         self._words: dict[str, tuple[int, ...]] = {}
+        # No piece is longer than the longest entry: the greedy search starts there, not at
+        # the word's end (a word of 100 characters costs 100 x this, not 100 x 100 slices).
+        self.longest = max((len(t) for t in self.vocab), default=1)
+        self.pad = self.vocab.get("[PAD]", 0)
 
     @classmethod
     def from_json(cls, text: str) -> WordPiece:
@@ -200,21 +205,21 @@ class WordPiece:
         return words
 
     def word_ids(self, word: str) -> tuple[int, ...]:
+        if len(word) > self.max_word:
+            return (self.unk,)
         known = self._words.get(word)
         if known is not None:
             return known
         ids = self._word_ids(word)
-        if len(self._words) < 100_000:
+        if len(self._words) < WORD_CACHE:
             self._words[word] = ids
         return ids
 
     def _word_ids(self, word: str) -> tuple[int, ...]:
-        if len(word) > self.max_word:
-            return (self.unk,)
         ids: list[int] = []
         start = 0
         while start < len(word):
-            end = len(word)
+            end = min(len(word), start + self.longest)
             found = None
             while start < end:
                 piece = word[start:end] if start == 0 else self.prefix + word[start:end]

@@ -299,11 +299,43 @@ def serving_graph(
     return serialized
 
 
+# The operator domain of onnxruntime-extensions (tokenizers, string and image operators):
+# a graph that uses it needs that library's operators registered with the session.
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+
+
+def inference_session(data: bytes, threads: int) -> Any:
+    """An onnxruntime CPU session over a serialized graph: ``threads`` intra-op threads,
+    sequential execution, and onnxruntime-extensions' operators when the graph uses them
+    (UnmappableGraphError names the missing package when it is not installed)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 4  # run-time failures are reported by the caller
+    domains = {o.domain for o in onnx.load_model_from_string(data).opset_import}
+    if EXTENSIONS_DOMAIN in domains:
+        try:
+            from onnxruntime_extensions import get_library_path
+        except ImportError:
+            raise UnmappableGraphError(
+                f"the graph uses onnxruntime-extensions operators ({EXTENSIONS_DOMAIN}): "
+                "pip install 'modelstream[extensions]'"
+            ) from None
+        options.register_custom_ops_library(get_library_path())
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise UnmappableGraphError(f"onnxruntime cannot load the graph: {exc}") from None
+
+
 class OnnxScorer:
     """Scores one imported version with onnxruntime (CPU)."""
 
     def __init__(self, body: ModelBody, *, threads: int = 1) -> None:
-        import onnxruntime as ort
 
         onnx_graph = body["onnx"]
         if onnx_graph is None:
@@ -318,17 +350,7 @@ class OnnxScorer:
         self.categorical = [
             f for i in self.inputs if i["element_type"] == "string" for f in i["features"]
         ]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 4  # run-time failures are reported by the caller
-        try:
-            self.session = ort.InferenceSession(
-                serving_graph(onnx_graph, data), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise UnmappableGraphError(f"onnxruntime cannot load the graph: {exc}") from None
+        self.session = inference_session(serving_graph(onnx_graph, data), threads)
         self.output_name = onnx_graph["zipmap_input"] or onnx_graph["scores_output"]
         column = {name: j for j, name in enumerate(self.feature_names)}
         # per input: (name, numpy dtype or None for strings, numeric column indices or
@@ -378,7 +400,7 @@ class OnnxScorer:
         self,
         X: np.ndarray,
         categories: Sequence[Mapping[str, str] | None] | None = None,
-        tensors: object = None,
+        tensor_rows: object = None,
     ) -> np.ndarray:
         """Class probabilities [N, classes] (regression: values [N]) for the rows of ``X``
         (numeric features in ``feature_names`` order) and their categorical values."""

@@ -41,7 +41,7 @@ class Scorer(Protocol):
         self,
         X: np.ndarray,
         categories: Sequence[Mapping[str, str] | None] | None = None,
-        tensors: Sequence[Sequence[NamedTensor]] | None = None,
+        tensor_rows: Sequence[Sequence[NamedTensor]] | None = None,
     ) -> np.ndarray: ...
 
     def output(self, X: np.ndarray) -> np.ndarray:

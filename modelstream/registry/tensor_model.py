@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -43,6 +43,7 @@ from modelstream.contracts.records import (
     Task,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
+from modelstream.learn.objectives import sigmoid, softmax
 from modelstream.preprocess import image as images
 from modelstream.preprocess import text as texts
 from modelstream.preprocess import window
@@ -418,6 +419,11 @@ def _check_against_graph(
                         f"{rank}; a text the graph tokenizes fills a string tensor [N] or [N, 1]"
                     )
             else:
+                if not text["attention_mask_input"] and spec["max_batch_size"] > 1:
+                    raise UnmappableGraphError(
+                        f"{where}: texts padded into one batch need the graph's attention mask "
+                        "(attention_mask_input), else set max_batch_size to 1"
+                    )
                 tokens = [target]
                 for extra in (text["attention_mask_input"], text["token_type_ids_input"]):
                     if extra:
@@ -481,6 +487,13 @@ def _check_against_graph(
             )
         if out.datatype not in FLOAT_DATATYPES and output["pool"] != "NONE":
             raise UnmappableGraphError(f"spec output {output['name']!r}: only floats are pooled")
+        if out.datatype == "BYTES" or output["datatype"] == "BYTES":
+            raise UnmappableGraphError(f"spec output {output['name']!r}: outputs are numeric")
+        if out.datatype in FLOAT_DATATYPES and output["datatype"] not in FLOAT_DATATYPES:
+            raise UnmappableGraphError(
+                f"spec output {output['name']!r}: {out.name!r} is {out.datatype}; a float output "
+                f"is returned as a float datatype, not {output['datatype']}"
+            )
         if output["pool"] != "NONE":
             if len(out.shape) != 3:
                 raise UnmappableGraphError(
@@ -504,6 +517,13 @@ def _check_image(image: Any, target: GraphTensor, where: str) -> None:
         raise UnmappableGraphError(
             f"{where}: graph input {target.name!r} is {target.datatype}; an image fills a float "
             "or UINT8 tensor"
+        )
+    if target.datatype == "UINT8" and (
+        image["scale"] != 1.0 or image["mean"] or image["std"] or image["pad_value"] % 1
+    ):
+        raise UnmappableGraphError(
+            f"{where}: graph input {target.name!r} takes UINT8 pixels 0..255: no scale, mean, "
+            "std or fractional pad_value"
         )
     expected: tuple[int, ...] = {
         "NCHW": (channels, h, w),
@@ -531,6 +551,12 @@ def input_signature(spec: ServingSpec) -> list[tuple[str, str, list[int]]]:
         else (i["name"], "BYTES", [1])
         for i in spec["inputs"]
     ]
+
+
+def top_k_of(spec: ServingSpec, classes: int) -> int:
+    """How many class scores a prediction keeps (0: every class)."""
+    scores = spec["scores"]
+    return scores["top_k"] if scores is not None and 0 < scores["top_k"] < classes else 0
 
 
 def takes_tensors(data: bytes) -> bool:
@@ -610,12 +636,6 @@ class TensorOutputs:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    shifted = z - z.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return cast(np.ndarray, e / e.sum(axis=1, keepdims=True))
-
-
 class TensorScorer:
     """Serves one imported tensor model with onnxruntime (CPU)."""
 
@@ -626,9 +646,7 @@ class TensorScorer:
     def __init__(
         self, body: ModelBody, *, threads: int = 1, max_chars: int = DEFAULT_MAX_CHARS
     ) -> None:
-        import onnxruntime as ort
-
-        from modelstream.registry.onnx_model import serving_graph
+        from modelstream.registry.onnx_model import inference_session, serving_graph
 
         graph = body["onnx"]
         if graph is None or not graph.get("spec"):
@@ -648,19 +666,7 @@ class TensorScorer:
             o["graph_output"] for o in self.spec["outputs"]
         ]
         self.output_names = list(dict.fromkeys(wanted))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 4
-        try:
-            self.session = ort.InferenceSession(
-                serving_graph(graph, data, self.output_names),
-                options,
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as exc:  # onnxruntime's own error types
-            raise UnmappableGraphError(f"onnxruntime cannot load the graph: {exc}") from None
+        self.session = inference_session(serving_graph(graph, data, self.output_names), threads)
         self.tokenizers: dict[str, texts.WordPiece] = {}
         for item in self.spec["inputs"]:
             text = item["text"]
@@ -672,12 +678,6 @@ class TensorScorer:
         # batch; token ids and byte windows are small, so more, to sort text by length.
         small = all(i["kind"] in ("TEXT", "BYTES") for i in self.spec["inputs"])
         self.prepare_chunk = self.max_batch * (16 if small else 1)
-
-    # -- what callers send -----------------------------------------------------------------
-    def input_signature(self) -> list[tuple[str, str, list[int]]]:
-        """(name, datatype, shape without the batch axis; -1 dynamic) of each request
-        tensor: what the gateway's metadata lists."""
-        return input_signature(self.spec)
 
     # -- one request -----------------------------------------------------------------------
     def prepare(self, given: Sequence[NamedTensor]) -> Prepared:
@@ -778,10 +778,9 @@ class TensorScorer:
         """Run prepared rows, at most ``max_batch_size`` per graph run; rows come back in
         their order. Text rows are sorted by length first, so each run pads little."""
         n = len(rows)
-        order = (
-            sorted(range(n), key=lambda i: rows[i].length) if self._sorted_by_length else range(n)
-        )
-        order = list(order)
+        order = list(range(n))
+        if self._sorted_by_length:
+            order.sort(key=lambda i: rows[i].length)
         groups = self._groups([rows[i] for i in order], order)
         parts: list[tuple[list[int], TensorOutputs]] = []
         for positions in groups:
@@ -809,7 +808,7 @@ class TensorScorer:
             if name in self.tokenizers:
                 text = item["text"]
                 assert text is not None
-                ids, attention = texts.batch(values)
+                ids, attention = texts.batch(values, self.tokenizers[name].pad)
                 dtype = np.int32 if target.datatype == "INT32" else np.int64
                 feeds[target.name] = ids.astype(dtype, copy=False)
                 if text["attention_mask_input"]:
@@ -837,9 +836,9 @@ class TensorScorer:
             return out.reshape(n)
         out = out.reshape(n, -1)
         if spec["activation"] == "SOFTMAX":
-            out = _softmax(out)
+            out = softmax(out)
         elif spec["activation"] == "SIGMOID":
-            out = 1.0 / (1.0 + np.exp(-out))
+            out = sigmoid(out)
         if out.shape[1] == 1 and self.task == Task.BINARY:
             out = np.column_stack((1.0 - out[:, 0], out[:, 0]))
         if out.shape[1] != len(self.classes):
@@ -893,25 +892,57 @@ class TensorScorer:
 
     @property
     def top_k(self) -> int:
-        spec = self.scores_spec
-        return spec["top_k"] if spec is not None and 0 < spec["top_k"] < len(self.classes) else 0
+        return top_k_of(self.spec, len(self.classes))
 
     # -- the Scorer interface (validator, monitor) ---------------------------------------------
     def score(
         self,
         X: np.ndarray,
         categories: Sequence[Mapping[str, str] | None] | None = None,
-        tensors: Sequence[Sequence[NamedTensor]] | None = None,
+        tensor_rows: Sequence[Sequence[NamedTensor]] | None = None,
     ) -> np.ndarray:
-        """Class probabilities of each row's tensors (regression values; an embedding
-        model's first output); raises InvalidEventError for a row that cannot be prepared."""
-        if tensors is None:
+        """Class probabilities of each row's tensors (regression values; for an embedding
+        model its first output, a per-token one as each row's norm); prepared and run a
+        chunk at a time. Raises InvalidEventError for a row that cannot be prepared."""
+        if tensor_rows is None:
             raise InvalidEventError("missing-tensors", "a tensor model scores tensors")
-        result = self.infer([self.prepare(r) for r in tensors])
+        parts = [
+            self.infer([self.prepare(r) for r in tensor_rows[at : at + self.prepare_chunk]])
+            for at in range(0, len(tensor_rows), self.prepare_chunk)
+        ]
+        if not parts:
+            return np.empty((0, len(self.classes)))
+        result = concatenate(parts)
         if result.scores is not None:
             return result.scores
         first = next(iter(result.outputs.values()))
+        if first.dtype == object:
+            return np.asarray([[np.linalg.norm(np.asarray(row, np.float64))] for row in first])
         return first.reshape(len(first), -1).astype(np.float64)
+
+    def runnable(
+        self, rows: list[Any], tensors_of: Callable[[Any], Sequence[NamedTensor]]
+    ) -> list[Any]:
+        """The rows the graph runs on: batches that run are kept whole; in one that fails,
+        each row is tried alone and the ones that fail are left out."""
+        kept: list[Any] = []
+        for at in range(0, len(rows), self.prepare_chunk):
+            chunk = rows[at : at + self.prepare_chunk]
+            try:
+                self.infer([self.prepare(tensors_of(r)) for r in chunk])
+                kept.extend(chunk)
+                continue
+            except InvalidEventError:
+                raise
+            except Exception:  # onnxruntime failed on the batch: find the rows at fault
+                pass
+            for row in chunk:
+                try:
+                    self.infer([self.prepare(tensors_of(row))])
+                    kept.append(row)
+                except Exception:  # this row's own failure
+                    continue
+        return kept
 
     def output(self, X: np.ndarray) -> np.ndarray:
         raise InvalidEventError("missing-tensors", "a tensor model scores tensors")
@@ -965,6 +996,23 @@ def _own_lengths(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _numpy_type(datatype: str) -> Any:
     return np.dtype(tensors.NUMPY_TYPES[datatype]) if datatype != "BYTES" else object
+
+
+def concatenate(parts: Sequence[TensorOutputs]) -> TensorOutputs:
+    """Answers of consecutive row batches as one."""
+    n = sum(_rows_of(p) for p in parts)
+    positions, at = [], 0
+    for part in parts:
+        count = _rows_of(part)
+        positions.append(list(range(at, at + count)))
+        at += count
+    return _reassemble(list(zip(positions, parts, strict=True)), n)
+
+
+def _rows_of(part: TensorOutputs) -> int:
+    if part.scores is not None:
+        return len(part.scores)
+    return len(next(iter(part.outputs.values())))
 
 
 def _reassemble(parts: list[tuple[list[int], TensorOutputs]], n: int) -> TensorOutputs:

@@ -306,26 +306,36 @@ class GatewayApp(Lifecycle):
             raise CallError(400, f"a call with id {call_id!r} is already in flight")
         partition = self.owned[next(self._next) % len(self.owned)]
         headers = [(REPLY_PARTITION_HEADER, str(partition).encode())]
+        now_ms = int(time.time() * 1000)
+        packed = np.ascontiguousarray(rows.X, dtype="<f8")
+        values = [
+            self.codec.encode(
+                PredictionRequest,
+                {
+                    "request_id": request_id,
+                    "model": model.name,
+                    "features": packed[i].tobytes() if rows.tensors is None else b"",
+                    "version": version,
+                    "sent_at_ms": now_ms,
+                    "categories": rows.categories[i] if rows.categories else {},
+                    "tensors": rows.tensors[i] if rows.tensors is not None else [],
+                },
+            )
+            for i, request_id in enumerate(ids)
+        ]
+        largest = max(len(v) for v in values)
+        if largest > self.settings.max_message_bytes:
+            raise CallError(
+                413,
+                f"a row is {largest} bytes as a request; a request takes at most "
+                f"{self.settings.max_message_bytes} (MODELSTREAM_MAX_MESSAGE_BYTES)",
+            )
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in ids]
         self.pending.update(zip(ids, futures, strict=True))
-        now_ms = int(time.time() * 1000)
-        packed = np.ascontiguousarray(rows.X, dtype="<f8")
         try:
             deliveries = []
-            for i, request_id in enumerate(ids):
-                value = self.codec.encode(
-                    PredictionRequest,
-                    {
-                        "request_id": request_id,
-                        "model": model.name,
-                        "features": packed[i].tobytes() if rows.tensors is None else b"",
-                        "version": version,
-                        "sent_at_ms": now_ms,
-                        "categories": rows.categories[i] if rows.categories else {},
-                        "tensors": rows.tensors[i] if rows.tensors is not None else [],
-                    },
-                )
+            for request_id, value in zip(ids, values, strict=True):
                 deliveries.append(
                     await self.producer.send(
                         self.requests_topic,

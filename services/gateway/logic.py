@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from modelstream.contracts import tensors
-from modelstream.contracts.records import ModelBody, NamedTensor, Prediction, ServingSpec, Task
+from modelstream.contracts.records import (
+    ModelBody,
+    NamedTensor,
+    Prediction,
+    ServingSpec,
+    Task,
+    TensorDatatype,
+)
 from modelstream.errors import InvalidEventError
 
 NUMERIC_DATATYPES = frozenset(
@@ -89,8 +96,9 @@ class ModelInfo:
 
     @property
     def top_k(self) -> int:
-        scores = self.spec["scores"] if self.spec is not None else None
-        return scores["top_k"] if scores and 0 < scores["top_k"] < len(self.classes) else 0
+        from modelstream.registry.tensor_model import top_k_of
+
+        return top_k_of(self.spec, len(self.classes)) if self.spec is not None else 0
 
 
 @dataclass
@@ -113,14 +121,6 @@ class Binary:
     blob: bytes
 
 
-# Little-endian numpy types of the Open Inference Protocol's binary tensor extension.
-BINARY_DTYPES = {
-    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
-    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
-    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
-}  # fmt: skip
-
-
 # -- reading calls ---------------------------------------------------------------------------
 def oip_body(raw: bytes, header_length: str | None) -> Any:
     """The JSON of an inference request; with the binary tensor extension (the
@@ -136,26 +136,25 @@ def oip_body(raw: bytes, header_length: str | None) -> Any:
         raise CallError(400, "Inference-Header-Content-Length is outside the body")
     body = _json(raw[:length])
     at = length
-    for tensor in body.get("inputs", []) if isinstance(body, dict) else []:
-        size = (
-            (tensor.get("parameters") or {}).get("binary_data_size")
-            if isinstance(tensor, dict)
-            else None
-        )
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    for tensor in inputs if isinstance(inputs, list) else []:
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is None:
             continue
+        name = str(tensor.get("name"))[:64]
         if not isinstance(size, int) or size < 0 or at + size > len(raw):
-            raise CallError(400, f"input {tensor.get('name')!r}: bad binary_data_size")
+            raise CallError(400, f"input {name!r}: bad binary_data_size")
         blob, at = raw[at : at + size], at + size
         datatype = tensor.get("datatype")
         if datatype == "BYTES":
             _binary_strings(blob)  # the length prefixes must add up
-        elif datatype in BINARY_DTYPES:
-            itemsize = np.dtype(BINARY_DTYPES[datatype]).itemsize
+        elif isinstance(datatype, str) and datatype in tensors.NUMPY_TYPES:
+            itemsize = np.dtype(tensors.NUMPY_TYPES[datatype]).itemsize
             if size % itemsize:
-                raise CallError(400, f"input {tensor.get('name')!r}: {size} bytes of {datatype}")
+                raise CallError(400, f"input {name!r}: {size} bytes of {datatype}")
         else:
-            raise CallError(400, f"input {tensor.get('name')!r} has datatype {datatype!r}")
+            raise CallError(400, f"input {name!r} has datatype {str(datatype)[:32]!r}")
         tensor["data"] = Binary(blob)
     if at != len(raw):
         raise CallError(400, f"{len(raw) - at} bytes after the last binary input")
@@ -165,23 +164,18 @@ def oip_body(raw: bytes, header_length: str | None) -> Any:
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise CallError(400, "the request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise CallError(400, "the request body is not JSON") from None
 
 
 def _binary_strings(blob: bytes) -> list[bytes]:
     """BYTES elements: each a 4-byte little-endian length, then the bytes."""
-    out, at = [], 0
-    while at < len(blob):
-        if at + 4 > len(blob):
-            raise CallError(400, "truncated BYTES element")
-        n = int.from_bytes(blob[at : at + 4], "little")
-        at += 4
-        if at + n > len(blob):
-            raise CallError(400, "truncated BYTES element")
-        out.append(blob[at : at + n])
-        at += n
-    return out
+    try:
+        return tensors.split_elements(blob)
+    except InvalidEventError as exc:
+        raise CallError(400, f"BYTES elements: {exc}") from None
 
 
 def _json_values(tensor: dict[str, Any]) -> Any:
@@ -191,7 +185,7 @@ def _json_values(tensor: dict[str, Any]) -> Any:
         return data
     if tensor.get("datatype") == "BYTES":
         return [v.decode("utf-8", errors="replace") for v in _binary_strings(data.blob)]
-    return np.frombuffer(data.blob, dtype=BINARY_DTYPES[tensor["datatype"]]).tolist()
+    return np.frombuffer(data.blob, dtype=tensors.NUMPY_TYPES[tensor["datatype"]]).tolist()
 
 
 def oip_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
@@ -203,21 +197,21 @@ def oip_rows(body: Any, model: ModelInfo, max_rows: int) -> Rows:
         raise CallError(400, "'inputs' must be a non-empty list of tensors")
     if model.spec is not None:
         return _oip_tensor_rows(inputs, model, max_rows)
-    tensors = [_oip_tensor(t, i) for i, t in enumerate(inputs)]
+    given = [_oip_tensor(t, i) for i, t in enumerate(inputs)]
     names = set(model.feature_names) | set(model.categorical)
-    if len(tensors) == 1 and tensors[0][0] not in names:
-        _, values, shape, _ = tensors[0]
+    if len(given) == 1 and given[0][0] not in names:
+        _, values, shape, _ = given[0]
         if len(shape) != 2 or shape[1] != len(model.feature_names):
             raise CallError(
                 400,
-                f"input {tensors[0][0]!r} has shape {shape}; {model.name} takes "
+                f"input {given[0][0]!r} has shape {shape}; {model.name} takes "
                 f"[N, {len(model.feature_names)}] (features in order) or one tensor per feature",
             )
         if model.categorical:
             raise CallError(400, f"{model.name} also needs categories {model.categorical}")
         return Rows(_numeric(values, shape, max_rows).reshape(shape), None)
     columns: dict[str, np.ndarray] = {}
-    for name, values, shape, datatype in tensors:
+    for name, values, shape, datatype in given:
         if name not in names:
             raise CallError(400, f"unknown feature {name!r} (not an input of {model.name})")
         if (len(shape) == 2 and shape[1] != 1) or len(shape) not in (1, 2):
@@ -351,6 +345,7 @@ def _numeric(values: Any, shape: Sequence[int], max_rows: int) -> np.ndarray:
 def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows:
     """One protocol tensor per model input, its first axis the rows."""
     wanted = {name: datatype for name, datatype, _ in model.inputs}
+    accepted = _accepted_datatypes(model)
     batches: dict[str, NamedTensor] = {}
     for index, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
@@ -368,8 +363,12 @@ def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows
             )
         ):
             raise CallError(400, f"input {name!r} needs a shape whose first axis is the rows")
-        if datatype not in tensors.DATATYPES:
-            raise CallError(400, f"input {name!r} has datatype {str(datatype)[:32]!r}")
+        if datatype not in accepted[name]:
+            raise CallError(
+                400,
+                f"input {name!r} is {str(datatype)[:32]!r}; the model takes "
+                f"{' or '.join(sorted(accepted[name]))}",
+            )
         try:
             if "data" not in tensor:
                 raise CallError(400, f"input {name!r} has no data")
@@ -401,6 +400,17 @@ def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows
         for i, row in enumerate(_split_rows(batch, n)):
             rows[i].append(row)
     return Rows(np.empty((n, 0)), None, rows)
+
+
+def _accepted_datatypes(model: ModelInfo) -> dict[str, set[str]]:
+    """What each input takes: a tensor its own datatype, an image encoded bytes or UINT8
+    pixels, a text or a file BYTES."""
+    assert model.spec is not None
+    kinds = {i["name"]: i["kind"] for i in model.spec["inputs"]}
+    return {
+        name: {datatype, "UINT8"} if kinds[name] == "IMAGE" else {datatype}
+        for name, datatype, _ in model.inputs
+    }
 
 
 def _split_rows(batch: NamedTensor, n: int) -> list[NamedTensor]:
@@ -449,11 +459,11 @@ def _tf_tensor_rows(body: dict[str, Any], model: ModelInfo, max_rows: int) -> Ro
     (n,) = counts
     if not 1 <= n <= max_rows:
         raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
-    datatypes = {name: datatype for name, datatype, _ in model.inputs}
+    accepted = _accepted_datatypes(model)
     rows: list[list[NamedTensor]] = [[] for _ in range(n)]
     for name in names:
         for i, value in enumerate(columns[name]):
-            rows[i].append(_tf_value(name, datatypes[name], value))
+            rows[i].append(_tf_value(name, accepted[name], value))
     return Rows(np.empty((n, 0)), None, rows)
 
 
@@ -462,18 +472,33 @@ def _named_row(value: Any) -> bool:
     return isinstance(value, dict) and set(value) != {"b64"}
 
 
-def _tf_value(name: str, datatype: str, value: Any) -> NamedTensor:
+def _tf_value(name: str, accepted: set[str], value: Any) -> NamedTensor:
     """One row's value of one input: ``{"b64": ...}`` or a string for BYTES, nested lists
     of numbers (UINT8 pixels for an image, the input's own datatype for a tensor)."""
+    binary = isinstance(value, str | dict)
+    numeric = next((d for d in sorted(accepted) if d != "BYTES"), None)
+    if (binary and "BYTES" not in accepted) or (not binary and numeric is None):
+        raise CallError(
+            400, f"input {name!r} takes {' or '.join(sorted(accepted))}: not {_kind_of(value)}"
+        )
     try:
-        if isinstance(value, str | dict):
+        if binary:
             data, _ = tensors.json_data("BYTES", [value], f"input {name!r}")
-            return {"name": name, "datatype": "BYTES", "shape": [1], "data": data}  # type: ignore[typeddict-item]
-        numeric = "UINT8" if datatype == "BYTES" else datatype  # raw pixels of an image
+            return tensors.from_elements(name, tensors.split_elements(data))
+        assert numeric is not None
         data, shape = tensors.json_data(numeric, value, f"input {name!r}")
     except InvalidEventError as exc:
         raise CallError(400, str(exc)) from None
-    return {"name": name, "datatype": numeric, "shape": shape, "data": data}  # type: ignore[typeddict-item]
+    return {
+        "name": name,
+        "datatype": TensorDatatype(numeric),
+        "shape": shape,
+        "data": data,
+    }
+
+
+def _kind_of(value: Any) -> str:
+    return "a string" if isinstance(value, str | dict) else "numbers"
 
 
 def _stack(name: str, values: Sequence[NamedTensor]) -> list[dict[str, Any]]:

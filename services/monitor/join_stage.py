@@ -81,6 +81,9 @@ SERVICE = "monitor"
 FEEDBACK_PARTITION = "feedback.partition"
 FEEDBACK_OFFSET = "feedback.offset"
 LABELLED_RECORD_BYTES = 1024 * 1024  # one `monitor-labelled` record holds labels up to this
+# Requests larger than this are kept without their tensors: a join entry holds ids, features
+# and the prediction, not a 1 MB image for the length of the TTL (and three changelog writes).
+SLIM_OVER = 16 * 1024
 EXPIRE_PER_TICK = 20_000
 
 RECORD_TYPES: dict[str, type] = {
@@ -195,14 +198,17 @@ class JoinStage:
                 continue
             key = request_id.encode()
             partition = join_partition(key)
+            value = record.value
+            if kind == logic.REQUESTS and len(value) > SLIM_OVER:
+                value = self._slim(value)
             if internal:
                 source = _feedback_source(record) if kind == logic.FEEDBACK else None
             elif partition != record.partition:
-                out.append(self._forward(record, kind, key, partition))
+                out.append(self._forward(record, kind, key, partition, value))
                 continue
             else:
                 source = (record.partition, record.offset)
-            if staged.add(key, kind, record.value, now, source):
+            if staged.add(key, kind, value, now, source):
                 touched[key] = record
             elif kind == logic.FEEDBACK:  # a second label for the request: the first one holds
                 self._refuse(
@@ -244,7 +250,21 @@ class JoinStage:
             dead_letter(self.topic_deadletter, SERVICE, position, record.key, record.value, failure)
         )
 
-    def _forward(self, record: ConsumerRecord, kind: str, key: bytes, partition: int) -> Outgoing:
+    def _slim(self, value: bytes) -> bytes:
+        """A large request as the join keeps it: without its tensors (an image, a file),
+        which nothing after the join reads; one that does not decode stays as it is (the
+        predictor dead-letters it, and its entry expires)."""
+        try:
+            request = self.codec.decode_any(value, PredictionRequest, self.limits)
+        except (DecodeError, InvalidEventError):
+            return value
+        if not request.get("tensors"):
+            return value
+        return self.codec.encode(PredictionRequest, {**request, "tensors": []})
+
+    def _forward(
+        self, record: ConsumerRecord, kind: str, key: bytes, partition: int, value: bytes
+    ) -> Outgoing:
         headers: list[Header] = []
         if kind == logic.FEEDBACK:
             headers = [
@@ -253,7 +273,7 @@ class JoinStage:
             ]
         self.forwarded += 1
         MONITOR_FORWARDED.labels(kind).inc()  # kind is the logical topic name
-        return Outgoing(self.forward_to[kind], key, record.value, partition, headers, record)
+        return Outgoing(self.forward_to[kind], key, value, partition, headers, record)
 
     def _labelled(
         self, completed: Sequence[Completed], sources: dict[bytes, ConsumerRecord]

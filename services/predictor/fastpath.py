@@ -22,7 +22,7 @@ from modelstream.errors import DecodeError, InvalidEventError
 
 MAX_CATEGORIES = 10_000  # categorical features of one request
 MAX_TENSORS = 1_000  # named tensors of one request
-DATATYPES = list(TensorDatatype)  # the Avro enum's symbols, in order
+DATATYPE_SYMBOLS = list(TensorDatatype)  # the Avro enum's symbols, in order
 
 
 class MapTemplate:
@@ -142,7 +142,7 @@ def _tensors(data: bytes, pos: int) -> tuple[list[NamedTensor] | None, int]:
         for _ in range(count):
             name, pos = read_string(data, pos)
             datatype, pos = read_long(data, pos)
-            if not 0 <= datatype < len(DATATYPES):
+            if not 0 <= datatype < len(DATATYPE_SYMBOLS):
                 raise DecodeError(f"bad tensor datatype index {datatype}")
             shape, pos = _long_array(data, pos, 64)
             raw, pos = read_string(data, pos)
@@ -150,7 +150,9 @@ def _tensors(data: bytes, pos: int) -> tuple[list[NamedTensor] | None, int]:
                 text = name.decode()
             except UnicodeDecodeError:
                 raise DecodeError("a tensor name is not UTF-8") from None
-            out.append({"name": text, "datatype": DATATYPES[datatype], "shape": shape, "data": raw})
+            out.append(
+                {"name": text, "datatype": DATATYPE_SYMBOLS[datatype], "shape": shape, "data": raw}
+            )
         count, pos = read_long(data, pos)
     return out, pos
 
@@ -357,7 +359,7 @@ def encode_outputs(tensors: Sequence[NamedTensor]) -> bytes:
     parts = [zigzag(len(tensors))]
     for tensor in tensors:
         parts.append(string(tensor["name"].encode()))
-        parts.append(zigzag(DATATYPES.index(TensorDatatype(tensor["datatype"]))))
+        parts.append(zigzag(DATATYPE_SYMBOLS.index(TensorDatatype(tensor["datatype"]))))
         shape = tensor["shape"]
         parts.append(
             (zigzag(len(shape)) + b"".join(zigzag(d) for d in shape) + b"\x00")

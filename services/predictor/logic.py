@@ -35,7 +35,7 @@ from modelstream.contracts.records import (
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.registry.artifact import Verified, decrypt_tensors
 from modelstream.registry.scoring import Scorer, scorer_for
-from modelstream.registry.tensor_model import TensorOutputs, TensorScorer
+from modelstream.registry.tensor_model import Prepared, TensorOutputs, TensorScorer, concatenate
 from modelstream.services.predictor.fastpath import (
     MapSection,
     MapTemplate,
@@ -173,7 +173,8 @@ class PredictorLogic:
         versions[model.version] = model
         if production:
             self.production[model.name] = model.version
-            self._reader.expect_maps(model.name, model.model.feature_names)
+            if model.model.feature_names:  # a tensor model takes no feature map
+                self._reader.expect_maps(model.name, model.model.feature_names)
             self._delays.pop(model.name, None)
             if isinstance(model.model, TensorScorer) and model.model.spec["max_queue_delay_ms"]:
                 spec = model.model.spec
@@ -214,7 +215,8 @@ class PredictorLogic:
             delay_ms, batch = self._delays[name]
             if count >= batch:
                 return 0.0
-            wait_ms = min(wait_ms, oldest[name] + delay_ms - now_ms)
+            # never longer than the delay: a producer's clock (the record time) may be ahead
+            wait_ms = min(wait_ms, delay_ms, oldest[name] + delay_ms - now_ms)
         return max(0.0, wait_ms / 1000)
 
     # -- the hot path ------------------------------------------------------------------------
@@ -317,19 +319,18 @@ class PredictorLogic:
                 except InvalidEventError as exc:
                     if not shadow:
                         result.reject(message, model.name, exc)
+                except Exception as exc:  # a decoder's own error: this row, not the batch
+                    if not shadow:
+                        failure = InvalidEventError(
+                            "internal-error", f"{type(exc).__name__}: {str(exc)[:300]}"
+                        )
+                        result.reject(message, model.name, failure)
             if not good:
                 continue
-            try:
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    outputs = scorer.infer(prepared)
-            except Exception as exc:  # onnxruntime's own error types, or a wrong output shape
-                if not shadow:
-                    failure = InvalidEventError(
-                        "model-failed", f"{model.name} v{model.version} failed: {str(exc)[:500]}"
-                    )
-                    for message, _ in good:
-                        result.reject(message, model.name, failure)
+            ran = self._run_tensors(model, scorer, shadow, good, prepared, result)
+            if ran is None:
                 continue
+            good, outputs = ran
             keep = _finite_rows(outputs, len(good))
             if not keep.all():
                 for i in np.flatnonzero(~keep).tolist():
@@ -352,6 +353,38 @@ class PredictorLogic:
             result.groups.append(
                 self._encode_tensors(model, scorer, route, good, outputs, now_ms, result)
             )
+
+    def _run_tensors(
+        self,
+        model: ServingModel,
+        scorer: TensorScorer,
+        shadow: bool,
+        items: list[Item[M]],
+        prepared: list[Prepared],
+        result: Scored[M],
+    ) -> tuple[list[Item[M]], TensorOutputs] | None:
+        """The rows' answers. When the graph fails on the batch (onnxruntime raises), each
+        row runs alone: the rows it fails on are dead-lettered (``model-failed``), the others
+        answered, so one hostile row cannot fail its neighbours."""
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return items, scorer.infer(prepared)
+        except Exception as exc:  # onnxruntime's own error types, or a wrong output shape
+            if len(items) == 1:
+                if not shadow:
+                    failure = InvalidEventError(
+                        "model-failed", f"{model.name} v{model.version} failed: {str(exc)[:500]}"
+                    )
+                    result.reject(items[0][0], model.name, failure)
+                return None
+        kept: list[Item[M]] = []
+        answers: list[TensorOutputs] = []
+        for item, row in zip(items, prepared, strict=True):
+            alone = self._run_tensors(model, scorer, shadow, [item], [row], result)
+            if alone is not None:
+                kept.append(item)
+                answers.append(alone[1])
+        return (kept, concatenate(answers)) if kept else None
 
     def _encode_tensors(
         self,

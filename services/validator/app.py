@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+from typing import Any
 
 import numpy as np
 from aiokafka import ConsumerRecord
@@ -73,6 +75,33 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.validator")
+
+
+def _readable(rows: list[Any], readers: list[Scorer], which: list[int]) -> list[Any]:
+    """The rows every tensor model among ``readers`` can prepare and run (each row tried
+    alone only when a batch fails: a hostile row cannot reject a whole hold-out)."""
+    good = []
+    for row in rows:
+        try:
+            for i in which:
+                reader = readers[i]
+                assert isinstance(reader, TensorScorer)
+                reader.prepare(row[3][i][2] or [])
+            good.append(row)
+        except InvalidEventError:
+            continue
+    for i in which:
+        reader = readers[i]
+        assert isinstance(reader, TensorScorer)
+
+        def tensors_of(row: Any, i: int = i) -> list[NamedTensor]:
+            named: list[NamedTensor] = row[3][i][2] or []
+            return named
+
+        good = reader.runnable(good, tensors_of)
+    return good
+
+
 _NO_FEATURES = np.empty(0)  # a tensor model's row of features
 Position = tuple[str, int, int]
 SERVICE = "validator"
@@ -102,6 +131,10 @@ class ValidatorApp(Lifecycle):
         self.records = OneRecordTransactions(
             self.producer, self.group, self.dead, Boundary(SERVICE), self._model_label
         )
+
+    def _scorer(self, body: ModelBody) -> Scorer:
+        """As the predictor builds it (a text model's default limit included)."""
+        return scorer_for(body, max_chars=self.settings.max_string_chars)
 
     def _apply_command(self, cmd: Command, replay: bool) -> None:
         if cmd["action"] == Action.DEFINE:
@@ -139,7 +172,7 @@ class ValidatorApp(Lifecycle):
             raise InvalidEventError(
                 "encrypted-candidate", "candidates must not be encrypted; the publisher encrypts"
             )
-        model = await asyncio.to_thread(scorer_for, candidate.body)
+        model = await asyncio.to_thread(self._scorer, candidate.body)
         with VALIDATION_SECONDS.labels(name).time():
             champion, champion_body = await self._champion(name, model)
             verdict = await self._judge(candidate, model, definition, champion, champion_body)
@@ -191,7 +224,7 @@ class ValidatorApp(Lifecycle):
         version = current.body["version"]
         try:
             plain = decrypt_tensors(current.body, self.data_key)
-            model = await asyncio.to_thread(scorer_for, plain)
+            model = await asyncio.to_thread(self._scorer, plain)
         except (ArtifactVerificationError, UnmappableGraphError) as exc:
             log.warning("champion %s v%d unusable: %s", name, version, exc)
             return None, current.body
@@ -272,7 +305,8 @@ class ValidatorApp(Lifecycle):
         readers = [candidate] if champion is None else [candidate, champion]
         online = body["lineage"]["origin"] == Origin.ONLINE
         Row = tuple[np.ndarray, dict[str, str], list[NamedTensor] | None]
-        rows: list[tuple[int, list[Row], Label, Position]] = []
+        # the newest holdout_size rows only (a min-heap by time): tensor rows are large
+        newest: list[tuple[int, int, int, list[Row], Label, Position]] = []
         async for record in read_ranges(self.settings, ranges):
             try:
                 example = self.codec.decode_any(record.value, TrainingExample, self.limits)
@@ -284,8 +318,6 @@ class ValidatorApp(Lifecycle):
                 views: list[Row] = []
                 for scorer in readers:
                     if isinstance(scorer, TensorScorer):
-                        # a row the model cannot read (a corrupt image) judges nothing
-                        scorer.prepare(example.get("tensors") or [])
                         views.append((_NO_FEATURES, {}, example.get("tensors") or []))
                         continue
                     missing = [c for c in scorer.categorical if c not in categories]
@@ -298,20 +330,27 @@ class ValidatorApp(Lifecycle):
                             None,
                         )
                     )
-                rows.append(
-                    (
-                        record.timestamp,
-                        views,
-                        check_label(example["label"], rules),
-                        (record.topic, record.partition, record.offset),
-                    )
+                row = (  # (time, partition, offset) order rows and are unique
+                    record.timestamp,
+                    record.partition,
+                    record.offset,
+                    views,
+                    check_label(example["label"], rules),
+                    (record.topic, record.partition, record.offset),
                 )
+                if len(newest) < self.settings.holdout_size:
+                    heapq.heappush(newest, row)
+                else:
+                    heapq.heappushpop(newest, row)
             except Exception as exc:
                 if record_failure(exc) is None:
                     raise
                 continue
-        rows.sort(key=lambda r: r[0])
-        rows = rows[-self.settings.holdout_size :]
+        kept = sorted(newest, key=lambda r: r[:3])
+        tensor_readers = [i for i, r in enumerate(readers) if isinstance(r, TensorScorer)]
+        if tensor_readers:  # rows a model cannot read (a corrupt image) judge nothing
+            kept = await asyncio.to_thread(_readable, kept, readers, tensor_readers)
+        rows = [(r[0], r[3], r[4], r[5]) for r in kept]
         y = (
             np.zeros(len(rows))
             if rules.task == Task.EMBEDDING

@@ -134,12 +134,18 @@ def _rows(view: View, rows: np.ndarray) -> View:
 
 
 def score_reference(task: Task, scores: np.ndarray) -> dict[str, float]:
-    """Deciles of the top score (a classifier's confidence) or of the values (regression)."""
+    """Deciles of the top score (a classifier's confidence) or of the values (regression),
+    and the share of the hold-out in each of the bins they cut (``score_f0`` .. ``f9``: a
+    tenth each, unless scores tie, as a confident classifier's saturated 1.0s do)."""
     if task == Task.EMBEDDING or not len(scores):
         return {}
     top = scores if task == Task.REGRESSION else scores.max(axis=1)
     quantiles = np.percentile(top, SCORE_QUANTILES)
-    return {f"score_q{q}": float(v) for q, v in zip(SCORE_QUANTILES, quantiles, strict=True)}
+    bins = np.bincount(np.searchsorted(quantiles, top, side="right"), minlength=len(quantiles) + 1)
+    return {
+        **{f"score_q{q}": float(v) for q, v in zip(SCORE_QUANTILES, quantiles, strict=True)},
+        **{f"score_f{i}": float(c) / len(top) for i, c in enumerate(bins)},
+    }
 
 
 def holdout_verdict(

@@ -801,6 +801,12 @@ async def test_a_1mb_image_is_served_and_hostile_images_are_dead_lettered(stack)
         body = {"instances": [{"b64": base64.b64encode(png_bomb()).decode()}]}
         async with http.post(f"{stack.url}/v1/models/fashion:predict", json=body) as r:
             assert r.status == 400 and "image-too-large" in (await r.json())["error"]
+        huge = {"instances": [{"b64": base64.b64encode(b"\x00" * 2_500_000).decode()}]}
+        async with http.post(f"{stack.url}/v1/models/fashion:predict", json=huge) as r:
+            assert r.status == 413 and "at most" in (await r.json())["error"]
+        deep = b'{"instances": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+        async with http.post(f"{stack.url}/v1/models/fashion:predict", data=deep) as r:
+            assert r.status == 400
 
 
 async def test_shifted_images_raise_a_score_drift_event(stack):  # type: ignore[no-untyped-def]

@@ -277,30 +277,47 @@ class FeatureDrift:
 class ScoreDrift:
     """Compares the live distribution of a model's top score (its confidence; a regression
     model's values) with the one the validator recorded on its hold-out: the deciles in the
-    artifact (``validation_score_q10`` .. ``q90``) cut the line into ten bins that held a
-    tenth of the hold-out each. Each full window of live scores gives the population
-    stability index sum((live - 0.1) * ln(live / 0.1)) over the bins; above ``threshold``
+    artifact (``validation_score_q10`` .. ``q90``) cut the line into ten bins, which held
+    the shares of the hold-out recorded beside them (``validation_score_f0`` .. ``f9``: a
+    tenth each unless scores tied). Each full window of live scores gives the population
+    stability index sum((live - expected) * ln(live / expected)) over the bins; above ``threshold``
     (0.25 is the customary "shifted" mark) the distribution has moved. For models without
     training statistics of their features (imported graphs, images, text) this is what says
     the inputs changed, whether or not the model's accuracy has moved yet."""
 
-    def __init__(self, edges: Sequence[float], window: int = 500, threshold: float = 0.25) -> None:
+    def __init__(
+        self,
+        edges: Sequence[float],
+        window: int = 500,
+        threshold: float = 0.25,
+        expected: Sequence[float] | None = None,
+    ) -> None:
         self.edges = np.asarray(edges, dtype=np.float64)
         self.window, self.threshold = window, threshold
         self.counts = np.zeros(len(self.edges) + 1)
+        # the hold-out's share in each bin: a tenth each, unless its scores tied
+        self.expected = (
+            np.full(len(self.counts), 1.0 / len(self.counts))
+            if expected is None
+            else np.asarray(expected, dtype=np.float64)
+        )
         self.last_index = 0.0
 
     @classmethod
     def from_metrics(
         cls, metrics: dict[str, float], window: int, threshold: float
     ) -> ScoreDrift | None:
-        keys = sorted(
-            (k for k in metrics if k.startswith("validation_score_q")),
-            key=lambda k: int(k.rsplit("q", 1)[1]),
-        )
-        if len(keys) < 3:
+        def series(prefix: str) -> list[float]:
+            keys = sorted(
+                (k for k in metrics if k.startswith(prefix) and k[len(prefix) :].isdigit()),
+                key=lambda k: int(k[len(prefix) :]),
+            )
+            return [metrics[k] for k in keys]
+
+        edges, shares = series("validation_score_q"), series("validation_score_f")
+        if len(edges) < 3:
             return None
-        return cls([metrics[k] for k in keys], window, threshold)
+        return cls(edges, window, threshold, shares if len(shares) == len(edges) + 1 else None)
 
     def update_many(self, scores: np.ndarray) -> float | None:
         """Add live scores; the stability index of each window that completed above the
@@ -327,7 +344,7 @@ class ScoreDrift:
         return shifted
 
     def stability_index(self) -> float:
-        expected = 1.0 / len(self.counts)
+        expected = np.maximum(self.expected, 1e-4)
         live = np.maximum(self.counts / max(self.counts.sum(), 1.0), 1e-4)
         return float(((live - expected) * np.log(live / expected)).sum())
 

@@ -240,7 +240,12 @@ class ModelWatch:
             X = np.vstack(rows)
             self._drift_in_features(X, out)
             self._learn(X, out.usable, out)
-        if out.drift and now_ms - self.last_train_ms >= self.config.train_cooldown_ms:
+        retrainable = self.learns_features  # the trainer does not train a tensor model
+        if (
+            out.drift
+            and retrainable
+            and now_ms - self.last_train_ms >= self.config.train_cooldown_ms
+        ):
             self.last_train_ms = now_ms
             out.train_reason = "; ".join(sorted({d.detail for d in out.drift}))
         out.rollback = self._rollback()

@@ -48,7 +48,9 @@ def test_bytes_elements_round_trip():
         ({"datatype": "FP32", "shape": [2, 3], "data": b"\x00" * 20}, "needs 24 bytes"),
         ({"datatype": "FP32", "shape": [-1, 3], "data": b""}, "out of range"),
         ({"datatype": "INT8", "shape": [2**40], "data": b""}, "out of range"),
-        ({"datatype": "FP64", "shape": [2**30, 2**30], "data": b"\x00" * 8}, "needs"),
+        ({"datatype": "FP64", "shape": [2**30, 2**30], "data": b"\x00" * 8}, "larger than any"),
+        ({"datatype": "UINT8", "shape": [1, 0, 2**31 - 1, 2**31 - 1], "data": b""}, "larger than"),
+        ({"datatype": "BYTES", "shape": [0, 2**31 - 1, 2**31 - 1], "data": b""}, "larger than"),
         ({"datatype": "UINT8", "shape": [1] * 9, "data": b"\x00"}, "rank 9"),
         ({"datatype": "BYTES", "shape": [1], "data": b"\x05\x00\x00\x00abc"}, "declares 5 bytes"),
         ({"datatype": "BYTES", "shape": [1], "data": b"\xff\xff\xff\xffa"}, "declares"),
@@ -141,6 +143,9 @@ CODEC_LIMIT = 2 * 1024 * 1024
         ({"datatype": "BYTES", "data": [{"b64": "***"}]}, "invalid-json", "base64"),
         ({"datatype": "COMPLEX64", "data": [1]}, "invalid-json", "expected one of"),
         ({"datatype": "INT64", "data": [2**64]}, "invalid-json", "expected numbers"),
+        ({"datatype": "INT64", "data": [9223372036854775808.0]}, "out-of-range", "range of INT64"),
+        ({"datatype": "UINT64", "data": [1.8446744073709552e19]}, "out-of-range", "range"),
+        ({"datatype": "INT8", "data": [-129.0]}, "out-of-range", "range of INT8"),
     ],
 )
 def test_bad_json_tensors_name_the_problem(tensor, reason, message):

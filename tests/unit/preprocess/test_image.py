@@ -154,3 +154,63 @@ def test_an_image_smaller_than_the_crop_is_refused():
     with pytest.raises(InvalidEventError) as caught:
         images.prepare(np.zeros((4, 4, 3), np.uint8), s)
     assert caught.value.reason == "wrong-image-size"
+
+
+def test_extreme_aspect_ratios_cost_what_the_output_costs():
+    """A 1 x 4,000,000 line (12 KB as a PNG) would otherwise ask for 4,000,000 columns per
+    output row in the resize, and a short side scaled up 256 times for a centre crop."""
+    import tracemalloc
+
+    line = RNG.integers(0, 256, (1, 4_000_000, 3), dtype=np.uint8)
+    tracemalloc.start()
+    for s in (
+        spec(height=48, width=192, interpolation="OPENCV_LINEAR"),
+        spec(height=48, width=192, resize="HEIGHT", interpolation="OPENCV_LINEAR"),
+        spec(height=224, width=224, resize="SHORTER_SIDE", resize_shorter_to=256),
+        spec(
+            height=224,
+            width=224,
+            resize="SHORTER_SIDE",
+            resize_shorter_to=256,
+            interpolation="OPENCV_LINEAR",
+        ),
+    ):
+        out = images.prepare(line, s)
+        assert out.shape == (3, s["height"], s["width"])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_crop_window_equals_resizing_then_cropping():
+    pixels = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    full = images.resize(pixels, (80, 120), "OPENCV_LINEAR")
+    np.testing.assert_array_equal(
+        images.resize(pixels, (80, 120), "OPENCV_LINEAR", (10, 20, 30, 40)), full[10:40, 20:60]
+    )
+    # both pass orders give the same pixels (to the rounding of the last bit)
+    tall = RNG.integers(0, 256, (300, 7, 3), dtype=np.uint8)
+    rows_first = images.resize(tall, (20, 9), "OPENCV_LINEAR")
+    reference = _opencv_linear_reference(tall, 20, 9)
+    assert np.abs(rows_first.astype(int) - reference).max() <= 1
+
+
+def _opencv_linear_reference(pixels: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """cv2.resize INTER_LINEAR's rule, pixel by pixel in float64."""
+    height, width = pixels.shape[:2]
+    out = np.zeros((out_h, out_w, pixels.shape[2]))
+    for i in range(out_h):
+        fy = (i + 0.5) * height / out_h - 0.5
+        y = int(np.floor(fy))
+        ay = 0.0 if y < 0 or y >= height - 1 else fy - y
+        y = min(max(y, 0), height - 1)
+        for j in range(out_w):
+            fx = (j + 0.5) * width / out_w - 0.5
+            x = int(np.floor(fx))
+            ax = 0.0 if x < 0 or x >= width - 1 else fx - x
+            x = min(max(x, 0), width - 1)
+            y1, x1 = min(y + 1, height - 1), min(x + 1, width - 1)
+            top = pixels[y, x] * (1 - ax) + pixels[y, x1] * ax
+            bottom = pixels[y1, x] * (1 - ax) + pixels[y1, x1] * ax
+            out[i, j] = top * (1 - ay) + bottom * ay
+    return np.rint(out).astype(int)

@@ -277,6 +277,9 @@ def test_a_wordpiece_spec_names_what_it_cannot_read():
         parse_spec(json.dumps(plain))
     plain = json.loads(text_spec())
     plain["inputs"][0]["text"]["attention_mask_input"] = ""
+    with pytest.raises(UnmappableGraphError, match="need the graph's attention mask"):
+        describe(graph, parse_spec(json.dumps(plain)))  # padded rows would change answers
+    plain["max_batch_size"] = 1
     with pytest.raises(
         UnmappableGraphError, match=r"graph inputs \['attention_mask'\] are not filled"
     ):
@@ -338,3 +341,64 @@ def test_a_per_token_output_keeps_each_texts_own_tokens():
     for row, text in zip(out.outputs["tokens"], texts, strict=True):
         ids = [2, *[4 + int(w[1:]) for w in text.split()][:6], 3]
         np.testing.assert_allclose(row, E[ids], atol=1e-6)  # no padding positions
+
+
+def extensions_graph() -> bytes:
+    """Text lowered by onnxruntime-extensions' StringLower, looked up in a vocabulary
+    (ai.onnx.ml LabelEncoder), one-hot scores: a graph with its own string operators."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("StringLower", ["text"], ["lower"], domain="ai.onnx.contrib"),
+        helper.make_node(
+            "LabelEncoder",
+            ["lower"],
+            ["index"],
+            domain="ai.onnx.ml",
+            keys_strings=["cat", "dog"],
+            values_int64s=[0, 1],
+            default_int64=2,
+        ),
+        helper.make_node("OneHot", ["index", "depth", "values"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ext",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])],
+        [
+            helper.make_tensor("depth", TensorProto.INT64, [], [3]),
+            helper.make_tensor("values", TensorProto.FLOAT, [2], [0.0, 1.0]),
+        ],
+    )
+    opsets = [
+        helper.make_opsetid(d, v) for d, v in (("", 17), ("ai.onnx.ml", 3), ("ai.onnx.contrib", 1))
+    ]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+EXTENSIONS_SPEC = json.dumps(
+    {
+        "inputs": [{"name": "text", "kind": "text", "graph_input": "text", "text": {}}],
+        "scores": {"graph_output": "probs", "labels": ["cat", "dog", "other"]},
+    }
+)
+
+
+def test_a_graph_with_onnxruntime_extensions_operators_is_served():
+    model = scorer(extensions_graph(), EXTENSIONS_SPEC)
+    out = model.infer(
+        [model.prepare([tensors.from_elements("text", [t])]) for t in ("CAT", "Dog", "eel")]
+    )
+    assert model.labels(out.scores) == ["cat", "dog", "other"]
+
+
+def test_without_onnxruntime_extensions_the_import_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)
+    with pytest.raises(UnmappableGraphError, match=r"pip install 'modelstream\[extensions\]'"):
+        scorer(extensions_graph(), EXTENSIONS_SPEC)

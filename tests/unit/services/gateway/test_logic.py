@@ -197,7 +197,19 @@ def test_oip_tensor_rows_split_along_the_first_axis():
         ([{"name": "image", "shape": [-1], "datatype": "BYTES", "data": ["x"]}], "first axis"),
         ([{"name": "image", "shape": [2**70], "datatype": "BYTES", "data": ["x"]}], "first axis"),
         ([{"name": "image", "shape": [2], "datatype": "BYTES", "data": ["x"]}], "cannot fit"),
-        ([{"name": "image", "shape": [1], "datatype": "FP8", "data": [1]}], "datatype"),
+        ([{"name": "image", "shape": [1], "datatype": "FP8", "data": [1]}], "the model takes"),
+        ([{"name": "image", "shape": [1], "datatype": "FP32", "data": [1]}], "BYTES or UINT8"),
+        (
+            [
+                {
+                    "name": "image",
+                    "shape": [1, 0, 2**31 - 1, 2**31 - 1],
+                    "datatype": "UINT8",
+                    "data": [],
+                }
+            ],
+            "larger",
+        ),
         ([{"name": "image", "shape": [1, 2], "datatype": "UINT8", "data": [1, 300]}], "range"),
         ([{"name": "image", "shape": [20], "datatype": "BYTES", "data": ["x"] * 20}], "1..10"),
         ([{"name": "image", "shape": [1], "datatype": "BYTES"}], "no data"),

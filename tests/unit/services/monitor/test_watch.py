@@ -216,3 +216,23 @@ def test_a_tensor_model_is_watched_without_a_learner():
     moved = watch.observe(labels(rng.beta(2, 3, 500), 1000), 30)
     assert [d.kind for d in moved.drift] == ["scores"]
     assert "population stability index" in moved.drift[0].detail
+
+
+def test_tied_scores_are_no_drift():
+    """A confident classifier's top scores tie at 1.0: deciles collapse onto one edge, and
+    the shares the hold-out had in each bin (not a tenth each) are the reference."""
+    from modelstream.contracts.records import Task as T
+    from modelstream.services.monitor.logic.quality import ScoreDrift
+    from modelstream.services.validator.logic import score_reference
+
+    rng = np.random.default_rng(9)
+
+    def scores(n: int) -> np.ndarray:
+        top = np.where(rng.random(n) < 0.6, 1.0, rng.uniform(0.5, 1.0, n))
+        return np.column_stack([top, 1 - top])
+
+    reference = {f"validation_{k}": v for k, v in score_reference(T.BINARY, scores(2000)).items()}
+    drift = ScoreDrift.from_metrics(reference, 500, 0.25)
+    assert drift is not None and drift.update_many(scores(2000).max(axis=1)) is None
+    assert drift.last_index < 0.05
+    assert drift.update_many(rng.uniform(0.5, 0.7, 500)) is not None

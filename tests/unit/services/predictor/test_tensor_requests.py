@@ -181,6 +181,8 @@ def test_queue_delay_holds_a_partial_batch_until_it_runs_out():
         assert logic.hold_s(mixed) == 0.0  # a model without a delay is never held
         time.time = lambda: now_ms / 1000 + 0.5
         assert logic.hold_s(fresh) == 0.0  # the delay has run out
+        future = [Record(request("f", "img", []), timestamp=now_ms + 10**12)]
+        assert logic.hold_s(future) <= 0.2  # a producer's clock never holds longer
     finally:
         time.time = real
 
@@ -234,3 +236,43 @@ def test_mutated_tensor_requests_are_scored_or_refused_with_a_reason(batch):
         for value in group.values:
             prediction = CODEC.decode(value, Prediction)
             assert abs(sum(prediction["scores"].values()) - 1) < 1e-5
+
+
+def test_a_row_the_graph_fails_on_fails_alone():
+    """Two dynamic inputs added together: a row whose inputs disagree fails in onnxruntime;
+    its neighbours in the batch are still answered."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("ReduceSum", ["sum"], ["total"], keepdims=1),
+            helper.make_node("Concat", ["total", "total"], ["pair"], axis=1),
+            helper.make_node("Softmax", ["pair"], ["scores"], axis=1),
+        ],
+        "adder",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "D"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "E"]),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    signature = describe(model.SerializeToString(), None, classes=["x", "y"])
+    body = tensor_candidate("adder", signature, created_by="t")
+    body["version"] = 1
+    logic = logic_with(ServingModel.from_verified(Verified(seal(body), False), None))
+
+    def row(rid: str, a: int, b: int) -> Record:
+        named = [
+            tensors.from_array("a", np.ones((1, a), np.float32)),
+            tensors.from_array("b", np.ones((1, b), np.float32)),
+        ]
+        return Record(request(rid, "adder", named))
+
+    scored = logic.process([row("ok-1", 3, 3), row("bad", 3, 4), row("ok-2", 3, 3)])
+    assert [(r.reason, r.message.value[11:14]) for r in scored.rejected] == [
+        ("model-failed", b"bad")
+    ]
+    assert sum(len(g.values) for g in scored.groups) == 2

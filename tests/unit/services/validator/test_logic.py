@@ -67,7 +67,7 @@ def test_a_tensor_candidate_is_judged_on_tensors_and_records_its_score_deciles()
     expected = np.percentile(scores.max(axis=1), [10, 50, 90])
     assert [verdict.metrics[f"score_q{q}"] for q in (10, 50, 90)] == list(expected)
     assert score_reference(body["task"], scores) == {
-        k: v for k, v in verdict.metrics.items() if k.startswith("score_q")
+        k: v for k, v in verdict.metrics.items() if k.startswith("score_")
     }
 
 
