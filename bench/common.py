@@ -234,6 +234,40 @@ async def publish(settings: Settings, keys: Path, body: dict[str, Any], version:
         await producer.stop()
 
 
+def predictor_process(settings: Settings, keys: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``modelstream run predictor`` in a process of its own on ``settings``' broker and
+    topics, verifying with the bench's public key (``env``: more MODELSTREAM_* variables)."""
+    full = {
+        **os.environ,
+        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
+        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
+        "MODELSTREAM_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def predictions_consumer(settings: Settings) -> Any:
+    """A consumer of ``predictions`` from the beginning, committed records only, polled with
+    little wait (for latencies)."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        settings.topic("predictions"),
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=5,
+    )
+
+
 def peak_rss_mib() -> float:
     """This process's own high-water RSS. (getrusage's ru_maxrss survives execve, so a worker
     spawned by a large parent would report the parent's size.)"""

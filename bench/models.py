@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' model builders
-from common import body_for, broker, preload, publish, spawn_worker
+from common import (
+    body_for,
+    broker,
+    predictions_consumer,
+    predictor_process,
+    preload,
+    publish,
+    spawn_worker,
+)
 
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
@@ -147,7 +153,7 @@ async def served(
 async def large_swap(base: Settings, keys: Path, megabytes: float, rate: int) -> dict[str, float]:
     """A predictor serves a small graph at ``rate`` requests/s; a ``megabytes`` graph is
     published as v2: seconds from the start of publishing to its first prediction."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer
 
     settings = await fresh(base)
     small, large = onnx_models.lookup_graph(0.001), onnx_models.lookup_graph(megabytes, seed=3)
@@ -157,27 +163,8 @@ async def large_swap(base: Settings, keys: Path, megabytes: float, rate: int) ->
 
     await publish(settings, keys, body(small), 1)
     large_body = body(large)
-    env = {
-        **os.environ,
-        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-        "MODELSTREAM_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    consumer = AIOKafkaConsumer(
-        settings.topic("predictions"),
-        bootstrap_servers=settings.bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        fetch_max_wait_ms=5,
-    )
+    process = predictor_process(settings, keys)
+    consumer = predictions_consumer(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
     await consumer.start()
     await producer.start()

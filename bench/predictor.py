@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ from common import (
     broker,
     dataset,
     peak_rss_mib,
+    predictions_consumer,
+    predictor_process,
     preload,
     publish,
     request_bytes,
@@ -269,32 +270,12 @@ async def latency_and_swap(
     delivery: str = "exactly-once",
 ) -> dict[str, float]:
     """Offer ``rate`` requests/s to one predictor process; swap to v2 halfway."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer
 
     settings = await fresh(base)
     await publish(settings, keys, bodies["breast-cancer"], 1)
-    env = {
-        **os.environ,
-        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-        "MODELSTREAM_LOG_LEVEL": "WARNING",
-        "MODELSTREAM_DELIVERY": delivery,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    consumer = AIOKafkaConsumer(
-        settings.topic("predictions"),
-        bootstrap_servers=settings.bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        fetch_max_wait_ms=5,
-    )
+    process = predictor_process(settings, keys, MODELSTREAM_DELIVERY=delivery)
+    consumer = predictions_consumer(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
     await consumer.start()
     await producer.start()

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' reference libraries
-from common import broker, preload, publish, spawn_worker
+from common import broker, predictions_consumer, predictor_process, preload, publish, spawn_worker
 
 from modelstream.contracts import tensors
 from modelstream.contracts.codec import default_codec
@@ -49,7 +47,14 @@ from modelstream.registry.artifact import generate_keys
 from modelstream.registry.tensor_model import TensorScorer, describe, parse_spec, tensor_candidate
 from modelstream.settings import Settings, load
 from tests.support import reference
-from tests.support.tensor_models import OCR_SPEC, SENTENCES, sample_files, text_lines
+from tests.support.tensor_models import (
+    OCR_SPEC,
+    SENTENCES,
+    magika_spec,
+    minilm_spec,
+    sample_files,
+    text_lines,
+)
 
 HERE = Path(__file__).resolve()
 PREDICTOR = HERE.parent / "predictor.py"
@@ -82,61 +87,13 @@ def models(work: Path) -> dict[str, tuple[dict[str, Any], str, list[bytes]]]:
         ),
         "embed": (
             paths["minilm_model"],
-            {
-                "inputs": [
-                    {
-                        "name": "text",
-                        "kind": "text",
-                        "graph_input": "input_ids",
-                        "text": {
-                            "tokenizer": "wordpiece",
-                            "tokenizer_json": paths["minilm_tokenizer"].read_text(),
-                            "max_length": 256,
-                            "attention_mask_input": "attention_mask",
-                            "token_type_ids_input": "token_type_ids",
-                        },
-                    }
-                ],
-                "outputs": [
-                    {
-                        "name": "embedding",
-                        "graph_output": "last_hidden_state",
-                        "pool": "mean",
-                        "normalize": "l2",
-                    }
-                ],
-                "max_batch_size": 16,
-            },
+            minilm_spec(paths["minilm_tokenizer"].read_text()),
             "text",
             [s.encode() for s in SENTENCES[:46]],
         ),
         "bytes": (
             paths["magika_model"],
-            {
-                "inputs": [
-                    {
-                        "name": "file",
-                        "kind": "bytes",
-                        "graph_input": "bytes",
-                        "bytes": {
-                            k: magika[k]
-                            for k in (
-                                "beg_size",
-                                "mid_size",
-                                "end_size",
-                                "block_size",
-                                "padding_token",
-                            )
-                        },
-                    }
-                ],
-                "scores": {
-                    "graph_output": "target_label",
-                    "labels": magika["target_labels_space"],
-                    "top_k": 3,
-                },
-                "max_batch_size": 64,
-            },
+            magika_spec(magika),
             "file",
             list(sample_files().values()),
         ),
@@ -201,31 +158,12 @@ async def latency(
     """Requests offered at ``rate``/s for 10 s on an open-loop schedule to a predictor
     process; each latency from the request's intended send time to its prediction being
     readable (read_committed)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer
 
     settings = await fresh(base)
     await publish(settings, keys, body, 1)
-    env = {
-        **os.environ,
-        "MODELSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
-        "MODELSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "MODELSTREAM_PUBLIC_KEY_FILE": str(keys / "modelstream.pub"),
-        "MODELSTREAM_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelstream.cli", "run", "predictor"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    consumer = AIOKafkaConsumer(
-        settings.topic("predictions"),
-        bootstrap_servers=settings.bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        fetch_max_wait_ms=5,
-    )
+    process = predictor_process(settings, keys)
+    consumer = predictions_consumer(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
     await consumer.start()
     await producer.start()

@@ -176,6 +176,15 @@ class JsonForm:
         plain: dict[str, Any] = self._write(self.schema, record)
         return plain
 
+    def _field(self, field: dict[str, Any], record: Mapping[str, Any]) -> Any:
+        """A record's field as written: an absent one with a default takes the default (a
+        record built before the field existed: `tensors` of an older caller)."""
+        if field["name"] in record:
+            return record[field["name"]]
+        if "default" in field:
+            return self._default(field["type"], field["default"])
+        return None
+
     def _write(self, schema: AvroSchema, value: Any) -> Any:
         schema = self._resolve(schema)
         if isinstance(value, bytes | bytearray | memoryview):
@@ -190,7 +199,7 @@ class JsonForm:
             kind = schema["type"]
             if kind in ("record", "error"):
                 return {
-                    f["name"]: self._write(f["type"], value.get(f["name"]))
+                    f["name"]: self._write(f["type"], self._field(f, value))
                     for f in schema["fields"]
                 }
             if kind == "array":

@@ -281,6 +281,11 @@ class EmbeddedCluster:
             f"-Xmx{heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            # A socket read of a record into a heap buffer goes through a temporary direct
+            # buffer, which Java keeps per thread at the largest size seen unless bounded:
+            # after a few 100 MiB artifacts the network threads held the whole direct memory
+            # (OutOfMemoryError: Cannot reserve ... bytes of direct buffer memory).
+            "-Djdk.nio.maxCachedBufferSize=1048576",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={_log4j_config()}",
             f"-Dkafka.logs.dir={node.log_dir}",

@@ -438,6 +438,29 @@ def onnx_candidate(
 ) -> ModelBody:
     """An imported graph as an unpublished candidate body; the linear tensors stay empty
     (feature drift is measured on the linear kinds' training statistics only)."""
+    return imported_body(
+        name,
+        signature.task,
+        signature.feature_names,
+        signature.classes,
+        signature.onnx,
+        created_by=created_by,
+        metrics=metrics,
+    )
+
+
+def imported_body(
+    name: str,
+    task: Task,
+    feature_names: Sequence[str],
+    classes: Sequence[str],
+    graph: OnnxGraph,
+    *,
+    created_by: str,
+    metrics: Mapping[str, float] | None = None,
+) -> ModelBody:
+    """The candidate body of an imported graph (over features or tensors): no linear tensors,
+    no lineage to retrain from."""
     from modelstream.contracts.builders import candidate_body, lineage, training_config
     from modelstream.contracts.records import Origin
     from modelstream.registry.artifact import to_tensor
@@ -445,9 +468,9 @@ def onnx_candidate(
     empty = to_tensor(np.empty(0))
     return candidate_body(
         name=name,
-        task=signature.task,
-        feature_names=signature.feature_names,
-        classes=signature.classes,
+        task=task,
+        feature_names=list(feature_names),
+        classes=list(classes),
         tensors={
             "weights": empty,
             "intercepts": empty,
@@ -458,7 +481,7 @@ def onnx_candidate(
         lineage=lineage(Origin.IMPORTED),
         metrics=metrics,
         created_by=created_by,
-        onnx=signature.onnx,
+        onnx=graph,
     )
 
 

@@ -223,11 +223,15 @@ class TensorSignature:
     onnx: OnnxGraph
 
 
-def graph_tensors(values: Any) -> list[GraphTensor]:
+def graph_tensors(values: Any, *, tensors_only: bool = True) -> list[GraphTensor]:
+    """The tensors among a graph's inputs or outputs; another kind (a ZipMap's sequence of
+    maps) is refused, or skipped with ``tensors_only=False``."""
     out = []
     for value in values:
         kind = value.type.WhichOneof("value")
         if kind != "tensor_type":
+            if not tensors_only:
+                continue
             raise UnmappableGraphError(f"{value.name!r} is a {kind}, not a tensor")
         tensor = value.type.tensor_type
         datatype = ELEMENT_DATATYPES.get(tensor.elem_type)
@@ -254,7 +258,7 @@ def graph_signature(data: bytes) -> tuple[Any, list[GraphTensor], list[GraphTens
         )
     initialized = {t.name for t in model.graph.initializer}
     inputs = graph_tensors([i for i in model.graph.input if i.name not in initialized])
-    return model, inputs, graph_tensors(model.graph.output)
+    return model, inputs, graph_tensors(model.graph.output, tensors_only=False)
 
 
 def passthrough_spec(
@@ -563,7 +567,10 @@ def takes_tensors(data: bytes) -> bool:
     """Whether a graph is imported as a tensor model: it carries a serving spec in its
     metadata, or an input is not a [batch, columns] matrix of numbers or strings (what
     features fill)."""
-    model, inputs, _ = graph_signature(data)
+    try:
+        model, inputs, _ = graph_signature(data)
+    except UnmappableGraphError:
+        return False  # the mapping over features says what it cannot read
     if any(p.key == SPEC_METADATA_KEY for p in model.metadata_props):
         return True
     tabular = {"FP32", "FP64", "INT64", "BYTES"}
@@ -573,26 +580,10 @@ def takes_tensors(data: bytes) -> bool:
 def tensor_candidate(name: str, signature: TensorSignature, *, created_by: str) -> ModelBody:
     """An imported tensor graph as an unpublished candidate body, after one run on a
     synthetic row (a graph that onnxruntime cannot run is refused here)."""
-    from modelstream.contracts.builders import candidate_body, lineage, training_config
-    from modelstream.contracts.records import Origin
-    from modelstream.registry.artifact import to_tensor
+    from modelstream.registry.onnx_model import imported_body
 
-    empty = to_tensor(np.empty(0))
-    body = candidate_body(
-        name=name,
-        task=signature.task,
-        feature_names=[],
-        classes=signature.classes,
-        tensors={
-            "weights": empty,
-            "intercepts": empty,
-            "feature_mean": empty,
-            "feature_scale": empty,
-        },
-        training=training_config("imported-onnx"),
-        lineage=lineage(Origin.IMPORTED),
-        created_by=created_by,
-        onnx=signature.onnx,
+    body = imported_body(
+        name, signature.task, [], signature.classes, signature.onnx, created_by=created_by
     )
     try:
         TensorScorer(body).warm_up()

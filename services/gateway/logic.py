@@ -302,12 +302,7 @@ def _from_columns(columns: Mapping[str, np.ndarray], model: ModelInfo, max_rows:
     missing = [n for n in (*model.feature_names, *model.categorical) if n not in columns]
     if missing:
         raise CallError(400, f"missing features {missing[:5]}")
-    lengths = {len(v) for v in columns.values()}
-    if len(lengths) != 1:
-        raise CallError(400, "every feature needs the same number of rows")
-    (n,) = lengths
-    if not 1 <= n <= max_rows:
-        raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
+    n = _row_count([len(v) for v in columns.values()], "feature", max_rows)
     X = np.column_stack([columns[f] for f in model.feature_names]).astype(np.float64)
     categories = (
         [{c: str(columns[c][i]) for c in model.categorical} for i in range(n)]
@@ -315,6 +310,16 @@ def _from_columns(columns: Mapping[str, np.ndarray], model: ModelInfo, max_rows:
         else None
     )
     return Rows(X.reshape(n, len(model.feature_names)), categories)
+
+
+def _row_count(counts: Sequence[int], what: str, max_rows: int) -> int:
+    """The rows of a call whose columns (features, or inputs' first axes) must agree."""
+    if len(set(counts)) != 1:
+        raise CallError(400, f"every {what} needs the same number of rows")
+    n = counts[0]
+    if not 1 <= n <= max_rows:
+        raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
+    return n
 
 
 def _flat(values: Any) -> list[Any]:
@@ -389,12 +394,7 @@ def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows
     missing = sorted(set(wanted) - set(batches))
     if missing:
         raise CallError(400, f"missing inputs {missing}")
-    counts = {t["shape"][0] for t in batches.values()}
-    if len(counts) != 1:
-        raise CallError(400, "every input needs the same number of rows (its first axis)")
-    (n,) = counts
-    if not 1 <= n <= max_rows:
-        raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
+    n = _row_count([t["shape"][0] for t in batches.values()], "input", max_rows)
     rows: list[list[NamedTensor]] = [[] for _ in range(n)]
     for batch in batches.values():
         for i, row in enumerate(_split_rows(batch, n)):
@@ -453,12 +453,7 @@ def _tf_tensor_rows(body: dict[str, Any], model: ModelInfo, max_rows: int) -> Ro
     missing = sorted(set(names) - set(columns))
     if missing:
         raise CallError(400, f"missing inputs {missing}")
-    counts = {len(v) for v in columns.values()}
-    if len(counts) != 1:
-        raise CallError(400, "every input needs the same number of rows")
-    (n,) = counts
-    if not 1 <= n <= max_rows:
-        raise CallError(400, f"{n} rows; a call takes 1..{max_rows}")
+    n = _row_count([len(v) for v in columns.values()], "input", max_rows)
     accepted = _accepted_datatypes(model)
     rows: list[list[NamedTensor]] = [[] for _ in range(n)]
     for name in names:

@@ -396,11 +396,8 @@ class PredictorLogic:
         now_ms: int,
         result: Scored[M],
     ) -> ScoredGroup[M]:
-        requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
+        requested = _accounted(model, route, items, now_ms, result)
         shadow = route == "shadow"
-        if not shadow:
-            result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
-        result.predicted[(model.name, model.version, shadow)] += len(items)
         n = len(items)
         scores = outputs.scores
         labels: list[str | float]
@@ -668,11 +665,8 @@ class PredictorLogic:
         now_ms: int,
         result: Scored[M],
     ) -> ScoredGroup[M]:
-        requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
+        requested = _accounted(model, route, items, now_ms, result)
         shadow = route == "shadow"
-        if not shadow:
-            result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
-        result.predicted[(model.name, model.version, shadow)] += len(items)
         if self.output_format == "json":
             values = self._encode_json(model, route, items, output, requested, now_ms)
         else:
@@ -725,6 +719,19 @@ class PredictorLogic:
         named = _JSON_MODEL.search(value[:4096]) if is_json(value) else None
         hint = named.group(1).decode(errors="replace") if named else ""
         return hint if hint in self.versions else ""
+
+
+def _accounted(
+    model: ServingModel, route: str, items: list[Item[M]], now_ms: int, result: Scored[M]
+) -> list[int]:
+    """When each request was made (its sent_at_ms, else its record's time), counted into the
+    batch's predictions and latencies."""
+    requested = [req[4] if req[4] is not None else msg.timestamp for msg, req in items]
+    shadow = route == "shadow"
+    if not shadow:
+        result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
+    result.predicted[(model.name, model.version, shadow)] += len(items)
+    return requested
 
 
 def _finite_rows(outputs: TensorOutputs, n: int) -> np.ndarray:

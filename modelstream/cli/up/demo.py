@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -118,49 +119,80 @@ async def drive_demo(
             report("demo: waiting for the first version (train -> validate -> publish) ...")
             await asyncio.sleep(1.0)
         encoder = RequestEncoder(names)
-        pending: deque[tuple[float, str, str]] = deque()
-        run = f"{int(time.time()) % 100000:05d}"  # request ids stay unique across runs
-        started = time.monotonic()
-        sent = labelled = 0
-        while not stop.is_set() and (sent < requests or pending):
-            now = time.monotonic()
-            due = min(requests, int((now - started) * rate) + 1)
-            for n in range(sent, due):
-                row = serve_rows[n % len(serve_rows)]
-                rid = f"demo-{run}-{n}"
-                await producer.send(
-                    settings.topic("requests"),
-                    key=rid.encode(),
-                    value=encoder.encode(
-                        rid, name, X[row], packed=True, sent_at_ms=int(time.time() * 1000)
-                    ),
-                )
-                pending.append((now + label_delay_s, rid, classes[int(y[row])]))
-            sent = max(sent, due)
-            while pending and pending[0][0] <= now:
-                _, rid, label = pending.popleft()
-                await producer.send(
-                    settings.topic("feedback"),
-                    key=rid.encode(),
-                    value=codec.encode(
-                        Feedback,
-                        {
-                            "request_id": rid,
-                            "model": name,
-                            "label": label,
-                            "timestamp_ms": int(time.time() * 1000),
-                        },
-                    ),
-                )
-                labelled += 1
-            report(f"demo: requests {progress_bar(sent, requests)}   labels sent {labelled:,}")
-            await asyncio.sleep(0.05)
-        await producer.flush()
-        if not stop.is_set():
-            report(
-                f"demo: done - {sent:,} requests and {labelled:,} labels sent; "
-                "the services keep running until Ctrl-C"
+
+        def tabular(n: int, rid: str) -> tuple[bytes, str]:
+            row = serve_rows[n % len(serve_rows)]
+            value = encoder.encode(
+                rid, name, X[row], packed=True, sent_at_ms=int(time.time() * 1000)
             )
+            return value, classes[int(y[row])]
+
+        await stream_requests(
+            settings,
+            producer,
+            name,
+            "requests",
+            tabular,
+            requests,
+            rate,
+            label_delay_s,
+            stop,
+            report,
+        )
+
+
+async def stream_requests(
+    settings: Settings,
+    producer: Any,
+    name: str,
+    what: str,
+    make: Callable[[int, str], tuple[bytes, str]],
+    requests: int,
+    rate: float,
+    label_delay_s: float,
+    stop: asyncio.Event,
+    report: Callable[[str], None],
+) -> None:
+    """``requests`` requests at ``rate``/s (``make(n, request_id)``: the encoded request and
+    its true label), each label sent to ``feedback`` ``label_delay_s`` after its request."""
+    from modelstream.contracts.codec import default_codec
+
+    codec = default_codec()
+    pending: deque[tuple[float, str, str]] = deque()
+    run = f"{int(time.time()) % 100000:05d}"  # request ids stay unique across runs
+    started = time.monotonic()
+    sent = labelled = 0
+    while not stop.is_set() and (sent < requests or pending):
+        now = time.monotonic()
+        due = min(requests, int((now - started) * rate) + 1)
+        for n in range(sent, due):
+            rid = f"demo-{run}-{n}"
+            value, label = make(n, rid)
+            await producer.send(settings.topic("requests"), key=rid.encode(), value=value)
+            pending.append((now + label_delay_s, rid, label))
+        sent = max(sent, due)
+        while pending and pending[0][0] <= now:
+            _, rid, label = pending.popleft()
+            feedback: Feedback = {
+                "request_id": rid,
+                "model": name,
+                "label": label,
+                "timestamp_ms": int(time.time() * 1000),
+            }
+            await producer.send(
+                settings.topic("feedback"),
+                key=rid.encode(),
+                value=codec.encode(Feedback, feedback),
+            )
+            labelled += 1
+        report(f"demo: {what} {progress_bar(sent, requests)}   labels sent {labelled:,}")
+        await asyncio.sleep(0.05)
+    await producer.flush()
+    if not stop.is_set():
+        report(
+            f"demo: done - {sent:,} {what} and {labelled:,} labels sent; "
+            "the services keep running until Ctrl-C"
+        )
 
 
 # -- the image demo ---------------------------------------------------------------------------
@@ -274,49 +306,20 @@ async def drive_image_demo(
             if name in await load_production(settings, key):
                 break
             await asyncio.sleep(1.0)
-        run = f"{int(time.time()) % 100000:05d}"
-        pending: deque[tuple[float, str, str]] = deque()
-        started = time.monotonic()
-        sent = labelled = 0
         images = {int(i): digit_png(X[i]) for i in serve_rows}
-        while not stop.is_set() and (sent < requests or pending):
-            now = time.monotonic()
-            due = min(requests, int((now - started) * rate) + 1)
-            for n in range(sent, due):
-                row = int(serve_rows[n % len(serve_rows)])
-                rid = f"img-{run}-{n}"
-                request = {
-                    "request_id": rid,
-                    "model": name,
-                    "sent_at_ms": int(time.time() * 1000),
-                    "tensors": [tensors.from_elements("image", [images[row]])],
-                }
-                await producer.send(
-                    settings.topic("requests"),
-                    key=rid.encode(),
-                    value=codec.encode(PredictionRequest, request),
-                )
-                pending.append((now + label_delay_s, rid, classes[int(y[row])]))
-            sent = max(sent, due)
-            while pending and pending[0][0] <= now:
-                _, rid, label = pending.popleft()
-                feedback = {
-                    "request_id": rid,
-                    "model": name,
-                    "label": label,
-                    "timestamp_ms": int(time.time() * 1000),
-                }
-                await producer.send(
-                    settings.topic("feedback"),
-                    key=rid.encode(),
-                    value=codec.encode(Feedback, feedback),
-                )
-                labelled += 1
-            report(f"demo: images {progress_bar(sent, requests)}   labels sent {labelled:,}")
-            await asyncio.sleep(0.05)
-        await producer.flush()
-        if not stop.is_set():
-            report(
-                f"demo: done - {sent:,} images and {labelled:,} labels sent; "
-                "the services keep running until Ctrl-C"
-            )
+
+        def image(n: int, rid: str) -> tuple[bytes, str]:
+            row = int(serve_rows[n % len(serve_rows)])
+            request: PredictionRequest = {
+                "request_id": rid,
+                "model": name,
+                "features": b"",
+                "version": None,
+                "sent_at_ms": int(time.time() * 1000),
+                "tensors": [tensors.from_elements("image", [images[row]])],
+            }
+            return codec.encode(PredictionRequest, request), classes[int(y[row])]
+
+        await stream_requests(
+            settings, producer, name, "images", image, requests, rate, label_delay_s, stop, report
+        )

@@ -203,3 +203,25 @@ def test_tensor_names_repeat_is_refused():
     one = tensors.from_elements("x", ["a"])
     with pytest.raises(InvalidEventError, match="given twice"):
         tensors.by_name([one, one])
+
+
+def test_records_built_without_the_new_fields_are_written_with_their_defaults():
+    """Callers that build records as before (no tensors, no outputs) write JSON and Avro."""
+    request = {"request_id": "r", "model": "m", "features": [1.0], "version": None}
+    request["sent_at_ms"] = None
+    assert json.loads(CODEC.encode_json(PredictionRequest, request))["tensors"] == []
+    assert (
+        CODEC.decode(CODEC.encode(PredictionRequest, request), PredictionRequest)["tensors"] == []
+    )
+    prediction = {
+        "request_id": "r",
+        "model": "m",
+        "version": 1,
+        "digest_prefix": "ab",
+        "prediction": "1",
+        "scores": {"0": 0.1, "1": 0.9},
+        "route": "production",
+        "requested_at_ms": 1,
+        "predicted_at_ms": 2,
+    }
+    assert json.loads(CODEC.encode_json(Prediction, prediction))["outputs"] == []

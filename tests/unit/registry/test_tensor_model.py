@@ -33,18 +33,14 @@ from tests.support.tensor_models import (
     spec,
     text_pipeline,
     token_graph,
+    tokenizer_json,
+    wordpiece_input,
 )
 
 IMAGE, W, B = image_graph()
 RNG = np.random.default_rng(5)
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{f"w{i}": 4 + i for i in range(30)}}
-TOKENIZER = json.dumps(
-    {
-        "normalizer": {"type": "BertNormalizer", "lowercase": True},
-        "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "model": {"type": "WordPiece", "vocab": VOCAB, "unk_token": "[UNK]"},
-    }
-)
+TOKENIZER = tokenizer_json(VOCAB)
 
 
 def scorer(graph: bytes, spec_text: str, **options: Any) -> TensorScorer:
@@ -99,19 +95,7 @@ def test_threshold_and_top_k():
 def text_spec(**text: Any) -> str:
     return json.dumps(
         {
-            "inputs": [
-                {
-                    "name": "text",
-                    "kind": "text",
-                    "graph_input": "input_ids",
-                    "text": {
-                        "tokenizer": "wordpiece",
-                        "tokenizer_json": TOKENIZER,
-                        "attention_mask_input": "attention_mask",
-                        **text,
-                    },
-                }
-            ],
+            "inputs": [wordpiece_input("text", TOKENIZER, **text)],
             "outputs": [
                 {"name": "mean", "graph_output": "hidden", "pool": "mean", "normalize": "l2"},
                 {"name": "cls", "graph_output": "hidden", "pool": "cls"},
@@ -402,3 +386,12 @@ def test_without_onnxruntime_extensions_the_import_says_what_to_install(monkeypa
     monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)
     with pytest.raises(UnmappableGraphError, match=r"pip install 'modelstream\[extensions\]'"):
         scorer(extensions_graph(), EXTENSIONS_SPEC)
+
+
+def test_graphs_with_a_zipmap_output_are_over_features():
+    """A classifier whose probabilities come out as a ZipMap (a sequence of maps) is read by
+    the mapping over features, not refused for its output."""
+    from tests.support.onnx_models import lightgbm_model, pipeline_model
+
+    for bundle in (lightgbm_model(trees=5), pipeline_model()):
+        assert not takes_tensors(bundle.graph)

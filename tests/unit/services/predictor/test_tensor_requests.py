@@ -16,7 +16,17 @@ from modelstream.contracts.records import Prediction, PredictionRequest
 from modelstream.registry.artifact import Verified, seal
 from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
 from modelstream.services.predictor.logic import PredictorLogic, ServingModel
-from tests.support.tensor_models import image_graph, jpeg, png, png_bomb, softmax, spec, token_graph
+from tests.support.tensor_models import (
+    image_graph,
+    jpeg,
+    png,
+    png_bomb,
+    softmax,
+    spec,
+    token_graph,
+    tokenizer_json,
+    wordpiece_input,
+)
 
 CODEC = default_codec()
 IMAGE, W, B = image_graph()
@@ -103,24 +113,7 @@ def test_embeddings_travel_as_output_tensors():
     graph, E = token_graph()
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hello": 5, "world": 6}
     text_spec = {
-        "inputs": [
-            {
-                "name": "text",
-                "kind": "text",
-                "graph_input": "input_ids",
-                "text": {
-                    "tokenizer": "wordpiece",
-                    "tokenizer_json": json.dumps(
-                        {
-                            "normalizer": {"type": "BertNormalizer"},
-                            "pre_tokenizer": {"type": "BertPreTokenizer"},
-                            "model": {"type": "WordPiece", "vocab": vocab},
-                        }
-                    ),
-                    "attention_mask_input": "attention_mask",
-                },
-            }
-        ],
+        "inputs": [wordpiece_input("text", tokenizer_json(vocab))],
         "outputs": [{"name": "embedding", "graph_output": "hidden", "pool": "mean"}],
     }
     logic = logic_with(serving("emb", graph, json.dumps(text_spec)))
