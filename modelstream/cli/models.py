@@ -336,7 +336,15 @@ def export(
 def import_model(
     ctx: typer.Context,
     name: str,
-    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An .onnx file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="An .onnx graph; a scikit-learn pickle (.joblib, .pkl, .pickle: converted, "
+            "with --trust-pickle); a Keras model (.h5, .keras: read as data, converted).",
+        ),
+    ],
     features: Annotated[
         str | None,
         typer.Option(
@@ -372,60 +380,93 @@ def import_model(
             "bytes windowed), which outputs give the scores and embeddings.",
         ),
     ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Unpickle the file here to convert it: unpickling runs whatever code the "
+            "file names, so only for a file you made or trust. Nothing pickled leaves.",
+        ),
+    ] = False,
+    sample: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Rows the converted pickle is checked on against the original (.csv or "
+            ".jsonl by feature name; .txt, a text per line, for a text pipeline); default: "
+            "rows drawn from what the estimator learned.",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            help="How far a converted model's answers may stray from the original's on the "
+            "sample rows (absolute up to 1, relative beyond)."
+        ),
+    ] = 1e-5,
 ) -> None:
-    """Import an ONNX model as a candidate; the validator gates it on recent labelled data
-    like any other candidate. Any graph onnxruntime runs on CPU is accepted (scikit-learn
+    """Import a model as a candidate; the validator gates it on recent labelled data like
+    any other candidate. Any ONNX graph onnxruntime runs on CPU is accepted (scikit-learn
     pipelines, XGBoost, LightGBM, networks over features; image, text, token and byte
     models over tensors, with --preprocess or the spec an exported graph carries); a graph
-    of linear operators only becomes a native linear model unless --keep-graph."""
-    from modelstream.contracts.builders import candidate_body, lineage, training_config
+    of linear operators only becomes a native linear model unless --keep-graph. Pickled
+    scikit-learn models and Keras models are converted here, and what would be sent is
+    checked against the original's own answers first."""
     from modelstream.contracts.codec import default_codec
+    from modelstream.convert import KERAS_SUFFIXES, PICKLE_SUFFIXES, check, convert
     from modelstream.kafka.clients import make_producer
     from modelstream.kafka.topology import CANDIDATES, ensure_fits
     from modelstream.registry.artifact import seal
-    from modelstream.registry.onnx_interop import UnsupportedModelError, import_onnx
-    from modelstream.registry.onnx_model import check_runs, describe, onnx_candidate
-    from modelstream.registry.tensor_model import describe as describe_tensors
-    from modelstream.registry.tensor_model import parse_spec, takes_tensors, tensor_candidate
+    from modelstream.registry.importing import graph_candidate, network_candidate
+    from modelstream.registry.tensor_model import parse_spec
 
-    data = path.read_bytes()
-    what = ""  # what the model takes, for the last line
     names = csv_list(features) or None
     labels = csv_list(classes) or None
     if task and task.upper() not in Task.__members__:
         raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in Task)}")
     wanted_task = Task(task.upper()) if task else None
-    body = None
-    spec = parse_spec(preprocess.read_text(), base=preprocess.parent) if preprocess else None
-    if spec is not None or takes_tensors(data):
-        if names:
-            raise typer.BadParameter("--features is for graphs over features, not tensors")
-        tensor_signature = describe_tensors(data, spec, classes=labels, task=wanted_task)
-        body = tensor_candidate(name, tensor_signature, created_by=f"import:{path.name}")
-        used = tensor_signature.spec
-        what = "inputs " + ", ".join(f"{i['name']} ({i['kind'].lower()})" for i in used["inputs"])
-        if used["outputs"]:
-            what += ", outputs " + ", ".join(o["name"] for o in used["outputs"])
-    elif not keep_graph and labels is None and task is None:
-        try:
-            linear = import_onnx(data, names)
-        except UnsupportedModelError:
-            linear = None
-        if linear is not None:
-            body = candidate_body(
-                name=name,
-                task=linear.task,
-                feature_names=linear.feature_names,
-                classes=linear.classes,
-                tensors=linear.tensors(),
-                training=training_config("imported"),
-                lineage=lineage(Origin.IMPORTED),
-                created_by=f"import:{path.name}",
+    created_by = f"import:{path.name}"
+    if path.suffix.lower() not in PICKLE_SUFFIXES + KERAS_SUFFIXES:
+        if trust_pickle or sample:
+            raise typer.BadParameter("--trust-pickle and --sample are for pickles")
+        spec = parse_spec(preprocess.read_text(), base=preprocess.parent) if preprocess else None
+        body = graph_candidate(
+            name,
+            path.read_bytes(),
+            features=names,
+            classes=labels,
+            task=wanted_task,
+            keep_graph=keep_graph,
+            spec=spec,
+            created_by=created_by,
+        )
+    else:
+        if preprocess:
+            raise typer.BadParameter("--preprocess is for ONNX graphs over tensors")
+        converted = convert(
+            path,
+            features=names,
+            classes=labels,
+            task=wanted_task,
+            trust_pickle=trust_pickle,
+            sample=sample,
+        )
+        if converted.network is not None:
+            body = network_candidate(name, converted.network, created_by=created_by)
+        else:  # the graph's metadata names its features, classes and task
+            assert converted.graph is not None
+            body = graph_candidate(
+                name,
+                converted.graph,
+                keep_graph=keep_graph or converted.keep_graph,
+                created_by=created_by,
             )
-    if body is None:
-        signature = describe(data, features=names, classes=labels, task=wanted_task)
-        check_runs(signature, name)
-        body = onnx_candidate(name, signature, created_by=f"import:{path.name}")
+        agreement = check(body, converted, tolerance)
+        typer.echo(
+            f"converted from {converted.origin.split(':')[0]} ({kind_of(body)}); answers as "
+            f"the original on {converted.rows_from}, within {agreement.max_difference:.2g}"
+        )
     artifact = seal(body)
     value = default_codec().encode(ModelArtifact, artifact)
     ensure_fits(CANDIDATES, value, name.encode())  # refused here, never half-written
@@ -437,7 +478,12 @@ def import_model(
 
     asyncio.run(send())
     kind = kind_of(body)
-    if kind != "tensor":
+    if kind == "tensor":
+        used = _spec_summary(body)
+        what = "inputs " + ", ".join(f"{i['name']} ({i['kind'].lower()})" for i in used["inputs"])
+        if used["outputs"]:
+            what += ", outputs " + ", ".join(o["name"] for o in used["outputs"])
+    else:
         graph = body["onnx"]
         categorical = (
             [f for i in graph["inputs"] if i["element_type"] == "string" for f in i["features"]]

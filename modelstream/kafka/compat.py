@@ -4,7 +4,12 @@ changes, so the workaround can be dropped."""
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+log = logging.getLogger(__name__)
 
 
 def fix_describe_groups_decoding() -> None:
@@ -22,3 +27,18 @@ async def wait_for_metadata(consumer: AIOKafkaConsumer, topic: str) -> None:
     and aiokafka has no public call that fetches it (``partitions_for_topic`` only reads the
     cache). Its client's private ``_wait_on_metadata`` does; pinned by a test."""
     await consumer._client._wait_on_metadata(topic)
+
+
+async def retire_producer(producer: AIOKafkaProducer, timeout_s: float = 10.0) -> None:
+    """Stop a transactional producer whose transaction failed; its task starts a new one.
+
+    aiokafka 0.14's sender retries a coordinator lookup only on CoordinatorNotAvailable,
+    NodeNotReady and RequestTimedOut (the fix of aio-libs/aiokafka#1151, #1153). When the
+    broker it asks is killed mid-request, the lookup raises KafkaConnectionError, the
+    sender routine ends ("Unexpected error during batch delivery") and every later
+    transaction on that producer waits forever. A new producer's InitProducerId fences the
+    old one and aborts its open transaction, so nothing the old one sent becomes visible."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+    except Exception as exc:  # a producer whose sender died may fail to stop cleanly
+        log.warning("stopping a failed producer: %s: %s", type(exc).__name__, exc)

@@ -62,6 +62,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from modelstream.kafka.boundary import Attempts, Boundary, CrashGuard, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
+from modelstream.kafka.compat import retire_producer
 from modelstream.kafka.topology import ROW_MAX_BYTES
 from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
@@ -476,7 +477,7 @@ class BatchPipeline(Managed):
             await self._fenced(task, producer, list(parts))
             return
         except KafkaError as exc:
-            await self._failed(task, list(parts), batch_key, exc)
+            await self._failed(task, producer, list(parts), batch_key, exc)
             return
         finally:
             if self.crash_guard is not None:
@@ -518,7 +519,7 @@ class BatchPipeline(Managed):
             await self._fenced(task, producer, [tp])
             return False
         except KafkaError as exc:
-            await self._failed(task, [tp], record_key, exc)
+            await self._failed(task, producer, [tp], record_key, exc)
             return False
         finally:
             if self.crash_guard is not None:
@@ -537,16 +538,21 @@ class BatchPipeline(Managed):
         committed offset, not from after the aborted batch."""
         log.warning("fenced on task %d: another member took it over", task)
         self.processor.aborted(task)
-        self._producers.pop(task, None)
-        await producer.stop()
+        await self._retire(task, producer)
         await self._reposition(task, tps)
 
     async def _failed(
-        self, task: int, tps: list[TopicPartition], key: tuple[str, str, int, int], exc: KafkaError
+        self,
+        task: int,
+        producer: AIOKafkaProducer,
+        tps: list[TopicPartition],
+        key: tuple[str, str, int, int],
+        exc: KafkaError,
     ) -> None:
-        """A transaction that did not commit: read the batch again from the committed offset;
-        past the bound of attempts the batch goes record by record (and a record that keeps
-        failing is dead-lettered)."""
+        """A transaction that did not commit: the task's producer is replaced (it may be
+        unusable, see compat.retire_producer) and the batch read again from the committed
+        offset; past the bound of attempts the batch goes record by record (and a record
+        that keeps failing is dead-lettered)."""
         count = self.attempts.failed(key)
         log.warning(
             "transaction on task %d failed (%d time(s) at %s): %s: %s",
@@ -557,7 +563,13 @@ class BatchPipeline(Managed):
             exc,
         )
         self.processor.aborted(task)
+        await self._retire(task, producer)
         await self._reposition(task, tps)
+
+    async def _retire(self, task: int, producer: AIOKafkaProducer) -> None:
+        if self._producers.get(task) is producer:
+            del self._producers[task]
+        await retire_producer(producer)
 
     async def _reposition(self, task: int, tps: list[TopicPartition]) -> None:
         """The task reads on from its committed offset (those of its partitions still
@@ -650,6 +662,7 @@ class BatchPipeline(Managed):
             except KafkaError as exc:
                 log.warning("punctuation of task %d failed: %s: %s", task, type(exc).__name__, exc)
                 self.processor.aborted(task)
+                await self._retire(task, producer)
                 continue
             self.processor.committed(task, _written(sent))
 

@@ -13,6 +13,8 @@ from collections import Counter
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.errors import KafkaError
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import ModelArtifact, ValidationReport
@@ -67,6 +69,22 @@ def test_three_node_cluster_has_replicated_topics(cluster):  # type: ignore[no-u
     assert status.returncode == 0 and "3 broker(s) registered" in status.stdout, status.stdout
 
 
+async def _group_coordinator(bootstrap: str, group: str) -> int:
+    """The broker coordinating ``group`` (answered once __consumer_offsets has leaders)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                return int(await client.coordinator_lookup(CoordinationType.GROUP, group))
+            except KafkaError:
+                assert time.monotonic() < deadline, f"no coordinator for {group}"
+                await asyncio.sleep(0.5)
+    finally:
+        await client.close()
+
+
 async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
     cluster, tmp_path
 ):
@@ -97,6 +115,9 @@ async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # ty
     )
     await producer.start()
     killed_at = restarted_at = 0.0
+    # the broker coordinating the predictor's group: every transaction commits its offsets
+    # through it (and it leads some partitions)
+    victim = await _group_coordinator(settings.bootstrap, settings.group("predictor"))
     try:
         start = time.monotonic()
         for i in range(0, total, chunk):
@@ -108,7 +129,7 @@ async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # ty
             ]
             await asyncio.gather(*futures)
             if i == total // 4:
-                cluster.kill_node(1, signal.SIGKILL)  # a broker leading some partitions
+                cluster.kill_node(victim, signal.SIGKILL)
                 killed_at = time.monotonic()
             if i == (3 * total) // 4:
                 await asyncio.to_thread(cluster.start)  # restart the killed node
@@ -124,7 +145,8 @@ async def test_sigkill_one_broker_mid_stream_loses_and_duplicates_nothing(  # ty
     duplicated = sum(c - 1 for c in counts.values() if c > 1)
     print(
         f"broker SIGKILL: sent {total} in {sent_s:.1f}s, answered {len(counts)}, lost {lost}, "
-        f"duplicated {duplicated}, node restarted after {restarted_at - killed_at:.1f}s, "
+        f"duplicated {duplicated}, node {victim} (the group coordinator) restarted after "
+        f"{restarted_at - killed_at:.1f}s, "
         f"all answered {recovered - killed_at:.1f}s after the kill"
     )
     predictor_log = await asyncio.to_thread((tmp_path / "predictor.log").read_text)

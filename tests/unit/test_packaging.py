@@ -124,3 +124,24 @@ def test_compose_services_run_commands_that_exist():
             check=False,
         )
         assert helped.returncode == 0, (name, argv, helped.stderr)
+
+
+CODE_BEARING = ("pickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "h5py", "keras")
+
+
+def test_only_models_import_opens_pickles_and_keras_files():
+    """Pickles and Keras files are opened by `models import` on the user's machine, in
+    modelstream/convert, and nowhere else: no service and no library module can unpickle
+    what a topic carries."""
+    for source in [*(ROOT / "services").rglob("*.py"), *(ROOT / "modelstream").rglob("*.py")]:
+        relative = source.relative_to(ROOT)
+        if relative.parts[:2] == ("modelstream", "convert"):
+            continue
+        found = {
+            name
+            for name in _imports(source)
+            if name.split(".")[0] in CODE_BEARING or name.startswith("modelstream.convert")
+        }
+        if relative == Path("modelstream/cli/models.py"):
+            found -= {"modelstream.convert"}  # the import command itself
+        assert not found, f"{relative} imports {sorted(found)}"

@@ -154,13 +154,14 @@ class ModelWatch:
                     self.config.learning_rate,
                     self.config.l2,
                 )
-            self.feature_drift = FeatureDrift(
-                model.mean,
-                model.scale,
-                model.feature_names,
-                self.config.feature_drift_window,
-                self.config.feature_drift_threshold,
-            )
+            if recorded_statistics(model):
+                self.feature_drift = FeatureDrift(
+                    model.mean,
+                    model.scale,
+                    model.feature_names,
+                    self.config.feature_drift_window,
+                    self.config.feature_drift_threshold,
+                )
         self._after_install()
 
     @property
@@ -418,3 +419,11 @@ class ModelWatch:
             self.feedback_ranges = {int(p): list(r) for p, r in state["feedback_ranges"].items()}
             self.learned_since_export = state["learned_since_export"]
             self.paired.extend((float(a), float(b)) for a, b in state["paired"])
+
+
+def recorded_statistics(model: LinearModel | MLPModel) -> bool:
+    """Whether the model carries statistics of the data it learned from. A network or a
+    linear graph imported from elsewhere (Keras, ONNX) carries placeholders, mean 0 and
+    scale 1, which describe no data: comparing live features with them would call any
+    unstandardized stream drifted."""
+    return not (np.all(model.mean == 0.0) and np.all(model.scale == 1.0))

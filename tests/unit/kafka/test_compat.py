@@ -35,3 +35,45 @@ async def test_metadata_for_an_unsubscribed_topic_still_needs_the_private_call()
     assert wait is not None and asyncio.iscoroutinefunction(wait), (
         "aiokafka's client lost _wait_on_metadata: rewrite compat.wait_for_metadata"
     )
+
+
+async def test_a_lost_connection_during_a_coordinator_lookup_still_ends_the_sender():
+    """aiokafka's sender retries a coordinator lookup on CoordinatorNotAvailable,
+    NodeNotReady and RequestTimedOut, not on KafkaConnectionError: the pipeline replaces a
+    producer whose transaction failed (compat.retire_producer). Once this lookup is
+    retried upstream, the replacement is no longer needed for this case."""
+    from aiokafka.client import CoordinationType
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from aiokafka.producer.sender import Sender
+    from aiokafka.producer.transaction_manager import TransactionManager
+
+    class Client:
+        lookups = 0
+
+        async def coordinator_lookup(self, kind, key):  # type: ignore[no-untyped-def]
+            Client.lookups += 1
+            if Client.lookups == 1:
+                raise KafkaConnectionError("Connection at 127.0.0.1:1 closed")
+            return 0
+
+        async def ready(self, node_id, group=None):  # type: ignore[no-untyped-def]
+            return True
+
+        async def force_metadata_update(self):  # type: ignore[no-untyped-def]
+            return True
+
+    sender = Sender(
+        Client(),
+        acks=-1,
+        txn_manager=TransactionManager("t", 60_000),
+        message_accumulator=None,
+        retry_backoff_ms=1,
+        request_timeout_ms=1000,
+    )
+    try:
+        await sender._find_coordinator(CoordinationType.GROUP, "group")
+    except KafkaError as exc:
+        assert "KafkaConnectionError" in str(exc)
+    else:
+        raise AssertionError("aiokafka retries the lookup now: see compat.retire_producer")
+    assert Client.lookups == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless, Written
 from modelstream.settings import load
@@ -120,6 +121,27 @@ async def test_a_fenced_task_still_assigned_reads_on_from_its_committed_offset()
     ]
     # what was fetched from the old position is void, and so is what is being handed out
     assert 3 not in pipe._pending and pipe._seeks[tp] == 1
+
+
+async def test_a_failed_transaction_replaces_its_producer_and_reads_on_from_the_committed_offset():
+    """After a KafkaError the producer may be unusable (its sender routine ended: see
+    compat.retire_producer); the task's next transaction starts a new one, which fences
+    the old one and aborts whatever it had open."""
+    tp = TopicPartition(TOPIC, 2)
+    pipe, recorder = pipeline({tp: 500})
+    failed = Producer(recorder.log, 2)
+    pipe._producers[2] = failed  # type: ignore[assignment]
+    error = KafkaError("Unexpected error during batch delivery")
+    await pipe._failed(2, failed, [tp], ("batch", TOPIC, 2, 500), error)  # type: ignore[arg-type]
+    assert 2 not in pipe._producers
+    assert recorder.log == [
+        ("processor aborted", 2),
+        ("producer stopped", 2),
+        ("pause", 2),
+        ("committed", 2),
+        ("seek", 2, 500),
+        ("resume", 2),
+    ]
 
 
 async def test_a_fenced_task_already_revoked_is_left_to_its_new_owner():

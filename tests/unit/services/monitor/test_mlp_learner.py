@@ -1,9 +1,13 @@
 """A production network keeps learning on the labelled stream from its own weights."""
 
+from pathlib import Path
+
 import numpy as np
 
+from modelstream.convert import convert
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
+from modelstream.registry.importing import network_candidate
 from modelstream.registry.scoring import scorer_for
 from modelstream.registry.trained import trained_candidate
 from modelstream.services.monitor.logic.mlp_learner import OnlineMLP
@@ -53,3 +57,19 @@ def test_the_watch_exports_a_network_candidate_the_gate_can_score():
     assert candidate["training"]["hidden"] == [8] and candidate["parent_version"] == 1
     scorer = scorer_for(candidate)
     np.testing.assert_allclose(scorer.score(X), watch.learner.as_model().proba(X))
+
+
+def test_an_imported_network_keeps_learning_without_feature_drift_against_placeholders():
+    """A Keras network imported as the native family has no training statistics (mean 0,
+    scale 1 stand in): it keeps learning, and its features are not called drifted against
+    statistics of no data."""
+    keras = Path(__file__).resolve().parents[3] / "data" / "keras" / "relu_softmax.keras"
+    network = convert(keras).network
+    assert network is not None
+    body = network_candidate("imported", network, created_by="t")
+    watch = ModelWatch("imported", WatchConfig(learning_rate=0.05))
+    watch.install({**body, "version": 1}, network)
+    assert isinstance(watch.learner, OnlineMLP) and watch.feature_drift is None
+    trained_body, trained = _production()
+    watch.install({**trained_body, "version": 2}, trained)
+    assert watch.feature_drift is not None
