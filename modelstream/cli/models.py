@@ -22,6 +22,7 @@ from modelstream.contracts.records import (
     Task,
     TrafficSplit,
 )
+from modelstream.convert import DEFAULT_TOLERANCE
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 from modelstream.kafka.boundary import record_failure
 from modelstream.kafka.control import send_command
@@ -404,7 +405,7 @@ def import_model(
             help="How far a converted model's answers may stray from the original's on the "
             "sample rows (absolute up to 1, relative beyond)."
         ),
-    ] = 1e-5,
+    ] = DEFAULT_TOLERANCE,
 ) -> None:
     """Import a model as a candidate; the validator gates it on recent labelled data like
     any other candidate. Any ONNX graph onnxruntime runs on CPU is accepted (scikit-learn
@@ -426,6 +427,8 @@ def import_model(
     if task and task.upper() not in Task.__members__:
         raise typer.BadParameter(f"task must be one of {', '.join(t.lower() for t in Task)}")
     wanted_task = Task(task.upper()) if task else None
+    if not 0.0 <= tolerance < float("inf"):  # NaN too: it would let anything through
+        raise typer.BadParameter("--tolerance must be a finite number >= 0")
     created_by = f"import:{path.name}"
     if path.suffix.lower() not in PICKLE_SUFFIXES + KERAS_SUFFIXES:
         if trust_pickle or sample:
@@ -464,8 +467,9 @@ def import_model(
             )
         agreement = check(body, converted, tolerance)
         typer.echo(
-            f"converted from {converted.origin.split(':')[0]} ({kind_of(body)}); answers as "
-            f"the original on {converted.rows_from}, within {agreement.max_difference:.2g}"
+            f"converted from {converted.source} ({kind_of(body)}); answers as "
+            f"{converted.reference} on {converted.rows_from}, within "
+            f"{agreement.max_difference:.2g}"
         )
     artifact = seal(body)
     value = default_codec().encode(ModelArtifact, artifact)

@@ -55,7 +55,8 @@ class ConversionError(ModelstreamError):
 class Converted:
     """A model in a form ``models import`` takes, and what it must still answer."""
 
-    origin: str  # what it was, for the candidate's created_by and the summary line
+    source: str  # the format it came in: "pickle" or "keras"
+    reference: str  # what its answers were checked against, for the summary line
     graph: bytes | None  # an ONNX graph whose metadata names its features, classes, task
     network: MLPModel | None  # or a network the native mlp family expresses
     rows: list[Row]  # sample rows, by feature name
@@ -87,13 +88,16 @@ def convert(
         from modelstream.convert import pickles
 
         return pickles.convert(
-            path, features=features, classes=classes, trust=trust_pickle, sample=sample
+            path, features=features, classes=classes, task=task, trust=trust_pickle, sample=sample
         )
     if suffix in KERAS_SUFFIXES:
         from modelstream.convert import keras
 
-        if sample is not None:
-            raise ConversionError("--sample is for pickles: a Keras file is checked on its own")
+        if sample is not None or trust_pickle:
+            raise ConversionError(
+                "--sample and --trust-pickle are for pickles: a Keras file is read as data and "
+                "checked on its own"
+            )
         return keras.convert(path, features=features, classes=classes, task=task)
     raise ConversionError(
         f"{path.name}: not a format models import converts "

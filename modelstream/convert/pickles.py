@@ -64,13 +64,17 @@ def convert(
     *,
     features: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    task: Task | None = None,
     trust: bool = False,
     sample: Path | None = None,
 ) -> Converted:
     """The estimator in the pickle at ``path`` as an ONNX graph whose metadata names its
     features, classes and task, with sample rows and the estimator's answers to them."""
     estimator = _load(path, trust)
+    wanted = task
     task, labels = _task(estimator, path.name, classes)
+    if wanted is not None and wanted != task:
+        raise ConversionError(f"{path.name} holds a {task.lower()} model, not {wanted.lower()}")
     shape = _shape(estimator, features)
     if sample is not None:
         rows = _read_sample(sample, shape)
@@ -82,7 +86,10 @@ def convert(
     graph = _to_onnx(estimator, shape, task)
     _set_metadata(graph, shape, labels, task)
     return Converted(
-        origin=f"pickle:{path.name}",
+        source="pickle",
+        reference=(
+            "the original's predict" if task == Task.REGRESSION else "the original's predict_proba"
+        ),
         graph=graph.SerializeToString(),
         network=None,
         rows=rows,
@@ -373,7 +380,7 @@ def _to_onnx(estimator: Any, shape: _Shape, task: Task) -> Any:
             inference_session(graph.SerializeToString(), 1)
             return graph
         except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, ...
-            failure = failure or f"{type(exc).__name__}: {str(exc).splitlines()[0][:240]}"
+            failure = failure or f"{type(exc).__name__}: {str(exc)[:240]}"
     raise ConversionError(f"skl2onnx cannot convert this {_steps(estimator)}: {failure}")
 
 

@@ -42,3 +42,7 @@ async def retire_producer(producer: AIOKafkaProducer, timeout_s: float = 10.0) -
         await asyncio.wait_for(producer.stop(), timeout_s)
     except Exception as exc:  # a producer whose sender died may fail to stop cleanly
         log.warning("stopping a failed producer: %s: %s", type(exc).__name__, exc)
+        try:  # stop() cancelled before it closed the connections: close them here
+            await asyncio.wait_for(producer.client.close(), timeout_s)
+        except Exception as again:
+            log.warning("closing a failed producer's connections: %s", again)

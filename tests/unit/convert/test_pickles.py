@@ -5,6 +5,7 @@ estimator, or not convertible, is refused with one line."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import pickle
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import LinearSVC
 
+from modelstream.contracts.records import Task
 from modelstream.convert import ConversionError, check, convert
 from modelstream.registry.importing import graph_candidate
 from modelstream.registry.scoring import kind_of, scorer_for
@@ -126,11 +128,27 @@ def test_named_columns_are_inputs_checked_on_the_users_rows(tmp_path: Path) -> N
 
 
 def test_a_model_that_strays_from_the_original_is_not_imported(tmp_path: Path) -> None:
-    Xd, yd = load_diabetes(return_X_y=True)
-    regressor = GradientBoostingRegressor(n_estimators=50, random_state=0).fit(Xd, yd)
-    body, converted = candidate(saved(tmp_path, regressor))
-    with pytest.raises(ConversionError, match=r"strays from the original by .* not imported"):
-        check(body, converted, tolerance=1e-12)  # float sums are not exact to 1e-12
+    X, y = load_iris(return_X_y=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+    body, converted = candidate(saved(tmp_path, model))
+    assert check(body, converted, 1e-9).max_difference < 1e-9
+    # as if the conversion had lost something on one row: the original answers otherwise
+    expected = converted.expected.copy()
+    expected[17] = expected[17][::-1]
+    strayed = dataclasses.replace(converted, expected=expected)
+    with pytest.raises(ConversionError, match=r"strays from the original by .* \(row 17 of 128"):
+        check(body, strayed, 1e-5)
+    nan = converted.expected.copy()
+    nan[3, 0] = np.nan
+    with pytest.raises(ConversionError, match="strays from the original by inf"):
+        check(body, dataclasses.replace(converted, expected=nan), 1e-5)
+
+
+def test_the_task_asked_for_must_be_the_estimators(tmp_path: Path) -> None:
+    X, y = load_iris(return_X_y=True)
+    path = saved(tmp_path, LogisticRegression(max_iter=500).fit(X, y))
+    with pytest.raises(ConversionError, match="holds a multiclass model, not regression"):
+        convert(path, trust_pickle=True, task=Task.REGRESSION)
 
 
 # -- refused -------------------------------------------------------------------------------
