@@ -4,7 +4,9 @@ server, same model, same load generator, one run.
 (a) modelstream: a logistic model of breast-cancer published on fresh topics, one predictor
 process and one gateway process (`modelstream run ...`), calls to the gateway's Open
 Inference Protocol endpoint; the predictor in exactly-once mode (the default) and again
-in at-least-once mode.
+in at-least-once mode, and in exactly-once mode with the gateway reading replies
+read_committed (``MODELSTREAM_GATEWAY_READ_COMMITTED``: the answer is the committed
+prediction; the difference is that setting's latency cost).
 (b) MLServer 1.7 with mlserver-sklearn, installed by this script in a virtualenv of its own
 (as a user would: ``pip install mlserver mlserver-sklearn``), serving a scikit-learn
 StandardScaler + LogisticRegression pipeline of the same data, default settings.
@@ -12,7 +14,7 @@ StandardScaler + LogisticRegression pipeline of the same data, default settings.
 Both get the same calls (one row of 30 features as an FP64 tensor, JSON) from one async
 generator: closed loop at fixed concurrency (calls/s), then a fixed offered rate (p50/p99).
 
-    python bench/gateway.py [--concurrency 32] [--rate 500] [--seconds 10]
+    python bench/gateway.py [--concurrency 32] [--rate 500] [--seconds 10] [--no-mlserver]
     # last line: one JSON object
 """
 
@@ -225,7 +227,12 @@ async def mlserver_run(args: argparse.Namespace, bodies: list[bytes]) -> dict[st
 
 
 async def gateway_run(
-    base: Settings, keys: Path, args: argparse.Namespace, bodies: list[bytes], delivery: str
+    base: Settings,
+    keys: Path,
+    args: argparse.Namespace,
+    bodies: list[bytes],
+    delivery: str,
+    read_committed: bool = False,
 ) -> dict[str, Any]:
     settings = load(bootstrap_servers=base.bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.")
     await create_topics(settings)
@@ -239,6 +246,7 @@ async def gateway_run(
         "MODELSTREAM_LOG_LEVEL": "WARNING",
         "MODELSTREAM_DELIVERY": delivery,
         "MODELSTREAM_GATEWAY_PORT": str(port),
+        "MODELSTREAM_GATEWAY_READ_COMMITTED": str(read_committed).lower(),
     }
     processes = [
         subprocess.Popen(
@@ -268,6 +276,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-mlserver", action="store_true", help="ours only (no ratios)")
     args = parser.parse_args()
     X, _, _ = dataset(MODEL)
     bodies = [call_body(row) for row in X]
@@ -280,7 +289,11 @@ def main() -> None:
             runs[f"gateway ({delivery})"] = asyncio.run(
                 gateway_run(base, keys, args, bodies, delivery)
             )
-        runs["mlserver"] = asyncio.run(mlserver_run(args, bodies))
+        runs["gateway (exactly-once, read_committed)"] = asyncio.run(
+            gateway_run(base, keys, args, bodies, "exactly-once", read_committed=True)
+        )
+        if not args.no_mlserver:
+            runs["mlserver"] = asyncio.run(mlserver_run(args, bodies))
     for name, run in runs.items():
         closed, opened = run["closed"], run["open"]
         print(
@@ -289,11 +302,26 @@ def main() -> None:
             f"{closed['errors']}); at {args.rate}/s offered: p50 {opened['p50_ms']:.1f} ms, "
             f"p99 {opened['p99_ms']:.1f} ms, errors {opened['errors']}"
         )
-    eos, alo, peer = (
+    eos, alo, committed = (
         runs["gateway (exactly-once)"],
         runs["gateway (at-least-once)"],
-        runs["mlserver"],
+        runs["gateway (exactly-once, read_committed)"],
     )
+    ours = {
+        "gateway_rps": round(eos["closed"]["rps"]),
+        "gateway_p99_ms": round(eos["open"]["p99_ms"], 2),
+        "gateway_p50_ms": round(eos["open"]["p50_ms"], 2),
+        "offered_rps": args.rate,
+        "gateway_alo_rps": round(alo["closed"]["rps"]),
+        "gateway_alo_p99_ms": round(alo["open"]["p99_ms"], 2),
+        "gateway_committed_rps": round(committed["closed"]["rps"]),
+        "gateway_committed_p50_ms": round(committed["open"]["p50_ms"], 2),
+        "gateway_committed_p99_ms": round(committed["open"]["p99_ms"], 2),
+    }
+    if args.no_mlserver:
+        print(json.dumps(ours))
+        return
+    peer = runs["mlserver"]
     print(
         f"  gateway / MLServer calls/s: {eos['closed']['rps'] / peer['closed']['rps']:.2f}x "
         f"(exactly-once), {alo['closed']['rps'] / peer['closed']['rps']:.2f}x (at-least-once)"
@@ -301,14 +329,9 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "gateway_rps": round(eos["closed"]["rps"]),
+                **ours,
                 "mlserver_rps": round(peer["closed"]["rps"]),
-                "gateway_p99_ms": round(eos["open"]["p99_ms"], 2),
                 "mlserver_p99_ms": round(peer["open"]["p99_ms"], 2),
-                "offered_rps": args.rate,
-                "gateway_alo_rps": round(alo["closed"]["rps"]),
-                "gateway_alo_p99_ms": round(alo["open"]["p99_ms"], 2),
-                "gateway_p50_ms": round(eos["open"]["p50_ms"], 2),
                 "mlserver_p50_ms": round(peer["open"]["p50_ms"], 2),
             }
         )

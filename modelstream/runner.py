@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
+from modelstream.kafka.quiet import flush_all, set_interval
 from modelstream.settings import ServiceSettings, load
 from modelstream.telemetry import Health, serve
 
@@ -121,6 +122,7 @@ def run_service(make: Callable[[], Service], health: Health, watchdog_s: float =
             health.set_stopping()
             ticker.cancel()
             await service.stop()
+            flush_all()  # the last interval's counts
 
     if watchdog_s > 0:
         threading.Thread(
@@ -132,6 +134,7 @@ def run_service(make: Callable[[], Service], health: Health, watchdog_s: float =
 async def _tick(health: Health) -> None:
     while True:
         health.tick()
+        flush_all(if_due=True)  # a flood that stopped still gets its summary
         await asyncio.sleep(1.0)
 
 
@@ -153,6 +156,7 @@ def service_main(settings_cls: type[ServiceSettings], app_cls: Callable[[Any], S
     endpoints, run until signalled, exit with the service's code."""
     settings = load(settings_cls)
     configure_logging(settings.log_level)
+    set_interval(settings.log_summary_s)
     health = Health(settings.service, stale_after_s=settings.watchdog_s or 60.0)
     serve(settings.metrics_port, settings.metrics_host, health)
     sys.exit(run_service(lambda: app_cls(settings), health, settings.watchdog_s))

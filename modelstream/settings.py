@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         default=OutputFormat.AVRO, description="Encoding of output topics: avro or json."
     )
     client_id: str = Field(default="modelstream")
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="Commands: how long the bootstrap servers have to answer (connection, "
+        "TLS, SASL, metadata) before the command gives up in one line.",
+    )
     instance_id: str = Field(
         default="0", description="Distinguishes copies of one service (transactional ids)."
     )
@@ -141,6 +148,12 @@ class ServiceSettings(Settings):
         ge=0,
         description="Exit (to be restarted) when the event loop has not "
         "ticked for this long; 0 turns the watchdog off.",
+    )
+    log_summary_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Per-record warnings (rejected records) are logged in full for the first "
+        "of each topic and reason, then as one line of counts per this many seconds.",
     )
 
     @property

@@ -369,3 +369,12 @@ GATEWAY_TIMEOUTS = Counter(
     "Calls answered 504: a prediction did not arrive in time.",
     ["model"],
 )
+GATEWAY_UNCLAIMED = Counter(
+    "modelstream_gateway_unclaimed_replies_total",
+    "Replies read from this copy's partitions that answer no call it is waiting on "
+    "(a call that timed out, another copy's call after partitions moved, or a forgery).",
+)
+GATEWAY_REFUSED = Counter(
+    "modelstream_gateway_refused_calls_total",
+    "Calls refused at once (429) because too many were in flight.",
+)

@@ -11,7 +11,7 @@ import typer
 
 from modelstream.cli import broker, data, keys, models, topics, up
 from modelstream.cli.common import SERVICES, Context
-from modelstream.errors import ModelstreamError
+from modelstream.cli.failures import explain, silence_clients
 
 app = typer.Typer(
     help="Kafka-native machine-learning model lifecycle.",
@@ -52,14 +52,23 @@ def main_options(
             help="Prefix of every topic name.", envvar="MODELSTREAM_TOPIC_PREFIX", show_envvar=True
         ),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="On failure, the traceback and the clients' logs, not only the one line.",
+            envvar="MODELSTREAM_DEBUG",
+            show_envvar=True,
+        ),
+    ] = False,
 ) -> None:
-    ctx.obj = Context(
-        {
-            "bootstrap_servers": bootstrap_servers,
-            "state_dir": state_dir,
-            "topic_prefix": topic_prefix,
-        }
-    )
+    invocation = ctx.ensure_object(Context)  # main() passes its own; CliRunner does not
+    invocation.overrides = {
+        "bootstrap_servers": bootstrap_servers,
+        "state_dir": state_dir,
+        "topic_prefix": topic_prefix,
+    }
+    invocation.debug = debug
 
 
 @app.command("run")
@@ -74,9 +83,15 @@ def run_service(
 
 
 def main() -> None:
-    """Entry point: clear one-line errors for expected failures, tracebacks only for bugs."""
+    """Entry point: a command that fails says so in one line (``failures``); the traceback
+    only with --debug."""
+    invocation = Context()
     try:
-        app()
-    except ModelstreamError as exc:
-        typer.echo(f"modelstream: error: {exc}", err=True)
-        sys.exit(2)
+        app(obj=invocation)
+    except Exception as exc:
+        if invocation.debug:
+            raise
+        failure = explain(exc, invocation.used)
+        silence_clients()
+        typer.echo(failure.line, err=True)
+        sys.exit(failure.exit_code)

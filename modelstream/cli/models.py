@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from modelstream.cli.common import csv_list, settings_of
+from modelstream.cli.common import csv_list, kafka_settings
 from modelstream.contracts.builders import command
 from modelstream.contracts.definitions import Definition
 from modelstream.contracts.records import (
@@ -118,14 +118,16 @@ def define(
         definition.check()
     except Exception as exc:
         raise typer.BadParameter(str(exc)) from None
-    asyncio.run(send_command(settings_of(ctx), command(name, Action.DEFINE, definition=definition)))
+    asyncio.run(
+        send_command(kafka_settings(ctx), command(name, Action.DEFINE, definition=definition))
+    )
     typer.echo(f"defined {name} ({task_name.lower()}, {definition.family})")
 
 
 @app.command("train")
 def train_now(ctx: typer.Context, name: str) -> None:
     """Ask the trainer to train NAME now on its current window."""
-    asyncio.run(send_command(settings_of(ctx), command(name, Action.TRAIN)))
+    asyncio.run(send_command(kafka_settings(ctx), command(name, Action.TRAIN)))
     typer.echo(f"train command sent for {name}")
 
 
@@ -139,7 +141,7 @@ def rollback(
     """Make VERSION (from the history) production again; the publisher carries it out."""
     asyncio.run(
         send_command(
-            settings_of(ctx), command(name, Action.ROLLBACK, version=version, reason=reason)
+            kafka_settings(ctx), command(name, Action.ROLLBACK, version=version, reason=reason)
         )
     )
     typer.echo(f"rollback of {name} to v{version} requested")
@@ -164,7 +166,7 @@ def traffic(
     elif challenger is None:
         raise typer.BadParameter("give --challenger VERSION (or --clear)")
     split: TrafficSplit = {"challenger_version": challenger, "fraction": fraction, "shadow": shadow}
-    asyncio.run(send_command(settings_of(ctx), command(name, Action.SET_TRAFFIC, traffic=split)))
+    asyncio.run(send_command(kafka_settings(ctx), command(name, Action.SET_TRAFFIC, traffic=split)))
     typer.echo(f"traffic for {name}: {split}")
 
 
@@ -235,7 +237,7 @@ def _verification(settings: Settings, artifact: ModelArtifact) -> str:
 @app.command("list")
 def list_models(ctx: typer.Context) -> None:
     """Every model with its production version and how many versions exist."""
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
 
     async def gather() -> tuple[dict[str, Verified], dict[tuple[str, int], ModelArtifact]]:
         production = await load_production(
@@ -273,7 +275,7 @@ def show(
     version: Annotated[int | None, typer.Option(help="Default: the production version.")] = None,
 ) -> None:
     """Everything an artifact says about itself (weights omitted), as JSON."""
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
     artifact = _artifact(settings, name, version)
     typer.echo(json.dumps(_summary(artifact, _verification(settings, artifact)), indent=2))
 
@@ -309,7 +311,7 @@ def export(
 
     if fmt != "onnx":
         raise typer.BadParameter("the only export format is onnx")
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
     artifact = _artifact(settings, name, version)
     key = public_key(settings)
     verify_record(artifact, key, allow_unsigned=key is None)
@@ -474,7 +476,7 @@ def import_model(
     artifact = seal(body)
     value = default_codec().encode(ModelArtifact, artifact)
     ensure_fits(CANDIDATES, value, name.encode())  # refused here, never half-written
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
 
     async def send() -> None:
         async with make_producer(settings) as producer:
@@ -518,7 +520,7 @@ def history(
 ) -> None:
     """Replay `audit` into the model's timeline: trained from which offsets, validated with
     which metrics, published, rolled back or refused, and by whom."""
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
     for event in asyncio.run(audit_trail(settings, name)):
         if as_json:
             typer.echo(json.dumps(event, separators=(",", ":")))
@@ -557,7 +559,7 @@ async def audit_trail(settings: Settings, name: str) -> list[AuditEvent]:
 def reproduce(ctx: typer.Context, name: str, version: int) -> None:
     """Re-read VERSION's lineage from Kafka, retrain with its recorded hyperparameters and
     seed, and say whether the result matches the published digest bit for bit."""
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
     history = asyncio.run(load_history(settings))
     if (name, version) not in history:
         raise ConfigurationError(f"{name!r} has no version {version}")

@@ -6,7 +6,7 @@ import asyncio
 
 import typer
 
-from modelstream.cli.common import settings_of
+from modelstream.cli.common import kafka_settings
 
 app = typer.Typer(help="Provision and inspect modelstream's topics.", no_args_is_help=True)
 
@@ -16,7 +16,7 @@ def topics_create(ctx: typer.Context) -> None:
     """Create every modelstream topic (idempotent: existing topics keep their data)."""
     from modelstream.kafka.topology import create_topics
 
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
     report = asyncio.run(create_topics(settings))
     typer.echo(
         f"topics on {settings.bootstrap}: {len(report.created)} created, "
@@ -30,7 +30,7 @@ def topics_list(ctx: typer.Context) -> None:
     """Show every declared topic with its partitions, replication and configs."""
     from modelstream.kafka.topology import TOPOLOGY, describe_topics
 
-    settings = settings_of(ctx)
+    settings = kafka_settings(ctx)
     described = asyncio.run(describe_topics(settings))
     for spec in TOPOLOGY:
         name = settings.topic(spec.name)

@@ -1,8 +1,9 @@
 """The error boundary around one record, shared by every consumer in every service.
 
 Handling a record (decoding, validating, processing, producing what it leads to) either
-succeeds or the record goes to ``deadletter`` with a reason, is counted and logged once, and
-the consumer goes on - the contract of Kafka Streams' deserialization and processing
+succeeds or the record goes to ``deadletter`` with a reason, is counted, is logged (once, or
+under a flood only in a summary of counts: see :mod:`modelstream.kafka.quiet`), and the
+consumer goes on - the contract of Kafka Streams' deserialization and processing
 exception handlers (KIP-1033). What decides between "this record" and "the infrastructure"
 is :func:`record_failure`: a modelstream error or any unexpected exception while handling one
 record is that record's fault (reason ``internal-error`` for the unexpected); a Kafka error
@@ -18,6 +19,9 @@ Two further guards keep one bad record from stopping a service for good:
 * :class:`CrashGuard` survives a crash of the process itself (a native library aborting on
   a record): it notes the positions in flight in a local file before handling them, so that
   the restarted service finds them and, past the bound, dead-letters instead of crashing again.
+  It serves the one-record-per-transaction services (validator, publisher), which run one
+  copy; the transactional batch pipeline (the predictor's, several copies) keeps its counts
+  in Kafka instead, so they follow the partition (``kafka/in_flight.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
@@ -41,6 +46,7 @@ from aiokafka.errors import (
 )
 
 from modelstream.errors import BrokerError, ConfigurationError, ModelstreamError
+from modelstream.kafka.quiet import QuietLog, quiet_log
 from modelstream.kafka.writers import DeadLetterWriter
 from modelstream.telemetry import DEAD_LETTERS, RECORDS_READ, RECORDS_REJECTED
 
@@ -89,18 +95,23 @@ def logical_topic(topic: str) -> str:
 
 
 class Boundary:
-    """Logs and counts the failures of one service's records, once each.
+    """Counts the failures of one service's records, each, and logs them quietly.
 
-    ``reject(service, position, failure)`` is what every consumer calls when a record goes
-    to the dead letters (or, for consumers that cannot write them, is skipped); unexpected
-    exceptions are logged with their traceback, at most once a minute per reason, so that a
-    flood of one bad input cannot flood the log."""
+    ``reject(topic, partition, offset, failure)`` is what every consumer calls when a record
+    goes to the dead letters (or, for consumers that cannot write them, is skipped). The
+    metrics count every record; the log goes through the service's :class:`QuietLog` (shared
+    by all its boundaries): the first rejection of each topic and reason in an interval with
+    its error text, then one line of counts per interval, so that a flood of bad input cannot
+    flood the log. An unexpected exception says *where* with its traceback, at most once a
+    minute per place it was raised (its type, file and line: a bounded set, unlike its text,
+    which can quote the record); how often it happened is in the rejections' counts."""
 
     TRACEBACK_EVERY_S = 60.0
+    _last_traceback: ClassVar[dict[tuple[str, str, int], float]] = {}  # per process
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, rejections: QuietLog | None = None) -> None:
         self.service = service
-        self._last_traceback: dict[str, float] = {}
+        self._rejections = rejections or quiet_log(log, f"{service} rejected")
 
     def failure(self, exc: BaseException) -> Failure:
         """The record's failure for ``exc``; re-raises infrastructure errors."""
@@ -108,9 +119,10 @@ class Boundary:
         if failure is None:
             raise exc
         if failure.reason == INTERNAL_ERROR:
+            site = _raised_at(exc)
             now = time.monotonic()
-            if now - self._last_traceback.get(failure.error, -1e9) >= self.TRACEBACK_EVERY_S:
-                self._last_traceback[failure.error] = now
+            if now - self._last_traceback.get(site, -1e9) >= self.TRACEBACK_EVERY_S:
+                self._last_traceback[site] = now
                 log.error("unexpected error while handling a record", exc_info=exc)
         return failure
 
@@ -121,10 +133,28 @@ class Boundary:
     def reject(
         self, topic: str, partition: int, offset: int, failure: Failure, model: str = ""
     ) -> None:
-        RECORDS_REJECTED.labels(self.service, logical_topic(topic), failure.reason).inc()
-        log.warning(
-            "%s[%d]@%d rejected: %s: %s", topic, partition, offset, failure.reason, failure.error
+        logical = logical_topic(topic)
+        RECORDS_REJECTED.labels(self.service, logical, failure.reason).inc()
+        self._rejections.warn(
+            logical,
+            failure.reason,
+            "%s[%d]@%d rejected: %s: %s",
+            topic,
+            partition,
+            offset,
+            failure.reason,
+            failure.error,
         )
+
+
+def _raised_at(exc: BaseException) -> tuple[str, str, int]:
+    """Where ``exc`` was raised: its type and the innermost frame's file and line."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__qualname__, "", 0
+    return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
 class Attempts:

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from modelstream.errors import ConfigurationError
 from modelstream.kafka.compat import wait_for_metadata
 from modelstream.settings import Settings
 from modelstream.telemetry import CONSUMER_LAG
@@ -39,7 +40,12 @@ def security_options(settings: Settings) -> dict[str, Any]:
         cafile = str(settings.ssl_ca_file) if settings.ssl_ca_file else None
         options["ssl_context"] = create_ssl_context(cafile=cafile)
     if protocol.startswith("SASL"):
-        password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        if not settings.sasl_username or settings.sasl_password is None:
+            raise ConfigurationError(
+                f"MODELSTREAM_SECURITY_PROTOCOL={protocol} needs MODELSTREAM_SASL_USERNAME and "
+                "MODELSTREAM_SASL_PASSWORD"
+            )
+        password = settings.sasl_password.get_secret_value()
         options.update(
             sasl_mechanism=settings.sasl_mechanism,
             sasl_plain_username=settings.sasl_username,
@@ -108,6 +114,54 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         if highwater is not None:
             out[tp] = max(0, highwater - await consumer.position(tp))
     return out
+
+
+async def reach(settings: Settings, timeout_s: float) -> None:
+    """Connect to the bootstrap servers as every client does (TCP, TLS, SASL) and ask for
+    the cluster's metadata, all of them at once and within ``timeout_s``; one answer is
+    enough. Otherwise raises what the first listed server failed with (TimeoutError when it
+    did not answer in time). A client's own start only logs those causes, raises "Unable to
+    bootstrap", and waits up to its request timeout (40 s) on each server that never answers.
+
+    ``create_conn`` and ``collect_hosts`` are what aiokafka's client bootstraps with; they
+    are not in its documented API (pinned by tests/unit/cli/test_broker_down.py)."""
+    from aiokafka.conn import collect_hosts, create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    async def ask(host: str, port: int) -> None:
+        conn = await create_conn(
+            host,
+            port,
+            client_id=settings.client_id,
+            request_timeout_ms=int(timeout_s * 1000),
+            **security_options(settings),
+        )
+        try:
+            await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    hosts = collect_hosts(settings.bootstrap, randomize=False)
+    tasks = [asyncio.create_task(ask(host, port)) for host, port, _ in hosts]
+    pending = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break
+            if any(task.exception() is None for task in done):
+                return
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    first = tasks[0]
+    failure = None if first.cancelled() else first.exception()
+    raise failure or TimeoutError(f"no answer within {timeout_s:g} s")
 
 
 @asynccontextmanager

@@ -29,6 +29,17 @@ async def wait_for_metadata(consumer: AIOKafkaConsumer, topic: str) -> None:
     await consumer._client._wait_on_metadata(topic)
 
 
+async def fresh_partition_count(client_of: AIOKafkaConsumer | AIOKafkaProducer, topic: str) -> int:
+    """How many partitions ``topic`` has now, asked of the cluster (0 if it does not
+    exist). aiokafka's public ``partitions_for_topic`` reads a cache refreshed only for
+    topics the consumer reads, ``topics()`` returns names only, and a producer's
+    ``partitions_for`` waits for a missing topic; their client's ``fetch_all_metadata``
+    answers with partitions. Pinned by a test."""
+    client = client_of._client if isinstance(client_of, AIOKafkaConsumer) else client_of.client
+    cluster = await client.fetch_all_metadata()
+    return len(cluster.partitions_for_topic(topic) or ())
+
+
 async def retire_producer(producer: AIOKafkaProducer, timeout_s: float = 10.0) -> None:
     """Stop a transactional producer whose transaction failed; its task starts a new one.
 

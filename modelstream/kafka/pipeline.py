@@ -32,8 +32,9 @@ batch one record at a time; the record that fails alone is dead-lettered with re
 came from. A batch whose transaction fails for a reason that is not the cluster's is retried
 a bounded number of times, then handled one record per transaction, and a record that still
 fails is dead-lettered with its offset committed. A record that took the process itself
-down (native crash) is dead-lettered unhandled after a bounded number of crashes
-(:class:`~modelstream.kafka.boundary.CrashGuard`).
+down (native crash) is dead-lettered unhandled after a bounded number of crashes, counted
+in Kafka so that the count follows the partition to whichever member meets it next
+(:class:`~modelstream.kafka.in_flight.KafkaCrashGuard`).
 
 **State.** A stateful processor (the monitor's join and learner) restores what a task needs
 in :meth:`Processor.assigned`, before any of the task's records is processed, and applies the
@@ -51,8 +52,8 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -60,9 +61,10 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, ProducerFenced
 
-from modelstream.kafka.boundary import Attempts, Boundary, CrashGuard, Failure
+from modelstream.kafka.boundary import Attempts, Boundary, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
 from modelstream.kafka.compat import retire_producer
+from modelstream.kafka.in_flight import BATCH, RECORD, SHARED, KafkaCrashGuard, Quarantine
 from modelstream.kafka.topology import ROW_MAX_BYTES
 from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
@@ -72,6 +74,10 @@ from modelstream.telemetry import DEAD_LETTERS
 log = logging.getLogger(__name__)
 
 FRAMING_BYTES = 512  # record and batch overhead counted against a topic's message limit
+
+
+# producers see partitions added to a topic within this (aiokafka's default is 5 minutes)
+METADATA_MAX_AGE_MS = 10_000
 
 
 def key_partition(key: bytes | None, partitions: int) -> int:
@@ -149,6 +155,12 @@ class Processor(Protocol):
         """The outputs of the task's last ``process`` call were not committed."""
         ...
 
+    def dead_lettered(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
+        """Outputs that go with a dead letter the pipeline writes for ``record`` (its
+        processing failed, crashed the service, or its output was too large): e.g. the
+        answer a waiting caller gets instead of a timeout."""
+        ...
+
 
 class Stateless:
     """Processor hooks for a processor that keeps no state per task."""
@@ -170,6 +182,9 @@ class Stateless:
 
     def aborted(self, task: int) -> None:
         return None
+
+    def dead_lettered(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
+        return []
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -200,7 +215,7 @@ class BatchPipeline(Managed):
         session_timeout_s: float = 10.0,
         fetch_max_wait_ms: int = 20,
         name: str | None = None,
-        crash_guard: Path | None = None,
+        crash_topic: str | None = None,
         punctuate_every_s: float = 1.0,
         commit_interval_s: float = 0.0,
         hold: Callable[[list[ConsumerRecord]], float] | None = None,
@@ -232,7 +247,15 @@ class BatchPipeline(Managed):
         )
         self.boundary = Boundary(service)
         self.attempts = Attempts()
-        self.crash_guard = CrashGuard(crash_guard) if crash_guard is not None else None
+        # where the crash counts of batches in flight are kept (exactly-once only)
+        if crash_topic is not None and len(self.input_topics) > 1:
+            raise ValueError("crash counts kept in Kafka take one input topic")
+        self.crash_guard = (
+            KafkaCrashGuard(settings, crash_topic)
+            if crash_topic is not None and exactly_once
+            else None
+        )
+        self._quarantine = Quarantine()
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._creating: dict[int, asyncio.Lock] = {}
         self._shared: AIOKafkaProducer | None = None
@@ -262,8 +285,12 @@ class BatchPipeline(Managed):
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        if self.crash_guard is not None:
+            await self.crash_guard.start()
         if not self.exactly_once:
-            self._shared = make_producer(self.settings, linger_ms=1)
+            self._shared = make_producer(
+                self.settings, linger_ms=1, metadata_max_age_ms=METADATA_MAX_AGE_MS
+            )
             await self._shared.start()
         self.consumer.subscribe(self.input_topics, listener=_Listener(self))
         await self.consumer.start()
@@ -278,6 +305,8 @@ class BatchPipeline(Managed):
         self._producers.clear()
         if self._shared is not None:
             await self._shared.stop()
+        if self.crash_guard is not None:
+            await self.crash_guard.stop()
 
     async def run(self) -> None:
         """Fetch, and hand each task's records to its lane; between fetches, let the processor
@@ -394,12 +423,14 @@ class BatchPipeline(Managed):
                 # below are final.
                 await asyncio.gather(*(self._producer_for(task) for task in tasks))
             await self.processor.assigned(tasks)
-            await self._seek_to_committed(list(assigned))
+            committed = await self._seek_to_committed(list(assigned))
+            if self.crash_guard is not None:
+                await self.crash_guard.assigned(committed)
             for task in tasks:
                 self._pending.pop(task, None)
         self.consumer.resume(*assigned)
 
-    async def _seek_to_committed(self, tps: list[TopicPartition]) -> None:
+    async def _seek_to_committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Position each partition at its committed offset, read now (not the one aiokafka
         looked up before the previous owner was fenced)."""
         # An explicit seek also drops records fetched from the old position (an offset reset
@@ -413,6 +444,7 @@ class BatchPipeline(Managed):
         for tp, offset in offsets.items():
             self.consumer.seek(tp, offset)
             self._seeks[tp] += 1
+        return offsets
 
     async def _producer_for(self, task: int) -> AIOKafkaProducer:
         """The task's transactional producer, created once (the fetcher may hand out records
@@ -429,10 +461,22 @@ class BatchPipeline(Managed):
                     linger_ms=0,
                     retry_backoff_ms=5,
                     transactional_id=self.transactional_id(task),
+                    metadata_max_age_ms=METADATA_MAX_AGE_MS,
                 )
                 await producer.start()  # InitProducerId: fences and aborts the previous owner
                 self._producers[task] = producer
             return producer
+
+    async def known_partitions(self, topic: str) -> int | None:
+        """The fewest partitions of ``topic`` any of this member's producers knows of (None
+        before there is a producer): a producer refuses a record for a partition it has
+        not seen yet, so outputs to explicit partitions stay below this."""
+        producers = list(self._producers.values())
+        if self._shared is not None:
+            producers.append(self._shared)
+        if not producers:
+            return None
+        return min([len(await producer.partitions_for(topic)) for producer in producers])
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:
@@ -452,78 +496,125 @@ class BatchPipeline(Managed):
         records = [record for records in parts.values() for record in records]
         first = records[0]
         batch_key = ("batch", first.topic, first.partition, first.offset)
-        crashed = (
-            self.crash_guard is not None
-            and self.crash_guard.crashes(first.topic, first.partition, first.offset) > 0
-        )
-        if crashed or self.attempts.exhausted(batch_key):
+        guard = self.crash_guard
+        if guard is not None:  # one input topic: one partition per task
+            [(tp, recs)] = parts.items()
+            suspect = guard.suspect(tp.topic, tp.partition, recs[0].offset)
+            if suspect is not None:  # in flight when a process died: carefully, alone
+                inside = [r for r in recs if r.offset <= suspect.last]
+                rest = recs[len(inside) :]
+                if suspect.step == BATCH:
+                    done = await self._batch(task, {tp: inside}, ("batch", *batch_key[1:]), BATCH)
+                else:
+                    done = await self._one_by_one(task, tp, inside, RECORD)
+                if done and rest:
+                    await self._transact(task, {tp: rest})
+                return
+        if self.attempts.exhausted(batch_key):
             for tp, tp_records in parts.items():
-                for record in tp_records:
-                    if not await self._transact_one(task, tp, record):
-                        return
+                if not await self._one_by_one(task, tp, tp_records, SHARED):
+                    return
             return
+        await self._batch(task, parts, batch_key, SHARED)
+
+    def _in_flight(self, mode: str) -> AbstractAsyncContextManager[None]:
+        """Side by side with other tasks' batches, or alone in the process (a crash while
+        handling these records then names them)."""
+        if self.crash_guard is None:
+            return nullcontext()
+        return self._quarantine.shared() if mode == SHARED else self._quarantine.solo()
+
+    async def _batch(
+        self,
+        task: int,
+        parts: dict[TopicPartition, list[ConsumerRecord]],
+        batch_key: tuple[str, str, int, int],
+        mode: str,
+    ) -> bool:
+        """The records in one transaction; False when the task must stop here."""
         producer = await self._producer_for(task)
-        outgoing = self._process(task, records)
-        positions = [(tp.topic, tp.partition, recs[0].offset) for tp, recs in parts.items()]
-        if self.crash_guard is not None:
-            self.crash_guard.begin(positions)
-        try:
-            async with producer.transaction():
-                sent = await self._send(producer, outgoing)
-                await producer.send_offsets_to_transaction(
-                    {tp: recs[-1].offset + 1 for tp, recs in parts.items()}, self.group
+        records = [record for records in parts.values() for record in records]
+        async with self._in_flight(mode):
+            if self.crash_guard is not None:  # before scoring: a native crash there counts
+                [(tp, recs)] = parts.items()
+                await self.crash_guard.begin(
+                    tp.topic, tp.partition, recs[0].offset, recs[-1].offset, mode
                 )
-        except ProducerFenced:
-            await self._fenced(task, producer, list(parts))
-            return
-        except KafkaError as exc:
-            await self._failed(task, producer, list(parts), batch_key, exc)
-            return
-        finally:
-            if self.crash_guard is not None:
-                self.crash_guard.end(positions)
+            try:
+                outgoing = self._process(task, records)
+                async with producer.transaction():
+                    sent = await self._send(producer, outgoing)
+                    await producer.send_offsets_to_transaction(
+                        {tp: recs[-1].offset + 1 for tp, recs in parts.items()}, self.group
+                    )
+            except ProducerFenced:
+                await self._fenced(task, producer, list(parts))
+                return False
+            except KafkaError as exc:
+                await self._failed(task, producer, list(parts), batch_key, exc)
+                return False
+        self._settled(parts)
         self.processor.committed(task, _written(sent))
         self.attempts.succeeded(batch_key)
         self.records_in += len(records)
         self.records_out += len(outgoing)
+        return True
 
-    async def _transact_one(self, task: int, tp: TopicPartition, record: ConsumerRecord) -> bool:
-        """One record in a transaction of its own; False when the task must stop here."""
-        producer = await self._producer_for(task)
-        position = [(record.topic, record.partition, record.offset)]
-        record_key = ("record", *position[0])
-        crashes = self.crash_guard.crashes(*position[0]) if self.crash_guard else 0
-        if crashes >= (
-            self.crash_guard.bound if self.crash_guard else 1
-        ) or self.attempts.exhausted(record_key):
-            reason = "crashed-service" if crashes else "failed-repeatedly"
-            outgoing = [
-                self._dead_letter(
-                    record,
-                    Failure(
-                        reason,
-                        f"handling this record failed {max(crashes, self.attempts.bound)} "
-                        "times; dead-lettered without handling it again",
-                    ),
-                )
-            ]
-        else:
-            outgoing = self._process(task, [record])
+    def _settled(self, parts: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         if self.crash_guard is not None:
-            self.crash_guard.begin(position)
-        try:
-            async with producer.transaction():
-                sent = await self._send(producer, outgoing)
-                await producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
-        except ProducerFenced:
-            await self._fenced(task, producer, [tp])
-            return False
-        except KafkaError as exc:
-            await self._failed(task, producer, [tp], record_key, exc)
-            return False
-        finally:
-            if self.crash_guard is not None:
-                self.crash_guard.end(position)
+            for tp, recs in parts.items():
+                self.crash_guard.done(tp.topic, tp.partition, recs[-1].offset)
+
+    async def _one_by_one(
+        self, task: int, tp: TopicPartition, records: list[ConsumerRecord], mode: str
+    ) -> bool:
+        """Each record in a transaction of its own; False when the task must stop here."""
+        for record in records:
+            if not await self._transact_one(task, tp, record, mode):
+                return False
+        return True
+
+    async def _transact_one(
+        self, task: int, tp: TopicPartition, record: ConsumerRecord, mode: str = SHARED
+    ) -> bool:
+        """One record in a transaction of its own; False when the task must stop here.
+        ``mode`` RECORD: a crash suspect, handled with nothing else in flight in this process,
+        dead-lettered past the bound of crashes."""
+        producer = await self._producer_for(task)
+        position = (record.topic, record.partition, record.offset)
+        record_key = ("record", *position)
+        guard = self.crash_guard
+        crashes = guard.crashes(*position) if guard is not None and mode == RECORD else 0
+        async with self._in_flight(mode):
+            if guard is not None:  # before handling: a native crash there counts
+                await guard.begin(
+                    record.topic, record.partition, record.offset, record.offset, mode
+                )
+            try:
+                if (guard is not None and crashes >= guard.bound) or self.attempts.exhausted(
+                    record_key
+                ):
+                    reason = "crashed-service" if crashes else "failed-repeatedly"
+                    outgoing = self._dead_letter(
+                        record,
+                        Failure(
+                            reason,
+                            f"handling this record failed {max(crashes, self.attempts.bound)} "
+                            "times; dead-lettered without handling it again",
+                        ),
+                    )
+                else:
+                    outgoing = self._process(task, [record])
+                async with producer.transaction():
+                    sent = await self._send(producer, outgoing)
+                    await producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
+            except ProducerFenced:
+                await self._fenced(task, producer, [tp])
+                return False
+            except KafkaError as exc:
+                await self._failed(task, producer, [tp], record_key, exc)
+                return False
+        self._settled({tp: [record]})
         self.processor.committed(task, _written(sent))
         self.attempts.succeeded(record_key)
         self.records_in += 1
@@ -590,34 +681,57 @@ class BatchPipeline(Managed):
             outgoing = self.processor.process(task, records)
         except Exception as exc:
             if len(records) == 1:
-                return [self._dead_letter(records[0], self.boundary.failure(exc))]
+                return self._dead_letter(records[0], self.boundary.failure(exc))
             self.processor.aborted(task)
             # Find the record at fault: each alone (the good ones are processed normally).
             outgoing = []
             for record in records:
                 outgoing.extend(self._process(task, [record]))
             return outgoing
-        return [self._fitted(out) for out in outgoing]
+        return self._fitted(outgoing)
 
-    def _fitted(self, out: Outgoing) -> Outgoing:
+    def _fitted(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """The outputs a topic takes; for the record behind those it would refuse, one dead
+        letter (however many of its outputs are too large). Its other outputs stay: a
+        processor's state (a changelog) must match what it keeps in memory."""
+        too_large: dict[int, tuple[ConsumerRecord, Failure]] = {}
+        for out in outgoing:
+            limit = self.topic_limits.get(out.topic)
+            size = len(out.value or b"") + len(out.key or b"") + FRAMING_BYTES
+            if self._too_large(out) and out.source is not None and limit is not None:
+                too_large.setdefault(
+                    id(out.source),
+                    (
+                        out.source,
+                        Failure(
+                            "output-too-large",
+                            f"its {out.topic} record would have {size} bytes; "
+                            f"the topic takes {limit}",
+                        ),
+                    ),
+                )
+        if not too_large:
+            return outgoing
+        kept = [out for out in outgoing if not self._too_large(out)]
+        for record, failure in too_large.values():
+            kept.extend(self._dead_letter(record, failure))
+        return kept
+
+    def _too_large(self, out: Outgoing) -> bool:
         limit = self.topic_limits.get(out.topic)
         size = len(out.value or b"") + len(out.key or b"") + FRAMING_BYTES
-        if limit is None or size <= limit or out.source is None:
-            return out
-        return self._dead_letter(
-            out.source,
-            Failure(
-                "output-too-large",
-                f"its {out.topic} record would have {size} bytes; the topic takes {limit}",
-            ),
-        )
+        return limit is not None and size > limit and out.source is not None
 
-    def _dead_letter(self, record: ConsumerRecord, failure: Failure) -> Outgoing:
+    def _dead_letter(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
+        """The record's dead letter, and what the processor sends with it."""
         self.boundary.reject(record.topic, record.partition, record.offset, failure)
         DEAD_LETTERS.labels(self.service, "").inc()
-        return dead_letter(
-            self.deadletter_topic, self.service, record, record.key, record.value, failure
-        )
+        return [
+            dead_letter(
+                self.deadletter_topic, self.service, record, record.key, record.value, failure
+            ),
+            *self.processor.dead_lettered(record, failure),
+        ]
 
     async def _at_least_once(
         self, task: int, parts: dict[TopicPartition, list[ConsumerRecord]]

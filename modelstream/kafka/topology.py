@@ -49,6 +49,9 @@ REPLIES = "replies"
 REPLY_PARTITION_HEADER = "modelstream.reply-partition"
 AUDIT = "audit"
 DEADLETTER = "deadletter"
+# Where predictors mark the batch each is handling (kafka/in_flight.py): crash counts that
+# follow a partition from copy to copy.
+PREDICTOR_IN_FLIGHT = "predictor-in-flight"
 # The monitor's own topics (internal). Its join repartitions requests, predictions and
 # feedback by request id onto three co-partitioned topics, so that the join does not depend
 # on how users' producers partition; the join and the learner keep their tables in
@@ -193,6 +196,15 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "gateway",
         6,
         {"retention.ms": str(3600 * 1000), "max.message.bytes": str(ROW_MAX_BYTES)},
+    ),
+    TopicSpec(
+        PREDICTOR_IN_FLIGHT,
+        "input topic:partition",
+        "JSON {first, last, mode, crashes}: the records being handled",
+        "predictor",
+        "predictor (on assignment)",
+        1,
+        {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
     ),
     TopicSpec(
         AUDIT,

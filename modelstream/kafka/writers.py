@@ -95,8 +95,11 @@ class DeadLetterWriter:
         self._service = service
 
     async def send(self, record: Sourced, reason: str, message: str) -> asyncio.Future[Any]:
-        """Queue the record; returns its delivery future (await it before committing)."""
-        log.warning(
+        """Queue the record; returns its delivery future (await it before committing).
+
+        Logged at DEBUG only: every caller has rejected the record through its boundary,
+        which logs it (quietly under a flood) and counts it."""
+        log.debug(
             "dead-letter %s[%d]@%d: %s: %s",
             record.topic,
             record.partition,

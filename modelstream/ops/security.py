@@ -2,7 +2,16 @@
 
 Each service authenticates as its own principal and gets only what it needs, e.g. the
 predictor reads ``requests``, ``models``, ``model-history`` and ``control`` and writes
-``predictions``, ``shadow-predictions``, ``deadletter`` and ``audit`` - never ``models``.
+``predictions``, ``shadow-predictions``, ``replies``, ``deadletter`` and ``audit`` - never
+``models``.
+
+The gateway's calls: the gateway writes ``requests`` and reads ``replies`` (and ``models``,
+for signatures); only the predictor writes ``replies``, so an answer comes from a
+predictor. Whoever may read ``requests`` (the predictor, the monitor, any application
+granted it) sees every request id, the gateway's included; ids are unguessable to everyone
+else, and a reply naming an id the gateway did not issue is dropped. Applications that
+produce requests themselves get WRITE on ``requests`` and READ on ``predictions`` from the
+operator; no service principal is shared with them.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from modelstream.kafka.topology import (
     MODEL_HISTORY,
     MODELS,
     PREDICTIONS,
+    PREDICTOR_IN_FLIGHT,
+    REPLIES,
     REQUESTS,
     SHADOW_PREDICTIONS,
     TRAINING,
@@ -43,6 +54,8 @@ class ServiceAccess:
     transactional: bool = False
     # topics the service keeps for itself (and faust creates), named <prefix><service>-...
     internal_topics: bool = False
+    # other services' consumer groups it may describe (who is consuming)
+    describes_groups: tuple[str, ...] = ()
 
 
 # What each service's principal may do; groups and transactional ids are prefixed by the
@@ -64,8 +77,8 @@ SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
         transactional=True,
     ),
     "predictor": ServiceAccess(
-        (REQUESTS, MODELS, MODEL_HISTORY, CONTROL),
-        (PREDICTIONS, SHADOW_PREDICTIONS, DEADLETTER, AUDIT),
+        (REQUESTS, MODELS, MODEL_HISTORY, CONTROL, PREDICTOR_IN_FLIGHT),
+        (PREDICTIONS, SHADOW_PREDICTIONS, REPLIES, DEADLETTER, AUDIT, PREDICTOR_IN_FLIGHT),
         transactional=True,
     ),
     "monitor": ServiceAccess(
@@ -73,6 +86,11 @@ SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
         (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING),
         transactional=True,  # the join and the learner
         internal_topics=True,  # its changelogs and internal topics, and faust's
+    ),
+    "gateway": ServiceAccess(
+        (REPLIES, MODELS),
+        (REQUESTS,),
+        describes_groups=("predictor",),  # ready: a predictor consumes `requests`
     ),
 }
 
@@ -201,6 +219,8 @@ def grant_service(
             "prefixed",
         ],
     ]
+    for group in access.describes_groups:
+        commands.append([*base, "--operation", "Describe", "--group", f"{prefix}{group}"])
     if access.transactional:
         commands.append(
             [

@@ -16,14 +16,18 @@ from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import MAX_NAME
 from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import ModelArtifact
-from modelstream.kafka.boundary import Boundary, record_failure
+from modelstream.kafka.boundary import Boundary, logical_topic, record_failure
 from modelstream.kafka.clients import make_consumer, partitions_of, read_to_end
+from modelstream.kafka.quiet import quiet_log
 from modelstream.kafka.topology import MODEL_HISTORY, MODELS
 from modelstream.registry.artifact import PUBLIC_KEY_NAME, Verified, load_public_key, verify_bytes
 from modelstream.runner import Managed
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
+# Read again by every caller of load_production (the trainer at each training): a bad record
+# would be logged at each reading.
+_refused = quiet_log(log, "registry refused")
 
 
 def public_key(settings: Settings) -> Ed25519PublicKey | None:
@@ -50,7 +54,13 @@ async def load_production(
             failure = record_failure(exc)
             if failure is None:
                 raise
-            log.warning("registry record %d refused: %s", record.offset, failure.error)
+            _refused.warn(
+                logical_topic(record.topic),
+                failure.reason,
+                "registry record %d refused: %s",
+                record.offset,
+                failure.error,
+            )
             continue
         out[verified.body["name"]] = verified
     return out

@@ -9,11 +9,17 @@ Each copy joins the `gateway` consumer group on `replies` and stamps every reque
 produces with one of its own partitions (``modelstream.reply-partition``); the predictor
 writes the answer there too, in the same transaction as the prediction. A copy therefore
 reads only its own answers, and copies scale out like any consumer group. When partitions
-move (a copy joins or leaves), calls waiting on a moved partition time out (504 with their
-request ids); their predictions are still on `predictions`, exactly once. Replies are read
-without waiting for the predictor's transaction to commit (read_uncommitted): the answer
-a caller gets is the prediction the predictor computed, and `predictions` stays the
-committed record of it.
+move (a copy joins or leaves), a copy keeps reading the partitions it lost, outside the
+group, until the calls that wait there are answered; the new owner drops those replies as
+unclaimed. By default replies are read without waiting for the predictor's transaction to
+commit (read_uncommitted): the answer a caller gets is the prediction the predictor
+computed, and `predictions` stays the committed record of it;
+``MODELSTREAM_GATEWAY_READ_COMMITTED`` makes the answer the committed prediction.
+
+Request ids are the gateway's own: random, 128 bits, one per row, never the caller's. The
+caller's ``id`` is only echoed, so callers may repeat it; a reply whose id this copy did
+not issue is dropped and counted. Anyone who may read `requests` sees the ids; only the
+predictor may write `replies` (``ops/security.py``).
 """
 
 from __future__ import annotations
@@ -21,22 +27,29 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import json
 import logging
+import math
+import secrets
 import ssl
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from modelstream import __version__
 from modelstream.contracts.codec import default_codec
-from modelstream.contracts.definitions import check_request_id
 from modelstream.contracts.records import Prediction, PredictionRequest
 from modelstream.errors import DecodeError, InvalidEventError
-from modelstream.kafka.clients import make_consumer, make_producer
+from modelstream.kafka.clients import client_options, make_consumer, make_producer, partitions_of
+from modelstream.kafka.compat import fix_describe_groups_decoding
 from modelstream.kafka.topology import REPLIES, REPLY_PARTITION_HEADER, REQUESTS
 from modelstream.registry.follower import ProductionFollower, public_key
 from modelstream.runner import Lifecycle
@@ -53,13 +66,27 @@ from modelstream.services.gateway.logic import (
     tf_status,
 )
 from modelstream.services.gateway.settings import GatewaySettings
-from modelstream.telemetry import GATEWAY_CALL_SECONDS, GATEWAY_CALLS, GATEWAY_TIMEOUTS
+from modelstream.telemetry import (
+    GATEWAY_CALL_SECONDS,
+    GATEWAY_CALLS,
+    GATEWAY_REFUSED,
+    GATEWAY_TIMEOUTS,
+    GATEWAY_UNCLAIMED,
+)
 
 log = logging.getLogger("modelstream.gateway")
 SERVICE = "gateway"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2"})
 # the predictor's reasons that mean "no such model or version" rather than a bad row
 NOT_FOUND_REASONS = frozenset({"unknown-model", "unknown-version"})
+# dead-letter reasons that are the pipeline's fault, not the row's
+SERVER_FAULTS = frozenset({"internal-error", "failed-repeatedly", "crashed-service"})
+REQUEST_IDS_HEADER = "Modelstream-Request-Ids"
+TIMEOUT_HEADER = "Modelstream-Timeout-Ms"
+MAX_VERSION = 2**31 - 1  # the registry's versions are Avro ints
+PREDICTORS_CHECK_S = 2.0
+MAX_IDS_HEADER = 4096  # about 110 rows; headers past 8 KiB break common clients
+MAX_CALLER_ID = 256
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,10 +96,18 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         self.app = app
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.app.owned = []
+        await self.app.release(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.app.take(assigned)
+
+
+@dataclass
+class _Waiting:
+    """A row's answer to come, and the reply partition it will arrive on."""
+
+    future: asyncio.Future[ConsumerRecord]
+    partition: int
 
 
 class GatewayApp(Lifecycle):
@@ -82,49 +117,57 @@ class GatewayApp(Lifecycle):
         self.codec = default_codec()
         self.requests_topic = settings.topic(REQUESTS)
         self.replies_topic = settings.topic(REPLIES)
+        isolation = "read_committed" if settings.gateway_read_committed else "read_uncommitted"
         self.producer = make_producer(settings, linger_ms=1)
         self.replies = make_consumer(
             settings,
             group_id=settings.group(SERVICE),
-            isolation_level="read_uncommitted",
+            isolation_level=isolation,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=5,
+            # partitions added to `replies` are seen (and assigned) within this
+            metadata_max_age_ms=int(settings.gateway_metadata_refresh_s * 1000),
+        )
+        # reads partitions this copy lost while calls still wait on them; no group
+        self.strays = make_consumer(
+            settings,
+            group_id=None,
+            isolation_level=isolation,
             auto_offset_reset="latest",
             fetch_max_wait_ms=5,
         )
+        self.admin = AIOKafkaAdminClient(**client_options(settings))
         self.registry = ProductionFollower(settings, public_key(settings), SERVICE)
         self.models: dict[str, ModelInfo] = {}
         self.versions: dict[str, set[int]] = {}
-        self.pending: dict[str, asyncio.Future[ConsumerRecord]] = {}
+        self.pending: dict[str, _Waiting] = {}
         self.owned: list[int] = []
+        self.stray_partitions: set[int] = set()
+        self.partition_count = 0  # of `replies`, when this copy last looked
+        self.usable_from: dict[int, float] = {}  # added partitions: when to use them
+        self.predictors_live = False
+        self.in_flight = 0
         self.unclaimed_replies = 0
+        self._checking: asyncio.Task[None] | None = None
+        self._check_failures = 0
         self._next = itertools.count()
         self._runner: web.AppRunner | None = None
         self.port = settings.gateway_port
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        fix_describe_groups_decoding()
         await self.own(self.producer)
         await self.own(self.registry)
         await self.registry.load()
         self._refresh_models(set(self.registry.production))
+        await self.admin.start()
+        await self._check_predictors()
+        await self.own(self.strays)
         await self.own(self.replies)
+        self.partition_count = len(await partitions_of(self.replies, self.replies_topic))
         self.replies.subscribe([self.replies_topic], listener=_Ownership(self))
-        app = web.Application(middlewares=[self._authenticate], client_max_size=64 << 20)
-        app.add_routes(
-            [
-                web.get("/v2/health/live", self._live),
-                web.get("/v2/health/ready", self._ready),
-                web.get("/v2/models/{name}", self._oip_metadata),
-                web.get("/v2/models/{name}/versions/{version}", self._oip_metadata),
-                web.post("/v2/models/{name}/infer", self._oip_infer),
-                web.post("/v2/models/{name}/versions/{version}/infer", self._oip_infer),
-                web.get("/v1/models/{name}", self._tf_status),
-                web.get("/v1/models/{name}/versions/{version}", self._tf_status),
-                web.post("/v1/models/{name:[^/:]+}:predict", self._tf_predict),
-                web.post("/v1/models/{name}/versions/{version:[^/:]+}:predict", self._tf_predict),
-                web.get("/metrics", self._metrics),
-            ]
-        )
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(self.web_app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -143,11 +186,38 @@ class GatewayApp(Lifecycle):
             sorted(self.models),
         )
 
+    def web_app(self) -> web.Application:
+        """The HTTP side: both protocols' routes behind the error and token middlewares."""
+        app = web.Application(
+            middlewares=[self._errors, self._authenticate],
+            client_max_size=self.settings.gateway_max_body_bytes,
+        )
+        app.add_routes(
+            [
+                web.get("/v2", self._server_metadata),
+                web.get("/v2/health/live", self._live),
+                web.get("/v2/health/ready", self._ready),
+                web.get("/v2/models/{name}", self._oip_metadata),
+                web.get("/v2/models/{name}/versions/{version}", self._oip_metadata),
+                web.get("/v2/models/{name}/ready", self._model_ready),
+                web.get("/v2/models/{name}/versions/{version}/ready", self._model_ready),
+                web.post("/v2/models/{name}/infer", self._oip_infer),
+                web.post("/v2/models/{name}/versions/{version}/infer", self._oip_infer),
+                web.get("/v1/models/{name}", self._tf_status),
+                web.get("/v1/models/{name}/versions/{version}", self._tf_status),
+                web.post("/v1/models/{name:[^/:]+}:predict", self._tf_predict),
+                web.post("/v1/models/{name}/versions/{version:[^/:]+}:predict", self._tf_predict),
+                web.get("/metrics", self._metrics),
+            ]
+        )
+        return app
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        for future in self.pending.values():
-            future.cancel()
+        for waiting in self.pending.values():
+            waiting.future.cancel()
+        await self.admin.close()
         await super().stop()
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -168,26 +238,112 @@ class GatewayApp(Lifecycle):
             self.owned = []
             return
         ends = await self.replies.end_offsets(assigned)
+        back = [tp for tp in assigned if tp.partition in self.stray_partitions]
         for tp in assigned:
             self.replies.seek(tp, ends[tp])
+        for tp in back:  # read on from where its stray reading got to: nothing skipped
+            self.replies.seek(tp, await self.strays.position(tp))
+        if back:
+            await self._assign_strays(self.stray_partitions - {tp.partition for tp in back}, {})
         self.owned = sorted(tp.partition for tp in assigned)
+        known = self.replies.partitions_for_topic(self.replies_topic) or set()
+        grace = time.monotonic() + self.settings.gateway_new_partition_grace_s
+        for partition in self.owned:
+            if partition >= self.partition_count:  # added to the topic since we looked
+                self.usable_from.setdefault(partition, grace)
+        self.partition_count = max(self.partition_count, len(known))
         log.info("gateway owns reply partitions %s", self.owned)
 
+    def _reply_partition(self) -> int:
+        """The next owned partition, round robin; a partition added to `replies` only once
+        predictors have seen it (they look every 10 s), so its calls are answered."""
+        now = time.monotonic()
+        usable = [p for p in self.owned if self.usable_from.get(p, 0.0) <= now] or self.owned
+        return usable[next(self._next) % len(usable)]
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        """Partitions that move to another copy: calls waiting on them are still answered
+        there, so read them on outside the group, from where this copy stopped, until
+        those calls are done."""
+        self.owned = []
+        waited = {w.partition for w in self.pending.values()}
+        moved = [tp for tp in revoked if tp.partition in waited]
+        if not moved:
+            return
+        positions = {tp: await self.replies.position(tp) for tp in moved}
+        await self._assign_strays(self.stray_partitions | {tp.partition for tp in moved}, positions)
+        log.info("still reading moved reply partitions %s", sorted(self.stray_partitions))
+
+    async def _assign_strays(self, partitions: set[int], new: dict[TopicPartition, int]) -> None:
+        """Read exactly these partitions outside the group: those read already from where
+        they got to (``assign`` forgets positions), ``new`` ones from the given offsets."""
+        kept = {
+            tp: await self.strays.position(tp)
+            for tp in self.strays.assignment()
+            if tp.partition in partitions and tp not in new
+        }
+        self.stray_partitions = set(partitions)
+        self.strays.assign([TopicPartition(self.replies_topic, p) for p in sorted(partitions)])
+        for tp, offset in {**kept, **new}.items():
+            self.strays.seek(tp, offset)
+
     async def run(self) -> None:
-        last_registry = 0.0
+        last_registry = last_predictors = 0.0
         while not self.stopping.is_set():
             batch = await self.replies.getmany(timeout_ms=50)
             for records in batch.values():
                 for record in records:
-                    future = self.pending.pop((record.key or b"").decode(errors="replace"), None)
-                    if future is None:
-                        # not a call of this copy (or one that already timed out)
-                        self.unclaimed_replies += 1
-                    elif not future.done():
-                        future.set_result(record)
-            if time.monotonic() - last_registry > 0.5:
-                last_registry = time.monotonic()
+                    self._deliver(record, claimed_elsewhere=False)
+            if self.stray_partitions:
+                await self._read_strays()
+            now = time.monotonic()
+            if now - last_registry > 0.5:
+                last_registry = now
                 self._refresh_models(await self.registry.poll())
+            if now - last_predictors > PREDICTORS_CHECK_S and (
+                self._checking is None or self._checking.done()
+            ):  # in a task of its own: a slow coordinator never holds up replies
+                last_predictors = now
+                self._checking = asyncio.create_task(self._check_predictors())
+
+    def _deliver(self, record: ConsumerRecord, claimed_elsewhere: bool) -> None:
+        waiting = self.pending.pop((record.key or b"").decode(errors="replace"), None)
+        if waiting is None:
+            if not claimed_elsewhere:  # a stray partition's other replies are not ours
+                self.unclaimed_replies += 1
+                GATEWAY_UNCLAIMED.inc()
+        elif not waiting.future.done():
+            waiting.future.set_result(record)
+
+    async def _read_strays(self) -> None:
+        batch = await self.strays.getmany(timeout_ms=0)
+        for records in batch.values():
+            for record in records:
+                self._deliver(record, claimed_elsewhere=True)
+        still = {w.partition for w in self.pending.values()} & self.stray_partitions
+        if still != self.stray_partitions:
+            await self._assign_strays(still, {})
+
+    async def _check_predictors(self) -> None:
+        """Whether any predictor is a member of its group (it consumes `requests`)."""
+        try:
+            described = await asyncio.wait_for(
+                self.admin.describe_consumer_groups([self.settings.group("predictor")]),
+                PREDICTORS_CHECK_S,
+            )
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.debug("cannot describe the predictor group: %s", exc)
+            self._check_failures += 1
+            if self._check_failures >= 3:  # one failed look is no news
+                self.predictors_live = False
+            return
+        self._check_failures = 0
+        # (error_code, group_id, state, protocol_type, protocol, members, ...)
+        self.predictors_live = any(
+            group[0] == 0 and len(group[5]) > 0
+            for response in described
+            for group in response.groups
+        )
 
     def _refresh_models(self, changed: set[str]) -> None:
         for name in changed:
@@ -196,6 +352,23 @@ class GatewayApp(Lifecycle):
             self.versions.setdefault(name, set()).add(body["version"])
 
     # -- HTTP ------------------------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every answer that is not a success is JSON with a reason, aiohttp's own included
+        (a body over the limit, an unknown path); an exception that escapes a handler is
+        this gateway's fault (500), never the caller's input: the fuzz tests hold that."""
+        try:
+            return await handler(request)
+        except CallError as exc:
+            return _error(exc.status, exc.message, exc.request_ids)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error(exc.status, exc.reason, headers=exc.headers)
+        except Exception:
+            log.exception("gateway fault on %s %s", request.method, request.path[:200])
+            return _error(500, "internal error of the gateway")
+
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.settings.gateway_token
@@ -206,12 +379,43 @@ class GatewayApp(Lifecycle):
                 return _error(401, "missing or wrong bearer token")
         return await handler(request)
 
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"name": "modelstream", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
     async def _live(self, request: web.Request) -> web.Response:
         return web.json_response({"live": True})
 
+    def _serving(self) -> str | None:
+        """Why this copy cannot answer calls now, or None when it can."""
+        if not self.owned:
+            return "the gateway owns no reply partition yet"
+        if not self.predictors_live:
+            return "no predictor is consuming requests"
+        return None
+
     async def _ready(self, request: web.Request) -> web.Response:
-        ready = bool(self.owned)
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        why = self._serving()
+        body: dict[str, object] = {"ready": why is None}
+        if why is not None:
+            body["reason"] = why
+        return web.json_response(body, status=200 if why is None else 503)
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        """Ready: a production version in the registry (the asked one, when one is asked)
+        and a copy able to answer."""
+        model, version = self._model(request)
+        versions = self.versions.get(model.name, {model.version})
+        why = self._serving()
+        if version is not None and version not in versions:
+            why = f"{model.name} has no version {version} here"
+        body: dict[str, object] = {"name": model.name, "ready": why is None}
+        if version is not None:
+            body["version"] = str(version)
+        if why is not None:
+            body["reason"] = why
+        return web.json_response(body, status=200 if why is None else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -220,31 +424,26 @@ class GatewayApp(Lifecycle):
         name = request.match_info["name"]
         model = self.models.get(name)
         if model is None:
-            raise CallError(404, f"no production version of model {name!r}")
+            raise CallError(404, f"no production version of model {name[:100]!r}")
         raw = request.match_info.get("version")
         if raw is None:
             return model, None
-        try:
-            version = int(raw)
-        except ValueError:
-            raise CallError(400, f"version {raw!r} is not an integer") from None
+        if not (raw.isascii() and raw.isdigit() and 1 <= len(raw) <= 10):
+            raise CallError(400, f"version {raw[:40]!r} is not a version number")
+        version = int(raw)
+        if not 1 <= version <= MAX_VERSION:
+            raise CallError(400, f"version {version} is outside 1..{MAX_VERSION}")
         return model, version
 
     async def _oip_metadata(self, request: web.Request) -> web.Response:
-        try:
-            model, version = self._model(request)
-            versions = sorted(self.versions.get(model.name, {model.version}))
-            if version is not None and version not in versions:
-                raise CallError(404, f"{model.name} has no version {version} here")
-        except CallError as exc:
-            return _error(exc.status, exc.message)
+        model, version = self._model(request)
+        versions = sorted(self.versions.get(model.name, {model.version}))
+        if version is not None and version not in versions:
+            raise CallError(404, f"{model.name} has no version {version} here")
         return web.json_response(oip_metadata(model, versions))
 
     async def _tf_status(self, request: web.Request) -> web.Response:
-        try:
-            model, version = self._model(request)
-        except CallError as exc:
-            return _error(exc.status, exc.message)
+        model, version = self._model(request)
         versions = sorted(self.versions.get(model.name, {model.version}))
         return web.json_response(tf_status(model, [version] if version else versions))
 
@@ -255,6 +454,14 @@ class GatewayApp(Lifecycle):
         return await self._infer(request, "tf")
 
     async def _infer(self, request: web.Request, protocol: str) -> web.Response:
+        if self.in_flight >= self.settings.gateway_max_in_flight:
+            GATEWAY_REFUSED.inc()
+            GATEWAY_CALLS.labels("", protocol, "429").inc()
+            return _error(
+                429,
+                f"{self.in_flight} calls in flight (MODELSTREAM_GATEWAY_MAX_IN_FLIGHT); retry",
+                headers={"Retry-After": "1"},
+            )
         started = time.perf_counter()
         label = ""
         status = 200
@@ -267,44 +474,69 @@ class GatewayApp(Lifecycle):
                 if protocol == "oip"
                 else oip_body(raw, None)
             )
+            timeout_s = self._deadline(request, body if protocol == "oip" else None)
             max_rows = self.settings.gateway_max_rows
             rows = (
                 oip_rows(body, model, max_rows)
                 if protocol == "oip"
                 else tf_rows(body, model, max_rows)
             )
-            call_id = (
-                str(body.get("id") or uuid.uuid4().hex) if protocol == "oip" else (uuid.uuid4().hex)
-            )
-            ids, answers = await self._call(model, version, call_id, rows)
-            payload = (
-                oip_response(model, call_id, ids, answers)
-                if protocol == "oip"
-                else tf_response(model, answers)
-            )
-            return web.json_response(payload)
-        except CallError as exc:
+            self.in_flight += 1  # calls waiting on Kafka, not uploads being read
+            try:
+                ids, answers = await self._call(model, version, rows, timeout_s)
+            finally:
+                self.in_flight -= 1
+            headers = _ids_header(ids)
+            if protocol == "oip":
+                return web.json_response(
+                    oip_response(model, _caller_id(body), ids, answers), headers=headers
+                )
+            return web.json_response(tf_response(model, answers), headers=headers)
+        except (CallError, web.HTTPException) as exc:
             status = exc.status
-            return _error(exc.status, exc.message)
+            raise
+        except Exception:
+            status = 500
+            raise
         finally:
             GATEWAY_CALLS.labels(label, protocol, str(status)).inc()
             GATEWAY_CALL_SECONDS.labels(label, protocol).observe(time.perf_counter() - started)
 
+    def _deadline(self, request: web.Request, body: object) -> float:
+        """How long this call may wait: the gateway's timeout, or less when the caller
+        asks (``Modelstream-Timeout-Ms``, or OIP ``parameters.timeout`` in microseconds as
+        Triton's clients send it)."""
+        limit = self.settings.gateway_timeout_s
+        asked: float | None = None
+        header = request.headers.get(TIMEOUT_HEADER)
+        if header is not None:
+            try:
+                asked = float(header[:32]) / 1000
+            except ValueError:
+                raise CallError(400, f"{TIMEOUT_HEADER} is not a number") from None
+        parameters = body.get("parameters") if isinstance(body, dict) else None
+        if isinstance(parameters, dict) and "timeout" in parameters:
+            micros = parameters["timeout"]
+            if isinstance(micros, bool) or not isinstance(micros, int | float):
+                raise CallError(400, "parameters.timeout must be a number of microseconds")
+            if abs(micros) > 1e15:  # past float's range for an int, and past any deadline
+                raise CallError(400, "parameters.timeout is out of range")
+            asked = float(micros) / 1e6
+        if asked is None:
+            return limit
+        if not (math.isfinite(asked) and asked > 0):
+            raise CallError(400, "the call's timeout must be a positive finite number")
+        return min(asked, limit)
+
     async def _call(
-        self, model: ModelInfo, version: int | None, call_id: str, rows: Rows
+        self, model: ModelInfo, version: int | None, rows: Rows, timeout_s: float
     ) -> tuple[list[str], list[Prediction]]:
-        """Produce one request per row and wait for every answer."""
+        """Produce one request per row and wait for every answer. A call is not refused
+        when no predictor is seen (readiness says so): one may join within its deadline."""
         if not self.owned:
             raise CallError(503, "the gateway owns no reply partition yet")
-        ids = [f"{call_id}-{i}" for i in range(len(rows))]
-        try:
-            for request_id in ids[:1] + ids[-1:]:
-                check_request_id(request_id, None)
-        except InvalidEventError as exc:
-            raise CallError(400, f"id: {exc}") from None
-        if any(i in self.pending for i in ids):
-            raise CallError(400, f"a call with id {call_id!r} is already in flight")
-        partition = self.owned[next(self._next) % len(self.owned)]
+        ids = new_request_ids(len(rows))
+        partition = self._reply_partition()
         headers = [(REPLY_PARTITION_HEADER, str(partition).encode())]
         now_ms = int(time.time() * 1000)
         packed = np.ascontiguousarray(rows.X, dtype="<f8")
@@ -331,21 +563,31 @@ class GatewayApp(Lifecycle):
                 f"{self.settings.max_message_bytes} (MODELSTREAM_MAX_MESSAGE_BYTES)",
             )
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in ids]
-        self.pending.update(zip(ids, futures, strict=True))
+        futures: list[asyncio.Future[ConsumerRecord]] = [loop.create_future() for _ in ids]
+        self.pending.update(
+            (request_id, _Waiting(future, partition))
+            for request_id, future in zip(ids, futures, strict=True)
+        )
+        deadline = time.monotonic() + timeout_s
         try:
-            deliveries = []
-            for request_id, value in zip(ids, values, strict=True):
-                deliveries.append(
-                    await self.producer.send(
-                        self.requests_topic,
-                        key=request_id.encode(),
-                        value=value,
-                        headers=headers,
-                    )
-                )
-            await asyncio.gather(*deliveries)
-            _, waiting = await asyncio.wait(futures, timeout=self.settings.gateway_timeout_s)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    deliveries = [
+                        await self.producer.send(
+                            self.requests_topic,
+                            key=request_id.encode(),
+                            value=value,
+                            headers=headers,
+                        )
+                        for request_id, value in zip(ids, values, strict=True)
+                    ]
+                    await asyncio.gather(*deliveries)
+            except (TimeoutError, KafkaError) as exc:
+                raise CallError(
+                    503, f"the call could not be written to Kafka: {type(exc).__name__}", ids
+                ) from None
+            remaining = max(0.0, deadline - time.monotonic())
+            _, waiting = await asyncio.wait(futures, timeout=remaining)
         finally:
             for request_id in ids:
                 self.pending.pop(request_id, None)
@@ -354,24 +596,85 @@ class GatewayApp(Lifecycle):
             late = [i for i, f in zip(ids, futures, strict=True) if f in waiting]
             raise CallError(
                 504,
-                f"no prediction within {self.settings.gateway_timeout_s:g} s for request ids "
-                f"{late[:10]}",
+                f"no prediction within {timeout_s:g} s for {len(late)} of {len(ids)} rows",
+                ids,
             )
-        return ids, [
-            self._answer(request_id, f.result()) for request_id, f in zip(ids, futures, strict=True)
-        ]
-
-    def _answer(self, request_id: str, record: ConsumerRecord) -> Prediction:
-        if record.value is None:  # the predictor rejected the row: its reason, now
-            headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
-            reason = headers.get("reason", "rejected")
-            status = 404 if reason in NOT_FOUND_REASONS else 400
-            raise CallError(status, f"{request_id}: {reason}: {headers.get('error', '')}")
+        answers = [f.result() for f in futures]
+        failed = Counter(_fault(record) for record in answers if record.value is None)
+        if failed:
+            raise _rejected(ids, answers, failed)
         try:
-            return self.codec.decode_any(record.value, Prediction)
+            return ids, [self.codec.decode_any(record.value, Prediction) for record in answers]
         except (DecodeError, InvalidEventError) as exc:
-            raise CallError(502, f"{request_id}: unreadable prediction: {exc}") from None
+            raise CallError(502, f"unreadable prediction: {exc}", ids) from None
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def new_request_ids(rows: int) -> list[str]:
+    """One id per row, each 128 random bits of its own (knowing one row's id tells nothing
+    of another's), then the row's number."""
+    return [f"{secrets.token_hex(16)}-{i}" for i in range(rows)]
+
+
+def _headers_of(record: ConsumerRecord) -> dict[str, str]:
+    return {k: v.decode(errors="replace") for k, v in record.headers or ()}
+
+
+def _fault(record: ConsumerRecord) -> int:
+    """The status a rejected row stands for: 404 unknown model or version, 5xx when the
+    pipeline failed it (its fault, not the row's), 400 otherwise."""
+    reason = _headers_of(record).get("reason", "rejected")
+    if reason in NOT_FOUND_REASONS:
+        return 404
+    if reason in SERVER_FAULTS:
+        return 500
+    if reason == "output-too-large":
+        return 500  # the row was fine; its answer cannot be written
+    return 400
+
+
+def _rejected(ids: list[str], answers: list[ConsumerRecord], faults: Counter[int]) -> CallError:
+    """One error for the call: the worst status among its rows, with the first rows'
+    reasons; a server fault outranks a bad row."""
+    status = max(faults)
+    reasons: list[str] = []
+    for request_id, record in zip(ids, answers, strict=True):
+        if record.value is None and len(reasons) < 3:
+            headers = _headers_of(record)
+            reasons.append(
+                f"{request_id}: {headers.get('reason', 'rejected')}: {headers.get('error', '')}"
+            )
+    count = sum(faults.values())
+    prefix = f"{count} of {len(ids)} rows rejected; " if len(ids) > 1 else ""
+    return CallError(status, prefix + "; ".join(reasons), ids)
+
+
+def _ids_header(ids: list[str]) -> dict[str, str]:
+    """The request ids as a header, for calls small enough that any HTTP client reads it
+    (the OIP body carries them always)."""
+    joined = ",".join(ids)
+    return {REQUEST_IDS_HEADER: joined} if ids and len(joined) <= MAX_IDS_HEADER else {}
+
+
+def _caller_id(body: object) -> str | None:
+    """The caller's ``id``, echoed as given (any string, repeated or not)."""
+    given = body.get("id") if isinstance(body, dict) else None
+    if given is None:
+        return None
+    text = given if isinstance(given, str) else json.dumps(given)
+    if len(text) > MAX_CALLER_ID:
+        raise CallError(400, f"id has {len(text)} characters; at most {MAX_CALLER_ID}")
+    return text
+
+
+def _error(
+    status: int,
+    message: str,
+    request_ids: list[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    out = {k: v for k, v in (headers or {}).items() if k in ("Retry-After", "Allow")}
+    out.update(_ids_header(request_ids or []))
+    body: dict[str, object] = {"error": message}
+    if request_ids:
+        body["request_ids"] = request_ids
+    return web.json_response(body, status=status, headers=out)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from modelstream.contracts import tensors
+from modelstream.contracts.limits import json_depth
 from modelstream.contracts.records import (
     ModelBody,
     NamedTensor,
@@ -40,6 +41,9 @@ from modelstream.contracts.records import (
 )
 from modelstream.errors import InvalidEventError
 
+MAX_MESSAGE = 400  # characters of an error's reason
+# a request's JSON: a tensor of rank 8 in nested lists, inside inputs, inside the body
+MAX_BODY_DEPTH = 16
 NUMERIC_DATATYPES = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
     | {"FP16", "FP32", "FP64"}
@@ -49,10 +53,13 @@ NUMERIC_DATATYPES = frozenset(
 class CallError(Exception):
     """A call answered with an error status and a one-line reason."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, request_ids: list[str] | None = None) -> None:
+        if len(message) > MAX_MESSAGE:  # reasons quote the caller's names and values
+            message = message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.status = status
         self.message = message
+        self.request_ids = request_ids  # the rows' ids, when they were sent
 
 
 @dataclass(frozen=True)
@@ -163,11 +170,15 @@ def oip_body(raw: bytes, header_length: str | None) -> Any:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except RecursionError:
         raise CallError(400, "the request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise CallError(400, "the request body is not JSON") from None
+    # what parses may still be deeper than any tensor, and the readers below recurse
+    if json_depth(body) > MAX_BODY_DEPTH:
+        raise CallError(400, f"the request body is nested deeper than {MAX_BODY_DEPTH} levels")
+    return body
 
 
 def _binary_strings(blob: bytes) -> list[bytes]:
@@ -231,9 +242,11 @@ def _oip_tensor(tensor: Any, index: int) -> tuple[str, Any, list[int], str]:
     name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
     if not isinstance(name, str) or not name:
         raise CallError(400, f"input {index} has no name")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape
+    ):
         raise CallError(400, f"input {name!r} needs a shape (a list of sizes)")
-    if datatype != "BYTES" and datatype not in NUMERIC_DATATYPES:
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMERIC_DATATYPES):
         raise CallError(400, f"input {name!r} has datatype {datatype!r}")
     if "data" not in tensor:
         raise CallError(400, f"input {name!r} has no data")
@@ -368,7 +381,7 @@ def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows
             )
         ):
             raise CallError(400, f"input {name!r} needs a shape whose first axis is the rows")
-        if datatype not in accepted[name]:
+        if not isinstance(datatype, str) or datatype not in accepted[name]:
             raise CallError(
                 400,
                 f"input {name!r} is {str(datatype)[:32]!r}; the model takes "
@@ -383,7 +396,7 @@ def _oip_tensor_rows(inputs: list[Any], model: ModelInfo, max_rows: int) -> Rows
                 data, _ = tensors.json_data(datatype, tensor["data"], f"input {name!r}")
             batch: NamedTensor = {
                 "name": name,
-                "datatype": datatype,
+                "datatype": TensorDatatype(datatype),
                 "shape": shape,
                 "data": data,
             }
@@ -596,7 +609,10 @@ def _oip_class_outputs(model: ModelInfo, answers: Sequence[Prediction]) -> list[
 
 # -- answering -------------------------------------------------------------------------------
 def oip_response(
-    model: ModelInfo, call_id: str, request_ids: Sequence[str], answers: Sequence[Prediction]
+    model: ModelInfo,
+    call_id: str | None,
+    request_ids: Sequence[str],
+    answers: Sequence[Prediction],
 ) -> dict[str, Any]:
     versions = sorted({a["version"] for a in answers})
     outputs: list[dict[str, Any]]
@@ -636,13 +652,15 @@ def oip_response(
             "data": [a["version"] for a in answers],
         }
     )
-    return {
+    response: dict[str, Any] = {
         "model_name": model.name,
         "model_version": ",".join(str(v) for v in versions),
-        "id": call_id,
         "parameters": {"request_ids": list(request_ids)},
         "outputs": outputs,
     }
+    if call_id is not None:
+        response["id"] = call_id
+    return response
 
 
 def tf_response(model: ModelInfo, answers: Sequence[Prediction]) -> dict[str, Any]:

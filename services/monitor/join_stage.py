@@ -391,6 +391,9 @@ class JoinStage:
     def aborted(self, task: int) -> None:
         self.staged.pop(task, None)
 
+    def dead_lettered(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
+        return []  # nobody waits on the monitor
+
     def _model_of(self, entry: Entry) -> str:
         for part, record_type in (
             (entry.prediction, Prediction),

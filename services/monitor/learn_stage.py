@@ -436,6 +436,9 @@ class LearnStage:
         for model in self.pending.pop(task, {}):
             self.watches.pop(model, None)  # rebuilt from `saved` when next needed
 
+    def dead_lettered(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
+        return []  # nobody waits on the monitor
+
     def _report(self, watch: ModelWatch, d: Decisions, dead_letters: int) -> None:
         model = watch.name
         LABELS_JOINED.labels(model).inc(len(d.usable) + len(d.unusable))

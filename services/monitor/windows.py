@@ -27,7 +27,9 @@ import faust
 from modelstream.contracts.codec import AvroCodec
 from modelstream.contracts.records import MonitorOutcomes, QualitySums
 from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.kafka.boundary import logical_topic
 from modelstream.kafka.clients import security_options
+from modelstream.kafka.quiet import quiet_log
 from modelstream.kafka.topology import LEARN_PARTITIONS, MONITOR_OUTCOMES, MONITOR_WINDOWS
 from modelstream.ops.influx import InfluxWriter
 from modelstream.services.monitor.logic.quality import add_sums, quality_of
@@ -43,6 +45,7 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.monitor.windows")
+_unreadable = quiet_log(log, "monitor skipped unreadable")
 LIVE_GAUGES = {
     "accuracy": LIVE_ACCURACY,
     "log_loss": LIVE_LOG_LOSS,
@@ -154,7 +157,12 @@ class QualityWindows:
             try:
                 record = self.codec.decode(event.message.value, MonitorOutcomes)
             except (DecodeError, InvalidEventError) as exc:
-                log.warning("skipping an unreadable quality record: %s", exc)
+                _unreadable.warn(
+                    logical_topic(event.message.topic),
+                    exc.reason,
+                    "skipping an unreadable quality record: %s",
+                    exc,
+                )
                 continue
             key = f"{record['model']}|{record['version']}"
             sums = record["sums"]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Action, AuditEvent, Command
 from modelstream.kafka.boundary import Boundary, Failure
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
+from modelstream.kafka.compat import fresh_partition_count
 from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless
 from modelstream.kafka.topology import (
@@ -20,6 +23,7 @@ from modelstream.kafka.topology import (
     DEADLETTER,
     MODEL_HISTORY,
     MODELS,
+    PREDICTOR_IN_FLIGHT,
     REPLIES,
     REPLY_PARTITION_HEADER,
     REQUESTS,
@@ -53,6 +57,7 @@ from modelstream.telemetry import (
 
 log = logging.getLogger("modelstream.predictor")
 SERVICE = "predictor"
+REPLIES_REFRESH_S = 10.0  # partitions added to `replies` are answered on within this
 
 
 class _Processor(Stateless):
@@ -83,6 +88,9 @@ class _Processor(Stateless):
 
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         started = time.perf_counter()
+        poison = self.app.settings.predictor_test_abort_on
+        if poison is not None and any(r.key == poison.encode() for r in records):
+            os.abort()  # the crash tests' native crash, where scoring would crash
         scored = self.app.logic.process(records)
         # Keyed by request id, in the partition of its CRC-32: where the monitor's join
         # reads it without forwarding (and where librdkafka's default partitioner puts it).
@@ -125,6 +133,15 @@ class _Processor(Stateless):
         BATCH_SECONDS.labels(SERVICE).observe(time.perf_counter() - started)
         return out
 
+    def dead_lettered(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
+        """A waiting caller hears why its row was dead-lettered (internal error, crash,
+        output too large), not a timeout."""
+        partition = self._reply_partition(record)
+        if partition is None:
+            return []
+        headers = dead_letter_headers(record, failure.reason, failure.error, SERVICE)
+        return [Outgoing(self.replies, record.key, None, partition, headers)]
+
     async def refresh(self) -> None:
         await self.app.refresh()
 
@@ -153,7 +170,7 @@ class PredictorApp(Lifecycle):
                 settings.topic(name): max_message_bytes(name)
                 for name in (PREDICTIONS_TOPIC, SHADOW_TOPIC, REPLIES)
             },
-            crash_guard=settings.state_dir / f"predictor-{settings.instance_id}" / "in-flight.json",
+            crash_topic=settings.topic(PREDICTOR_IN_FLIGHT),
             exactly_once=settings.delivery == Delivery.EXACTLY_ONCE,
             max_records=settings.predictor_batch_max_records,
             session_timeout_s=settings.predictor_session_timeout_s,
@@ -171,6 +188,7 @@ class PredictorApp(Lifecycle):
         self._preparing: deque[tuple[ConsumerRecord, bool, asyncio.Future[ServingModel]]] = deque()
         self.boundary = Boundary(SERVICE)
         self._last_lag = 0.0
+        self._last_replies = time.monotonic()
 
     def request_stop(self) -> None:
         super().request_stop()
@@ -180,10 +198,9 @@ class PredictorApp(Lifecycle):
         await self.own(self.audit_producer)
         await self.own(self.registry)
         await self._load_registry()
-        replies = await partitions_of(self.registry, self.settings.topic(REPLIES))
-        if not replies:  # a deployment provisioned before the gateway existed
+        await self._count_reply_partitions()
+        if not self.processor.reply_partitions:  # provisioned before the gateway existed
             log.warning("no %s topic: synchronous calls are not answered", REPLIES)
-        self.processor.reply_partitions = len(replies)
         await self.own(self.control)
         await self.control.replay()
         await self.own(self.pipeline)
@@ -326,3 +343,21 @@ class PredictorApp(Lifecycle):
         if now - self._last_lag > 1.0:
             self._last_lag = now
             CONSUMER_LAG.labels(SERVICE).set(sum((await self.pipeline.lag()).values()))
+        if now - self._last_replies > REPLIES_REFRESH_S:
+            self._last_replies = now
+            await self._count_reply_partitions()
+
+    async def _count_reply_partitions(self) -> None:
+        """Partitions added to `replies` get answers too (gateways are assigned them)."""
+        topic = self.settings.topic(REPLIES)
+        try:
+            count = await fresh_partition_count(self.registry, topic)
+            if count:  # only partitions every producer of ours can write to yet
+                known = await self.pipeline.known_partitions(topic)
+                count = count if known is None else min(count, known)
+        except KafkaError as exc:
+            log.debug("cannot count the partitions of %s: %s", REPLIES, exc)
+            return
+        if count != self.processor.reply_partitions:
+            log.info("%s has %d partitions", REPLIES, count)
+            self.processor.reply_partitions = count

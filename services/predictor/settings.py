@@ -24,6 +24,11 @@ class PredictorSettings(ServiceSettings):
         description="exactly-once (Kafka transactions) or at-least-once (brokers without them).",
     )
     predictor_batch_max_records: int = Field(default=5000, ge=1, description="Records per batch.")
+    predictor_test_abort_on: str | None = Field(
+        default=None,
+        description="Test hook: the process aborts (SIGABRT, as a native crash would) while "
+        "handling a batch that holds a request with this id. Never set it in production.",
+    )
     max_versions: int = Field(default=10, ge=1, description="Versions kept loaded per model.")
     predictor_onnx_threads: int = Field(
         default=1,

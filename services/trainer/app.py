@@ -24,6 +24,7 @@ from modelstream.kafka.clients import (
     read_to_end,
 )
 from modelstream.kafka.control import ControlFollower
+from modelstream.kafka.quiet import quiet_log
 from modelstream.kafka.topology import (
     AUDIT,
     CANDIDATES,
@@ -48,6 +49,7 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.trainer")
+_skipped = quiet_log(log, "trainer skipped", "trainings")  # by model and reason
 SERVICE = "trainer"
 
 
@@ -259,7 +261,9 @@ class TrainerApp(Lifecycle):
                 ensure_fits(CONTROL, definition, name.encode())
         except Exception as exc:
             failure = self.boundary.failure(exc)
-            log.warning("not training %s: %s: %s", name, failure.reason, failure.error)
+            _skipped.warn(
+                name, failure.reason, "not training %s: %s: %s", name, failure.reason, failure.error
+            )
             self.logic.trained(name)
             return Training(self, name, skipped=failure)
         return Training(

@@ -254,3 +254,143 @@ async def test_mtls_refuses_clients_without_a_certificate(topics, keys, tmp_path
             known.load_cert_chain(tls.broker)  # a certificate the gateway's CA signed
             async with http.get(url, ssl=known) as r:
                 assert r.status == 200
+
+
+# -- trust boundaries ---------------------------------------------------------------------
+def _oip_row(row: np.ndarray, call_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "x", "shape": [1, len(row)], "datatype": "FP64", "data": row.tolist()}]
+    }
+    if call_id is not None:
+        body["id"] = call_id
+    return body
+
+
+def _triton_ready(port: int) -> tuple[dict[str, Any], bool, bool, bool]:
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    try:
+        return (
+            client.get_server_metadata(),
+            client.is_server_ready(),
+            client.is_model_ready(BC),
+            client.is_model_ready(BC, "1"),
+        )
+    finally:
+        client.close()
+
+
+async def test_ids_are_the_gateways_own_and_readiness_needs_a_predictor(topics, keys):  # type: ignore[no-untyped-def]
+    from aiokafka import AIOKafkaProducer
+
+    from modelstream.kafka.clients import client_options
+
+    base = topics
+    v1 = await publish(base, keys, trained_body(BC), 1)
+    model = LinearModel.from_body(v1["body"])
+    X, _, _, _ = dataset(BC)
+    async with gateway(base, keys) as gw, aiohttp.ClientSession() as http:
+        metadata, server, model_ready, _ = await asyncio.to_thread(_triton_ready, gw.port)
+        assert metadata["name"] == "modelstream" and not server and not model_ready
+        async with running(PredictorApp(service_settings(PredictorSettings, base, keys))):
+            await eventually(lambda: gw.predictors_live, 30, "no predictor seen")
+            _, server, model_ready, version_ready = await asyncio.to_thread(_triton_ready, gw.port)
+            assert server and model_ready and version_ready
+
+            # sixty concurrent callers all say "id": "1": each gets its own answer
+            url = f"http://127.0.0.1:{gw.port}/v2/models/{BC}/infer"
+
+            async def call(i: int) -> tuple[int, dict[str, Any]]:
+                async with http.post(url, json=_oip_row(X[i], "1")) as r:
+                    return r.status, await r.json()
+
+            answers = await asyncio.gather(*(call(i) for i in range(60)))
+            assert [status for status, _ in answers] == [200] * 60, answers[:3]
+            assert {body["id"] for _, body in answers} == {"1"}
+            issued = {body["parameters"]["request_ids"][0] for _, body in answers}
+            assert len(issued) == 60 and all(len(i) == 34 for i in issued)  # 128 bits + "-0"
+            for i, (_, body) in enumerate(answers):
+                scores = next(o for o in body["outputs"] if o["name"] == "scores")["data"]
+                np.testing.assert_allclose(scores, model.proba(X[i : i + 1])[0], atol=1e-12)
+            # TensorFlow Serving callers get the ids in a header
+            tf_url = f"http://127.0.0.1:{gw.port}/v1/models/{BC}:predict"
+            async with http.post(tf_url, json={"instances": X[:3].tolist()}) as r:
+                assert len(r.headers["Modelstream-Request-Ids"].split(",")) == 3
+
+            # a reply nobody asked for (a forgery, or a late one) is dropped and counted
+            before = gw.unclaimed_replies
+            producer = AIOKafkaProducer(**client_options(base))
+            await producer.start()
+            try:
+                for partition in gw.owned:
+                    await producer.send_and_wait(
+                        base.topic("replies"), b"forged", key=b"1-0", partition=partition
+                    )
+            finally:
+                await producer.stop()
+            await eventually(
+                lambda: gw.unclaimed_replies - before == len(gw.owned), 30, "forgeries unseen"
+            )
+        await eventually(lambda: not gw.predictors_live, 30, "a stopped predictor still seen")
+        _, server, model_ready, _ = await asyncio.to_thread(_triton_ready, gw.port)
+        assert not server and not model_ready
+
+
+GROWING = {"gateway_metadata_refresh_s": 2, "gateway_new_partition_grace_s": 5}
+
+
+async def test_calls_on_moved_or_added_reply_partitions_are_answered(topics, keys):  # type: ignore[no-untyped-def]
+    from aiokafka.admin import NewPartitions
+
+    from modelstream.kafka.clients import admin_client
+
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    X, _, _, _ = dataset(BC)
+    async with (
+        gateway(base, keys, gateway_timeout_s=60, **GROWING) as first,
+        aiohttp.ClientSession() as http,
+    ):
+        assert len(first.owned) == 6  # alone: every partition
+        url = f"http://127.0.0.1:{first.port}/v2/models/{BC}/infer"
+
+        async def call(i: int) -> int:
+            async with http.post(url, json=_oip_row(X[i])) as r:
+                return r.status
+
+        # calls wait on all six partitions while no predictor runs ...
+        waiting = [asyncio.create_task(call(i)) for i in range(24)]
+        await eventually(lambda: len(first.pending) == 24, 30, "calls not sent")
+        # ... a second copy joins and takes some of those partitions ...
+        async with gateway(base, keys, **GROWING) as second:
+            await eventually(
+                lambda: bool(first.owned) and len(first.owned) + len(second.owned) == 6,
+                60,
+                "the copies do not split the partitions",
+            )
+            assert first.stray_partitions, "no partition with waiting calls moved"
+            # ... and the predictor answers on the partitions the calls named
+            predictor = PredictorApp(service_settings(PredictorSettings, base, keys))
+            async with running(predictor):
+                assert await asyncio.gather(*waiting) == [200] * 24
+                assert not first.stray_partitions  # read until its calls were answered
+                assert second.unclaimed_replies > 0  # the moved partitions' answers
+
+                # partitions added to `replies` are assigned and answered on
+                async with admin_client(base) as admin:
+                    await admin.create_partitions({base.topic("replies"): NewPartitions(8)})
+                await eventually(
+                    lambda: len(first.owned) + len(second.owned) == 8, 60, "8 partitions unseen"
+                )
+                await eventually(
+                    lambda: predictor.processor.reply_partitions == 8,
+                    30,
+                    f"the predictor answers on {predictor.processor.reply_partitions} partitions",
+                )
+                await asyncio.sleep(GROWING["gateway_new_partition_grace_s"])
+                # calls go round the owned partitions: each copy's next calls name
+                # every partition it owns, the added ones included
+                for copy in (first, second):
+                    copy_url = f"http://127.0.0.1:{copy.port}/v2/models/{BC}/infer"
+                    for i in range(2 * len(copy.owned)):
+                        async with http.post(copy_url, json=_oip_row(X[i])) as r:
+                            assert r.status == 200, await r.text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import re
 import signal
 import subprocess
@@ -41,6 +42,7 @@ from modelstream.kafka.control import send_command
 from modelstream.settings import Settings
 from tests.support.corpus import Hostile, distinct, mutations, tensor_hostiles
 from tests.support.helpers import define, produce, produce_records, read_all, run_cli
+from tests.support.http_corpus import hostile_calls
 from tests.support.models import dataset
 from tests.support.ports import free_base_below_ephemeral
 from tests.support.processes import stop_up
@@ -389,6 +391,15 @@ async def test_hostile_records_on_every_topic_stop_no_service(topics: Settings, 
         print("offsets committed past the corpus by:", {t: sorted(g) for t, g in committed.items()})
         print("crashes 0, restarts 0")
 
+        # The live gateway: hostile paths, headers and bodies of both protocols are each a
+        # 4xx with a JSON reason (or an answer), never a 500; then a valid call is answered.
+        gateway_log = (tmp_path / "state" / "logs" / "gateway.log").read_text(errors="replace")
+        port = int(re.findall(r"gateway on [\d.]+:(\d+) serving", gateway_log)[-1])
+        calls = await _hostile_http(port, X)
+        print("hostile gateway calls by status:", dict(sorted(calls.items())))
+        assert sum(calls.values()) == HOSTILE_CALLS
+        assert not {status for status in calls if status >= 500} - {504}, calls
+
         # The CLI's readers go through the same records without stopping.
         cli_env = {"MODELSTREAM_STATE_DIR": str(tmp_path / "state")}
         topics_read = [*hostile, "deadletter"]
@@ -405,14 +416,42 @@ async def test_hostile_records_on_every_topic_stop_no_service(topics: Settings, 
         for args in (["status"], ["models", "list"], ["models", "show", BC]):
             result = await run_cli(base, *args, **cli_env)
             assert result.returncode == 0, (args, result.stdout[-1000:], result.stderr[-2000:])
-        assert re.search(
-            r"breast-cancer\s+v[2-9]", (await run_cli(base, "models", "list", **cli_env)).stdout
-        )
+        if verdict["passed"]:
+            listed = (await run_cli(base, "models", "list", **cli_env)).stdout
+            assert re.search(r"breast-cancer\s+v[2-9]", listed), listed
 
         up.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(up.wait, 90) == 0
     finally:
         await asyncio.to_thread(stop_up, up, tmp_path / "state")
+
+
+HOSTILE_CALLS = 1_000
+
+
+async def _hostile_http(port: int, X: Any) -> Counter[int]:
+    """Hostile calls on the live gateway, 8 at a time; statuses counted. Every answer that
+    is not a success must be JSON with a reason."""
+    import aiohttp
+
+    statuses: Counter[int] = Counter()
+    base = f"http://127.0.0.1:{port}"
+    calls = list(hostile_calls(BC, X[:2], random.Random(13), HOSTILE_CALLS))
+    async with aiohttp.ClientSession() as http:
+
+        async def one(method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+            async with http.request(method, base + path, data=body, headers=headers) as r:
+                statuses[r.status] += 1
+                if r.status != 200:
+                    assert (await r.json())["error"], (method, path[:80], r.status)
+
+        for at in range(0, len(calls), 8):
+            await asyncio.gather(*(one(*call) for call in calls[at : at + 8]))
+        async with http.post(
+            f"{base}/v1/models/{BC}:predict", json={"instances": X[:2].tolist()}
+        ) as r:
+            assert r.status == 200, await r.text()
+    return statuses
 
 
 async def _committed(settings: Settings) -> dict[str, dict[str, dict[int, int]]]:

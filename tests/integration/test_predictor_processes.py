@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from tests.support.helpers import consume_until, eventually, produce
+from tests.support.helpers import consume_until, eventually, produce, read_all
 from tests.support.models import BC, publish, requests_for, trained_body
 from tests.support.processes import Predictor
 
@@ -125,3 +125,76 @@ async def test_a_predictor_paused_past_its_session_hands_over_exactly(topics, ke
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.faults
+async def test_a_request_that_crashes_the_process_is_dead_lettered_once_by_any_copy(  # type: ignore[no-untyped-def]
+    topics, keys, tmp_path
+):
+    """A request that aborts the process (a native crash inside scoring) with two copies:
+    the crash count follows its partition from copy to copy (kept in Kafka), so after the
+    bound it is dead-lettered once as crashed-service, and nothing else is lost or repeated."""
+    base = topics
+    await publish(base, keys, trained_body(BC), 1)
+    poison = "r-777"
+    hook = {"MODELSTREAM_PREDICTOR_TEST_ABORT_ON": poison}
+    copies = {name: Predictor(base, keys, name, tmp_path, **hook) for name in "ab"}
+    crashes: Counter[str] = Counter()
+    total = 2000
+    try:
+        await produce(base, "requests", requests_for(BC, total, 0, packed=True))
+        deadline = time.monotonic() + 240
+        answered: set[bytes] = set()
+        dead: list = []
+        while len(answered) < total - 1 or not dead:
+            missing = sorted(
+                k for k, _ in requests_for(BC, total, 0, packed=True) if k not in answered
+            )[:10]
+            assert time.monotonic() < deadline, (len(answered), missing, dead, dict(crashes))
+            for name, copy in list(copies.items()):
+                code = copy.process.poll()
+                if code is not None:  # the supervisor's part: restart it
+                    assert code == -signal.SIGABRT, copy.output()
+                    crashes[name] += 1
+                    copy.stop()
+                    copies[name] = Predictor(base, keys, name, tmp_path, **hook)
+            answered = {r.key for r in await read_all(base, "predictions")}
+            dead = [
+                r
+                for r in await read_all(base, "deadletter")
+                if dict(r.headers).get("source.topic") == base.topic("requests").encode()
+            ]
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(3)  # a repeat would land right behind
+        predictions = await read_all(base, "predictions")
+        counts = Counter(r.key for r in predictions)
+        dead = [
+            r
+            for r in await read_all(base, "deadletter")
+            if dict(r.headers).get("source.topic") == base.topic("requests").encode()
+        ]
+        print(
+            f"\nnative crash: {sum(crashes.values())} crashes {dict(crashes)}, "
+            f"{len(counts)} of {total - 1} answered, dead letters {len(dead)}"
+        )
+        assert [r.key for r in dead] == [poison.encode()]
+        assert dict(dead[0].headers)["reason"] == b"crashed-service"
+        assert poison.encode() not in counts and len(counts) == total - 1
+        assert max(counts.values()) == 1
+        assert sum(crashes.values()) == 4  # beside others, its batch alone, twice alone
+        # both copies serve again
+        await produce(base, "requests", requests_for(BC, 200, total, packed=True, prefix="after"))
+        await consume_until(
+            base,
+            "predictions",
+            lambda r: len({x.key for x in r if x.key.startswith(b"after")}) == 200,
+            timeout_s=90,
+        )
+        assert all(copy.process.poll() is None for copy in copies.values())
+    except BaseException:
+        for copy in copies.values():
+            print(copy.output())
+        raise
+    finally:
+        for copy in copies.values():
+            copy.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -17,6 +18,8 @@ from modelstream.kafka.topology import create_topics
 from modelstream.ops.broker import EmbeddedCluster, ensure_jars, fetch_broker_ids
 from modelstream.ops.security import BrokerSecurity, generate_tls, grant_service
 from modelstream.registry.artifact import generate_keys, load_private_key
+from modelstream.services.gateway.app import GatewayApp
+from modelstream.services.gateway.settings import GatewaySettings
 from modelstream.services.monitor.app import MonitorApp
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.services.predictor.app import PredictorApp
@@ -27,7 +30,12 @@ from tests.support.helpers import running
 from tests.support.models import dataset, trained_body
 from tests.support.ports import free_port_block
 
-USERS = {"admin": "admin-secret", "predictor": "predictor-secret", "monitor": "monitor-secret"}
+USERS = {
+    "admin": "admin-secret",
+    "predictor": "predictor-secret",
+    "monitor": "monitor-secret",
+    "gateway": "gateway-secret",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,40 +72,37 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     prefix = f"sec{uuid.uuid4().hex[:6]}."
     admin = as_principal(cluster, security, "admin", prefix)
     await create_topics(admin)
-    await asyncio.to_thread(
-        grant_service,
-        cluster._java(),
-        ensure_jars(admin),
-        cluster.bootstrap,
-        security,
-        "predictor",
-        "predictor",
-        prefix,
-        tmp_path,
-    )
-    await asyncio.to_thread(
-        grant_service,
-        cluster._java(),
-        ensure_jars(admin),
-        cluster.bootstrap,
-        security,
-        "monitor",
-        "monitor",
-        prefix,
-        tmp_path,
-    )
+    for service in ("predictor", "monitor", "gateway"):  # each its own principal
+        await asyncio.to_thread(
+            grant_service,
+            cluster._java(),
+            ensure_jars(admin),
+            cluster.bootstrap,
+            security,
+            service,
+            service,
+            prefix,
+            tmp_path,
+        )
     predictor = as_principal(cluster, security, "predictor", prefix)
 
-    # The predictor principal may write predictions but not the registry.
-    producer = AIOKafkaProducer(**client_options(predictor), acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(predictor.topic("predictions"), b"allowed", key=b"k")
-        with pytest.raises(KafkaError) as refused:
-            await producer.send_and_wait(predictor.topic("models"), b"forged", key=b"m")
-        assert "Authorization" in type(refused.value).__name__
-    finally:
-        await producer.stop()
+    # The predictor principal may write predictions but not the registry; only the
+    # predictor answers calls: the gateway principal may write requests, not forge a reply.
+    for user, allowed, refused_topic in (
+        ("predictor", "predictions", "models"),
+        ("gateway", "requests", "replies"),
+    ):
+        producer = AIOKafkaProducer(
+            **client_options(as_principal(cluster, security, user, prefix)), acks="all"
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(predictor.topic(allowed), b"allowed", key=b"k")
+            with pytest.raises(KafkaError) as refused:
+                await producer.send_and_wait(predictor.topic(refused_topic), b"forged", key=b"m")
+            assert "Authorization" in type(refused.value).__name__
+        finally:
+            await producer.stop()
 
     # Unauthenticated clients are refused entirely; so is a wrong password.
     with pytest.raises(Exception):  # noqa: B017 - plaintext against a TLS listener fails
@@ -145,6 +150,10 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
                     value=encoder.encode(f"s{i}", "breast-cancer", X[i], packed=True),
                 )
             await admin_producer.flush()
+            # A call through the gateway, as its own principal: the predictor's
+            # transactions carry the reply (WRITE on `replies`), the gateway sees a live
+            # predictor (DESCRIBE on its group) and reads the answer.
+            await _call_through_the_gateway(cluster, security, prefix, tmp_path, X[0])
             consumer = AIOKafkaConsumer(
                 admin.topic("predictions"),
                 **client_options(admin),
@@ -156,7 +165,7 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
             seen: set[bytes] = set()
             try:
                 deadline = asyncio.get_running_loop().time() + 60
-                while len(seen) < 51 and asyncio.get_running_loop().time() < deadline:
+                while len(seen) < 52 and asyncio.get_running_loop().time() < deadline:
                     batch = await consumer.getmany(timeout_ms=500)
                     seen.update(r.key for recs in batch.values() for r in recs)
             finally:
@@ -198,3 +207,33 @@ async def test_principals_acls_and_authentication(secure, tmp_path):  # type: ig
     finally:
         await admin_producer.stop()
     assert {f"s{i}".encode() for i in range(50)} <= seen
+    assert len(seen) == 52  # "allowed", 50 requests and the gateway's call
+
+
+async def _call_through_the_gateway(cluster, security, prefix, tmp_path, row) -> None:  # type: ignore[no-untyped-def]
+    settings = as_principal(
+        cluster,
+        security,
+        "gateway",
+        prefix,
+        GatewaySettings,
+        gateway_port=0,
+        gateway_timeout_s=20,
+        public_key_file=tmp_path / "keys" / "modelstream.pub",
+    )
+    async with running(GatewayApp(settings)) as gateway, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{gateway.port}"
+        deadline = asyncio.get_running_loop().time() + 60
+        while (await http.get(f"{base}/v2/models/breast-cancer/ready")).status != 200:
+            assert asyncio.get_running_loop().time() < deadline, "the gateway never got ready"
+            await asyncio.sleep(0.5)
+        body = {
+            "id": "1",
+            "inputs": [
+                {"name": "x", "shape": [1, len(row)], "datatype": "FP64", "data": row.tolist()}
+            ],
+        }
+        r = await http.post(f"{base}/v2/models/breast-cancer/infer", json=body)
+        answer = await r.json()
+        assert r.status == 200, answer
+        assert answer["id"] == "1" and len(answer["parameters"]["request_ids"]) == 1

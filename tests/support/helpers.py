@@ -143,6 +143,16 @@ def cli(
     )
 
 
+def failure_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The line a failed command wrote to stderr, checked to be its only one, without a
+    traceback (what every command does when it fails: modelstream/cli/failures.py)."""
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
 async def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`modelstream ARGS` in a subprocess against ``settings``' broker and topic prefix."""
     return await asyncio.to_thread(

@@ -66,6 +66,7 @@ class Stack:
         return self.settings.state_dir / "keys"
 
     def start(self, say: Callable[[str], None]) -> None:
+        from modelstream.kafka.clients import reach
         from modelstream.kafka.topology import create_topics
         from modelstream.ops.broker import EmbeddedCluster
         from modelstream.registry.artifact import generate_keys
@@ -73,6 +74,7 @@ class Stack:
         if self.settings.embedded:
             say(f"starting the embedded Kafka broker on {self.settings.bootstrap} ...")
             self.started_broker = bool(EmbeddedCluster(self.settings).start())
+        asyncio.run(reach(self.settings, self.settings.connect_timeout_s))
         report = asyncio.run(create_topics(self.settings))
         say(
             f"broker {self.settings.bootstrap}: {len(report.created)} topics created, "

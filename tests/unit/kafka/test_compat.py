@@ -37,6 +37,20 @@ async def test_metadata_for_an_unsubscribed_topic_still_needs_the_private_call()
     )
 
 
+async def test_partition_counts_still_need_the_private_metadata_call():
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started
+    fetch = getattr(consumer._client, "fetch_all_metadata", None)
+    assert fetch is not None and asyncio.iscoroutinefunction(fetch), (
+        "aiokafka's client lost fetch_all_metadata: rewrite compat.fresh_partition_count"
+    )
+    assert not hasattr(consumer, "partition_count"), "a public call exists now: use it"
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started
+    assert asyncio.iscoroutinefunction(producer.client.fetch_all_metadata)
+    await producer.client.close()
+
+
 async def test_a_lost_connection_during_a_coordinator_lookup_still_ends_the_sender():
     """aiokafka's sender retries a coordinator lookup on CoordinatorNotAvailable,
     NodeNotReady and RequestTimedOut, not on KafkaConnectionError: the pipeline replaces a

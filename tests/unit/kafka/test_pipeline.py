@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless, Written
+from modelstream.kafka.pipeline import FRAMING_BYTES, BatchPipeline, Outgoing, Stateless, Written
 from modelstream.settings import load
 
 TOPIC = "t.requests"
@@ -197,3 +197,106 @@ async def test_a_record_the_processor_cannot_handle_is_dead_lettered_alone():
     headers = dict(out[1].headers or [])
     assert headers["reason"] == b"internal-error" and headers["source.offset"] == b"8"
     assert ("processor aborted", 0) in recorder.log  # the failed batch's changes are dropped
+
+
+class Answering(Processor):
+    """Two outputs per record (a prediction and a reply), and a reply of its own for each
+    record the pipeline dead-letters."""
+
+    def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
+        out = super().process(task, records)
+        return out + [Outgoing("t.replies", r.key, r.value, 0, source=r) for r in records]
+
+    def dead_lettered(self, record: ConsumerRecord, failure: Any) -> list[Outgoing]:
+        return [Outgoing("t.replies", record.key, None, 0, [("reason", failure.reason.encode())])]
+
+
+async def test_a_dead_letter_the_pipeline_writes_carries_the_processors_reply():
+    pipe, recorder = pipeline({})
+    pipe.processor = Answering(recorder.log)
+    out = pipe._process(0, [record(7, b"a"), record(8, b"poison")])
+    assert [(o.topic, o.value) for o in out] == [
+        ("t.out", b"a"),
+        ("t.replies", b"a"),
+        ("t.deadletter", b"poison"),
+        ("t.replies", None),
+    ]
+    assert dict(out[3].headers or [])["reason"] == b"internal-error"
+
+
+async def test_a_record_with_any_output_too_large_is_one_dead_letter_and_no_outputs():
+    pipe, recorder = pipeline({})
+    pipe.processor = Answering(recorder.log)
+    limit = FRAMING_BYTES + 100  # the same value goes to both topics
+    pipe.topic_limits = {"t.out": limit, "t.replies": limit}
+    out = pipe._process(0, [record(7, b"small"), record(8, b"x" * 200), record(9, b"fine")])
+    assert [(o.topic, (o.value or b"")[:5]) for o in out] == [
+        ("t.out", b"small"),
+        ("t.out", b"fine"),
+        ("t.replies", b"small"),
+        ("t.replies", b"fine"),
+        ("t.deadletter", b"xxxxx"),
+        ("t.replies", b""),
+    ]
+    assert dict(out[4].headers or [])["reason"] == b"output-too-large"
+    assert dict(out[5].headers or [])["reason"] == b"output-too-large"
+
+
+async def test_the_crash_guard_brackets_the_processing_itself():
+    """A native crash inside scoring kills the process between begin and end: the batch
+    must already be marked in flight (in Kafka, acknowledged) when the processor runs."""
+    import contextlib
+
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = pipeline({tp: 7})
+    marks: list[tuple[str, Any]] = []
+
+    class Guard:
+        bound = 2
+
+        def crashes(self, topic: str, partition: int, offset: int) -> int:
+            return 0
+
+        def suspect(self, topic: str, partition: int, offset: int) -> None:
+            return None
+
+        async def begin(self, topic: str, partition: int, first: int, last: int, mode: str) -> None:
+            marks.append(("begin", (first, last, mode)))
+
+        def done(self, topic: str, partition: int, last: int) -> None:
+            marks.append(("done", last))
+
+    class Noting(Processor):
+        def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
+            marks.append(("process", [r.offset for r in records]))
+            return super().process(task, records)
+
+    class Transactional(Producer):
+        @contextlib.asynccontextmanager
+        async def transaction(self) -> Any:
+            yield
+
+        async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
+            return None
+
+    async def producer_for(task: int) -> Any:
+        return Transactional(recorder.log, task)
+
+    async def send(producer: Any, outgoing: list[Outgoing]) -> list[Any]:
+        return []
+
+    pipe.crash_guard = Guard()  # type: ignore[assignment]
+    pipe.processor = Noting(recorder.log)
+    pipe._producer_for = producer_for  # type: ignore[method-assign]
+    pipe._send = send  # type: ignore[method-assign]
+    await pipe._transact(0, {tp: [record(7, b"a"), record(8, b"b")]})
+    # one record alone (the path of a batch that crashed before) is bracketed too
+    await pipe._transact_one(0, tp, record(9, b"c"))
+    assert marks == [
+        ("begin", (7, 8, "shared")),
+        ("process", [7, 8]),
+        ("done", 8),
+        ("begin", (9, 9, "shared")),
+        ("process", [9]),
+        ("done", 9),
+    ]
