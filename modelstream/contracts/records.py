@@ -405,6 +405,20 @@ class AuditEvent(TypedDict):
     at_ms: int
 
 
+# -- services' internal state -------------------------------------------------------------------
+class InFlightMode(StrEnum):
+    SHARED = "SHARED"
+    BATCH = "BATCH"
+    RECORD = "RECORD"
+
+
+class InFlightMarker(TypedDict):
+    first: int
+    last: int
+    mode: InFlightMode
+    crashes: int
+
+
 # -- the monitor's internal state ----------------------------------------------------------------
 class MonitorJoinState(TypedDict):
     first_seen_ms: int
@@ -489,6 +503,7 @@ RECORD_TYPES: dict[str, type] = {
         Command,
         ValidationReport,
         AuditEvent,
+        InFlightMarker,
         MonitorJoinState,
         MonitorLabelledBatch,
         MonitorModelState,

@@ -1,7 +1,8 @@
 """Crash counts that follow the partition, not the process: kept in Kafka.
 
-Before a member handles records of a partition it writes a marker to the compacted topic
-``<prefix><service>-in-flight``, keyed by the input partition: the first and last offsets it
+Before a member handles records of a partition it writes a marker (an ``InFlightMarker``,
+Avro like every value) to the compacted topic ``<prefix><service>-in-flight``, keyed by the
+input partition: the first and last offsets it
 is about to handle, how (``mode``) and, for a record handled alone, how often handling it
 has already taken a process down. Nothing is written afterwards: once the transaction
 commits, the group's committed offset has moved past the marker, which makes it stale.
@@ -10,10 +11,10 @@ markers: a marker at exactly the committed offset names records that were in fli
 their owner died, and they are handled more carefully, in steps, each with nothing else in
 flight in the process (``solo``, see :class:`Quarantine`), so that a crash names them:
 
-1. ``shared`` (batches of several partitions side by side): the batch's range is handled
+1. ``SHARED`` (batches of several partitions side by side): the batch's range is handled
    again as one batch, alone;
-2. ``batch`` (that batch, alone): its records are handled one by one, alone;
-3. ``record`` (one record, alone): that record has crashed once more; past the bound it is
+2. ``BATCH`` (that batch, alone): its records are handled one by one, alone;
+3. ``RECORD`` (one record, alone): that record has crashed once more; past the bound it is
    dead-lettered (``crashed-service``) unhandled, whichever copy meets it.
 
 A poison record thus takes processes down bound + 2 times. Records in flight beside it are
@@ -25,7 +26,6 @@ one transaction handled alone.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,13 +33,16 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from modelstream.contracts.codec import default_codec
+from modelstream.contracts.records import InFlightMarker, InFlightMode
+from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.clients import make_producer, read_to_end
 from modelstream.kafka.compat import fresh_partition_count
 from modelstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SHARED, BATCH, RECORD = "shared", "batch", "record"
+SHARED, BATCH, RECORD = InFlightMode.SHARED, InFlightMode.BATCH, InFlightMode.RECORD
 NEXT_STEP = {SHARED: BATCH, BATCH: RECORD, RECORD: RECORD}
 
 
@@ -50,7 +53,7 @@ class Suspect:
 
     first: int
     last: int
-    step: str
+    step: InFlightMode
     crashes: int = 0  # of ``first`` alone (step ``record``)
 
 
@@ -64,6 +67,7 @@ class KafkaCrashGuard:
         self._producer: AIOKafkaProducer | None = None
         self._suspects: dict[tuple[str, int], Suspect] = {}
         self._topic_missing = False
+        self._codec = default_codec()
 
     async def start(self) -> None:
         self._producer = make_producer(self.settings, acks="all", linger_ms=0)
@@ -88,27 +92,21 @@ class KafkaCrashGuard:
         owner was handling, and how, when it died."""
         if self._topic_missing:
             return
-        markers: dict[str, tuple[int, int, str, int]] = {}
+        markers: dict[str, InFlightMarker] = {}
         async for record in read_to_end(self.settings, self.topic):
             try:
-                marker = json.loads(record.value or b"")
-                first, last = int(marker["first"]), int(marker["last"])
-                mode, crashes = str(marker["mode"]), int(marker["crashes"])
-            except (ValueError, TypeError, KeyError, AttributeError):
+                marker = self._codec.decode(record.value, InFlightMarker)
+            except (DecodeError, InvalidEventError):
                 continue  # not ours to judge: a marker we cannot read counts nothing
-            if mode in NEXT_STEP and first <= last:
-                markers[(record.key or b"").decode(errors="replace")] = (
-                    first,
-                    last,
-                    mode,
-                    crashes,
-                )
+            if marker["first"] <= marker["last"]:
+                markers[(record.key or b"").decode(errors="replace")] = marker
         for tp, offset in committed.items():
             self._suspects.pop((tp.topic, tp.partition), None)
             marked = markers.get(_key(tp.topic, tp.partition))
-            if marked is None or marked[0] != offset:
+            if marked is None or marked["first"] != offset:
                 continue
-            first, last, mode, crashes = marked
+            first, last, mode = marked["first"], marked["last"], InFlightMode(marked["mode"])
+            crashes = marked["crashes"]
             suspect = Suspect(first, last, NEXT_STEP[mode], crashes + 1 if mode == RECORD else 0)
             self._suspects[(tp.topic, tp.partition)] = suspect
             log.warning(
@@ -131,19 +129,23 @@ class KafkaCrashGuard:
         found = self._suspects.get((topic, partition))
         return found.crashes if found is not None and found.first == offset else 0
 
-    async def begin(self, topic: str, partition: int, first: int, last: int, mode: str) -> None:
+    async def begin(
+        self, topic: str, partition: int, first: int, last: int, mode: InFlightMode
+    ) -> None:
         """Mark these records as in flight, acknowledged by the broker, before any of them is
         handled; ``mode``: side by side with other batches, or alone as a batch or record."""
         if self._producer is None:  # no topic for the markers
             return
-        marker = {
+        marker: InFlightMarker = {
             "first": first,
             "last": last,
             "mode": mode,
             "crashes": self.crashes(topic, partition, first) if mode == RECORD else 0,
         }
         await self._producer.send_and_wait(
-            self.topic, key=_key(topic, partition).encode(), value=json.dumps(marker).encode()
+            self.topic,
+            key=_key(topic, partition).encode(),
+            value=self._codec.encode(InFlightMarker, marker),
         )
 
     def done(self, topic: str, partition: int, last: int) -> None:

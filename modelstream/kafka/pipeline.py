@@ -61,6 +61,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from modelstream.contracts.records import InFlightMode
 from modelstream.kafka.boundary import Attempts, Boundary, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
 from modelstream.kafka.compat import retire_producer
@@ -517,7 +518,7 @@ class BatchPipeline(Managed):
             return
         await self._batch(task, parts, batch_key, SHARED)
 
-    def _in_flight(self, mode: str) -> AbstractAsyncContextManager[None]:
+    def _in_flight(self, mode: InFlightMode) -> AbstractAsyncContextManager[None]:
         """Side by side with other tasks' batches, or alone in the process (a crash while
         handling these records then names them)."""
         if self.crash_guard is None:
@@ -529,7 +530,7 @@ class BatchPipeline(Managed):
         task: int,
         parts: dict[TopicPartition, list[ConsumerRecord]],
         batch_key: tuple[str, str, int, int],
-        mode: str,
+        mode: InFlightMode,
     ) -> bool:
         """The records in one transaction; False when the task must stop here."""
         producer = await self._producer_for(task)
@@ -566,7 +567,7 @@ class BatchPipeline(Managed):
                 self.crash_guard.done(tp.topic, tp.partition, recs[-1].offset)
 
     async def _one_by_one(
-        self, task: int, tp: TopicPartition, records: list[ConsumerRecord], mode: str
+        self, task: int, tp: TopicPartition, records: list[ConsumerRecord], mode: InFlightMode
     ) -> bool:
         """Each record in a transaction of its own; False when the task must stop here."""
         for record in records:
@@ -575,7 +576,7 @@ class BatchPipeline(Managed):
         return True
 
     async def _transact_one(
-        self, task: int, tp: TopicPartition, record: ConsumerRecord, mode: str = SHARED
+        self, task: int, tp: TopicPartition, record: ConsumerRecord, mode: InFlightMode = SHARED
     ) -> bool:
         """One record in a transaction of its own; False when the task must stop here.
         ``mode`` RECORD: a crash suspect, handled with nothing else in flight in this process,

@@ -200,7 +200,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
     TopicSpec(
         PREDICTOR_IN_FLIGHT,
         "input topic:partition",
-        "JSON {first, last, mode, crashes}: the records being handled",
+        "InFlightMarker",
         "predictor",
         "predictor (on assignment)",
         1,

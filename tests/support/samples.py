@@ -267,6 +267,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "details": {"parent": "2"},
         "at_ms": 1_790_000_000_000,
     },
+    "InFlightMarker": {"first": 120, "last": 183, "mode": "RECORD", "crashes": 2},
     "MonitorJoinState": {
         "first_seen_ms": 1_790_000_000_000,
         "request": b"\xc3\x01request",
