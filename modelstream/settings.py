@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     private_key_file: Path | None = Field(
         default=None, description="Ed25519 private key (PEM); only the publisher needs it."
     )
+    keys_dir: Path | None = Field(
+        default=None,
+        description="Where the keys are: the makers' public keys (`trainer*.pub`, "
+        "`monitor*.pub`, `importer*.pub`) that candidates must verify against and, by "
+        "default, this maker's private key `<maker>.key` (default: the directory of "
+        "MODELSTREAM_PUBLIC_KEY_FILE or MODELSTREAM_PRIVATE_KEY_FILE, else <state dir>/keys).",
+    )
+    candidate_key_file: Path | None = Field(
+        default=None,
+        description="This maker's Ed25519 private key (PEM) that signs its candidates "
+        "(default: <keys dir>/<maker>.key: trainer, monitor or importer).",
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Address /metrics listens on.")
     allow_unsigned: bool = Field(
         default=False, description="Accept unsigned artifacts (development only)."
@@ -100,6 +112,15 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.bootstrap_servers is None
+
+    @property
+    def key_directory(self) -> Path:
+        if self.keys_dir is not None:
+            return self.keys_dir
+        for key_file in (self.public_key_file, self.private_key_file):
+            if key_file is not None:
+                return key_file.parent
+        return self.state_dir / "keys"
 
     @property
     def bootstrap(self) -> str:

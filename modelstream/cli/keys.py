@@ -1,4 +1,4 @@
-"""`modelstream keys ...`: the Ed25519 pair that signs and verifies artifacts."""
+"""`modelstream keys ...`: the Ed25519 pairs that sign and verify artifacts and candidates."""
 
 from __future__ import annotations
 
@@ -9,23 +9,45 @@ import typer
 
 from modelstream.cli.common import settings_of
 
-app = typer.Typer(help="Ed25519 keys that sign and verify model artifacts.", no_args_is_help=True)
+app = typer.Typer(
+    help="Ed25519 keys that sign and verify model artifacts and candidates.",
+    no_args_is_help=True,
+)
 
 
 @app.command("generate")
 def keys_generate(
     ctx: typer.Context,
     out_dir: Annotated[
-        Path | None, typer.Option(help="Directory (default: <state-dir>/keys).")
+        Path | None, typer.Option(help="Directory (default: the keys directory).")
     ] = None,
-    keep_existing: Annotated[bool, typer.Option(help="Keep a pair that already exists.")] = False,
+    keep_existing: Annotated[bool, typer.Option(help="Keep pairs that already exist.")] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(help="One pair only: modelstream, trainer, monitor or importer (rotation)."),
+    ] = None,
 ) -> None:
-    """Make a key pair: the publisher holds the private key, every consumer the public one."""
-    from modelstream.registry.artifact import generate_keys, key_id, load_public_key
+    """Make the publisher's pair (modelstream.key: the publisher only; modelstream.pub: every
+    consumer of `models`) and one pair per maker of candidates (trainer, monitor, importer:
+    each maker its own .key; the validator, publisher and trainer every maker's .pub)."""
+    from modelstream.registry.artifact import (
+        MAKERS,
+        generate_keys,
+        generate_pair,
+        key_id,
+        load_public_key,
+    )
 
-    target = out_dir or settings_of(ctx).state_dir / "keys"
-    private_path, public_path = generate_keys(target, keep_existing=keep_existing)
-    typer.echo(f"private key: {private_path} (give only to the publisher)")
-    typer.echo(f"public key:  {public_path} (key id {key_id(load_public_key(public_path))})")
-    typer.echo(f"export MODELSTREAM_PRIVATE_KEY_FILE={private_path}")
-    typer.echo(f"export MODELSTREAM_PUBLIC_KEY_FILE={public_path}")
+    target = out_dir or settings_of(ctx).key_directory
+    names = ("modelstream", *MAKERS)
+    if only is not None and only not in names:
+        raise typer.BadParameter(f"--only takes one of {', '.join(names)}, not {only!r}")
+    if only is None:
+        generate_keys(target, keep_existing=keep_existing)
+    else:
+        generate_pair(target, only, keep_existing=keep_existing)
+    for name in names if only is None else (only,):
+        public = load_public_key(target / f"{name}.pub")
+        typer.echo(f"{name:12} {target / name}.key, .pub (key id {key_id(public)})")
+    if only in (None, "modelstream"):
+        typer.echo(f"export MODELSTREAM_PUBLIC_KEY_FILE={target / 'modelstream.pub'}")

@@ -420,8 +420,9 @@ def import_model(
     from modelstream.convert import KERAS_SUFFIXES, PICKLE_SUFFIXES, check, convert
     from modelstream.kafka.clients import make_producer
     from modelstream.kafka.topology import CANDIDATES, ensure_fits
-    from modelstream.registry.artifact import seal
+    from modelstream.registry.artifact import MAKER_OF_ORIGIN, seal_candidate
     from modelstream.registry.importing import graph_candidate, network_candidate
+    from modelstream.registry.keys import maker_key, unsigned_warning
     from modelstream.registry.tensor_model import parse_spec
 
     names = csv_list(features) or None
@@ -473,10 +474,13 @@ def import_model(
             f"{converted.reference} on {converted.rows_from}, within "
             f"{agreement.max_difference:.2g}"
         )
-    artifact = seal(body)
+    settings = kafka_settings(ctx)
+    importer_key = maker_key(settings, MAKER_OF_ORIGIN[Origin.IMPORTED], quiet=True)
+    if importer_key is None:
+        typer.echo(f"warning: {unsigned_warning(settings, 'importer')}", err=True)
+    artifact = seal_candidate(body, importer_key)
     value = default_codec().encode(ModelArtifact, artifact)
     ensure_fits(CANDIDATES, value, name.encode())  # refused here, never half-written
-    settings = kafka_settings(ctx)
 
     async def send() -> None:
         async with make_producer(settings) as producer:

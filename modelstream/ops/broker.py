@@ -215,6 +215,15 @@ class EmbeddedCluster:
             # a produce request with one artifact of up to 128 MiB (topology.ARTIFACT_MAX_BYTES)
             "socket.request.max.bytes": str(256 * 1024 * 1024),
             "replica.fetch.response.max.bytes": str(160 * 1024 * 1024),
+            # Socket buffers sized by the kernel (autotuned to megabytes), not Kafka's fixed
+            # 64-100 KiB: every read of a record into its heap buffer allocates and zeroes a
+            # temporary direct buffer as large as what is left of the record (the cache of
+            # those is bounded below), so reading a 100 MiB record 128 KiB at a time cost
+            # 800 such allocations, past the 30 s a follower's fetch may take: the follower
+            # retried forever and never caught up (a CI run hung on it).
+            "socket.receive.buffer.bytes": "-1",
+            "socket.send.buffer.bytes": "-1",
+            "replica.socket.receive.buffer.bytes": "-1",
             "num.network.threads": "2",
         }
         if self.security is not None:

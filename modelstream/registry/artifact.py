@@ -2,6 +2,11 @@
 
 The digest is SHA-256 over the Avro binary encoding of the artifact's ``body`` record under
 the schema that wrote it; the signature is Ed25519 over ``SIGNATURE_CONTEXT + digest``.
+Two kinds of key sign: the publisher's (``modelstream.key``) signs what goes to ``models``;
+each maker of candidates (``trainer``, ``monitor``, ``importer``: ``<maker>.key``) signs its
+candidates over ``CANDIDATE_CONTEXT + digest``, so that neither signature can pass for the
+other. The validator (and the trainer, for lineage) trust a candidate only when a key of its
+keyring verifies it and that key's maker may make a candidate of its origin.
 A consumer recomputes the digest from the bytes it received, so a flipped byte anywhere in
 the body (weights, graph, names, version, lineage) fails verification. Nothing in an artifact
 is code: weights are raw little-endian floats and an imported model is an ONNX graph (a
@@ -11,7 +16,9 @@ Protobuf description of tensor operators), so loading one executes no Python.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +32,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelstream.contracts.codec import AvroCodec, default_codec
 from modelstream.contracts.limits import INTERNAL
-from modelstream.contracts.records import DenseLayer, ModelArtifact, ModelBody, Tensor
+from modelstream.contracts.records import DenseLayer, ModelArtifact, ModelBody, Origin, Tensor
 from modelstream.errors import ArtifactVerificationError, ConfigurationError
 
+log = logging.getLogger(__name__)
 SIGNATURE_CONTEXT = b"modelstream-artifact-v1:"
+CANDIDATE_CONTEXT = b"modelstream-candidate-v1:"
 TensorField = Literal["weights", "intercepts", "feature_mean", "feature_scale"]
 TENSOR_FIELDS: tuple[TensorField, ...] = ("weights", "intercepts", "feature_mean", "feature_scale")
 ALLOWED_DTYPES = frozenset({"<f8", "<f4"})
 MAX_TENSOR_ELEMENTS = 50_000_000
 PRIVATE_KEY_NAME = "modelstream.key"
 PUBLIC_KEY_NAME = "modelstream.pub"
+# Who makes candidates of which origin: a key's maker is the start of its file name
+# (``trainer.pub``, ``trainer.2027-01.pub`` while a key is being rotated in).
+MAKER_OF_ORIGIN = {Origin.BATCH: "trainer", Origin.ONLINE: "monitor", Origin.IMPORTED: "importer"}
+MAKERS = tuple(MAKER_OF_ORIGIN.values())
 
 
 # -- tensors ---------------------------------------------------------------------------
@@ -66,9 +79,18 @@ def from_tensor(tensor: Tensor) -> np.ndarray:
 
 # -- keys ------------------------------------------------------------------------------
 def generate_keys(out_dir: Path, keep_existing: bool = False) -> tuple[Path, Path]:
-    """Write an Ed25519 key pair (private key readable by its owner only)."""
+    """Write the publisher's Ed25519 key pair and one pair per maker of candidates (private
+    keys readable by their owner only); with ``keep_existing``, pairs already there stay.
+    Returns the publisher's pair."""
+    for maker in MAKERS:
+        generate_pair(out_dir, maker, keep_existing)
+    return generate_pair(out_dir, PRIVATE_KEY_NAME.removesuffix(".key"), keep_existing)
+
+
+def generate_pair(out_dir: Path, name: str, keep_existing: bool = False) -> tuple[Path, Path]:
+    """Write ``<name>.key`` (private) and ``<name>.pub`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    private_path, public_path = out_dir / PRIVATE_KEY_NAME, out_dir / PUBLIC_KEY_NAME
+    private_path, public_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
     if keep_existing and private_path.exists() and public_path.exists():
         return private_path, public_path
     key = Ed25519PrivateKey.generate()
@@ -118,12 +140,17 @@ def body_digest(body: ModelBody, body_schema: Any = None, codec: AvroCodec | Non
     return hashlib.sha256(codec.encode_body(schema, body)).hexdigest()
 
 
-def seal(body: ModelBody, private_key: Ed25519PrivateKey | None = None) -> ModelArtifact:
-    """An artifact record for ``body``: digest always, signature when a key is given."""
+def seal(
+    body: ModelBody,
+    private_key: Ed25519PrivateKey | None = None,
+    context: bytes = SIGNATURE_CONTEXT,
+) -> ModelArtifact:
+    """An artifact record for ``body``: digest always, signature when a key is given
+    (``CANDIDATE_CONTEXT`` for a maker's candidate)."""
     digest = body_digest(body)
     if private_key is None:
         return {"body": body, "digest": digest, "signature": b"", "key_id": ""}
-    signature = private_key.sign(SIGNATURE_CONTEXT + digest.encode("ascii"))
+    signature = private_key.sign(context + digest.encode("ascii"))
     return {
         "body": body,
         "digest": digest,
@@ -154,6 +181,7 @@ def verify_record(
     *,
     allow_unsigned: bool = False,
     body_schema: Any = None,
+    context: bytes = SIGNATURE_CONTEXT,
 ) -> Verified:
     """Check an already decoded artifact; raises ArtifactVerificationError on any mismatch."""
     digest = body_digest(record["body"], body_schema)
@@ -171,7 +199,7 @@ def verify_record(
     if record["key_id"] != key_id(public_key):
         raise ArtifactVerificationError(f"signed by unknown key {record['key_id']!r}")
     try:
-        public_key.verify(signature, SIGNATURE_CONTEXT + digest.encode("ascii"))
+        public_key.verify(signature, context + digest.encode("ascii"))
     except InvalidSignature:
         raise ArtifactVerificationError("Ed25519 signature does not verify") from None
     return Verified(record, signed=True)
@@ -194,6 +222,113 @@ def verify_bytes(
         allow_unsigned=allow_unsigned,
         body_schema=writer.parsed["fields"][0]["type"],
     )
+
+
+# -- candidates: signed by their makers ---------------------------------------------------
+class Keyring:
+    """The makers' public keys a reader of candidates trusts: every ``<maker>*.pub`` in one
+    directory, by key id. The directory is read again (at most once a second) when it has
+    changed or a candidate names a key it does not hold, and at least once a minute: a key
+    rotated in is trusted, and one removed is not, without a restart."""
+
+    def __init__(self, directory: Path | None, clock: Callable[[], float] = time.monotonic):
+        self.directory = directory
+        self._clock = clock
+        self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
+        self._read_at = 0.0
+        self._stamp: int | None = None
+        self._read()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def makers(self) -> dict[str, list[str]]:
+        """Key ids by maker, for logs."""
+        out: dict[str, list[str]] = {}
+        for kid, (maker, _) in self._keys.items():
+            out.setdefault(maker, []).append(kid)
+        return out
+
+    def get(self, kid: str) -> tuple[str, Ed25519PublicKey] | None:
+        age = self._clock() - self._read_at
+        if age >= 1.0 and (kid not in self._keys or age >= 60.0 or self._changed()):
+            self._read()
+        return self._keys.get(kid)
+
+    def _stamp_now(self) -> int | None:
+        try:
+            return self.directory.stat().st_mtime_ns if self.directory is not None else None
+        except OSError:
+            return None
+
+    def _changed(self) -> bool:
+        return self._stamp_now() != self._stamp
+
+    def _read(self) -> None:
+        self._read_at = self._clock()
+        self._stamp = self._stamp_now()
+        keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
+        if self.directory is not None and self.directory.is_dir():
+            for path in sorted(self.directory.glob("*.pub")):
+                maker = path.name.split(".", 1)[0]
+                if maker not in MAKERS:
+                    continue
+                try:
+                    public = load_public_key(path)
+                except ConfigurationError as exc:  # half-copied or not a key: trust nothing in it
+                    log.warning("keyring: %s", exc)
+                    continue
+                keys[key_id(public)] = (maker, public)
+        self._keys = keys
+
+
+def verify_candidate(
+    data: bytes, keyring: Keyring, *, allow_unsigned: bool = False, codec: AvroCodec | None = None
+) -> Verified:
+    """Decode a candidate message and check it (see :func:`verify_candidate_record`)."""
+    codec = codec or default_codec()
+    writer = codec.writer_schema(data)
+    record = codec.decode(data, ModelArtifact, INTERNAL)
+    return verify_candidate_record(
+        record,
+        keyring,
+        allow_unsigned=allow_unsigned,
+        body_schema=writer.parsed["fields"][0]["type"],
+    )
+
+
+def verify_candidate_record(
+    record: ModelArtifact,
+    keyring: Keyring,
+    *,
+    allow_unsigned: bool = False,
+    body_schema: Any = None,
+) -> Verified:
+    """Check a candidate's digest and its maker's signature: a key of the keyring, held by
+    the maker of the candidate's origin (the trainer for BATCH, the monitor for ONLINE, an
+    importer for IMPORTED). Unsigned candidates pass only with ``allow_unsigned``
+    (development). Raises ArtifactVerificationError otherwise."""
+    if not record["signature"]:
+        return verify_record(record, None, allow_unsigned=allow_unsigned, body_schema=body_schema)
+    found = keyring.get(record["key_id"])
+    if found is None:
+        raise ArtifactVerificationError(
+            f"candidate signed by unknown key {record['key_id'][:16]!r} "
+            f"(no maker's key in {keyring.directory} has that id)"
+        )
+    maker, public = found
+    origin = record["body"]["lineage"]["origin"]
+    if MAKER_OF_ORIGIN.get(origin) != maker:
+        raise ArtifactVerificationError(
+            f"a {origin} candidate signed by the {maker}'s key: only the "
+            f"{MAKER_OF_ORIGIN.get(origin, 'nobody')} makes those"
+        )
+    return verify_record(record, public, body_schema=body_schema, context=CANDIDATE_CONTEXT)
+
+
+def seal_candidate(body: ModelBody, maker_key: Ed25519PrivateKey | None) -> ModelArtifact:
+    """A candidate signed by its maker (unsigned without a key)."""
+    return seal(body, maker_key, CANDIDATE_CONTEXT)
 
 
 # -- encryption of weight bytes ----------------------------------------------------------

@@ -32,10 +32,11 @@ _refused = quiet_log(log, "registry refused")
 
 def public_key(settings: Settings) -> Ed25519PublicKey | None:
     """The key artifacts must verify against: MODELSTREAM_PUBLIC_KEY_FILE, else the one in
-    ``<state dir>/keys/`` (where `modelstream up` and `keys generate` put it), else none."""
+    the keys directory (``<state dir>/keys/`` unless set, where `modelstream up` and
+    `keys generate` put it), else none."""
     path = settings.public_key_file
     if path is None:
-        default = settings.state_dir / "keys" / PUBLIC_KEY_NAME
+        default = settings.key_directory / PUBLIC_KEY_NAME
         path = default if default.exists() else None
     return load_public_key(path) if path is not None else None
 
@@ -79,6 +80,21 @@ async def load_history(settings: Settings) -> dict[tuple[str, int], ModelArtifac
             continue
         body = artifact["body"]
         out[(body["name"], body["version"])] = artifact
+    return out
+
+
+async def load_verified_history(
+    settings: Settings, key: Ed25519PublicKey | None, *, allow_unsigned: bool
+) -> list[ModelArtifact]:
+    """The published artifact records that verify against the publisher's ``key`` (each
+    under the schema that wrote it); the others are skipped."""
+    out: list[ModelArtifact] = []
+    async for record in read_to_end(settings, settings.topic(MODEL_HISTORY)):
+        try:
+            out.append(verify_bytes(record.value, key, allow_unsigned=allow_unsigned).record)
+        except Exception as exc:
+            if record_failure(exc) is None:
+                raise
     return out
 
 

@@ -36,6 +36,7 @@ from modelstream.contracts.records import (
     MonitorLabelledBatch,
     MonitorModelState,
     MonitorOutcomes,
+    Origin,
     Prediction,
     PredictionRequest,
     Task,
@@ -59,8 +60,9 @@ from modelstream.kafka.writers import SourcePosition
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.mlp import MLPModel
 from modelstream.ops.influx import InfluxWriter
-from modelstream.registry.artifact import decrypt_tensors, seal
+from modelstream.registry.artifact import MAKER_OF_ORIGIN, decrypt_tensors, seal_candidate
 from modelstream.registry.follower import ProductionFollower
+from modelstream.registry.keys import maker_key
 from modelstream.services.monitor.join_stage import learn_partition
 from modelstream.services.monitor.logic import Decisions, Labelled, ModelWatch
 from modelstream.services.monitor.logic.quality import summarize
@@ -117,6 +119,7 @@ class LearnStage:
         self.output_format = settings.output_format.value
         data_key = settings.data_key()
         self.data_key = data_key[0] if data_key else None
+        self.signing_key = maker_key(settings, MAKER_OF_ORIGIN[Origin.ONLINE])
         self.boundary = Boundary(SERVICE)
         self.topics = {
             name: settings.topic(name)
@@ -361,7 +364,7 @@ class LearnStage:
                 )
             )
         if d.candidate is not None:
-            artifact = seal(d.candidate)
+            artifact = seal_candidate(d.candidate, self.signing_key)
             lineage = d.candidate["lineage"]
             out.append(
                 Outgoing(self.topics[CANDIDATES], key, self.codec.encode(ModelArtifact, artifact))

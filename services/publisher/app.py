@@ -49,13 +49,20 @@ from modelstream.kafka.topology import (
     ensure_fits,
 )
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
-from modelstream.registry.artifact import key_id, load_private_key, verify_bytes, verify_record
+from modelstream.registry.artifact import (
+    key_id,
+    load_private_key,
+    verify_bytes,
+    verify_candidate_record,
+    verify_record,
+)
 from modelstream.registry.follower import (
     latest_versions,
     load_history,
     load_production,
     model_of_key,
 )
+from modelstream.registry.keys import maker_keyring
 from modelstream.runner import Lifecycle
 from modelstream.services.publisher.logic import history_key, publishable
 from modelstream.services.publisher.settings import PublisherSettings
@@ -79,6 +86,7 @@ class PublisherApp(Lifecycle):
             load_private_key(settings.private_key_file) if settings.private_key_file else None
         )
         self.public_key = self.private_key.public_key() if self.private_key else None
+        self.keyring = maker_keyring(settings)
         self.data_key = settings.data_key()
         self.group = settings.group(SERVICE)
         self.topics = {
@@ -163,7 +171,11 @@ class PublisherApp(Lifecycle):
             raise InvalidEventError("invalid-report", "passed report without an artifact")
         if not report["passed"] or candidate is None:
             return _nothing
-        verify_record(candidate, None, allow_unsigned=True)
+        # The validator checked who made it; checked again here, since a report is only as
+        # trustworthy as whoever may write `validations`.
+        verify_candidate_record(
+            candidate, self.keyring, allow_unsigned=self.settings.allow_unsigned
+        )
         name = candidate["body"]["name"]
         check_model_name(name)
         version = self.latest.get(name, 0) + 1

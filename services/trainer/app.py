@@ -13,7 +13,7 @@ from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
 from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import Action, Command, ModelArtifact, Origin, TrainingExample
-from modelstream.errors import DecodeError, InvalidEventError
+from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
 from modelstream.kafka.boundary import Boundary, Failure, record_failure
 from modelstream.kafka.clients import (
     LagReporter,
@@ -35,7 +35,14 @@ from modelstream.kafka.topology import (
 )
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.learn.sgd import GDConfig
-from modelstream.registry.follower import load_history, load_production, model_of_key
+from modelstream.registry.artifact import MAKER_OF_ORIGIN, verify_candidate_record
+from modelstream.registry.follower import (
+    load_production,
+    load_verified_history,
+    model_of_key,
+    public_key,
+)
+from modelstream.registry.keys import maker_key, maker_keyring
 from modelstream.runner import Lifecycle
 from modelstream.services.trainer.logic import Candidate, TrainerLogic, sealed_candidate
 from modelstream.services.trainer.settings import TrainerSettings
@@ -97,6 +104,9 @@ class TrainerApp(Lifecycle):
         )
         # Where each model's last candidate came from: {model: {partition: (start, end)}}
         self.lineage: dict[str, dict[int, tuple[int, int]]] = {}
+        self.signing_key = maker_key(settings, MAKER_OF_ORIGIN[Origin.BATCH])
+        self.keyring = maker_keyring(settings)
+        self.registry_key = public_key(settings)
         self.last_trained_ms: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -110,17 +120,31 @@ class TrainerApp(Lifecycle):
 
     # -- start-up state ------------------------------------------------------------------
     async def _load_lineage(self) -> None:
-        """Newest batch lineage per model, from candidates and the published history."""
-        artifacts: list[ModelArtifact] = list((await load_history(self.settings)).values())
+        """Newest batch lineage per model, from verified records only: candidates a trainer
+        signed, and versions the publisher signed. A forged record (which could claim that
+        examples were trained on, so that they count as old) teaches nothing."""
+        artifacts = await load_verified_history(
+            self.settings, self.registry_key, allow_unsigned=self.settings.allow_unsigned
+        )
         async for record in read_to_end(self.settings, self.settings.topic(CANDIDATES)):
             try:
-                artifacts.append(self.codec.decode(record.value, ModelArtifact, INTERNAL))
-            except (DecodeError, InvalidEventError) as exc:
-                # Not a candidate (the validator dead-letters it): no lineage to learn from.
+                writer = self.codec.writer_schema(record.value)
+                candidate = self.codec.decode(record.value, ModelArtifact, INTERNAL)
+                if candidate["body"]["lineage"]["origin"] != Origin.BATCH:
+                    continue  # no lineage to resume from
+                verify_candidate_record(
+                    candidate,
+                    self.keyring,
+                    allow_unsigned=self.settings.allow_unsigned,
+                    body_schema=writer.parsed["fields"][0]["type"],
+                )
+            except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
+                # Not a candidate a trainer vouches for (the validator dead-letters it).
                 self.boundary.reject(
                     record.topic, record.partition, record.offset, Failure(exc.reason, str(exc))
                 )
                 continue
+            artifacts.append(candidate)
         for artifact in sorted(artifacts, key=lambda a: a["body"]["created_at_ms"]):
             body = artifact["body"]
             if body["lineage"]["origin"] != Origin.BATCH:
@@ -236,14 +260,14 @@ class TrainerApp(Lifecycle):
         """Train ``name`` on its window and prepare what to send; a model that cannot be
         trained (too few classes, a candidate the topic would not take, a failure of the
         learner) is audited as such and waits for its next trigger."""
-        production = await load_production(self.settings, allow_unsigned=True)
+        production = await load_production(self.settings, self.registry_key)
         parent = production[name].body["version"] if name in production else None
         try:
             with TRAINING_SECONDS.labels(name).time():
                 candidate = await asyncio.to_thread(
                     self.logic.build_candidate, name, self.training_topic, parent
                 )
-            artifact = sealed_candidate(candidate)
+            artifact = sealed_candidate(candidate, self.signing_key)
             value = self.codec.encode(ModelArtifact, artifact)
             ensure_fits(CANDIDATES, value, name.encode())
             definition = None

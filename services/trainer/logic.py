@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelstream.contracts.definitions import (
     DEFAULT_HIDDEN,
@@ -32,7 +33,7 @@ from modelstream.learn.gbdt import LEARNING_RATE
 from modelstream.learn.mlp import mlp_config
 from modelstream.learn.procedure import DEFAULT_L2_GRID, TrainedModel, train
 from modelstream.learn.sgd import GDConfig
-from modelstream.registry.artifact import seal
+from modelstream.registry.artifact import seal_candidate
 from modelstream.registry.trained import trained_candidate
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[OffsetRange]
     ]
 
 
-def sealed_candidate(candidate: Candidate) -> ModelArtifact:
-    """Candidates carry a digest (integrity) but no signature: only the publisher signs."""
-    return seal(candidate.body)
+def sealed_candidate(candidate: Candidate, trainer_key: Ed25519PrivateKey | None) -> ModelArtifact:
+    """A candidate signed by the trainer's key: the validator checks who made it, and
+    trainers take lineage from nothing else."""
+    return seal_candidate(candidate.body, trainer_key)

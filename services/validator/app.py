@@ -49,8 +49,9 @@ from modelstream.kafka.control import ControlFollower
 from modelstream.kafka.topology import AUDIT, CANDIDATES, DEADLETTER, TRAINING, ensure_fits
 from modelstream.kafka.topology import VALIDATIONS as REPORTS
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
-from modelstream.registry.artifact import Verified, decrypt_tensors, verify_bytes
+from modelstream.registry.artifact import Verified, decrypt_tensors, verify_candidate
 from modelstream.registry.follower import load_production, model_of_key, public_key
+from modelstream.registry.keys import maker_keyring
 from modelstream.registry.lineage import config_from_record, load_lineage, within_lineage
 from modelstream.registry.onnx_model import UnmappableGraphError
 from modelstream.registry.scoring import Scorer, scorer_for
@@ -115,6 +116,7 @@ class ValidatorApp(Lifecycle):
         self.definitions: dict[str, Definition] = {}
         self.limits = settings.limits()
         self.public_key = public_key(settings)
+        self.keyring = maker_keyring(settings)
         data_key = settings.data_key()
         self.data_key = data_key[0] if data_key else None
         self.group = settings.group(SERVICE)
@@ -145,7 +147,11 @@ class ValidatorApp(Lifecycle):
         await self.own(self.control)
         await self.control.replay()
         await self.own(self.consumer)
-        log.info("validator started on %s", self.settings.bootstrap)
+        log.info(
+            "validator started on %s; candidates must be signed by %s",
+            self.settings.bootstrap,
+            self.keyring.makers() or "nobody (no makers' keys)",
+        )
 
     async def run(self) -> None:
         while not self.stopping.is_set():
@@ -163,7 +169,12 @@ class ValidatorApp(Lifecycle):
 
     async def _validate(self, record: ConsumerRecord) -> Emit:
         """Judge one candidate (no side effects); the returned step writes the report."""
-        candidate = verify_bytes(record.value, None, allow_unsigned=True, codec=self.codec)
+        candidate = verify_candidate(
+            record.value,
+            self.keyring,
+            allow_unsigned=self.settings.allow_unsigned,
+            codec=self.codec,
+        )
         name = candidate.body["name"]
         definition = self.definitions.get(name)
         if definition is None:

@@ -299,7 +299,7 @@ async def test_predictor_faults_lose_and_duplicate_nothing(cluster, tmp_path, fa
 
 async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path):  # type: ignore[no-untyped-def]
     from modelstream.contracts.codec import default_codec
-    from modelstream.registry.artifact import load_public_key, seal
+    from modelstream.registry.artifact import load_private_key, load_public_key, seal_candidate
     from modelstream.registry.follower import load_history, load_production
     from tests.support.helpers import produce
 
@@ -309,7 +309,9 @@ async def test_publisher_restart_mid_publishing_leaves_no_gap(cluster, tmp_path)
     queued = 20
     reports = []
     for seed in range(queued):
-        candidate = seal(dict(trained_body(BC, seed=seed + 10)))
+        candidate = seal_candidate(
+            dict(trained_body(BC, seed=seed + 10)), load_private_key(keys / "trainer.key")
+        )
         reports.append(
             (
                 BC.encode(),

@@ -20,8 +20,9 @@ from modelstream.registry.artifact import (
     decrypt_tensors,
     from_tensor,
     generate_keys,
+    load_private_key,
     load_public_key,
-    seal,
+    seal_candidate,
     to_tensor,
 )
 from modelstream.registry.follower import load_production
@@ -136,7 +137,7 @@ async def test_regression_encrypted_and_holdout_paths(topics, keys):  # type: ig
                 parent_version=1,
             )
             body["weights"] = to_tensor(from_tensor(plain["weights"]) * weights_scale)
-            return seal(body)
+            return seal_candidate(body, load_private_key(keys / "monitor.key"))
 
         await produce(
             base,

@@ -248,8 +248,9 @@ async def drive_image_demo(
     from modelstream.learn.mlp import MLPModel, mlp_config
     from modelstream.learn.procedure import train
     from modelstream.learn.sgd import GDConfig
-    from modelstream.registry.artifact import load_public_key, seal
+    from modelstream.registry.artifact import load_public_key, seal_candidate
     from modelstream.registry.follower import load_production
+    from modelstream.registry.keys import maker_key
     from modelstream.registry.onnx_interop import export_onnx
     from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
 
@@ -282,7 +283,10 @@ async def drive_image_demo(
     import json
 
     signature = describe(graph, parse_spec(json.dumps(DIGITS_SPEC)))
-    candidate = seal(tensor_candidate(name, signature, created_by="demo"))
+    # an imported graph: signed as the importer would sign it (`up` made the keys)
+    candidate = seal_candidate(
+        tensor_candidate(name, signature, created_by="demo"), maker_key(settings, "importer")
+    )
     async with make_producer(settings) as producer:
         for i in train_rows[:300]:  # labelled images: the validator judges the graph on them
             example = {

@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from modelstream.kafka.in_flight import SHARED
 from modelstream.kafka.pipeline import FRAMING_BYTES, BatchPipeline, Outgoing, Stateless, Written
 from modelstream.settings import load
 
@@ -293,10 +294,10 @@ async def test_the_crash_guard_brackets_the_processing_itself():
     # one record alone (the path of a batch that crashed before) is bracketed too
     await pipe._transact_one(0, tp, record(9, b"c"))
     assert marks == [
-        ("begin", (7, 8, "shared")),
+        ("begin", (7, 8, SHARED)),
         ("process", [7, 8]),
         ("done", 8),
-        ("begin", (9, 9, "shared")),
+        ("begin", (9, 9, SHARED)),
         ("process", [9]),
         ("done", 9),
     ]
