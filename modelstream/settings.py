@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     )
     keys_dir: Path | None = Field(
         default=None,
-        description="Where the keys are: the makers' public keys (`trainer*.pub`, "
-        "`monitor*.pub`, `importer*.pub`) that candidates must verify against and, by "
+        description="Where the keys are: the makers' public keys (`<maker>.pub`, "
+        "`<maker>.<tag>.pub`; trainer, monitor, importer) that candidates must verify "
+        "against and, by "
         "default, this maker's private key `<maker>.key` (default: the directory of "
         "MODELSTREAM_PUBLIC_KEY_FILE or MODELSTREAM_PRIVATE_KEY_FILE, else <state dir>/keys).",
     )

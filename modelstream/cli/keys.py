@@ -44,6 +44,12 @@ def keys_generate(
         raise typer.BadParameter(f"--only takes one of {', '.join(names)}, not {only!r}")
     if only is None:
         generate_keys(target, keep_existing=keep_existing)
+    elif (target / f"{only}.key").exists() and not keep_existing:
+        # a live pair replaced in place: its maker would sign with a key nobody trusts
+        raise typer.BadParameter(
+            f"{target / only}.key exists: write the new pair elsewhere (--out-dir new/), "
+            f"then add its .pub to the keys directory as {only}.<tag>.pub"
+        )
     else:
         generate_pair(target, only, keep_existing=keep_existing)
     for name in names if only is None else (only,):

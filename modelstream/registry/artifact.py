@@ -44,7 +44,7 @@ ALLOWED_DTYPES = frozenset({"<f8", "<f4"})
 MAX_TENSOR_ELEMENTS = 50_000_000
 PRIVATE_KEY_NAME = "modelstream.key"
 PUBLIC_KEY_NAME = "modelstream.pub"
-# Who makes candidates of which origin: a key's maker is the start of its file name
+# Who makes candidates of which origin: a key's maker is its file name up to the first dot
 # (``trainer.pub``, ``trainer.2027-01.pub`` while a key is being rotated in).
 MAKER_OF_ORIGIN = {Origin.BATCH: "trainer", Origin.ONLINE: "monitor", Origin.IMPORTED: "importer"}
 MAKERS = tuple(MAKER_OF_ORIGIN.values())
@@ -226,10 +226,11 @@ def verify_bytes(
 
 # -- candidates: signed by their makers ---------------------------------------------------
 class Keyring:
-    """The makers' public keys a reader of candidates trusts: every ``<maker>*.pub`` in one
-    directory, by key id. The directory is read again (at most once a second) when it has
-    changed or a candidate names a key it does not hold, and at least once a minute: a key
-    rotated in is trusted, and one removed is not, without a restart."""
+    """The makers' public keys a reader of candidates trusts: every ``<maker>.pub`` and
+    ``<maker>.<tag>.pub`` in one directory, by key id. The directory is read again (at most
+    once a second) when it has changed or a candidate names a key it does not hold, and at
+    least once a minute: a key rotated in is trusted, and one removed is not, without a
+    restart."""
 
     def __init__(self, directory: Path | None, clock: Callable[[], float] = time.monotonic):
         self.directory = directory
@@ -272,6 +273,13 @@ class Keyring:
             for path in sorted(self.directory.glob("*.pub")):
                 maker = path.name.split(".", 1)[0]
                 if maker not in MAKERS:
+                    if path.name != PUBLIC_KEY_NAME:
+                        log.warning(
+                            "keyring: %s is no maker's key (<maker>.pub or <maker>.<tag>.pub, "
+                            "maker one of %s): not trusted",
+                            path,
+                            ", ".join(MAKERS),
+                        )
                     continue
                 try:
                     public = load_public_key(path)
@@ -313,8 +321,7 @@ def verify_candidate_record(
     found = keyring.get(record["key_id"])
     if found is None:
         raise ArtifactVerificationError(
-            f"candidate signed by unknown key {record['key_id'][:16]!r} "
-            f"(no maker's key in {keyring.directory} has that id)"
+            f"candidate signed by unknown key {record['key_id'][:16]!r} (no maker's key has it)"
         )
     maker, public = found
     origin = record["body"]["lineage"]["origin"]

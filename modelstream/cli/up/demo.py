@@ -283,9 +283,14 @@ async def drive_image_demo(
     import json
 
     signature = describe(graph, parse_spec(json.dumps(DIGITS_SPEC)))
-    # an imported graph: signed as the importer would sign it (`up` made the keys)
+    # an imported graph: signed as the importer would sign it, with the key `up` made
+    keys_dir = settings.state_dir / "keys"
     candidate = seal_candidate(
-        tensor_candidate(name, signature, created_by="demo"), maker_key(settings, "importer")
+        tensor_candidate(name, signature, created_by="demo"),
+        maker_key(
+            settings.model_copy(update={"keys_dir": keys_dir, "candidate_key_file": None}),
+            "importer",
+        ),
     )
     async with make_producer(settings) as producer:
         for i in train_rows[:300]:  # labelled images: the validator judges the graph on them

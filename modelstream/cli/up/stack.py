@@ -117,7 +117,10 @@ class Stack:
             instance = extra.get("MODELSTREAM_INSTANCE_ID")
             name = service if instance is None else f"{service}-{instance}"
             env = {
-                **os.environ,
+                # a maker's own key file set for `models import` must not become every
+                # maker's: each service finds its own key in the keys directory below
+                **{k: v for k, v in os.environ.items() if k != "MODELSTREAM_CANDIDATE_KEY_FILE"},
+                "MODELSTREAM_KEYS_DIR": str(self.keys_dir),
                 "MODELSTREAM_BOOTSTRAP_SERVERS": self.settings.bootstrap,
                 "MODELSTREAM_TOPIC_PREFIX": self.settings.topic_prefix,
                 "MODELSTREAM_STATE_DIR": str(self.settings.state_dir),
