@@ -32,6 +32,7 @@ import logging
 import math
 import secrets
 import ssl
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -50,6 +52,7 @@ from modelstream.contracts.records import Prediction, PredictionRequest
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.kafka.clients import client_options, make_consumer, make_producer, partitions_of
 from modelstream.kafka.compat import fix_describe_groups_decoding
+from modelstream.kafka.quiet import quiet_log
 from modelstream.kafka.topology import REPLIES, REPLY_PARTITION_HEADER, REQUESTS
 from modelstream.registry.follower import ProductionFollower, public_key
 from modelstream.runner import Lifecycle
@@ -167,7 +170,7 @@ class GatewayApp(Lifecycle):
         await self.own(self.replies)
         self.partition_count = len(await partitions_of(self.replies, self.replies_topic))
         self.replies.subscribe([self.replies_topic], listener=_Ownership(self))
-        self._runner = web.AppRunner(self.web_app(), access_log=None)
+        self._runner = http_runner(self.web_app())
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -630,6 +633,34 @@ def _fault(record: ConsumerRecord) -> int:
     if reason == "output-too-large":
         return 500  # the row was fine; its answer cannot be written
     return 400
+
+
+class QuietParseErrors(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The log of aiohttp's request handler, which logs every request it cannot parse (bytes
+    that are not HTTP: a header line without a colon, TLS on the plain port) at ERROR with a
+    traceback, before any middleware runs. Those are client faults: the first of each kind
+    per interval is one WARNING line, the rest are counted into one summary line."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.quiet = quiet_log(logger, "gateway refused", "requests")
+
+    def exception(
+        self, msg: object, *args: object, exc_info: object = True, **kwargs: object
+    ) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())  # aiohttp's text spans lines
+            self.quiet.warn("http", type(exc).__name__, "unparseable request: %.200s", reason)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def http_runner(app: web.Application) -> web.AppRunner:
+    """The gateway's HTTP server: no access log, parse errors counted (QuietParseErrors)."""
+    return web.AppRunner(
+        app, access_log=None, logger=QuietParseErrors(logging.getLogger("aiohttp.server"))
+    )
 
 
 def _rejected(ids: list[str], answers: list[ConsumerRecord], faults: Counter[int]) -> CallError:

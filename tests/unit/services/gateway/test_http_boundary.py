@@ -298,3 +298,52 @@ async def test_hostile_calls_through_the_routes_are_never_a_500(gateway):  # typ
         if r.status != 200:
             assert 400 <= r.status < 500 and (await r.json())["error"], (path, r.status)
     assert 200 in statuses and any(s >= 400 for s in statuses)
+
+
+async def test_requests_that_are_not_http_are_a_400_and_one_log_line_per_kind(caplog):  # type: ignore[no-untyped-def]
+    """aiohttp answers them before any middleware (a plain-text 400 with its reason); its
+    ERROR line with a traceback per request becomes one WARNING per kind and a count."""
+    import logging
+
+    from aiohttp import web
+
+    from modelstream.services.gateway.app import http_runner
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = http_runner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    not_http = [
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",  # TLS on the plain port
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+    ]
+    statuses = []
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    try:
+        for i in range(60):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(not_http[i % len(not_http)])
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            statuses.append(answer.split(b"\r\n", 1)[0].split(b" ")[1])
+            writer.close()
+    finally:
+        await runner.cleanup()
+    assert statuses == [b"400"] * 60
+    errors = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= 40]
+    assert errors == []
+    first = [r.getMessage() for r in caplog.records if "unparseable request" in r.getMessage()]
+    assert 1 <= len(first) <= len(not_http)  # one per kind (TLS is logged at DEBUG by aiohttp)
+    runner_log = [h for h in caplog.records if "gateway refused" in h.getMessage()]
+    from modelstream.kafka.quiet import quiet_log
+
+    quiet_log(logging.getLogger("aiohttp.server"), "gateway refused", "requests").flush()
+    summary = [r.getMessage() for r in caplog.records if "gateway refused" in r.getMessage()]
+    assert len(summary) == len(runner_log) + 1 and "requests in the last" in summary[-1]
