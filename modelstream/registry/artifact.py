@@ -213,15 +213,15 @@ def verify_bytes(
     codec: AvroCodec | None = None,
 ) -> Verified:
     """Decode a ModelArtifact message and verify it against the schema that wrote it."""
+    record, body_schema = decode_artifact(data, codec)
+    return verify_record(record, public_key, allow_unsigned=allow_unsigned, body_schema=body_schema)
+
+
+def decode_artifact(data: bytes, codec: AvroCodec | None = None) -> tuple[ModelArtifact, Any]:
+    """A ModelArtifact message and the body schema that wrote it, which its digest is over."""
     codec = codec or default_codec()
     writer = codec.writer_schema(data)
-    record = codec.decode(data, ModelArtifact, INTERNAL)
-    return verify_record(
-        record,
-        public_key,
-        allow_unsigned=allow_unsigned,
-        body_schema=writer.parsed["fields"][0]["type"],
-    )
+    return codec.decode(data, ModelArtifact, INTERNAL), writer.parsed["fields"][0]["type"]
 
 
 # -- candidates: signed by their makers ---------------------------------------------------
@@ -294,14 +294,9 @@ def verify_candidate(
     data: bytes, keyring: Keyring, *, allow_unsigned: bool = False, codec: AvroCodec | None = None
 ) -> Verified:
     """Decode a candidate message and check it (see :func:`verify_candidate_record`)."""
-    codec = codec or default_codec()
-    writer = codec.writer_schema(data)
-    record = codec.decode(data, ModelArtifact, INTERNAL)
+    record, body_schema = decode_artifact(data, codec)
     return verify_candidate_record(
-        record,
-        keyring,
-        allow_unsigned=allow_unsigned,
-        body_schema=writer.parsed["fields"][0]["type"],
+        record, keyring, allow_unsigned=allow_unsigned, body_schema=body_schema
     )
 
 

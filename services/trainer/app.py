@@ -11,7 +11,6 @@ from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from modelstream.contracts.builders import command
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import Definition
-from modelstream.contracts.limits import INTERNAL
 from modelstream.contracts.records import Action, Command, ModelArtifact, Origin, TrainingExample
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
 from modelstream.kafka.boundary import Boundary, Failure, record_failure
@@ -35,7 +34,11 @@ from modelstream.kafka.topology import (
 )
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
 from modelstream.learn.sgd import GDConfig
-from modelstream.registry.artifact import MAKER_OF_ORIGIN, verify_candidate_record
+from modelstream.registry.artifact import (
+    MAKER_OF_ORIGIN,
+    decode_artifact,
+    verify_candidate_record,
+)
 from modelstream.registry.follower import (
     load_production,
     load_verified_history,
@@ -128,15 +131,14 @@ class TrainerApp(Lifecycle):
         )
         async for record in read_to_end(self.settings, self.settings.topic(CANDIDATES)):
             try:
-                writer = self.codec.writer_schema(record.value)
-                candidate = self.codec.decode(record.value, ModelArtifact, INTERNAL)
+                candidate, body_schema = decode_artifact(record.value, self.codec)
                 if candidate["body"]["lineage"]["origin"] != Origin.BATCH:
                     continue  # no lineage to resume from
                 verify_candidate_record(
                     candidate,
                     self.keyring,
                     allow_unsigned=self.settings.allow_unsigned,
-                    body_schema=writer.parsed["fields"][0]["type"],
+                    body_schema=body_schema,
                 )
             except (DecodeError, InvalidEventError, ArtifactVerificationError) as exc:
                 # Not a candidate a trainer vouches for (the validator dead-letters it).
