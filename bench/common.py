@@ -275,3 +275,18 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per key: the median of the runs, and its min and max as keys of their own (a machine
+    shared with others varies by a third from run to run)."""
+    out: dict[str, float] = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs if key in run and run[key] == run[key]]  # not NaN
+        if not values:
+            continue
+        out[key] = round(float(np.median(values)), 3)
+        if len(values) > 1 and key != "offered_rate":
+            out[f"{key}_min"] = round(min(values), 3)
+            out[f"{key}_max"] = round(max(values), 3)
+    return out

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import body_for, broker, dataset, publish
+from common import body_for, broker, dataset, publish, summarize
 
 from modelstream.kafka.topology import create_topics
 from modelstream.registry.artifact import generate_keys
@@ -111,12 +111,12 @@ async def open_loop(url: str, bodies: list[bytes], rate: int, seconds: float) ->
         async def one(i: int, due: float) -> None:
             nonlocal errors
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            started = time.perf_counter()
             async with http.post(url, data=bodies[i % len(bodies)], headers=JSON) as r:
                 await r.read()
                 if r.status != 200:
                     errors += 1
-            latencies.append(time.perf_counter() - max(due, started))
+            # from the call's due time: a generator running late adds its lateness
+            latencies.append(time.perf_counter() - due)
 
         began = time.perf_counter()
         await asyncio.gather(*(one(i, began + i / rate) for i in range(total)))
@@ -133,6 +133,7 @@ def _summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, f
         "rps": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
+        "p999_ms": float(np.percentile(ms, 99.9)),
         "errors": errors,
         "calls": len(latencies),
     }
@@ -271,71 +272,71 @@ async def gateway_run(
     return {"closed": closed, "open": opened}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rate", type=int, default=500)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--no-mlserver", action="store_true", help="ours only (no ratios)")
-    args = parser.parse_args()
-    X, _, _ = dataset(MODEL)
-    bodies = [call_body(row) for row in X]
-    keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
-    generate_keys(keys)
+def one_round(
+    base: Settings, keys: Path, args: argparse.Namespace, bodies: list[bytes]
+) -> dict[str, float]:
     runs: dict[str, dict[str, Any]] = {}
-    with broker() as base:
-        print(f"broker {base.bootstrap}; {args.concurrency} concurrent, then {args.rate} calls/s")
-        for delivery in ("exactly-once", "at-least-once"):
-            runs[f"gateway ({delivery})"] = asyncio.run(
-                gateway_run(base, keys, args, bodies, delivery)
-            )
-        runs["gateway (exactly-once, read_committed)"] = asyncio.run(
-            gateway_run(base, keys, args, bodies, "exactly-once", read_committed=True)
-        )
-        if not args.no_mlserver:
-            runs["mlserver"] = asyncio.run(mlserver_run(args, bodies))
+    for delivery in ("exactly-once", "at-least-once"):
+        runs[f"gateway ({delivery})"] = asyncio.run(gateway_run(base, keys, args, bodies, delivery))
+    runs["gateway (exactly-once, read_committed)"] = asyncio.run(
+        gateway_run(base, keys, args, bodies, "exactly-once", read_committed=True)
+    )
+    if not args.no_mlserver:
+        runs["mlserver"] = asyncio.run(mlserver_run(args, bodies))
     for name, run in runs.items():
         closed, opened = run["closed"], run["open"]
         print(
             f"  {name:26} {closed['rps']:7,.0f} calls/s at {args.concurrency} concurrent "
             f"(p50 {closed['p50_ms']:.1f} ms, p99 {closed['p99_ms']:.1f} ms, errors "
             f"{closed['errors']}); at {args.rate}/s offered: p50 {opened['p50_ms']:.1f} ms, "
-            f"p99 {opened['p99_ms']:.1f} ms, errors {opened['errors']}"
+            f"p99 {opened['p99_ms']:.1f} ms, p99.9 {opened['p999_ms']:.1f} ms, errors "
+            f"{opened['errors']}"
         )
-    eos, alo, committed = (
-        runs["gateway (exactly-once)"],
-        runs["gateway (at-least-once)"],
-        runs["gateway (exactly-once, read_committed)"],
-    )
-    ours = {
-        "gateway_rps": round(eos["closed"]["rps"]),
-        "gateway_p99_ms": round(eos["open"]["p99_ms"], 2),
-        "gateway_p50_ms": round(eos["open"]["p50_ms"], 2),
-        "offered_rps": args.rate,
-        "gateway_alo_rps": round(alo["closed"]["rps"]),
-        "gateway_alo_p99_ms": round(alo["open"]["p99_ms"], 2),
-        "gateway_committed_rps": round(committed["closed"]["rps"]),
-        "gateway_committed_p50_ms": round(committed["open"]["p50_ms"], 2),
-        "gateway_committed_p99_ms": round(committed["open"]["p99_ms"], 2),
+    keys_of = {
+        "gateway": "gateway (exactly-once)",
+        "gateway_alo": "gateway (at-least-once)",
+        "gateway_committed": "gateway (exactly-once, read_committed)",
+        "mlserver": "mlserver",
     }
-    if args.no_mlserver:
-        print(json.dumps(ours))
-        return
-    peer = runs["mlserver"]
-    print(
-        f"  gateway / MLServer calls/s: {eos['closed']['rps'] / peer['closed']['rps']:.2f}x "
-        f"(exactly-once), {alo['closed']['rps'] / peer['closed']['rps']:.2f}x (at-least-once)"
-    )
-    print(
-        json.dumps(
-            {
-                **ours,
-                "mlserver_rps": round(peer["closed"]["rps"]),
-                "mlserver_p99_ms": round(peer["open"]["p99_ms"], 2),
-                "mlserver_p50_ms": round(peer["open"]["p50_ms"], 2),
-            }
-        )
-    )
+    out: dict[str, float] = {"offered_rps": args.rate}
+    for prefix, name in keys_of.items():
+        if name not in runs:
+            continue
+        run = runs[name]
+        out[f"{prefix}_rps"] = round(run["closed"]["rps"])
+        for q in ("p50", "p99", "p999"):
+            out[f"{prefix}_{q}_ms"] = round(run["open"][f"{q}_ms"], 2)
+        out[f"{prefix}_errors"] = run["closed"]["errors"] + run["open"]["errors"]
+    return out
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-mlserver", action="store_true", help="ours only (no ratios)")
+    args = parser.parse_args()
+    X, _, _ = dataset(MODEL)
+    bodies = [call_body(row) for row in X]
+    keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    generate_keys(keys)
+    rounds = []
+    with broker() as base:
+        print(f"broker {base.bootstrap}; {args.concurrency} concurrent, then {args.rate} calls/s")
+        for number in range(args.repeat):
+            print(f"round {number + 1} of {args.repeat}")
+            rounds.append(one_round(base, keys, args, bodies))
+            if "mlserver_rps" in rounds[-1]:
+                print(
+                    "  gateway / MLServer calls/s: "
+                    f"{rounds[-1]['gateway_rps'] / rounds[-1]['mlserver_rps']:.2f}x (exactly-once)"
+                    f", {rounds[-1]['gateway_alo_rps'] / rounds[-1]['mlserver_rps']:.2f}x "
+                    "(at-least-once)"
+                )
+    print(json.dumps(summarize(rounds)))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ predictor process (exactly-once, one onnxruntime thread) scores them; its events
 batch to last) and peak RSS are printed beside:
 
 * ``inmemory`` - the same rows scored in this process by onnxruntime alone (one thread,
-  batches of the predictor's batch size, inputs already in the graph's types), or by
-  numpy for the native linear model: the ceiling of any Kafka service on this machine;
-* ``raw relay`` - bench/predictor.py's passthrough worker on the same topics: the
-  transport's ceiling (bytes in, bytes out, no decoding).
+  inputs already in the graph's types), or by numpy for the native linear model, in
+  batches of the size the predictor actually scored (its mean rows per batch in that run:
+  ``<m>_inmemory_eps``) and of 5,000 rows (``<m>_inmemory_5000_eps``);
+* ``relay`` - bench/predictor.py's fan-out relay on the same model's requests (same
+  payload, same routing as the predictor's outputs, same commit interval): the
+  transport's ceiling for that payload (``<m>_relay_eps``).
+
+Each figure is the median of ``--repeat`` runs (3), with ``_min`` and ``_max`` keys.
 
 Models: the native logistic model (breast-cancer, 30 features); XGBoost, 300 trees of
 depth 6 on 30 features (onnxmltools; trained on 20,000 noisy synthetic rows so every tree
@@ -45,6 +49,7 @@ from common import (
     preload,
     publish,
     spawn_worker,
+    summarize,
 )
 
 from modelstream.contracts.client import RequestEncoder
@@ -100,9 +105,12 @@ def requests(name: str, body: dict[str, Any], bundle: onnx_models.Bundle, n: int
     return out
 
 
-def inmemory_eps(body: dict[str, Any], bundle: onnx_models.Bundle, signature: Any, n: int) -> float:
-    """Rows per second of the bare model in this process, in batches of BATCH."""
-    rows = np.resize(bundle.X, (BATCH, bundle.X.shape[1]))
+def inmemory_eps(
+    body: dict[str, Any], bundle: onnx_models.Bundle, signature: Any, n: int, batch: int = BATCH
+) -> float:
+    """Rows per second of the bare model in this process, in batches of ``batch``."""
+    size = max(1, batch)
+    rows = np.resize(bundle.X, (size, bundle.X.shape[1]))
     if signature is None:
         model = LinearModel.from_body(body)
         run = lambda: model.proba(rows)  # noqa: E731
@@ -116,7 +124,7 @@ def inmemory_eps(body: dict[str, Any], bundle: onnx_models.Bundle, signature: An
         feeds: dict[str, np.ndarray] = {}
         for spec in signature.onnx["inputs"]:
             if spec["element_type"] == "string":
-                column = [bundle.categories[j % len(bundle.categories)] for j in range(BATCH)]
+                column = [bundle.categories[j % len(bundle.categories)] for j in range(size)]
                 feeds[spec["name"]] = np.array(
                     [[row[f] for f in spec["features"]] for row in column], dtype=object
                 )
@@ -126,11 +134,11 @@ def inmemory_eps(body: dict[str, Any], bundle: onnx_models.Bundle, signature: An
         wanted = [signature.onnx["scores_output"]]
         run = lambda: session.run(wanted, feeds)  # noqa: E731
     run()
-    batches = max(3, n // BATCH)
+    batches = max(3, n // size)
     start = time.perf_counter()
     for _ in range(batches):
         run()
-    return batches * BATCH / (time.perf_counter() - start)
+    return batches * size / (time.perf_counter() - start)
 
 
 async def fresh(base: Settings) -> Settings:
@@ -213,53 +221,61 @@ async def large_swap(base: Settings, keys: Path, megabytes: float, rate: int) ->
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--large-mib", type=float, default=50.0)
-    parser.add_argument("--rate", type=int, default=2000)
-    args = parser.parse_args()
-    keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
-    generate_keys(keys)
+def one_round(
+    base: Settings, keys: Path, args: argparse.Namespace, built: dict[str, Any]
+) -> dict[str, float]:
     n = args.events
     results: dict[str, float] = {}
-    built = models()
-    with broker() as base:
-        print(f"broker {base.bootstrap}; {n} packed requests per model, each in its own process")
-        relay = asyncio.run(
-            served(
-                base,
-                keys,
-                "passthrough",
-                built["linear"][0],
-                requests("linear", built["linear"][0], built["linear"][1], n),
-            )  # type: ignore[arg-type]
+    for name, (body, bundle, signature) in built.items():
+        assert bundle is not None
+        items = requests(name, body, bundle, n)
+        relay = asyncio.run(served(base, keys, "relay_fanout", body, items))
+        result = asyncio.run(served(base, keys, "predictor", body, items))
+        served_batch = round(result["batch_mean"])
+        memory = inmemory_eps(body, bundle, signature, n, served_batch)
+        memory_5000 = inmemory_eps(body, bundle, signature, n, BATCH)
+        results[f"{name}_eps"] = round(result["eps"])
+        results[f"{name}_relay_eps"] = round(relay["eps"])
+        results[f"{name}_inmemory_eps"] = round(memory)
+        results[f"{name}_inmemory_5000_eps"] = round(memory_5000)
+        results[f"{name}_batch_mean"] = served_batch
+        results[f"{name}_rss_mib"] = round(result["rss_mib"], 1)
+        bound = min(memory, relay["eps"])
+        print(
+            f"  {name:10} {result['eps']:>9,.0f}/s  relay {relay['eps']:>9,.0f}/s  in memory "
+            f"{memory:>10,.0f}/s at {served_batch} rows ({memory_5000:>10,.0f}/s at {BATCH})  "
+            f"served / min(in memory, relay) = {result['eps'] / bound:.2f}x  peak RSS "
+            f"{result['rss_mib']:6.1f} MiB  graph {len(bundle.graph) / 2**20:.2f} MiB"
         )
-        results["raw_relay_eps"] = round(relay["eps"])
-        print(f"  {'raw relay':10} {relay['eps']:>10,.0f} events/s")
-        for name, (body, bundle, signature) in built.items():
-            assert bundle is not None
-            result = asyncio.run(
-                served(base, keys, "predictor", body, requests(name, body, bundle, n))
-            )
-            memory = inmemory_eps(body, bundle, signature, n)
-            results[f"{name}_eps"] = round(result["eps"])
-            results[f"{name}_inmemory_eps"] = round(memory)
-            results[f"{name}_rss_mib"] = round(result["rss_mib"], 1)
-            bound = min(memory, relay["eps"])
-            print(
-                f"  {name:10} {result['eps']:>10,.0f} events/s   in memory {memory:>10,.0f}/s   "
-                f"served / min(in memory, relay) = {result['eps'] / bound:.2f}x   "
-                f"peak RSS {result['rss_mib']:6.1f} MiB   graph "
-                f"{len(bundle.graph) / 2**20:.2f} MiB"
-            )
+    if not args.no_swap:
         swap = asyncio.run(large_swap(base, keys, args.large_mib, args.rate))
         results.update({k: round(v, 3) for k, v in swap.items()})
         print(
             f"  {swap['large_artifact_mib']:.1f} MiB graph published under {args.rate}/s load: "
             f"first prediction by it after {swap['large_swap_s']:.2f} s"
         )
-    print(json.dumps(results))
+    return results
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--large-mib", type=float, default=50.0)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-swap", action="store_true", help="skip the large-graph swap")
+    args = parser.parse_args()
+    keys = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    generate_keys(keys)
+    built = models()
+    rounds = []
+    with broker() as base:
+        print(f"broker {base.bootstrap}; {args.events} packed requests per model and run")
+        for number in range(args.repeat):
+            print(f"round {number + 1} of {args.repeat}")
+            rounds.append(one_round(base, keys, args, built))
+    print(json.dumps(summarize(rounds)))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,31 @@
 """Predictor throughput, latency, memory and hot swap, against the real broker.
 
-Every candidate runs as its own worker process on a preloaded ``requests`` topic (fresh
-topic prefix each) and reports events/s (first batch to last) and its peak RSS:
+Every throughput candidate runs as its own worker process on a preloaded ``requests``
+topic (fresh topic prefix each) and reports events/s (first batch to last) and peak RSS:
 
-1. ``passthrough`` - the BatchPipeline forwarding bytes untouched (the transport limit),
-   ``identity`` - the same pipeline decoding and re-encoding each request (codec limit);
+1. ``passthrough`` - the BatchPipeline forwarding bytes to the partition of their task;
+   ``relay_fanout`` - the same pipeline forwarding each request to the partition of the
+   CRC-32 of its key, exactly like the predictor (six partitions per transaction), at the
+   same commit interval: the yardstick the predictor's ratio is taken against;
+   ``identity`` - the pipeline decoding and re-encoding each request (codec limit);
 2. the modelstream predictor (PredictorApp, exactly-once) on breast-cancer (30 features)
-   with map-encoded and with packed requests, and on digits (64 features, 10 classes);
+   with packed requests at commit intervals 0 (a transaction per batch), 20 (the default)
+   and 100 ms, with map-encoded requests, and on digits (64 features: linear and MLP);
 3. ``naive`` - what a user might write with faust-streaming and river: one agent, one
    ``predict_proba_one`` and one ``send`` per event.
 
-Then one predictor serves a fixed offered rate: end-to-end latency (client send to
-prediction readable by a read_committed consumer), and a hot swap in the middle: time
-from publishing v2 to the first v2 prediction, and request ids lost or duplicated.
+Then latency at an offered rate (open loop: request ``i`` is due at ``start + i/rate`` and
+its latency counts from that due time, so a generator running late adds its lateness
+instead of hiding it): a single-hop relay (at-least-once, consume -> produce), and the
+predictor exactly-once at commit intervals 20, 50 and 100 ms and at-least-once. Each
+latency is split into stages: due -> sent by the client, -> scored (the predictor's clock),
+-> readable by a read_uncommitted consumer (sent), -> readable by a read_committed one
+(committed). A hot swap runs in the middle of the default run: time from publishing v2 to
+the first v2 prediction, and request ids lost or duplicated.
 
-    python bench/predictor.py [--events 200000]      # last line: one JSON object
+Every figure is the median of ``--repeat`` runs (3), with ``<key>_min`` and ``<key>_max``.
+
+    python bench/predictor.py [--events 200000] [--repeat 3]   # last line: one JSON object
 """
 
 from __future__ import annotations
@@ -23,11 +34,12 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +57,8 @@ from common import (
     publish,
     request_bytes,
     spawn_worker,
+    summarize,
+    worker_command,
 )
 
 from modelstream.contracts.client import RequestEncoder
@@ -67,12 +81,14 @@ class Timed(Stateless):
         self.first: float | None = None
         self.last = 0.0
         self.count = 0
+        self.batches = 0
 
     def process(self, task: int, records: list[Any]) -> list[Outgoing]:
         if self.first is None:
             self.first = time.perf_counter()
         out: list[Outgoing] = self.inner.process(task, records)
         self.count += len(records)
+        self.batches += 1
         return out
 
     async def refresh(self) -> None:
@@ -83,10 +99,16 @@ class Timed(Stateless):
 
 
 class Passthrough(Stateless):
-    def __init__(self, out_topic: str) -> None:
+    """Each record forwarded as it is, to the partition of its task (``fanout`` False) or
+    of the CRC-32 of its key, the predictor's routing (``fanout`` True)."""
+
+    def __init__(self, out_topic: str, fanout: bool = False) -> None:
         self.out_topic = out_topic
+        self.fanout = fanout
 
     def process(self, task: int, records: list[Any]) -> list[Outgoing]:
+        if self.fanout:
+            return [Outgoing(self.out_topic, r.key, r.value) for r in records]
         return [Outgoing(self.out_topic, r.key, r.value, task) for r in records]
 
     async def refresh(self) -> None:
@@ -111,26 +133,43 @@ class Identity(Passthrough):
         ]
 
 
-async def run_worker(kind: str, settings: Settings, events: int) -> dict[str, float]:
+def relay(
+    settings: Settings, kind: str, processor: Any, commit_interval_ms: float, exactly_once: bool
+) -> BatchPipeline:
+    return BatchPipeline(
+        settings,
+        f"bench-{kind}",
+        settings.topic("requests"),
+        processor,
+        deadletter_topic=settings.topic("deadletter"),
+        exactly_once=exactly_once,
+        commit_interval_s=commit_interval_ms / 1000,
+    )
+
+
+async def run_worker(
+    kind: str, settings: Settings, events: int, commit_interval_ms: float
+) -> dict[str, float]:
     done = asyncio.Event()
-    if kind in ("passthrough", "identity"):
-        processor = (Passthrough if kind == "passthrough" else Identity)(
-            settings.topic("predictions")
+    if kind in ("passthrough", "relay_fanout", "identity"):
+        out = settings.topic("predictions")
+        processor: Any = (
+            Identity(out) if kind == "identity" else Passthrough(out, kind == "relay_fanout")
         )
         timed = Timed(processor, events, done)
-        service: Any = BatchPipeline(
-            settings,
-            f"bench-{kind}",
-            settings.topic("requests"),
-            timed,
-            deadletter_topic=settings.topic("deadletter"),
-        )
+        service: Any = relay(settings, kind, timed, commit_interval_ms, exactly_once=True)
         pipeline = service
     else:
         from modelstream.services.predictor.app import PredictorApp
         from modelstream.services.predictor.settings import PredictorSettings
 
-        service = PredictorApp(load(PredictorSettings, **_same(settings)))
+        service = PredictorApp(
+            load(
+                PredictorSettings,
+                **_same(settings),
+                predictor_commit_interval_ms=commit_interval_ms,
+            )
+        )
         pipeline = service.pipeline
         timed = Timed(pipeline.processor, events, done)
         pipeline.processor = timed
@@ -146,6 +185,7 @@ async def run_worker(kind: str, settings: Settings, events: int) -> dict[str, fl
         "eps": timed.count / (timed.last - timed.first),
         "rss_mib": rss_mib,
         "events": timed.count,
+        "batch_mean": timed.count / max(1, timed.batches),  # rows per process() call
     }
 
 
@@ -223,6 +263,16 @@ def _same(settings: Settings) -> dict[str, Any]:
     }
 
 
+async def serve_hop(settings: Settings) -> None:
+    """A single-hop relay (at-least-once, forwarding to the key's partition) until killed:
+    the latency floor of one Python consume -> produce hop on this machine."""
+    pipeline = relay(
+        settings, "hop", Passthrough(settings.topic("predictions"), True), 0.0, exactly_once=False
+    )
+    await pipeline.start()
+    await pipeline.run()
+
+
 def worker_main(args: argparse.Namespace) -> None:
     settings = load(
         bootstrap_servers=args.bootstrap,
@@ -232,7 +282,11 @@ def worker_main(args: argparse.Namespace) -> None:
     if args.worker == "naive":
         naive_worker(settings, args.events)
         return
-    result = asyncio.run(run_worker(args.worker, settings, args.events))
+    if args.worker == "hop":
+        asyncio.run(serve_hop(settings))
+        return
+    commit_interval_ms = float(os.environ.get("BENCH_COMMIT_INTERVAL_MS", "20"))
+    result = asyncio.run(run_worker(args.worker, settings, args.events, commit_interval_ms))
     print(json.dumps(result), flush=True)
 
 
@@ -250,117 +304,337 @@ async def throughput(
     model: str,
     packed: bool,
     events: int,
-    bodies: dict[str, dict[str, Any]],
-    body_key: str | None = None,
+    body: dict[str, Any],
+    commit_interval_ms: float,
 ) -> dict[str, float]:
     settings = await fresh(base)
-    await publish(settings, keys, bodies[body_key or model], 1)
+    await publish(settings, keys, body, 1)
     await preload(settings, request_bytes(model, events, packed=packed))
+    os.environ["BENCH_COMMIT_INTERVAL_MS"] = str(commit_interval_ms)
     return await asyncio.to_thread(
         spawn_worker, HERE, kind, settings, events, keys / "modelstream.pub"
     )
 
 
-async def latency_and_swap(
+STAGES = ("sent", "scored", "uncommitted", "committed")
+
+
+def percentiles(name: str, values: np.ndarray) -> dict[str, float]:
+    if not len(values):
+        return {}
+    return {
+        f"{name}_p50_ms": float(np.percentile(values, 50)),
+        f"{name}_p99_ms": float(np.percentile(values, 99)),
+        f"{name}_p999_ms": float(np.percentile(values, 99.9)),
+    }
+
+
+async def open_loop(
     base: Settings,
     keys: Path,
     rate: int,
     seconds: float,
-    bodies: dict[str, dict[str, Any]],
-    delivery: str = "exactly-once",
+    body: dict[str, Any],
+    *,
+    hop: bool = False,
+    swap: bool = False,
+    **env: str,
 ) -> dict[str, float]:
-    """Offer ``rate`` requests/s to one predictor process; swap to v2 halfway."""
-    from aiokafka import AIOKafkaProducer
+    """Offer ``rate`` requests/s (open loop) to one predictor process (or the single-hop
+    relay); latency of each stage from each request's due time; a hot swap halfway."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     settings = await fresh(base)
-    await publish(settings, keys, bodies["breast-cancer"], 1)
-    process = predictor_process(settings, keys, MODELSTREAM_DELIVERY=delivery)
-    consumer = predictions_consumer(settings)
+    await publish(settings, keys, body, 1)
+    if hop:
+        process = subprocess.Popen(
+            worker_command(HERE, "hop", settings, 0, keys / "modelstream.pub"),
+            stdout=subprocess.DEVNULL,
+        )
+    else:
+        process = predictor_process(settings, keys, **env)
+    committed = predictions_consumer(settings)
+    uncommitted = AIOKafkaConsumer(
+        settings.topic("predictions"),
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_uncommitted",
+        fetch_max_wait_ms=5,
+    )
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
-    await consumer.start()
-    await producer.start()
+    for client in (committed, uncommitted, producer):
+        await client.start()
     codec = default_codec()
-    received: list[tuple[float, dict[str, Any]]] = []
+    seen: dict[str, dict[bytes, float]] = {"committed": {}, "uncommitted": {}}
+    scored_at: dict[bytes, float] = {}
+    versions: dict[bytes, int] = {}
+    duplicates = 0
     total = int(rate * seconds)
     stop = asyncio.Event()
 
-    async def collect() -> None:
+    async def collect(consumer: Any, stage: str) -> None:
+        nonlocal duplicates
+        times = seen[stage]
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50)
             now = time.time()
             for records in batch.values():
-                received.extend((now, codec.decode(r.value, Prediction)) for r in records)
+                for r in records:
+                    if r.key in times:
+                        duplicates += stage == "committed"
+                        continue
+                    times[r.key] = now
+                    # a sample of the scoring times: decoding every prediction would make
+                    # this process (sharing 2 cores with the broker and the predictor) late
+                    if stage == "committed" and not hop and zlib.crc32(r.key) % 8 == 0:
+                        prediction = codec.decode(r.value, Prediction)
+                        scored_at[r.key] = prediction["predicted_at_ms"] / 1000
+                        versions[r.key] = prediction["version"]
 
-    collector = asyncio.create_task(collect())
+    # Without transactions (the relay, at-least-once) records are readable when written:
+    # one consumer sees both stages.
+    transactional = not hop and env.get("MODELSTREAM_DELIVERY") != "at-least-once"
+    collectors = [asyncio.create_task(collect(committed, "committed"))]
+    if transactional:
+        collectors.append(asyncio.create_task(collect(uncommitted, "uncommitted")))
+    else:
+        seen["uncommitted"] = seen["committed"]
+    X, _, names = dataset("breast-cancer")
+    encoder = RequestEncoder(names)
+    due_at: dict[bytes, float] = {}
+    sent_at: dict[bytes, float] = {}
+    swap_published = float("nan")
     try:
-        # wait for the predictor to be up and serving
-        await producer.send_and_wait(
-            settings.topic("requests"),
-            key=b"probe",
-            value=request_bytes("breast-cancer", 1, packed=True, prefix="probe", sent_at=True)[0][
-                1
-            ],
-        )
-        while not received:
+        [(probe, value)] = request_bytes("breast-cancer", 1, packed=True, prefix="probe")
+        await producer.send_and_wait(settings.topic("requests"), key=probe, value=value)
+        deadline = time.time() + 120
+        while probe not in seen["committed"]:  # up and serving
+            if time.time() > deadline or process.poll() is not None:
+                raise RuntimeError(f"no answer to the probe (process exit: {process.poll()})")
             await asyncio.sleep(0.05)
-        X, _, names = dataset("breast-cancer")
-        encoder = RequestEncoder(names)
+        start_wall = time.time()
         start = time.perf_counter()
-        swap_published = 0.0
         for i in range(total):
             due = start + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             rid = f"l{i}"
+            key = rid.encode()
+            due_at[key] = start_wall + i / rate
             await producer.send(
                 settings.topic("requests"),
-                key=rid.encode(),
-                value=encoder.encode(
-                    rid,
-                    "breast-cancer",
-                    X[i % len(X)],
-                    packed=True,
-                    sent_at_ms=int(time.time() * 1000),
-                ),
+                key=key,
+                value=encoder.encode(rid, "breast-cancer", X[i % len(X)], packed=True),
             )
-            if i == total // 2:
+            sent_at[key] = time.time()
+            if swap and i == total // 2:
                 swap_published = await publish(settings, keys, body_for("breast-cancer", 7), 2)
         await producer.flush()
         deadline = time.time() + 60
-        while len({p["request_id"] for _, p in received}) < total + 1 and time.time() < deadline:
+        while len(seen["committed"]) < total + 1 and time.time() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
     finally:
         stop.set()
-        await collector
-        await consumer.stop()
-        await producer.stop()
+        await asyncio.gather(*collectors)
+        for client in (committed, uncommitted, producer):
+            await client.stop()
         process.terminate()
         process.wait(timeout=30)
-    answers = [(t, p) for t, p in received if p["request_id"].startswith("l")]
-    counts = Counter(p["request_id"] for _, p in answers)
-    latencies = np.array([t * 1000 - p["requested_at_ms"] for t, p in answers])
-    # where it goes: request sent -> scored (predictor clock), scored -> readable
-    scoring = np.array([p["predicted_at_ms"] - p["requested_at_ms"] for _, p in answers])
-    print(
-        f"    {delivery}: sent -> scored p50 {np.percentile(scoring, 50):.1f} ms p99 "
-        f"{np.percentile(scoring, 99):.1f} ms; scored -> readable p50 "
-        f"{np.percentile(latencies - scoring, 50):.1f} ms p99 "
-        f"{np.percentile(latencies - scoring, 99):.1f} ms"
+    answered = [k for k in due_at if k in seen["committed"]]
+    due_times = np.array([due_at[k] for k in answered])
+    result: dict[str, float] = {"offered_rate": rate, "lost": total - len(answered)}
+    result["duplicated"] = duplicates
+    result.update(
+        percentiles("sent", (np.array([sent_at[k] for k in answered]) - due_times) * 1000)
     )
-    first_v2 = min((t for t, p in answers if p["version"] == 2), default=float("nan"))
+    if scored_at:
+        result.update(
+            percentiles(
+                "scored",
+                np.array([scored_at[k] - due_at[k] for k in scored_at if k in due_at]) * 1000,
+            )
+        )
+    early = [k for k in answered if k in seen["uncommitted"]]
+    result.update(
+        percentiles(
+            "uncommitted",
+            (np.array([seen["uncommitted"][k] - due_at[k] for k in early])) * 1000,
+        )
+    )
+    result.update(
+        percentiles(
+            "committed", (np.array([seen["committed"][k] for k in answered]) - due_times) * 1000
+        )
+    )
+    if swap:
+        first_v2 = min(
+            (seen["committed"][k] for k, v in versions.items() if v == 2), default=float("nan")
+        )
+        result["swap_s"] = first_v2 - swap_published
+    return result
+
+
+async def transaction_gaps(base: Settings, transactions: int = 300) -> dict[str, float]:
+    """Back-to-back one-record transactions of one producer: the gap from EndTxn's answer
+    to the next transaction's successful AddPartitionsToTxn (compat's shortened backoff),
+    and transactions per second."""
+    from aiokafka.producer import sender
+
+    from modelstream.kafka.clients import make_producer
+
+    ends: list[float] = []
+    adds: list[float] = []
+    originals = (
+        sender.EndTxnHandler.handle_response,
+        sender.AddPartitionsToTxnHandler.handle_response,
+    )
+
+    def noting(original: Any, times: list[float]) -> Any:
+        def handle_response(self: Any, response: Any) -> Any:
+            backoff = original(self, response)
+            if backoff is None:
+                times.append(time.perf_counter())
+            return backoff
+
+        return handle_response
+
+    sender.EndTxnHandler.handle_response = noting(originals[0], ends)
+    sender.AddPartitionsToTxnHandler.handle_response = noting(originals[1], adds)
+    settings = await fresh(base)
+    producer = make_producer(
+        settings, transactional_id=f"bench-gap-{uuid.uuid4().hex[:6]}", linger_ms=0
+    )
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        for _ in range(transactions):
+            async with producer.transaction():
+                await (await producer.send(settings.topic("predictions"), b"x", partition=0))
+        elapsed = time.perf_counter() - started
+    finally:
+        await producer.stop()
+        sender.EndTxnHandler.handle_response, sender.AddPartitionsToTxnHandler.handle_response = (
+            originals
+        )
+    gaps = np.array([(min(a for a in adds if a > e) - e) * 1000 for e in ends if adds[-1] > e])
     return {
-        "p50_ms": float(np.percentile(latencies, 50)),
-        "p99_ms": float(np.percentile(latencies, 99)),
-        "swap_s": first_v2 - swap_published,
-        "swap_lost": total - len(counts),
-        "swap_duplicated": sum(c - 1 for c in counts.values()),
-        "offered_rate": rate,
+        "txn_gap_p50_ms": float(np.percentile(gaps, 50)),
+        "txn_gap_p99_ms": float(np.percentile(gaps, 99)),
+        "transactions_per_s": transactions / elapsed,
+    }
+
+
+THROUGHPUT = [
+    # key, worker, data set, packed, body, commit interval (ms)
+    ("passthrough_eps", "passthrough", "breast-cancer", True, "breast-cancer", 20),
+    ("relay_fanout_eps", "relay_fanout", "breast-cancer", True, "breast-cancer", 20),
+    ("identity_eps", "identity", "breast-cancer", False, "breast-cancer", 20),
+    ("predictor_packed_eps", "predictor", "breast-cancer", True, "breast-cancer", 20),
+    ("predictor_packed_eps_eos_0", "predictor", "breast-cancer", True, "breast-cancer", 0),
+    ("relay_fanout_eps_eos_0", "relay_fanout", "breast-cancer", True, "breast-cancer", 0),
+    ("predictor_packed_eps_eos_100", "predictor", "breast-cancer", True, "breast-cancer", 100),
+    ("relay_fanout_eps_eos_100", "relay_fanout", "breast-cancer", True, "breast-cancer", 100),
+    ("predictor_eps", "predictor", "breast-cancer", False, "breast-cancer", 20),
+    ("predictor_digits_eps", "predictor", "digits", True, "digits", 20),
+    ("predictor_mlp_eps", "predictor", "digits", True, "digits-mlp", 20),
+    ("naive_eps", "naive", "breast-cancer", False, "breast-cancer", 0),
+]
+
+LATENCY = [
+    # suffix, single-hop relay, predictor environment
+    ("hop", True, {}),
+    ("eos_20", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "20"}),
+    ("eos_50", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "50"}),
+    ("eos_100", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "100"}),
+    ("alo", False, {"MODELSTREAM_DELIVERY": "at-least-once"}),
+]
+
+
+def one_round(
+    base: Settings, keys: Path, args: argparse.Namespace, bodies: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    wanted = set(args.only.split(","))
+    results: dict[str, float] = {}
+    for key, kind, model, packed, body, interval in THROUGHPUT:
+        if kind not in wanted and key not in wanted:
+            continue
+        events = args.naive_events if kind == "naive" else args.events
+        result = asyncio.run(
+            throughput(base, keys, kind, model, packed, events, bodies[body], interval)
+        )
+        results[key] = round(result["eps"])
+        if key == "predictor_packed_eps":
+            results["rss_mib"] = round(result["rss_mib"], 1)
+        print(
+            f"  {key:30} {result['eps']:>10,.0f} events/s   peak RSS {result['rss_mib']:6.1f}"
+            f" MiB   ({kind}, {model}, {'packed' if packed else 'map'}, commit {interval} ms)"
+        )
+    if "latency" in wanted:
+        for suffix, hop, env in LATENCY:
+            measured = asyncio.run(
+                open_loop(
+                    base,
+                    keys,
+                    args.rate,
+                    args.seconds,
+                    bodies["breast-cancer"],
+                    hop=hop,
+                    swap=suffix == "eos_20",
+                    **env,
+                )
+            )
+            stage = "uncommitted" if hop else "committed"
+            results[f"p50_ms_{suffix}"] = measured[f"{stage}_p50_ms"]
+            results[f"p99_ms_{suffix}"] = measured[f"{stage}_p99_ms"]
+            results[f"p999_ms_{suffix}"] = measured[f"{stage}_p999_ms"]
+            results[f"lost_{suffix}"] = measured["lost"]
+            results[f"duplicated_{suffix}"] = measured["duplicated"]
+            for name in STAGES:
+                for q in ("p50", "p99"):
+                    if f"{name}_{q}_ms" in measured:
+                        results[f"{suffix}_{name}_{q}_ms"] = measured[f"{name}_{q}_ms"]
+            if "swap_s" in measured:
+                results["swap_s"] = measured["swap_s"]
+            print(
+                f"  {suffix:8} at {args.rate}/s: p50 {measured[f'{stage}_p50_ms']:.1f} p99 "
+                f"{measured[f'{stage}_p99_ms']:.1f} p99.9 {measured[f'{stage}_p999_ms']:.1f} "
+                f"ms; stages p99: "
+                + ", ".join(
+                    f"{name} {measured[f'{name}_p99_ms']:.1f}"
+                    for name in STAGES
+                    if f"{name}_p99_ms" in measured
+                )
+                + f"; lost {measured['lost']}, duplicated {measured['duplicated']}"
+            )
+        results["hop_p50_ms"] = results.pop("p50_ms_hop")
+        results["hop_p99_ms"] = results.pop("p99_ms_hop")
+    if "gap" in wanted:
+        results.update(asyncio.run(transaction_gaps(base)))
+    return results
+
+
+def ratios(results: dict[str, float]) -> dict[str, float]:
+    pairs = {
+        "packed / fan-out relay (20 ms)": ("predictor_packed_eps", "relay_fanout_eps"),
+        "packed / passthrough": ("predictor_packed_eps", "passthrough_eps"),
+        "map / identity": ("predictor_eps", "identity_eps"),
+        "map / naive": ("predictor_eps", "naive_eps"),
+        "eos 100 ms / eos 0": ("predictor_packed_eps_eos_100", "predictor_packed_eps_eos_0"),
+        "digits mlp / digits linear": ("predictor_mlp_eps", "predictor_digits_eps"),
+        "p99 alo / hop p99": ("p99_ms_alo", "hop_p99_ms"),
+    }
+    return {
+        name: results[a] / results[b]
+        for name, (a, b) in pairs.items()
+        if a in results and b in results and results[b]
     }
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker")
     parser.add_argument("--bootstrap")
@@ -370,8 +644,11 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--only", default="passthrough,identity,predictor,naive,latency", help="comma-separated"
+        "--only",
+        default="passthrough,relay_fanout,identity,predictor,naive,latency,gap",
+        help="comma-separated workers or keys, and latency, gap",
     )
     args = parser.parse_args()
     if args.worker:
@@ -384,63 +661,17 @@ def main() -> None:
         "digits": body_for("digits"),
         "digits-mlp": body_for("digits", hidden=(64,)),  # served as model "digits"
     }
-    n = args.events
-    wanted = set(args.only.split(","))
-    results: dict[str, float] = {}
+    runs = []
     with broker() as base:
-        print(f"broker {base.bootstrap}; {n} events per run, each in its own process")
-        runs = [
-            ("passthrough_eps", "passthrough", "breast-cancer", True, n),
-            ("identity_eps", "identity", "breast-cancer", False, n),
-            ("predictor_packed_eps", "predictor", "breast-cancer", True, n),
-            ("predictor_eps", "predictor", "breast-cancer", False, n),
-            ("predictor_digits_eps", "predictor", "digits", True, n),
-            ("predictor_mlp_eps", "predictor", "digits", True, n),
-            ("naive_eps", "naive", "breast-cancer", False, args.naive_events),
-        ]
-        for key, kind, model, packed, events in runs:
-            if kind not in wanted:
-                continue
-            body_key = "digits-mlp" if key == "predictor_mlp_eps" else model
-            result = asyncio.run(
-                throughput(base, keys, kind, model, packed, events, bodies, body_key)
-            )
-            results[key] = round(result["eps"])
-            if key == "predictor_packed_eps":
-                results["rss_mib"] = round(result["rss_mib"], 1)
-            print(
-                f"  {key:22} {result['eps']:>10,.0f} events/s   peak RSS "
-                f"{result['rss_mib']:6.1f} MiB   ({kind}, {model}, "
-                f"{'packed' if packed else 'map'}, {int(result['events'])} events)"
-            )
-        for delivery, suffix in (("exactly-once", "eos"), ("at-least-once", "alo")):
-            if "latency" not in wanted:
-                break
-            swap = asyncio.run(
-                latency_and_swap(base, keys, args.rate, args.seconds, bodies, delivery)
-            )
-            if suffix == "eos":  # the keys of earlier runs: exactly-once, the default
-                results.update(
-                    {k: round(v, 3) if isinstance(v, float) else v for k, v in swap.items()}
-                )
-            results[f"p50_ms_{suffix}"] = round(swap["p50_ms"], 3)
-            results[f"p99_ms_{suffix}"] = round(swap["p99_ms"], 3)
-            print(
-                f"  {delivery:13} at {args.rate}/s offered: p50 {swap['p50_ms']:.1f} ms, p99 "
-                f"{swap['p99_ms']:.1f} ms; hot swap {swap['swap_s']:.3f} s, lost "
-                f"{swap['swap_lost']}, duplicated {swap['swap_duplicated']}"
-            )
-    if not wanted >= {"passthrough", "identity", "predictor", "naive"}:
-        print(json.dumps(results))
-        return
-    ratios = {
-        "packed / passthrough": results["predictor_packed_eps"] / results["passthrough_eps"],
-        "map / identity": results["predictor_eps"] / results["identity_eps"],
-        "map / naive": results["predictor_eps"] / results["naive_eps"],
-        "digits mlp / digits linear": results["predictor_mlp_eps"]
-        / results["predictor_digits_eps"],
-    }
-    print("  ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
+        print(f"broker {base.bootstrap}; {args.events} events per run, each in its own process")
+        for round_number in range(args.repeat):
+            print(f"round {round_number + 1} of {args.repeat}")
+            runs.append(one_round(base, keys, args, bodies))
+            print("  ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in ratios(runs[-1]).items()))
+    results = summarize(runs)
+    for name in ratios(results):
+        values = [ratios(run)[name] for run in runs if name in ratios(run)]
+        print(f"  {name}: median {np.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})")
     print(json.dumps(results))
 
 

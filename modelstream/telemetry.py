@@ -95,9 +95,15 @@ BATCH_SIZE = Histogram(
 )
 BATCH_SECONDS = Histogram(
     "modelstream_batch_duration_seconds",
-    "Time to decode, score, encode and commit a batch.",
+    "Time to decode, score and encode a batch (its commit is the transaction's).",
     ["service"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+TRANSACTION_SECONDS = Histogram(
+    "modelstream_transaction_duration_seconds",
+    "Time from a transaction's first batch to its commit (exactly-once pipelines).",
+    ["service"],
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 PREDICTION_LATENCY = Histogram(
     "modelstream_prediction_latency_seconds",

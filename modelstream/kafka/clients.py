@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 
 from modelstream.errors import ConfigurationError
-from modelstream.kafka.compat import wait_for_metadata
+from modelstream.kafka.compat import shorten_concurrent_transactions_backoff, wait_for_metadata
 from modelstream.settings import Settings
 from modelstream.telemetry import CONSUMER_LAG
 
@@ -71,6 +71,8 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "max_request_size": ARTIFACT_REQUEST_BYTES,
     }
     options.update(overrides)
+    if options.get("transactional_id") is not None:
+        shorten_concurrent_transactions_backoff()
     return AIOKafkaProducer(**options)
 
 

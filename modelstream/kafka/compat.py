@@ -57,3 +57,26 @@ async def retire_producer(producer: AIOKafkaProducer, timeout_s: float = 10.0) -
             await asyncio.wait_for(producer.client.close(), timeout_s)
         except Exception as again:
             log.warning("closing a failed producer's connections: %s", again)
+
+
+# How long a transactional producer waits before asking again to add a partition to a new
+# transaction the coordinator still answers CONCURRENT_TRANSACTIONS for (its markers of the
+# previous transaction are being written, about a millisecond on one broker).
+CONCURRENT_TRANSACTIONS_BACKOFF_S = 0.0005
+
+
+def shorten_concurrent_transactions_backoff() -> None:
+    """aiokafka 0.14's sender waits a fixed ``BACKOFF_OVERRIDE`` of 20 ms (not the
+    producer's ``retry_backoff_ms``) when AddPartitionsToTxn of a transaction's first
+    partitions is answered CONCURRENT_TRANSACTIONS (KAFKA-5477): right after EndTxn, so
+    every transaction that follows another closely paid 20 ms for markers that take about
+    one. The module global is read at each answer; a retry every 0.5 ms costs one small
+    request on a connection that is idle meanwhile. See aio-libs/aiokafka
+    ``producer/sender.py`` (``AddPartitionsToTxnHandler.handle_response``); pinned by
+    ``tests/unit/kafka/test_compat.py`` and measured by
+    ``tests/integration/test_predictor.py::test_the_next_transaction_starts_within_milliseconds``."""
+    from aiokafka.producer import sender
+
+    if getattr(sender, "BACKOFF_OVERRIDE", None) is None:
+        raise RuntimeError("aiokafka's sender has no BACKOFF_OVERRIDE: review compat")
+    sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_BACKOFF_S

@@ -50,9 +50,10 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,11 +71,13 @@ from modelstream.kafka.topology import ROW_MAX_BYTES
 from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
 from modelstream.settings import Settings
-from modelstream.telemetry import DEAD_LETTERS
+from modelstream.telemetry import DEAD_LETTERS, TRANSACTION_SECONDS
 
 log = logging.getLogger(__name__)
 
 FRAMING_BYTES = 512  # record and batch overhead counted against a topic's message limit
+# At least once: batches a lane sends ahead of the oldest one's acknowledgement.
+ALO_BATCHES_IN_FLIGHT = 8
 
 
 # producers see partitions added to a topic within this (aiokafka's default is 5 minutes)
@@ -126,8 +129,10 @@ def dead_letter(
 class Processor(Protocol):
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         """Synchronous transformation of one task's records of one fetch (records of every
-        topic of the task, each topic's in offset order). It may raise; it must not change
-        what a later call sees until :meth:`committed` (a failed batch is processed again)."""
+        topic of the task, each topic's in offset order). Later calls of the same open
+        transaction see the pending state of earlier ones; nothing becomes committed state
+        before :meth:`committed`, and :meth:`aborted` drops all of it (the records are
+        processed again). It may raise. It may run in a worker thread (``executor``)."""
         ...
 
     async def refresh(self) -> None:
@@ -149,7 +154,8 @@ class Processor(Protocol):
 
     def punctuate(self, task: int) -> list[Outgoing]:
         """Called about once a second per owned task, between batches: outputs that no
-        input asked for (expiry). They commit in a transaction of their own."""
+        input asked for (expiry). They commit with the task's open transaction (its earlier
+        batches' pending state is visible, and must be kept), or in one of their own."""
         ...
 
     def aborted(self, task: int) -> None:
@@ -219,7 +225,9 @@ class BatchPipeline(Managed):
         crash_topic: str | None = None,
         punctuate_every_s: float = 1.0,
         commit_interval_s: float = 0.0,
+        commit_max_records: int = 20_000,
         hold: Callable[[list[ConsumerRecord]], float] | None = None,
+        executor: Callable[[], Executor | None] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -270,9 +278,23 @@ class BatchPipeline(Managed):
         # per task, tasks side by side, the fetch loop never waiting for a commit.
         self._pending: dict[int, dict[TopicPartition, list[ConsumerRecord]]] = {}
         self._lanes: dict[int, asyncio.Task[None]] = {}
-        # At least once: offsets whose outputs are acknowledged, committed by the fetch loop.
+        # Exactly once: each task's open transaction (batches sent, offsets not yet committed).
+        self._open: dict[int, _OpenTransaction] = {}
+        # Set when records are queued for a task (or it must commit now): wakes its lane.
+        self._arrived: dict[int, asyncio.Event] = {}
+        self._closing: set[int] = set()  # tasks whose open transactions commit now
+        self._punctuated: dict[int, float] = {}
+        # At least once: batches sent and not yet acknowledged, per task in order; offsets
+        # whose outputs are acknowledged, committed by the fetch loop in the background.
+        self._unacknowledged: dict[int, deque[_Unacknowledged]] = {}
         self._acknowledged: dict[TopicPartition, int] = {}
+        self._committing: asyncio.Task[None] | None = None
         self.commit_interval_s = commit_interval_s
+        self.commit_max_records = commit_max_records
+        # Where the next ``process`` call runs: on the event loop (None, or the callable
+        # answers None), or in a worker thread so that the loop fetches and sends meanwhile
+        # (for a processor whose work releases the GIL).
+        self.executor = executor
         # How long a lane may let its records wait for more before processing them (a
         # model's maximum queue delay), from the records that wait: seconds, 0 for none.
         self.hold = hold
@@ -298,6 +320,8 @@ class BatchPipeline(Managed):
 
     def request_stop(self) -> None:
         self._stop.set()
+        for arrived in self._arrived.values():
+            arrived.set()  # lanes waiting for their commit interval commit now
 
     async def stop(self) -> None:
         await self.consumer.stop()  # leaves the group: partitions move on at once
@@ -328,7 +352,7 @@ class BatchPipeline(Managed):
                 async with self._lock:
                     await self.processor.refresh()
                     self._queue(batch, seen)
-                    await self._commit_acknowledged()
+                    self._commit_acknowledged_soon()
                     if time.monotonic() - self._punctuated_at >= self.punctuate_every_s:
                         self._punctuated_at = time.monotonic()
                         await self._punctuate()
@@ -337,11 +361,27 @@ class BatchPipeline(Managed):
             await self._commit_acknowledged()
         self._check_lanes()
 
+    def _commit_acknowledged_soon(self) -> None:
+        """At least once: one offset commit for every batch acknowledged since the last, in
+        the background (the fetch loop does not wait for it); one commit at a time."""
+        if self._acknowledged and (self._committing is None or self._committing.done()):
+            offsets, self._acknowledged = self._acknowledged, {}
+            self._committing = asyncio.create_task(self._commit_offsets(offsets))
+
     async def _commit_acknowledged(self) -> None:
-        """At least once: one offset commit for every batch acknowledged since the last."""
+        """At least once: every acknowledged offset committed before this returns."""
+        if self._committing is not None:
+            await self._committing
+            self._committing = None
         if self._acknowledged:
             offsets, self._acknowledged = self._acknowledged, {}
+            await self._commit_offsets(offsets)
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
             await self.consumer.commit(offsets)
+        except KafkaError as exc:  # at least once: the records are read again, not lost
+            log.warning("offset commit failed (read again after a rebalance): %s", exc)
 
     def _queue(
         self, batch: dict[TopicPartition, list[ConsumerRecord]], seen: dict[TopicPartition, int]
@@ -358,6 +398,7 @@ class BatchPipeline(Managed):
                 continue
             self.boundary.read(tp.topic, len(records))
             self._pending.setdefault(task, {}).setdefault(tp, []).extend(records)
+            self._arrived.setdefault(task, asyncio.Event()).set()
             lane = self._lanes.get(task)
             if lane is None or lane.done():
                 self._lanes[task] = asyncio.create_task(self._lane(task), name=f"task-{task}")
@@ -369,12 +410,23 @@ class BatchPipeline(Managed):
                 lane.result()  # a lane that died takes the pipeline down with it
 
     async def _lane(self, task: int) -> None:
-        """The task's records, one transaction (or at-least-once batch) after another."""
-        began = 0.0
+        """The task's records, batch after batch, in transactions committed every
+        ``commit_interval_s`` (or ``commit_max_records``), or in at-least-once batches
+        whose offsets are committed once acknowledged. Returns when nothing waits and
+        nothing is open."""
+        arrived = self._arrived.setdefault(task, asyncio.Event())
         while True:
-            if self.commit_interval_s > 0:
-                # More per transaction, fewer transactions: wait out the interval.
-                await asyncio.sleep(max(0.0, began + self.commit_interval_s - time.monotonic()))
+            if task not in self._pending:
+                wait = self._idle_wait(task)
+                if wait is None:
+                    return
+                if wait > 0:
+                    arrived.clear()
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), wait)
+                    continue
+                await self._conclude(task)
+                continue
             waiting = self._pending.get(task)
             if waiting and self.hold is not None:
                 delay = self.hold([r for records in waiting.values() for r in records])
@@ -382,21 +434,60 @@ class BatchPipeline(Managed):
                     await asyncio.sleep(delay)
             parts = self._pending.pop(task, None)
             if not parts:
-                return
-            began = time.monotonic()
+                continue
             self.batches += 1
-            self.last_batch_at = began
+            self.last_batch_at = time.monotonic()
             if self.exactly_once:
                 await self._transact(task, parts)
+                if self._commit_due(task):
+                    await self._commit(task)
             else:
                 await self._at_least_once(task, parts)
 
+    def _idle_wait(self, task: int) -> float | None:
+        """With nothing queued: None when the lane is done, else how long it may wait for
+        more records before it must commit (0: now)."""
+        if self.exactly_once:
+            transaction = self._open.get(task)
+            if transaction is None:
+                return None
+            if self._stop.is_set() or task in self._closing:
+                return 0.0
+            return max(0.0, transaction.began + self.commit_interval_s - time.monotonic())
+        unacknowledged = self._unacknowledged.get(task)
+        return 0.0 if unacknowledged else None
+
+    async def _conclude(self, task: int) -> None:
+        """Nothing more comes for now: commit the open transaction, or wait for the oldest
+        unacknowledged batch."""
+        if self.exactly_once:
+            await self._commit(task)
+        else:
+            await self._acknowledge_oldest(task)
+
+    def _commit_due(self, task: int) -> bool:
+        transaction = self._open.get(task)
+        return transaction is not None and (
+            time.monotonic() - transaction.began >= self.commit_interval_s
+            or transaction.records >= self.commit_max_records
+            or self._stop.is_set()
+            or task in self._closing
+        )
+
     async def _settle(self, tasks: set[int]) -> None:
-        """Drop what waits for ``tasks`` and let their lanes finish their transactions."""
-        for task in tasks:
-            self._pending.pop(task, None)
-        lanes = [self._lanes[t] for t in tasks if t in self._lanes]
-        await asyncio.gather(*lanes, return_exceptions=True)
+        """Drop what waits for ``tasks``; their lanes commit their open transactions (the
+        tasks are still ours) and finish."""
+        self._closing |= tasks
+        try:
+            for task in tasks:
+                self._pending.pop(task, None)
+                arrived = self._arrived.get(task)
+                if arrived is not None:
+                    arrived.set()
+            lanes = [self._lanes[t] for t in tasks if t in self._lanes]
+            await asyncio.gather(*lanes, return_exceptions=True)
+        finally:
+            self._closing -= tasks
         await self._commit_acknowledged()  # still ours: what was delivered is committed
 
     def assigned_partitions(self) -> set[TopicPartition]:
@@ -455,8 +546,8 @@ class BatchPipeline(Managed):
             producer = self._producers.get(task)
             if producer is None:
                 # Right after a commit the coordinator answers CONCURRENT_TRANSACTIONS until
-                # its markers are written; aiokafka then sleeps retry_backoff (100 ms by
-                # default) before the next batch's transaction can start.
+                # its markers are written; aiokafka then waits a fixed 20 ms, shortened in
+                # compat.shorten_concurrent_transactions_backoff (make_producer applies it).
                 producer = make_producer(
                     self.settings,
                     linger_ms=0,
@@ -502,6 +593,8 @@ class BatchPipeline(Managed):
             [(tp, recs)] = parts.items()
             suspect = guard.suspect(tp.topic, tp.partition, recs[0].offset)
             if suspect is not None:  # in flight when a process died: carefully, alone
+                if not await self._commit(task):  # what is open commits first
+                    return
                 inside = [r for r in recs if r.offset <= suspect.last]
                 rest = recs[len(inside) :]
                 if suspect.step == BATCH:
@@ -512,11 +605,115 @@ class BatchPipeline(Managed):
                     await self._transact(task, {tp: rest})
                 return
         if self.attempts.exhausted(batch_key):
+            if not await self._commit(task):
+                return
             for tp, tp_records in parts.items():
                 if not await self._one_by_one(task, tp, tp_records, SHARED):
                     return
             return
-        await self._batch(task, parts, batch_key, SHARED)
+        await self._add_to_transaction(task, parts, batch_key)
+
+    async def _add_to_transaction(
+        self,
+        task: int,
+        parts: dict[TopicPartition, list[ConsumerRecord]],
+        batch_key: tuple[str, str, int, int],
+    ) -> None:
+        """The batch's outputs sent in the task's open transaction (begun here if none is):
+        readers of uncommitted data see them at once, read_committed readers and the
+        offsets at the transaction's commit (:meth:`_commit`)."""
+        producer = await self._producer_for(task)
+        transaction = self._open.get(task)
+        if transaction is None:
+            await producer.begin_transaction()
+            transaction = self._open[task] = _OpenTransaction(producer, batch_key)
+        records = [record for records in parts.values() for record in records]
+        for tp, recs in parts.items():
+            transaction.first.setdefault(tp, recs[0].offset)
+        async with self._in_flight(SHARED):
+            try:
+                if self.crash_guard is not None:  # before scoring: a native crash there counts
+                    [(tp, recs)] = parts.items()  # from the transaction's first record on
+                    await self.crash_guard.begin(
+                        tp.topic, tp.partition, transaction.first[tp], recs[-1].offset, SHARED
+                    )
+                outgoing = await self._process_off_loop(task, records, transaction)
+                transaction.sent.extend(await self._send(producer, outgoing))
+            except _Reread:
+                await self._reread(task, transaction)
+                return
+            except ProducerFenced:
+                del self._open[task]
+                await self._fenced(task, producer, transaction.partitions())
+                return
+            except KafkaError as exc:
+                del self._open[task]
+                await self._failed(task, producer, transaction.partitions(), transaction.key, exc)
+                return
+        transaction.added(parts, len(outgoing))
+
+    async def _commit(self, task: int) -> bool:
+        """The task's open transaction (if any) committed with its offsets; False when the
+        task must stop here (the records are read again from the committed offset)."""
+        transaction = self._open.pop(task, None)
+        if transaction is None:
+            return True
+        producer = transaction.producer
+        try:
+            now = time.monotonic()
+            if now - self._punctuated.get(task, 0.0) >= self.punctuate_every_s:
+                # a lane that is always busy is punctuated here, not by the fetch loop
+                self._punctuated[task] = now
+                punctuated = self.processor.punctuate(task)
+                if punctuated:
+                    transaction.sent.extend(await self._send(producer, punctuated))
+            await producer.send_offsets_to_transaction(transaction.offsets, self.group)
+            await producer.commit_transaction()
+        except ProducerFenced:
+            await self._fenced(task, producer, transaction.partitions())
+            return False
+        except KafkaError as exc:
+            await self._failed(task, producer, transaction.partitions(), transaction.key, exc)
+            return False
+        self._settled({tp: offset - 1 for tp, offset in transaction.offsets.items()})
+        self.processor.committed(task, _written(transaction.sent))
+        self.attempts.succeeded(transaction.key)
+        self.records_in += transaction.records
+        self.records_out += transaction.outputs
+        TRANSACTION_SECONDS.labels(self.service).observe(time.monotonic() - transaction.began)
+        return True
+
+    async def _reread(self, task: int, transaction: _OpenTransaction) -> None:
+        """A batch after the first of an open transaction failed in the processor: the
+        transaction is aborted and its records read again from the committed offset, so
+        that the failing batch comes first and its records are isolated one by one."""
+        self._open.pop(task, None)
+        self.processor.aborted(task)
+        log.info("task %d: a batch failed in the processor; reading on from the last commit", task)
+        try:
+            await transaction.producer.abort_transaction()
+        except KafkaError as exc:
+            await self._failed(
+                task, transaction.producer, transaction.partitions(), transaction.key, exc
+            )
+            return
+        await self._reposition(task, transaction.partitions())
+
+    async def _process_off_loop(
+        self,
+        task: int,
+        records: list[ConsumerRecord],
+        transaction: _OpenTransaction | None = None,
+    ) -> list[Outgoing]:
+        """:meth:`_process`, in the executor when there is one. In an open transaction with
+        earlier batches, a processor failure raises _Reread instead of isolating records:
+        isolation aborts the processor's state, and that of the earlier batches with it."""
+        isolate = transaction is None or transaction.batches == 0
+        executor = self.executor() if self.executor is not None else None
+        if executor is None:
+            return self._process(task, records, isolate)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._process, task, records, isolate)
 
     def _in_flight(self, mode: InFlightMode) -> AbstractAsyncContextManager[None]:
         """Side by side with other tasks' batches, or alone in the process (a crash while
@@ -542,7 +739,7 @@ class BatchPipeline(Managed):
                     tp.topic, tp.partition, recs[0].offset, recs[-1].offset, mode
                 )
             try:
-                outgoing = self._process(task, records)
+                outgoing = await self._process_off_loop(task, records)
                 async with producer.transaction():
                     sent = await self._send(producer, outgoing)
                     await producer.send_offsets_to_transaction(
@@ -554,17 +751,18 @@ class BatchPipeline(Managed):
             except KafkaError as exc:
                 await self._failed(task, producer, list(parts), batch_key, exc)
                 return False
-        self._settled(parts)
+        self._settled({tp: recs[-1].offset for tp, recs in parts.items()})
         self.processor.committed(task, _written(sent))
         self.attempts.succeeded(batch_key)
         self.records_in += len(records)
         self.records_out += len(outgoing)
         return True
 
-    def _settled(self, parts: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def _settled(self, last: dict[TopicPartition, int]) -> None:
+        """Records up to ``last`` (of each partition) are committed."""
         if self.crash_guard is not None:
-            for tp, recs in parts.items():
-                self.crash_guard.done(tp.topic, tp.partition, recs[-1].offset)
+            for tp, offset in last.items():
+                self.crash_guard.done(tp.topic, tp.partition, offset)
 
     async def _one_by_one(
         self, task: int, tp: TopicPartition, records: list[ConsumerRecord], mode: InFlightMode
@@ -605,7 +803,7 @@ class BatchPipeline(Managed):
                         ),
                     )
                 else:
-                    outgoing = self._process(task, [record])
+                    outgoing = await self._process_off_loop(task, [record])
                 async with producer.transaction():
                     sent = await self._send(producer, outgoing)
                     await producer.send_offsets_to_transaction({tp: record.offset + 1}, self.group)
@@ -615,7 +813,7 @@ class BatchPipeline(Managed):
             except KafkaError as exc:
                 await self._failed(task, producer, [tp], record_key, exc)
                 return False
-        self._settled({tp: [record]})
+        self._settled({tp: record.offset})
         self.processor.committed(task, _written(sent))
         self.attempts.succeeded(record_key)
         self.records_in += 1
@@ -675,12 +873,17 @@ class BatchPipeline(Managed):
             self._pending.pop(task, None)  # queued while the committed offsets were read
             self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
 
-    def _process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
+    def _process(
+        self, task: int, records: list[ConsumerRecord], isolate: bool = True
+    ) -> list[Outgoing]:
         """The processor's outputs, with every record it cannot handle, and every output a
-        topic would refuse, turned into a dead letter of the record at fault."""
+        topic would refuse, turned into a dead letter of the record at fault. ``isolate``
+        False: a failure raises _Reread (see _process_off_loop)."""
         try:
             outgoing = self.processor.process(task, records)
         except Exception as exc:
+            if not isolate:
+                raise _Reread from exc
             if len(records) == 1:
                 return self._dead_letter(records[0], self.boundary.failure(exc))
             self.processor.aborted(task)
@@ -695,33 +898,33 @@ class BatchPipeline(Managed):
         """The outputs a topic takes; for the record behind those it would refuse, one dead
         letter (however many of its outputs are too large). Its other outputs stay: a
         processor's state (a changelog) must match what it keeps in memory."""
+        limits = self.topic_limits
         too_large: dict[int, tuple[ConsumerRecord, Failure]] = {}
-        for out in outgoing:
-            limit = self.topic_limits.get(out.topic)
+        refused: set[int] = set()  # positions in ``outgoing``
+        for i, out in enumerate(outgoing):
+            limit = limits.get(out.topic)
+            if limit is None or out.source is None:
+                continue
             size = len(out.value or b"") + len(out.key or b"") + FRAMING_BYTES
-            if self._too_large(out) and out.source is not None and limit is not None:
-                too_large.setdefault(
-                    id(out.source),
-                    (
-                        out.source,
-                        Failure(
-                            "output-too-large",
-                            f"its {out.topic} record would have {size} bytes; "
-                            f"the topic takes {limit}",
-                        ),
+            if size <= limit:
+                continue
+            refused.add(i)
+            too_large.setdefault(
+                id(out.source),
+                (
+                    out.source,
+                    Failure(
+                        "output-too-large",
+                        f"its {out.topic} record would have {size} bytes; the topic takes {limit}",
                     ),
-                )
+                ),
+            )
         if not too_large:
             return outgoing
-        kept = [out for out in outgoing if not self._too_large(out)]
+        kept = [out for i, out in enumerate(outgoing) if i not in refused]
         for record, failure in too_large.values():
             kept.extend(self._dead_letter(record, failure))
         return kept
-
-    def _too_large(self, out: Outgoing) -> bool:
-        limit = self.topic_limits.get(out.topic)
-        size = len(out.value or b"") + len(out.key or b"") + FRAMING_BYTES
-        return limit is not None and size > limit and out.source is not None
 
     def _dead_letter(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
         """The record's dead letter, and what the processor sends with it."""
@@ -737,20 +940,42 @@ class BatchPipeline(Managed):
     async def _at_least_once(
         self, task: int, parts: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
-        """Outputs first; their offsets once the outputs are acknowledged."""
+        """Outputs sent at once; their offsets acknowledged, in order, once the outputs are
+        (the lane goes on meanwhile, up to ALO_BATCHES_IN_FLIGHT batches ahead)."""
         assert self._shared is not None
         assignment = self.consumer.assignment()
         if any(tp not in assignment for tp in parts):
             return
         records = [record for recs in parts.values() for record in recs]
-        outgoing = self._process(task, records)
+        outgoing = await self._process_off_loop(task, records)
         sent = await self._send(self._shared, outgoing)
-        await asyncio.gather(*(s.future for s in sent))
+        waiting = self._unacknowledged.setdefault(task, deque())
+        waiting.append(
+            _Unacknowledged(
+                asyncio.gather(*(s.future for s in sent)),
+                {tp: recs[-1].offset + 1 for tp, recs in parts.items()},
+                sent,
+                len(records),
+                len(outgoing),
+            )
+        )
+        while waiting and (len(waiting) > ALO_BATCHES_IN_FLIGHT or waiting[0].acks.done()):
+            await self._acknowledge_oldest(task)
+
+    async def _acknowledge_oldest(self, task: int) -> None:
+        """The task's oldest unacknowledged batch, once acknowledged: its offsets go to the
+        next commit. A batch the broker refused takes the pipeline down (at least once: it
+        is read again after the restart)."""
+        batch = self._unacknowledged[task][0]
+        await batch.acks
+        self._unacknowledged[task].popleft()
         # Committed by the fetch loop with the other lanes' (one request, not one per lane).
-        self._acknowledged.update({tp: recs[-1].offset + 1 for tp, recs in parts.items()})
-        self.processor.committed(task, _written(sent))
-        self.records_in += len(records)
-        self.records_out += len(outgoing)
+        self._acknowledged.update(
+            {tp: offset for tp, offset in batch.offsets.items() if tp in self.consumer.assignment()}
+        )
+        self.processor.committed(task, _written(batch.sent))
+        self.records_in += batch.records
+        self.records_out += batch.outputs
 
     async def _punctuate(self) -> None:
         """Outputs no input asked for, one transaction per task that has any."""
@@ -812,6 +1037,46 @@ class BatchPipeline(Managed):
     async def lag(self) -> dict[TopicPartition, int]:
         """Records behind the end of each assigned partition (from the last fetch)."""
         return await consumer_lag(self.consumer)
+
+
+class _Reread(Exception):
+    """A batch of an open transaction failed in the processor (see _process_off_loop)."""
+
+
+class _OpenTransaction:
+    """A task's transaction between its first batch and its commit."""
+
+    def __init__(self, producer: AIOKafkaProducer, key: tuple[str, str, int, int]) -> None:
+        self.producer = producer
+        self.key = key  # the first batch's: the transaction's failures are counted on it
+        self.began = time.monotonic()
+        self.first: dict[TopicPartition, int] = {}  # offsets of its first records
+        self.offsets: dict[TopicPartition, int] = {}  # offsets to commit (next to read)
+        self.sent: list[_Sent] = []
+        self.batches = 0
+        self.records = 0
+        self.outputs = 0
+
+    def added(self, parts: dict[TopicPartition, list[ConsumerRecord]], outputs: int) -> None:
+        for tp, recs in parts.items():
+            self.offsets[tp] = recs[-1].offset + 1
+            self.records += len(recs)
+        self.batches += 1
+        self.outputs += outputs
+
+    def partitions(self) -> list[TopicPartition]:
+        return list(self.first)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unacknowledged:
+    """An at-least-once batch sent, its offsets waiting for the outputs' acknowledgement."""
+
+    acks: asyncio.Future[list[Any]]
+    offsets: dict[TopicPartition, int]
+    sent: list[_Sent]
+    records: int
+    outputs: int
 
 
 @dataclass(frozen=True, slots=True)

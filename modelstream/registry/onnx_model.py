@@ -365,17 +365,10 @@ class OnnxScorer:
                 (index == np.arange(len(index))).all()
             )
             self._plans.append((spec["name"], NUMERIC_TYPES[spec["element_type"]], index, whole))
-        self._buffers: dict[str, np.ndarray] = {}
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
-
-    def _buffer(self, name: str, dtype: Any, rows: int, columns: int) -> np.ndarray:
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.shape[0] < rows:
-            buffer = self._buffers[name] = np.empty((max(rows, 64), columns), dtype=dtype)
-        return buffer[:rows]
 
     def feeds(
         self, X: np.ndarray, categories: Sequence[Mapping[str, str] | None] | None = None
@@ -390,10 +383,8 @@ class OnnxScorer:
                 )
             elif whole and dtype == np.float64 and X.dtype == np.float64:
                 feeds[name] = X
-            else:
-                buffer = self._buffer(name, dtype, n, len(columns))
-                buffer[...] = X if whole else X[:, columns]
-                feeds[name] = buffer
+            else:  # a buffer of this call's own: batches may be scored side by side
+                feeds[name] = np.ascontiguousarray(X if whole else X[:, columns], dtype=dtype)
         return feeds
 
     def score(

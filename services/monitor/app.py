@@ -97,6 +97,7 @@ class MonitorApp(Lifecycle):
             topic_limits={settings.topic(t): max_message_bytes(t) for t in internal},
             max_records=settings.monitor_batch_max_records,
             session_timeout_s=settings.monitor_session_timeout_s,
+            commit_interval_s=settings.monitor_commit_interval_ms / 1000,
             name=name,
         )
 

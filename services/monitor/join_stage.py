@@ -331,10 +331,12 @@ class JoinStage:
         prediction is dead-lettered."""
         if task not in self.tables:
             return []
+        in_transaction = task in self.staged  # batches of the open transaction staged it
         staged = self._staged(task)
         removed = staged.expire(now_ms(), self.ttl_ms, EXPIRE_PER_TICK)
         if not removed:
-            self.staged.pop(task, None)
+            if not in_transaction:
+                self.staged.pop(task, None)
             return []
         out = [Outgoing(self.topic_changelog, key, None, task) for key in removed]
         for expired in staged.expired:

@@ -73,6 +73,13 @@ class MonitorSettings(ServiceSettings):
         "windowed quality on /metrics.",
     )
     monitor_batch_max_records: int = Field(default=5000, ge=1)
+    monitor_commit_interval_ms: float = Field(
+        default=100.0,
+        ge=0,
+        description="How often each stage's open transaction commits (Kafka Streams' "
+        "commit.interval.ms); later batches of a transaction see the pending state of its "
+        "earlier ones. 0 commits every batch.",
+    )
 
     def watch_config(self) -> WatchConfig:
         return WatchConfig(

@@ -34,6 +34,7 @@ from modelstream.contracts.records import (
 )
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.registry.artifact import Verified, decrypt_tensors
+from modelstream.registry.onnx_model import OnnxScorer
 from modelstream.registry.scoring import Scorer, scorer_for
 from modelstream.registry.tensor_model import Prepared, TensorOutputs, TensorScorer, concatenate
 from modelstream.services.predictor.fastpath import (
@@ -108,6 +109,26 @@ class Traffic:
 
 
 @dataclass(frozen=True, slots=True)
+class Catalog:
+    """What the predictor serves, replaced whole on every change (never changed in place):
+    a batch scored in a worker thread while the registry installs a version sees all of the
+    old catalog or all of the new one."""
+
+    versions: Mapping[str, Mapping[int, ServingModel]] = field(default_factory=dict)
+    production: Mapping[str, int] = field(default_factory=dict)
+    traffic: Mapping[str, Traffic] = field(default_factory=dict)
+
+    def runs_graphs(self) -> bool:
+        """Whether any loaded version is scored by onnxruntime (which releases the GIL while
+        it runs: worth a worker thread) rather than by a few small numpy products."""
+        return any(
+            isinstance(model.model, OnnxScorer | TensorScorer)
+            for versions in self.versions.values()
+            for model in versions.values()
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredGroup(Generic[M]):
     """Encoded predictions of one (model, version, route) group, with the messages they
     answer, in input order."""
@@ -156,9 +177,8 @@ class PredictorLogic:
         self.limits = limits
         self.output_format = output_format
         self.max_versions = max_versions
-        self.versions: dict[str, dict[int, ServingModel]] = {}
-        self.production: dict[str, int] = {}
-        self.traffic: dict[str, Traffic] = {}
+        self.catalog = Catalog()
+        self.runs_graphs = False  # of the catalog, kept at each install
         self._reader = RequestReader(codec.schema(PredictionRequest).fingerprint)
         # production models with a maximum queue delay: name -> (delay ms, batch size)
         self._delays: dict[str, tuple[int, int]] = {}
@@ -166,13 +186,26 @@ class PredictorLogic:
         self._writers: dict[tuple[str, int, str], PredictionWriter] = {}
 
     # -- registry --------------------------------------------------------------------------
+    @property
+    def versions(self) -> Mapping[str, Mapping[int, ServingModel]]:
+        return self.catalog.versions
+
+    @property
+    def production(self) -> Mapping[str, int]:
+        return self.catalog.production
+
+    @property
+    def traffic(self) -> Mapping[str, Traffic]:
+        return self.catalog.traffic
+
     def install(self, model: ServingModel, *, production: bool) -> None:
         """Add a verified version; with ``production`` it serves unpinned requests from the
         next batch on (batches never see a half-installed model)."""
-        versions = self.versions.setdefault(model.name, {})
-        versions[model.version] = model
+        catalog = self.catalog
+        versions = {**catalog.versions.get(model.name, {}), model.version: model}
+        serving = dict(catalog.production)
         if production:
-            self.production[model.name] = model.version
+            serving[model.name] = model.version
             if model.model.feature_names:  # a tensor model takes no feature map
                 self._reader.expect_maps(model.name, model.model.feature_names)
             self._delays.pop(model.name, None)
@@ -180,15 +213,20 @@ class PredictorLogic:
                 spec = model.model.spec
                 self._delays[model.name] = (spec["max_queue_delay_ms"], spec["max_batch_size"])
         keep = {
-            self.production.get(model.name),
-            self.traffic.get(model.name, Traffic()).challenger_version,
+            serving.get(model.name),
+            catalog.traffic.get(model.name, Traffic()).challenger_version,
         }
         for old in sorted(versions)[: -self.max_versions]:
             if old not in keep:
                 del versions[old]
+        self.catalog = Catalog({**catalog.versions, model.name: versions}, serving, catalog.traffic)
+        self.runs_graphs = self.catalog.runs_graphs()
 
     def set_traffic(self, model: str, traffic: Traffic) -> None:
-        self.traffic[model] = traffic
+        catalog = self.catalog
+        self.catalog = Catalog(
+            catalog.versions, catalog.production, {**catalog.traffic, model: traffic}
+        )
 
     def hold_s(self, messages: Sequence[Message]) -> float:
         """How long these waiting requests may wait for more before they are scored: when
@@ -222,17 +260,18 @@ class PredictorLogic:
     # -- the hot path ------------------------------------------------------------------------
     def process(self, messages: Sequence[M]) -> Scored[M]:
         now_ms = int(time.time() * 1000)
+        catalog = self.catalog  # the whole batch is scored by one catalog
         result: Scored[M] = Scored()
         groups: dict[tuple[str, int, str], list[Item[M]]] = defaultdict(list)
         for message in messages:
             try:
                 request = self._decode(message.value)
-                for version, route in self._routes(request):
+                for version, route in self._routes(catalog, request):
                     groups[(request[1], version, route)].append((message, request))
             except (DecodeError, InvalidEventError) as exc:
                 result.reject(message, self._model_hint(message), exc)
         for (name, version, route), items in groups.items():
-            model = self.versions[name][version]
+            model = catalog.versions[name][version]
             if isinstance(model.model, TensorScorer):
                 self._score_tensors(model, model.model, route, items, now_ms, result)
                 continue
@@ -508,10 +547,11 @@ class PredictorLogic:
         check_request_id(request[0].decode(), None)
         return request
 
-    def _routes(self, request: Request) -> Iterable[tuple[int, str]]:
+    @staticmethod
+    def _routes(catalog: Catalog, request: Request) -> Iterable[tuple[int, str]]:
         name = request[1]
-        versions = self.versions.get(name)
-        if not versions or name not in self.production:
+        versions = catalog.versions.get(name)
+        if not versions or name not in catalog.production:
             raise InvalidEventError("unknown-model", f"no production version of {name!r}")
         pinned = request[3]
         if pinned is not None:
@@ -520,14 +560,15 @@ class PredictorLogic:
                     "unknown-version", f"{name} v{pinned} is not loaded by this predictor"
                 )
             return ((pinned, "pinned"),)
-        traffic = self.traffic.get(name)
-        production = self.production[name]
-        if traffic is None or traffic.challenger_version not in versions:
+        traffic = catalog.traffic.get(name)
+        production = catalog.production[name]
+        challenger = traffic.challenger_version if traffic is not None else None
+        if traffic is None or challenger is None or challenger not in versions:
             return ((production, "production"),)
         if traffic.shadow:
-            return ((production, "production"), (traffic.challenger_version, "shadow"))
+            return ((production, "production"), (challenger, "shadow"))
         if zlib.crc32(request[0]) < traffic.fraction * FRACTION_SCALE:
-            return ((traffic.challenger_version, "challenger"),)
+            return ((challenger, "challenger"),)
         return ((production, "production"),)
 
     def _matrix(

@@ -36,12 +36,27 @@ class PredictorSettings(ServiceSettings):
         description="onnxruntime intra-op threads per ONNX model: 1 scales by running more "
         "predictor processes, one per core.",
     )
-    predictor_commit_interval_ms: float = Field(
-        default=0.0,
+    predictor_scoring_threads: int = Field(
+        default=1,
         ge=0,
-        description="Least time between two transactions (or offset commits) of one input "
-        "partition: 0 commits as soon as a batch is scored (lowest latency); more puts more "
-        "requests in each transaction (fewer transactions for the broker).",
+        description="Worker threads that decode and score batches while the event loop "
+        "fetches and sends (onnxruntime releases the GIL while it runs); with "
+        "predictor_onnx_threads, at most the cores a predictor is given. 0 scores on the event "
+        "loop.",
+    )
+    predictor_commit_interval_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="Exactly-once: how often each input partition's open transaction "
+        "commits (Kafka Streams' commit.interval.ms). Predictions are sent as soon as a "
+        "batch is scored (read_uncommitted readers, like the gateway, see them at once); "
+        "read_committed readers see them at the commit. 0 commits every batch.",
+    )
+    predictor_commit_max_records: int = Field(
+        default=20_000,
+        ge=1,
+        description="Exactly-once: a transaction commits after this many requests even "
+        "before its interval ends.",
     )
     predictor_session_timeout_s: float = Field(
         default=10.0,

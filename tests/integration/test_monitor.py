@@ -286,15 +286,18 @@ async def monitor_restart_scenario(
     log_dir,
     n: int = 6000,  # type: ignore[no-untyped-def]
     per_s: float = 1000,
+    commit_interval_ms: str = "100",
 ) -> dict[str, float]:
     """Requests and predictions for ``n`` ids, then labels at a steady rate; the monitor
-    process is SIGKILLed mid-stream and restarted. Returns the counts it checked."""
+    process (its stages committing every ``commit_interval_ms``) is SIGKILLed mid-stream
+    and restarted. Returns the counts it checked."""
     await publish(base, keys, trained_body(BC), 1)
     _, y, _, _ = dataset(BC)
     env = {
         "MODELSTREAM_STATE_DIR": str(log_dir / "monitor-state"),
         "MODELSTREAM_MONITOR_BATCH_MAX_RECORDS": "200",
         "MODELSTREAM_EXPORT_MIN_GAIN": "1.0",
+        "MODELSTREAM_MONITOR_COMMIT_INTERVAL_MS": commit_interval_ms,
     }
     learned_expected = sum(not in_online_holdout(f"r-{i}") for i in range(n))
     async with running(PredictorApp(service_settings(PredictorSettings, base, keys))):
@@ -364,8 +367,13 @@ async def monitor_restart_scenario(
     }
 
 
-async def test_monitor_survives_kill_9_without_losing_a_label(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
-    await monitor_restart_scenario(topics, keys, tmp_path)
+@pytest.mark.parametrize("commit_interval_ms", ["0", "100"])
+async def test_monitor_survives_kill_9_without_losing_a_label(  # type: ignore[no-untyped-def]
+    topics, keys, tmp_path, commit_interval_ms
+):
+    """A transaction per batch (0), and open transactions whose later batches build on the
+    pending join and learner state of the earlier ones (100 ms, the default)."""
+    await monitor_restart_scenario(topics, keys, tmp_path, commit_interval_ms=commit_interval_ms)
 
 
 # -- 4. aborted predictions ---------------------------------------------------------------------

@@ -162,7 +162,9 @@ class Stream:
             await action()
 
 
-def copy(base: Settings, keys: Path, name: str, log_dir: Path) -> ServiceProcess:
+def copy(
+    base: Settings, keys: Path, name: str, log_dir: Path, commit_interval_ms: str
+) -> ServiceProcess:
     return ServiceProcess(
         "monitor",
         base,
@@ -173,6 +175,7 @@ def copy(base: Settings, keys: Path, name: str, log_dir: Path) -> ServiceProcess
         MODELSTREAM_MONITOR_SESSION_TIMEOUT_S="6",
         MODELSTREAM_EXPORT_MIN_GAIN="1.0",  # no candidates: the learner state is compared
         MODELSTREAM_TRAIN_COOLDOWN_S="3600",
+        MODELSTREAM_MONITOR_COMMIT_INTERVAL_MS=commit_interval_ms,
     )
 
 
@@ -188,15 +191,17 @@ def restore_times(logs: list[Path]) -> list[float]:
     ]
 
 
-async def scale_out(base: Settings, keys: Path, log_dir: Path, feedback_via: str) -> None:
+async def scale_out(
+    base: Settings, keys: Path, log_dir: Path, feedback_via: str, commit_interval_ms: str
+) -> None:
     await publish(base, keys, trained_body(BC), 1)
     data = labelled_input(N)
     learnable = sum(not in_online_holdout(f"s-{i}") for i in range(N))
-    copies = {name: copy(base, keys, name, log_dir) for name in "abc"}
+    copies = {name: copy(base, keys, name, log_dir, commit_interval_ms) for name in "abc"}
     started: list[str] = list(copies)
 
     async def fourth_joins() -> None:
-        copies["d"] = copy(base, keys, "d", log_dir)
+        copies["d"] = copy(base, keys, "d", log_dir, commit_interval_ms)
         started.append("d")
 
     async def kill_a() -> None:
@@ -207,7 +212,7 @@ async def scale_out(base: Settings, keys: Path, log_dir: Path, feedback_via: str
         code = await asyncio.to_thread(copies["b"].process.wait, 60)
         assert code == 0, copies["b"].output()
         copies["b"].stop()
-        copies["b2"] = copy(base, keys, "b2", log_dir)
+        copies["b2"] = copy(base, keys, "b2", log_dir, commit_interval_ms)
         started.append("b2")
 
     try:
@@ -343,8 +348,10 @@ def compare_learners(copies: MonitorModelState, one: MonitorModelState) -> dict[
 
 
 async def test_copies_join_leave_and_crash_while_labels_stream(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
-    await scale_out(topics, keys, tmp_path, "aiokafka")
+    """Stages commit every 100 ms (the default): open transactions span batches."""
+    await scale_out(topics, keys, tmp_path, "aiokafka", commit_interval_ms="100")
 
 
 async def test_the_same_with_feedback_partitioned_by_kcat(topics, keys, tmp_path):  # type: ignore[no-untyped-def]
-    await scale_out(topics, keys, tmp_path, "kcat")
+    """And every batch in a transaction of its own."""
+    await scale_out(topics, keys, tmp_path, "kcat", commit_interval_ms="0")

@@ -91,3 +91,41 @@ async def test_a_lost_connection_during_a_coordinator_lookup_still_ends_the_send
     else:
         raise AssertionError("aiokafka retries the lookup now: see compat.retire_producer")
     assert Client.lookups == 1
+
+
+def test_the_sender_still_waits_a_fixed_20_ms_after_concurrent_transactions():
+    """aiokafka answers CONCURRENT_TRANSACTIONS on a transaction's first AddPartitionsToTxn
+    with its module's BACKOFF_OVERRIDE (20 ms), not retry_backoff_ms: the reason for
+    compat.shorten_concurrent_transactions_backoff. A fresh interpreter: the patch is applied
+    in this one as soon as a transactional producer is made."""
+    probe = "from aiokafka.producer import sender; print(sender.BACKOFF_OVERRIDE)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert float(result.stdout) == 0.02, "aiokafka changed its backoff: review compat"
+
+
+def test_a_concurrent_transactions_answer_is_retried_after_the_shortened_backoff():
+    from aiokafka import TopicPartition
+    from aiokafka.errors import ConcurrentTransactions
+    from aiokafka.producer.sender import AddPartitionsToTxnHandler
+    from aiokafka.protocol.transaction import AddPartitionsToTxnResponse_v0
+
+    from modelstream.kafka.compat import (
+        CONCURRENT_TRANSACTIONS_BACKOFF_S,
+        shorten_concurrent_transactions_backoff,
+    )
+
+    class TransactionManager:
+        txn_partitions = frozenset[TopicPartition]()  # the transaction's first partitions
+
+    class Sender:
+        _retry_backoff = 0.1
+        _txn_manager = TransactionManager()
+
+    shorten_concurrent_transactions_backoff()
+    handler = AddPartitionsToTxnHandler(Sender(), [TopicPartition("t", 0)])
+    answer = AddPartitionsToTxnResponse_v0(
+        throttle_time_ms=0, errors=[("t", [(0, ConcurrentTransactions.errno)])]
+    )
+    assert handler.handle_response(answer) == CONCURRENT_TRANSACTIONS_BACKOFF_S

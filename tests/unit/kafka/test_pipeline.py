@@ -6,6 +6,8 @@ broker exposes only in narrow races."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -53,6 +55,28 @@ class Producer:
 
     async def stop(self) -> None:
         self.log.append(("producer stopped", self.task))
+
+
+class Transactional(Producer):
+    """A transactional producer that writes down its transactions' steps."""
+
+    async def begin_transaction(self) -> None:
+        self.log.append(("begin", self.task))
+
+    async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
+        self.log.append(("offsets", {tp.partition: o for tp, o in offsets.items()}))
+
+    async def commit_transaction(self) -> None:
+        self.log.append(("commit", self.task))
+
+    async def abort_transaction(self) -> None:
+        self.log.append(("abort", self.task))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> Any:
+        await self.begin_transaction()
+        yield
+        await self.commit_transaction()
 
 
 class Processor(Stateless):
@@ -246,8 +270,6 @@ async def test_a_record_with_any_output_too_large_is_one_dead_letter_and_no_outp
 async def test_the_crash_guard_brackets_the_processing_itself():
     """A native crash inside scoring kills the process between begin and end: the batch
     must already be marked in flight (in Kafka, acknowledged) when the processor runs."""
-    import contextlib
-
     tp = TopicPartition(TOPIC, 0)
     pipe, recorder = pipeline({tp: 7})
     marks: list[tuple[str, Any]] = []
@@ -272,14 +294,6 @@ async def test_the_crash_guard_brackets_the_processing_itself():
             marks.append(("process", [r.offset for r in records]))
             return super().process(task, records)
 
-    class Transactional(Producer):
-        @contextlib.asynccontextmanager
-        async def transaction(self) -> Any:
-            yield
-
-        async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
-            return None
-
     async def producer_for(task: int) -> Any:
         return Transactional(recorder.log, task)
 
@@ -290,14 +304,137 @@ async def test_the_crash_guard_brackets_the_processing_itself():
     pipe.processor = Noting(recorder.log)
     pipe._producer_for = producer_for  # type: ignore[method-assign]
     pipe._send = send  # type: ignore[method-assign]
+    pipe.commit_interval_s = 60.0  # two batches in one open transaction
     await pipe._transact(0, {tp: [record(7, b"a"), record(8, b"b")]})
+    await pipe._transact(0, {tp: [record(9, b"c")]})
+    await pipe._commit(0)
     # one record alone (the path of a batch that crashed before) is bracketed too
-    await pipe._transact_one(0, tp, record(9, b"c"))
+    await pipe._transact_one(0, tp, record(10, b"d"))
     assert marks == [
         ("begin", (7, 8, SHARED)),
         ("process", [7, 8]),
-        ("done", 8),
-        ("begin", (9, 9, SHARED)),
+        ("begin", (7, 9, SHARED)),  # from the open transaction's first record on
         ("process", [9]),
         ("done", 9),
+        ("begin", (10, 10, SHARED)),
+        ("process", [10]),
+        ("done", 10),
     ]
+
+
+def transactional(
+    committed: dict[TopicPartition, int | None], interval_s: float
+) -> tuple[BatchPipeline, Recorder]:
+    """A pipeline whose tasks' producers write their transactions down, outputs included."""
+    pipe, recorder = pipeline(committed)
+    pipe.commit_interval_s = interval_s
+    producers: dict[int, Transactional] = {}
+
+    async def producer_for(task: int) -> Any:
+        producer = producers.setdefault(task, Transactional(recorder.log, task))
+        pipe._producers[task] = producer  # type: ignore[assignment]
+        return producer
+
+    async def send(producer: Any, outgoing: list[Outgoing]) -> list[Any]:
+        recorder.log.append(("send", [o.value for o in outgoing]))
+        return []
+
+    pipe._producer_for = producer_for  # type: ignore[method-assign]
+    pipe._send = send  # type: ignore[method-assign]
+    return pipe, recorder
+
+
+async def test_batches_within_the_commit_interval_share_one_transaction_sent_at_once():
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = transactional({tp: 7}, interval_s=60.0)
+    await pipe._transact(0, {tp: [record(7, b"a"), record(8, b"b")]})
+    await pipe._transact(0, {tp: [record(9, b"c")]})
+    # each batch's outputs are sent as soon as it is processed; nothing is committed yet
+    assert recorder.log == [("begin", 0), ("send", [b"a", b"b"]), ("send", [b"c"])]
+    assert pipe.records_in == 0
+    await pipe._commit(0)
+    assert recorder.log[3:] == [("offsets", {0: 10}), ("commit", 0), ("processor committed", 0)]
+    assert pipe.records_in == 3 and 0 not in pipe._open
+
+
+async def test_an_idle_lane_commits_when_its_interval_runs_out_not_before():
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = transactional({tp: 7}, interval_s=0.2)
+    pipe._pending[0] = {tp: [record(7, b"a")]}
+    lane = asyncio.create_task(pipe._lane(0))
+    await asyncio.sleep(0.05)
+    assert ("send", [b"a"]) in recorder.log and ("commit", 0) not in recorder.log
+    pipe._pending[0] = {tp: [record(8, b"b")]}  # arrives within the interval: same transaction
+    pipe._arrived[0].set()
+    await asyncio.wait_for(lane, 2.0)
+    assert [e for e in recorder.log if e[0] in ("begin", "commit", "offsets")] == [
+        ("begin", 0),
+        ("offsets", {0: 9}),
+        ("commit", 0),
+    ]
+
+
+async def test_a_revoked_task_commits_its_open_transaction_before_it_is_released():
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = transactional({tp: 7}, interval_s=60.0)
+    pipe._pending[0] = {tp: [record(7, b"a")]}
+    pipe._lanes[0] = asyncio.create_task(pipe._lane(0))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(pipe._revoked([tp]), 2.0)  # does not wait out the minute
+    steps = [e[0] for e in recorder.log]
+    assert steps.index("commit") < steps.index("producer stopped")
+
+
+async def test_a_batch_failing_after_the_first_aborts_and_reads_again_from_the_commit():
+    """Isolating the failing record would drop the processor's pending state of the earlier
+    batches, whose outputs are in the transaction: the whole transaction is read again, the
+    failing batch then comes first and is isolated as usual."""
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = transactional({tp: 7}, interval_s=60.0)
+    await pipe._transact(0, {tp: [record(7, b"a")]})
+    await pipe._transact(0, {tp: [record(8, b"b"), record(9, b"poison")]})
+    assert recorder.log[2:] == [
+        ("processor aborted", 0),
+        ("abort", 0),
+        ("pause", 0),
+        ("committed", 0),
+        ("seek", 0, 7),
+        ("resume", 0),
+    ]
+    assert 0 not in pipe._open
+    recorder.log.clear()
+    await pipe._transact(0, {tp: [record(7, b"a"), record(8, b"b"), record(9, b"poison")]})
+    await pipe._commit(0)
+    sent = [e for e in recorder.log if e[0] == "send"]
+    assert sent == [("send", [b"a", b"b", b"poison"])]  # the last is its dead letter
+    assert ("offsets", {0: 10}) in recorder.log
+
+
+async def test_at_least_once_acknowledges_offsets_in_order_whatever_order_acks_come_in():
+    from modelstream.kafka import pipeline as module
+
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = pipeline({tp: 0})
+    pipe.exactly_once = False
+    pipe._shared = object()  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    acks = [loop.create_future(), loop.create_future()]
+
+    async def send(producer: Any, outgoing: list[Outgoing]) -> list[Any]:
+        return [module._Sent(acks[len(pipe._unacknowledged.get(0, ()))], "t.out", 0, 1)]
+
+    pipe._send = send  # type: ignore[method-assign]
+    await pipe._at_least_once(0, {tp: [record(0, b"a")]})
+    await pipe._at_least_once(0, {tp: [record(1, b"b")]})  # sent before the first is acked
+    acks[1].set_result(_Metadata(5))
+    assert pipe._acknowledged == {}  # the second is acked, the first is not: nothing yet
+    acks[0].set_result(_Metadata(4))
+    await pipe._acknowledge_oldest(0)
+    await pipe._acknowledge_oldest(0)
+    assert pipe._acknowledged == {tp: 2}
+    assert recorder.log.count(("processor committed", 0)) == 2
+
+
+class _Metadata:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset

@@ -65,3 +65,31 @@ def test_large_requests_are_joined_without_their_tensors():
     assert CODEC.decode(kept["big-1"], PredictionRequest)["tensors"] == []
     assert len(kept["big-1"]) < 100
     assert CODEC.decode(kept["small-1"], PredictionRequest)["tensors"] == [small]
+
+
+def test_punctuation_inside_an_open_transaction_keeps_its_batches_pending_state():
+    """The pipeline punctuates a busy task in its open transaction: a punctuation that
+    expires nothing must leave the batches' staged entries for the commit to apply."""
+    from dataclasses import dataclass
+    from unittest import mock
+
+    from modelstream.contracts.records import PredictionRequest
+    from modelstream.services.monitor.join_stage import JoinStage, join_partition
+    from modelstream.settings import load
+
+    @dataclass
+    class Record:
+        topic: str
+        partition: int
+        offset: int
+        key: bytes
+        value: bytes
+        headers: tuple = ()
+
+    stage = JoinStage(load(topic_prefix="t."), CODEC, mock.Mock(), ttl_ms=60_000)
+    partition = join_partition(b"r-1")
+    value = CODEC.encode(PredictionRequest, {"request_id": "r-1", "model": "m", "features": {}})
+    stage.process(partition, [Record("t.requests", partition, 0, b"r-1", value)])
+    assert stage.punctuate(partition) == []  # nothing is old enough to expire
+    stage.committed(partition, {})
+    assert b"r-1" in stage.tables[partition].entries
