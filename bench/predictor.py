@@ -34,6 +34,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -346,13 +348,16 @@ async def open_loop(
 
     settings = await fresh(base)
     await publish(settings, keys, body, 1)
+    metrics_port = free_port()
     if hop:
         process = subprocess.Popen(
             worker_command(HERE, "hop", settings, 0, keys / "modelstream.pub"),
             stdout=subprocess.DEVNULL,
         )
     else:
-        process = predictor_process(settings, keys, **env)
+        process = predictor_process(
+            settings, keys, MODELSTREAM_PREDICTOR_METRICS_PORT=str(metrics_port), **env
+        )
     committed = predictions_consumer(settings)
     uncommitted = AIOKafkaConsumer(
         settings.topic("predictions"),
@@ -436,6 +441,7 @@ async def open_loop(
         while len(seen["committed"]) < total + 1 and time.time() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
+        inside = {} if hop else await stage_histograms(metrics_port)
     finally:
         stop.set()
         await asyncio.gather(*collectors)
@@ -445,7 +451,7 @@ async def open_loop(
         process.wait(timeout=30)
     answered = [k for k in due_at if k in seen["committed"]]
     due_times = np.array([due_at[k] for k in answered])
-    result: dict[str, float] = {"offered_rate": rate, "lost": total - len(answered)}
+    result: dict[str, float] = {"offered_rate": rate, "lost": total - len(answered), **inside}
     result["duplicated"] = duplicates
     result.update(
         percentiles("sent", (np.array([sent_at[k] for k in answered]) - due_times) * 1000)
@@ -475,6 +481,41 @@ async def open_loop(
         )
         result["swap_s"] = first_v2 - swap_published
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def stage_histograms(port: int) -> dict[str, float]:
+    """The predictor's own per-stage latency histograms (modelstream_record_stage_seconds,
+    from each request's timestamp): the bucket bound under which half and 99 % of the
+    requests reached each stage, in ms."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as answer,
+    ):
+        text = await answer.text()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    pattern = re.compile(
+        r'^modelstream_record_stage_seconds_bucket\{le="([^"]+)",service="predictor",'
+        r'stage="(\w+)"\} ([\d.e+]+)$',
+        re.M,
+    )
+    for bound, stage, count in pattern.findall(text):
+        buckets.setdefault(stage, []).append((float(bound), float(count)))
+    out: dict[str, float] = {}
+    for stage, cumulative in buckets.items():
+        cumulative.sort()
+        total = cumulative[-1][1]
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            bound = next((b for b, c in cumulative if total and c >= q * total), float("inf"))
+            out[f"inside_{stage}_{name}_le_ms"] = bound * 1000
+    return out
 
 
 async def transaction_gaps(base: Settings, transactions: int = 300) -> dict[str, float]:
@@ -596,6 +637,9 @@ def one_round(
                 for q in ("p50", "p99"):
                     if f"{name}_{q}_ms" in measured:
                         results[f"{suffix}_{name}_{q}_ms"] = measured[f"{name}_{q}_ms"]
+            for key, value in measured.items():
+                if key.startswith("inside_"):
+                    results[f"{suffix}_{key}"] = value
             if "swap_s" in measured:
                 results["swap_s"] = measured["swap_s"]
             print(
@@ -609,6 +653,16 @@ def one_round(
                 )
                 + f"; lost {measured['lost']}, duplicated {measured['duplicated']}"
             )
+            if not hop:
+                print(
+                    "           inside the predictor (from each request's timestamp), p50/p99 "
+                    "at most: "
+                    + ", ".join(
+                        f"{stage} {measured.get(f'inside_{stage}_p50_le_ms', 0):g}/"
+                        f"{measured.get(f'inside_{stage}_p99_le_ms', 0):g} ms"
+                        for stage in ("fetched", "processed", "sent", "committed")
+                    )
+                )
         results["hop_p50_ms"] = results.pop("p50_ms_hop")
         results["hop_p99_ms"] = results.pop("p99_ms_hop")
     if "gap" in wanted:

@@ -105,6 +105,15 @@ TRANSACTION_SECONDS = Histogram(
     ["service"],
     buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+RECORD_STAGE_SECONDS = Histogram(
+    "modelstream_record_stage_seconds",
+    "Time from an input record's timestamp (its producer's clock) to each stage of its "
+    "handling by a pipeline: fetched (handed to its partition's lane), processed, sent "
+    "(its outputs acknowledged by the broker) and committed (its transaction, or its "
+    "offset under at-least-once, handed over).",
+    ["service", "stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 PREDICTION_LATENCY = Histogram(
     "modelstream_prediction_latency_seconds",
     "End to end: request timestamp (sent_at_ms or record time) to the prediction's production.",

@@ -57,6 +57,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -71,7 +72,12 @@ from modelstream.kafka.topology import ROW_MAX_BYTES
 from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
 from modelstream.runner import Managed
 from modelstream.settings import Settings
-from modelstream.telemetry import DEAD_LETTERS, TRANSACTION_SECONDS
+from modelstream.telemetry import (
+    DEAD_LETTERS,
+    RECORD_STAGE_SECONDS,
+    TRANSACTION_SECONDS,
+    observe_many,
+)
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +311,26 @@ class BatchPipeline(Managed):
         self.last_batch_at = time.monotonic()
         self.punctuate_every_s = punctuate_every_s
         self._punctuated_at = time.monotonic()
+        self._stages = {
+            stage: RECORD_STAGE_SECONDS.labels(service, stage)
+            for stage in ("fetched", "processed", "sent", "committed")
+        }
+
+    def _reached(self, stage: str, stamps: np.ndarray) -> None:
+        """Records whose timestamps (seconds) are ``stamps`` reached ``stage`` now."""
+        observe_many(self._stages[stage], np.maximum(time.time() - stamps, 0.0))
+
+    def _sent_when_acknowledged(self, sent: list[_Sent], stamps: np.ndarray) -> None:
+        """Observe the ``sent`` stage once the broker has acknowledged every output."""
+        if not sent:
+            return
+        acks = asyncio.gather(*(batch.future for batch in sent))
+
+        def acknowledged(done: asyncio.Future[list[Any]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._reached("sent", stamps)
+
+        acks.add_done_callback(acknowledged)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -397,6 +423,7 @@ class BatchPipeline(Managed):
             if tp not in assignment or self._seeks[tp] != seen[tp]:
                 continue
             self.boundary.read(tp.topic, len(records))
+            self._reached("fetched", _stamps(records))
             self._pending.setdefault(task, {}).setdefault(tp, []).extend(records)
             self._arrived.setdefault(task, asyncio.Event()).set()
             lane = self._lanes.get(task)
@@ -638,7 +665,12 @@ class BatchPipeline(Managed):
                         tp.topic, tp.partition, transaction.first[tp], recs[-1].offset, SHARED
                     )
                 outgoing = await self._process_off_loop(task, records, transaction)
-                transaction.sent.extend(await self._send(producer, outgoing))
+                stamps = _stamps(records)
+                self._reached("processed", stamps)
+                sent = await self._send(producer, outgoing)
+                self._sent_when_acknowledged(sent, stamps)
+                transaction.sent.extend(sent)
+                transaction.stamps.append(stamps)
             except _Reread:
                 await self._reread(task, transaction)
                 return
@@ -676,6 +708,8 @@ class BatchPipeline(Managed):
             await self._failed(task, producer, transaction.partitions(), transaction.key, exc)
             return False
         self._settled({tp: offset - 1 for tp, offset in transaction.offsets.items()})
+        if transaction.stamps:
+            self._reached("committed", np.concatenate(transaction.stamps))
         self.processor.committed(task, _written(transaction.sent))
         self.attempts.succeeded(transaction.key)
         self.records_in += transaction.records
@@ -752,6 +786,7 @@ class BatchPipeline(Managed):
                 await self._failed(task, producer, list(parts), batch_key, exc)
                 return False
         self._settled({tp: recs[-1].offset for tp, recs in parts.items()})
+        self._reached("committed", _stamps(records))
         self.processor.committed(task, _written(sent))
         self.attempts.succeeded(batch_key)
         self.records_in += len(records)
@@ -814,6 +849,7 @@ class BatchPipeline(Managed):
                 await self._failed(task, producer, [tp], record_key, exc)
                 return False
         self._settled({tp: record.offset})
+        self._reached("committed", _stamps([record]))
         self.processor.committed(task, _written(sent))
         self.attempts.succeeded(record_key)
         self.records_in += 1
@@ -948,6 +984,8 @@ class BatchPipeline(Managed):
             return
         records = [record for recs in parts.values() for record in recs]
         outgoing = await self._process_off_loop(task, records)
+        stamps = _stamps(records)
+        self._reached("processed", stamps)
         sent = await self._send(self._shared, outgoing)
         waiting = self._unacknowledged.setdefault(task, deque())
         waiting.append(
@@ -957,6 +995,7 @@ class BatchPipeline(Managed):
                 sent,
                 len(records),
                 len(outgoing),
+                stamps,
             )
         )
         while waiting and (len(waiting) > ALO_BATCHES_IN_FLIGHT or waiting[0].acks.done()):
@@ -969,6 +1008,8 @@ class BatchPipeline(Managed):
         batch = self._unacknowledged[task][0]
         await batch.acks
         self._unacknowledged[task].popleft()
+        self._reached("sent", batch.stamps)
+        self._reached("committed", batch.stamps)
         # Committed by the fetch loop with the other lanes' (one request, not one per lane).
         self._acknowledged.update(
             {tp: offset for tp, offset in batch.offsets.items() if tp in self.consumer.assignment()}
@@ -1053,6 +1094,7 @@ class _OpenTransaction:
         self.first: dict[TopicPartition, int] = {}  # offsets of its first records
         self.offsets: dict[TopicPartition, int] = {}  # offsets to commit (next to read)
         self.sent: list[_Sent] = []
+        self.stamps: list[np.ndarray] = []  # each batch's record timestamps, seconds
         self.batches = 0
         self.records = 0
         self.outputs = 0
@@ -1077,6 +1119,7 @@ class _Unacknowledged:
     sent: list[_Sent]
     records: int
     outputs: int
+    stamps: np.ndarray  # the records' timestamps, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -1094,6 +1137,11 @@ async def _send_batch(
     return _Sent(
         await producer.send_batch(builder, topic, partition=partition), topic, partition, count
     )
+
+
+def _stamps(records: Sequence[ConsumerRecord]) -> np.ndarray:
+    """The records' timestamps in seconds (their producers' clocks)."""
+    return np.fromiter((r.timestamp for r in records), np.float64, len(records)) / 1000.0
 
 
 def _written(sent: list[_Sent]) -> dict[tuple[str, int], int]:

@@ -393,7 +393,7 @@ async def test_monitor_kill_9_on_the_cluster_loses_no_label(cluster, tmp_path): 
 
     settings = await _fresh_cluster_settings(cluster, tmp_path, "mon")
     counts = await monitor_restart_scenario(
-        settings, tmp_path / "keys", tmp_path, n=50_000, per_s=5000
+        settings, tmp_path / "keys", tmp_path, n=20_000, per_s=5000
     )
     print(f"monitor SIGKILL on 3 brokers: {counts}")
 
