@@ -587,6 +587,7 @@ THROUGHPUT = [
 LATENCY = [
     # suffix, single-hop relay, predictor environment
     ("hop", True, {}),
+    ("eos_0", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "0"}),
     ("eos_20", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "20"}),
     ("eos_50", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "50"}),
     ("eos_100", False, {"MODELSTREAM_PREDICTOR_COMMIT_INTERVAL_MS": "100"}),
