@@ -66,7 +66,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from modelstream.contracts.records import InFlightMode
 from modelstream.kafka.boundary import Attempts, Boundary, Failure
 from modelstream.kafka.clients import consumer_lag, make_consumer, make_producer
-from modelstream.kafka.compat import retire_producer
+from modelstream.kafka.compat import TRANSACTION_ERRORS, retire_producer
 from modelstream.kafka.in_flight import BATCH, RECORD, SHARED, KafkaCrashGuard, Quarantine
 from modelstream.kafka.topology import ROW_MAX_BYTES
 from modelstream.kafka.writers import Header, Position, dead_letter_headers, fitted_value
@@ -652,7 +652,11 @@ class BatchPipeline(Managed):
         producer = await self._producer_for(task)
         transaction = self._open.get(task)
         if transaction is None:
-            await producer.begin_transaction()
+            try:
+                await producer.begin_transaction()
+            except TRANSACTION_ERRORS as exc:  # a producer fenced or failed since its last use
+                await self._failed(task, producer, list(parts), batch_key, exc)
+                return
             transaction = self._open[task] = _OpenTransaction(producer, batch_key)
         records = [record for records in parts.values() for record in records]
         for tp, recs in parts.items():
@@ -678,7 +682,7 @@ class BatchPipeline(Managed):
                 del self._open[task]
                 await self._fenced(task, producer, transaction.partitions())
                 return
-            except KafkaError as exc:
+            except TRANSACTION_ERRORS as exc:
                 del self._open[task]
                 await self._failed(task, producer, transaction.partitions(), transaction.key, exc)
                 return
@@ -704,7 +708,7 @@ class BatchPipeline(Managed):
         except ProducerFenced:
             await self._fenced(task, producer, transaction.partitions())
             return False
-        except KafkaError as exc:
+        except TRANSACTION_ERRORS as exc:
             await self._failed(task, producer, transaction.partitions(), transaction.key, exc)
             return False
         self._settled({tp: offset - 1 for tp, offset in transaction.offsets.items()})
@@ -873,7 +877,7 @@ class BatchPipeline(Managed):
         producer: AIOKafkaProducer,
         tps: list[TopicPartition],
         key: tuple[str, str, int, int],
-        exc: KafkaError,
+        exc: Exception,
     ) -> None:
         """A transaction that did not commit: the task's producer is replaced (it may be
         unusable, see compat.retire_producer) and the batch read again from the committed

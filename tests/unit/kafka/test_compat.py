@@ -129,3 +129,13 @@ def test_a_concurrent_transactions_answer_is_retried_after_the_shortened_backoff
         throttle_time_ms=0, errors=[("t", [(0, ConcurrentTransactions.errno)])]
     )
     assert handler.handle_response(answer) == CONCURRENT_TRANSACTIONS_BACKOFF_S
+
+
+def test_sending_outside_a_transaction_still_raises_an_error_that_is_not_a_kafka_error():
+    """Why compat.TRANSACTION_ERRORS lists IllegalOperation beside KafkaError."""
+    from aiokafka.errors import IllegalOperation, KafkaError
+
+    from modelstream.kafka.compat import TRANSACTION_ERRORS
+
+    assert not issubclass(IllegalOperation, KafkaError), "aiokafka made it a KafkaError"
+    assert IllegalOperation in TRANSACTION_ERRORS

@@ -438,3 +438,21 @@ async def test_at_least_once_acknowledges_offsets_in_order_whatever_order_acks_c
 class _Metadata:
     def __init__(self, offset: int) -> None:
         self.offset = offset
+
+
+async def test_a_producer_left_outside_its_transaction_fails_the_batch_not_the_service():
+    """A producer whose sender ended fenced (paused past its session) raises IllegalOperation
+    on the next send, not a KafkaError: the transaction fails, the producer is retired and
+    the task reads on from its committed offset."""
+    from aiokafka.errors import IllegalOperation
+
+    tp = TopicPartition(TOPIC, 0)
+    pipe, recorder = transactional({tp: 7}, interval_s=60.0)
+
+    async def send(producer: Any, outgoing: list[Outgoing]) -> list[Any]:
+        raise IllegalOperation("Can't send messages while not in transaction")
+
+    pipe._send = send  # type: ignore[method-assign]
+    await pipe._transact(0, {tp: [record(7, b"a")]})
+    assert 0 not in pipe._open and 0 not in pipe._producers
+    assert ("producer stopped", 0) in recorder.log and ("seek", 0, 7) in recorder.log
