@@ -478,6 +478,12 @@ class MetricWindowState(TypedDict):
     columns: list[list[float]]
 
 
+class DriftWindowState(TypedDict):
+    score_counts: list[int]
+    feature_sums: list[float]
+    feature_seen: int
+
+
 class MonitorModelState(TypedDict):
     version: int | None
     learner: OnlineLearnerState | None
@@ -489,6 +495,7 @@ class MonitorModelState(TypedDict):
     rolled_back: list[int]
     last_train_ms: int
     joined_total: int
+    drift_windows: NotRequired[DriftWindowState | None]
 
 
 # The top-level record of each file in schemas/, by schema name.

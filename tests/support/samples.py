@@ -331,5 +331,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "rolled_back": [],
         "last_train_ms": 0,
         "joined_total": 2,
+        "drift_windows": {
+            "score_counts": [0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+            "feature_sums": [0.5, -1.25],
+            "feature_seen": 2,
+        },
     },
 }

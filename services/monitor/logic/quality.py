@@ -254,6 +254,25 @@ class FeatureDrift:
     def update(self, x: np.ndarray) -> list[str]:
         return self.update_many(np.asarray(x, dtype=np.float64)[None, :])
 
+    def state(self) -> tuple[list[float], int]:
+        """The window's per-feature sums and the rows seen: O(features), where the ring
+        itself is window x features."""
+        return self.total.tolist(), self.seen
+
+    def restore(self, sums: Sequence[float], seen: int) -> None:
+        """Continue a window from its sums. The ring's rows are not kept, so each slot
+        takes the window's mean row: the window mean is exact at once, and the sliding
+        sum is exact again once ``window`` new rows have replaced the restored ones."""
+        if len(sums) != len(self.names):
+            return  # another model's shape: start the window over
+        self.reset()
+        self.total = np.asarray(sums, dtype=np.float64)
+        self.seen = max(0, int(seen))
+        filled = min(self.seen, self.window)
+        if filled:
+            slots = (self.seen - filled + np.arange(filled)) % self.window
+            self.ring[slots] = self.total / filled
+
     def update_many(self, X: np.ndarray) -> list[str]:
         """Add rows; the features whose window mean has moved, checked after the last row."""
         Z = (X - self.mean) / self.scale
@@ -342,6 +361,14 @@ class ScoreDrift:
                         minlength=len(self.counts),
                     )
         return shifted
+
+    def state(self) -> list[int]:
+        return [int(c) for c in self.counts]
+
+    def restore(self, counts: Sequence[int]) -> None:
+        """Continue the current window (counts of another shape start it over)."""
+        if len(counts) == len(self.counts) and 0 <= sum(counts) < self.window:
+            self.counts = np.asarray(counts, dtype=np.float64)
 
     def stability_index(self) -> float:
         expected = np.maximum(self.expected, 1e-4)

@@ -18,6 +18,7 @@ import numpy as np
 from modelstream.contracts.builders import candidate_body, lineage, training_config
 from modelstream.contracts.definitions import feature_vector, in_online_holdout
 from modelstream.contracts.records import (
+    DriftWindowState,
     Features,
     Label,
     ModelBody,
@@ -396,6 +397,17 @@ class ModelWatch:
             "rolled_back": sorted(self.rolled_back),
             "last_train_ms": self.last_train_ms,
             "joined_total": self.joined_total,
+            "drift_windows": self._drift_windows(),
+        }
+
+    def _drift_windows(self) -> DriftWindowState | None:
+        if self.score_drift is None and self.feature_drift is None:
+            return None
+        sums, seen = self.feature_drift.state() if self.feature_drift is not None else ([], 0)
+        return {
+            "score_counts": self.score_drift.state() if self.score_drift is not None else [],
+            "feature_sums": sums,
+            "feature_seen": seen,
         }
 
     def restore(self, state: MonitorModelState) -> None:
@@ -410,6 +422,12 @@ class ModelWatch:
         self.last_train_ms = state["last_train_ms"]
         self.joined_total = state["joined_total"]
         self.last_export_ms = state["last_export_ms"]
+        windows = state.get("drift_windows")
+        if windows is not None and state["version"] == self.version:
+            if self.score_drift is not None:
+                self.score_drift.restore(windows["score_counts"])
+            if self.feature_drift is not None:
+                self.feature_drift.restore(windows["feature_sums"], windows["feature_seen"])
         if (
             self.learner is not None
             and state["learner"] is not None

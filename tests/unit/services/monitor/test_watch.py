@@ -236,3 +236,85 @@ def test_tied_scores_are_no_drift():
     assert drift is not None and drift.update_many(scores(2000).max(axis=1)) is None
     assert drift.last_index < 0.05
     assert drift.update_many(rng.uniform(0.5, 0.7, 500)) is not None
+
+
+def test_drift_windows_carry_across_a_restore():
+    """A restart (or an aborted transaction, which rebuilds the watch from the committed
+    state) in the middle of a window continues it: the scores and features seen before
+    count towards the window that completes after."""
+    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
+    from tests.support.tensor_models import image_graph, spec
+
+    body = tensor_candidate("img", describe(image_graph()[0], parse_spec(spec())), created_by="t")
+    body["version"] = 1
+    rng = np.random.default_rng(3)
+    edges = np.percentile(rng.beta(8, 2, 5000), range(10, 100, 10))
+    body["metrics"] = {
+        f"validation_score_q{q}": float(v) for q, v in zip(range(10, 100, 10), edges, strict=True)
+    }
+    config = WatchConfig(feature_drift_window=200)
+    codec = default_codec()
+
+    def labels(tops: np.ndarray, start: int) -> list[Labelled]:
+        return [
+            Labelled(
+                request_id=f"r{start + i}",
+                features=b"",
+                version=1,
+                prediction="a",
+                scores={"a": float(t), "b": float(1 - t) / 2, "c": float(1 - t) / 2},
+                predicted_at_ms=0,
+                label="a",
+                labelled_at_ms=10,
+                feedback_partition=0,
+                feedback_offset=start + i,
+            )
+            for i, t in enumerate(tops)
+        ]
+
+    def restarted(watch: ModelWatch) -> ModelWatch:
+        saved = codec.decode(codec.encode(MonitorModelState, watch.state()), MonitorModelState)
+        resumed = ModelWatch("img", config)
+        resumed.install(body, None)
+        resumed.restore(saved)
+        return resumed
+
+    shifted = rng.beta(2, 3, 200)
+    watch = ModelWatch("img", config)
+    watch.install(body, None)
+    assert not watch.observe(labels(shifted[:150], 0), 1).drift
+    moved = restarted(watch).observe(labels(shifted[150:], 150), 2)
+    assert [d.kind for d in moved.drift] == ["scores"]
+    forgetful = ModelWatch("img", config)  # what a restart did before the window was saved
+    forgetful.install(body, None)
+    assert not forgetful.observe(labels(shifted[150:], 150), 2).drift
+
+    # feature drift: the window's sums survive, the ring slots hold the window's mean row
+    def trained(version: int = 1, parent: int | None = None) -> tuple[Any, LinearModel]:
+        plain, model = production(version, parent)  # with the statistics of its data
+        return plain, dataclasses.replace(model, mean=np.full(2, 0.1), scale=np.full(2, 1.1))
+
+    features = ModelWatch("m", config)
+    features.install(*trained())
+    X = np.random.default_rng(4).normal(size=(150, 2)) + np.array([3.0, 0.0])  # x0 moved 3 stds
+    y = ["1" if a + b > 0 else "0" for a, b in X]
+    assert not features.observe(labelled(X, y, y), 1).drift
+    resumed = ModelWatch("m", config)
+    resumed.install(*trained())
+    resumed.restore(
+        codec.decode(codec.encode(MonitorModelState, features.state()), MonitorModelState)
+    )
+    assert resumed.feature_drift is not None and features.feature_drift is not None
+    assert resumed.feature_drift.seen == 150
+    np.testing.assert_allclose(resumed.feature_drift.total, features.feature_drift.total)
+    X2 = np.random.default_rng(5).normal(size=(50, 2)) + np.array([3.0, 0.0])
+    y2 = ["1" if a + b > 0 else "0" for a, b in X2]
+    moved = resumed.observe(labelled(X2, y2, y2, start=150), 2)
+    assert "features" in [d.kind for d in moved.drift]
+    # a state of another version (or none saved yet) starts the windows over
+    other = ModelWatch("m", config)
+    other.install(*trained(2, 1))
+    other.restore(
+        codec.decode(codec.encode(MonitorModelState, features.state()), MonitorModelState)
+    )
+    assert other.feature_drift is not None and other.feature_drift.seen == 0
