@@ -28,8 +28,17 @@ Features = Mapping[str, float] | Sequence[float] | np.ndarray
 class RequestEncoder:
     """Encodes PredictionRequests as Avro single-object (default) or JSON."""
 
-    def __init__(self, feature_names: Sequence[str] | None = None, *, fmt: str = "avro") -> None:
+    def __init__(
+        self,
+        feature_names: Sequence[str] | None = None,
+        *,
+        fmt: str = "avro",
+        categorical: Sequence[str] | None = None,
+    ) -> None:
+        """``categorical``: the model's categorical features in its order; categories are
+        written in that order, the form the predictor reads straight into its columns."""
         self.feature_names = list(feature_names) if feature_names is not None else None
+        self.categorical = list(categorical) if categorical is not None else None
         self.fmt = fmt
         self._codec = default_codec()
 
@@ -58,11 +67,18 @@ class RequestEncoder:
             "features": payload,
             "version": version,
             "sent_at_ms": sent_at_ms,
-            "categories": {str(k): str(v) for k, v in (categories or {}).items()},
+            "categories": self._categories(categories or {}),
         }
         if self.fmt == "json":
             return self._codec.encode_json(PredictionRequest, record)
         return self._codec.encode(PredictionRequest, record)
+
+    def _categories(self, given: Mapping[str, str]) -> dict[str, str]:
+        if self.categorical is None:
+            return {str(k): str(v) for k, v in given.items()}
+        ordered = {c: str(given[c]) for c in self.categorical if c in given}
+        ordered.update((str(k), str(v)) for k, v in given.items() if k not in ordered)
+        return ordered
 
     def _ordered(self, features: Features) -> np.ndarray:
         if isinstance(features, Mapping):

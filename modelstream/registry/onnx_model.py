@@ -332,6 +332,11 @@ def inference_session(data: bytes, threads: int) -> Any:
         raise UnmappableGraphError(f"onnxruntime cannot load the graph: {exc}") from None
 
 
+# A batch's categorical values: a [rows, categorical] matrix of strings in the scorer's
+# ``categorical`` order, or a map per row.
+Categories = np.ndarray | Sequence[Mapping[str, str] | None]
+
+
 class OnnxScorer:
     """Scores one imported version with onnxruntime (CPU)."""
 
@@ -358,7 +363,15 @@ class OnnxScorer:
         self._plans: list[tuple[str, Any, Any, bool]] = []
         for spec in self.inputs:
             if spec["element_type"] == "string":
-                self._plans.append((spec["name"], None, list(spec["features"]), False))
+                position = {name: j for j, name in enumerate(self.categorical)}
+                self._plans.append(
+                    (
+                        spec["name"],
+                        None,
+                        (list(spec["features"]), [position[f] for f in spec["features"]]),
+                        False,
+                    )
+                )
                 continue
             index = np.asarray([column[f] for f in spec["features"]], dtype=np.intp)
             whole = len(index) == len(self.feature_names) and bool(
@@ -370,17 +383,19 @@ class OnnxScorer:
     def n_features(self) -> int:
         return len(self.feature_names)
 
-    def feeds(
-        self, X: np.ndarray, categories: Sequence[Mapping[str, str] | None] | None = None
-    ) -> dict[str, np.ndarray]:
+    def feeds(self, X: np.ndarray, categories: Categories | None = None) -> dict[str, np.ndarray]:
         n = len(X)
         feeds: dict[str, np.ndarray] = {}
         for name, dtype, columns, whole in self._plans:
             if dtype is None:
-                rows = categories or [None] * n
+                names, positions = columns
+                if isinstance(categories, np.ndarray):  # already columns, in our order
+                    feeds[name] = categories[:, positions]
+                    continue
+                rows = categories if categories is not None else [None] * n
                 feeds[name] = np.array(
-                    [[(row or {}).get(c, "") for c in columns] for row in rows], dtype=object
-                )
+                    [[(row or {}).get(c, "") for c in names] for row in rows], dtype=object
+                ).reshape(n, len(names))
             elif whole and dtype == np.float64 and X.dtype == np.float64:
                 feeds[name] = X
             else:  # a buffer of this call's own: batches may be scored side by side
@@ -390,7 +405,7 @@ class OnnxScorer:
     def score(
         self,
         X: np.ndarray,
-        categories: Sequence[Mapping[str, str] | None] | None = None,
+        categories: Categories | None = None,
         tensor_rows: object = None,
     ) -> np.ndarray:
         """Class probabilities [N, classes] (regression: values [N]) for the rows of ``X``

@@ -9,7 +9,7 @@ probabilities [N, classes] or regression values [N].
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from modelstream.contracts.records import ModelBody, NamedTensor, Task
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.mlp import MLPModel
-from modelstream.registry.onnx_model import OnnxScorer
+from modelstream.registry.onnx_model import Categories, OnnxScorer
 from modelstream.registry.tensor_model import TensorScorer, is_tensor_model
 
 
@@ -40,7 +40,7 @@ class Scorer(Protocol):
     def score(
         self,
         X: np.ndarray,
-        categories: Sequence[Mapping[str, str] | None] | None = None,
+        categories: Categories | None = None,
         tensor_rows: Sequence[Sequence[NamedTensor]] | None = None,
     ) -> np.ndarray: ...
 

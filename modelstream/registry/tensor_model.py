@@ -889,7 +889,7 @@ class TensorScorer:
     def score(
         self,
         X: np.ndarray,
-        categories: Sequence[Mapping[str, str] | None] | None = None,
+        categories: object = None,
         tensor_rows: Sequence[Sequence[NamedTensor]] | None = None,
     ) -> np.ndarray:
         """Class probabilities of each row's tensors (regression values; for an embedding

@@ -10,7 +10,7 @@ array. Both produce exactly the bytes fastavro would (unit-tested byte for byte)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -61,9 +61,54 @@ class MapSection:
         self.raw = raw
 
 
+class CategoryColumns:
+    """The categorical values of one batch's requests, read straight into one flat column.
+
+    A request whose categories map holds exactly its model's categorical features, in the
+    model's order, in one block (what the clients write) adds its values here and keeps only
+    where they start; the batch's values become one object array and each group's [rows,
+    features] matrix one fancy index into it, with no dict per request. ``orders`` is the
+    reader's expectation when the batch began (the reader replaces it whole on a change, so
+    a batch scored in a worker thread sees one consistent expectation)."""
+
+    __slots__ = ("_array", "orders", "values")
+
+    def __init__(self, orders: Mapping[bytes, CategoryOrder]) -> None:
+        self.orders = orders
+        self.values: list[str] = []
+        self._array: np.ndarray | None = None
+
+    def matrix(self, starts: Sequence[int], width: int) -> np.ndarray:
+        """[rows, width] object array of the values that begin at ``starts``."""
+        if self._array is None or len(self._array) != len(self.values):
+            self._array = np.empty(len(self.values), dtype=object)
+            self._array[:] = self.values
+        first = np.fromiter(starts, dtype=np.intp, count=len(starts))
+        return self._array[first[:, None] + np.arange(width)]
+
+    def row(self, model: str, start: int) -> dict[str, str]:
+        """One request's values as a map (rows scored by another version than the one
+        whose order they were read in)."""
+        names = self.orders[model.encode()].names
+        return dict(zip(names, self.values[start : start + len(names)], strict=True))
+
+
+class CategoryOrder:
+    """A model's categorical features in order, with each name's Avro string encoding."""
+
+    __slots__ = ("keys", "names")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.keys = tuple(string(name.encode()) for name in names)
+
+
 # A request's features as the hot path holds them: packed bytes, a map section still to be
 # checked against the model's template, or decoded map/list values.
 RequestFeatures = bytes | MapSection | dict[str, float] | list[float]
+# A request's categories: a map (any order, decoded), where its values start in the batch's
+# CategoryColumns (int), or None when it has none.
+RequestCategories = dict[str, str] | int | None
 # id, model, features, version, sent_at_ms, categories, tensors (None when there are none)
 Request = tuple[
     bytes,
@@ -71,7 +116,7 @@ Request = tuple[
     RequestFeatures,
     int | None,
     int | None,
-    dict[str, str] | None,
+    RequestCategories,
     list[NamedTensor] | None,
 ]
 
@@ -107,6 +152,34 @@ def _string_map(data: bytes, pos: int) -> tuple[dict[str, str] | None, int]:
                 raise DecodeError("PredictionRequest categories are not UTF-8") from None
         count, pos = read_long(data, pos)
     return out, pos
+
+
+def _ordered_values(
+    data: bytes, pos: int, order: CategoryOrder, values: list[str]
+) -> tuple[int, int] | None:
+    """A categories map written as one block of exactly ``order``'s keys in that order:
+    its values appended to ``values``; (where they start, the position after the map), or
+    None when the map is in any other form (the caller then decodes it as a map)."""
+    count, pos = read_long(data, pos)
+    if count != len(order.keys):
+        return None
+    start = len(values)
+    for key in order.keys:
+        end = pos + len(key)
+        if data[pos:end] != key:
+            del values[start:]
+            return None
+        value, pos = read_string(data, end)
+        try:
+            values.append(value.decode())
+        except UnicodeDecodeError:
+            del values[start:]
+            raise DecodeError("PredictionRequest categories are not UTF-8") from None
+    end_of_map, pos = read_long(data, pos)
+    if end_of_map != 0:
+        del values[start:]
+        return None
+    return start, pos
 
 
 def _long_array(data: bytes, pos: int, limit: int) -> tuple[list[int], int]:
@@ -165,10 +238,19 @@ class RequestReader:
         self.header = MAGIC + fingerprint
         self._models: dict[bytes, str] = {}
         self.templates: dict[bytes, MapTemplate] = {}
+        self.category_orders: Mapping[bytes, CategoryOrder] = {}
 
     def expect_maps(self, model: str, feature_names: Sequence[str]) -> None:
         """Map features of ``model`` written in this order take the fast path."""
         self.templates[model.encode()] = MapTemplate(feature_names)
+
+    def expect_categories(self, model: str, names: Sequence[str]) -> None:
+        """Categories of ``model`` written in this order are read into the batch's columns."""
+        self.category_orders = {**self.category_orders, model.encode(): CategoryOrder(names)}
+
+    def columns(self) -> CategoryColumns:
+        """Where one batch's categorical values go (pass it to every :meth:`read`)."""
+        return CategoryColumns(self.category_orders)
 
     def model_of(self, data: bytes) -> str | None:
         """The model a request names, read without decoding the rest (None: not a request
@@ -182,7 +264,9 @@ class RequestReader:
         except (IndexError, DecodeError, UnicodeDecodeError):
             return None
 
-    def read(self, data: bytes) -> Request | None:
+    def read(self, data: bytes, columns: CategoryColumns | None = None) -> Request | None:
+        """The request, or None for a form this reader leaves to the generic decoder;
+        categories in the model's order go to ``columns`` when given."""
         if data[:10] != self.header:
             return None
         kind = -1  # features union branch: 0 bytes, 1 map, 2 array
@@ -203,7 +287,15 @@ class RequestReader:
                 return None
             version, pos = _optional_long(data, pos, "version")
             sent_at, pos = _optional_long(data, pos, "sent_at_ms")
-            categories, pos = _string_map(data, pos)
+            categories: RequestCategories = None
+            order = columns.orders.get(model_bytes) if columns is not None else None
+            read = None
+            if order is not None and columns is not None:
+                read = _ordered_values(data, pos, order, columns.values)
+            if read is not None:
+                categories, pos = read
+            else:
+                categories, pos = _string_map(data, pos)
             tensors, pos = _tensors(data, pos)
             if version is not None and not INT_RANGE[0] <= version <= INT_RANGE[1]:
                 raise InvalidEventError("out-of-range", f"version {version} is not an Avro int")

@@ -34,10 +34,11 @@ from modelstream.contracts.records import (
 )
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.registry.artifact import Verified, decrypt_tensors
-from modelstream.registry.onnx_model import OnnxScorer
+from modelstream.registry.onnx_model import Categories, OnnxScorer
 from modelstream.registry.scoring import Scorer, scorer_for
 from modelstream.registry.tensor_model import Prepared, TensorOutputs, TensorScorer, concatenate
 from modelstream.services.predictor.fastpath import (
+    CategoryColumns,
     MapSection,
     MapTemplate,
     PredictionWriter,
@@ -208,6 +209,8 @@ class PredictorLogic:
             serving[model.name] = model.version
             if model.model.feature_names:  # a tensor model takes no feature map
                 self._reader.expect_maps(model.name, model.model.feature_names)
+            if model.model.categorical:
+                self._reader.expect_categories(model.name, model.model.categorical)
             self._delays.pop(model.name, None)
             if isinstance(model.model, TensorScorer) and model.model.spec["max_queue_delay_ms"]:
                 spec = model.model.spec
@@ -263,9 +266,10 @@ class PredictorLogic:
         catalog = self.catalog  # the whole batch is scored by one catalog
         result: Scored[M] = Scored()
         groups: dict[tuple[str, int, str], list[Item[M]]] = defaultdict(list)
+        columns = self._reader.columns()
         for message in messages:
             try:
-                request = self._decode(message.value)
+                request = self._decode(message.value, columns)
                 for version, route in self._routes(catalog, request):
                     groups[(request[1], version, route)].append((message, request))
             except (DecodeError, InvalidEventError) as exc:
@@ -277,7 +281,7 @@ class PredictorLogic:
                 continue
             items = self._without_tensors(model, route, items, result)
             X, good, bad = self._matrix(model, items)
-            categories, X, good = self._categories(model, X, good, bad)
+            categories, X, good = self._categories(model, X, good, bad, columns)
             for (message, _), error in bad:
                 if route != "shadow":  # the production route reports it once
                     result.reject(message, name, error)
@@ -529,8 +533,12 @@ class PredictorLogic:
             )
         return writer
 
-    def _decode(self, data: bytes | None) -> Request:
-        fast = self._reader.read(data) if data and len(data) <= self.limits.max_bytes else None
+    def _decode(self, data: bytes | None, columns: CategoryColumns | None = None) -> Request:
+        fast = (
+            self._reader.read(data, columns)
+            if data and len(data) <= self.limits.max_bytes
+            else None
+        )
         if fast is not None:
             request = fast
         else:  # any other form, or not a request at all: the total decoder says which
@@ -608,18 +616,31 @@ class PredictorLogic:
         X: np.ndarray,
         items: list[Item[M]],
         bad: list[tuple[Item[M], InvalidEventError]],
-    ) -> tuple[list[dict[str, str] | None] | None, np.ndarray, list[Item[M]]]:
-        """The categorical values of each row, for a model that takes some; rows that lack
-        one, or carry one the model does not know, join ``bad``."""
+        columns: CategoryColumns,
+    ) -> tuple[Categories | None, np.ndarray, list[Item[M]]]:
+        """The categorical values of the rows, for a model that takes some: one [rows,
+        categorical] matrix in the model's order when every row was read in that order (the
+        clients' form), else a map per row; rows that lack one, or carry one the model does
+        not know, join ``bad``."""
         wanted = model.model.categorical
-        if not wanted and all(item[1][5] is None for item in items):
+        given = [item[1][5] for item in items]
+        if not wanted and all(g is None for g in given):
             return None, X, items
+        order = columns.orders.get(model.name.encode())
+        if wanted and order is not None and order.names == tuple(wanted):
+            if all(type(g) is int for g in given):
+                return columns.matrix(cast(list[int], given), len(wanted)), X, items
         known = set(wanted)
         keep: list[int] = []
-        for i, item in enumerate(items):
-            given = item[1][5] or {}
-            missing = [c for c in wanted if c not in given]
-            extra = [c for c in given if c not in known]
+        rows: list[Mapping[str, str]] = []
+        for i, (item, categories) in enumerate(zip(items, given, strict=True)):
+            present: Mapping[str, str]
+            if isinstance(categories, int):  # read in the order of another version
+                present = columns.row(item[1][1], categories)
+            else:
+                present = categories or {}
+            missing = [c for c in wanted if c not in present]
+            extra = [c for c in present if c not in known]
             if missing:
                 bad.append(
                     (
@@ -633,9 +654,10 @@ class PredictorLogic:
                 )
             else:
                 keep.append(i)
+                rows.append(present)
         if len(keep) != len(items):
             X, items = X[keep], [items[i] for i in keep]
-        return [item[1][5] for item in items] if wanted else None, X, items
+        return rows if wanted else None, X, items
 
     def _rows(
         self,

@@ -7,7 +7,7 @@ from modelstream.contracts import tensors
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Prediction, PredictionRequest
 from modelstream.contracts.wire import zigzag
-from modelstream.errors import DecodeError
+from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.services.predictor.fastpath import PredictionWriter, RequestReader
 
 CODEC = default_codec()
@@ -239,3 +239,93 @@ def test_map_template_reads_ordered_maps_and_flags_others():
     assert matches.tolist() == [True, False]  # same length, other key order: re-decoded
     assert request({"mean radius": 1.0}) is None  # other length: the generic decoder
     assert request({"mean radius": 1.0, "mean texture": 2.0, "x": 3.0, "y": 4.0}) is None
+
+
+def test_categories_in_the_models_order_are_read_into_columns():
+    """The clients' form (one block, the model's order) goes straight into the batch's
+    columns; any other form is read as a map, exactly as fastavro reads it."""
+    reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
+    reader.expect_categories("m", ["colour", "size", "ü"])
+    columns = reader.columns()
+
+    def data(categories: dict[str, str], model: str = "m") -> bytes:
+        return CODEC.encode(
+            PredictionRequest,
+            {"request_id": "r", "model": model, "features": b"", "categories": categories},
+        )
+
+    ordered = {"colour": "red", "size": "", "ü": "é" * 200}
+    first = reader.read(data(ordered), columns)
+    second = reader.read(data({"colour": "blue", "size": "xl", "ü": "-"}), columns)
+    assert first is not None and second is not None
+    assert (first[5], second[5]) == (0, 3)
+    assert columns.matrix([second[5], first[5]], 3).tolist() == [
+        ["blue", "xl", "-"],
+        ["red", "", "é" * 200],
+    ]
+    assert columns.row("m", 0) == ordered
+    for other, model in (
+        ({"size": "xl", "colour": "blue", "ü": "-"}, "m"),  # another order
+        ({"colour": "red", "size": "s"}, "m"),  # one missing
+        ({**ordered, "extra": "x"}, "m"),  # one more
+        ({"colour": "red", "size": "s", "u": "x"}, "m"),  # a name of the same length
+        (ordered, "another-model"),
+    ):
+        request = reader.read(data(other, model), columns)
+        assert request is not None and request[5] == other
+    assert len(columns.values) == 6  # a map that stopped matching left nothing behind
+    # without columns (or an expectation) the reader keeps maps
+    assert RequestReader(reader.header[2:]).read(data(ordered), reader.columns()) is not None
+    assert reader.read(data(ordered))[5] == ordered  # type: ignore[index]
+
+
+def test_mutated_ordered_categories_read_as_fastavro_reads_them():
+    """Every single-byte change of a request in the clients' form: the reader's values
+    (columns or map) equal fastavro's, or both refuse it."""
+    reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
+    reader.expect_categories("m", ["a", "bb"])
+    good = CODEC.encode(
+        PredictionRequest,
+        {"request_id": "r", "model": "m", "features": b"", "categories": {"a": "x", "bb": "yz"}},
+    )
+    start = good.index(b"\x04\x02a")  # two entries, then the key "a"
+    for at in range(start, len(good)):
+        for byte in (0x00, 0x01, 0x02, 0x04, 0x7F, 0x80, 0xFF, good[at] ^ 0x01):
+            mutated = good[:at] + bytes([byte]) + good[at + 1 :]
+            columns = reader.columns()
+            try:
+                ours = reader.read(mutated, columns)
+            except (DecodeError, InvalidEventError):
+                ours = "refused"
+            try:
+                theirs = CODEC.decode(mutated, PredictionRequest)["categories"]
+            except Exception:
+                theirs = "refused"
+            if ours is None:  # left to the generic decoder: nothing to compare
+                continue
+            if ours == "refused":
+                assert theirs == "refused", (at, byte)
+                continue
+            assert not isinstance(ours, str)
+            values = columns.row("m", ours[5]) if isinstance(ours[5], int) else ours[5] or {}
+            assert values == theirs, (at, byte)
+
+
+def test_the_client_writes_categories_in_the_models_order():
+    from modelstream.contracts.client import RequestEncoder
+
+    reader = RequestReader(CODEC.schema(PredictionRequest).fingerprint)
+    reader.expect_categories("m", ["colour", "size"])
+    given = {"size": "xl", "colour": "blue"}
+    columns = reader.columns()
+    plain = reader.read(
+        RequestEncoder().encode("r", "m", [], packed=True, categories=given), columns
+    )
+    assert plain is not None and plain[5] == given  # the caller's order: read as a map
+    encoder = RequestEncoder(categorical=["colour", "size"])
+    ordered = reader.read(encoder.encode("r", "m", [], packed=True, categories=given), columns)
+    assert ordered is not None and columns.row("m", ordered[5]) == given  # type: ignore[arg-type]
+    extra = {**given, "shape": "round"}  # unknown ones follow, for the predictor to refuse
+    assert CODEC.decode(
+        encoder.encode("r", "m", [], packed=True, categories=extra), PredictionRequest
+    )["categories"] == {"colour": "blue", "size": "xl", "shape": "round"}
