@@ -190,9 +190,9 @@ def prepare(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
         values *= np.float32(spec["scale"])
     channels = values.shape[2]
     if spec["mean"]:
-        values -= _per_channel(spec["mean"], channels, "mean")
+        values -= per_channel(spec["mean"], channels, "mean")
     if spec["std"]:
-        values /= _per_channel(spec["std"], channels, "std")
+        values /= per_channel(spec["std"], channels, "std")
     if values.shape[:2] != (h, w):
         values = _pad(values, h, w, spec)
     if spec["layout"] == "NCHW":
@@ -224,7 +224,7 @@ def _pad(values: np.ndarray, h: int, w: int, spec: ImageSpec) -> np.ndarray:
     return out
 
 
-def _per_channel(values: list[float], channels: int, what: str) -> np.ndarray:
+def per_channel(values: list[float], channels: int, what: str) -> np.ndarray:
     if len(values) not in (1, channels):
         raise InvalidEventError(
             "invalid-spec", f"{what} has {len(values)} values for {channels} channels"

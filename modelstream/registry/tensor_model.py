@@ -33,6 +33,7 @@ from modelstream.contracts import tensors
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.limits import Limits, check_record
 from modelstream.contracts.records import (
+    ImageSpec,
     InputSpec,
     ModelBody,
     NamedTensor,
@@ -619,6 +620,35 @@ class Prepared:
 
 
 @dataclass
+class Stacked:
+    """Rows of a batch read straight into one array per input ([rows, ...] per spec input
+    name): numeric tensors of the graph's exact row shape, raw pixels already of the
+    model's size and colour, with no per-row array in between."""
+
+    values: dict[str, np.ndarray]
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self, index: Sequence[int] | slice) -> Stacked:
+        taken = {name: value[index] for name, value in self.values.items()}
+        return Stacked(taken, len(next(iter(taken.values()))))
+
+
+@dataclass(frozen=True)
+class _StackPlan:
+    """How one spec input is read into a column: the tensor form a row must have."""
+
+    name: str
+    datatype: str
+    shapes: tuple[tuple[int, ...], ...]  # accepted shapes (with and without a batch axis of 1)
+    nbytes: int
+    row_shape: tuple[int, ...]  # of the column's rows
+    image: ImageSpec | None  # raw pixels, normalised as images.prepare does
+
+
+@dataclass
 class TensorOutputs:
     """A batch's answers: class probabilities [N, classes] (regression: [N]; embedding:
     None) and each declared output [N, ...]."""
@@ -669,6 +699,72 @@ class TensorScorer:
         # batch; token ids and byte windows are small, so more, to sort text by length.
         small = all(i["kind"] in ("TEXT", "BYTES") for i in self.spec["inputs"])
         self.prepare_chunk = self.max_batch * (16 if small else 1)
+        self.stack_plans = self._stack_plans()
+
+    def _stack_plans(self) -> list[_StackPlan] | None:
+        """Per input, the one form read straight into a column; None when an input has no
+        such form (encoded images, text, bytes, dynamic dimensions)."""
+        plans: list[_StackPlan] = []
+        for item in self.spec["inputs"]:
+            name = item["name"]
+            if item["kind"] == "TENSOR":
+                target = self.graph_inputs[item["graph_input"]]
+                row = target.shape[1:]
+                if target.datatype == "BYTES" or any(d is None for d in row):
+                    return None
+                static = tuple(cast(tuple[int, ...], row))
+                size = math.prod(static) * np.dtype(tensors.NUMPY_TYPES[target.datatype]).itemsize
+                shapes: tuple[tuple[int, ...], ...] = (static, (1, *static))
+                plans.append(_StackPlan(name, target.datatype, shapes, size, static, None))
+            elif item["kind"] == "IMAGE":
+                spec = item["image"]
+                assert spec is not None
+                h, w = spec["height"], spec["width"]
+                if images.target_size(h, w, spec) != (h, w) or h * w > spec["max_pixels"]:
+                    return None  # pixels of the model's size would still be resized
+                channels = 1 if spec["color"] == "L" else 3
+                pixel = (h, w, channels)
+                grey: tuple[tuple[int, ...], ...] = ((h, w),) if channels == 1 else ()
+                shapes = (pixel, (1, *pixel), *grey)
+                plans.append(_StackPlan(name, "UINT8", shapes, h * w * channels, pixel, spec))
+            else:
+                return None
+        return plans
+
+    def stack(self, rows: Sequence[Sequence[NamedTensor]]) -> tuple[Stacked | None, list[int]]:
+        """The rows whose tensors are exactly the inputs' column form, in the spec's order,
+        read into one array per input; and the positions of the other rows (prepared one
+        by one, which also says why a row cannot be served)."""
+        plans = self.stack_plans
+        if plans is None or not rows:
+            return None, list(range(len(rows)))
+        width = len(plans)
+        columns: list[list[bytes]] = [[] for _ in plans]
+        taken: list[int] = []
+        rest: list[int] = []
+        for position, row in enumerate(rows):
+            if len(row) == width and all(
+                tensor["name"] == plan.name
+                and tensor["datatype"] == plan.datatype
+                and len(tensor["data"]) == plan.nbytes
+                and tuple(tensor["shape"]) in plan.shapes
+                for tensor, plan in zip(row, plans, strict=True)
+            ):
+                taken.append(position)
+                for column, tensor in zip(columns, row, strict=True):
+                    column.append(tensor["data"])
+            else:
+                rest.append(position)
+        if not taken:
+            return None, rest
+        values: dict[str, np.ndarray] = {}
+        for plan, column in zip(plans, columns, strict=True):
+            dtype = np.dtype(tensors.NUMPY_TYPES[plan.datatype])
+            value = np.frombuffer(b"".join(column), dtype=dtype).reshape(
+                len(taken), *plan.row_shape
+            )
+            values[plan.name] = value if plan.image is None else _pixels(value, plan.image)
+        return Stacked(values, len(taken)), rest
 
     # -- one request -----------------------------------------------------------------------
     def prepare(self, given: Sequence[NamedTensor]) -> Prepared:
@@ -765,10 +861,17 @@ class TensorScorer:
         return value
 
     # -- a batch ---------------------------------------------------------------------------
-    def infer(self, rows: Sequence[Prepared]) -> TensorOutputs:
+    def infer(self, rows: Sequence[Prepared] | Stacked) -> TensorOutputs:
         """Run prepared rows, at most ``max_batch_size`` per graph run; rows come back in
         their order. Text rows are sorted by length first, so each run pads little."""
         n = len(rows)
+        if isinstance(rows, Stacked):
+            return concatenate(
+                [
+                    self._run(rows.rows(slice(start, start + self.max_batch)))
+                    for start in range(0, n, self.max_batch)
+                ]
+            )
         order = list(range(n))
         if self._sorted_by_length:
             order.sort(key=lambda i: rows[i].length)
@@ -789,12 +892,16 @@ class TensorScorer:
             keys.setdefault(key, []).append(position)
         return list(keys.values())
 
-    def _run(self, rows: Sequence[Prepared]) -> TensorOutputs:
+    def _run(self, rows: Sequence[Prepared] | Stacked) -> TensorOutputs:
         feeds: dict[str, np.ndarray] = {}
         mask: np.ndarray | None = None
         for item in self.spec["inputs"]:
             name = item["name"]
             target = self.graph_inputs[item["graph_input"]]
+            if isinstance(rows, Stacked):  # columns already: numeric tensors and images
+                column = rows.values[name]
+                feeds[target.name] = column.astype(_numpy_type(target.datatype), copy=False)
+                continue
             values = [row.values[name] for row in rows]
             if name in self.tokenizers:
                 text = item["text"]
@@ -983,6 +1090,26 @@ def _own_lengths(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if all(n == value.shape[1] for n in lengths):
         return value
     return _object_rows([value[i, :n] for i, n in enumerate(lengths)])
+
+
+def _pixels(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """Raw pixels [rows, H, W, C] of the model's size as graph rows: what
+    :func:`images.from_pixels` and :func:`images.prepare` make of each, in one pass."""
+    if spec["color"] == "BGR":
+        pixels = pixels[..., ::-1]
+    values = pixels.astype(np.float32)
+    if spec["scale"] != 1.0:
+        values *= np.float32(spec["scale"])
+    channels = values.shape[3]
+    if spec["mean"]:
+        values -= images.per_channel(spec["mean"], channels, "mean")
+    if spec["std"]:
+        values /= images.per_channel(spec["std"], channels, "std")
+    if spec["layout"] == "NCHW":
+        return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+    if spec["layout"] == "FLAT":
+        return values.reshape(len(values), -1)
+    return values
 
 
 def _numpy_type(datatype: str) -> Any:

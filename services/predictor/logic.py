@@ -36,7 +36,13 @@ from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.registry.artifact import Verified, decrypt_tensors
 from modelstream.registry.onnx_model import Categories, OnnxScorer
 from modelstream.registry.scoring import Scorer, scorer_for
-from modelstream.registry.tensor_model import Prepared, TensorOutputs, TensorScorer, concatenate
+from modelstream.registry.tensor_model import (
+    Prepared,
+    Stacked,
+    TensorOutputs,
+    TensorScorer,
+    concatenate,
+)
 from modelstream.services.predictor.fastpath import (
     CategoryColumns,
     MapSection,
@@ -343,59 +349,116 @@ class PredictorLogic:
         now_ms: int,
         result: Scored[M],
     ) -> None:
-        """A tensor model's rows: each prepared alone (a row that cannot be is rejected with
-        its reason), then run in batches. Rows are prepared a chunk at a time, so what a
-        fetch of large images holds at once is bounded by the chunk, not the fetch."""
+        """A tensor model's rows, a chunk at a time (what a fetch of large images holds at
+        once is bounded by the chunk, not the fetch): rows already in the inputs' column
+        form are read into one array per input; the others are prepared alone (a row that
+        cannot be is rejected with its reason); then both are run in batches."""
         shadow = route == "shadow"
         for start in range(0, len(items), scorer.prepare_chunk):
-            chunk = items[start : start + scorer.prepare_chunk]
-            prepared, good = [], []
-            for item in chunk:
-                message, request = item
-                try:
-                    if request[2]:
-                        raise InvalidEventError(
-                            "extra-features", f"{model.name} takes tensors, not features"
-                        )
-                    prepared.append(scorer.prepare(request[6] or ()))
-                    good.append(item)
-                except InvalidEventError as exc:
-                    if not shadow:
-                        result.reject(message, model.name, exc)
-                except Exception as exc:  # a decoder's own error: this row, not the batch
-                    if not shadow:
-                        failure = InvalidEventError(
-                            "internal-error", f"{type(exc).__name__}: {str(exc)[:300]}"
-                        )
-                        result.reject(message, model.name, failure)
-            if not good:
-                continue
-            ran = self._run_tensors(model, scorer, shadow, good, prepared, result)
-            if ran is None:
-                continue
-            good, outputs = ran
-            keep = _finite_rows(outputs, len(good))
-            if not keep.all():
-                for i in np.flatnonzero(~keep).tolist():
+            chunk: list[Item[M]] = []
+            for item in items[start : start + scorer.prepare_chunk]:
+                if item[1][2]:
                     if not shadow:
                         result.reject(
-                            good[i][0],
+                            item[0],
                             model.name,
                             InvalidEventError(
-                                "non-finite-score", "the model's outputs are not finite"
+                                "extra-features", f"{model.name} takes tensors, not features"
                             ),
                         )
-                rows = np.flatnonzero(keep)
-                good = [good[i] for i in rows.tolist()]
+                else:
+                    chunk.append(item)
+            stacked, rest = scorer.stack([item[1][6] or () for item in chunk])
+            batches: list[tuple[list[Item[M]], list[Prepared] | Stacked]] = []
+            if stacked is not None:
+                taken = sorted(set(range(len(chunk))) - set(rest))
+                batches.append(([chunk[i] for i in taken], stacked))
+            prepared, good = self._prepare_rows(
+                model, scorer, [chunk[i] for i in rest], None if shadow else result
+            )
+            if good:
+                batches.append((good, prepared))
+            answered = [
+                answer
+                for rows, batch in batches
+                if (answer := self._answer_tensors(model, scorer, shadow, rows, batch, result))
+            ]
+            if not answered:
+                continue
+            good, outputs = answered[0]
+            if len(answered) > 1:  # back in the order the requests came
+                position = {id(item[0]): i for i, item in enumerate(chunk)}
+                good = [item for rows, _ in answered for item in rows]
+                order = sorted(range(len(good)), key=lambda i: position[id(good[i][0])])
+                merged = concatenate([outputs for _, outputs in answered])
+                good = [good[i] for i in order]
                 outputs = TensorOutputs(
-                    outputs.scores[rows] if outputs.scores is not None else None,
-                    {k: v[rows] for k, v in outputs.outputs.items()},
+                    merged.scores[order] if merged.scores is not None else None,
+                    {k: v[order] for k, v in merged.outputs.items()},
                 )
-                if not good:
-                    continue
             result.groups.append(
                 self._encode_tensors(model, scorer, route, good, outputs, now_ms, result)
             )
+
+    @staticmethod
+    def _prepare_rows(
+        model: ServingModel,
+        scorer: TensorScorer,
+        items: list[Item[M]],
+        result: Scored[M] | None,
+    ) -> tuple[list[Prepared], list[Item[M]]]:
+        """Each row prepared alone; a row that cannot be is reported to ``result`` (None:
+        the shadow route, whose rows the production route reports)."""
+        prepared: list[Prepared] = []
+        good: list[Item[M]] = []
+        for item in items:
+            message, request = item
+            try:
+                prepared.append(scorer.prepare(request[6] or ()))
+                good.append(item)
+            except InvalidEventError as exc:
+                if result is not None:
+                    result.reject(message, model.name, exc)
+            except Exception as exc:  # a decoder's own error: this row, not the batch
+                if result is not None:
+                    failure = InvalidEventError(
+                        "internal-error", f"{type(exc).__name__}: {str(exc)[:300]}"
+                    )
+                    result.reject(message, model.name, failure)
+        return prepared, good
+
+    def _answer_tensors(
+        self,
+        model: ServingModel,
+        scorer: TensorScorer,
+        shadow: bool,
+        items: list[Item[M]],
+        batch: list[Prepared] | Stacked,
+        result: Scored[M],
+    ) -> tuple[list[Item[M]], TensorOutputs] | None:
+        """The rows answered with finite outputs (the others rejected with the reason)."""
+        ran = self._run_tensors(model, scorer, shadow, items, batch, result)
+        if ran is None:
+            return None
+        good, outputs = ran
+        keep = _finite_rows(outputs, len(good))
+        if not keep.all():
+            for i in np.flatnonzero(~keep).tolist():
+                if not shadow:
+                    result.reject(
+                        good[i][0],
+                        model.name,
+                        InvalidEventError("non-finite-score", "the model's outputs are not finite"),
+                    )
+            rows = np.flatnonzero(keep)
+            good = [good[i] for i in rows.tolist()]
+            outputs = TensorOutputs(
+                outputs.scores[rows] if outputs.scores is not None else None,
+                {k: v[rows] for k, v in outputs.outputs.items()},
+            )
+            if not good:
+                return None
+        return good, outputs
 
     def _run_tensors(
         self,
@@ -403,7 +466,7 @@ class PredictorLogic:
         scorer: TensorScorer,
         shadow: bool,
         items: list[Item[M]],
-        prepared: list[Prepared],
+        batch: list[Prepared] | Stacked,
         result: Scored[M],
     ) -> tuple[list[Item[M]], TensorOutputs] | None:
         """The rows' answers. When the graph fails on the batch (onnxruntime raises), each
@@ -411,7 +474,7 @@ class PredictorLogic:
         answered, so one hostile row cannot fail its neighbours."""
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                return items, scorer.infer(prepared)
+                return items, scorer.infer(batch)
         except Exception as exc:  # onnxruntime's own error types, or a wrong output shape
             if len(items) == 1:
                 if not shadow:
@@ -422,8 +485,11 @@ class PredictorLogic:
                 return None
         kept: list[Item[M]] = []
         answers: list[TensorOutputs] = []
-        for item, row in zip(items, prepared, strict=True):
-            alone = self._run_tensors(model, scorer, shadow, [item], [row], result)
+        for i, item in enumerate(items):
+            row: list[Prepared] | Stacked = (
+                batch.rows([i]) if isinstance(batch, Stacked) else [batch[i]]
+            )
+            alone = self._run_tensors(model, scorer, shadow, [item], row, result)
             if alone is not None:
                 kept.append(item)
                 answers.append(alone[1])

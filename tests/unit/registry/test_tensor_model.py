@@ -395,3 +395,122 @@ def test_graphs_with_a_zipmap_output_are_over_features():
 
     for bundle in (lightgbm_model(trees=5), pipeline_model()):
         assert not takes_tensors(bundle.graph)
+
+
+def _summing_graph() -> bytes:
+    """Three scores from the sum of an input ``x`` of [N, L]: a dynamic row length."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=1),
+        helper.make_node("Concat", ["total", "total", "total"], ["z"], axis=1),
+        helper.make_node("Softmax", ["z"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "summing",
+        [helper.make_tensor_value_info("x", 1, ["N", "L"])],
+        [helper.make_tensor_value_info("probs", 1, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    return bytes(model.SerializeToString())
+
+
+def _linear_graph(row: list[int], elem: int = 1) -> bytes:
+    """Flatten, a linear map to three classes and a softmax over an input ``x`` of
+    [N, *row] (``elem``: the ONNX element type)."""
+    from onnx import helper, numpy_helper
+
+    d = int(np.prod(row))
+    weights = (np.random.default_rng(d).normal(size=(d, 3)) / np.sqrt(d)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=1),
+        helper.make_node("Flatten", ["xf"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", elem, ["N", *row])],
+        [helper.make_tensor_value_info("probs", 1, ["N", 3])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("layout", "color", "row", "normalise"),
+    [
+        ("nchw", "rgb", [3, 8, 8], {}),
+        ("nhwc", "bgr", [8, 8, 3], {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}),
+        ("flat", "l", [64], {"mean": [0.5], "std": [0.25]}),
+        ("nchw", "l", [1, 8, 8], {}),
+    ],
+)
+def test_raw_pixels_of_the_models_size_are_read_into_one_column(layout, color, row, normalise):
+    """Raw pixels already of the model's size and colour skip the per-row path: the column
+    holds, to the bit, what preparing each row gives, and scores the same; any other form
+    is left to the per-row path, which says why it cannot be served."""
+    image = {"height": 8, "width": 8, "scale": 1 / 255, "layout": layout, "color": color}
+    spec_text = spec(inputs=[{**json.loads(spec())["inputs"][0], "image": {**image, **normalise}}])
+    model = scorer(_linear_graph(row), spec_text)
+    channels = 1 if color == "l" else 3
+    pixels = RNG.integers(0, 256, (6, 8, 8, channels), dtype=np.uint8)
+    rows = [[tensors.from_array("image", p)] for p in pixels]
+    rows[1] = [tensors.from_array("image", pixels[1][None])]  # a leading batch axis of 1
+    if channels == 1:
+        rows[2] = [tensors.from_array("image", pixels[2][:, :, 0])]  # grey as [H, W]
+    others = [
+        [tensors.from_elements("image", [png(pixels[3].squeeze())])],  # encoded: decoded per row
+        [tensors.from_array("image", pixels[4, :4])],  # another size: resized per row
+        [tensors.from_array("image", pixels[5].astype(np.float32))],  # not UINT8: refused
+        [tensors.from_array("picture", pixels[0])],  # another name: refused
+        [tensors.from_array("image", pixels[0]), tensors.from_array("image2", pixels[0])],
+        [],
+    ]
+    stacked, rest = model.stack(rows + others)
+    assert stacked is not None and len(stacked) == 6
+    assert rest == list(range(6, 6 + len(others)))
+    one_by_one = np.stack([model.prepare(r).values["image"] for r in rows])
+    assert stacked.values["image"].dtype == one_by_one.dtype == np.float32
+    assert np.array_equal(stacked.values["image"], one_by_one)
+    np.testing.assert_allclose(
+        model.infer(stacked).scores,
+        model.infer([model.prepare(r) for r in rows]).scores,
+        rtol=1e-6,
+    )
+    assert model.infer(stacked.rows([4])).scores.shape == (1, 3)
+
+
+def test_numeric_tensors_of_the_graphs_row_shape_are_read_into_one_column():
+    def plain(graph: bytes, name: str = "m") -> TensorScorer:  # every input a request tensor
+        signature = describe(graph, None, classes=["a", "b", "c"])
+        return TensorScorer(tensor_candidate(name, signature, created_by="t"))
+
+    model = plain(_linear_graph([2, 5], elem=7))  # INT64
+    values = RNG.integers(-100, 100, (5, 2, 5))
+    rows = [[tensors.from_array("x", v)] for v in values]
+    rows[0] = [tensors.from_array("x", values[0][None])]
+    wrong = [
+        [tensors.from_array("x", values[1][:, :4])],
+        [tensors.from_array("x", values[1].astype(np.int32))],
+        [tensors.from_array("x", np.stack([values[1], values[2]]))],
+    ]
+    stacked, rest = model.stack(rows + wrong)
+    assert stacked is not None and np.array_equal(stacked.values["x"], values)
+    assert rest == [5, 6, 7]
+    for row in wrong:  # the per-row path names the problem
+        with pytest.raises(InvalidEventError, match=r"has shape|takes INT64"):
+            model.prepare(row)
+    np.testing.assert_allclose(
+        model.infer(stacked).scores, model.infer([model.prepare(r) for r in rows]).scores
+    )
+    # inputs a column cannot hold: text, encoded bytes, dynamic dimensions
+    assert plain(_linear_graph([2, 5])).stack_plans is not None
+    dynamic = plain(_summing_graph())
+    assert dynamic.stack_plans is None
+    assert dynamic.stack([[tensors.from_array("x", np.zeros((1, 3), np.float32))]]) == (None, [0])

@@ -269,3 +269,49 @@ def test_a_row_the_graph_fails_on_fails_alone():
         ("model-failed", b"bad")
     ]
     assert sum(len(g.values) for g in scored.groups) == 2
+
+
+def test_a_row_read_into_a_column_that_the_graph_fails_on_fails_alone():
+    """Rows of the graph's exact shape go into one column; an index out of the graph's
+    table fails the batch in onnxruntime, then only its own row."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.eye(3, dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "x"], ["rows"], axis=0),  # [N, 1, 3]
+            helper.make_node("Flatten", ["rows"], ["z"], axis=1),
+            helper.make_node("Softmax", ["z"], ["scores"], axis=1),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    signature = describe(model.SerializeToString(), None, classes=["a", "b", "c"])
+    body = tensor_candidate("lookup", signature, created_by="t")
+    body["version"] = 1
+    serving_model = ServingModel.from_verified(Verified(seal(body), False), None)
+    logic = logic_with(serving_model)
+
+    def row(rid: str, index: int) -> Record:
+        return Record(request(rid, "lookup", [tensors.from_array("x", np.array([index]))]))
+
+    records = [row("r0", 2), row("r1", 0), row("bad", 7), row("r3", 1)]
+    stacked, rest = serving_model.model.stack(
+        [CODEC.decode(r.value, PredictionRequest)["tensors"] for r in records]
+    )  # type: ignore[union-attr]
+    assert stacked is not None and len(stacked) == 4 and rest == []
+    scored = logic.process(records)
+    assert [(r.reason, r.message.value[11:14]) for r in scored.rejected] == [
+        ("model-failed", b"bad")
+    ]
+    (group,) = scored.groups
+    predictions = [CODEC.decode_any(v, Prediction) for v in group.values]
+    assert [(p["request_id"], p["prediction"]) for p in predictions] == [
+        ("r0", "c"),
+        ("r1", "a"),
+        ("r3", "b"),
+    ]
