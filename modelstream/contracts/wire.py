@@ -34,6 +34,8 @@ def string(value: bytes) -> bytes:
 def read_long(data: bytes, pos: int) -> tuple[int, int]:
     """The long at ``pos`` and the position after it; IndexError when ``data`` ends first."""
     byte = data[pos]
+    if byte < 0x80:  # most longs of a hot path (lengths, branches) fit one byte
+        return (byte >> 1) ^ -(byte & 1), pos + 1
     pos += 1
     n = byte & 0x7F
     shift = 7
@@ -49,7 +51,12 @@ def read_long(data: bytes, pos: int) -> tuple[int, int]:
 
 def read_string(data: bytes, pos: int) -> tuple[bytes, int]:
     """The string (or bytes) at ``pos``, undecoded, and the position after it."""
-    n, pos = read_long(data, pos)
+    n = data[pos]
+    if n < 0x80:  # a length under 64: one byte, read here rather than by a call
+        n = (n >> 1) ^ -(n & 1)
+        pos += 1
+    else:
+        n, pos = read_long(data, pos)
     if n < 0 or pos + n > len(data):
         raise DecodeError("corrupt Avro body: bad length")
     return data[pos : pos + n], pos + n
