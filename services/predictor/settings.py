@@ -37,12 +37,13 @@ class PredictorSettings(ServiceSettings):
         "predictor processes, one per core.",
     )
     predictor_scoring_threads: int = Field(
-        default=1,
+        default=0,
         ge=0,
-        description="Worker threads that decode and score batches while the event loop "
-        "fetches and sends (onnxruntime releases the GIL while it runs); with "
-        "predictor_onnx_threads, at most the cores a predictor is given. 0 scores on the event "
-        "loop.",
+        description="Worker threads that decode and score batches of graph models while the "
+        "event loop fetches and sends (onnxruntime releases the GIL while it runs; decoding "
+        "and image preprocessing do not). 0 scores on the event loop: measured on two cores "
+        "shared with the broker, a thread lost throughput and doubled the image model's "
+        "latency; give it 1 where a predictor has a core to spare.",
     )
     predictor_commit_interval_ms: float = Field(
         default=20.0,

@@ -268,7 +268,9 @@ async def test_each_libraries_graph_is_imported_gated_signed_and_served_exactly(
         for i in range(5)
     ]
     answered = len(requests)
-    async with running(PredictorApp(load(PredictorSettings, **common))):
+    # scored in a worker thread (off by default): the path a predictor with a core to spare takes
+    threaded = load(PredictorSettings, **common, predictor_scoring_threads=1)
+    async with running(PredictorApp(threaded)):
         await produce(base, "requests", requests)
         records = await consume_until(base, "predictions", lambda r: len(r) >= answered)
         await produce(base, "requests", poisoned)  # Gather out of bounds at run time
