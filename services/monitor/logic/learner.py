@@ -107,6 +107,11 @@ class OnlineLearner:
             self.model.learn_one(scaled, float(label))
         self.learned += 1
 
+    def learn_many(self, X: np.ndarray, labels: Sequence[Label]) -> None:
+        """Each row of ``X`` (features in ``feature_names`` order), in order, through river."""
+        for row, label in zip(X.tolist(), labels, strict=True):
+            self.learn_one(dict(zip(self.feature_names, row, strict=True)), label)
+
     def state(self) -> OnlineLearnerState:
         """Everything needed to continue learning after a restart."""
         names = self.feature_names

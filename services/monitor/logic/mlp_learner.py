@@ -33,18 +33,26 @@ class OnlineMLP:
         self.learned = 0
 
     def learn_one(self, x: Mapping[str, float], label: Label) -> None:
-        row = np.array([[x[n] for n in self.feature_names]], dtype=np.float64)
-        Z = (row - self.mean) / self.scale
+        self.learn_many(np.array([[x[n] for n in self.feature_names]], dtype=np.float64), [label])
+
+    def learn_many(self, X: np.ndarray, labels: Sequence[Label]) -> None:
+        """One gradient step per row of ``X`` (features in ``feature_names`` order), in order:
+        the rows standardized and their targets read at once, then only the steps loop."""
+        Z = (np.asarray(X, dtype=np.float64) - self.mean) / self.scale
         if self.task == Task.REGRESSION:
-            target = np.array([float(label)])
+            targets = np.array([float(y) for y in labels])
         elif self.task == Task.BINARY:
-            target = np.array([int(str(label) == self.classes[1])])
+            targets = np.array([int(str(y) == self.classes[1]) for y in labels])
         else:
-            target = np.array([self.classes.index(str(label))])
-        gW, gb = gradients(self.task, Z, target, self.Ws, self.bs, self.l2)
-        for p, g in zip(self.Ws + self.bs, gW + gb, strict=True):
-            p -= self.learning_rate * g
-        self.learned += 1
+            index = {c: k for k, c in enumerate(self.classes)}
+            targets = np.array([index[str(y)] for y in labels])
+        for i in range(len(targets)):
+            gW, gb = gradients(
+                self.task, Z[i : i + 1], targets[i : i + 1], self.Ws, self.bs, self.l2
+            )
+            for p, g in zip(self.Ws + self.bs, gW + gb, strict=True):
+                p -= self.learning_rate * g
+        self.learned += len(targets)
 
     def as_model(self) -> MLPModel:
         layers = [(W[0].copy(), b[0].copy()) for W, b in zip(self.Ws, self.bs, strict=True)]

@@ -30,6 +30,7 @@ from modelstream.contracts.records import (
 from modelstream.errors import InvalidEventError
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.mlp import MLPModel
+from modelstream.services.monitor.logic.array_learner import ArrayLearner
 from modelstream.services.monitor.logic.learner import OnlineLearner
 from modelstream.services.monitor.logic.mlp_learner import OnlineMLP
 from modelstream.services.monitor.logic.quality import (
@@ -71,6 +72,7 @@ class WatchConfig:
     score_drift_threshold: float = 0.25
     learning_rate: float = 0.01
     l2: float = 0.0
+    learner: str = "arrays"  # or "river": the linear online learner
     export_every_labels: int = 2000
     export_every_ms: int = 60_000
     export_min_labels: int = 200
@@ -100,7 +102,7 @@ class ModelWatch:
         self.config = config
         self.body: ModelBody | None = None  # the production artifact (plain tensors)
         self.model: LinearModel | MLPModel | None = None
-        self.learner: OnlineLearner | OnlineMLP | None = None
+        self.learner: ArrayLearner | OnlineLearner | OnlineMLP | None = None
         self.metrics: dict[int, LiveMetrics] = {}
         self.error_drift: dict[int, ErrorDrift] = {}
         self.feature_drift: FeatureDrift | None = None
@@ -137,7 +139,7 @@ class ModelWatch:
         if not self.learns_features or body["task"] == Task.EMBEDDING:
             pass  # a tensor model: live metrics, score and error drift, rollback
         elif model is None:  # a graph over features: a linear challenger from zero
-            self.learner = OnlineLearner(
+            self.learner = self._linear_learner()(
                 Task(body["task"]),
                 body["feature_names"],
                 body["classes"],
@@ -149,7 +151,7 @@ class ModelWatch:
                 # the trainer's loss and weight decay, small steps from the production weights
                 self.learner = OnlineMLP(model, body["training"]["l2"], self.config.learning_rate)
             else:
-                self.learner = OnlineLearner.from_model(
+                self.learner = self._linear_learner().from_model(
                     model,
                     body["lineage"]["example_count"],
                     self.config.learning_rate,
@@ -164,6 +166,9 @@ class ModelWatch:
                     self.config.feature_drift_threshold,
                 )
         self._after_install()
+
+    def _linear_learner(self) -> type[ArrayLearner] | type[OnlineLearner]:
+        return OnlineLearner if self.config.learner == "river" else ArrayLearner
 
     @property
     def learns_features(self) -> bool:
@@ -293,10 +298,11 @@ class ModelWatch:
 
     def _learn(self, X: np.ndarray, labels: Sequence[Labelled], out: Decisions) -> None:
         assert self.learner is not None and self.body is not None
-        task, names = self.body["task"], self.learner.feature_names
+        task = self.body["task"]
         # Progressive validation: the learner as it was at the start of the batch scores the
         # batch before learning from it, beside the production version's own predictions.
         online_scores = self.learner.as_model().proba(X)
+        learn: list[int] = []
         for i, item in enumerate(labels):
             label = item.label
             if task == Task.REGRESSION:
@@ -308,15 +314,20 @@ class ModelWatch:
             self.paired.append((ours, theirs))
             if in_online_holdout(item.request_id):
                 continue
-            self.learner.learn_one(
-                dict(zip(names, X[i].tolist(), strict=True)),
-                label if task != Task.REGRESSION else float(label),
-            )
+            learn.append(i)
             partition, offset = item.feedback_partition, item.feedback_offset
             span = self.feedback_ranges.setdefault(partition, [offset, offset + 1])
             span[0], span[1] = min(span[0], offset), max(span[1], offset + 1)
             self.learned_since_export += 1
             out.learned += 1
+        if learn:
+            self.learner.learn_many(
+                X[learn],
+                [
+                    labels[i].label if task != Task.REGRESSION else float(labels[i].label)
+                    for i in learn
+                ],
+            )
 
     def gain(self) -> float:
         """Online learner minus production on the same recent labels (accuracy or -MAE)."""

@@ -4,6 +4,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import pytest
 
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import in_online_holdout
@@ -318,3 +319,45 @@ def test_drift_windows_carry_across_a_restore():
         codec.decode(codec.encode(MonitorModelState, features.state()), MonitorModelState)
     )
     assert other.feature_drift is not None and other.feature_drift.seen == 0
+
+
+def test_the_array_learner_and_river_watch_alike():
+    """The default learner (river's updates over arrays) and river's own pipeline, fed the
+    same labels in the same batches, learn the same weights and make the same decisions."""
+    X, labels, predictions = shifted_concept(900, 7)
+    items = labelled(X, labels, predictions)
+    config = {"export_every_labels": 300, "export_min_labels": 50, "export_min_gain": 0.0}
+    watches = {}
+    for kind in ("arrays", "river"):
+        watch = ModelWatch("m", WatchConfig(learner=kind, **config))
+        watch.install(*production())
+        decisions = [watch.observe(items[s : s + 150], now_ms=s) for s in range(0, 900, 150)]
+        watches[kind] = (watch, decisions)
+    (ours, ours_d), (theirs, theirs_d) = watches["arrays"], watches["river"]
+    assert type(ours.learner).__name__ == "ArrayLearner"
+    assert type(theirs.learner).__name__ == "OnlineLearner"
+    assert [d.learned for d in ours_d] == [d.learned for d in theirs_d]
+    assert [d.candidate is not None for d in ours_d] == [d.candidate is not None for d in theirs_d]
+    assert any(d.candidate is not None for d in ours_d)
+    a, b = ours.state()["learner"], theirs.state()["learner"]
+    assert a is not None and b is not None
+    np.testing.assert_allclose(a["weights"], b["weights"], rtol=1e-9, atol=1e-12)
+    assert ours.gain() == pytest.approx(theirs.gain(), abs=0.01) and ours.gain() > 0.1
+
+
+def test_the_network_learns_a_batch_as_it_learns_its_rows_one_by_one():
+    from modelstream.learn.mlp import MLPModel
+    from modelstream.services.monitor.logic.mlp_learner import OnlineMLP
+
+    rng = np.random.default_rng(2)
+    layers = [(rng.normal(size=(2, 4)), rng.normal(size=4)), (rng.normal(size=(4, 1)), np.zeros(1))]
+    model = MLPModel(Task.BINARY, ["x0", "x1"], ["0", "1"], layers, np.zeros(2), np.ones(2))
+    X, labels, _ = shifted_concept(200, 3)
+    batch, rows = OnlineMLP(model, 1e-3, 0.05), OnlineMLP(model, 1e-3, 0.05)
+    batch.learn_many(X, labels)
+    for row, label in zip(X, labels, strict=True):
+        rows.learn_one({"x0": row[0], "x1": row[1]}, label)
+    assert batch.learned == rows.learned == 200
+    for a, b in zip(batch.Ws + batch.bs, rows.Ws + rows.bs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(batch.Ws[0][0], layers[0][0])  # it moved
