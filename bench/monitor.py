@@ -15,7 +15,10 @@ process and reports labelled events/s, from its first input to its N-th learned 
    the first input of any copy to the N-th learned label;
 3. ``naive`` - a faust agent as a user might write it: one table lookup/update and, once a
    request id is complete, one river ``learn_one`` per event, no batching;
-4. ``river_inmemory`` - river's own progressive validation (``evaluate.progressive_val_score``)
+4. ``learner_inmemory`` - the monitor's own learner (river's updates over arrays,
+   ``MODELSTREAM_ONLINE_LEARNER=arrays``) in batches of 500 over pre-decoded arrays, each batch
+   scored before it is learned: the limit of the chosen learner, no Kafka, no Avro;
+5. ``river_inmemory`` - river's own progressive validation (``evaluate.progressive_val_score``)
    over the same labelled events held in memory: the limit, no Kafka at all.
 
     python bench/monitor.py [--events 30000] [--naive-events 10000]   # last line: JSON
@@ -264,6 +267,27 @@ def river_inmemory(events: int) -> dict[str, float]:
     return {"eps": events / elapsed, "accuracy": score.get(), "events": events}
 
 
+def learner_inmemory(events: int, batch: int = 500) -> dict[str, float]:
+    """The monitor's own learner (river's updates over arrays, from a zero model as river's
+    pipeline above starts) with the same progressive validation over pre-decoded arrays:
+    each batch scored by the learner as it was, then learned."""
+    from modelstream.contracts.records import Task
+    from modelstream.services.monitor.logic.array_learner import ArrayLearner
+
+    _, _, names = dataset(MODEL)
+    X, labels, _ = labelled_stream(events)
+    learner = ArrayLearner(Task.BINARY, names, ["0", "1"])
+    correct = 0
+    started = time.perf_counter()
+    for start in range(0, events, batch):
+        rows, truth = X[start : start + batch], labels[start : start + batch]
+        predicted = learner.as_model().proba(rows).argmax(axis=1)
+        correct += int((predicted == np.asarray(truth, dtype=int)).sum())
+        learner.learn_many(rows, truth)
+    elapsed = time.perf_counter() - started
+    return {"eps": events / elapsed, "accuracy": correct / events, "events": events}
+
+
 # -- orchestration ------------------------------------------------------------------------------
 async def prepared(base: Settings, keys: Path, body: dict[str, Any], events: int) -> Settings:
     settings = load(
@@ -338,7 +362,9 @@ def main() -> None:
     parser.add_argument("--public-key")
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--naive-events", type=int, default=10_000)
-    parser.add_argument("--only", default="monitor,copies,naive,river", help="comma-separated")
+    parser.add_argument(
+        "--only", default="monitor,copies,naive,learner,river", help="comma-separated"
+    )
     args = parser.parse_args()
     if args.worker:
         settings = load(
@@ -385,6 +411,14 @@ def main() -> None:
             )
             results["naive_eps"] = round(naive["eps"])
             print(f"  {'naive_eps':20} {naive['eps']:>9,.0f} labelled events/s")
+    if "learner" in wanted:
+        ours = learner_inmemory(args.events)
+        results["learner_inmemory_eps"] = round(ours["eps"])
+        print(
+            f"  {'learner_inmemory_eps':20} {ours['eps']:>9,.0f} labelled events/s   "
+            f"(the monitor's learner over arrays, batches of 500, progressive validation in "
+            f"memory, accuracy {ours['accuracy']:.4f})"
+        )
     if "river" in wanted:
         river = river_inmemory(args.events)
         results["river_inmemory_eps"] = round(river["eps"])
@@ -395,7 +429,10 @@ def main() -> None:
     if wanted >= {"monitor", "copies", "naive", "river"}:
         print(
             f"  ratios: monitor / river in memory = "
-            f"{results['monitor_eps'] / results['river_inmemory_eps']:.2f}x, 3 copies / 1 = "
+            f"{results['monitor_eps'] / results['river_inmemory_eps']:.2f}x, monitor / its "
+            f"learner in memory = "
+            f"{results['monitor_eps'] / results.get('learner_inmemory_eps', float('nan')):.2f}x, "
+            f"3 copies / 1 = "
             f"{results['monitor_x3_eps'] / results['monitor_eps']:.2f}x, monitor / naive = "
             f"{results['monitor_eps'] / results['naive_eps']:.2f}x"
         )
