@@ -321,6 +321,13 @@ ONLINE_LEARNER_LABELS = Gauge(
     "(restored after a restart).",
     ["model"],
 )
+LEARNER_LAG = Gauge(
+    "modelstream_learner_lag_seconds",
+    "Per model: age of the newest labelled batch its learner has committed (from the join's "
+    "write to the learner's commit); one model's labels flooding a learner task show here as "
+    "the other models' lag.",
+    ["model"],
+)
 ONLINE_GAIN = Gauge(
     "modelstream_online_gain_ratio",
     "Online learner minus production on the same recent labels (accuracy, or -MAE).",

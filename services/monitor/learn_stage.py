@@ -73,6 +73,7 @@ from modelstream.telemetry import (
     DRIFT_EVENTS,
     JOIN_MATCH_RATIO,
     LABELS_JOINED,
+    LEARNER_LAG,
     MONITOR_RESTORE_SECONDS,
     ONLINE_CANDIDATES,
     ONLINE_GAIN,
@@ -96,6 +97,7 @@ class _Observed:
     state: MonitorModelState
     labels: int
     dead_letters: int
+    written_ms: int  # the newest labelled batch's record timestamp (the join's write)
 
 
 class LearnStage:
@@ -190,6 +192,7 @@ class LearnStage:
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         out: list[Outgoing] = []
         by_model: dict[str, list[MonitorLabelled]] = defaultdict(list)
+        written: dict[str, int] = {}
         for record in records:
             try:
                 batch = self.codec.decode(record.value, MonitorLabelledBatch, self.limits)
@@ -202,14 +205,21 @@ class LearnStage:
                     )
                 )
                 continue
-            by_model[(record.key or b"").decode(errors="replace")].extend(batch["labels"])
+            model = (record.key or b"").decode(errors="replace")
+            by_model[model].extend(batch["labels"])
+            written[model] = max(written.get(model, 0), record.timestamp)
         now = now_ms()
         for model, labels in by_model.items():
-            out.extend(self._observe(task, model, labels, now))
+            out.extend(self._observe(task, model, labels, now, written[model]))
         return out
 
     def _observe(
-        self, task: int, model: str, items: Sequence[MonitorLabelled], now: int
+        self,
+        task: int,
+        model: str,
+        items: Sequence[MonitorLabelled],
+        now: int,
+        written_ms: int = 0,
     ) -> list[Outgoing]:
         watch = self.watch(model)
         out: list[Outgoing] = []
@@ -245,6 +255,7 @@ class LearnStage:
             state,
             len(items) + (previous.labels if previous else 0),
             dead_letters + len(decisions.unusable) + (previous.dead_letters if previous else 0),
+            max(written_ms, previous.written_ms if previous else 0),
         )
         if previous is not None:  # the same model twice in one transaction (isolation rerun)
             _merge(previous.decisions, decisions)
@@ -430,9 +441,12 @@ class LearnStage:
     # -- transactions --------------------------------------------------------------------
     def committed(self, task: int, written: Written) -> None:
         self.changelog.wrote(task, written)
+        at = now_ms()
         for model, observed in self.pending.pop(task, {}).items():
             self.saved[model] = observed.state
             self._report(observed.watch, observed.decisions, observed.dead_letters)
+            if observed.written_ms:
+                LEARNER_LAG.labels(model).set(max(0.0, (at - observed.written_ms) / 1000))
 
     def aborted(self, task: int) -> None:
         """Back to the committed state: the batch will be learned again."""

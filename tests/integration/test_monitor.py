@@ -341,6 +341,7 @@ async def monitor_restart_scenario(
         caught_up_s = time.monotonic() - restarted
         await asyncio.sleep(2)  # anything more would be a label learned twice
         learned = second.metric("modelstream_online_learner_labels", model=BC)
+        lag = second.metric("modelstream_learner_lag_seconds", model=BC)  # set on every commit
         log = second.log_path.read_text(errors="replace")
     finally:
         for process in (first, second):
@@ -352,8 +353,9 @@ async def monitor_restart_scenario(
         f"\nmonitor kill -9: learner at {before_kill:.0f} labels when killed; after restart "
         f"{learned:.0f} of {learned_expected} learnable labels; {len(set(ids))} of {n} "
         f"labels joined ({len(ids) - len(set(ids))} re-written after the crash); caught up "
-        f"{caught_up_s:.1f} s after the restart"
+        f"{caught_up_s:.1f} s after the restart; learner lag at the end {lag:.3f} s"
     )
+    assert lag > 0
     # The second process learned on from the state the first committed, read back from its
     # changelog before its first batch.
     assert re.search(r"monitor-model-state\[\d\]: restored [1-9]\d* records", log), log[-3000:]
