@@ -10,9 +10,13 @@ process and reports labelled events/s, from its first input to its N-th learned 
 1. ``monitor`` - `modelstream run monitor`'s MonitorApp: repartition-free join where records
    already sit in their join partition, exactly-once join and learner stages with
    changelog-backed state, live metrics, drift checks, online learning, quality windows;
-2. ``monitor_x3`` - three monitor processes in one consumer group splitting the partitions
-   (one model: the join splits six ways, the model's learner lives in one copy); rate from
-   the first input of any copy to the N-th learned label;
+   three models (the breast-cancer model under three names whose learners sit in the
+   three learner tasks), the N labels split evenly between them;
+2. ``monitor_x3`` - three monitor processes in one consumer group, all started on the empty
+   topics and waited for until each holds join and learner tasks, then the same load
+   written: the join splits six ways, each model's learner lives in one copy; rate from the
+   first input of any copy to the N-th label learned, and each copy's joined and learned
+   counts (``monitor_x3_copy<k>_joined``, ``_learned``);
 3. ``naive`` - a faust agent as a user might write it: one table lookup/update and, once a
    request id is complete, one river ``learn_one`` per event, no batching;
 4. ``learner_inmemory`` - the monitor's own learner (river's updates over arrays,
@@ -68,6 +72,24 @@ HERE = Path(__file__).resolve()
 MODEL = "breast-cancer"
 
 
+def spread_models(count: int) -> list[str]:
+    """``count`` names of the breast-cancer model whose learners sit in different learner
+    tasks (one per copy when three copies split them)."""
+    from modelstream.services.monitor.join_stage import learn_partition
+
+    names: list[str] = []
+    for suffix in ["", *"abcdefghijklmnop"]:
+        name = f"{MODEL}-{suffix}" if suffix else MODEL
+        if learn_partition(name) not in {learn_partition(n) for n in names}:
+            names.append(name)
+        if len(names) == count:
+            return names
+    raise RuntimeError("no spread of model names found")
+
+
+MODELS = spread_models(3)  # the monitor runs: three models, one per learner task
+
+
 def labelled_stream(n: int) -> tuple[np.ndarray, list[str], list[str]]:
     X, y, _ = dataset(MODEL)
     rows = np.array([X[i % len(X)] for i in range(n)])
@@ -75,10 +97,11 @@ def labelled_stream(n: int) -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def predictions_and_feedback(
-    body: dict[str, Any], n: int
+    body: dict[str, Any], n: int, model: str = MODEL, prefix: str = "r"
 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
     codec = default_codec()
-    X, labels, ids = labelled_stream(n)
+    X, labels, _ = labelled_stream(n)
+    ids = [f"{prefix}{i}" for i in range(n)]
     proba = LinearModel.from_body(body).proba(X)
     now = int(time.time() * 1000)
     predictions, feedback = [], []
@@ -90,7 +113,7 @@ def predictions_and_feedback(
                     Prediction,
                     {
                         "request_id": rid,
-                        "model": MODEL,
+                        "model": model,
                         "version": 1,
                         "digest_prefix": "",
                         "prediction": str(int(p.argmax())),
@@ -107,7 +130,7 @@ def predictions_and_feedback(
                 rid.encode(),
                 codec.encode(
                     Feedback,
-                    {"request_id": rid, "model": MODEL, "label": label, "timestamp_ms": now + 1000},
+                    {"request_id": rid, "model": model, "label": label, "timestamp_ms": now + 1000},
                 ),
             )
         )
@@ -143,8 +166,15 @@ async def monitor_worker(settings: Settings, events: int, *, copy: str = "") -> 
     app.join.process = timed  # type: ignore[method-assign]
     await app.start()
     running = asyncio.create_task(app.run())
+
+    def labels() -> int:  # labels this copy's learners hold as joined, over every model
+        return sum(app.joined_total(m) for m in MODELS)
+
+    def learned() -> int:
+        return sum(w.learner.learned for w in app.watches.values() if w.learner is not None)
+
     try:
-        while app.joined_total(MODEL) < events:
+        while copy or labels() < events:  # a copy runs until it is stopped
             if copy:
                 print(
                     json.dumps(
@@ -152,18 +182,19 @@ async def monitor_worker(settings: Settings, events: int, *, copy: str = "") -> 
                             "copy": copy,
                             "t": time.time(),
                             "first": first[0] if first else None,
-                            "learned": app.joined_total(MODEL),
+                            "labels": labels(),
+                            "learned": learned(),
                             "joined": app.join.joined,
                             "forwarded": app.join.forwarded,
+                            "join_tasks": len(app.join_pipeline.assigned_tasks()),
+                            "learn_tasks": len(app.learn_pipeline.assigned_tasks()),
                         }
                     ),
                     flush=True,
                 )
             await asyncio.sleep(0.5 if copy else 0.005)
         last = time.time()
-        watch = app.watches[MODEL]
-        learned = watch.learner.learned if watch.learner else 0
-        started = first[0] if first else last  # a copy may hold the learner but no join task
+        started = first[0] if first else last
         return {
             # a copy holding the learner but no join task has no first input of its own
             "eps": events / (last - started) if last > started else 0.0,
@@ -171,7 +202,7 @@ async def monitor_worker(settings: Settings, events: int, *, copy: str = "") -> 
             "last": last,
             "rss_mib": peak_rss_mib(),
             "events": events,
-            "learned": learned,
+            "learned": learned(),
             "forwarded": app.join.forwarded,
             "joined": app.join.joined,
             "restore_s": max(
@@ -289,29 +320,69 @@ def learner_inmemory(events: int, batch: int = 500) -> dict[str, float]:
 
 
 # -- orchestration ------------------------------------------------------------------------------
-async def prepared(base: Settings, keys: Path, body: dict[str, Any], events: int) -> Settings:
+async def prepared(
+    base: Settings,
+    keys: Path,
+    body: dict[str, Any],
+    events: int,
+    models: list[str] | None = None,
+    *,
+    load_now: bool = True,
+) -> Settings:
+    """Fresh topics with ``models`` (one model by default) published; ``events`` labelled
+    events split evenly between them, written now or by :func:`load_events` later."""
     settings = load(
         bootstrap_servers=base.bootstrap,
         topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
         public_key_file=keys / "modelstream.pub",
     )
     await create_topics(settings)
-    await publish(settings, keys, body, 1)
-    predictions, feedback = predictions_and_feedback(body, events)
-    requests = request_bytes(MODEL, events, packed=True, prefix="r")
+    for model in models or [MODEL]:
+        await publish(settings, keys, {**body, "name": model}, 1)
+    if load_now:
+        await load_events(settings, body, events, models or [MODEL])
+    return settings
+
+
+async def load_events(
+    settings: Settings, body: dict[str, Any], events: int, models: list[str]
+) -> None:
+    """Requests, predictions and feedback of ``events`` labels, as evenly as can be over
+    ``models`` (request ids distinct across models)."""
+    requests, predictions, feedback = [], [], []
+    for k, model in enumerate(models):
+        n = events // len(models) + (1 if k < events % len(models) else 0)
+        prefix = f"r{k}-" if len(models) > 1 else "r"
+        scored, labelled = predictions_and_feedback({**body, "name": model}, n, model, prefix)
+        asked = request_bytes(MODEL, n, packed=True, prefix=prefix)
+        if model != MODEL:  # the same rows, asked of this model
+            codec = default_codec()
+            asked = [
+                (
+                    key,
+                    codec.encode(
+                        PredictionRequest, {**codec.decode(v, PredictionRequest), "model": model}
+                    ),
+                )
+                for key, v in asked
+            ]
+        requests += asked
+        predictions += scored
+        feedback += labelled
     await preload(settings, requests, "requests", by_murmur2)
     await preload(settings, predictions, "predictions", by_crc32)
     await preload(settings, feedback, "feedback", by_murmur2)
-    return settings
 
 
 def worker_command(kind: str, settings: Settings, events: int) -> list[str]:
     return common_worker_command(HERE, kind, settings, events, Path(str(settings.public_key_file)))
 
 
-def copies(settings: Settings, events: int, count: int = 3) -> dict[str, float]:
-    """``count`` monitor processes in one group: labelled events/s from the first input any
-    of them read to the N-th label learned."""
+def copies(settings: Settings, body: dict[str, Any], events: int, count: int = 3) -> dict[str, Any]:
+    """``count`` monitor processes in one group, all started on empty topics and given
+    their tasks before the labels are written: labelled events/s from the first input any
+    of them read to the last of ``events`` labels learned (summed over the copies, each
+    model's learner in one of them); each copy's joined and learned counts."""
     lines: queue.Queue[tuple[int, str]] = queue.Queue()
     logs = Path(tempfile.mkdtemp(prefix="bench-monitor-copies-"))
     print(f"  (logs of the copies in {logs})")
@@ -328,24 +399,35 @@ def copies(settings: Settings, events: int, count: int = 3) -> dict[str, float]:
             target=lambda i=i, proc=proc: [lines.put((i, line)) for line in proc.stdout or ()],
             daemon=True,
         ).start()
-    firsts: dict[int, float] = {}
-    joined: dict[int, int] = {}
+    latest: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + 900
-    try:
-        while True:
+
+    def read_until(done: Any) -> None:
+        while not done():
             i, line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
-            if "{" not in line:
-                continue
-            report = json.loads(line[line.index("{") :])
-            if report.get("first"):
-                firsts[i] = min(firsts.get(i, report["first"]), report["first"])
-            if "eps" in report:  # the copy holding the model's learner is through
-                return {
-                    "eps": events / (report["last"] - min(firsts.values(), default=report["last"])),
-                    "joined_by_copy": sorted({**joined, i: report["joined"]}.values()),
-                    "restore_s": report["restore_s"],
-                }
-            joined[i] = report["joined"]
+            if "{" in line:
+                latest[i] = json.loads(line[line.index("{") :])
+
+    try:
+        # every copy has join and learner tasks (a rebalance settled) before any label exists
+        read_until(
+            lambda: (
+                len(latest) == count
+                and all(r["join_tasks"] > 0 and r["learn_tasks"] > 0 for r in latest.values())
+            )
+        )
+        asyncio.run(load_events(settings, body, events, MODELS))
+        read_until(lambda: sum(r["labels"] for r in latest.values()) >= events)
+        last = max(r["t"] for r in latest.values())
+        first = min((r["first"] for r in latest.values() if r["first"]), default=last)
+        reports = [latest[i] for i in sorted(latest)]
+        return {
+            "eps": events / (last - first) if last > first else 0.0,
+            "joined_by_copy": [r["joined"] for r in reports],
+            "learned_by_copy": [r["learned"] for r in reports],
+            "join_tasks_by_copy": [r["join_tasks"] for r in reports],
+            "learn_tasks_by_copy": [r["learn_tasks"] for r in reports],
+        }
     finally:
         for proc in procs:
             proc.terminate()
@@ -387,7 +469,7 @@ def main() -> None:
     with broker() as base:
         print(f"broker {base.bootstrap}; labelled events = request + prediction + feedback")
         if "monitor" in wanted:
-            settings = asyncio.run(prepared(base, keys, body, args.events))
+            settings = asyncio.run(prepared(base, keys, body, args.events, MODELS))
             one = spawn_worker(HERE, "monitor", settings, args.events, settings.public_key_file)
             results["monitor_eps"] = round(one["eps"])
             results["monitor_rss_mib"] = round(one["rss_mib"], 1)
@@ -397,12 +479,19 @@ def main() -> None:
                 f"records forwarded to their join partition)"
             )
         if "copies" in wanted:
-            settings = asyncio.run(prepared(base, keys, body, args.events))
-            three = copies(settings, args.events)
+            settings = asyncio.run(prepared(base, keys, body, args.events, MODELS, load_now=False))
+            three = copies(settings, body, args.events)
             results["monitor_x3_eps"] = round(three["eps"])
+            for k, (joined, learned) in enumerate(
+                zip(three["joined_by_copy"], three["learned_by_copy"], strict=True)
+            ):
+                results[f"monitor_x3_copy{k + 1}_joined"] = joined
+                results[f"monitor_x3_copy{k + 1}_learned"] = learned
             print(
                 f"  {'monitor_x3_eps':20} {three['eps']:>9,.0f} labelled events/s   "
-                f"(3 processes; labels joined per copy {three['joined_by_copy']})"
+                f"(3 processes, started before the load; per copy: labels joined "
+                f"{three['joined_by_copy']}, learned {three['learned_by_copy']}, join tasks "
+                f"{three['join_tasks_by_copy']}, learner tasks {three['learn_tasks_by_copy']})"
             )
         if "naive" in wanted:
             settings = asyncio.run(prepared(base, keys, body, args.naive_events))
