@@ -310,6 +310,12 @@ JOIN_MATCH_RATIO = Gauge(
 JOIN_PENDING = Gauge(
     "modelstream_join_pending_records", "Request ids held in the join table.", ["service"]
 )
+JOIN_STATE_BYTES = Gauge(
+    "modelstream_join_state_bytes",
+    "Bytes of the request, prediction and feedback parts the join table holds until their "
+    "label completes or expires (a complete label keeps only a marker).",
+    ["service"],
+)
 ONLINE_LEARNED = Counter(
     "modelstream_online_labels_learned_total",
     "Labels the online learner learned from.",

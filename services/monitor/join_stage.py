@@ -71,6 +71,7 @@ from modelstream.telemetry import (
     JOIN_DUPLICATES,
     JOIN_EXPIRED,
     JOIN_PENDING,
+    JOIN_STATE_BYTES,
     MONITOR_FORWARDED,
     MONITOR_RESTORE_SECONDS,
 )
@@ -389,6 +390,9 @@ class JoinStage:
         if staged.duplicates:
             JOIN_DUPLICATES.labels("").inc(staged.duplicates)
         JOIN_PENDING.labels(SERVICE).set(self.pending())
+        JOIN_STATE_BYTES.labels(SERVICE).set(
+            sum(self.tables[t].size for t in self.owned if t in self.tables)
+        )
 
     def aborted(self, task: int) -> None:
         self.staged.pop(task, None)

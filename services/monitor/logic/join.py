@@ -65,6 +65,11 @@ class Entry:
             self.request is not None and self.prediction is not None and (self.feedback is not None)
         )
 
+    @property
+    def size(self) -> int:
+        """Bytes of the parts held (what the table's memory and changelog grow with)."""
+        return len(self.request or b"") + len(self.prediction or b"") + len(self.feedback or b"")
+
     def missing(self) -> list[str]:
         return [
             kind
@@ -177,25 +182,28 @@ class JoinTable:
 
     def __init__(self) -> None:
         self.entries: dict[bytes, Entry] = {}
+        self.size = 0  # bytes of the parts held, kept as entries change
 
     def stage(self) -> Staged:
         return Staged(self)
 
-    def commit(self, staged: Staged) -> None:
-        for request_id, entry in staged.changed.items():
-            if entry is None:
-                self.entries.pop(request_id, None)
-            elif request_id in self.entries:
-                self.entries[request_id] = entry  # keeps its place in first-seen order
-            else:
-                self.entries[request_id] = entry
-
-    def restore(self, request_id: bytes, entry: Entry | None) -> None:
-        """Apply one changelog record while the table is rebuilt (then :meth:`reorder`)."""
+    def _put(self, request_id: bytes, entry: Entry | None) -> None:
+        old = self.entries.get(request_id)
+        if old is not None:
+            self.size -= old.size
         if entry is None:
             self.entries.pop(request_id, None)
         else:
-            self.entries[request_id] = entry
+            self.entries[request_id] = entry  # a known id keeps its place in first-seen order
+            self.size += entry.size
+
+    def commit(self, staged: Staged) -> None:
+        for request_id, entry in staged.changed.items():
+            self._put(request_id, entry)
+
+    def restore(self, request_id: bytes, entry: Entry | None) -> None:
+        """Apply one changelog record while the table is rebuilt (then :meth:`reorder`)."""
+        self._put(request_id, entry)
 
     def reorder(self) -> None:
         """First-seen order again after a restore (a compacted changelog holds each entry

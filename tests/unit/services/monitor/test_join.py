@@ -109,3 +109,25 @@ def test_the_table_round_trips_through_its_avro_changelog_and_reorders():
     rebuilt.reorder()
     assert rebuilt.entries == entries
     assert list(rebuilt.entries) == [b"b", b"c", b"a"]  # first-seen order again
+
+
+def test_the_table_counts_the_bytes_it_holds():
+    table = JoinTable()
+    staged = table.stage()
+    staged.add(b"a", REQUESTS, b"r" * 100, 1)
+    staged.add(b"a", PREDICTIONS, b"p" * 40, 1)
+    staged.add(b"b", FEEDBACK, b"f" * 7, 1, (0, 1))
+    assert table.size == 0  # nothing applied before the commit
+    table.commit(staged)
+    assert table.size == 147
+    staged = table.stage()
+    staged.add(b"a", FEEDBACK, b"f" * 9, 2, (0, 2))  # complete: a marker remains
+    table.commit(staged)
+    assert table.size == 7 and table.entries[b"a"].done
+    staged = table.stage()
+    staged.expire(now_ms=100, ttl_ms=10)
+    table.commit(staged)
+    assert table.size == 0 and not table.entries
+    for request_id, entry in ((b"c", Entry(1, request=b"xyz")), (b"c", None)):
+        table.restore(request_id, entry)
+        assert table.size == (3 if entry is not None else 0)
