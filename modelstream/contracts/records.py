@@ -479,6 +479,7 @@ class MetricWindowState(TypedDict):
 
 
 class DriftWindowState(TypedDict):
+    window: int
     score_counts: list[int]
     feature_sums: list[float]
     feature_seen: int

@@ -714,7 +714,15 @@ class TensorScorer:
                     return None
                 static = tuple(cast(tuple[int, ...], row))
                 size = math.prod(static) * np.dtype(tensors.NUMPY_TYPES[target.datatype]).itemsize
-                shapes: tuple[tuple[int, ...], ...] = (static, (1, *static))
+                # only shapes the per-row path accepts (its rank and size bounds)
+                shapes: tuple[tuple[int, ...], ...] = tuple(
+                    shape
+                    for shape in (static, (1, *static))
+                    if len(shape) <= tensors.MAX_RANK
+                    and all(0 <= n <= tensors.MAX_DIMENSION for n in shape)
+                )
+                if not shapes:
+                    return None
                 plans.append(_StackPlan(name, target.datatype, shapes, size, static, None))
             elif item["kind"] == "IMAGE":
                 spec = item["image"]

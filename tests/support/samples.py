@@ -332,6 +332,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "last_train_ms": 0,
         "joined_total": 2,
         "drift_windows": {
+            "window": 500,
             "score_counts": [0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
             "feature_sums": [0.5, -1.25],
             "feature_seen": 2,

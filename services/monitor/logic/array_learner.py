@@ -8,7 +8,9 @@ it, as river's ``learn_one`` then ``transform_one`` does), and only the SGD step
 depends on the previous one, loops: a dot product and an update of one weight vector per
 label. The state is :class:`OnlineLearnerState`, the same as river's learner writes, so
 either learner continues from the other's; a test holds the two equal to 1e-9 on the
-same streams.
+same streams from the same model. One difference from a zero start (the challenger of an
+imported graph): river's softmax knows only the classes it has seen, this learner every
+class of the model from the first label, so their first multiclass updates differ.
 
 >>> model = LinearModel(Task.BINARY, ["x"], ["0", "1"], np.array([[2.0]]), np.array([0.0]),
 ...                     np.array([0.0]), np.array([1.0]))
@@ -97,8 +99,11 @@ class ArrayLearner:
         statistics just after it was added (river's learn_one, then transform_one)."""
         n = len(X)
         counts = self.counts + np.arange(1, n + 1)[:, None]  # [n, d]
-        totals = self.counts * self.means + np.cumsum(X, axis=0)
-        means = totals / counts
+        # sums taken from a reference (the current mean, or the first row when there is
+        # none) so a constant feature sums exact zeros: its mean stays exact and its
+        # variance exactly 0, as Welford's update keeps them (it is then scaled to 0)
+        ref = np.where(self.counts > 0, self.means, X[0])
+        means = ref + (self.counts * (self.means - ref) + np.cumsum(X - ref, axis=0)) / counts
         before = np.vstack((self.means[None, :], means[:-1]))
         spread = self.counts * self.vars + np.cumsum((X - before) * (X - means), axis=0)
         variances = spread / counts

@@ -416,6 +416,7 @@ class ModelWatch:
             return None
         sums, seen = self.feature_drift.state() if self.feature_drift is not None else ([], 0)
         return {
+            "window": self.config.feature_drift_window,
             "score_counts": self.score_drift.state() if self.score_drift is not None else [],
             "feature_sums": sums,
             "feature_seen": seen,
@@ -434,7 +435,11 @@ class ModelWatch:
         self.joined_total = state["joined_total"]
         self.last_export_ms = state["last_export_ms"]
         windows = state.get("drift_windows")
-        if windows is not None and state["version"] == self.version:
+        if (
+            windows is not None
+            and state["version"] == self.version
+            and windows["window"] == self.config.feature_drift_window
+        ):  # the same windows: another size would misread the counts and sums
             if self.score_drift is not None:
                 self.score_drift.restore(windows["score_counts"])
             if self.feature_drift is not None:

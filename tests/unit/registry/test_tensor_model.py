@@ -514,3 +514,17 @@ def test_numeric_tensors_of_the_graphs_row_shape_are_read_into_one_column():
     dynamic = plain(_summing_graph())
     assert dynamic.stack_plans is None
     assert dynamic.stack([[tensors.from_array("x", np.zeros((1, 3), np.float32))]]) == (None, [0])
+
+
+def test_a_column_takes_no_shape_the_per_row_path_refuses():
+    """A row of rank 8 with a leading 1 is rank 9, over the tensors' bound: left to the
+    per-row path, which refuses it with its reason."""
+    signature = describe(_linear_graph([1, 1, 1, 1, 1, 1, 1, 2]), None, classes=["a", "b", "c"])
+    model = TensorScorer(tensor_candidate("deep", signature, created_by="t"))
+    row = np.ones((1, 1, 1, 1, 1, 1, 1, 2), np.float32)
+    stacked, rest = model.stack(
+        [[tensors.from_array("x", row)], [tensors.from_array("x", row[None])]]
+    )
+    assert stacked is not None and len(stacked) == 1 and rest == [1]
+    with pytest.raises(InvalidEventError, match="rank 9 is over 8"):
+        model.prepare([tensors.from_array("x", row[None])])

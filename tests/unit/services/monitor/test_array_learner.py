@@ -92,3 +92,35 @@ def test_either_learner_continues_from_the_others_state(dataset):
     np.testing.assert_allclose(
         ours.as_model().proba(X[:20]), river.as_model().proba(X[:20]), rtol=1e-9, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("start", ["zero", "model"])
+def test_a_constant_feature_is_scaled_to_zero_as_river_scales_it(start):
+    """A feature with one value in every row (0.1: not exact in binary) keeps variance 0,
+    so it is scaled to 0 and moves no weight, from a zero start or from a model whose
+    statistics say it never varied."""
+    rng = np.random.default_rng(4)
+    X = np.column_stack((np.full(60, 0.1), rng.normal(size=60)))
+    labels = ["1" if x > 0 else "0" for x in X[:, 1]]
+    names, classes = ["c", "x"], ["0", "1"]
+    if start == "zero":
+        ours = ArrayLearner(Task.BINARY, names, classes, 0.05)
+        river = OnlineLearner(Task.BINARY, names, classes, 0.05)
+    else:
+        model = LinearModel(
+            Task.BINARY,
+            names,
+            classes,
+            np.array([[0.0], [1.0]]),
+            np.array([0.0]),
+            np.array([0.1, 0.0]),
+            np.array([0.0, 1.0]),  # the constant column's scale: 0
+        )
+        ours = ArrayLearner.from_model(model, 100, 0.05)
+        river = OnlineLearner.from_model(model, 100, 0.05)
+    ours.learn_many(X, labels)
+    for row, label in zip(X, labels, strict=True):
+        river.learn_one({"c": row[0], "x": row[1]}, label)
+    assert ours.state()["vars"][0] == river.state()["vars"][0] == 0.0
+    assert ours.state()["weights"][0][0] == river.state()["weights"][0][0] == 0.0
+    assert_same(ours, river, X)

@@ -319,6 +319,12 @@ def test_drift_windows_carry_across_a_restore():
         codec.decode(codec.encode(MonitorModelState, features.state()), MonitorModelState)
     )
     assert other.feature_drift is not None and other.feature_drift.seen == 0
+    resized = ModelWatch("m", WatchConfig(feature_drift_window=100))  # the operator changed it
+    resized.install(*trained())
+    resized.restore(
+        codec.decode(codec.encode(MonitorModelState, features.state()), MonitorModelState)
+    )
+    assert resized.feature_drift is not None and resized.feature_drift.seen == 0
 
 
 def test_the_array_learner_and_river_watch_alike():
