@@ -31,7 +31,7 @@ import numpy as np
 from modelstream.contracts.builders import LinearTensors
 from modelstream.contracts.records import Label, OnlineLearnerState, Task
 from modelstream.learn.linear import LinearModel
-from modelstream.registry.artifact import to_tensor
+from modelstream.services.monitor.logic.learner import linear_tensors
 
 # river's defaults that the pipeline relies on (linear_model.LogisticRegression and
 # LinearRegression): the intercept moves at a constant 0.01 whatever the optimizer's rate,
@@ -220,19 +220,12 @@ class ArrayLearner:
 
     def export(self) -> LinearTensors:
         """Weights and standardization as artifact tensors (the predictor's format)."""
-        scale = np.sqrt(self.vars)
-        scale[scale < 1e-12] = 1.0
         d = len(self.feature_names)
         if self.task == Task.MULTICLASS:
             W, b = self.W[:d].copy(), self.W[d].copy()
         else:
             W, b = self.W.copy(), np.array([self.intercept])
-        return {
-            "weights": to_tensor(W),
-            "intercepts": to_tensor(b),
-            "feature_mean": to_tensor(self.means.copy()),
-            "feature_scale": to_tensor(scale),
-        }
+        return linear_tensors(W, b, self.means.copy(), self.vars.copy())
 
     def layer_records(self) -> None:
         """A linear learner has no dense layers (see OnlineMLP)."""

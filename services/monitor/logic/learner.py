@@ -156,20 +156,13 @@ class OnlineLearner:
         names = self.feature_names
         mean = np.array([self.scaler.means.get(n, 0.0) for n in names])
         var = np.array([self.scaler.vars.get(n, 0.0) for n in names])
-        scale = np.sqrt(var)
-        scale[scale < 1e-12] = 1.0
         if self.task == Task.MULTICLASS:
             W = np.array([[self.model.weights[c].get(n, 0.0) for c in self.classes] for n in names])
             b = np.array([self.model.weights[c].get(BIAS, 0.0) for c in self.classes])
         else:
             W = np.array([[self.model._weights.get(n, 0.0)] for n in names])
             b = np.array([float(self.model.intercept)])
-        return {
-            "weights": to_tensor(W),
-            "intercepts": to_tensor(b),
-            "feature_mean": to_tensor(mean),
-            "feature_scale": to_tensor(scale),
-        }
+        return linear_tensors(W, b, mean, var)
 
     def layer_records(self) -> None:
         """A linear learner has no dense layers (see OnlineMLP)."""
@@ -178,3 +171,18 @@ class OnlineLearner:
     def as_model(self) -> LinearModel:
         """The learner as it is now, as a model that scores whole matrices."""
         return LinearModel.from_tensors(self.task, self.feature_names, self.classes, self.export())
+
+
+def linear_tensors(
+    W: np.ndarray, b: np.ndarray, mean: np.ndarray, var: np.ndarray
+) -> LinearTensors:
+    """An online learner's weights and scaler statistics as artifact tensors (the
+    predictor's format); a feature that never varied gets scale 1."""
+    scale = np.sqrt(var)
+    scale[scale < 1e-12] = 1.0
+    return {
+        "weights": to_tensor(W),
+        "intercepts": to_tensor(b),
+        "feature_mean": to_tensor(mean),
+        "feature_scale": to_tensor(scale),
+    }

@@ -65,6 +65,41 @@ def shifted_concept(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str]
     return X, labels, predictions
 
 
+def image_model(holdout_tops: np.ndarray) -> Any:
+    """A published image model (v1) whose artifact records the deciles of its hold-out's top
+    scores ``holdout_tops``."""
+    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
+    from tests.support.tensor_models import image_graph, spec
+
+    body = tensor_candidate("img", describe(image_graph()[0], parse_spec(spec())), created_by="t")
+    body["version"] = 1
+    edges = np.percentile(holdout_tops, range(10, 100, 10))
+    body["metrics"] = {
+        f"validation_score_q{q}": float(v) for q, v in zip(range(10, 100, 10), edges, strict=True)
+    }
+    return body
+
+
+def top_score_labels(tops: np.ndarray, start: int, wrong_every: int = 0) -> list[Labelled]:
+    """Labels of the image model's predictions of "a" with top scores ``tops``; every
+    ``wrong_every``-th (from the first) labelled "b"."""
+    return [
+        Labelled(
+            request_id=f"r{start + i}",
+            features=b"",
+            version=1,
+            prediction="a",
+            scores={"a": float(t), "b": float(1 - t) / 2, "c": float(1 - t) / 2},
+            predicted_at_ms=0,
+            label="b" if wrong_every and i % wrong_every == 0 else "a",
+            labelled_at_ms=10,
+            feedback_partition=0,
+            feedback_offset=start + i,
+        )
+        for i, t in enumerate(tops)
+    ]
+
+
 def test_a_restored_watch_carries_on_exactly_like_the_saved_one():
     X, labels, predictions = shifted_concept(600, 1)
     items = labelled(X, labels, predictions)
@@ -179,42 +214,16 @@ def test_score_drift_compares_live_top_scores_with_the_holdout_deciles():
 
 
 def test_a_tensor_model_is_watched_without_a_learner():
-    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
-    from tests.support.tensor_models import image_graph, spec
-
-    body = tensor_candidate("img", describe(image_graph()[0], parse_spec(spec())), created_by="t")
-    body["version"] = 1
     rng = np.random.default_rng(0)
-    confident = rng.beta(8, 2, 5000)
-    edges = np.percentile(confident, range(10, 100, 10))
-    body["metrics"] = {
-        f"validation_score_q{q}": float(v) for q, v in zip(range(10, 100, 10), edges, strict=True)
-    }
+    body = image_model(rng.beta(8, 2, 5000))
     watch = ModelWatch("img", WatchConfig(feature_drift_window=500))
     watch.install(body, None)
     assert watch.learner is None and watch.feature_drift is None and not watch.learns_features
 
-    def labels(tops: np.ndarray, start: int) -> list[Labelled]:
-        return [
-            Labelled(
-                request_id=f"r{start + i}",
-                features=b"",
-                version=1,
-                prediction="a",
-                scores={"a": float(t), "b": float(1 - t) / 2, "c": float(1 - t) / 2},
-                predicted_at_ms=0,
-                label="a" if i % 4 else "b",
-                labelled_at_ms=10,
-                feedback_partition=0,
-                feedback_offset=start + i,
-            )
-            for i, t in enumerate(tops)
-        ]
-
-    calm = watch.observe(labels(rng.beta(8, 2, 1000), 0), 20)
+    calm = watch.observe(top_score_labels(rng.beta(8, 2, 1000), 0, wrong_every=4), 20)
     assert not calm.drift and calm.learned == 0 and len(calm.outcomes) == 1000
     assert watch.metrics[1].snapshot()["accuracy"] == 0.75
-    moved = watch.observe(labels(rng.beta(2, 3, 500), 1000), 30)
+    moved = watch.observe(top_score_labels(rng.beta(2, 3, 500), 1000, wrong_every=4), 30)
     assert [d.kind for d in moved.drift] == ["scores"]
     assert "population stability index" in moved.drift[0].detail
 
@@ -243,35 +252,10 @@ def test_drift_windows_carry_across_a_restore():
     """A restart (or an aborted transaction, which rebuilds the watch from the committed
     state) in the middle of a window continues it: the scores and features seen before
     count towards the window that completes after."""
-    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
-    from tests.support.tensor_models import image_graph, spec
-
-    body = tensor_candidate("img", describe(image_graph()[0], parse_spec(spec())), created_by="t")
-    body["version"] = 1
     rng = np.random.default_rng(3)
-    edges = np.percentile(rng.beta(8, 2, 5000), range(10, 100, 10))
-    body["metrics"] = {
-        f"validation_score_q{q}": float(v) for q, v in zip(range(10, 100, 10), edges, strict=True)
-    }
+    body = image_model(rng.beta(8, 2, 5000))
     config = WatchConfig(feature_drift_window=200)
     codec = default_codec()
-
-    def labels(tops: np.ndarray, start: int) -> list[Labelled]:
-        return [
-            Labelled(
-                request_id=f"r{start + i}",
-                features=b"",
-                version=1,
-                prediction="a",
-                scores={"a": float(t), "b": float(1 - t) / 2, "c": float(1 - t) / 2},
-                predicted_at_ms=0,
-                label="a",
-                labelled_at_ms=10,
-                feedback_partition=0,
-                feedback_offset=start + i,
-            )
-            for i, t in enumerate(tops)
-        ]
 
     def restarted(watch: ModelWatch) -> ModelWatch:
         saved = codec.decode(codec.encode(MonitorModelState, watch.state()), MonitorModelState)
@@ -283,12 +267,12 @@ def test_drift_windows_carry_across_a_restore():
     shifted = rng.beta(2, 3, 200)
     watch = ModelWatch("img", config)
     watch.install(body, None)
-    assert not watch.observe(labels(shifted[:150], 0), 1).drift
-    moved = restarted(watch).observe(labels(shifted[150:], 150), 2)
+    assert not watch.observe(top_score_labels(shifted[:150], 0), 1).drift
+    moved = restarted(watch).observe(top_score_labels(shifted[150:], 150), 2)
     assert [d.kind for d in moved.drift] == ["scores"]
     forgetful = ModelWatch("img", config)  # what a restart did before the window was saved
     forgetful.install(body, None)
-    assert not forgetful.observe(labels(shifted[150:], 150), 2).drift
+    assert not forgetful.observe(top_score_labels(shifted[150:], 150), 2).drift
 
     # feature drift: the window's sums survive, the ring slots hold the window's mean row
     def trained(version: int = 1, parent: int | None = None) -> tuple[Any, LinearModel]:
