@@ -196,3 +196,104 @@ async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignor
     )
     assert max(sources.values()) == 1
     assert all(dict(r.headers)["error"] for r in dead)
+
+
+async def test_hostile_records_on_the_column_paths_through_a_predictor_process(  # type: ignore[no-untyped-def]
+    topics, keys, tmp_path
+):
+    """The two forms read straight into columns, broken on purpose: requests for a
+    categorical graph with their categories in the model's order, and raw pixels of an
+    image model's exact size, then every single-byte change, truncation, a huge or empty
+    value, an unknown key, a wrong byte count, datatype or shape, and null and empty
+    records. The running predictor answers or dead-letters each one, once, with a reason,
+    and exits cleanly."""
+    import random
+
+    import numpy as np
+
+    from modelstream.contracts import tensors
+    from modelstream.contracts.client import RequestEncoder
+    from modelstream.registry.onnx_model import describe as describe_graph
+    from modelstream.registry.onnx_model import onnx_candidate
+    from modelstream.registry.tensor_model import describe, parse_spec, tensor_candidate
+    from tests.support import onnx_models
+    from tests.support.tensor_models import image_graph, spec
+
+    base = topics
+    bundle = onnx_models.pipeline_model()
+    await publish(base, keys, onnx_candidate("shop", describe_graph(bundle.graph)), 1)
+    image = tensor_candidate("img", describe(image_graph()[0], parse_spec(spec())), created_by="t")
+    await publish(base, keys, image, 1)
+    codec = default_codec()
+    encoder = RequestEncoder(categorical=["centre"])
+    rng = random.Random(5)
+    pixels = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+    def shop(rid: str, **categories: str) -> bytes:
+        return encoder.encode(rid, "shop", bundle.X[0], packed=True, categories=categories)
+
+    def img(rid: str, *named: dict) -> bytes:  # type: ignore[type-arg]
+        return codec.encode(
+            PredictionRequest, {"request_id": rid, "model": "img", "tensors": list(named)}
+        )
+
+    good = [shop("s", centre="north"), img("i", tensors.from_array("image", pixels))]
+    values: list[bytes | None] = [None, b"", None]
+    for template in good:
+        for _ in range(1500):  # one byte changed anywhere, or the record cut short
+            at = rng.randrange(len(template))
+            if rng.random() < 0.15:
+                values.append(template[:at])
+            else:
+                values.append(template[:at] + bytes([rng.randrange(256)]) + template[at + 1 :])
+    raw = tensors.from_array("image", pixels)
+    named = {
+        "huge": shop("huge", centre="n" * 1_500_000),
+        "empty": shop("empty", centre=""),
+        "unknown": shop("unknown", centre="north", colour="red"),
+        "none": shop("none"),
+        "short": img("short", {**raw, "data": raw["data"][:-1]}),
+        "long": img("long", {**raw, "data": raw["data"] + b"\0"}),
+        "fp32": img("fp32", tensors.from_array("image", pixels.astype(np.float32))),
+        "giant": img("giant", {**raw, "shape": [2**31 - 1, 8, 3]}),
+        "negative": img("negative", {**raw, "shape": [-8, 8, 3]}),
+        "deep": img("deep", {**raw, "shape": [1] * 9 + [8, 8, 3]}),
+        "two": img("two", raw, tensors.from_array("image", pixels)),
+        "batch": img("batch", tensors.from_array("image", np.stack([pixels, pixels]))),
+    }
+    messages = [(f"h{i}".encode(), v) for i, v in enumerate(values)]
+    messages += [(name.encode(), value) for name, value in named.items()]
+    n = len(messages)
+    predictor = Predictor(base, keys, "hostile-columns", tmp_path)
+    try:
+        await produce(base, "requests", messages)  # type: ignore[arg-type]
+        deadline = asyncio.get_running_loop().time() + 180
+        while True:
+            answered = await read_all(base, "predictions")
+            dead = await read_all(base, "deadletter")
+            if len(answered) + len(dead) >= n or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(1)
+        assert predictor.process.poll() is None, predictor.output()  # still running
+    finally:
+        predictor.process.send_signal(signal.SIGTERM)
+        code = predictor.process.wait(timeout=60)
+        predictor.stop()
+    reasons = Counter(dict(r.headers)["reason"].decode() for r in dead)
+    print(
+        f"column paths: in {n}, predicted {len(answered)}, dead-lettered {len(dead)} "
+        f"{dict(reasons)}"
+    )
+    assert code == 0
+    assert len(answered) + len(dead) == n
+    positions = Counter(
+        (dict(r.headers)["source.partition"], dict(r.headers)["source.offset"]) for r in dead
+    )
+    assert max(positions.values(), default=1) == 1
+    assert all(dict(r.headers)["error"] for r in dead)
+    predicted = {codec.decode(r.value, Prediction)["request_id"] for r in answered}
+    refused = {r.key.decode(): dict(r.headers)["reason"].decode() for r in dead if r.key}
+    for name in ("unknown", "none", "short", "long", "fp32", "giant", "negative", "deep"):
+        assert name in refused, (name, sorted(predicted & set(named)))
+    for name in ("two", "batch", "huge", "empty"):  # answered or refused, never lost
+        assert (name in predicted) != (name in refused), name
