@@ -420,27 +420,57 @@ class InFlightMarker(TypedDict):
 
 
 # -- the monitor's internal state ----------------------------------------------------------------
+class ScoredRow(TypedDict):
+    model: str
+    version: int
+    predicted_at_ms: int
+    features: bytes
+    categories: list[str]
+    classes: list[str]
+    scores: bytes
+    prediction: Label
+
+
+class MonitorScored(TypedDict):
+    model: str
+    version: int
+    predicted_at_ms: int
+    request_ids: list[str]
+    feature_count: int
+    features: bytes
+    categories: list[str]
+    classes: list[str]
+    scores: bytes
+    predictions: list[Label]
+
+
 class MonitorJoinState(TypedDict):
     first_seen_ms: int
-    request: bytes | None
-    prediction: bytes | None
+    request: bytes | None  # version 1 only
+    prediction: bytes | None  # version 1 only
     feedback: bytes | None
     feedback_partition: int | None
     feedback_offset: int | None
     done: bool
-
-
-class MonitorLabelled(TypedDict):
-    request_id: str
-    request: bytes
-    prediction: bytes
-    feedback: bytes
-    feedback_partition: int
-    feedback_offset: int
+    scored: ScoredRow | None
 
 
 class MonitorLabelledBatch(TypedDict):
-    labels: list[MonitorLabelled]
+    model: str
+    request_ids: list[str]
+    versions: list[int]
+    predicted_at_ms: list[int]
+    feature_count: int
+    features: bytes
+    categories: list[str]
+    classes: list[str]
+    scores: bytes
+    predictions: list[Label]
+    labels: list[Label]
+    labelled_at_ms: list[int]
+    feedback_partitions: list[int]
+    feedback_offsets: list[int]
+    feedback: list[bytes]
 
 
 class QualitySums(TypedDict):
@@ -512,6 +542,7 @@ RECORD_TYPES: dict[str, type] = {
         ValidationReport,
         AuditEvent,
         InFlightMarker,
+        MonitorScored,
         MonitorJoinState,
         MonitorLabelledBatch,
         MonitorModelState,

@@ -52,14 +52,14 @@ DEADLETTER = "deadletter"
 # Where predictors mark the batch each is handling (kafka/in_flight.py): crash counts that
 # follow a partition from copy to copy.
 PREDICTOR_IN_FLIGHT = "predictor-in-flight"
-# The monitor's own topics (internal). Its join repartitions requests, predictions and
-# feedback by request id onto three co-partitioned topics, so that the join does not depend
-# on how users' producers partition; the join and the learner keep their tables in
+# The monitor's own topics (internal). The predictor writes what the join needs of each
+# scored request to `monitor-scored`, in the join partition of its request id; the join
+# forwards feedback a user's producer put elsewhere to `monitor-feedback`, so that it does
+# not depend on how users' producers partition; the join and the learner keep their tables in
 # compacted changelogs partitioned like their inputs. The quality windows are faust tables
 # of the app "<prefix>monitor-windows": their changelogs are provisioned here, since a topic
 # faust creates itself can be missing from the metadata its first assignment sees.
-MONITOR_REQUESTS = "monitor-requests"
-MONITOR_PREDICTIONS = "monitor-predictions"
+MONITOR_SCORED = "monitor-scored"
 MONITOR_FEEDBACK = "monitor-feedback"
 MONITOR_JOIN_STATE = "monitor-join-state"
 MONITOR_LABELLED = "monitor-labelled"
@@ -69,8 +69,7 @@ MONITOR_WINDOWS = "monitor-windows"  # the faust app of the quality windows (its
 MONITOR_HISTORY_CHANGELOG = f"{MONITOR_WINDOWS}-history-changelog"
 MONITOR_LIVE_CHANGELOG = f"{MONITOR_WINDOWS}-live-changelog"
 MONITOR_TOPICS = (
-    MONITOR_REQUESTS,
-    MONITOR_PREDICTIONS,
+    MONITOR_SCORED,
     MONITOR_FEEDBACK,
     MONITOR_JOIN_STATE,
     MONITOR_LABELLED,
@@ -91,7 +90,7 @@ ROW_MAX_BYTES = 2 * 1024 * 1024
 # version: verified and swapped as a whole, never reassembled from parts); the clients'
 # request limit and the brokers' socket.request.max.bytes are sized to match.
 ARTIFACT_MAX_BYTES = 128 * 1024 * 1024
-JOIN_PARTITIONS = 6  # tasks of the join: the three repartitioned inputs and its changelog
+JOIN_PARTITIONS = 6  # tasks of the join: scored rows, forwarded feedback and its changelog
 LEARN_PARTITIONS = 3  # tasks of the learner: `monitor-labelled` and its changelog
 
 TOPOLOGY: tuple[TopicSpec, ...] = (
@@ -226,19 +225,10 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         {"retention.ms": str(14 * DAY_MS), "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)},
     ),
     TopicSpec(
-        MONITOR_REQUESTS,
-        "request id",
-        "PredictionRequest",
-        "monitor",
-        "monitor",
-        JOIN_PARTITIONS,
-        {"retention.ms": str(DAY_MS), "max.message.bytes": str(INTERNAL_MAX_BYTES)},
-    ),
-    TopicSpec(
-        MONITOR_PREDICTIONS,
-        "request id",
-        "Prediction",
-        "monitor",
+        MONITOR_SCORED,
+        "model name",
+        "MonitorScored",
+        "predictor",
         "monitor",
         JOIN_PARTITIONS,
         {"retention.ms": str(DAY_MS), "max.message.bytes": str(INTERNAL_MAX_BYTES)},

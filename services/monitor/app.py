@@ -26,11 +26,7 @@ from modelstream.kafka.topology import (
     MONITOR_JOIN_STATE,
     MONITOR_LABELLED,
     MONITOR_MODEL_STATE,
-    MONITOR_PREDICTIONS,
-    MONITOR_REQUESTS,
     MONITOR_TOPICS,
-    PREDICTIONS,
-    REQUESTS,
     create_topics,
     max_message_bytes,
 )
@@ -82,8 +78,6 @@ class MonitorApp(Lifecycle):
     def _pipeline(self, inputs: list[str], stage: Processor, name: str) -> BatchPipeline:
         settings = self.settings
         internal = (
-            MONITOR_REQUESTS,
-            MONITOR_PREDICTIONS,
             MONITOR_FEEDBACK,
             MONITOR_JOIN_STATE,
             MONITOR_LABELLED,
@@ -133,9 +127,9 @@ class MonitorApp(Lifecycle):
         log.info("monitor started on %s", self.settings.bootstrap)
 
     async def _check_partitions(self) -> None:
-        """The join reads the user topics in place: they must be partitioned like it."""
+        """The join reads `feedback` in place: it must be partitioned like the join."""
         async with make_consumer(self.settings, group_id=None) as consumer:
-            for name in (REQUESTS, PREDICTIONS, FEEDBACK):
+            for name in (FEEDBACK,):
                 count = len(await partitions_of(consumer, self.settings.topic(name)))
                 if count != JOIN_PARTITIONS:
                     raise ConfigurationError(

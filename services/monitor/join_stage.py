@@ -1,41 +1,41 @@
-"""The monitor's join on the streaming core: requests, predictions and feedback meet by
-request id, exactly once, whatever partitioner wrote them.
+"""The monitor's join on the streaming core: scored rows and feedback meet by request id,
+exactly once, whatever partitioner wrote the feedback.
 
-One task per partition number of six co-partitioned topics: ``requests``, ``predictions``,
-``feedback`` and their internal copies ``monitor-requests``, ``monitor-predictions``,
-``monitor-feedback``. A request id belongs to join partition ``crc32(id) % 6``. A record
-read from a user topic in that partition is joined where it is (the predictor writes
-predictions there, and so does any producer that partitions by the CRC-32 of the request id,
-such as librdkafka's default); any other is forwarded to the internal copy's partition of its
-request id, in the same transaction, and joined when it arrives there. So co-partitioning
-never depends on the partitioner of a user's producer.
+One task per partition number of three co-partitioned topics: ``monitor-scored`` (what the
+predictor scored, in columns, written in the join partition ``crc32(id) % 6`` of each
+request id in the transaction of its predictions), ``feedback`` and its internal copy
+``monitor-feedback``. Feedback read from ``feedback`` in the join partition of its request id
+is joined where it is (any producer that partitions by the CRC-32 of the key, such as
+librdkafka's default, puts it there); any other is forwarded to ``monitor-feedback``'s
+partition of its request id, in the same transaction, and joined when it arrives there. So
+co-partitioning never depends on the partitioner of a user's producer, and neither requests
+nor predictions are read again.
 
 A task's join entries live in memory and in the compacted ``monitor-join-state`` changelog
 (partition = task), written in the transaction that commits the inputs that changed them;
-a complete label goes, in that transaction too, to ``monitor-labelled`` (one record per model
-and batch, in the partition of its model) for the learner. Feedback whose request id saw no
-prediction within the TTL is dead-lettered (reason ``no-prediction``).
+complete labels go, in that transaction too, to ``monitor-labelled`` (one columnar record per
+model and batch, in the partition of its model) for the learner. Feedback whose request id saw
+no prediction within the TTL is dead-lettered (reason ``no-prediction``).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections import defaultdict
 from collections.abc import Sequence
 
 from aiokafka import ConsumerRecord
 
 from modelstream.contracts.builders import now_ms
-from modelstream.contracts.codec import MAGIC, AvroCodec
+from modelstream.contracts.codec import MAGIC, AvroCodec, is_json
 from modelstream.contracts.definitions import check_request_id
 from modelstream.contracts.limits import Limits
 from modelstream.contracts.records import (
     Feedback,
     MonitorJoinState,
-    MonitorLabelled,
     MonitorLabelledBatch,
-    Prediction,
-    PredictionRequest,
+    MonitorScored,
 )
 from modelstream.contracts.wire import string, zigzag
 from modelstream.errors import DecodeError, InvalidEventError
@@ -50,10 +50,7 @@ from modelstream.kafka.topology import (
     MONITOR_FEEDBACK,
     MONITOR_JOIN_STATE,
     MONITOR_LABELLED,
-    MONITOR_PREDICTIONS,
-    MONITOR_REQUESTS,
-    PREDICTIONS,
-    REQUESTS,
+    MONITOR_SCORED,
 )
 from modelstream.kafka.writers import Header, SourcePosition
 from modelstream.services.monitor import logic
@@ -61,6 +58,7 @@ from modelstream.services.monitor.logic.join import (
     Completed,
     Entry,
     JoinTable,
+    ScoredPart,
     Staged,
     from_state,
 )
@@ -82,16 +80,7 @@ SERVICE = "monitor"
 FEEDBACK_PARTITION = "feedback.partition"
 FEEDBACK_OFFSET = "feedback.offset"
 LABELLED_RECORD_BYTES = 1024 * 1024  # one `monitor-labelled` record holds labels up to this
-# Requests larger than this are kept without their tensors: a join entry holds ids, features
-# and the prediction, not a 1 MB image for the length of the TTL (and three changelog writes).
-SLIM_OVER = 16 * 1024
 EXPIRE_PER_TICK = 20_000
-
-RECORD_TYPES: dict[str, type] = {
-    logic.REQUESTS: PredictionRequest,
-    logic.PREDICTIONS: Prediction,
-    logic.FEEDBACK: Feedback,
-}
 
 
 class JoinStateWriter:
@@ -102,16 +91,41 @@ class JoinStateWriter:
         self.header = MAGIC + fingerprint
 
     def encode(self, entry: Entry) -> bytes:
-        parts = [self.header, zigzag(entry.first_seen_ms)]
-        for value in (entry.request, entry.prediction, entry.feedback):
-            parts.append(b"\x00" if value is None else b"\x02" + string(value))
+        # request and prediction (version 1's fields) are never written: null
+        parts = [self.header, zigzag(entry.first_seen_ms), b"\x00\x00"]
+        parts.append(b"\x00" if entry.feedback is None else b"\x02" + string(entry.feedback))
         if entry.feedback_source is None:
             parts.append(b"\x00\x00")
         else:
             partition, offset = entry.feedback_source
             parts.append(b"\x02" + zigzag(partition) + b"\x02" + zigzag(offset))
         parts.append(b"\x01" if entry.done else b"\x00")
+        scored = entry.scored
+        if scored is None:
+            parts.append(b"\x00")
+        else:
+            parts += (
+                b"\x02",
+                string(scored.model.encode()),
+                zigzag(scored.version),
+                zigzag(scored.predicted_at_ms),
+                string(scored.features),
+                _strings(scored.categories),
+                _strings(scored.classes),
+                string(scored.scores),
+            )
+            if isinstance(scored.prediction, str):
+                parts.append(b"\x00" + string(scored.prediction.encode()))
+            else:
+                parts.append(b"\x02" + struct.pack("<d", scored.prediction))
         return b"".join(parts)
+
+
+def _strings(values: Sequence[str]) -> bytes:
+    """An Avro array of strings (one block)."""
+    if not values:
+        return b"\x00"
+    return zigzag(len(values)) + b"".join(string(v.encode()) for v in values) + b"\x00"
 
 
 def join_partition(request_id: bytes) -> int:
@@ -125,17 +139,7 @@ def learn_partition(model: str) -> int:
 
 
 def join_inputs(settings: Settings) -> list[str]:
-    return [
-        settings.topic(t)
-        for t in (
-            REQUESTS,
-            PREDICTIONS,
-            FEEDBACK,
-            MONITOR_REQUESTS,
-            MONITOR_PREDICTIONS,
-            MONITOR_FEEDBACK,
-        )
-    ]
+    return [settings.topic(t) for t in (MONITOR_SCORED, FEEDBACK, MONITOR_FEEDBACK)]
 
 
 class JoinStage:
@@ -153,20 +157,8 @@ class JoinStage:
         self.topic_labelled = settings.topic(MONITOR_LABELLED)
         self.topic_deadletter = settings.topic(DEADLETTER)
         self.topic_feedback = settings.topic(FEEDBACK)
-        # topic -> (kind, internal)
-        self.kinds: dict[str, tuple[str, bool]] = {
-            settings.topic(REQUESTS): (logic.REQUESTS, False),
-            settings.topic(PREDICTIONS): (logic.PREDICTIONS, False),
-            settings.topic(FEEDBACK): (logic.FEEDBACK, False),
-            settings.topic(MONITOR_REQUESTS): (logic.REQUESTS, True),
-            settings.topic(MONITOR_PREDICTIONS): (logic.PREDICTIONS, True),
-            settings.topic(MONITOR_FEEDBACK): (logic.FEEDBACK, True),
-        }
-        self.forward_to = {
-            logic.REQUESTS: settings.topic(MONITOR_REQUESTS),
-            logic.PREDICTIONS: settings.topic(MONITOR_PREDICTIONS),
-            logic.FEEDBACK: settings.topic(MONITOR_FEEDBACK),
-        }
+        self.topic_scored = settings.topic(MONITOR_SCORED)
+        self.topic_forwarded = settings.topic(MONITOR_FEEDBACK)
         self.join_state = JoinStateWriter(codec.schema(MonitorJoinState).fingerprint)
         self.tables: dict[int, JoinTable] = {}
         self.staged: dict[int, Staged] = {}
@@ -175,6 +167,7 @@ class JoinStage:
         self.joined = 0  # labels completed and committed, since start
         self.expired_by_model: dict[str, int] = defaultdict(int)
         self.forwarded = 0
+        self.misplaced = 0  # scored rows outside their request id's join partition
 
     # -- processing ----------------------------------------------------------------------
     def _staged(self, task: int) -> Staged:
@@ -190,36 +183,10 @@ class JoinStage:
         out: list[Outgoing] = []
         touched: dict[bytes, ConsumerRecord] = {}
         for record in records:
-            kind, internal = self.kinds[record.topic]
-            try:
-                request_id, _ = self.codec.ids(record.value, RECORD_TYPES[kind], self.limits)
-                check_request_id(request_id, None)
-            except (DecodeError, InvalidEventError) as exc:
-                self._unreadable(record, kind, exc, out)
-                continue
-            key = request_id.encode()
-            partition = join_partition(key)
-            value = record.value
-            if kind == logic.REQUESTS and len(value) > SLIM_OVER:
-                value = self._slim(value)
-            if internal:
-                source = _feedback_source(record) if kind == logic.FEEDBACK else None
-            elif partition != record.partition:
-                out.append(self._forward(record, kind, key, partition, value))
-                continue
+            if record.topic == self.topic_scored:
+                self._add_scored(record, staged, now, touched, out)
             else:
-                source = (record.partition, record.offset)
-            if staged.add(key, kind, value, now, source):
-                touched[key] = record
-            elif kind == logic.FEEDBACK:  # a second label for the request: the first one holds
-                self._refuse(
-                    record,
-                    Failure(
-                        "duplicate-feedback",
-                        f"request {request_id!r} already has a label; the first one is used",
-                    ),
-                    out,
-                )
+                self._add_feedback(record, staged, now, touched, out)
         EVENTS_CONSUMED.labels(SERVICE).inc(len(records))
         for key in touched:
             entry = staged.changed[key]
@@ -229,19 +196,69 @@ class JoinStage:
         out.extend(self._labelled(staged.completed[first_new:], touched))
         return out
 
-    def _unreadable(
+    def _add_scored(
         self,
         record: ConsumerRecord,
-        kind: str,
-        exc: DecodeError | InvalidEventError,
+        staged: Staged,
+        now: int,
+        touched: dict[bytes, ConsumerRecord],
         out: list[Outgoing],
     ) -> None:
-        """Feedback nobody else reads is dead-lettered here; requests are the predictor's to
-        dead-letter (it reads them first), and predictions are the predictor's own output."""
-        if kind != logic.FEEDBACK:
-            log.debug("skipping unreadable %s record: %s", kind, exc)
+        try:
+            scored = self.codec.decode(record.value, MonitorScored, self.limits, checked=False)
+            rows = _scored_rows(scored)
+        except (DecodeError, InvalidEventError) as exc:
+            failure = Failure(exc.reason, str(exc))
+            self.boundary.reject(record.topic, record.partition, record.offset, failure)
+            out.append(
+                dead_letter(
+                    self.topic_deadletter, SERVICE, record, record.key, record.value, failure
+                )
+            )
             return
-        self._refuse(record, Failure(exc.reason, str(exc)), out)
+        for request_id, part in rows:
+            key = request_id.encode()
+            if join_partition(key) != record.partition:
+                self.misplaced += 1  # its feedback is joined elsewhere: it would only expire
+                log.warning("scored row of %r outside its join partition", request_id)
+                continue
+            if staged.add(key, logic.SCORED, part, now):
+                touched[key] = record
+
+    def _add_feedback(
+        self,
+        record: ConsumerRecord,
+        staged: Staged,
+        now: int,
+        touched: dict[bytes, ConsumerRecord],
+        out: list[Outgoing],
+    ) -> None:
+        try:
+            request_id, _ = self.codec.ids(record.value, Feedback, self.limits)
+            check_request_id(request_id, None)
+        except (DecodeError, InvalidEventError) as exc:
+            self._refuse(record, Failure(exc.reason, str(exc)), out)
+            return
+        key = request_id.encode()
+        partition = join_partition(key)
+        if record.topic == self.topic_forwarded:
+            source = _feedback_source(record)
+        elif partition != record.partition:
+            out.append(self._forward(record, key, partition))
+            return
+        else:
+            source = (record.partition, record.offset)
+        if staged.add(key, logic.FEEDBACK, record.value, now, source):
+            touched[key] = record
+        else:  # a second label for the request: the first one holds
+            self._refuse(
+                record,
+                Failure(
+                    "duplicate-feedback",
+                    f"request {request_id!r} already has a label; the first one is used",
+                ),
+                out,
+            )
 
     def _refuse(self, record: ConsumerRecord, failure: Failure, out: list[Outgoing]) -> None:
         """Dead-letter feedback, naming where it was on `feedback` (also when forwarded)."""
@@ -251,57 +268,46 @@ class JoinStage:
             dead_letter(self.topic_deadletter, SERVICE, position, record.key, record.value, failure)
         )
 
-    def _slim(self, value: bytes) -> bytes:
-        """A large request as the join keeps it: without its tensors (an image, a file),
-        which nothing after the join reads; one that does not decode stays as it is (the
-        predictor dead-letters it, and its entry expires)."""
-        try:
-            request = self.codec.decode_any(value, PredictionRequest, self.limits)
-        except (DecodeError, InvalidEventError):
-            return value
-        if not request.get("tensors"):
-            return value
-        return self.codec.encode(PredictionRequest, {**request, "tensors": []})
-
-    def _forward(
-        self, record: ConsumerRecord, kind: str, key: bytes, partition: int, value: bytes
-    ) -> Outgoing:
-        headers: list[Header] = []
-        if kind == logic.FEEDBACK:
-            headers = [
-                (FEEDBACK_PARTITION, str(record.partition).encode()),
-                (FEEDBACK_OFFSET, str(record.offset).encode()),
-            ]
+    def _forward(self, record: ConsumerRecord, key: bytes, partition: int) -> Outgoing:
+        headers: list[Header] = [
+            (FEEDBACK_PARTITION, str(record.partition).encode()),
+            (FEEDBACK_OFFSET, str(record.offset).encode()),
+        ]
         self.forwarded += 1
-        MONITOR_FORWARDED.labels(kind).inc()  # kind is the logical topic name
-        return Outgoing(self.forward_to[kind], key, value, partition, headers, record)
+        MONITOR_FORWARDED.labels(logic.FEEDBACK).inc()
+        return Outgoing(self.topic_forwarded, key, record.value, partition, headers, record)
 
     def _labelled(
         self, completed: Sequence[Completed], sources: dict[bytes, ConsumerRecord]
     ) -> list[Outgoing]:
-        """Complete labels, one record per model (and size chunk), in the model's partition."""
-        by_model: dict[str, list[MonitorLabelled]] = defaultdict(list)
+        """Complete labels in columns, one record per model (and size chunk), in the model's
+        partition. A label whose feedback does not decode, or names another model than the
+        prediction, is dead-lettered here: it is the feedback that is wrong."""
+        groups: dict[tuple[str, int, tuple[str, ...]], list[tuple[Completed, Feedback]]] = (
+            defaultdict(list)
+        )
+        out: list[Outgoing] = []
         for label in completed:
+            scored = label.scored
             try:
-                _, model = self.codec.ids(label.prediction, Prediction, self.limits)
-            except (DecodeError, InvalidEventError):
-                model = ""  # the learner dead-letters what it cannot decode
-            by_model[model].append(
-                {
-                    "request_id": label.request_id.decode(),
-                    "request": label.request,
-                    "prediction": label.prediction,
-                    "feedback": label.feedback,
-                    "feedback_partition": label.feedback_source[0],
-                    "feedback_offset": label.feedback_source[1],
-                }
-            )
-        out = []
-        for model, labels in by_model.items():
-            for chunk in self._chunks(labels):
-                value = self.codec.encode(MonitorLabelledBatch, {"labels": chunk})
+                feedback = self._feedback(label.feedback)
+                if feedback["model"] != scored.model:
+                    raise InvalidEventError(
+                        "model-mismatch",
+                        f"feedback names model {feedback['model']!r}, the prediction was made "
+                        f"by {scored.model!r}",
+                    )
+            except (DecodeError, InvalidEventError) as exc:
+                out.append(self._label_refused(label, Failure(exc.reason, str(exc))))
+                continue
+            group = (scored.model, len(scored.features), scored.classes)
+            groups[group].append((label, feedback))
+        for (model, _, _), labels in groups.items():
+            for chunk in _chunks(labels):
+                value = self.codec.encode(MonitorLabelledBatch, _columns(model, chunk))
                 # A single label too large for the topic dead-letters the record completing it.
-                source = sources.get(chunk[0]["request_id"].encode()) if len(chunk) == 1 else None
+                first = chunk[0][0].request_id
+                source = sources.get(first) if len(chunk) == 1 else None
                 out.append(
                     Outgoing(
                         self.topic_labelled,
@@ -314,18 +320,19 @@ class JoinStage:
                 )
         return out
 
-    @staticmethod
-    def _chunks(labels: list[MonitorLabelled]) -> list[list[MonitorLabelled]]:
-        chunks: list[list[MonitorLabelled]] = [[]]
-        size = 0
-        for label in labels:
-            n = len(label["request"]) + len(label["prediction"]) + len(label["feedback"]) + 64
-            if chunks[-1] and size + n > LABELLED_RECORD_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(label)
-            size += n
-        return chunks
+    def _feedback(self, value: bytes) -> Feedback:
+        if is_json(value):  # user topics also take JSON: decoded and checked whole
+            return self.codec.decode_any(value, Feedback, self.limits)
+        feedback = self.codec.decode(value, Feedback, self.limits)
+        return feedback
+
+    def _label_refused(self, label: Completed, failure: Failure) -> Outgoing:
+        partition, offset = label.feedback_source
+        position = SourcePosition(self.topic_feedback, partition, offset)
+        self.boundary.reject(position.topic, partition, offset, failure)
+        return dead_letter(
+            self.topic_deadletter, SERVICE, position, label.request_id, label.feedback, failure
+        )
 
     def punctuate(self, task: int) -> list[Outgoing]:
         """Entries past the TTL leave the table (tombstones); feedback that never met a
@@ -342,7 +349,7 @@ class JoinStage:
         out = [Outgoing(self.topic_changelog, key, None, task) for key in removed]
         for expired in staged.expired:
             entry = expired.entry
-            if entry.feedback is None or entry.prediction is not None:
+            if entry.feedback is None or entry.scored is not None:
                 continue
             partition, offset = entry.feedback_source or (-1, -1)
             position = SourcePosition(self.topic_feedback, partition, offset)
@@ -372,12 +379,11 @@ class JoinStage:
         self.tables[task].commit(staged)
         self.changelog.wrote(task, written)
         self.joined += len(staged.completed)
+        accepted: dict[str, int] = defaultdict(int)
         for label in staged.completed:
-            try:
-                _, model = self.codec.ids(label.feedback, Feedback, self.limits)
-            except (DecodeError, InvalidEventError):
-                continue
-            FEEDBACK_ACCEPTED.labels(model).inc()
+            accepted[label.scored.model] += 1
+        for model, count in accepted.items():
+            FEEDBACK_ACCEPTED.labels(model).inc(count)
         for expired in staged.expired:
             model = self._model_of(expired.entry)
             self.expired_by_model[model] += 1
@@ -401,17 +407,12 @@ class JoinStage:
         return []  # nobody waits on the monitor
 
     def _model_of(self, entry: Entry) -> str:
-        for part, record_type in (
-            (entry.prediction, Prediction),
-            (entry.request, PredictionRequest),
-            (entry.feedback, Feedback),
-        ):
-            if part is not None:
-                try:
-                    return self.codec.ids(part, record_type, self.limits)[1]
-                except (DecodeError, InvalidEventError):
-                    continue
-        return ""
+        if entry.scored is not None:
+            return entry.scored.model
+        try:
+            return self.codec.ids(entry.feedback, Feedback, self.limits)[1]
+        except (DecodeError, InvalidEventError):
+            return ""
 
     def pending(self) -> int:
         return sum(len(self.tables[t].entries) for t in self.owned if t in self.tables)
@@ -466,3 +467,83 @@ def _original_position(record: ConsumerRecord, feedback_topic: str) -> SourcePos
     if (partition, offset) == (record.partition, record.offset):
         return SourcePosition(record.topic, partition, offset)
     return SourcePosition(feedback_topic, partition, offset)
+
+
+def _scored_rows(scored: MonitorScored) -> list[tuple[str, ScoredPart]]:
+    """The rows of a `monitor-scored` record; InvalidEventError when its columns disagree."""
+    ids = scored["request_ids"]
+    n = len(ids)
+    d, classes = scored["feature_count"], tuple(scored["classes"])
+    features, scores, categories = scored["features"], scored["scores"], scored["categories"]
+    k = len(scores) // (8 * n) if n else 0
+    if (
+        d < 0
+        or len(features) != 8 * d * n
+        or len(scores) != 8 * k * n
+        or k != (len(classes) or (1 if k else 0))
+        or len(scored["predictions"]) != n
+        or (n and len(categories) % n)
+    ):
+        raise InvalidEventError(
+            "invalid-scored",
+            f"columns of {n} rows disagree: {len(features)} feature bytes for {d} features, "
+            f"{len(scores)} score bytes for {len(classes)} classes, "
+            f"{len(scored['predictions'])} predictions, {len(categories)} categorical values",
+        )
+    c = len(categories) // n if n else 0
+    model, version, at = scored["model"], scored["version"], scored["predicted_at_ms"]
+    w, s = 8 * d, 8 * k
+    return [
+        (
+            request_id,
+            ScoredPart(
+                model,
+                version,
+                at,
+                features[i * w : (i + 1) * w],
+                tuple(categories[i * c : (i + 1) * c]),
+                classes,
+                scores[i * s : (i + 1) * s],
+                prediction,
+            ),
+        )
+        for i, (request_id, prediction) in enumerate(zip(ids, scored["predictions"], strict=True))
+    ]
+
+
+def _chunks(
+    labels: list[tuple[Completed, Feedback]],
+) -> list[list[tuple[Completed, Feedback]]]:
+    chunks: list[list[tuple[Completed, Feedback]]] = [[]]
+    size = 0
+    for label in labels:
+        n = label[0].scored.size + len(label[0].feedback) + 96
+        if chunks[-1] and size + n > LABELLED_RECORD_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(label)
+        size += n
+    return chunks
+
+
+def _columns(model: str, labels: list[tuple[Completed, Feedback]]) -> MonitorLabelledBatch:
+    first = labels[0][0].scored
+    return {
+        "model": model,
+        "request_ids": [c.request_id.decode() for c, _ in labels],
+        "versions": [c.scored.version for c, _ in labels],
+        "predicted_at_ms": [c.scored.predicted_at_ms for c, _ in labels],
+        "feature_count": len(first.features) // 8,
+        "features": b"".join(c.scored.features for c, _ in labels),
+        "categories": [v for c, _ in labels for v in c.scored.categories],
+        "classes": list(first.classes),
+        "scores": b"".join(c.scored.scores for c, _ in labels),
+        "predictions": [c.scored.prediction for c, _ in labels],
+        "labels": [f["label"] for _, f in labels],
+        "labelled_at_ms": [
+            f["timestamp_ms"] if f["timestamp_ms"] is not None else -1 for _, f in labels
+        ],
+        "feedback_partitions": [c.feedback_source[0] for c, _ in labels],
+        "feedback_offsets": [c.feedback_source[1] for c, _ in labels],
+        "feedback": [c.feedback for c, _ in labels],
+    }

@@ -13,32 +13,25 @@ committed state, and the batch is learned again.
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
+import numpy as np
 from aiokafka import ConsumerRecord
 
 from modelstream.contracts.builders import audit_event, command, now_ms
-from modelstream.contracts.codec import AvroCodec, is_json
+from modelstream.contracts.codec import AvroCodec
 from modelstream.contracts.definitions import FEEDBACK_EXAMPLE_PREFIX, Definition, check_label
-from modelstream.contracts.limits import INT_RANGE
 from modelstream.contracts.records import (
     Action,
     AuditEvent,
     Command,
-    Feedback,
     ModelArtifact,
     ModelBody,
-    MonitorLabelled,
     MonitorLabelledBatch,
     MonitorModelState,
     MonitorOutcomes,
     Origin,
-    Prediction,
-    PredictionRequest,
     Task,
     TrainingExample,
 )
@@ -84,7 +77,6 @@ from modelstream.telemetry import (
 )
 
 log = logging.getLogger("modelstream.monitor.learn")
-R = TypeVar("R")
 SERVICE = "monitor"
 
 
@@ -191,11 +183,14 @@ class LearnStage:
     # -- processing ----------------------------------------------------------------------
     def process(self, task: int, records: list[ConsumerRecord]) -> list[Outgoing]:
         out: list[Outgoing] = []
-        by_model: dict[str, list[MonitorLabelled]] = defaultdict(list)
+        by_model: dict[str, list[MonitorLabelledBatch]] = defaultdict(list)
         written: dict[str, int] = {}
         for record in records:
             try:
-                batch = self.codec.decode(record.value, MonitorLabelledBatch, self.limits)
+                batch = self.codec.decode(
+                    record.value, MonitorLabelledBatch, self.limits, checked=False
+                )
+                _check_columns(batch)
             except (DecodeError, InvalidEventError) as exc:
                 failure = Failure(exc.reason, str(exc))
                 self.boundary.reject(record.topic, record.partition, record.offset, failure)
@@ -205,38 +200,49 @@ class LearnStage:
                     )
                 )
                 continue
-            model = (record.key or b"").decode(errors="replace")
-            by_model[model].extend(batch["labels"])
+            model = batch["model"]
+            by_model[model].append(batch)
             written[model] = max(written.get(model, 0), record.timestamp)
         now = now_ms()
-        for model, labels in by_model.items():
-            out.extend(self._observe(task, model, labels, now, written[model]))
+        for model, batches in by_model.items():
+            out.extend(self._observe(task, model, batches, now, written[model]))
         return out
 
     def _observe(
         self,
         task: int,
         model: str,
-        items: Sequence[MonitorLabelled],
+        batches: list[MonitorLabelledBatch],
         now: int,
         written_ms: int = 0,
     ) -> list[Outgoing]:
         watch = self.watch(model)
         out: list[Outgoing] = []
         labelled: list[Labelled] = []
-        by_id: dict[str, MonitorLabelled] = {}
-        for item in items:
-            try:
-                labelled.append(self._labelled(item, model, watch, now))
-                by_id[item["request_id"]] = item
-            except (DecodeError, InvalidEventError) as exc:
-                out.append(self._unusable(item, exc.reason, str(exc)))
+        sources: dict[str, tuple[MonitorLabelledBatch, int]] = {}
+        count = 0
+        for batch in batches:
+            count += len(batch["request_ids"])
+            if watch is None or watch.body is None:
+                failure = f"no production version of {model!r}"
+                out.extend(
+                    self._unusable(batch, i, "unknown-model", failure)
+                    for i in range(len(batch["request_ids"]))
+                )
+                continue
+            for i, item in self._labelled(batch, watch, now):
+                if isinstance(item, InvalidEventError):
+                    out.append(self._unusable(batch, i, item.reason, str(item)))
+                else:
+                    labelled.append(item)
+                    sources[item.request_id] = (batch, i)
         dead_letters = len(out)
         if watch is None:
             return out  # every label was refused (unknown-model)
         decisions = watch.observe(labelled, now)
         for label, reason, error in decisions.unusable:
-            out.append(self._unusable(by_id[label.request_id], reason, error))
+            batch, i = sources[label.request_id]
+            out.append(self._unusable(batch, i, reason, error))
         out.extend(self._act(watch, decisions))
         state = watch.state()
         out.append(
@@ -253,7 +259,7 @@ class LearnStage:
             watch,
             decisions,
             state,
-            len(items) + (previous.labels if previous else 0),
+            count + (previous.labels if previous else 0),
             dead_letters + len(decisions.unusable) + (previous.dead_letters if previous else 0),
             max(written_ms, previous.written_ms if previous else 0),
         )
@@ -262,59 +268,63 @@ class LearnStage:
         return out
 
     def _labelled(
-        self, item: MonitorLabelled, model: str, watch: ModelWatch | None, now: int
-    ) -> Labelled:
-        # A tensor model's request (an image, a text) is not needed: nothing learns from it.
-        features = (
-            self._decode(item["request"], PredictionRequest)["features"]
-            if watch is None or watch.learns_features
-            else b""
-        )
-        prediction = self._decode(item["prediction"], Prediction)
-        feedback = self._decode(item["feedback"], Feedback)
-        # Decoded unchecked (hot path): what is used below is checked here, or by
-        # feature_vector (count, finite) and check_label when the watch reads it.
-        if not INT_RANGE[0] <= prediction["version"] <= INT_RANGE[1]:
-            raise InvalidEventError("out-of-range", "prediction version is not an Avro int")
-        if not all(math.isfinite(p) for p in prediction["scores"].values()):
-            raise InvalidEventError("non-finite", "prediction scores contain NaN or infinity")
-        if feedback["model"] != prediction["model"]:
-            raise InvalidEventError(
-                "model-mismatch",
-                f"feedback names model {feedback['model']!r}, the prediction was made by "
-                f"{prediction['model']!r}",
-            )
-        if watch is None or watch.body is None:
-            raise InvalidEventError("unknown-model", f"no production version of {model!r}")
+        self, batch: MonitorLabelledBatch, watch: ModelWatch, now: int
+    ) -> list[tuple[int, Labelled | InvalidEventError]]:
+        """The batch's rows, read from its columns; a row whose label the model cannot take
+        is an InvalidEventError in its place."""
+        assert watch.body is not None
         body = watch.body
+        n = len(batch["request_ids"])
+        d = batch["feature_count"]
+        X = np.frombuffer(batch["features"], dtype="<f8").reshape(n, d)
+        classes = batch["classes"]
+        k = len(batch["scores"]) // (8 * n)
+        S = np.frombuffer(batch["scores"], dtype="<f8").reshape(n, k)
+        finite = np.isfinite(S).all(axis=1)
+        scores = [dict(zip(classes, row, strict=True)) for row in S.tolist()] if classes else None
         definition = Definition(
-            name=model,
+            name=body["name"],
             task=body["task"],
             feature_names=tuple(body["feature_names"]),
             classes=tuple(body["classes"]),
         )
-        return Labelled(
-            request_id=item["request_id"],
-            features=features,
-            version=prediction["version"],
-            prediction=prediction["prediction"],
-            scores=prediction["scores"],
-            predicted_at_ms=prediction["predicted_at_ms"],
-            label=check_label(feedback["label"], definition),
-            labelled_at_ms=feedback["timestamp_ms"] or now,
-            feedback_partition=item["feedback_partition"],
-            feedback_offset=item["feedback_offset"],
-        )
+        out: list[tuple[int, Labelled | InvalidEventError]] = []
+        labelled_at = batch["labelled_at_ms"]
+        for i, (request_id, version, predicted_at, prediction, label) in enumerate(
+            zip(
+                batch["request_ids"],
+                batch["versions"],
+                batch["predicted_at_ms"],
+                batch["predictions"],
+                batch["labels"],
+                strict=True,
+            )
+        ):
+            try:
+                if not finite[i]:
+                    raise InvalidEventError("non-finite", "prediction scores are not finite")
+                item = Labelled(
+                    request_id=request_id,
+                    features=X[i],
+                    version=version,
+                    prediction=prediction,
+                    scores=scores[i] if scores is not None else {},
+                    predicted_at_ms=predicted_at,
+                    label=check_label(label, definition),
+                    labelled_at_ms=labelled_at[i] if labelled_at[i] >= 0 else now,
+                    feedback_partition=batch["feedback_partitions"][i],
+                    feedback_offset=batch["feedback_offsets"][i],
+                )
+            except InvalidEventError as exc:
+                out.append((i, exc))
+                continue
+            out.append((i, item))
+        return out
 
-    def _decode(self, data: bytes, record_type: type[R]) -> R:
-        if is_json(data):  # user topics also take JSON: decoded and checked whole
-            return self.codec.decode_any(data, record_type, self.limits)
-        return self.codec.decode(data, record_type, self.limits, checked=False)
-
-    def _unusable(self, item: MonitorLabelled, reason: str, error: str) -> Outgoing:
+    def _unusable(self, batch: MonitorLabelledBatch, i: int, reason: str, error: str) -> Outgoing:
         """The label is what is unusable: the dead letter is its feedback record."""
         position = SourcePosition(
-            self.topics[FEEDBACK], item["feedback_partition"], item["feedback_offset"]
+            self.topics[FEEDBACK], batch["feedback_partitions"][i], batch["feedback_offsets"][i]
         )
         failure = Failure(reason, error)
         self.boundary.reject(position.topic, position.partition, position.offset, failure)
@@ -322,8 +332,8 @@ class LearnStage:
             self.topics[DEADLETTER],
             SERVICE,
             position,
-            item["request_id"].encode(),
-            item["feedback"],
+            batch["request_ids"][i].encode(),
+            batch["feedback"][i],
             failure,
         )
 
@@ -334,7 +344,7 @@ class LearnStage:
             for label in d.usable:
                 example: TrainingExample = {
                     "model": model,
-                    "features": label.features,
+                    "features": np.asarray(label.features, "<f8").tobytes(),
                     "label": label.label,
                     "example_id": FEEDBACK_EXAMPLE_PREFIX + label.request_id,
                     "timestamp_ms": label.labelled_at_ms,
@@ -529,6 +539,35 @@ class LearnStage:
             self.pending.pop(task, None)
             self.changelog.left(task)
         self.owned -= tasks
+
+
+def _check_columns(batch: MonitorLabelledBatch) -> None:
+    """Every column of a labelled batch has one entry per row (InvalidEventError if not)."""
+    n = len(batch["request_ids"])
+    d = batch["feature_count"]
+    k = len(batch["classes"]) or 1
+    lengths = [
+        len(batch[column])
+        for column in (
+            "versions",
+            "predicted_at_ms",
+            "predictions",
+            "labels",
+            "labelled_at_ms",
+            "feedback_partitions",
+            "feedback_offsets",
+            "feedback",
+        )
+    ]
+    if (
+        n == 0
+        or any(length != n for length in lengths)
+        or d < 0
+        or len(batch["features"]) != 8 * d * n
+        or len(batch["scores"]) not in (0, 8 * k * n)
+        or len(batch["categories"]) % n
+    ):
+        raise InvalidEventError("invalid-labelled", f"the columns of {n} labels disagree")
 
 
 def _merge(into: Decisions, new: Decisions) -> None:

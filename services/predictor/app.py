@@ -9,25 +9,29 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from modelstream.contracts.codec import default_codec
-from modelstream.contracts.records import Action, AuditEvent, Command
+from modelstream.contracts.codec import AvroCodec, default_codec
+from modelstream.contracts.records import Action, AuditEvent, Command, MonitorScored
 from modelstream.kafka.boundary import Boundary, Failure
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.compat import fresh_partition_count
 from modelstream.kafka.control import ControlFollower
-from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless
+from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless, key_partition
 from modelstream.kafka.topology import (
     AUDIT,
     DEADLETTER,
+    JOIN_PARTITIONS,
     MODEL_HISTORY,
     MODELS,
+    MONITOR_SCORED,
     PREDICTOR_IN_FLIGHT,
     REPLIES,
     REPLY_PARTITION_HEADER,
     REQUESTS,
+    create_topics,
     max_message_bytes,
 )
 from modelstream.kafka.topology import (
@@ -40,7 +44,12 @@ from modelstream.kafka.writers import AuditWriter, dead_letter_headers
 from modelstream.registry.artifact import verify_bytes
 from modelstream.registry.follower import model_of_key, public_key
 from modelstream.runner import Lifecycle
-from modelstream.services.predictor.logic import PredictorLogic, ServingModel, Traffic
+from modelstream.services.predictor.logic import (
+    PredictorLogic,
+    ScoredGroup,
+    ServingModel,
+    Traffic,
+)
 from modelstream.services.predictor.settings import Delivery, PredictorSettings
 from modelstream.telemetry import (
     ARTIFACTS_REFUSED,
@@ -59,6 +68,7 @@ from modelstream.telemetry import (
 log = logging.getLogger("modelstream.predictor")
 SERVICE = "predictor"
 REPLIES_REFRESH_S = 10.0  # partitions added to `replies` are answered on within this
+SCORED_RECORD_BYTES = 1024 * 1024  # rows of one `monitor-scored` record, at most about this
 
 
 class _Processor(Stateless):
@@ -72,6 +82,11 @@ class _Processor(Stateless):
         self.deadletter = settings.topic(DEADLETTER)
         self.replies = settings.topic(REPLIES)
         self.reply_partitions = 0  # of `replies`; 0 until known (or when it does not exist)
+        self.scored = (
+            ScoredWriter(app.codec, settings.topic(MONITOR_SCORED))
+            if settings.predictor_monitor_scored
+            else None
+        )
 
     def _reply_partition(self, message: ConsumerRecord) -> int | None:
         """Where a gateway waits for this request's answer, if it asked for one; the header
@@ -111,6 +126,8 @@ class _Processor(Stateless):
                 partition = self._reply_partition(message)
                 if partition is not None:
                     out.append(Outgoing(self.replies, request_id, value, partition, None, message))
+            if self.scored is not None:
+                out.extend(self.scored.records(group))
         for rejected in scored.rejected:
             record = rejected.message
             headers = dead_letter_headers(record, rejected.reason, rejected.error, SERVICE)
@@ -147,6 +164,55 @@ class _Processor(Stateless):
         await self.app.refresh()
 
 
+class ScoredWriter:
+    """A group's rows for the monitor: one `monitor-scored` record per join partition (and
+    size chunk), so that the join reads them where it joins them."""
+
+    def __init__(self, codec: AvroCodec, topic: str) -> None:
+        self.codec = codec
+        self.topic = topic
+
+    def records(self, group: ScoredGroup[ConsumerRecord]) -> list[Outgoing]:
+        rows = group.rows
+        if rows is None:
+            return []
+        ids = group.request_ids
+        partitions = np.fromiter(
+            (key_partition(i, JOIN_PARTITIONS) for i in ids), np.int64, len(ids)
+        )
+        width = rows.features.shape[1]
+        per_row = 8 * (width + rows.scores.shape[1]) + 64
+        if rows.categories:
+            per_row += sum(len(v) + 2 for v in rows.categories) // len(ids)
+        chunk = max(1, SCORED_RECORD_BYTES // per_row)
+        categorical = len(rows.categories) // len(ids)
+        key = rows.model.encode()
+        out = []
+        for partition in np.unique(partitions).tolist():
+            where = np.flatnonzero(partitions == partition)
+            for start in range(0, len(where), chunk):
+                index = where[start : start + chunk].tolist()
+                record: MonitorScored = {
+                    "model": rows.model,
+                    "version": rows.version,
+                    "predicted_at_ms": rows.predicted_at_ms,
+                    "request_ids": [ids[i].decode() for i in index],
+                    "feature_count": width,
+                    "features": np.ascontiguousarray(rows.features[index], "<f8").tobytes(),
+                    "categories": [
+                        rows.categories[i * categorical + j]
+                        for i in index
+                        for j in range(categorical)
+                    ],
+                    "classes": rows.classes,
+                    "scores": np.ascontiguousarray(rows.scores[index], "<f8").tobytes(),
+                    "predictions": [rows.predictions[i] for i in index],
+                }
+                value = self.codec.encode(MonitorScored, record)
+                out.append(Outgoing(self.topic, key, value, partition))
+        return out
+
+
 class PredictorApp(Lifecycle):
     def __init__(self, settings: PredictorSettings) -> None:
         super().__init__()
@@ -176,7 +242,7 @@ class PredictorApp(Lifecycle):
             deadletter_topic=settings.topic(DEADLETTER),
             topic_limits={
                 settings.topic(name): max_message_bytes(name)
-                for name in (PREDICTIONS_TOPIC, SHADOW_TOPIC, REPLIES)
+                for name in (PREDICTIONS_TOPIC, SHADOW_TOPIC, REPLIES, MONITOR_SCORED)
             },
             crash_topic=settings.topic(PREDICTOR_IN_FLIGHT),
             exactly_once=settings.delivery == Delivery.EXACTLY_ONCE,
@@ -212,6 +278,8 @@ class PredictorApp(Lifecycle):
         return self.scoring if self.logic.runs_graphs else None
 
     async def start(self) -> None:
+        if self.settings.predictor_monitor_scored:
+            await create_topics(self.settings, only=(MONITOR_SCORED,), reconcile=False)
         await self.own(self.audit_producer)
         await self.own(self.registry)
         await self._load_registry()

@@ -26,6 +26,7 @@ from modelstream.contracts.codec import DEFAULTS, AvroCodec, is_json
 from modelstream.contracts.definitions import check_request_id
 from modelstream.contracts.limits import Limits
 from modelstream.contracts.records import (
+    Label,
     NamedTensor,
     Prediction,
     PredictionRequest,
@@ -136,14 +137,30 @@ class Catalog:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoredRows:
+    """What the monitor needs of a group's rows, in columns (it learns from these and never
+    decodes a request or a prediction again)."""
+
+    model: str
+    version: int
+    predicted_at_ms: int
+    features: np.ndarray  # [rows, features] float64; [rows, 0] for a tensor model
+    categories: list[str]  # [rows x categorical] row-major, model order; [] when none
+    classes: list[str]  # the score columns' labels; [] for regression and embeddings
+    scores: np.ndarray  # [rows, max(1, classes)]; [rows, 0] for an embedding model
+    predictions: list[Label]
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredGroup(Generic[M]):
     """Encoded predictions of one (model, version, route) group, with the messages they
-    answer, in input order."""
+    answer, in input order, and their rows in columns."""
 
     shadow: bool
     messages: list[M]
     values: list[bytes]
     request_ids: list[bytes]
+    rows: ScoredRows | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +340,9 @@ class PredictorLogic:
                 good = [item for item, k in zip(good, keep.tolist(), strict=True) if k]
                 if not good:
                     continue
-            result.groups.append(self._encode(model, route, good, output, now_ms, result))
+            result.groups.append(
+                self._encode(model, route, good, output, now_ms, result, X, categories)
+            )
         return result
 
     def _without_tensors(
@@ -544,7 +563,17 @@ class PredictorLogic:
                 requested,
                 now_ms,
             )
-        return ScoredGroup(shadow, [message for message, _ in items], values, ids)
+        rows = ScoredRows(
+            model.name,
+            model.version,
+            now_ms,
+            np.empty((n, 0)),
+            [],
+            list(scorer.classes) if scores is not None and scorer.task != Task.REGRESSION else [],
+            np.empty((n, 0)) if scores is None else np.asarray(scores, np.float64).reshape(n, -1),
+            labels,
+        )
+        return ScoredGroup(shadow, [message for message, _ in items], values, ids, rows)
 
     def _tensor_json(
         self,
@@ -793,16 +822,35 @@ class PredictorLogic:
         output: np.ndarray,
         now_ms: int,
         result: Scored[M],
+        X: np.ndarray,
+        categories: Categories | None,
     ) -> ScoredGroup[M]:
         requested = _accounted(model, route, items, now_ms, result)
         shadow = route == "shadow"
+        classes = list(model.model.classes) if model.model.task != Task.REGRESSION else []
+        scores = np.asarray(output, dtype=np.float64).reshape(len(items), -1)
+        predictions: list[Label] = (
+            [classes[i] for i in scores.argmax(axis=1).tolist()]
+            if classes
+            else scores[:, 0].tolist()
+        )
         if self.output_format == "json":
             values = self._encode_json(model, route, items, output, requested, now_ms)
         else:
             writer = self._writer(model, route)
             values = writer.encode([req[0] for _, req in items], output, requested, now_ms)
+        rows = ScoredRows(
+            model.name,
+            model.version,
+            now_ms,
+            X,
+            _row_major(categories, model.model.categorical),
+            classes,
+            scores,
+            predictions,
+        )
         return ScoredGroup(
-            shadow, [message for message, _ in items], values, [req[0] for _, req in items]
+            shadow, [message for message, _ in items], values, [req[0] for _, req in items], rows
         )
 
     def _encode_json(
@@ -861,6 +909,15 @@ def _accounted(
         result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
     result.predicted[(model.name, model.version, shadow)] += len(items)
     return requested
+
+
+def _row_major(categories: Categories | None, names: Sequence[str]) -> list[str]:
+    """A group's categorical values, row after row in the model's order."""
+    if categories is None or not names:
+        return []
+    if isinstance(categories, np.ndarray):
+        return [str(v) for v in categories.ravel().tolist()]
+    return [row[name] for row in categories if row is not None for name in names]
 
 
 def _finite_rows(outputs: TensorOutputs, n: int) -> np.ndarray:

@@ -59,6 +59,12 @@ class PredictorSettings(ServiceSettings):
         description="Exactly-once: a transaction commits after this many requests even "
         "before its interval ends.",
     )
+    predictor_monitor_scored: bool = Field(
+        default=True,
+        description="Write each scored row's features, version and scores to the internal "
+        "`monitor-scored` topic, in the transaction of its prediction: what the monitor learns "
+        "from. Off when no monitor runs.",
+    )
     predictor_session_timeout_s: float = Field(
         default=10.0,
         ge=6,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from typing import Any
 
 import numpy as np
@@ -268,26 +270,53 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "at_ms": 1_790_000_000_000,
     },
     "InFlightMarker": {"first": 120, "last": 183, "mode": "RECORD", "crashes": 2},
+    "MonitorScored": {
+        "model": "breast-cancer",
+        "version": 3,
+        "predicted_at_ms": 1_790_000_000_000,
+        "request_ids": ["r-1", "r-2"],
+        "feature_count": 2,
+        "features": struct.pack("<4d", 1.5, -2.0, 0.25, 8.0),
+        "categories": ["red", "blue"],
+        "classes": ["0", "1"],
+        "scores": struct.pack("<4d", 0.9, 0.1, 0.3, 0.7),
+        "predictions": ["0", "1"],
+    },
     "MonitorJoinState": {
         "first_seen_ms": 1_790_000_000_000,
-        "request": b"\xc3\x01request",
+        "request": None,
         "prediction": None,
         "feedback": b"\xc3\x01feedback",
         "feedback_partition": 4,
         "feedback_offset": 17,
         "done": False,
+        "scored": {
+            "model": "breast-cancer",
+            "version": 3,
+            "predicted_at_ms": 1_790_000_000_000,
+            "features": struct.pack("<2d", 1.5, -2.0),
+            "categories": ["red"],
+            "classes": ["0", "1"],
+            "scores": struct.pack("<2d", 0.9, 0.1),
+            "prediction": "0",
+        },
     },
     "MonitorLabelledBatch": {
-        "labels": [
-            {
-                "request_id": "r-1",
-                "request": b"\xc3\x01request",
-                "prediction": b"\xc3\x01prediction",
-                "feedback": b"\xc3\x01feedback",
-                "feedback_partition": 4,
-                "feedback_offset": 17,
-            }
-        ]
+        "model": "breast-cancer",
+        "request_ids": ["r-1", "r-2"],
+        "versions": [3, 2],
+        "predicted_at_ms": [1_790_000_000_000, 1_790_000_000_005],
+        "feature_count": 2,
+        "features": struct.pack("<4d", 1.5, -2.0, 0.25, 8.0),
+        "categories": [],
+        "classes": ["0", "1"],
+        "scores": struct.pack("<4d", 0.9, 0.1, 0.3, 0.7),
+        "predictions": ["0", "1"],
+        "labels": ["0", "0"],
+        "labelled_at_ms": [1_790_000_002_000, -1],
+        "feedback_partitions": [4, 1],
+        "feedback_offsets": [17, 3],
+        "feedback": [b"\xc3\x01feedback", b"\xc3\x01another"],
     },
     "MonitorOutcomes": {
         "model": "breast-cancer",

@@ -1,23 +1,22 @@
-"""The join of requests, predictions and feedback by request id, one task's table at a time.
+"""The join of scored rows and feedback by request id, one task's table at a time.
 
-Each request id collects three parts - the request (its features), the prediction (version,
-scores) and the feedback (the label) - in any order. When the last part arrives the label is
-*complete* and leaves the join; the entry stays, reduced to a marker, until the TTL so that a
-part sent twice is recognised and ignored (the first complete join wins). An entry that
-reaches the TTL incomplete *expires*: it is counted by its missing parts, and feedback that
-never met a prediction goes to the dead letters.
+Each request id collects two parts - the scored row (features, version, scores, from the
+predictor) and the feedback (the label) - in either order. When the second part arrives the
+label is *complete* and leaves the join; the entry stays, reduced to a marker, until the TTL
+so that a part sent twice is recognised and ignored (the first complete join wins). An entry
+that reaches the TTL incomplete *expires*: it is counted by its missing part, and feedback
+that never met a prediction goes to the dead letters.
 
 Pure: no Kafka. A batch's changes are staged (:meth:`JoinTable.stage`) and applied only when
 the transaction that carried their outputs has committed (:meth:`JoinTable.commit`), so a
 batch processed again after an abort sees the table as it was.
 
+>>> row = ScoredPart("m", 1, 100, b"", (), ("0", "1"), b"", "1")
 >>> table = JoinTable()
 >>> staged = table.stage()
 >>> staged.add(b"r1", FEEDBACK, b"label-bytes", 100, (2, 7))
 True
->>> staged.add(b"r1", REQUESTS, b"request-bytes", 101)
-True
->>> staged.add(b"r1", PREDICTIONS, b"prediction-bytes", 102)
+>>> staged.add(b"r1", SCORED, row, 101)
 True
 >>> staged.add(b"r1", FEEDBACK, b"label-bytes", 103, (2, 8))  # seen again: ignored
 False
@@ -32,10 +31,28 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from modelstream.contracts.records import MonitorJoinState
+from modelstream.contracts.records import Label, MonitorJoinState, ScoredRow
 
-REQUESTS, PREDICTIONS, FEEDBACK = "requests", "predictions", "feedback"
-PARTS = (REQUESTS, PREDICTIONS, FEEDBACK)
+SCORED, FEEDBACK = "scored", "feedback"
+PARTS = (SCORED, FEEDBACK)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredPart:
+    """One row a predictor scored: what the learner needs of the request and prediction."""
+
+    model: str
+    version: int
+    predicted_at_ms: int
+    features: bytes  # little-endian float64, model order
+    categories: tuple[str, ...]
+    classes: tuple[str, ...]
+    scores: bytes  # little-endian float64
+    prediction: Label
+
+    @property
+    def size(self) -> int:
+        return len(self.features) + len(self.scores) + sum(len(c) for c in self.categories)
 
 
 @dataclass
@@ -43,52 +60,39 @@ class Entry:
     """What the join holds for one request id."""
 
     first_seen_ms: int
-    request: bytes | None = None
-    prediction: bytes | None = None
+    scored: ScoredPart | None = None
     feedback: bytes | None = None
     feedback_source: tuple[int, int] | None = None  # (partition, offset) on `feedback`
     done: bool = False
 
     def copy(self) -> Entry:
         return Entry(
-            self.first_seen_ms,
-            self.request,
-            self.prediction,
-            self.feedback,
-            self.feedback_source,
-            self.done,
+            self.first_seen_ms, self.scored, self.feedback, self.feedback_source, self.done
         )
 
     @property
     def complete(self) -> bool:
-        return (
-            self.request is not None and self.prediction is not None and (self.feedback is not None)
-        )
+        return self.scored is not None and self.feedback is not None
 
     @property
     def size(self) -> int:
         """Bytes of the parts held (what the table's memory and changelog grow with)."""
-        return len(self.request or b"") + len(self.prediction or b"") + len(self.feedback or b"")
+        return (self.scored.size if self.scored is not None else 0) + len(self.feedback or b"")
 
     def missing(self) -> list[str]:
         return [
             kind
-            for kind, part in (
-                (REQUESTS, self.request),
-                (PREDICTIONS, self.prediction),
-                (FEEDBACK, self.feedback),
-            )
+            for kind, part in ((SCORED, self.scored), (FEEDBACK, self.feedback))
             if part is None
         ]
 
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A label whose three parts met: what the learner needs, still encoded."""
+    """A label whose two parts met."""
 
     request_id: bytes
-    request: bytes
-    prediction: bytes
+    scored: ScoredPart
     feedback: bytes
     feedback_source: tuple[int, int]
 
@@ -118,7 +122,7 @@ class Staged:
         self,
         request_id: bytes,
         kind: str,
-        part: bytes,
+        part: ScoredPart | bytes,
         now_ms: int,
         feedback_source: tuple[int, int] | None = None,
     ) -> bool:
@@ -128,32 +132,21 @@ class Staged:
             self.duplicates += 1
             return False
         entry = Entry(now_ms) if current is None else current.copy()
-        if kind == REQUESTS:
-            if entry.request is not None:
+        if isinstance(part, ScoredPart):
+            if entry.scored is not None:
                 self.duplicates += 1
                 return False
-            entry.request = part
-        elif kind == PREDICTIONS:
-            if entry.prediction is not None:
-                self.duplicates += 1
-                return False
-            entry.prediction = part
+            entry.scored = part
         else:
             if entry.feedback is not None:
                 self.duplicates += 1
                 return False
             entry.feedback, entry.feedback_source = part, feedback_source
         if entry.complete:
-            assert entry.request is not None and entry.prediction is not None
-            assert entry.feedback is not None and entry.feedback_source is not None
+            assert entry.scored is not None and entry.feedback is not None
+            assert entry.feedback_source is not None
             self.completed.append(
-                Completed(
-                    request_id,
-                    entry.request,
-                    entry.prediction,
-                    entry.feedback,
-                    entry.feedback_source,
-                )
+                Completed(request_id, entry.scored, entry.feedback, entry.feedback_source)
             )
             entry = Entry(entry.first_seen_ms, done=True)  # a marker until the TTL
         self.changed[request_id] = entry
@@ -213,23 +206,57 @@ class JoinTable:
 
 def to_state(entry: Entry) -> MonitorJoinState:
     partition, offset = entry.feedback_source or (None, None)
+    scored = entry.scored
+    row: ScoredRow | None = (
+        {
+            "model": scored.model,
+            "version": scored.version,
+            "predicted_at_ms": scored.predicted_at_ms,
+            "features": scored.features,
+            "categories": list(scored.categories),
+            "classes": list(scored.classes),
+            "scores": scored.scores,
+            "prediction": scored.prediction,
+        }
+        if scored is not None
+        else None
+    )
     return {
         "first_seen_ms": entry.first_seen_ms,
-        "request": entry.request,
-        "prediction": entry.prediction,
+        "request": None,
+        "prediction": None,
         "feedback": entry.feedback,
         "feedback_partition": partition,
         "feedback_offset": offset,
         "done": entry.done,
+        "scored": row,
     }
 
 
 def from_state(state: MonitorJoinState) -> Entry:
+    """The entry a changelog record holds. One written by the first version of the record
+    keeps its feedback and done marker; its request and prediction (whole records, which
+    the join no longer reads) are not kept: such a label's feedback expires to the dead
+    letters (``no-prediction``), where it can be sent again."""
     partition, offset = state["feedback_partition"], state["feedback_offset"]
+    row = state.get("scored")
+    scored = (
+        ScoredPart(
+            row["model"],
+            row["version"],
+            row["predicted_at_ms"],
+            row["features"],
+            tuple(row["categories"]),
+            tuple(row["classes"]),
+            row["scores"],
+            row["prediction"],
+        )
+        if row is not None
+        else None
+    )
     return Entry(
         state["first_seen_ms"],
-        state["request"],
-        state["prediction"],
+        scored,
         state["feedback"],
         (partition, offset) if partition is not None and offset is not None else None,
         state["done"],

@@ -52,7 +52,7 @@ class Labelled:
     """A prediction with its true label: one complete join, decoded."""
 
     request_id: str
-    features: Features
+    features: Features | np.ndarray  # the row in model order (a labelled batch gives arrays)
     version: int
     prediction: Label
     scores: dict[str, float]
