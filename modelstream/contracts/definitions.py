@@ -191,7 +191,7 @@ def infer_feature_names(features: Features) -> list[str]:
     return [f"f{i}" for i in range(len(features))]
 
 
-def feature_vector(features: Features, names: Sequence[str]) -> np.ndarray:
+def feature_vector(features: Features | np.ndarray, names: Sequence[str]) -> np.ndarray:
     """One example's features in ``names`` order; raises InvalidEventError with a reason."""
     d = len(names)
     if isinstance(features, Mapping):

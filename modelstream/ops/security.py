@@ -37,6 +37,7 @@ from modelstream.kafka.topology import (
     FEEDBACK,
     MODEL_HISTORY,
     MODELS,
+    MONITOR_SCORED,
     PREDICTIONS,
     PREDICTOR_IN_FLIGHT,
     REPLIES,
@@ -78,14 +79,22 @@ SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
     ),
     "predictor": ServiceAccess(
         (REQUESTS, MODELS, MODEL_HISTORY, CONTROL, PREDICTOR_IN_FLIGHT),
-        (PREDICTIONS, SHADOW_PREDICTIONS, REPLIES, DEADLETTER, AUDIT, PREDICTOR_IN_FLIGHT),
+        (
+            PREDICTIONS,
+            SHADOW_PREDICTIONS,
+            REPLIES,
+            DEADLETTER,
+            AUDIT,
+            PREDICTOR_IN_FLIGHT,
+            MONITOR_SCORED,
+        ),
         transactional=True,
     ),
     "monitor": ServiceAccess(
-        (PREDICTIONS, FEEDBACK, REQUESTS, MODELS, CONTROL),
+        (FEEDBACK, MODELS, CONTROL),  # not requests nor predictions: monitor-scored has the rows
         (CANDIDATES, CONTROL, AUDIT, DEADLETTER, TRAINING),
         transactional=True,  # the join and the learner
-        internal_topics=True,  # its changelogs and internal topics, and faust's
+        internal_topics=True,  # its changelogs and internal topics (monitor-scored), and faust's
     ),
     "gateway": ServiceAccess(
         (REPLIES, MODELS),

@@ -23,7 +23,7 @@ from modelstream.contracts.builders import command
 from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import in_online_holdout
-from modelstream.contracts.records import MonitorLabelledBatch, Prediction, TrainingExample
+from modelstream.contracts.records import MonitorLabelledBatch, TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.registry.artifact import to_tensor
 from modelstream.registry.follower import load_history
@@ -57,6 +57,7 @@ from tests.support.models import (
     trained_body,
 )
 from tests.support.processes import ServiceProcess
+from tests.support.scored import scored_records
 
 CODEC = default_codec()
 
@@ -381,26 +382,14 @@ async def test_monitor_survives_kill_9_without_losing_a_label(  # type: ignore[n
 # -- 4. aborted predictions ---------------------------------------------------------------------
 async def test_an_aborted_transactions_predictions_never_reach_the_join(topics, keys):  # type: ignore[no-untyped-def]
     """A zombie predictor's aborted transaction must not win the join (and credit the label
-    to the wrong version): the join reads committed predictions only."""
+    to the wrong version): the join reads committed scored rows only."""
     base = topics
     await publish(base, keys, trained_body(BC), 1)
-    await produce(base, "requests", requests_for(BC, 2, prefix="t"))  # t-0, t-1
+    X, _, _, _ = dataset(BC)
 
-    def prediction(rid: str, version: int) -> bytes:
-        return CODEC.encode(
-            Prediction,
-            {
-                "request_id": rid,
-                "model": BC,
-                "version": version,
-                "digest_prefix": "",
-                "prediction": "0",
-                "scores": {"0": 0.9, "1": 0.1},
-                "route": "production",
-                "requested_at_ms": 1,
-                "predicted_at_ms": 2,
-            },
-        )
+    def scored(rids: list[str], version: int) -> list[tuple[int, bytes]]:
+        proba = np.tile([0.9, 0.1], (len(rids), 1))
+        return scored_records(BC, version, rids, X[: len(rids)], proba, ["0", "1"], 2)
 
     zombie = AIOKafkaProducer(
         bootstrap_servers=base.bootstrap, transactional_id=f"{base.topic_prefix}zombie"
@@ -408,26 +397,37 @@ async def test_an_aborted_transactions_predictions_never_reach_the_join(topics, 
     await zombie.start()
     try:
         await zombie.begin_transaction()
-        for rid in ("t-0", "t-1"):
-            await zombie.send(base.topic("predictions"), prediction(rid, 99), key=rid.encode())
+        for partition, value in scored(["t-0", "t-1"], 99):
+            await zombie.send(base.topic("monitor-scored"), value, partition=partition)
         await zombie.flush()  # written to the log, then aborted
         await zombie.abort_transaction()
     finally:
         await zombie.stop()
-    await produce(base, "predictions", [(b"t-0", prediction("t-0", 1))])  # the real one, t-0 only
+    await produce_scored(base, scored(["t-0"], 1))  # the real one, t-0 only
     await produce(base, "feedback", feedback_records(BC, [("t-0", "0"), ("t-1", "0")]))
     monitor = MonitorApp(service_settings(MonitorSettings, base, keys, join_ttl_s=2.0))
     async with running(monitor):
         await eventually(lambda: monitor.joined_total(BC) >= 1, 60, "t-0 was not joined")
         dead = await consume_until(base, "deadletter", lambda r: len(r) >= 1, timeout_s=30)
     labelled = [
-        label
+        CODEC.decode(r.value, MonitorLabelledBatch)
         for r in await read_all(base, "monitor-labelled")
-        for label in CODEC.decode(r.value, MonitorLabelledBatch)["labels"]
     ]
-    assert [label["request_id"] for label in labelled] == ["t-0"]
-    assert CODEC.decode(labelled[0]["prediction"], Prediction)["version"] == 1
+    assert [rid for batch in labelled for rid in batch["request_ids"]] == ["t-0"]
+    assert labelled[0]["versions"] == [1]
     assert set(monitor.watches[BC].metrics) == {1}  # nothing credited to the zombie's v99
     headers = dict(dead[0].headers)
     assert dead[0].key == b"t-1" and headers["reason"] == b"no-prediction"
     assert headers["source.topic"] == base.topic("feedback").encode()
+
+
+async def produce_scored(settings: Settings, records: list[tuple[int, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        for partition, value in records:
+            await producer.send_and_wait(
+                settings.topic("monitor-scored"), value, partition=partition
+            )
+    finally:
+        await producer.stop()

@@ -2,12 +2,13 @@
 
 Three monitor processes share the work while 50,000 labelled requests stream at 5,000/s; a
 fourth joins, one is killed with SIGKILL, one is stopped with SIGTERM and restarted. The
-predictions are written as the predictor writes them (keyed by request id, in the partition
-of its CRC-32), the requests by aiokafka's default partitioner (murmur2), and the feedback
-either by aiokafka too (so the join forwards most of it to its join partition) or by kcat
-(librdkafka's default partitioner, which puts it in place). Afterwards, counted by request
-id: each label is on `training` once (joined once) and in the learner's input once (learned
-once), and the learner's state matches a single monitor's on the same input.
+scored rows are written as the predictor writes them (`monitor-scored`, one record per
+batch and join partition, by the predictor's own writer), and the feedback either by
+aiokafka's default partitioner (murmur2, so the join forwards most of it to its join
+partition) or by kcat (librdkafka's default partitioner, which puts it in place).
+Afterwards, counted by request id: each label is on `training` once (joined once) and in the
+learner's input once (learned once), and the learner's state matches a single monitor's on
+the same input.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import re
 import signal
 import time
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,14 +27,12 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from modelstream.contracts.client import RequestEncoder
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.definitions import in_online_holdout
 from modelstream.contracts.records import (
     Feedback,
     MonitorLabelledBatch,
     MonitorModelState,
-    Prediction,
     TrainingExample,
 )
 from modelstream.kafka.topology import create_topics
@@ -45,6 +43,7 @@ from modelstream.settings import Settings, load
 from tests.support.helpers import read_all, running, service_settings
 from tests.support.models import BC, dataset, publish, trained_body
 from tests.support.processes import ServiceProcess
+from tests.support.scored import scored_records
 
 pytestmark = pytest.mark.faults
 
@@ -54,43 +53,37 @@ CODEC = default_codec()
 Record = tuple[bytes, bytes]
 
 
-def labelled_input(n: int) -> tuple[list[Record], list[Record], list[Record], list[str]]:
-    """Requests, predictions (version 1, scored by the production model), Avro feedback, and
-    the same feedback as JSON lines for kcat."""
-    X, y, names, _ = dataset(BC)
+Data = tuple[list[list[tuple[int, bytes]]], list[Record], list[str]]
+CHUNK = RATE // 10  # rows per predictor batch, and per tenth of a second of the stream
+
+
+def labelled_input(n: int) -> Data:
+    """Scored rows (version 1, scored by the production model) per batch of CHUNK, Avro
+    feedback, and the same feedback as JSON lines for kcat."""
+    X, y, _, _ = dataset(BC)
     body = trained_body(BC)
     rows = X[np.arange(n) % len(X)]
     proba = LinearModel.from_body(body).proba(rows)
-    encoder = RequestEncoder(names)
     now = int(time.time() * 1000)
-    requests, predictions, feedback, lines = [], [], [], []
-    for i in range(n):
-        rid = f"s-{i}"
-        key = rid.encode()
+    ids = [f"s-{i}" for i in range(n)]
+    scored = [
+        scored_records(
+            BC, 1, ids[a : a + CHUNK], rows[a : a + CHUNK], proba[a : a + CHUNK], ["0", "1"], now
+        )
+        for a in range(0, n, CHUNK)
+    ]
+    feedback, lines = [], []
+    for i, rid in enumerate(ids):
         label = str(y[i % len(y)])
-        requests.append((key, encoder.encode(rid, BC, rows[i], packed=True)))
-        p = proba[i]
-        prediction = {
-            "request_id": rid,
-            "model": BC,
-            "version": 1,
-            "digest_prefix": "",
-            "prediction": str(int(p.argmax())),
-            "scores": {"0": float(p[0]), "1": float(p[1])},
-            "route": "production",
-            "requested_at_ms": now,
-            "predicted_at_ms": now,
-        }
-        predictions.append((key, CODEC.encode(Prediction, prediction)))
         plain = {"request_id": rid, "model": BC, "label": label, "timestamp_ms": now + 1000}
-        feedback.append((key, CODEC.encode(Feedback, plain)))
+        feedback.append((rid.encode(), CODEC.encode(Feedback, plain)))
         lines.append(f"{rid}\t{json.dumps(plain)}\n")
-    return requests, predictions, feedback, lines
+    return scored, feedback, lines
 
 
 class Stream:
-    """Writes labelled requests at a steady rate: requests by aiokafka's default partitioner,
-    predictions where the predictor writes them, feedback by aiokafka or by kcat."""
+    """Writes labelled requests at a steady rate: scored rows where the predictor writes
+    them, feedback by aiokafka's default partitioner or by kcat."""
 
     def __init__(self, settings: Settings, feedback_via: str) -> None:
         self.settings = settings
@@ -123,41 +116,28 @@ class Stream:
             self.kcat.stdin.close()
             assert await asyncio.wait_for(self.kcat.wait(), 60) == 0
 
-    async def send(
-        self,
-        data: tuple[list[Record], list[Record], list[Record], list[str]],
-        events: dict[float, Callable[[], Awaitable[None]]],
-    ) -> None:
-        requests, predictions, feedback, lines = data
+    async def send(self, data: Data, events: dict[float, Callable[[], Awaitable[None]]]) -> None:
+        scored, feedback, lines = data
         topic = self.settings.topic
-        chunk = RATE // 10
         started = time.monotonic()
         pending = dict(sorted(events.items()))
-        for start in range(0, len(requests), chunk):
-            futures = []
-            for i in range(start, min(start + chunk, len(requests))):
-                key = requests[i][0]
-                futures.append(await self.producer.send(topic("requests"), requests[i][1], key=key))
-                futures.append(
-                    await self.producer.send(
-                        topic("predictions"),
-                        predictions[i][1],
-                        key=key,
-                        partition=zlib.crc32(key) % 6,
-                    )
-                )
-                if self.kcat is None:
-                    futures.append(
-                        await self.producer.send(topic("feedback"), feedback[i][1], key=key)
-                    )
-            if self.kcat is not None:
+        for batch, records in enumerate(scored):
+            start = batch * CHUNK
+            futures = [
+                await self.producer.send(topic("monitor-scored"), value, partition=partition)
+                for partition, value in records
+            ]
+            if self.kcat is None:
+                for key, value in feedback[start : start + CHUNK]:
+                    futures.append(await self.producer.send(topic("feedback"), value, key=key))
+            else:
                 assert self.kcat.stdin is not None
-                self.kcat.stdin.write("".join(lines[start : start + chunk]).encode())
+                self.kcat.stdin.write("".join(lines[start : start + CHUNK]).encode())
                 await self.kcat.stdin.drain()
             await asyncio.gather(*futures)
             for at in [at for at in pending if time.monotonic() - started >= at]:
                 await pending.pop(at)()
-            await asyncio.sleep(max(0.0, started + (start + chunk) / RATE - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + (start + CHUNK) / RATE - time.monotonic()))
         for action in pending.values():
             await action()
 
@@ -250,9 +230,9 @@ async def scale_out(
     )
     # learned once: each label in the learner's (committed) input, by request id
     learned = Counter(
-        label["request_id"]
+        request_id
         for r in await read_all(base, "monitor-labelled")
-        for label in CODEC.decode(r.value, MonitorLabelledBatch)["labels"]
+        for request_id in CODEC.decode(r.value, MonitorLabelledBatch)["request_ids"]
     )
     dead = [r for r in await read_all(base, "deadletter")]
     expected = {f"s-{i}" for i in range(N)}
@@ -281,9 +261,7 @@ async def scale_out(
     compare_learners(state, reference)
 
 
-async def single_copy(
-    base: Settings, keys: Path, data: tuple[list[Record], list[Record], list[Record], list[str]]
-) -> MonitorModelState:
+async def single_copy(base: Settings, keys: Path, data: Data) -> MonitorModelState:
     """The same input, one monitor (in this process), its own topics."""
     settings = load(
         bootstrap_servers=base.bootstrap,
@@ -291,18 +269,20 @@ async def single_copy(
     )
     await create_topics(settings)
     await publish(settings, keys, trained_body(BC), 1)
-    requests, predictions, feedback, _ = data
+    scored, feedback, _ = data
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=20)
     await producer.start()
     try:
         futures = []
-        for name, records in (
-            ("requests", requests),
-            ("predictions", predictions),
-            ("feedback", feedback),
-        ):
-            for key, value in records:
-                futures.append(await producer.send(settings.topic(name), value, key=key))
+        for records in scored:
+            for partition, value in records:
+                futures.append(
+                    await producer.send(
+                        settings.topic("monitor-scored"), value, partition=partition
+                    )
+                )
+        for key, value in feedback:
+            futures.append(await producer.send(settings.topic("feedback"), value, key=key))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
