@@ -1,15 +1,16 @@
 """Monitor throughput: labelled events joined and learned per second, against the real broker.
 
-``requests``, ``predictions`` and ``feedback`` are preloaded for N request ids (breast-cancer,
-packed features; predictions scored by the production model and written, as the predictor
-writes them, to the partition of the CRC-32 of their request id; requests and feedback
-partitioned by murmur2, as a Java or aiokafka producer writes them, so the monitor's join
-forwards 5 in 6 of them to their join partition). Then each candidate runs in its own
-process and reports labelled events/s, from its first input to its N-th learned label:
+Labelled events are preloaded for N request ids (breast-cancer): the rows the predictor
+scored, as it writes them to ``monitor-scored`` (its own writer: features, version and scores
+of each batch of 500 in columns, in the join partition of each request id), and the feedback
+partitioned by murmur2, as a Java or aiokafka producer writes it, so the monitor's join
+forwards 5 in 6 of them to their join partition. Then each candidate runs in its own process
+and reports labelled events/s, from its first input to its N-th learned label:
 
-1. ``monitor`` - `modelstream run monitor`'s MonitorApp: repartition-free join where records
-   already sit in their join partition, exactly-once join and learner stages with
-   changelog-backed state, live metrics, drift checks, online learning, quality windows;
+1. ``monitor`` - `modelstream run monitor`'s MonitorApp: join of scored rows and feedback
+   (feedback forwarded when it is not in its join partition), exactly-once join and learner
+   stages with changelog-backed state, live metrics, drift checks, online learning, quality
+   windows;
    three models (the breast-cancer model under three names whose learners sit in the
    three learner tasks), the N labels split evenly between them;
 2. ``monitor_x3`` - three monitor processes in one consumer group, all started on the empty
@@ -17,8 +18,10 @@ process and reports labelled events/s, from its first input to its N-th learned 
    written: the join splits six ways, each model's learner lives in one copy; rate from the
    first input of any copy to the N-th label learned, and each copy's joined and learned
    counts (``monitor_x3_copy<k>_joined``, ``_learned``);
-3. ``naive`` - a faust agent as a user might write it: one table lookup/update and, once a
-   request id is complete, one river ``learn_one`` per event, no batching;
+3. ``naive`` - a faust agent as a user might write it over ``requests``, ``predictions`` and
+   ``feedback`` (preloaded for it: predictions in the partition of the CRC-32 of their id,
+   requests and feedback by murmur2): one table lookup/update and, once a request id is
+   complete, one river ``learn_one`` per event, no batching;
 4. ``learner_inmemory`` - the monitor's own learner (river's updates over arrays,
    ``MODELSTREAM_ONLINE_LEARNER=arrays``) in batches of 500 over pre-decoded arrays, each batch
    scored before it is learned: the limit of the chosen learner, no Kafka, no Avro;
@@ -47,6 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support.scored
 from common import (
     body_for,
     broker,
@@ -67,6 +71,7 @@ from modelstream.kafka.topology import create_topics
 from modelstream.learn.linear import LinearModel
 from modelstream.registry.artifact import generate_keys
 from modelstream.settings import Settings, load
+from tests.support.scored import scored_records
 
 HERE = Path(__file__).resolve()
 MODEL = "breast-cancer"
@@ -328,9 +333,11 @@ async def prepared(
     models: list[str] | None = None,
     *,
     load_now: bool = True,
+    raw: bool = False,
 ) -> Settings:
     """Fresh topics with ``models`` (one model by default) published; ``events`` labelled
-    events split evenly between them, written now or by :func:`load_events` later."""
+    events split evenly between them, written now or by :func:`load_events` later (``raw``:
+    as requests, predictions and feedback, for the naive join)."""
     settings = load(
         bootstrap_servers=base.bootstrap,
         topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
@@ -339,36 +346,54 @@ async def prepared(
     await create_topics(settings)
     for model in models or [MODEL]:
         await publish(settings, keys, {**body, "name": model}, 1)
-    if load_now:
+    if raw:
+        await load_raw_events(settings, body, events)
+    elif load_now:
         await load_events(settings, body, events, models or [MODEL])
     return settings
+
+
+PREDICTOR_BATCH = 500  # rows per scored batch, as a predictor at a few thousand requests/s
 
 
 async def load_events(
     settings: Settings, body: dict[str, Any], events: int, models: list[str]
 ) -> None:
-    """Requests, predictions and feedback of ``events`` labels, as evenly as can be over
-    ``models`` (request ids distinct across models)."""
-    requests, predictions, feedback = [], [], []
+    """Scored rows (as the predictor writes them) and feedback of ``events`` labels, as evenly
+    as can be over ``models`` (request ids distinct across models), a batch of each model in
+    turn."""
+    scored: list[tuple[bytes, bytes]] = []
+    partitions: list[int] = []
+    feedback = []
+    per_model = []
     for k, model in enumerate(models):
         n = events // len(models) + (1 if k < events % len(models) else 0)
         prefix = f"r{k}-" if len(models) > 1 else "r"
-        scored, labelled = predictions_and_feedback({**body, "name": model}, n, model, prefix)
-        asked = request_bytes(MODEL, n, packed=True, prefix=prefix)
-        if model != MODEL:  # the same rows, asked of this model
-            codec = default_codec()
-            asked = [
-                (
-                    key,
-                    codec.encode(
-                        PredictionRequest, {**codec.decode(v, PredictionRequest), "model": model}
-                    ),
-                )
-                for key, v in asked
-            ]
-        requests += asked
-        predictions += scored
+        X, _, _ = labelled_stream(n)
+        proba = LinearModel.from_body(body).proba(X)
+        _, labelled = predictions_and_feedback({**body, "name": model}, n, model, prefix)
+        per_model.append((model, [f"{prefix}{i}" for i in range(n)], X, proba))
         feedback += labelled
+    now = int(time.time() * 1000)
+    for start in range(0, max(len(ids) for _, ids, _, _ in per_model), PREDICTOR_BATCH):
+        for model, ids, X, proba in per_model:
+            end = start + PREDICTOR_BATCH
+            if start >= len(ids):
+                continue
+            for partition, value in scored_records(
+                model, 1, ids[start:end], X[start:end], proba[start:end], ["0", "1"], now
+            ):
+                scored.append((model.encode(), value))
+                partitions.append(partition)
+    await preload(settings, scored, "monitor-scored", lambda _key, i, _n: partitions[i])
+    await preload(settings, feedback, "feedback", by_murmur2)
+
+
+async def load_raw_events(settings: Settings, body: dict[str, Any], events: int) -> None:
+    """Requests, predictions and feedback of ``events`` labels of one model, for the naive
+    join (which reads the user topics)."""
+    predictions, feedback = predictions_and_feedback(body, events)
+    requests = request_bytes(MODEL, events, packed=True, prefix="r")
     await preload(settings, requests, "requests", by_murmur2)
     await preload(settings, predictions, "predictions", by_crc32)
     await preload(settings, feedback, "feedback", by_murmur2)
@@ -467,7 +492,7 @@ def main() -> None:
     results: dict[str, float] = {}
     wanted = set(args.only.split(","))
     with broker() as base:
-        print(f"broker {base.bootstrap}; labelled events = request + prediction + feedback")
+        print(f"broker {base.bootstrap}; a labelled event = a scored row + its feedback")
         if "monitor" in wanted:
             settings = asyncio.run(prepared(base, keys, body, args.events, MODELS))
             one = spawn_worker(HERE, "monitor", settings, args.events, settings.public_key_file)
@@ -494,7 +519,7 @@ def main() -> None:
                 f"{three['join_tasks_by_copy']}, learner tasks {three['learn_tasks_by_copy']})"
             )
         if "naive" in wanted:
-            settings = asyncio.run(prepared(base, keys, body, args.naive_events))
+            settings = asyncio.run(prepared(base, keys, body, args.naive_events, raw=True))
             naive = spawn_worker(
                 HERE, "naive", settings, args.naive_events, settings.public_key_file
             )

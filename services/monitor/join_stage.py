@@ -182,12 +182,15 @@ class JoinStage:
         now = now_ms()
         out: list[Outgoing] = []
         touched: dict[bytes, ConsumerRecord] = {}
+        forwarded = self.forwarded
         for record in records:
             if record.topic == self.topic_scored:
                 self._add_scored(record, staged, now, touched, out)
             else:
                 self._add_feedback(record, staged, now, touched, out)
         EVENTS_CONSUMED.labels(SERVICE).inc(len(records))
+        if self.forwarded > forwarded:
+            MONITOR_FORWARDED.labels(logic.FEEDBACK).inc(self.forwarded - forwarded)
         for key in touched:
             entry = staged.changed[key]
             assert entry is not None
@@ -274,7 +277,6 @@ class JoinStage:
             (FEEDBACK_OFFSET, str(record.offset).encode()),
         ]
         self.forwarded += 1
-        MONITOR_FORWARDED.labels(logic.FEEDBACK).inc()
         return Outgoing(self.topic_forwarded, key, record.value, partition, headers, record)
 
     def _labelled(
@@ -323,8 +325,9 @@ class JoinStage:
     def _feedback(self, value: bytes) -> Feedback:
         if is_json(value):  # user topics also take JSON: decoded and checked whole
             return self.codec.decode_any(value, Feedback, self.limits)
-        feedback = self.codec.decode(value, Feedback, self.limits)
-        return feedback
+        # Unchecked (hot path): the label is checked against the model by the learner
+        # (check_label: a class it knows, or a finite number), the model name just above.
+        return self.codec.decode(value, Feedback, self.limits, checked=False)
 
     def _label_refused(self, label: Completed, failure: Failure) -> Outgoing:
         partition, offset = label.feedback_source
