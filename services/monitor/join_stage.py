@@ -20,6 +20,7 @@ no prediction within the TTL is dead-lettered (reason ``no-prediction``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections import defaultdict
@@ -92,7 +93,7 @@ class JoinStateWriter:
 
     def encode(self, entry: Entry) -> bytes:
         # request and prediction (version 1's fields) are never written: null
-        parts = [self.header, zigzag(entry.first_seen_ms), b"\x00\x00"]
+        parts = [self.header, _long(entry.first_seen_ms), b"\x00\x00"]
         parts.append(b"\x00" if entry.feedback is None else b"\x02" + string(entry.feedback))
         if entry.feedback_source is None:
             parts.append(b"\x00\x00")
@@ -107,11 +108,11 @@ class JoinStateWriter:
             parts += (
                 b"\x02",
                 string(scored.model.encode()),
-                zigzag(scored.version),
-                zigzag(scored.predicted_at_ms),
+                _long(scored.version),
+                _long(scored.predicted_at_ms),
                 string(scored.features),
                 _strings(scored.categories),
-                _strings(scored.classes),
+                _class_strings(scored.classes),
                 string(scored.scores),
             )
             if isinstance(scored.prediction, str):
@@ -121,11 +122,21 @@ class JoinStateWriter:
         return b"".join(parts)
 
 
+@functools.lru_cache(maxsize=256)
+def _long(value: int) -> bytes:
+    """zigzag, remembered: a batch's entries share their first-seen time, a scored record's
+    rows their version and time."""
+    return zigzag(value)
+
+
 def _strings(values: Sequence[str]) -> bytes:
     """An Avro array of strings (one block)."""
     if not values:
         return b"\x00"
     return zigzag(len(values)) + b"".join(string(v.encode()) for v in values) + b"\x00"
+
+
+_class_strings = functools.lru_cache(maxsize=64)(_strings)  # a model's classes, once
 
 
 def join_partition(request_id: bytes) -> int:

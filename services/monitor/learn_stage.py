@@ -220,6 +220,7 @@ class LearnStage:
         out: list[Outgoing] = []
         labelled: list[Labelled] = []
         sources: dict[str, tuple[MonitorLabelledBatch, int]] = {}
+        features: list[np.ndarray] = []
         count = 0
         for batch in batches:
             count += len(batch["request_ids"])
@@ -230,16 +231,20 @@ class LearnStage:
                     for i in range(len(batch["request_ids"]))
                 )
                 continue
-            for i, item in self._labelled(batch, watch, now):
+            rows, X = self._labelled(batch, watch, now)
+            kept = []
+            for i, item in rows:
                 if isinstance(item, InvalidEventError):
                     out.append(self._unusable(batch, i, item.reason, str(item)))
                 else:
                     labelled.append(item)
+                    kept.append(i)
                     sources[item.request_id] = (batch, i)
+            features.append(X[kept])
         dead_letters = len(out)
         if watch is None:
             return out  # every label was refused (unknown-model)
-        decisions = watch.observe(labelled, now)
+        decisions = watch.observe(labelled, now, np.vstack(features) if features else None)
         for label, reason, error in decisions.unusable:
             batch, i = sources[label.request_id]
             out.append(self._unusable(batch, i, reason, error))
@@ -269,9 +274,9 @@ class LearnStage:
 
     def _labelled(
         self, batch: MonitorLabelledBatch, watch: ModelWatch, now: int
-    ) -> list[tuple[int, Labelled | InvalidEventError]]:
-        """The batch's rows, read from its columns; a row whose label the model cannot take
-        is an InvalidEventError in its place."""
+    ) -> tuple[list[tuple[int, Labelled | InvalidEventError]], np.ndarray]:
+        """The batch's rows, read from its columns (a row whose label the model cannot take
+        is an InvalidEventError in its place), and its features as one array."""
         assert watch.body is not None
         body = watch.body
         n = len(batch["request_ids"])
@@ -319,7 +324,7 @@ class LearnStage:
                 out.append((i, exc))
                 continue
             out.append((i, item))
-        return out
+        return out, X
 
     def _unusable(self, batch: MonitorLabelledBatch, i: int, reason: str, error: str) -> Outgoing:
         """The label is what is unusable: the dead letter is its feedback record."""

@@ -7,6 +7,9 @@ import asyncio
 import signal
 from collections import Counter
 
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
 from modelstream.contracts.codec import default_codec
 from modelstream.contracts.records import Feedback, Prediction, PredictionRequest
 from modelstream.services.trainer.app import TrainerApp
@@ -17,6 +20,7 @@ from tests.support.fuzzing import SeededFuzzer
 from tests.support.helpers import define, produce, read_all, running
 from tests.support.models import publish, trained_body
 from tests.support.processes import Predictor
+from tests.support.scored import scored_records
 
 BC = "breast-cancer"
 N = 10_000
@@ -125,50 +129,20 @@ async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignor
             if len(dead) >= N or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.5)
-        # still serving: a well-formed request, prediction and label join as usual
+        # still serving: a well-formed scored row and label join as usual
         codec = default_codec()
-        await produce(
-            base,
-            "requests",
-            [
-                (
-                    b"ok-1",
-                    codec.encode(
-                        PredictionRequest,
-                        {
-                            "request_id": "ok-1",
-                            "model": BC,
-                            "features": [1.0] * 30,
-                            "version": None,
-                            "sent_at_ms": None,
-                        },
-                    ),
+        producer = AIOKafkaProducer(bootstrap_servers=base.bootstrap)
+        await producer.start()
+        try:
+            row = np.ones((1, 30))
+            for partition, value in scored_records(
+                BC, 1, ["ok-1"], row, [[0.2, 0.8]], ["0", "1"], 0
+            ):
+                await producer.send_and_wait(
+                    base.topic("monitor-scored"), value, partition=partition
                 )
-            ],
-        )
-        await produce(
-            base,
-            "predictions",
-            [
-                (
-                    b"ok-1",
-                    codec.encode(
-                        Prediction,
-                        {
-                            "request_id": "ok-1",
-                            "model": BC,
-                            "version": 1,
-                            "digest_prefix": "",
-                            "prediction": "1",
-                            "scores": {"0": 0.2, "1": 0.8},
-                            "route": "production",
-                            "requested_at_ms": 0,
-                            "predicted_at_ms": 0,
-                        },
-                    ),
-                )
-            ],
-        )
+        finally:
+            await producer.stop()
         await produce(
             base,
             "feedback",

@@ -189,7 +189,11 @@ class ModelWatch:
                 self.error_drift.pop(version, None)
 
     # -- one batch -----------------------------------------------------------------------
-    def observe(self, labels: Sequence[Labelled], now_ms: int) -> Decisions:
+    def observe(
+        self, labels: Sequence[Labelled], now_ms: int, X: np.ndarray | None = None
+    ) -> Decisions:
+        """``X``: the labels' features as one [labels, features] array (a labelled batch's
+        columns), read instead of each label's ``features``."""
         out = Decisions()
         self.joined_total += len(labels)
         if self.body is None or not labels or self.body["task"] == Task.EMBEDDING:
@@ -200,9 +204,12 @@ class ModelWatch:
             return out
         task, classes = self.body["task"], self.body["classes"]
         names = self.body["feature_names"]
-        rows: list[np.ndarray] = []
+        rows: list[int] = []
+        row_errors = self._row_errors(X, names) if X is not None and self.learns_features else None
+        matrix = X if row_errors is not None else None
+        given: list[np.ndarray] = []
         top_scores: list[float] = []
-        for item in labels:
+        for i, item in enumerate(labels):
             version = item.version
             try:
                 result = outcome(
@@ -213,7 +220,14 @@ class ModelWatch:
                     item.label,
                     max(0.0, float(item.labelled_at_ms - item.predicted_at_ms)),
                 )
-                row = feature_vector(item.features, names) if self.learns_features else None
+                row_error = row_errors[i] if row_errors is not None else None
+                if row_error is not None:
+                    raise row_error
+                row = (
+                    feature_vector(item.features, names)
+                    if self.learns_features and matrix is None
+                    else None
+                )
             except (ValueError, InvalidEventError) as exc:
                 out.unusable.append((item, getattr(exc, "reason", "invalid-label"), str(exc)))
                 continue
@@ -234,7 +248,8 @@ class ModelWatch:
                     )
                 )
             if row is not None:
-                rows.append(row)
+                given.append(row)
+            rows.append(i)
             if version == self.body["version"]:
                 top_scores.append(
                     float(item.prediction)
@@ -243,10 +258,10 @@ class ModelWatch:
                 )
             out.usable.append(item)
         self._drift_in_scores(np.asarray(top_scores), out)
-        if out.usable and rows:
-            X = np.vstack(rows)
-            self._drift_in_features(X, out)
-            self._learn(X, out.usable, out)
+        features = matrix[rows] if matrix is not None else np.vstack(given) if given else None
+        if out.usable and features is not None and self.learns_features:
+            self._drift_in_features(features, out)
+            self._learn(features, out.usable, out)
         retrainable = self.learns_features  # the trainer does not train a tensor model
         if (
             out.drift
@@ -258,6 +273,21 @@ class ModelWatch:
         out.rollback = self._rollback()
         out.candidate = self._export(now_ms)
         return out
+
+    @staticmethod
+    def _row_errors(X: np.ndarray, names: Sequence[str]) -> list[InvalidEventError | None]:
+        """Why each row of a batch's feature array cannot be used (None: it can)."""
+        if X.ndim != 2 or X.shape[1] != len(names):
+            width = X.shape[1] if X.ndim == 2 else 0
+            error = InvalidEventError(
+                "wrong-feature-count", f"{width} features, the model needs {len(names)}"
+            )
+            return [error] * len(X)
+        finite = np.isfinite(X).all(axis=1)
+        if finite.all():
+            return [None] * len(X)
+        error = InvalidEventError("non-finite", "features contain NaN or infinity")
+        return [None if ok else error for ok in finite.tolist()]
 
     def _drift_in_scores(self, scores: np.ndarray, out: Decisions) -> None:
         """Production's scores against the distribution recorded on the validator's

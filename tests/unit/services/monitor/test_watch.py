@@ -151,6 +151,30 @@ def test_labels_with_unusable_features_are_reported_not_learned():
     assert len(decisions.usable) == 9
 
 
+def test_a_batch_read_as_one_feature_array_is_watched_as_its_rows_are():
+    """The learner hands the watch a labelled batch's features as one array: the same
+    decisions and learner as from each label's own features, and rows that cannot be used
+    (not finite, or a batch of another width) reported as such."""
+    X, labels, predictions = shifted_concept(400, 8)
+    X[7, 1] = np.nan
+    items = labelled(X, labels, predictions)
+    by_rows, by_array = ModelWatch("m", WatchConfig()), ModelWatch("m", WatchConfig())
+    by_rows.install(*production())
+    by_array.install(*production())
+    rows, array = by_rows.observe(items, 1), by_array.observe(items, 1, X)
+    assert [(label.request_id, reason) for label, reason, _ in array.unusable] == [
+        ("r7", "non-finite")
+    ]
+    assert [u[:2] for u in rows.unusable] == [u[:2] for u in array.unusable]
+    assert rows.usable == array.usable and rows.learned == array.learned
+    assert by_rows.state() == by_array.state()
+    wide = ModelWatch("m", WatchConfig())
+    wide.install(*production())
+    refused = wide.observe(items[:3], 1, np.zeros((3, 5)))
+    assert {reason for _, reason, _ in refused.unusable} == {"wrong-feature-count"}
+    assert not refused.usable
+
+
 def test_watch_exports_an_online_candidate_with_lineage_and_parent():
     X, labels, predictions = shifted_concept(1200, 2)
     watch = ModelWatch(
