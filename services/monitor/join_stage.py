@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from aiokafka import ConsumerRecord
 
 from modelstream.contracts.builders import now_ms
-from modelstream.contracts.codec import MAGIC, AvroCodec, is_json
+from modelstream.contracts.codec import MAGIC, AvroCodec
 from modelstream.contracts.definitions import check_request_id
 from modelstream.contracts.limits import Limits
 from modelstream.contracts.records import (
@@ -63,6 +63,7 @@ from modelstream.services.monitor.logic.join import (
     Staged,
     from_state,
 )
+from modelstream.services.monitor.records import FeedbackReader
 from modelstream.settings import Settings
 from modelstream.telemetry import (
     EVENTS_CONSUMED,
@@ -170,6 +171,7 @@ class JoinStage:
         self.topic_feedback = settings.topic(FEEDBACK)
         self.topic_scored = settings.topic(MONITOR_SCORED)
         self.topic_forwarded = settings.topic(MONITOR_FEEDBACK)
+        self.feedback_reader = FeedbackReader(codec, self.limits)
         self.join_state = JoinStateWriter(codec.schema(MonitorJoinState).fingerprint)
         self.tables: dict[int, JoinTable] = {}
         self.staged: dict[int, Staged] = {}
@@ -334,11 +336,9 @@ class JoinStage:
         return out
 
     def _feedback(self, value: bytes) -> Feedback:
-        if is_json(value):  # user topics also take JSON: decoded and checked whole
-            return self.codec.decode_any(value, Feedback, self.limits)
         # Unchecked (hot path): the label is checked against the model by the learner
-        # (check_label: a class it knows, or a finite number), the model name just above.
-        return self.codec.decode(value, Feedback, self.limits, checked=False)
+        # (check_label: a class it knows, or a finite number), the model name by the caller.
+        return self.feedback_reader.read(value)
 
     def _label_refused(self, label: Completed, failure: Failure) -> Outgoing:
         partition, offset = label.feedback_source

@@ -33,7 +33,6 @@ from modelstream.contracts.records import (
     MonitorOutcomes,
     Origin,
     Task,
-    TrainingExample,
 )
 from modelstream.errors import ArtifactVerificationError, DecodeError, InvalidEventError
 from modelstream.kafka.boundary import Boundary, Failure
@@ -59,6 +58,7 @@ from modelstream.registry.keys import maker_key
 from modelstream.services.monitor.join_stage import learn_partition
 from modelstream.services.monitor.logic import Decisions, Labelled, ModelWatch
 from modelstream.services.monitor.logic.quality import summarize
+from modelstream.services.monitor.records import TrainingWriter
 from modelstream.services.monitor.settings import MonitorSettings
 from modelstream.telemetry import (
     ARTIFACTS_REFUSED,
@@ -115,6 +115,7 @@ class LearnStage:
         self.data_key = data_key[0] if data_key else None
         self.signing_key = maker_key(settings, MAKER_OF_ORIGIN[Origin.ONLINE])
         self.boundary = Boundary(SERVICE)
+        self.training = TrainingWriter(codec)
         self.topics = {
             name: settings.topic(name)
             for name in (
@@ -347,18 +348,14 @@ class LearnStage:
         out: list[Outgoing] = []
         if self.write_training and watch.learns_features:  # a tensor row's tensors are not here
             for label in d.usable:
-                example: TrainingExample = {
-                    "model": model,
-                    "features": np.asarray(label.features, "<f8").tobytes(),
-                    "label": label.label,
-                    "example_id": FEEDBACK_EXAMPLE_PREFIX + label.request_id,
-                    "timestamp_ms": label.labelled_at_ms,
-                }
-                out.append(
-                    Outgoing(
-                        self.topics[TRAINING], key, self.codec.encode(TrainingExample, example)
-                    )
+                value = self.training.encode(
+                    key,
+                    _packed(label.features),
+                    label.label,
+                    FEEDBACK_EXAMPLE_PREFIX + label.request_id,
+                    label.labelled_at_ms,
                 )
+                out.append(Outgoing(self.topics[TRAINING], key, value))
         for event in d.drift:
             out.append(
                 self._audit(
@@ -544,6 +541,13 @@ class LearnStage:
             self.pending.pop(task, None)
             self.changelog.left(task)
         self.owned -= tasks
+
+
+def _packed(features: object) -> bytes:
+    """A label's features as `training` takes them: little-endian float64 in model order."""
+    if isinstance(features, bytes):
+        return features
+    return np.ascontiguousarray(features, "<f8").tobytes()
 
 
 def _check_columns(batch: MonitorLabelledBatch) -> None:

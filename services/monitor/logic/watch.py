@@ -231,10 +231,14 @@ class ModelWatch:
             except (ValueError, InvalidEventError) as exc:
                 out.unusable.append((item, getattr(exc, "reason", "invalid-label"), str(exc)))
                 continue
-            metrics = self.metrics.setdefault(version, LiveMetrics(task, self.config.window))
+            metrics = self.metrics.get(version)
+            if metrics is None:
+                metrics = self.metrics[version] = LiveMetrics(task, self.config.window)
             metrics.add(result)
             out.outcomes.append((version, result))
-            detector = self.error_drift.setdefault(version, ErrorDrift(self.config.drift_delta))
+            detector = self.error_drift.get(version)
+            if detector is None:
+                detector = self.error_drift[version] = ErrorDrift(self.config.drift_delta)
             error = result.abs_error if task == Task.REGRESSION else 1.0 - result.correct
             if detector.update(error):
                 out.drift.append(
