@@ -334,6 +334,7 @@ async def prepared(
     *,
     load_now: bool = True,
     raw: bool = False,
+    in_place: bool = False,
 ) -> Settings:
     """Fresh topics with ``models`` (one model by default) published; ``events`` labelled
     events split evenly between them, written now or by :func:`load_events` later (``raw``:
@@ -349,7 +350,7 @@ async def prepared(
     if raw:
         await load_raw_events(settings, body, events)
     elif load_now:
-        await load_events(settings, body, events, models or [MODEL])
+        await load_events(settings, body, events, models or [MODEL], in_place=in_place)
     return settings
 
 
@@ -357,11 +358,17 @@ PREDICTOR_BATCH = 500  # rows per scored batch, as a predictor at a few thousand
 
 
 async def load_events(
-    settings: Settings, body: dict[str, Any], events: int, models: list[str]
+    settings: Settings,
+    body: dict[str, Any],
+    events: int,
+    models: list[str],
+    *,
+    in_place: bool = False,
 ) -> None:
     """Scored rows (as the predictor writes them) and feedback of ``events`` labels, as evenly
     as can be over ``models`` (request ids distinct across models), a batch of each model in
-    turn."""
+    turn. Feedback partitioned by murmur2 (most of it forwarded by the join), or with
+    ``in_place`` by CRC-32 (librdkafka's default: none forwarded)."""
     scored: list[tuple[bytes, bytes]] = []
     partitions: list[int] = []
     feedback = []
@@ -386,7 +393,7 @@ async def load_events(
                 scored.append((model.encode(), value))
                 partitions.append(partition)
     await preload(settings, scored, "monitor-scored", lambda _key, i, _n: partitions[i])
-    await preload(settings, feedback, "feedback", by_murmur2)
+    await preload(settings, feedback, "feedback", by_crc32 if in_place else by_murmur2)
 
 
 async def load_raw_events(settings: Settings, body: dict[str, Any], events: int) -> None:
@@ -470,7 +477,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--naive-events", type=int, default=10_000)
     parser.add_argument(
-        "--only", default="monitor,copies,naive,learner,river", help="comma-separated"
+        "--only", default="monitor,inplace,copies,naive,learner,river", help="comma-separated"
     )
     args = parser.parse_args()
     if args.worker:
@@ -502,6 +509,15 @@ def main() -> None:
                 f"  {'monitor_eps':20} {one['eps']:>9,.0f} labelled events/s   peak RSS "
                 f"{one['rss_mib']:6.1f} MiB   ({args.events} events, {one['forwarded']:.0f} "
                 f"records forwarded to their join partition)"
+            )
+        if "inplace" in wanted:
+            settings = asyncio.run(prepared(base, keys, body, args.events, MODELS, in_place=True))
+            inplace = spawn_worker(HERE, "monitor", settings, args.events, settings.public_key_file)
+            results["monitor_inplace_eps"] = round(inplace["eps"])
+            print(
+                f"  {'monitor_inplace_eps':20} {inplace['eps']:>9,.0f} labelled events/s   "
+                f"(the same, feedback partitioned by CRC-32 as librdkafka's default "
+                f"partitioner does: {inplace['forwarded']:.0f} forwarded)"
             )
         if "copies" in wanted:
             settings = asyncio.run(prepared(base, keys, body, args.events, MODELS, load_now=False))

@@ -431,3 +431,83 @@ async def produce_scored(settings: Settings, records: list[tuple[int, bytes]]) -
             )
     finally:
         await producer.stop()
+
+
+# -- 5. one model floods the others -------------------------------------------------------------
+async def test_a_flooding_model_does_not_hold_back_another_models_labels(topics, keys):  # type: ignore[no-untyped-def]
+    """Two models in one learner task, one labelled fifty times as often: the quiet model's
+    labels are learned while the flood is still being learned (they share batches, not a
+    queue behind it), and each model's learner lag is exported."""
+    from prometheus_client import REGISTRY
+
+    from modelstream.services.monitor.join_stage import learn_partition
+
+    base = topics
+    flood = BC
+    quiet = next(
+        f"{BC}-{i}" for i in range(100) if learn_partition(f"{BC}-{i}") == learn_partition(BC)
+    )
+    body = trained_body(BC)
+    await publish(base, keys, body, 1)
+    await publish(base, keys, {**body, "name": quiet}, 1)
+    X, y, _, _ = dataset(BC)
+    batches, per_batch, quiet_per_batch = 24, 500, 10
+    monitor = MonitorApp(
+        service_settings(MonitorSettings, base, keys, export_min_gain=1.0, train_cooldown_s=3600)
+    )
+    seen: list[tuple[int, int]] = []
+
+    async def watch_progress() -> None:
+        while True:
+            seen.append((monitor.joined_total(flood), monitor.joined_total(quiet)))
+            await asyncio.sleep(0.05)
+
+    producer = AIOKafkaProducer(bootstrap_servers=base.bootstrap, linger_ms=5)
+    async with running(monitor):
+        progress = asyncio.create_task(watch_progress())
+        await producer.start()
+        try:
+            for b in range(batches):
+                for model, n in ((flood, per_batch), (quiet, quiet_per_batch)):
+                    ids = [f"{model}-{b}-{i}" for i in range(n)]
+                    rows = X[np.arange(b * n, (b + 1) * n) % len(X)]
+                    labels = [str(y[i % len(y)]) for i in range(n)]
+                    await write_labelled(producer, base, model, ids, rows, labels)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        total_flood, total_quiet = batches * per_batch, batches * quiet_per_batch
+        await eventually(
+            lambda: (
+                monitor.joined_total(flood) >= total_flood
+                and monitor.joined_total(quiet) >= total_quiet
+            ),
+            180,
+            "not every label was learned",
+        )
+        progress.cancel()
+    during_flood = [q for f, q in seen if 0 < f < total_flood]
+    print(
+        f"\nflood {total_flood} labels, quiet {total_quiet}: while the flood was being learned "
+        f"the quiet model had {max(during_flood, default=0)} of its labels learned"
+    )
+    assert max(during_flood, default=0) >= total_quiet // 2
+    for model in (flood, quiet):
+        lag = REGISTRY.get_sample_value("modelstream_learner_lag_seconds", {"model": model})
+        assert lag is not None and lag >= 0
+
+
+async def write_labelled(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    model: str,
+    ids: list[str],
+    rows: np.ndarray,
+    labels: list[str],
+) -> None:
+    """Rows as a predictor batch scores them (monitor-scored), then their feedback."""
+    proba = np.tile([0.3, 0.7], (len(ids), 1))
+    for partition, value in scored_records(model, 1, ids, rows, proba, ["0", "1"], 1):
+        await producer.send(settings.topic("monitor-scored"), value, partition=partition)
+    for key, value in feedback_records(model, list(zip(ids, labels, strict=True))):
+        await producer.send(settings.topic("feedback"), value, key=key)
