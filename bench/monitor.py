@@ -373,6 +373,7 @@ async def load_events(
     partitions: list[int] = []
     feedback = []
     per_model = []
+    _, _, names = dataset(MODEL)
     for k, model in enumerate(models):
         n = events // len(models) + (1 if k < events % len(models) else 0)
         prefix = f"r{k}-" if len(models) > 1 else "r"
@@ -388,7 +389,7 @@ async def load_events(
             if start >= len(ids):
                 continue
             for partition, value in scored_records(
-                model, 1, ids[start:end], X[start:end], proba[start:end], ["0", "1"], now
+                model, 1, ids[start:end], names, X[start:end], proba[start:end], ["0", "1"], now
             ):
                 scored.append((model.encode(), value))
                 partitions.append(partition)
@@ -408,6 +409,13 @@ async def load_raw_events(settings: Settings, body: dict[str, Any], events: int)
 
 def worker_command(kind: str, settings: Settings, events: int) -> list[str]:
     return common_worker_command(HERE, kind, settings, events, Path(str(settings.public_key_file)))
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def copies(settings: Settings, body: dict[str, Any], events: int, count: int = 3) -> dict[str, Any]:
@@ -448,8 +456,10 @@ def copies(settings: Settings, body: dict[str, Any], events: int, count: int = 3
                 and all(r["join_tasks"] > 0 and r["learn_tasks"] > 0 for r in latest.values())
             )
         )
+        busy_before = cpu_times()
         asyncio.run(load_events(settings, body, events, MODELS))
         read_until(lambda: sum(r["labels"] for r in latest.values()) >= events)
+        busy_after = cpu_times()
         last = max(r["t"] for r in latest.values())
         first = min((r["first"] for r in latest.values() if r["first"]), default=last)
         reports = [latest[i] for i in sorted(latest)]
@@ -459,6 +469,8 @@ def copies(settings: Settings, body: dict[str, Any], events: int, count: int = 3
             "learned_by_copy": [r["learned"] for r in reports],
             "join_tasks_by_copy": [r["join_tasks"] for r in reports],
             "learn_tasks_by_copy": [r["learn_tasks"] for r in reports],
+            # the machine's cores busy while the copies ran (copies, broker, the load)
+            "cpu_busy": (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1]),
         }
     finally:
         for proc in procs:
@@ -502,13 +514,18 @@ def main() -> None:
         print(f"broker {base.bootstrap}; a labelled event = a scored row + its feedback")
         if "monitor" in wanted:
             settings = asyncio.run(prepared(base, keys, body, args.events, MODELS))
+            busy_before = cpu_times()
             one = spawn_worker(HERE, "monitor", settings, args.events, settings.public_key_file)
+            busy_after = cpu_times()
+            one_busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
+            results["monitor_cpu_busy"] = round(one_busy, 3)
             results["monitor_eps"] = round(one["eps"])
             results["monitor_rss_mib"] = round(one["rss_mib"], 1)
             print(
                 f"  {'monitor_eps':20} {one['eps']:>9,.0f} labelled events/s   peak RSS "
                 f"{one['rss_mib']:6.1f} MiB   ({args.events} events, {one['forwarded']:.0f} "
-                f"records forwarded to their join partition)"
+                f"records forwarded to their join partition; cores busy {one_busy:.0%} of the "
+                f"run, its start included)"
             )
         if "inplace" in wanted:
             settings = asyncio.run(prepared(base, keys, body, args.events, MODELS, in_place=True))
@@ -532,8 +549,10 @@ def main() -> None:
                 f"  {'monitor_x3_eps':20} {three['eps']:>9,.0f} labelled events/s   "
                 f"(3 processes, started before the load; per copy: labels joined "
                 f"{three['joined_by_copy']}, learned {three['learned_by_copy']}, join tasks "
-                f"{three['join_tasks_by_copy']}, learner tasks {three['learn_tasks_by_copy']})"
+                f"{three['join_tasks_by_copy']}, learner tasks {three['learn_tasks_by_copy']}; "
+                f"cores busy {three['cpu_busy']:.0%} of the time)"
             )
+            results["monitor_x3_cpu_busy"] = round(three["cpu_busy"], 3)
         if "naive" in wanted:
             settings = asyncio.run(prepared(base, keys, body, args.naive_events, raw=True))
             naive = spawn_worker(

@@ -7,6 +7,7 @@ see exactly the same dataset.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -189,6 +190,12 @@ def infer_feature_names(features: Features) -> list[str]:
     if isinstance(features, bytes | bytearray | memoryview):
         return [f"f{i}" for i in range(len(features) // 8)]
     return [f"f{i}" for i in range(len(features))]
+
+
+def features_id(names: Sequence[str]) -> bytes:
+    """A short identity of a feature list (names and order): rows scored with one list are
+    learned only by a model over the same list."""
+    return hashlib.sha256("\0".join(names).encode()).digest()[:8]
 
 
 def feature_vector(features: Features | np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -424,6 +424,7 @@ class ScoredRow(TypedDict):
     model: str
     version: int
     predicted_at_ms: int
+    features_id: bytes
     features: bytes
     categories: list[str]
     classes: list[str]
@@ -437,6 +438,7 @@ class MonitorScored(TypedDict):
     predicted_at_ms: int
     request_ids: list[str]
     feature_count: int
+    features_id: bytes
     features: bytes
     categories: list[str]
     classes: list[str]
@@ -461,6 +463,7 @@ class MonitorLabelledBatch(TypedDict):
     versions: list[int]
     predicted_at_ms: list[int]
     feature_count: int
+    features_id: bytes
     features: bytes
     categories: list[str]
     classes: list[str]

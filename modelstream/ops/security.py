@@ -2,16 +2,17 @@
 
 Each service authenticates as its own principal and gets only what it needs, e.g. the
 predictor reads ``requests``, ``models``, ``model-history`` and ``control`` and writes
-``predictions``, ``shadow-predictions``, ``replies``, ``deadletter`` and ``audit`` - never
-``models``.
+``predictions``, ``shadow-predictions``, ``replies``, ``deadletter``, ``audit`` and
+``monitor-scored`` (what the monitor learns from) - never ``models``; the monitor reads
+``feedback`` and its own ``monitor-*`` topics, not ``requests`` or ``predictions``.
 
 The gateway's calls: the gateway writes ``requests`` and reads ``replies`` (and ``models``,
 for signatures); only the predictor writes ``replies``, so an answer comes from a
-predictor. Whoever may read ``requests`` (the predictor, the monitor, any application
-granted it) sees every request id, the gateway's included; ids are unguessable to everyone
-else, and a reply naming an id the gateway did not issue is dropped. Applications that
-produce requests themselves get WRITE on ``requests`` and READ on ``predictions`` from the
-operator; no service principal is shared with them.
+predictor. Whoever may read ``requests`` (the predictor, any application granted it) or
+``monitor-scored`` (the monitor) sees every request id, the gateway's included; ids are
+unguessable to everyone else, and a reply naming an id the gateway did not issue is
+dropped. Applications that produce requests themselves get WRITE on ``requests`` and READ
+on ``predictions`` from the operator; no service principal is shared with them.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class ServiceAccess:
     internal_topics: bool = False
     # other services' consumer groups it may describe (who is consuming)
     describes_groups: tuple[str, ...] = ()
+    # topics it creates when they are missing (besides its internal ones)
+    creates: tuple[str, ...] = ()
 
 
 # What each service's principal may do; groups and transactional ids are prefixed by the
@@ -89,6 +92,7 @@ SERVICE_ACCESS: Mapping[str, ServiceAccess] = {
             MONITOR_SCORED,
         ),
         transactional=True,
+        creates=(MONITOR_SCORED,),  # the monitor's input, which the predictor writes first
     ),
     "monitor": ServiceAccess(
         (FEEDBACK, MODELS, CONTROL),  # not requests nor predictions: monitor-scored has the rows
@@ -228,6 +232,15 @@ def grant_service(
             "prefixed",
         ],
     ]
+    if access.creates:
+        commands.append(
+            [
+                *base,
+                "--operation",
+                "Create",
+                *[a for t in access.creates for a in ("--topic", prefix + t)],
+            ]
+        )
     for group in access.describes_groups:
         commands.append([*base, "--operation", "Describe", "--group", f"{prefix}{group}"])
     if access.transactional:

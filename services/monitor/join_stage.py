@@ -20,6 +20,7 @@ no prediction within the TTL is dead-lettered (reason ``no-prediction``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import struct
@@ -46,6 +47,7 @@ from modelstream.kafka.pipeline import Outgoing, Written, dead_letter, key_parti
 from modelstream.kafka.topology import (
     DEADLETTER,
     FEEDBACK,
+    INTERNAL_MAX_BYTES,
     JOIN_PARTITIONS,
     LEARN_PARTITIONS,
     MONITOR_FEEDBACK,
@@ -111,6 +113,7 @@ class JoinStateWriter:
                 string(scored.model.encode()),
                 _long(scored.version),
                 _long(scored.predicted_at_ms),
+                string(scored.features_id),
                 string(scored.features),
                 _strings(scored.categories),
                 _class_strings(scored.classes),
@@ -172,15 +175,17 @@ class JoinStage:
         self.topic_scored = settings.topic(MONITOR_SCORED)
         self.topic_forwarded = settings.topic(MONITOR_FEEDBACK)
         self.feedback_reader = FeedbackReader(codec, self.limits)
+        # what the internal topics take (a scored row may carry up to a request's size)
+        self.internal = dataclasses.replace(self.limits, max_bytes=INTERNAL_MAX_BYTES)
         self.join_state = JoinStateWriter(codec.schema(MonitorJoinState).fingerprint)
         self.tables: dict[int, JoinTable] = {}
         self.staged: dict[int, Staged] = {}
         self.owned: set[int] = set()
         self.restores: list[Restored] = []
-        self.joined = 0  # labels completed and committed, since start
+        self.joined = 0  # labels sent to the learner and committed, since start
         self.expired_by_model: dict[str, int] = defaultdict(int)
         self.forwarded = 0
-        self.misplaced = 0  # scored rows outside their request id's join partition
+        self.accepted: dict[int, dict[str, int]] = {}  # labels sent to the learner, per model
 
     # -- processing ----------------------------------------------------------------------
     def _staged(self, task: int) -> Staged:
@@ -209,7 +214,7 @@ class JoinStage:
             assert entry is not None
             value = self.join_state.encode(entry)
             out.append(Outgoing(self.topic_changelog, key, value, task, None, touched[key]))
-        out.extend(self._labelled(staged.completed[first_new:], touched))
+        out.extend(self._labelled(task, staged.completed[first_new:], touched))
         return out
 
     def _add_scored(
@@ -221,7 +226,7 @@ class JoinStage:
         out: list[Outgoing],
     ) -> None:
         try:
-            scored = self.codec.decode(record.value, MonitorScored, self.limits, checked=False)
+            scored = self.codec.decode(record.value, MonitorScored, self.internal, checked=False)
             rows = _scored_rows(scored)
         except (DecodeError, InvalidEventError) as exc:
             failure = Failure(exc.reason, str(exc))
@@ -232,14 +237,22 @@ class JoinStage:
                 )
             )
             return
+        misplaced = 0
         for request_id, part in rows:
             key = request_id.encode()
             if join_partition(key) != record.partition:
-                self.misplaced += 1  # its feedback is joined elsewhere: it would only expire
-                log.warning("scored row of %r outside its join partition", request_id)
+                misplaced += 1  # its feedback is joined elsewhere: it could only expire
                 continue
             if staged.add(key, logic.SCORED, part, now):
                 touched[key] = record
+        if misplaced:
+            log.warning(
+                "%s[%d]@%d: %d scored rows outside their join partition were skipped",
+                record.topic,
+                record.partition,
+                record.offset,
+                misplaced,
+            )
 
     def _add_feedback(
         self,
@@ -293,15 +306,15 @@ class JoinStage:
         return Outgoing(self.topic_forwarded, key, record.value, partition, headers, record)
 
     def _labelled(
-        self, completed: Sequence[Completed], sources: dict[bytes, ConsumerRecord]
+        self, task: int, completed: Sequence[Completed], sources: dict[bytes, ConsumerRecord]
     ) -> list[Outgoing]:
         """Complete labels in columns, one record per model (and size chunk), in the model's
         partition. A label whose feedback does not decode, or names another model than the
         prediction, is dead-lettered here: it is the feedback that is wrong."""
-        groups: dict[tuple[str, int, tuple[str, ...]], list[tuple[Completed, Feedback]]] = (
-            defaultdict(list)
-        )
+        groups: dict[tuple[str, bytes, int, int, tuple[str, ...]], list[tuple[Completed, Feedback]]]
+        groups = defaultdict(list)
         out: list[Outgoing] = []
+        accepted = self.accepted.setdefault(task, defaultdict(int))  # until the commit
         for label in completed:
             scored = label.scored
             try:
@@ -315,9 +328,18 @@ class JoinStage:
             except (DecodeError, InvalidEventError) as exc:
                 out.append(self._label_refused(label, Failure(exc.reason, str(exc))))
                 continue
-            group = (scored.model, len(scored.features), scored.classes)
+            # one batch holds rows of one shape: the same features (names, order, count), as
+            # many categorical values and the same classes
+            accepted[scored.model] += 1
+            group = (
+                scored.model,
+                scored.features_id,
+                len(scored.features),
+                len(scored.categories),
+                scored.classes,
+            )
             groups[group].append((label, feedback))
-        for (model, _, _), labels in groups.items():
+        for (model, _, _, _, _), labels in groups.items():
             for chunk in _chunks(labels):
                 value = self.codec.encode(MonitorLabelledBatch, _columns(model, chunk))
                 # A single label too large for the topic dead-letters the record completing it.
@@ -392,11 +414,8 @@ class JoinStage:
             return
         self.tables[task].commit(staged)
         self.changelog.wrote(task, written)
-        self.joined += len(staged.completed)
-        accepted: dict[str, int] = defaultdict(int)
-        for label in staged.completed:
-            accepted[label.scored.model] += 1
-        for model, count in accepted.items():
+        for model, count in self.accepted.pop(task, {}).items():
+            self.joined += count
             FEEDBACK_ACCEPTED.labels(model).inc(count)
         for expired in staged.expired:
             model = self._model_of(expired.entry)
@@ -416,6 +435,7 @@ class JoinStage:
 
     def aborted(self, task: int) -> None:
         self.staged.pop(task, None)
+        self.accepted.pop(task, None)
 
     def dead_lettered(self, record: ConsumerRecord, failure: Failure) -> list[Outgoing]:
         return []  # nobody waits on the monitor
@@ -461,6 +481,7 @@ class JoinStage:
     async def revoked(self, tasks: set[int]) -> None:
         for task in tasks:
             self.staged.pop(task, None)
+            self.accepted.pop(task, None)
             self.changelog.left(task)
         self.owned -= tasks
 
@@ -506,6 +527,7 @@ def _scored_rows(scored: MonitorScored) -> list[tuple[str, ScoredPart]]:
         )
     c = len(categories) // n if n else 0
     model, version, at = scored["model"], scored["version"], scored["predicted_at_ms"]
+    features_id = scored["features_id"]
     w, s = 8 * d, 8 * k
     return [
         (
@@ -514,6 +536,7 @@ def _scored_rows(scored: MonitorScored) -> list[tuple[str, ScoredPart]]:
                 model,
                 version,
                 at,
+                features_id,
                 features[i * w : (i + 1) * w],
                 tuple(categories[i * c : (i + 1) * c]),
                 classes,
@@ -548,6 +571,7 @@ def _columns(model: str, labels: list[tuple[Completed, Feedback]]) -> MonitorLab
         "versions": [c.scored.version for c, _ in labels],
         "predicted_at_ms": [c.scored.predicted_at_ms for c, _ in labels],
         "feature_count": len(first.features) // 8,
+        "features_id": first.features_id,
         "features": b"".join(c.scored.features for c, _ in labels),
         "categories": [v for c, _ in labels for v in c.scored.categories],
         "classes": list(first.classes),
@@ -555,7 +579,8 @@ def _columns(model: str, labels: list[tuple[Completed, Feedback]]) -> MonitorLab
         "predictions": [c.scored.prediction for c, _ in labels],
         "labels": [f["label"] for _, f in labels],
         "labelled_at_ms": [
-            f["timestamp_ms"] if f["timestamp_ms"] is not None else -1 for _, f in labels
+            f["timestamp_ms"] or -1
+            for _, f in labels  # 0 or none: "when it arrived"
         ],
         "feedback_partitions": [c.feedback_source[0] for c, _ in labels],
         "feedback_offsets": [c.feedback_source[1] for c, _ in labels],

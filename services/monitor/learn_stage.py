@@ -12,6 +12,7 @@ committed state, and the batch is learned again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from modelstream.kafka.topology import (
     CONTROL,
     DEADLETTER,
     FEEDBACK,
+    INTERNAL_MAX_BYTES,
     MONITOR_MODEL_STATE,
     MONITOR_OUTCOMES,
     TRAINING,
@@ -116,6 +118,7 @@ class LearnStage:
         self.signing_key = maker_key(settings, MAKER_OF_ORIGIN[Origin.ONLINE])
         self.boundary = Boundary(SERVICE)
         self.training = TrainingWriter(codec)
+        self.internal = dataclasses.replace(self.limits, max_bytes=INTERNAL_MAX_BYTES)
         self.topics = {
             name: settings.topic(name)
             for name in (
@@ -189,7 +192,7 @@ class LearnStage:
         for record in records:
             try:
                 batch = self.codec.decode(
-                    record.value, MonitorLabelledBatch, self.limits, checked=False
+                    record.value, MonitorLabelledBatch, self.internal, checked=False
                 )
                 _check_columns(batch)
             except (DecodeError, InvalidEventError) as exc:
@@ -241,7 +244,8 @@ class LearnStage:
                     labelled.append(item)
                     kept.append(i)
                     sources[item.request_id] = (batch, i)
-            features.append(X[kept])
+            if X is not None:
+                features.append(X[kept])
         dead_letters = len(out)
         if watch is None:
             return out  # every label was refused (unknown-model)
@@ -275,14 +279,17 @@ class LearnStage:
 
     def _labelled(
         self, batch: MonitorLabelledBatch, watch: ModelWatch, now: int
-    ) -> tuple[list[tuple[int, Labelled | InvalidEventError]], np.ndarray]:
+    ) -> tuple[list[tuple[int, Labelled | InvalidEventError]], np.ndarray | None]:
         """The batch's rows, read from its columns (a row whose label the model cannot take
-        is an InvalidEventError in its place), and its features as one array."""
+        is an InvalidEventError in its place), and its features as one array: None when the
+        version that scored them has other features than production's (or the model takes
+        tensors), whose rows then count in the metrics but are not learned from."""
         assert watch.body is not None
         body = watch.body
         n = len(batch["request_ids"])
         d = batch["feature_count"]
         X = np.frombuffer(batch["features"], dtype="<f8").reshape(n, d)
+        learnable = watch.learns_features and batch["features_id"] == watch.features_id
         classes = batch["classes"]
         k = len(batch["scores"]) // (8 * n)
         S = np.frombuffer(batch["scores"], dtype="<f8").reshape(n, k)
@@ -311,7 +318,7 @@ class LearnStage:
                     raise InvalidEventError("non-finite", "prediction scores are not finite")
                 item = Labelled(
                     request_id=request_id,
-                    features=X[i],
+                    features=X[i] if learnable else None,
                     version=version,
                     prediction=prediction,
                     scores=scores[i] if scores is not None else {},
@@ -325,7 +332,7 @@ class LearnStage:
                 out.append((i, exc))
                 continue
             out.append((i, item))
-        return out, X
+        return out, X if learnable else None
 
     def _unusable(self, batch: MonitorLabelledBatch, i: int, reason: str, error: str) -> Outgoing:
         """The label is what is unusable: the dead letter is its feedback record."""
@@ -348,6 +355,8 @@ class LearnStage:
         out: list[Outgoing] = []
         if self.write_training and watch.learns_features:  # a tensor row's tensors are not here
             for label in d.usable:
+                if label.features is None:
+                    continue  # scored over other features than the production version's
                 value = self.training.encode(
                     key,
                     _packed(label.features),
@@ -554,7 +563,8 @@ def _check_columns(batch: MonitorLabelledBatch) -> None:
     """Every column of a labelled batch has one entry per row (InvalidEventError if not)."""
     n = len(batch["request_ids"])
     d = batch["feature_count"]
-    k = len(batch["classes"]) or 1
+    # classes: a column each; none: one column (regression) or none (an embedding model)
+    widths = (len(batch["classes"]),) if batch["classes"] else (0, 1)
     lengths = [
         len(batch[column])
         for column in (
@@ -573,7 +583,7 @@ def _check_columns(batch: MonitorLabelledBatch) -> None:
         or any(length != n for length in lengths)
         or d < 0
         or len(batch["features"]) != 8 * d * n
-        or len(batch["scores"]) not in (0, 8 * k * n)
+        or all(len(batch["scores"]) != 8 * k * n for k in widths)
         or len(batch["categories"]) % n
     ):
         raise InvalidEventError("invalid-labelled", f"the columns of {n} labels disagree")

@@ -1,14 +1,15 @@
 """The two user records the monitor handles once per label, read and written by hand: the
-feedback it joins and the training example it writes back. Each equals the codec's result
-(unit-tested against it, mutated bytes included) and defers to the codec for anything but
-the current schema's Avro form."""
+feedback it joins and the training example it writes back. The reader gives the codec's
+record, or defers to the codec (which then decodes or refuses it in its own words) for
+anything but a well-formed body of the current schema; unit-tested against the codec for
+generated records and for every single-byte mutation and truncation."""
 
 from __future__ import annotations
 
 import struct
 
 from modelstream.contracts.codec import HEADER_SIZE, MAGIC, AvroCodec, is_json
-from modelstream.contracts.limits import Limits
+from modelstream.contracts.limits import LONG_RANGE, Limits
 from modelstream.contracts.records import Feedback, Label, TrainingExample
 from modelstream.contracts.wire import read_long, read_string, string, zigzag
 from modelstream.errors import DecodeError
@@ -51,6 +52,8 @@ class FeedbackReader:
                 timestamp = None
             elif branch == 1:
                 timestamp, pos = read_long(value, pos)
+                if not LONG_RANGE[0] <= timestamp <= LONG_RANGE[1]:
+                    raise DecodeError("a varint beyond 64 bits")
             else:
                 raise DecodeError("timestamp union branch")
             if pos != len(value):

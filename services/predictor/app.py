@@ -174,43 +174,57 @@ class ScoredWriter:
 
     def records(self, group: ScoredGroup[ConsumerRecord]) -> list[Outgoing]:
         rows = group.rows
-        if rows is None:
+        if rows is None or not group.request_ids:
             return []
         ids = group.request_ids
         partitions = np.fromiter(
             (key_partition(i, JOIN_PARTITIONS) for i in ids), np.int64, len(ids)
         )
-        width = rows.features.shape[1]
-        per_row = 8 * (width + rows.scores.shape[1]) + 64
-        if rows.categories:
-            per_row += sum(len(v) + 2 for v in rows.categories) // len(ids)
-        chunk = max(1, SCORED_RECORD_BYTES // per_row)
-        categorical = len(rows.categories) // len(ids)
-        key = rows.model.encode()
-        out = []
+        out: list[Outgoing] = []
         for partition in np.unique(partitions).tolist():
-            where = np.flatnonzero(partitions == partition)
-            for start in range(0, len(where), chunk):
-                index = where[start : start + chunk].tolist()
-                record: MonitorScored = {
-                    "model": rows.model,
-                    "version": rows.version,
-                    "predicted_at_ms": rows.predicted_at_ms,
-                    "request_ids": [ids[i].decode() for i in index],
-                    "feature_count": width,
-                    "features": np.ascontiguousarray(rows.features[index], "<f8").tobytes(),
-                    "categories": [
-                        rows.categories[i * categorical + j]
-                        for i in index
-                        for j in range(categorical)
-                    ],
-                    "classes": rows.classes,
-                    "scores": np.ascontiguousarray(rows.scores[index], "<f8").tobytes(),
-                    "predictions": [rows.predictions[i] for i in index],
-                }
-                value = self.codec.encode(MonitorScored, record)
-                out.append(Outgoing(self.topic, key, value, partition))
+            self._chunks(group, np.flatnonzero(partitions == partition).tolist(), partition, out)
         return out
+
+    def _chunks(
+        self,
+        group: ScoredGroup[ConsumerRecord],
+        index: list[int],
+        partition: int,
+        out: list[Outgoing],
+    ) -> None:
+        """The rows ``index`` in records of at most SCORED_RECORD_BYTES, halving until they
+        fit; a single row larger than that goes with its request as source, so that the
+        pipeline dead-letters the request if the topic cannot take it."""
+        value = self._encode(group, index)
+        if len(value) > SCORED_RECORD_BYTES and len(index) > 1:
+            half = len(index) // 2
+            self._chunks(group, index[:half], partition, out)
+            self._chunks(group, index[half:], partition, out)
+            return
+        source = group.messages[index[0]] if len(index) == 1 else None
+        assert group.rows is not None
+        out.append(Outgoing(self.topic, group.rows.model.encode(), value, partition, None, source))
+
+    def _encode(self, group: ScoredGroup[ConsumerRecord], index: list[int]) -> bytes:
+        rows = group.rows
+        assert rows is not None
+        categorical = len(rows.categories) // len(group.request_ids)
+        record: MonitorScored = {
+            "model": rows.model,
+            "version": rows.version,
+            "predicted_at_ms": rows.predicted_at_ms,
+            "request_ids": [group.request_ids[i].decode() for i in index],
+            "feature_count": rows.features.shape[1],
+            "features_id": rows.features_id,
+            "features": np.ascontiguousarray(rows.features[index], "<f8").tobytes(),
+            "categories": [
+                rows.categories[i * categorical + j] for i in index for j in range(categorical)
+            ],
+            "classes": rows.classes,
+            "scores": np.ascontiguousarray(rows.scores[index], "<f8").tobytes(),
+            "predictions": [rows.predictions[i] for i in index],
+        }
+        return self.codec.encode(MonitorScored, record)
 
 
 class PredictorApp(Lifecycle):

@@ -23,7 +23,7 @@ import numpy as np
 
 from modelstream.contracts import tensors
 from modelstream.contracts.codec import DEFAULTS, AvroCodec, is_json
-from modelstream.contracts.definitions import check_request_id
+from modelstream.contracts.definitions import check_request_id, features_id
 from modelstream.contracts.limits import Limits
 from modelstream.contracts.records import (
     Label,
@@ -144,6 +144,7 @@ class ScoredRows:
     model: str
     version: int
     predicted_at_ms: int
+    features_id: bytes  # of the scoring version's feature names (definitions.features_id)
     features: np.ndarray  # [rows, features] float64; [rows, 0] for a tensor model
     categories: list[str]  # [rows x categorical] row-major, model order; [] when none
     classes: list[str]  # the score columns' labels; [] for regression and embeddings
@@ -340,6 +341,7 @@ class PredictorLogic:
                 good = [item for item, k in zip(good, keep.tolist(), strict=True) if k]
                 if not good:
                     continue
+                X, categories = X[keep], _kept(categories, keep)
             result.groups.append(
                 self._encode(model, route, good, output, now_ms, result, X, categories)
             )
@@ -567,6 +569,7 @@ class PredictorLogic:
             model.name,
             model.version,
             now_ms,
+            features_id([]),
             np.empty((n, 0)),
             [],
             list(scorer.classes) if scores is not None and scorer.task != Task.REGRESSION else [],
@@ -843,6 +846,7 @@ class PredictorLogic:
             model.name,
             model.version,
             now_ms,
+            features_id(model.model.feature_names),
             X,
             _row_major(categories, model.model.categorical),
             classes,
@@ -909,6 +913,13 @@ def _accounted(
         result.latencies_ms.append((model.name, now_ms - np.asarray(requested, np.int64)))
     result.predicted[(model.name, model.version, shadow)] += len(items)
     return requested
+
+
+def _kept(categories: Categories | None, keep: np.ndarray) -> Categories | None:
+    """The categorical values of the rows ``keep`` flags (the rows that are answered)."""
+    if categories is None or isinstance(categories, np.ndarray):
+        return categories if categories is None else categories[keep]
+    return [row for row, k in zip(categories, keep.tolist(), strict=True) if k]
 
 
 def _row_major(categories: Categories | None, names: Sequence[str]) -> list[str]:

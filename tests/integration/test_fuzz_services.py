@@ -135,8 +135,10 @@ async def test_fuzzed_feedback_through_the_monitor(topics, keys):  # type: ignor
         await producer.start()
         try:
             row = np.ones((1, 30))
+            names = body["feature_names"]
+            proba = np.array([[0.2, 0.8]])
             for partition, value in scored_records(
-                BC, 1, ["ok-1"], row, [[0.2, 0.8]], ["0", "1"], 0
+                BC, 1, ["ok-1"], names, row, proba, ["0", "1"], 0
             ):
                 await producer.send_and_wait(
                     base.topic("monitor-scored"), value, partition=partition

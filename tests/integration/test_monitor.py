@@ -385,11 +385,11 @@ async def test_an_aborted_transactions_predictions_never_reach_the_join(topics, 
     to the wrong version): the join reads committed scored rows only."""
     base = topics
     await publish(base, keys, trained_body(BC), 1)
-    X, _, _, _ = dataset(BC)
+    X, _, names, _ = dataset(BC)
 
     def scored(rids: list[str], version: int) -> list[tuple[int, bytes]]:
         proba = np.tile([0.9, 0.1], (len(rids), 1))
-        return scored_records(BC, version, rids, X[: len(rids)], proba, ["0", "1"], 2)
+        return scored_records(BC, version, rids, names, X[: len(rids)], proba, ["0", "1"], 2)
 
     zombie = AIOKafkaProducer(
         bootstrap_servers=base.bootstrap, transactional_id=f"{base.topic_prefix}zombie"
@@ -507,7 +507,8 @@ async def write_labelled(
 ) -> None:
     """Rows as a predictor batch scores them (monitor-scored), then their feedback."""
     proba = np.tile([0.3, 0.7], (len(ids), 1))
-    for partition, value in scored_records(model, 1, ids, rows, proba, ["0", "1"], 1):
+    names = trained_body(BC)["feature_names"]
+    for partition, value in scored_records(model, 1, ids, names, rows, proba, ["0", "1"], 1):
         await producer.send(settings.topic("monitor-scored"), value, partition=partition)
     for key, value in feedback_records(model, list(zip(ids, labels, strict=True))):
         await producer.send(settings.topic("feedback"), value, key=key)

@@ -60,7 +60,7 @@ CHUNK = RATE // 10  # rows per predictor batch, and per tenth of a second of the
 def labelled_input(n: int) -> Data:
     """Scored rows (version 1, scored by the production model) per batch of CHUNK, Avro
     feedback, and the same feedback as JSON lines for kcat."""
-    X, y, _, _ = dataset(BC)
+    X, y, names, _ = dataset(BC)
     body = trained_body(BC)
     rows = X[np.arange(n) % len(X)]
     proba = LinearModel.from_body(body).proba(rows)
@@ -68,7 +68,14 @@ def labelled_input(n: int) -> Data:
     ids = [f"s-{i}" for i in range(n)]
     scored = [
         scored_records(
-            BC, 1, ids[a : a + CHUNK], rows[a : a + CHUNK], proba[a : a + CHUNK], ["0", "1"], now
+            BC,
+            1,
+            ids[a : a + CHUNK],
+            names,
+            rows[a : a + CHUNK],
+            proba[a : a + CHUNK],
+            ["0", "1"],
+            now,
         )
         for a in range(0, n, CHUNK)
     ]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import features_id
 from modelstream.contracts.records import Label
 from modelstream.services.predictor.app import ScoredWriter
 from modelstream.services.predictor.logic import ScoredGroup, ScoredRows
@@ -19,6 +20,7 @@ def scored_records(
     model: str,
     version: int,
     request_ids: Sequence[str],
+    feature_names: Sequence[str],
     features: np.ndarray,
     scores: np.ndarray,
     classes: Sequence[str],
@@ -38,6 +40,7 @@ def scored_records(
         model,
         version,
         predicted_at_ms,
+        features_id(feature_names),
         np.asarray(features, dtype=np.float64).reshape(n, -1),
         [],
         list(classes),

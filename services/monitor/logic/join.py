@@ -11,7 +11,7 @@ Pure: no Kafka. A batch's changes are staged (:meth:`JoinTable.stage`) and appli
 the transaction that carried their outputs has committed (:meth:`JoinTable.commit`), so a
 batch processed again after an abort sees the table as it was.
 
->>> row = ScoredPart("m", 1, 100, b"", (), ("0", "1"), b"", "1")
+>>> row = ScoredPart("m", 1, 100, b"", b"", (), ("0", "1"), b"", "1")
 >>> table = JoinTable()
 >>> staged = table.stage()
 >>> staged.add(b"r1", FEEDBACK, b"label-bytes", 100, (2, 7))
@@ -44,6 +44,7 @@ class ScoredPart:
     model: str
     version: int
     predicted_at_ms: int
+    features_id: bytes  # of the scoring version's feature names
     features: bytes  # little-endian float64, model order
     categories: tuple[str, ...]
     classes: tuple[str, ...]
@@ -212,6 +213,7 @@ def to_state(entry: Entry) -> MonitorJoinState:
             "model": scored.model,
             "version": scored.version,
             "predicted_at_ms": scored.predicted_at_ms,
+            "features_id": scored.features_id,
             "features": scored.features,
             "categories": list(scored.categories),
             "classes": list(scored.classes),
@@ -245,6 +247,7 @@ def from_state(state: MonitorJoinState) -> Entry:
             row["model"],
             row["version"],
             row["predicted_at_ms"],
+            row["features_id"],
             row["features"],
             tuple(row["categories"]),
             tuple(row["classes"]),

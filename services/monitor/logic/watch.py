@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modelstream.contracts.builders import candidate_body, lineage, training_config
-from modelstream.contracts.definitions import feature_vector, in_online_holdout
+from modelstream.contracts.definitions import feature_vector, features_id, in_online_holdout
 from modelstream.contracts.records import (
     DriftWindowState,
     Features,
@@ -52,7 +52,9 @@ class Labelled:
     """A prediction with its true label: one complete join, decoded."""
 
     request_id: str
-    features: Features | np.ndarray  # the row in model order (a labelled batch gives arrays)
+    # the row in model order (a labelled batch gives arrays); None when the version that
+    # scored it has other features than the production version (not learned from)
+    features: Features | np.ndarray | None
     version: int
     prediction: Label
     scores: dict[str, float]
@@ -177,6 +179,12 @@ class ModelWatch:
         graph = self.body.get("onnx") if self.body is not None else None
         return not (graph is not None and graph.get("spec"))
 
+    @property
+    def features_id(self) -> bytes:
+        """The identity of the production version's feature list (rows scored over another
+        are not learned from)."""
+        return features_id(self.body["feature_names"] if self.body is not None else [])
+
     def _after_install(self) -> None:
         assert self.body is not None
         body = self.body
@@ -192,8 +200,8 @@ class ModelWatch:
     def observe(
         self, labels: Sequence[Labelled], now_ms: int, X: np.ndarray | None = None
     ) -> Decisions:
-        """``X``: the labels' features as one [labels, features] array (a labelled batch's
-        columns), read instead of each label's ``features``."""
+        """``X``: the features of the labels that have some, as one [rows, features] array
+        (a labelled batch's columns), read instead of each label's ``features``."""
         out = Decisions()
         self.joined_total += len(labels)
         if self.body is None or not labels or self.body["task"] == Task.EMBEDDING:
@@ -204,13 +212,20 @@ class ModelWatch:
             return out
         task, classes = self.body["task"], self.body["classes"]
         names = self.body["feature_names"]
-        rows: list[int] = []
+        # X holds the rows of the labels that carry features, in order
         row_errors = self._row_errors(X, names) if X is not None and self.learns_features else None
         matrix = X if row_errors is not None else None
+        learnable: list[Labelled] = []
+        rows: list[int] = []  # of matrix
         given: list[np.ndarray] = []
         top_scores: list[float] = []
-        for i, item in enumerate(labels):
+        j = -1
+        for item in labels:
             version = item.version
+            # a label without features (scored by a version over other features) counts in
+            # the metrics, drift and rollback, not in learning
+            has_row = self.learns_features and item.features is not None
+            j += has_row
             try:
                 result = outcome(
                     task,
@@ -220,14 +235,14 @@ class ModelWatch:
                     item.label,
                     max(0.0, float(item.labelled_at_ms - item.predicted_at_ms)),
                 )
-                row_error = row_errors[i] if row_errors is not None else None
-                if row_error is not None:
-                    raise row_error
-                row = (
-                    feature_vector(item.features, names)
-                    if self.learns_features and matrix is None
-                    else None
-                )
+                row = None
+                if has_row and row_errors is not None:
+                    row_error = row_errors[j]
+                    if row_error is not None:
+                        raise row_error
+                elif has_row:
+                    assert item.features is not None
+                    row = feature_vector(item.features, names)
             except (ValueError, InvalidEventError) as exc:
                 out.unusable.append((item, getattr(exc, "reason", "invalid-label"), str(exc)))
                 continue
@@ -251,9 +266,12 @@ class ModelWatch:
                         ),
                     )
                 )
-            if row is not None:
-                given.append(row)
-            rows.append(i)
+            if has_row:
+                learnable.append(item)
+                if row is not None:
+                    given.append(row)
+                else:
+                    rows.append(j)
             if version == self.body["version"]:
                 top_scores.append(
                     float(item.prediction)
@@ -263,9 +281,9 @@ class ModelWatch:
             out.usable.append(item)
         self._drift_in_scores(np.asarray(top_scores), out)
         features = matrix[rows] if matrix is not None else np.vstack(given) if given else None
-        if out.usable and features is not None and self.learns_features:
+        if learnable and features is not None:
             self._drift_in_features(features, out)
-            self._learn(features, out.usable, out)
+            self._learn(features, learnable, out)
         retrainable = self.learns_features  # the trainer does not train a tensor model
         if (
             out.drift

@@ -19,7 +19,8 @@ from modelstream.services.monitor.logic.join import (
     to_state,
 )
 
-ROW = ScoredPart("m", 3, 900, b"\x00" * 16, ("red",), ("0", "1"), b"\x01" * 16, "1")
+ID = b"\x07" * 8  # a feature list's identity
+ROW = ScoredPart("m", 3, 900, ID, b"\x00" * 16, ("red",), ("0", "1"), b"\x01" * 16, "1")
 PART = {SCORED: ROW, FEEDBACK: b"label"}
 
 
@@ -51,7 +52,7 @@ def test_the_completed_label_carries_its_row_and_feedback_position():
 def test_a_part_sent_twice_is_ignored_before_completion_too():
     staged = JoinTable().stage()
     assert staged.add(b"r", SCORED, ROW, 1)
-    other = ScoredPart("m", 4, 901, b"", (), (), b"", 0.5)
+    other = ScoredPart("m", 4, 901, ID, b"", (), (), b"", 0.5)
     assert not staged.add(b"r", SCORED, other, 2)
     assert staged.changed[b"r"].scored == ROW and staged.duplicates == 1
 
@@ -94,7 +95,7 @@ def test_entries_expire_at_the_ttl_oldest_first_reporting_incomplete_ones():
 
 def test_the_table_round_trips_through_its_avro_changelog_and_reorders():
     codec = default_codec()
-    regression = ScoredPart("m", 1, 5, b"\x02" * 8, (), (), b"\x03" * 8, 2.5)
+    regression = ScoredPart("m", 1, 5, ID, b"\x02" * 8, (), (), b"\x03" * 8, 2.5)
     entries = {
         b"a": Entry(300, scored=ROW),
         b"b": Entry(100, feedback=b"f", feedback_source=(2, 9)),

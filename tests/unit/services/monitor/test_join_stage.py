@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelstream.contracts.codec import default_codec
+from modelstream.contracts.definitions import features_id
 from modelstream.contracts.records import (
     Feedback,
     MonitorJoinState,
@@ -27,6 +28,7 @@ scored_parts = st.none() | st.builds(
     text,
     st.integers(-(2**31), 2**31 - 1),
     st.integers(-(2**62), 2**62),
+    st.binary(max_size=8),
     st.binary(max_size=80),
     st.lists(text, max_size=3).map(tuple),
     st.lists(text, max_size=3).map(tuple),
@@ -70,6 +72,7 @@ def scored(ids: list[str], X: np.ndarray, P: np.ndarray, model: str = "m") -> by
         "predicted_at_ms": 1_000,
         "request_ids": ids,
         "feature_count": X.shape[1],
+        "features_id": features_id([f"x{i}" for i in range(X.shape[1])]),
         "features": X.astype("<f8").tobytes(),
         "categories": [],
         "classes": ["0", "1"],

@@ -60,6 +60,16 @@ def test_every_mutation_and_truncation_is_read_or_refused_as_the_codec_does(reco
         assert reader_or_error(variant) == codec_or_error(variant), variant
 
 
+def test_a_timestamp_beyond_64_bits_is_read_as_the_codec_reads_it():
+    """A 10-byte varint can carry more than 64 bits: the reader does not make a number the
+    codec would not (one that no Avro writer could encode again)."""
+    value = CODEC.encode(
+        Feedback, {"request_id": "r", "model": "m", "label": "1", "timestamp_ms": 1}
+    )
+    overflowing = value[:-1] + b"\xff" * 9 + b"\x7f"
+    assert reader_or_error(overflowing) == codec_or_error(overflowing)
+
+
 def test_json_feedback_is_decoded_and_checked_whole():
     value = b'{"request_id": "r", "model": "m", "label": "x", "timestamp_ms": null}'
     assert READER.read(value)["label"] == "x"

@@ -97,3 +97,38 @@ def test_categorical_rows_score_the_same_in_every_form(pipeline):  # type: ignor
     reasons = {r.message.value: r.reason for r in refused.rejected}
     assert sorted(reasons.values()) == ["extra-features", "missing-features"]
     assert list(scores(refused.groups[0].values)) == ["r2"]
+
+
+def test_the_monitors_rows_stay_with_their_requests_when_some_are_refused(pipeline):  # type: ignore[no-untyped-def]
+    """Rows whose scores are not finite are refused; the rows written for the monitor are
+    those of the answered requests, each with its own features and categories."""
+    from unittest import mock
+
+    bundle, model = pipeline
+    logic = PredictorLogic(CODEC, output_format="avro")
+    logic.install(model, production=True)
+    encoder = RequestEncoder()
+    n = 12
+    requests = [
+        encoder.encode(f"r{i}", "shop", bundle.X[i], packed=True, categories=bundle.categories[i])
+        for i in range(n)
+    ]
+    real = model.model.score
+
+    def some_not_finite(X, categories=None):  # type: ignore[no-untyped-def]
+        out = real(X, categories).copy()
+        out[[2, 7]] = np.nan
+        return out
+
+    with mock.patch.object(model.model, "score", side_effect=some_not_finite):
+        scored = logic.process([Record(v) for v in requests])
+    assert sorted(r.message.value for r in scored.rejected) == sorted([requests[2], requests[7]])
+    (group,) = scored.groups
+    rows = group.rows
+    assert rows is not None
+    kept = [i for i in range(n) if i not in (2, 7)]
+    assert group.request_ids == [f"r{i}".encode() for i in kept]
+    np.testing.assert_array_equal(rows.features, bundle.X[kept])
+    names = model.model.categorical
+    assert rows.categories == [bundle.categories[i][c] for i in kept for c in names]
+    assert rows.scores.shape == (len(kept), 2) and np.isfinite(rows.scores).all()
