@@ -78,8 +78,9 @@ MONITOR_TOPICS = (
     MONITOR_HISTORY_CHANGELOG,
     MONITOR_LIVE_CHANGELOG,
 )
-# An internal record carries one or more user records whole (a join entry holds a request and
-# its prediction), so internal topics take more than the user topics' 1 MiB.
+# An internal record carries one or more user records, or rows as large as they are (a scored
+# row, a forwarded feedback record, a batch of labels), so internal topics take more than the
+# user topics.
 INTERNAL_MAX_BYTES = DEAD_LETTER_MAX_BYTES
 # Rows may carry tensors (an encoded image, a text, a file): the topics of rows and their
 # answers take records up to 2 MiB, so a 1 MB image request fits with room to spare, and its
@@ -170,7 +171,7 @@ TOPOLOGY: tuple[TopicSpec, ...] = (
         "request id",
         "Prediction",
         "predictor",
-        "users, monitor",
+        "users",
         6,
         {"retention.ms": str(7 * DAY_MS), "max.message.bytes": str(ROW_MAX_BYTES)},
     ),

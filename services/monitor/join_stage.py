@@ -144,7 +144,7 @@ _class_strings = functools.lru_cache(maxsize=64)(_strings)  # a model's classes,
 
 
 def join_partition(request_id: bytes) -> int:
-    """The join task a request id belongs to: where the predictor writes its prediction."""
+    """The join task a request id belongs to: where the predictor writes its scored row."""
     return key_partition(request_id, JOIN_PARTITIONS)
 
 

@@ -108,8 +108,8 @@ class _Processor(Stateless):
         if poison is not None and any(r.key == poison.encode() for r in records):
             os.abort()  # the crash tests' native crash, where scoring would crash
         scored = self.app.logic.process(records)
-        # Keyed by request id, in the partition of its CRC-32: where the monitor's join
-        # reads it without forwarding (and where librdkafka's default partitioner puts it).
+        # Keyed by request id, in the partition of its CRC-32 (where librdkafka's default
+        # partitioner puts it); the monitor reads the rows on `monitor-scored` instead.
         out = [
             Outgoing(self.topics[group.shadow], request_id, value, None, None, message)
             for group in scored.groups
