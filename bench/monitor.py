@@ -26,7 +26,12 @@ and reports labelled events/s, from its first input to its N-th learned label:
    ``MODELSTREAM_ONLINE_LEARNER=arrays``) in batches of 500 over pre-decoded arrays, each batch
    scored before it is learned: the limit of the chosen learner, no Kafka, no Avro;
 5. ``river_inmemory`` - river's own progressive validation (``evaluate.progressive_val_score``)
-   over the same labelled events held in memory: the limit, no Kafka at all.
+   over the same labelled events held in memory: the limit, no Kafka at all;
+6. ``stages`` - the monitor's join and learner stages called directly on the same records,
+   no Kafka: the CPU time per label of each (what one process spends before the client
+   fetches or sends a record);
+7. ``inplace`` - ``monitor`` again with the feedback partitioned by CRC-32 (librdkafka's
+   default), so that the join forwards none of it.
 
     python bench/monitor.py [--events 30000] [--naive-events 10000]   # last line: JSON
 """
@@ -324,6 +329,70 @@ def learner_inmemory(events: int, batch: int = 500) -> dict[str, float]:
     return {"eps": events / elapsed, "accuracy": correct / events, "events": events}
 
 
+def stages_inmemory(body: dict[str, Any], events: int, batch: int = 3000) -> dict[str, float]:
+    """The monitor's two stages alone, no Kafka: the join over scored rows and feedback in
+    their join partitions (both parts of a label in one batch), then the learner over the
+    labelled batches the join made; CPU time per label of each."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from modelstream.services.monitor.join_stage import JoinStage, join_partition
+    from modelstream.services.monitor.learn_stage import LearnStage
+    from modelstream.services.monitor.settings import MonitorSettings
+
+    settings = load(MonitorSettings, topic_prefix="s.", log_level="WARNING")
+    registry = mock.Mock()
+    registry.production = {MODEL: SimpleNamespace(body={**body, "version": 1})}
+    join = JoinStage(settings, default_codec(), mock.Mock(), ttl_ms=600_000)
+    learn = LearnStage(settings, default_codec(), mock.Mock(), registry)
+    _, _, names = dataset(MODEL)
+    X, _, ids = labelled_stream(events)
+    proba = LinearModel.from_body(body).proba(X)
+    _, feedback = predictions_and_feedback(body, events)
+    joined_s = learned_s = 0.0
+    for start in range(0, events, batch):
+        end = start + batch
+        tasks: dict[int, list[Any]] = {}
+        scored = scored_records(
+            MODEL, 1, ids[start:end], names, X[start:end], proba[start:end], ["0", "1"], 1
+        )
+        for partition, value in scored:
+            tasks.setdefault(partition, []).append(
+                SimpleNamespace(
+                    topic="s.monitor-scored", partition=partition, offset=0, key=b"", value=value
+                )
+            )
+        for key, value in feedback[start:end]:
+            partition = join_partition(key)
+            tasks.setdefault(partition, []).append(
+                SimpleNamespace(
+                    topic="s.feedback",
+                    partition=partition,
+                    offset=start,
+                    key=key,
+                    value=value,
+                    headers=(),
+                )
+            )
+        labelled = []
+        began = time.process_time()
+        for task, records in tasks.items():
+            labelled += [o for o in join.process(task, records) if o.topic == "s.monitor-labelled"]
+            join.committed(task, {})
+        joined_s += time.process_time() - began
+        records = [
+            SimpleNamespace(
+                value=o.value, key=o.key, topic=o.topic, partition=0, offset=0, timestamp=0
+            )
+            for o in labelled
+        ]
+        began = time.process_time()
+        learn.process(0, records)
+        learn.committed(0, {})
+        learned_s += time.process_time() - began
+    return {"join_us": joined_s / events * 1e6, "learn_us": learned_s / events * 1e6}
+
+
 # -- orchestration ------------------------------------------------------------------------------
 async def prepared(
     base: Settings,
@@ -489,7 +558,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--naive-events", type=int, default=10_000)
     parser.add_argument(
-        "--only", default="monitor,inplace,copies,naive,learner,river", help="comma-separated"
+        "--only",
+        default="monitor,inplace,copies,naive,learner,stages,river",
+        help="comma-separated",
     )
     args = parser.parse_args()
     if args.worker:
@@ -567,6 +638,16 @@ def main() -> None:
             f"  {'learner_inmemory_eps':20} {ours['eps']:>9,.0f} labelled events/s   "
             f"(the monitor's learner over arrays, batches of 500, progressive validation in "
             f"memory, accuracy {ours['accuracy']:.4f})"
+        )
+    if "stages" in wanted:
+        stages = stages_inmemory(body, args.events)
+        results["join_stage_us_per_label"] = round(stages["join_us"], 1)
+        results["learn_stage_us_per_label"] = round(stages["learn_us"], 1)
+        print(
+            f"  {'stages in memory':20} join {stages['join_us']:.1f} us/label, learner "
+            f"{stages['learn_us']:.1f} us/label   (CPU time, no Kafka: the ceiling of one "
+            f"process is 1 / their sum = {1e6 / (stages['join_us'] + stages['learn_us']):,.0f} "
+            f"labels/s before any record is fetched or sent)"
         )
     if "river" in wanted:
         river = river_inmemory(args.events)
