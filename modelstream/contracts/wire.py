@@ -17,6 +17,8 @@ from modelstream.errors import DecodeError
 
 def zigzag(value: int) -> bytes:
     """Avro long: zigzag, then base-128 varint."""
+    if 0 <= value < 64:  # lengths, counts and union branches: one byte, made once
+        return _SMALL[value]
     n = (value << 1) ^ (value >> 63)
     out = bytearray()
     while n & ~0x7F:
@@ -24,6 +26,9 @@ def zigzag(value: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SMALL = tuple(bytes([2 * v]) for v in range(64))
 
 
 def string(value: bytes) -> bytes:

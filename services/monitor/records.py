@@ -27,9 +27,9 @@ class FeedbackReader:
         self.header = MAGIC + codec.schema(Feedback).fingerprint
 
     def read(self, value: bytes) -> Feedback:
-        if is_json(value):  # user topics also take JSON: decoded and checked whole
-            return self.codec.decode_any(value, Feedback, self.limits)
         if not value.startswith(self.header) or len(value) > self.limits.max_bytes:
+            if is_json(value):  # user topics also take JSON: decoded and checked whole
+                return self.codec.decode_any(value, Feedback, self.limits)
             return self.codec.decode(value, Feedback, self.limits, checked=False)
         try:
             request_id, pos = read_string(value, HEADER_SIZE)

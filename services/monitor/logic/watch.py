@@ -353,33 +353,37 @@ class ModelWatch:
         task = self.body["task"]
         # Progressive validation: the learner as it was at the start of the batch scores the
         # batch before learning from it, beside the production version's own predictions.
-        online_scores = self.learner.as_model().proba(X)
-        learn: list[int] = []
-        for i, item in enumerate(labels):
-            label = item.label
-            if task == Task.REGRESSION:
-                ours = -abs(float(online_scores[i]) - float(label))
-                theirs = -abs(float(item.prediction) - float(label))
-            else:
-                ours = float(self.learner.classes[int(np.argmax(online_scores[i]))] == str(label))
-                theirs = float(str(item.prediction) == str(label))
-            self.paired.append((ours, theirs))
-            if in_online_holdout(item.request_id):
-                continue
-            learn.append(i)
-            partition, offset = item.feedback_partition, item.feedback_offset
-            span = self.feedback_ranges.setdefault(partition, [offset, offset + 1])
-            span[0], span[1] = min(span[0], offset), max(span[1], offset + 1)
-            self.learned_since_export += 1
-            out.learned += 1
-        if learn:
-            self.learner.learn_many(
-                X[learn],
-                [
-                    labels[i].label if task != Task.REGRESSION else float(labels[i].label)
-                    for i in learn
-                ],
-            )
+        online_scores = np.asarray(self.learner.as_model().proba(X)).reshape(len(labels), -1)
+        truth = [item.label for item in labels]
+        if task == Task.REGRESSION:
+            y = np.asarray(truth, dtype=np.float64)
+            ours = -np.abs(online_scores[:, 0] - y)
+            theirs = -np.abs(np.asarray([float(item.prediction) for item in labels]) - y)
+        else:
+            said = np.asarray(self.learner.classes, dtype=object)[online_scores.argmax(axis=1)]
+            expected = np.asarray([str(label) for label in truth], dtype=object)
+            ours = (said == expected).astype(np.float64)
+            given = np.asarray([str(item.prediction) for item in labels], dtype=object)
+            theirs = (given == expected).astype(np.float64)
+        self.paired.extend(zip(ours.tolist(), theirs.tolist(), strict=True))
+        learn = [i for i, item in enumerate(labels) if not in_online_holdout(item.request_id)]
+        if not learn:
+            return
+        partitions = np.fromiter(
+            (labels[i].feedback_partition for i in learn), np.int64, len(learn)
+        )
+        offsets = np.fromiter((labels[i].feedback_offset for i in learn), np.int64, len(learn))
+        for partition in np.unique(partitions).tolist():
+            these = offsets[partitions == partition]
+            low, high = int(these.min()), int(these.max()) + 1
+            span = self.feedback_ranges.setdefault(partition, [low, high])
+            span[0], span[1] = min(span[0], low), max(span[1], high)
+        self.learned_since_export += len(learn)
+        out.learned += len(learn)
+        self.learner.learn_many(
+            X[learn],
+            [truth[i] if task != Task.REGRESSION else float(truth[i]) for i in learn],
+        )
 
     def gain(self) -> float:
         """Online learner minus production on the same recent labels (accuracy or -MAE)."""
