@@ -19,7 +19,13 @@ from modelstream.kafka.boundary import Boundary, Failure
 from modelstream.kafka.clients import make_consumer, make_producer, partitions_of
 from modelstream.kafka.compat import fresh_partition_count
 from modelstream.kafka.control import ControlFollower
-from modelstream.kafka.pipeline import BatchPipeline, Outgoing, Stateless, key_partition
+from modelstream.kafka.pipeline import (
+    FRAMING_BYTES,
+    BatchPipeline,
+    Outgoing,
+    Stateless,
+    key_partition,
+)
 from modelstream.kafka.topology import (
     AUDIT,
     DEADLETTER,
@@ -82,6 +88,9 @@ class _Processor(Stateless):
         self.deadletter = settings.topic(DEADLETTER)
         self.replies = settings.topic(REPLIES)
         self.reply_partitions = 0  # of `replies`; 0 until known (or when it does not exist)
+        # a prediction larger than its topic takes is dead-lettered with its request by the
+        # pipeline: its row must not reach the monitor either
+        self.prediction_limit = max_message_bytes(PREDICTIONS_TOPIC)
         self.scored = (
             ScoredWriter(app.codec, settings.topic(MONITOR_SCORED))
             if settings.predictor_monitor_scored
@@ -127,7 +136,11 @@ class _Processor(Stateless):
                 if partition is not None:
                     out.append(Outgoing(self.replies, request_id, value, partition, None, message))
             if self.scored is not None:
-                out.extend(self.scored.records(group))
+                published = [
+                    len(value) + len(request_id) + FRAMING_BYTES <= self.prediction_limit
+                    for value, request_id in zip(group.values, group.request_ids, strict=True)
+                ]
+                out.extend(self.scored.records(group, published))
         for rejected in scored.rejected:
             record = rejected.message
             headers = dead_letter_headers(record, rejected.reason, rejected.error, SERVICE)
@@ -172,7 +185,10 @@ class ScoredWriter:
         self.codec = codec
         self.topic = topic
 
-    def records(self, group: ScoredGroup[ConsumerRecord]) -> list[Outgoing]:
+    def records(
+        self, group: ScoredGroup[ConsumerRecord], published: list[bool] | None = None
+    ) -> list[Outgoing]:
+        """The group's rows (those ``published`` flags, if given) for the monitor."""
         rows = group.rows
         if rows is None or not group.request_ids:
             return []
@@ -180,9 +196,13 @@ class ScoredWriter:
         partitions = np.fromiter(
             (key_partition(i, JOIN_PARTITIONS) for i in ids), np.int64, len(ids)
         )
+        if published is not None:
+            partitions[~np.asarray(published, dtype=bool)] = -1
         out: list[Outgoing] = []
         for partition in np.unique(partitions).tolist():
-            self._chunks(group, np.flatnonzero(partitions == partition).tolist(), partition, out)
+            if partition >= 0:
+                where = np.flatnonzero(partitions == partition).tolist()
+                self._chunks(group, where, partition, out)
         return out
 
     def _chunks(
