@@ -35,14 +35,7 @@ async def test_fuzzed_requests_through_a_predictor_process(topics, keys, tmp_pat
     predictor = Predictor(base, keys, "fuzz", tmp_path)
     try:
         await produce(base, "requests", messages)
-        # wait until every key is accounted for on one of the two output topics
-        deadline = asyncio.get_running_loop().time() + 180
-        while True:
-            answered = await read_all(base, "predictions")
-            dead = await read_all(base, "deadletter")
-            if len(answered) + len(dead) >= N or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(1)
+        answered, dead = await until_accounted(base, N)
         assert predictor.process.poll() is None, predictor.output()  # still running
     finally:
         predictor.process.send_signal(signal.SIGTERM)
@@ -243,13 +236,7 @@ async def test_hostile_records_on_the_column_paths_through_a_predictor_process( 
     predictor = Predictor(base, keys, "hostile-columns", tmp_path)
     try:
         await produce(base, "requests", messages)  # type: ignore[arg-type]
-        deadline = asyncio.get_running_loop().time() + 180
-        while True:
-            answered = await read_all(base, "predictions")
-            dead = await read_all(base, "deadletter")
-            if len(answered) + len(dead) >= n or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(1)
+        answered, dead = await until_accounted(base, n)
         assert predictor.process.poll() is None, predictor.output()  # still running
     finally:
         predictor.process.send_signal(signal.SIGTERM)
@@ -273,3 +260,118 @@ async def test_hostile_records_on_the_column_paths_through_a_predictor_process( 
         assert name in refused, (name, sorted(predicted & set(named)))
     for name in ("two", "batch", "huge", "empty"):  # answered or refused, never lost
         assert (name in predicted) != (name in refused), name
+
+
+async def test_hostile_scored_rows_through_the_monitor(topics, keys):  # type: ignore[no-untyped-def]
+    """`monitor-scored` is internal, but anyone granted it can write anything: a null value,
+    an empty one, 3 MB of junk, deep JSON, out-of-range counts, every truncation and many
+    single-byte mutations of a real record. Each record the codec cannot read, or whose
+    columns disagree, is dead-lettered once with its reason; the others are rows; the
+    monitor keeps running and still joins a well-formed row with its label."""
+    import dataclasses
+
+    from modelstream.contracts.codec import default_codec
+    from modelstream.contracts.limits import Limits
+    from modelstream.contracts.records import MonitorScored
+    from modelstream.errors import DecodeError, InvalidEventError
+    from modelstream.kafka.topology import INTERNAL_MAX_BYTES
+    from modelstream.services.monitor.app import MonitorApp
+    from modelstream.services.monitor.join_stage import _scored_rows
+    from modelstream.services.monitor.settings import MonitorSettings
+    from tests.support.helpers import service_settings
+
+    base = topics
+    body = trained_body(BC)
+    await publish(base, keys, body, 1)
+    codec = default_codec()
+    names = body["feature_names"]
+    row, proba, classes = np.ones((1, 30)), np.array([[0.2, 0.8]]), ["0", "1"]
+    ((partition, valid),) = scored_records(BC, 1, ["a"], names, row, proba, classes, 0)
+    record = codec.decode(valid, MonitorScored)
+    hostile: list[bytes | None] = [
+        None,
+        b"",
+        b"\xc3\x01" + b"\xff" * 3_000_000,
+        b"[" * 5000 + b"]" * 5000,
+    ]
+    for field, value in (
+        ("feature_count", -1),
+        ("feature_count", 2**31 - 1),
+        ("version", -(2**31)),
+    ):
+        hostile.append(codec.encode(MonitorScored, {**record, field: value}))
+    hostile += [valid[:n] for n in range(len(valid))]
+    for i in range(0, len(valid), 3):
+        hostile.append(valid[:i] + bytes([valid[i] ^ 0xA5]) + valid[i + 1 :])
+    internal = dataclasses.replace(Limits(), max_bytes=INTERNAL_MAX_BYTES)
+
+    def refused(value: bytes | None) -> bool:
+        try:
+            _scored_rows(codec.decode(value, MonitorScored, internal, checked=False))
+        except (DecodeError, InvalidEventError):
+            return True
+        return False
+
+    expected = sum(refused(v) for v in hostile)
+    monitor = MonitorApp(service_settings(MonitorSettings, base, keys))
+    producer = AIOKafkaProducer(bootstrap_servers=base.bootstrap, max_request_size=8 * 1024 * 1024)
+    async with running(monitor):
+        await producer.start()
+        try:
+            for value in hostile:
+                await producer.send(
+                    base.topic("monitor-scored"), value, key=b"m", partition=partition
+                )
+            await producer.flush()
+            dead = await until_dead_lettered(base, "monitor-scored", expected)
+            # still serving: a well-formed row and its label join
+            for p, value in scored_records(BC, 1, ["ok-2"], names, row, proba, classes, 0):
+                await producer.send(base.topic("monitor-scored"), value, partition=p)
+            await producer.send(
+                base.topic("feedback"),
+                codec.encode(
+                    Feedback,
+                    {"request_id": "ok-2", "model": BC, "label": "1", "timestamp_ms": None},
+                ),
+                key=b"ok-2",
+            )
+            await producer.flush()
+            deadline = asyncio.get_running_loop().time() + 60
+            while monitor.joined_total(BC) < 1:
+                assert asyncio.get_running_loop().time() < deadline, "monitor stopped joining"
+                await asyncio.sleep(0.2)
+        finally:
+            await producer.stop()
+    reasons = Counter(dict(r.headers)["reason"].decode() for r in dead)
+    print(f"monitor-scored: in {len(hostile)}, dead-lettered {len(dead)} {dict(reasons)}")
+    assert len(dead) == expected and expected > len(valid)  # each once, none lost
+    offsets = Counter(dict(r.headers)["source.offset"] for r in dead)
+    assert max(offsets.values()) == 1 and all(dict(r.headers)["error"] for r in dead)
+    assert {"null-value", "empty-value", "invalid-scored"} <= set(reasons)
+
+
+async def until_dead_lettered(settings, topic: str, n: int, timeout_s: float = 120):  # type: ignore[no-untyped-def]
+    """The dead letters of records read from ``topic``, once there are ``n`` (or at the
+    timeout, with as many as there are)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        dead = [
+            r
+            for r in await read_all(settings, "deadletter")
+            if dict(r.headers)["source.topic"] == settings.topic(topic).encode()
+        ]
+        if len(dead) >= n or asyncio.get_running_loop().time() > deadline:
+            return dead
+        await asyncio.sleep(0.5)
+
+
+async def until_accounted(settings, n: int, timeout_s: float = 180):  # type: ignore[no-untyped-def]
+    """Predictions and dead letters once ``n`` requests are accounted for on one of the two
+    (or at the timeout, with what there is)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        answered = await read_all(settings, "predictions")
+        dead = await read_all(settings, "deadletter")
+        if len(answered) + len(dead) >= n or asyncio.get_running_loop().time() > deadline:
+            return answered, dead
+        await asyncio.sleep(1)
