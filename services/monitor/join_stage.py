@@ -318,7 +318,8 @@ class JoinStage:
         for label in completed:
             scored = label.scored
             try:
-                feedback = self._feedback(label.feedback)
+                # unchecked: the learner checks the label against the model (check_label)
+                feedback = self.feedback_reader.read(label.feedback)
                 if feedback["model"] != scored.model:
                     raise InvalidEventError(
                         "model-mismatch",
@@ -356,11 +357,6 @@ class JoinStage:
                     )
                 )
         return out
-
-    def _feedback(self, value: bytes) -> Feedback:
-        # Unchecked (hot path): the label is checked against the model by the learner
-        # (check_label: a class it knows, or a finite number), the model name by the caller.
-        return self.feedback_reader.read(value)
 
     def _label_refused(self, label: Completed, failure: Failure) -> Outgoing:
         partition, offset = label.feedback_source

@@ -359,7 +359,7 @@ class LearnStage:
                     continue  # scored over other features than the production version's
                 value = self.training.encode(
                     key,
-                    _packed(label.features),
+                    np.ascontiguousarray(label.features, "<f8").tobytes(),
                     label.label,
                     FEEDBACK_EXAMPLE_PREFIX + label.request_id,
                     label.labelled_at_ms,
@@ -550,13 +550,6 @@ class LearnStage:
             self.pending.pop(task, None)
             self.changelog.left(task)
         self.owned -= tasks
-
-
-def _packed(features: object) -> bytes:
-    """A label's features as `training` takes them: little-endian float64 in model order."""
-    if isinstance(features, bytes):
-        return features
-    return np.ascontiguousarray(features, "<f8").tobytes()
 
 
 def _check_columns(batch: MonitorLabelledBatch) -> None:

@@ -52,16 +52,26 @@ def scores(values: list[bytes]) -> dict[str, float]:
     return out
 
 
-def test_categorical_rows_score_the_same_in_every_form(pipeline):  # type: ignore[no-untyped-def]
-    bundle, model = pipeline
+def serving(model: ServingModel) -> PredictorLogic:
     logic = PredictorLogic(CODEC, output_format="avro")
     logic.install(model, production=True)
+    return logic
+
+
+def column_requests(bundle, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """The first ``n`` rows as the clients write them: categories in the model's order."""
     encoder = RequestEncoder()
-    n = 40
-    ordered = [
+    return [
         encoder.encode(f"r{i}", "shop", bundle.X[i], packed=True, categories=bundle.categories[i])
         for i in range(n)
     ]
+
+
+def test_categorical_rows_score_the_same_in_every_form(pipeline):  # type: ignore[no-untyped-def]
+    bundle, model = pipeline
+    logic = serving(model)
+    n = 40
+    ordered = column_requests(bundle, n)
     columns = logic._reader.columns()
     assert all(isinstance(logic._decode(v, columns)[5], int) for v in ordered)  # the columns
     columnar = logic.process([Record(v) for v in ordered])
@@ -79,6 +89,7 @@ def test_categorical_rows_score_the_same_in_every_form(pipeline):  # type: ignor
     assert not by_rows.rejected
     assert scores(by_rows.groups[0].values) == got
 
+    encoder = RequestEncoder()
     refused = logic.process(
         [
             Record(encoder.encode("none", "shop", bundle.X[0], packed=True)),
@@ -105,14 +116,9 @@ def test_the_monitors_rows_stay_with_their_requests_when_some_are_refused(pipeli
     from unittest import mock
 
     bundle, model = pipeline
-    logic = PredictorLogic(CODEC, output_format="avro")
-    logic.install(model, production=True)
-    encoder = RequestEncoder()
+    logic = serving(model)
     n = 12
-    requests = [
-        encoder.encode(f"r{i}", "shop", bundle.X[i], packed=True, categories=bundle.categories[i])
-        for i in range(n)
-    ]
+    requests = column_requests(bundle, n)
     real = model.model.score
 
     def some_not_finite(X, categories=None):  # type: ignore[no-untyped-def]
