@@ -353,7 +353,9 @@ class LearnStage:
     def _act(self, watch: ModelWatch, d: Decisions) -> list[Outgoing]:
         model, key = watch.name, watch.name.encode()
         out: list[Outgoing] = []
-        if self.write_training and watch.learns_features:  # a tensor row's tensors are not here
+        # a tensor model's rows are its tensors, which the monitor never sees (an embedding is
+        # not a training row: the trainer does not train tensor models)
+        if self.write_training and not watch.takes_tensors:
             for label in d.usable:
                 if label.features is None:
                     continue  # scored over other features than the production version's

@@ -35,6 +35,7 @@ from modelstream.contracts.records import (
 )
 from modelstream.errors import DecodeError, InvalidEventError
 from modelstream.registry.artifact import Verified, decrypt_tensors
+from modelstream.registry.embedding_head import HeadInput, head_input_of
 from modelstream.registry.onnx_model import Categories, OnnxScorer
 from modelstream.registry.scoring import Scorer, scorer_for
 from modelstream.registry.tensor_model import (
@@ -83,6 +84,8 @@ class ServingModel:
     digest: str
     model: Scorer  # a linear family or an ONNX graph's onnxruntime session
     template: MapTemplate  # byte layout of this version's numeric features as an Avro map
+    # a tensor model's embedding output, handed to the monitor as the row's features
+    head: HeadInput | None = None
 
     @property
     def digest_prefix(self) -> str:
@@ -105,7 +108,12 @@ class ServingModel:
         if warm_up is not None:
             warm_up()
         return cls(
-            body["name"], body["version"], verified.digest, model, MapTemplate(model.feature_names)
+            body["name"],
+            body["version"],
+            verified.digest,
+            model,
+            MapTemplate(model.feature_names),
+            head_input_of(body) if isinstance(model, TensorScorer) else None,
         )
 
 
@@ -565,12 +573,13 @@ class PredictorLogic:
                 requested,
                 now_ms,
             )
+        embedding = _embedding(model.head, outputs, n)
         rows = ScoredRows(
             model.name,
             model.version,
             now_ms,
-            features_id([]),
-            np.empty((n, 0)),
+            features_id(model.head.feature_names if model.head and embedding.shape[1] else []),
+            embedding,
             [],
             list(scorer.classes) if scores is not None and scorer.task != Task.REGRESSION else [],
             np.empty((n, 0)) if scores is None else np.asarray(scores, np.float64).reshape(n, -1),
@@ -920,6 +929,15 @@ def _kept(categories: Categories | None, keep: np.ndarray) -> Categories | None:
     if categories is None or isinstance(categories, np.ndarray):
         return categories if categories is None else categories[keep]
     return [row for row, k in zip(categories, keep.tolist(), strict=True) if k]
+
+
+def _embedding(head: HeadInput | None, outputs: TensorOutputs, n: int) -> np.ndarray:
+    """The rows' embedding vectors [n, width] for the monitor's head ([n, 0] when the
+    model has no head input or the graph gave another shape)."""
+    value = outputs.outputs.get(head.name) if head is not None else None
+    if head is None or value is None or value.dtype == object or value.shape != (n, head.width):
+        return np.empty((n, 0))
+    return np.asarray(value, np.float64)
 
 
 def _row_major(categories: Categories | None, names: Sequence[str]) -> list[str]:

@@ -927,3 +927,130 @@ def test_the_readme_specs_fit_the_real_models(library_files, tmp_path):  # type:
         signature = describe_tensors(graphs[name].read_bytes(), spec)
         assert signature.task == tasks[name], name
     assert parse_spec(blocks["orientation"]) == parse_spec(json.dumps(OCR_SPEC))
+
+
+def fashion_embedding_graph(images: np.ndarray, labels: np.ndarray, path: Path) -> Any:
+    """A Fashion-MNIST classifier that declares its embedding: pixels -> PCA(16) (the
+    ``embedding`` output) -> a logistic regression fitted on only 50 images; the PCA."""
+    from onnx import TensorProto, helper, numpy_helper
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    X = images.reshape(len(images), -1).astype(np.float32) / 255
+    pca = PCA(16, random_state=0).fit(X)
+    weak = LogisticRegression(C=0.01, max_iter=500).fit(pca.transform(X[:50]), labels[:50])
+    arrays = {
+        "mean": pca.mean_,
+        "components": pca.components_.T,
+        "coef": weak.coef_.T,
+        "intercept": weak.intercept_,
+    }
+    nodes = [
+        helper.make_node("Sub", ["pixels", "mean"], ["centred"]),
+        helper.make_node("MatMul", ["centred", "components"], ["embedding"]),
+        helper.make_node("MatMul", ["embedding", "coef"], ["linear"]),
+        helper.make_node("Add", ["linear", "intercept"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fashion_pca",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 784])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 16]),
+        ],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return pca
+
+
+async def test_a_head_learned_on_an_image_embedding_is_gated_and_served(stack, tmp_path):  # type: ignore[no-untyped-def]
+    """A weak image classifier declares its embedding; labelled feedback on 2,400 served
+    images teaches the monitor a head on it; the graph with that head passes the gate against
+    the graph's own layer on held-out images and is served."""
+    from modelstream.contracts.definitions import FEEDBACK_EXAMPLE_PREFIX
+    from modelstream.contracts.records import Origin
+    from modelstream.registry.embedding_head import HEAD_SCORES, head_of
+
+    name = "fashion-head"
+    train, train_y = fashion_mnist(1500, offset=9000)
+    stream, stream_y = fashion_mnist(2400, offset=12000)
+    held, held_y = fashion_mnist(300, test=True, offset=1000)
+    pca = fashion_embedding_graph(train, train_y, tmp_path / "pca.onnx")
+    spec = {
+        **FASHION_SPEC,
+        "scores": {"graph_output": "logits", "labels": FASHION_CLASSES, "activation": "softmax"},
+        "outputs": [{"name": "embedding", "graph_output": "embedding"}],
+    }
+    gate = [
+        (bytes_tensor("image", png(img)), FASHION_CLASSES[y])
+        for img, y in zip(held[:200], held_y[:200], strict=True)
+    ]
+    await publish_model(
+        stack, name, "MULTICLASS", tmp_path / "pca.onnx", spec, gate, classes=tuple(FASHION_CLASSES)
+    )
+    served = await predict(stack, name, [bytes_tensor("image", png(i)) for i in stream], "head")
+    assert {p["version"] for p in served} == {1}
+    await produce(
+        stack.base,
+        "feedback",
+        [
+            (
+                p["request_id"].encode(),
+                CODEC.encode(
+                    Feedback,
+                    {"request_id": p["request_id"], "model": name, "label": FASHION_CLASSES[y]},
+                ),
+            )
+            for p, y in zip(served, stream_y, strict=True)
+        ],
+    )
+    public = load_public_key(stack.keys / "modelstream.pub")
+    deadline = time.monotonic() + 180
+    while True:
+        body = (await load_production(stack.base, public))[name].body
+        if body["lineage"]["origin"] == Origin.ONLINE:
+            break
+        assert time.monotonic() < deadline, "no online-learned head was published"
+        await asyncio.sleep(0.5)
+    graph = body["onnx"]
+    assert graph is not None and graph["scores_output"] == HEAD_SCORES
+    assert body["created_by"] == "monitor"
+    gated = [
+        r
+        for r in await reports(stack.base)
+        if r["model"] == name and r["passed"] and r["champion_version"] == 1
+    ]
+    assert gated, "the head was published without being gated against v1"
+    print(f"\nthe head's gate: {gated[-1]['metrics']} vs v1 {gated[-1]['champion_metrics']}")
+    # the head's answers are what numpy computes from the PCA embedding and the head
+    head = head_of(body)
+    assert head is not None
+    pixels = held[200:].reshape(100, -1).astype(np.float32) / 255
+    expected = head.proba(pca.transform(pixels).astype(np.float32).astype(np.float64))
+    for _ in range(50):  # the predictor swaps between batches, soon after the registry
+        answers = await predict(
+            stack, name, [bytes_tensor("image", png(i)) for i in held[200:]], "v"
+        )
+        if {a["version"] for a in answers} == {body["version"]}:
+            break
+        await asyncio.sleep(0.2)
+    for answer, row in zip(answers, expected, strict=True):
+        np.testing.assert_allclose([answer["scores"][c] for c in FASHION_CLASSES], row, atol=1e-4)
+    names = np.asarray(FASHION_CLASSES)
+    rows = [bytes_tensor("image", png(i)) for i in held[200:]]
+    first = await predict(stack, name, rows, "v1", version=1)
+    before = np.mean(np.asarray([p["prediction"] for p in first]) == names[held_y[200:]])
+    after = np.mean(np.asarray([a["prediction"] for a in answers]) == names[held_y[200:]])
+    print(f"accuracy on 100 held-out images: v1 {before:.3f}, with the head {after:.3f}")
+    assert after > before + 0.1
+    # the monitor writes no training rows for a tensor model (its rows are tensors)
+    written = [
+        e
+        for e in decoded(await read_all(stack.base, "training"), "TrainingExample")
+        if e["model"] == name and (e.get("example_id") or "").startswith(FEEDBACK_EXAMPLE_PREFIX)
+    ]
+    assert not written

@@ -64,6 +64,60 @@ def image_graph(
     return graph, W, b
 
 
+def embedding_graph(
+    inputs: int = 6, width: int = 4, classes: int = 3, seed: int = 0
+) -> tuple[bytes, np.ndarray]:
+    """A classifier over a float tensor ``x`` [N, inputs] that also gives its embedding:
+    ``embedding`` = relu(x P) [N, width], ``tokens`` [N, 2, width] (the embedding, then its
+    negation: a first token for CLS pooling), ``logits`` = embedding C [N, classes] (one
+    column for a binary model); with P, so numpy computes the same embedding."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    P = rng.normal(size=(inputs, width)).astype(np.float32)
+    C = rng.normal(size=(width, 1 if classes == 2 else classes)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "P"], ["projected"]),
+        helper.make_node("Relu", ["projected"], ["embedding"]),
+        helper.make_node("Neg", ["embedding"], ["negated"]),
+        helper.make_node("Unsqueeze", ["embedding", "axis1"], ["first"]),
+        helper.make_node("Unsqueeze", ["negated", "axis1"], ["second"]),
+        helper.make_node("Concat", ["first", "second"], ["tokens"], axis=1),
+        helper.make_node("MatMul", ["embedding", "C"], ["logits"]),
+    ]
+    graph = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", inputs])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C.shape[1]]),
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", 2, width]),
+        ],
+        [
+            numpy_helper.from_array(P, "P"),
+            numpy_helper.from_array(C, "C"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
+    )
+    return graph, P
+
+
+def embedding_spec(labels: list[str], output: str = "embedding", **output_options: str) -> str:
+    """The JSON of a spec for :func:`embedding_graph`: ``x`` as sent, scores from
+    ``logits``, and one declared output (``output``) named ``embedding``."""
+    return json.dumps(
+        {
+            "inputs": [{"name": "x", "kind": "tensor", "graph_input": "x"}],
+            "scores": {
+                "graph_output": "logits",
+                "labels": labels,
+                "activation": {0: "none", 2: "sigmoid"}.get(len(labels), "softmax"),
+            },
+            "outputs": [{"name": "embedding", "graph_output": output, **output_options}],
+        }
+    )
+
+
 def token_graph(vocab: int = 40, dim: int = 4, seed: int = 0) -> tuple[bytes, np.ndarray]:
     """Token ids and attention mask -> per-token vectors [N, S, dim] (an embedding table
     masked), and ``logits`` [N, 2] from the first token: a tiny stand-in for a BERT."""

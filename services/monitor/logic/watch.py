@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modelstream.contracts.builders import candidate_body, lineage, training_config
+from modelstream.contracts.builders import (
+    LinearTensors,
+    candidate_body,
+    lineage,
+    training_config,
+)
 from modelstream.contracts.definitions import feature_vector, features_id, in_online_holdout
 from modelstream.contracts.records import (
     DriftWindowState,
@@ -30,6 +35,8 @@ from modelstream.contracts.records import (
 from modelstream.errors import InvalidEventError
 from modelstream.learn.linear import LinearModel
 from modelstream.learn.mlp import MLPModel
+from modelstream.registry.artifact import to_tensor
+from modelstream.registry.embedding_head import HeadInput, head_input_of, head_of, with_head
 from modelstream.services.monitor.logic.array_learner import ArrayLearner
 from modelstream.services.monitor.logic.learner import OnlineLearner
 from modelstream.services.monitor.logic.mlp_learner import OnlineMLP
@@ -105,6 +112,7 @@ class ModelWatch:
         self.body: ModelBody | None = None  # the production artifact (plain tensors)
         self.model: LinearModel | MLPModel | None = None
         self.learner: ArrayLearner | OnlineLearner | OnlineMLP | None = None
+        self.head: HeadInput | None = None  # a tensor model's embedding its head learns on
         self.metrics: dict[int, LiveMetrics] = {}
         self.error_drift: dict[int, ErrorDrift] = {}
         self.feature_drift: FeatureDrift | None = None
@@ -128,22 +136,34 @@ class ModelWatch:
         network) and features are compared with its training statistics. An ONNX graph over
         features (``model`` None): a native linear learner starts from zero on the numeric
         features, a challenger the gate compares with the graph on the same rows; feature
-        drift has no training statistics to compare with. A tensor model (images, text):
-        no learner; its scores are compared with the validator's hold-out. Error drift and
-        rollback work as for any kind."""
+        drift has no training statistics to compare with. A tensor model (images, text)
+        that declares an embedding output: a linear head on the embedding, from the head the
+        graph already serves (a candidate of an earlier round) or from zero, proposed as the
+        graph with that head (``registry.embedding_head``). Another tensor model: no learner;
+        its scores are compared with the validator's hold-out. Error drift and rollback work
+        as for any kind."""
         self.body, self.model = body, model
+        self.head = head_input_of(body) if self.takes_tensors else None
         self.score_drift = ScoreDrift.from_metrics(
             body.get("metrics") or {},
             self.config.feature_drift_window,
             self.config.score_drift_threshold,
         )
         self.learner, self.feature_drift = None, None
+        served_head = head_of(body) if self.head is not None else None
         if not self.learns_features or body["task"] == Task.EMBEDDING:
-            pass  # a tensor model: live metrics, score and error drift, rollback
-        elif model is None:  # a graph over features: a linear challenger from zero
+            pass  # live metrics, score and error drift, rollback
+        elif served_head is not None:  # continue from the head an earlier round proposed
+            self.learner = self._linear_learner().from_model(
+                served_head,
+                body["lineage"]["example_count"],
+                self.config.learning_rate,
+                self.config.l2,
+            )
+        elif model is None:  # a graph's embedding or features: a linear challenger from zero
             self.learner = self._linear_learner()(
                 Task(body["task"]),
-                body["feature_names"],
+                self.feature_names,
                 body["classes"],
                 self.config.learning_rate,
                 self.config.l2,
@@ -173,17 +193,32 @@ class ModelWatch:
         return OnlineLearner if self.config.learner == "river" else ArrayLearner
 
     @property
-    def learns_features(self) -> bool:
-        """Whether the model's requests carry features (not so for a tensor model: its
-        labels feed live metrics, drift and rollback, not a learner)."""
+    def takes_tensors(self) -> bool:
+        """Whether the model is a tensor model (images, text): its requests carry no
+        features, its training rows are tensors the monitor never sees."""
         graph = self.body.get("onnx") if self.body is not None else None
-        return not (graph is not None and graph.get("spec"))
+        return graph is not None and bool(graph.get("spec"))
+
+    @property
+    def learns_features(self) -> bool:
+        """Whether labelled rows carry a vector the learner reads: the features, or a
+        tensor model's embedding (another tensor model's labels feed live metrics, drift and
+        rollback, not a learner)."""
+        return not self.takes_tensors or self.head is not None
+
+    @property
+    def feature_names(self) -> list[str]:
+        """What the learner's columns are: the production version's features, or the
+        embedding's components."""
+        if self.head is not None:
+            return self.head.feature_names
+        return list(self.body["feature_names"]) if self.body is not None else []
 
     @property
     def features_id(self) -> bytes:
-        """The identity of the production version's feature list (rows scored over another
-        are not learned from)."""
-        return features_id(self.body["feature_names"] if self.body is not None else [])
+        """The identity of the learner's columns (rows scored over others, by a version
+        with other features or another embedding, are not learned from)."""
+        return features_id(self.feature_names)
 
     def _after_install(self) -> None:
         assert self.body is not None
@@ -211,7 +246,7 @@ class ModelWatch:
             out.usable = list(labels)
             return out
         task, classes = self.body["task"], self.body["classes"]
-        names = self.body["feature_names"]
+        names = self.feature_names
         # X holds the rows of the labels that carry features, in order
         row_errors = self._row_errors(X, names) if X is not None and self.learns_features else None
         matrix = X if row_errors is not None else None
@@ -284,7 +319,7 @@ class ModelWatch:
         if learnable and features is not None:
             self._drift_in_features(features, out)
             self._learn(features, learnable, out)
-        retrainable = self.learns_features  # the trainer does not train a tensor model
+        retrainable = not self.takes_tensors  # the trainer does not train a tensor model
         if (
             out.drift
             and retrainable
@@ -414,12 +449,25 @@ class ModelWatch:
             {"topic": FEEDBACK_TOPIC, "partition": p, "start": a, "end": b}
             for p, (a, b) in sorted(self.feedback_ranges.items())
         ]
+        if self.head is not None:  # the production graph, its scores read from the head
+            assert not isinstance(self.learner, OnlineMLP)
+            empty = to_tensor(np.empty(0))
+            tensors: LinearTensors = {
+                "weights": empty,
+                "intercepts": empty,
+                "feature_mean": empty,
+                "feature_scale": empty,
+            }
+            graph = with_head(body, self.learner.as_model())
+        else:
+            tensors, graph = self.learner.export(), None
         return candidate_body(
             name=self.name,
             task=body["task"],
             feature_names=body["feature_names"],
             classes=body["classes"],
-            tensors=self.learner.export(),
+            tensors=tensors,
+            onnx=graph,
             layers=self.learner.layer_records(),
             training=training_config(
                 "online-sgd" if isinstance(self.learner, OnlineMLP) else "river-online",

@@ -375,3 +375,62 @@ def test_the_network_learns_a_batch_as_it_learns_its_rows_one_by_one():
     for a, b in zip(batch.Ws + batch.bs, rows.Ws + rows.bs, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(batch.Ws[0][0], layers[0][0])  # it moved
+
+
+def test_a_tensor_model_with_an_embedding_learns_a_head_and_proposes_its_graph_with_it():
+    """Production's scores come from its own layer (random here); the labels follow another
+    linear rule on the embedding. The watch learns a head on the embeddings the predictor
+    sends, and proposes the graph with the head, which scores what the learner scores."""
+    from modelstream.contracts import tensors
+    from modelstream.contracts.definitions import features_id
+    from modelstream.registry.embedding_head import HEAD_SCORES
+    from modelstream.registry.tensor_model import (
+        TensorScorer,
+        describe,
+        parse_spec,
+        tensor_candidate,
+    )
+    from tests.support.tensor_models import embedding_graph, embedding_spec
+
+    classes = ["a", "b", "c"]
+    graph, P = embedding_graph()
+    body = tensor_candidate(
+        "img", describe(graph, parse_spec(embedding_spec(classes))), created_by="t"
+    )
+    body["version"] = 1
+    watch = ModelWatch(
+        "img",
+        WatchConfig(export_every_labels=1000, export_min_labels=200, learning_rate=0.05),
+    )
+    watch.install(body, None)
+    assert watch.learns_features and watch.takes_tensors and watch.learner is not None
+    assert watch.features_id == features_id([f"embedding[{i}]" for i in range(4)])
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3000, 6)).astype(np.float32)
+    E = np.maximum(x @ P, 0).astype(np.float64)
+    truth = np.asarray(classes)[(E @ rng.normal(size=(4, 3))).argmax(axis=1)]
+    served = TensorScorer(body)
+    rows = [[tensors.from_array("x", r)] for r in x]
+    said = np.asarray(served.labels(served.score(np.empty((3000, 0)), tensor_rows=rows)))
+    items = [
+        Labelled(f"r{i}", E[i], 1, str(said[i]), {}, 0, str(truth[i]), 5, 0, i) for i in range(3000)
+    ]
+    exported = []
+    for at in range(0, 3000, 250):
+        decisions = watch.observe(items[at : at + 250], at, E[at : at + 250])
+        assert not decisions.unusable
+        if decisions.candidate is not None:
+            exported.append((decisions.candidate, watch.learner.as_model()))
+    assert exported, "a head far better than production's layer must be proposed"
+    candidate, learned = exported[-1]
+    assert candidate["lineage"]["origin"] == "ONLINE" and candidate["parent_version"] == 1
+    assert candidate["onnx"]["scores_output"] == HEAD_SCORES and candidate["feature_names"] == []
+    theirs = TensorScorer(candidate).score(np.empty((500, 0)), tensor_rows=rows[-500:])
+    np.testing.assert_allclose(theirs, learned.proba(E[-500:]), atol=1e-5)
+    ours = (np.asarray(classes)[theirs.argmax(axis=1)] == truth[-500:]).mean()
+    assert ours > (said[-500:] == truth[-500:]).mean() + 0.2
+    # published as v2, the learner continues from its head, not from zero
+    candidate["version"], candidate["parent_version"] = 2, 1
+    watch.install(candidate, None)
+    assert watch.learner is not None
+    np.testing.assert_allclose(watch.learner.as_model().W, learned.W, rtol=1e-5, atol=1e-6)

@@ -133,6 +133,28 @@ def test_embeddings_travel_as_output_tensors():
         np.testing.assert_allclose(tensors.numeric(embedding), E[ids].mean(axis=0), atol=1e-6)
 
 
+def test_a_classifiers_embedding_goes_to_the_monitor_as_the_rows_features():
+    """The monitor learns a head on it: the rows' embeddings, named by their components."""
+    from modelstream.contracts.definitions import features_id
+    from tests.support.tensor_models import embedding_graph, embedding_spec
+
+    graph, P = embedding_graph()
+    logic = logic_with(serving("clf", graph, embedding_spec(["a", "b", "c"])))
+    x = RNG.normal(size=(5, 6)).astype(np.float32)
+    scored = logic.process(
+        [Record(request(f"r{i}", "clf", [tensors.from_array("x", r)])) for i, r in enumerate(x)]
+    )
+    (group,) = scored.groups
+    assert group.rows is not None and group.rows.classes == ["a", "b", "c"]
+    assert group.rows.features_id == features_id([f"embedding[{i}]" for i in range(4)])
+    np.testing.assert_allclose(group.rows.features, np.maximum(x @ P, 0), atol=1e-6)
+    # a per-token output is no one vector per row: no head, no features
+    plain = logic_with(serving("clf", graph, embedding_spec(["a", "b", "c"], output="tokens")))
+    (group,) = plain.process([Record(request("r", "clf", [tensors.from_array("x", x[0])]))]).groups
+    assert group.rows is not None and group.rows.features.shape == (1, 0)
+    assert group.rows.features_id == features_id([])
+
+
 def test_feature_models_refuse_tensors_and_tensor_models_refuse_features():
     from modelstream.registry.onnx_model import describe as describe_features
     from modelstream.registry.onnx_model import onnx_candidate
