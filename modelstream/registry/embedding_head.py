@@ -11,10 +11,17 @@ gates it on the model's held-out tensors against the production graph, and it ex
 imports again like any graph. A head already in the graph is replaced, and read back as the
 starting point of the next one (:func:`head_of`).
 
-Which output: the spec's first declared output that gives one fixed-width float vector per
-row, [N, D] as declared (pooling NONE) or the first token of [N, T, D] (CLS), normalized or
-not. A MEAN or MAX pooling weighs tokens by the attention mask, which the head's graph does
-not see: such an output gets no head, nor does an embedding model (no labels to learn).
+Which output: the spec's first declared output, other than the scores' own, that gives one
+fixed-width float vector per row, [N, D] as declared (pooling NONE) or the first token of
+[N, T, D] (CLS), normalized or not. A MEAN or MAX pooling weighs tokens by the attention
+mask, which the head's graph does not see: such an output gets no head, nor does an
+embedding model (no labels to learn), nor a graph whose default-domain opset is under 8
+(the head's broadcasting Max) or missing.
+
+Rows are learned from only when they come from the same backbone: the identity of the
+head's columns (:attr:`HeadInput.features_id`) covers the graph without any head, so a
+version that differs only by its head shares it, and another network with an output of the
+same name and width does not.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from modelstream.contracts.definitions import features_id
 from modelstream.contracts.records import (
     Activation,
     ModelBody,
@@ -34,7 +42,9 @@ from modelstream.contracts.records import (
     ServingSpec,
     Task,
 )
+from modelstream.errors import ArtifactVerificationError
 from modelstream.learn.linear import LinearModel
+from modelstream.registry.artifact import to_tensor
 from modelstream.registry.tensor_model import (
     FLOAT_DATATYPES,
     GraphTensor,
@@ -48,6 +58,7 @@ HEAD_SCORES = HEAD_PREFIX + "scores"
 _WEIGHTS, _BIAS, _MEAN, _SCALE = (HEAD_PREFIX + n for n in ("weights", "bias", "mean", "scale"))
 # the spec's L2 normalization divides by max(norm, 1e-12) (TensorScorer._outputs)
 _MIN_NORM = 1e-12
+_MIN_OPSET = 8  # Max with broadcasting
 
 
 @dataclass(frozen=True)
@@ -59,21 +70,32 @@ class HeadInput:
     width: int
     pool: Pooling
     normalize: Normalization
+    backbone: str = ""  # sha-256 of the graph without any head (hex)
 
     @property
     def feature_names(self) -> list[str]:
         return [f"{self.name}[{i}]" for i in range(self.width)]
 
+    @property
+    def features_id(self) -> bytes:
+        """The identity of the head's columns: the output's components, of this backbone."""
+        return features_id([*self.feature_names, f"backbone:{self.backbone}"])
 
-def head_input(task: Task, spec: ServingSpec, outputs: list[GraphTensor]) -> HeadInput | None:
+
+def head_input(
+    task: Task, spec: ServingSpec, outputs: list[GraphTensor], backbone: str = ""
+) -> HeadInput | None:
     """The output a head can learn on (see the module's docstring), or None."""
     if task == Task.EMBEDDING:
         return None
     shapes = {o.name: o for o in outputs}
+    scores = spec["scores"]
     for item in spec["outputs"]:
         graph_output = shapes.get(item["graph_output"])
         if graph_output is None or graph_output.datatype not in FLOAT_DATATYPES:
             continue
+        if scores is not None and item["graph_output"] == scores["graph_output"]:
+            continue  # the scores themselves are no embedding
         if item["datatype"] not in FLOAT_DATATYPES:
             continue
         shape, pool = graph_output.shape, Pooling(item["pool"])
@@ -87,17 +109,32 @@ def head_input(task: Task, spec: ServingSpec, outputs: list[GraphTensor]) -> Hea
                     width,
                     pool,
                     Normalization(item["normalize"]),
+                    backbone,
                 )
     return None
 
 
 def head_input_of(body: ModelBody) -> HeadInput | None:
-    """The head input of an artifact's graph (None for a model that is not a tensor model)."""
+    """The head input of an artifact's graph (None for a model that is not a tensor model,
+    or whose graph cannot take a head)."""
     graph = body.get("onnx")
     if graph is None or not graph.get("spec"):
         return None
-    _, _, outputs = graph_signature(graph["graph"])
-    return head_input(Task(body["task"]), decode_spec(graph["spec"] or b""), outputs)
+    model, _, outputs = graph_signature(graph["graph"])
+    if _default_opset(model) < _MIN_OPSET:
+        return None
+    spec = decode_spec(graph["spec"] or b"")
+    if head_input(Task(body["task"]), spec, outputs) is None:
+        return None  # no output to learn on: spare hashing the graph
+    return head_input(Task(body["task"]), spec, outputs, backbone(model))
+
+
+def backbone(model: Any) -> str:
+    """The sha-256 of a parsed graph without any head: what its embedding depends on."""
+    graph = type(model.graph)()
+    graph.CopyFrom(model.graph)
+    _drop_head(graph)
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def with_head(body: ModelBody, head: LinearModel) -> OnnxGraph:
@@ -113,6 +150,8 @@ def with_head(body: ModelBody, head: LinearModel) -> OnnxGraph:
     wanted = head_input(Task(body["task"]), spec, outputs)
     if wanted is None or wanted.feature_names != head.feature_names:
         raise ValueError("the head does not fit the graph's embedding output")
+    if _default_opset(model) < _MIN_OPSET:
+        raise ValueError(f"the graph's opset is under {_MIN_OPSET}: no head")
     graph = model.graph
     _drop_head(graph)
     x = wanted.graph_output
@@ -149,6 +188,13 @@ def with_head(body: ModelBody, head: LinearModel) -> OnnxGraph:
         (_BIAS, head.b),
     ):
         graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    if model.ir_version < 4:  # before IR 4 every initializer is also a graph input
+        listed = {i.name for i in graph.input}
+        for tensor in graph.initializer:
+            if tensor.name.startswith(HEAD_PREFIX) and tensor.name not in listed:
+                graph.input.append(
+                    helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+                )
     z = step(
         "Add", [step("MatMul", [step("Div", [step("Sub", [x, _MEAN]), _SCALE]), _WEIGHTS]), _BIAS]
     )
@@ -194,31 +240,31 @@ def head_of(body: ModelBody) -> LinearModel | None:
     }
     if wanted is None or len(found) != 4:
         return None
-    task = Task(body["task"])
     try:
-        return LinearModel(
-            task,
+        model = LinearModel.from_tensors(
+            Task(body["task"]),
             wanted.feature_names,
             list(body["classes"]),
-            found[_WEIGHTS].reshape(wanted.width, -1),
-            found[_BIAS].reshape(-1),
-            found[_MEAN].reshape(wanted.width),
-            found[_SCALE].reshape(wanted.width),
+            {
+                "weights": to_tensor(found[_WEIGHTS]),
+                "intercepts": to_tensor(found[_BIAS]),
+                "feature_mean": to_tensor(found[_MEAN]),
+                "feature_scale": to_tensor(found[_SCALE]),
+            },
         )
-    except ValueError:
-        return None
+    except (ValueError, ArtifactVerificationError):
+        return None  # not a head this module wrote: learn one from zero
+    usable = np.isfinite(model.W).all() and np.isfinite(model.b).all()
+    return model if usable and (model.scale > 0).all() and np.isfinite(model.mean).all() else None
 
 
 def _drop_head(graph: Any) -> None:
-    kept_nodes = [n for n in graph.node if not n.name.startswith(HEAD_PREFIX)]
-    kept_init = [t for t in graph.initializer if not t.name.startswith(HEAD_PREFIX)]
-    kept_out = [o for o in graph.output if not o.name.startswith(HEAD_PREFIX)]
-    for field_, kept in ((graph.node, kept_nodes), (graph.initializer, kept_init)):
-        del field_[:]
-        field_.extend(kept)
-    del graph.output[:]
-    graph.output.extend(kept_out)
+    for listing in (graph.node, graph.initializer, graph.input, graph.output):
+        kept = [item for item in listing if not item.name.startswith(HEAD_PREFIX)]
+        del listing[:]
+        listing.extend(kept)
 
 
 def _default_opset(model: Any) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    """The graph's default-domain opset (0: none imported)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)

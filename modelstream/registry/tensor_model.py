@@ -973,6 +973,8 @@ class TensorScorer:
                     [row / max(float(np.linalg.norm(row)), 1e-12) for row in value]
                 )
             elif spec["normalize"] == "L2":
+                # in float64: a float16 norm overflows past 256 and its floor rounds to 0
+                value = value.astype(np.float64, copy=False)
                 norms = np.linalg.norm(value.reshape(len(value), -1), axis=1)
                 value = value / np.clip(norms, 1e-12, None).reshape((-1,) + (1,) * (value.ndim - 1))
             dtype = _numpy_type(spec["datatype"])

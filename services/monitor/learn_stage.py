@@ -153,14 +153,13 @@ class LearnStage:
         verified = self.registry.production.get(model)
         if verified is None:
             return None
+        watch = ModelWatch(model, self.config)
         try:
             body = decrypt_tensors(verified.body, self.data_key)
-            linear = _native_model(body)
+            watch.install(body, _native_model(body))
         except (ArtifactVerificationError, ValueError) as exc:
             log.warning("cannot watch %s v%d: %s", model, verified.body["version"], exc)
             return None
-        watch = ModelWatch(model, self.config)
-        watch.install(body, linear)
         state = self.saved.get(model)
         if state is not None:
             watch.restore(state)

@@ -578,7 +578,7 @@ class PredictorLogic:
             model.name,
             model.version,
             now_ms,
-            features_id(model.head.feature_names if model.head and embedding.shape[1] else []),
+            model.head.features_id if model.head and embedding.shape[1] else features_id([]),
             embedding,
             [],
             list(scorer.classes) if scores is not None and scorer.task != Task.REGRESSION else [],

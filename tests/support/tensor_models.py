@@ -65,41 +65,68 @@ def image_graph(
 
 
 def embedding_graph(
-    inputs: int = 6, width: int = 4, classes: int = 3, seed: int = 0
+    inputs: int = 6,
+    width: int = 4,
+    classes: int = 3,
+    seed: int = 0,
+    *,
+    opset: int = 17,
+    ir_version: int = 8,
+    double: bool = False,
 ) -> tuple[bytes, np.ndarray]:
     """A classifier over a float tensor ``x`` [N, inputs] that also gives its embedding:
-    ``embedding`` = relu(x P) [N, width], ``tokens`` [N, 2, width] (the embedding, then its
-    negation: a first token for CLS pooling), ``logits`` = embedding C [N, classes] (one
-    column for a binary model); with P, so numpy computes the same embedding."""
+    ``embedding`` = relu(x P) [N, width] (float64 with ``double``), ``tokens`` [N, 2, width]
+    (its negation, then the embedding: a first token for CLS pooling), ``logits`` =
+    relu(x P) C [N, classes] (one column for a binary model); with P, so numpy computes the
+    same embedding."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     P = rng.normal(size=(inputs, width)).astype(np.float32)
     C = rng.normal(size=(width, 1 if classes == 2 else classes)).astype(np.float32)
+
+    def unsqueeze(source: str, target: str) -> Any:
+        if opset >= 13:
+            return helper.make_node("Unsqueeze", [source, "axis1"], [target])
+        return helper.make_node("Unsqueeze", [source], [target], axes=[1])
+
     nodes = [
         helper.make_node("MatMul", ["x", "P"], ["projected"]),
-        helper.make_node("Relu", ["projected"], ["embedding"]),
-        helper.make_node("Neg", ["embedding"], ["negated"]),
-        helper.make_node("Unsqueeze", ["embedding", "axis1"], ["first"]),
-        helper.make_node("Unsqueeze", ["negated", "axis1"], ["second"]),
+        helper.make_node("Relu", ["projected"], ["relu"]),
+        helper.make_node("Cast", ["relu"], ["embedding"], to=TensorProto.DOUBLE)
+        if double
+        else helper.make_node("Identity", ["relu"], ["embedding"]),
+        helper.make_node("Neg", ["relu"], ["negated"]),
+        unsqueeze("negated", "first"),
+        unsqueeze("relu", "second"),
         helper.make_node("Concat", ["first", "second"], ["tokens"], axis=1),
-        helper.make_node("MatMul", ["embedding", "C"], ["logits"]),
+        helper.make_node("MatMul", ["relu", "C"], ["logits"]),
     ]
-    graph = _model(
+    initializers = [
+        numpy_helper.from_array(P, "P"),
+        numpy_helper.from_array(C, "C"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", inputs])]
+    if ir_version < 4:  # initializers were graph inputs too
+        graph_inputs += [
+            helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in initializers
+        ]
+    embedding_type = TensorProto.DOUBLE if double else TensorProto.FLOAT
+    graph = helper.make_graph(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", inputs])],
+        "embedding",
+        graph_inputs,
         [
             helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", C.shape[1]]),
-            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("embedding", embedding_type, ["N", width]),
             helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", 2, width]),
         ],
-        [
-            numpy_helper.from_array(P, "P"),
-            numpy_helper.from_array(C, "C"),
-            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-        ],
+        initializers,
     )
-    return graph, P
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return bytes(model.SerializeToString()), P
 
 
 def embedding_spec(labels: list[str], output: str = "embedding", **output_options: str) -> str:

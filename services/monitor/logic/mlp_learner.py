@@ -1,10 +1,12 @@
 """Online learning for a production network: small gradient steps from its weights.
 
-The linear families learn online with river (learner.py). A multilayer perceptron keeps
-learning here with the trainer's own loss and weight decay (learn/mlp.py's gradients, one
-model, one labelled row per step) and plain SGD with a small step, from the production
-version's weights and on its standardization (the training statistics stay fixed, so a
-candidate is the production network moved along the labelled stream). Pure numpy.
+The linear families learn online with river's updates over arrays (array_learner.py; river
+itself in learner.py). A multilayer perceptron keeps learning here with the trainer's own
+loss and weight decay (learn/mlp.py's gradients, one model, one labelled row per step) and
+plain SGD with a small step, from the production version's weights and on its
+standardization (the training statistics stay fixed, so a candidate is the production
+network moved along the labelled stream). Pure numpy: a batch's rows are standardized and
+their targets read at once; only the steps, each depending on the previous, loop.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ rebalances; drift detectors start afresh.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from modelstream.services.monitor.logic.quality import (
     outcome,
 )
 from modelstream.services.monitor.logic.rollback import RollbackDecision, should_roll_back
+
+log = logging.getLogger(__name__)
 
 FEEDBACK_TOPIC = "feedback"  # the logical topic named by online candidates' lineage
 
@@ -143,7 +146,7 @@ class ModelWatch:
         its scores are compared with the validator's hold-out. Error drift and rollback work
         as for any kind."""
         self.body, self.model = body, model
-        self.head = head_input_of(body) if self.takes_tensors else None
+        self.head = self._head_input(body) if self.takes_tensors else None
         self.score_drift = ScoreDrift.from_metrics(
             body.get("metrics") or {},
             self.config.feature_drift_window,
@@ -189,6 +192,28 @@ class ModelWatch:
                 )
         self._after_install()
 
+    @staticmethod
+    def _head_input(body: ModelBody) -> HeadInput | None:
+        """The embedding a head can learn on, once a head of zeros has been composed into
+        the graph (a graph that cannot take one gets no learner, rather than a learner
+        whose candidates cannot be built)."""
+        try:
+            head = head_input_of(body)
+            if head is None:
+                return None
+            task = Task(body["task"])
+            k = len(body["classes"]) if task == Task.MULTICLASS else 1
+            d = head.width
+            names, classes = head.feature_names, body["classes"]
+            zeros = np.zeros((d, k)), np.zeros(k), np.zeros(d), np.ones(d)
+            with_head(body, LinearModel(task, names, classes, *zeros))
+        except Exception as exc:  # onnx's checker raises its own ValidationError
+            log.warning(
+                "%s v%d takes no head on its embedding: %s", body["name"], body["version"], exc
+            )
+            return None
+        return head
+
     def _linear_learner(self) -> type[ArrayLearner] | type[OnlineLearner]:
         return OnlineLearner if self.config.learner == "river" else ArrayLearner
 
@@ -217,7 +242,9 @@ class ModelWatch:
     @property
     def features_id(self) -> bytes:
         """The identity of the learner's columns (rows scored over others, by a version
-        with other features or another embedding, are not learned from)."""
+        with other features or another network's embedding, are not learned from)."""
+        if self.head is not None:
+            return self.head.features_id
         return features_id(self.feature_names)
 
     def _after_install(self) -> None:
@@ -437,9 +464,10 @@ class ModelWatch:
         )
         if not due or len(self.paired) < c.export_min_labels or self.gain() < c.export_min_gain:
             return None
+        candidate = self.candidate_body(now_ms)
         self.last_export_ms = now_ms
         self.learned_since_export = 0
-        return self.candidate_body(now_ms)
+        return candidate
 
     def candidate_body(self, now_ms: int) -> ModelBody:
         """The learner's weights as a candidate the validator gates like any other."""

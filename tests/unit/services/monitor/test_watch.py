@@ -382,8 +382,7 @@ def test_a_tensor_model_with_an_embedding_learns_a_head_and_proposes_its_graph_w
     linear rule on the embedding. The watch learns a head on the embeddings the predictor
     sends, and proposes the graph with the head, which scores what the learner scores."""
     from modelstream.contracts import tensors
-    from modelstream.contracts.definitions import features_id
-    from modelstream.registry.embedding_head import HEAD_SCORES
+    from modelstream.registry.embedding_head import HEAD_SCORES, head_input_of
     from modelstream.registry.tensor_model import (
         TensorScorer,
         describe,
@@ -404,7 +403,9 @@ def test_a_tensor_model_with_an_embedding_learns_a_head_and_proposes_its_graph_w
     )
     watch.install(body, None)
     assert watch.learns_features and watch.takes_tensors and watch.learner is not None
-    assert watch.features_id == features_id([f"embedding[{i}]" for i in range(4)])
+    wanted = head_input_of(body)
+    assert wanted is not None and watch.features_id == wanted.features_id
+    assert watch.feature_names == [f"embedding[{i}]" for i in range(4)]
     rng = np.random.default_rng(8)
     x = rng.normal(size=(3000, 6)).astype(np.float32)
     E = np.maximum(x @ P, 0).astype(np.float64)
@@ -429,8 +430,18 @@ def test_a_tensor_model_with_an_embedding_learns_a_head_and_proposes_its_graph_w
     np.testing.assert_allclose(theirs, learned.proba(E[-500:]), atol=1e-5)
     ours = (np.asarray(classes)[theirs.argmax(axis=1)] == truth[-500:]).mean()
     assert ours > (said[-500:] == truth[-500:]).mean() + 0.2
-    # published as v2, the learner continues from its head, not from zero
+    # a restart: the head's learner comes back from the saved state
+    state = default_codec().decode(
+        default_codec().encode(MonitorModelState, watch.state()), MonitorModelState
+    )
+    restored = ModelWatch("img", watch.config)
+    restored.install(body, None)
+    restored.restore(state)
+    assert restored.learner is not None and watch.learner is not None
+    np.testing.assert_allclose(restored.learner.as_model().W, watch.learner.as_model().W)
+    # published as v2, the learner continues from its head, not from zero, on the rows of
+    # the same backbone
     candidate["version"], candidate["parent_version"] = 2, 1
     watch.install(candidate, None)
-    assert watch.learner is not None
+    assert watch.learner is not None and watch.features_id == wanted.features_id
     np.testing.assert_allclose(watch.learner.as_model().W, learned.W, rtol=1e-5, atol=1e-6)

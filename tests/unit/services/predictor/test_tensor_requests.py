@@ -136,17 +136,23 @@ def test_embeddings_travel_as_output_tensors():
 def test_a_classifiers_embedding_goes_to_the_monitor_as_the_rows_features():
     """The monitor learns a head on it: the rows' embeddings, named by their components."""
     from modelstream.contracts.definitions import features_id
+    from modelstream.registry.embedding_head import head_input_of
     from tests.support.tensor_models import embedding_graph, embedding_spec
 
     graph, P = embedding_graph()
-    logic = logic_with(serving("clf", graph, embedding_spec(["a", "b", "c"])))
+    text = embedding_spec(["a", "b", "c"])
+    logic = logic_with(serving("clf", graph, text))
     x = RNG.normal(size=(5, 6)).astype(np.float32)
     scored = logic.process(
         [Record(request(f"r{i}", "clf", [tensors.from_array("x", r)])) for i, r in enumerate(x)]
     )
     (group,) = scored.groups
     assert group.rows is not None and group.rows.classes == ["a", "b", "c"]
-    assert group.rows.features_id == features_id([f"embedding[{i}]" for i in range(4)])
+    # what the monitor computes from the artifact
+    wanted = head_input_of(
+        tensor_candidate("clf", describe(graph, parse_spec(text)), created_by="t")
+    )
+    assert wanted is not None and group.rows.features_id == wanted.features_id
     np.testing.assert_allclose(group.rows.features, np.maximum(x @ P, 0), atol=1e-6)
     # a per-token output is no one vector per row: no head, no features
     plain = logic_with(serving("clf", graph, embedding_spec(["a", "b", "c"], output="tokens")))
