@@ -20,7 +20,7 @@ import numpy as np
 from modelstream.contracts.builders import LinearTensors
 from modelstream.contracts.records import ModelBody, Task
 from modelstream.errors import ArtifactVerificationError
-from modelstream.learn.objectives import sigmoid, softmax
+from modelstream.learn.objectives import link
 from modelstream.registry.artifact import from_tensor, to_tensor
 
 
@@ -44,13 +44,7 @@ class LinearModel:
 
     def proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n × n_classes); for regression, the predicted values (n)."""
-        z = self.linear(X)
-        if self.task == Task.BINARY:
-            p1 = sigmoid(z[:, 0])
-            return np.column_stack((1.0 - p1, p1))
-        if self.task == Task.MULTICLASS:
-            return softmax(z)
-        return z[:, 0]
+        return link(self.task, self.linear(X))
 
     def output(self, X: np.ndarray) -> np.ndarray:
         return self.proba(X)

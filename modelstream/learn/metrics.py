@@ -57,6 +57,21 @@ def macro_f1(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by size."""
+    if len(confidence) == 0:
+        return 0.0
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(error)
+
+
 def rmse(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pred - y) ** 2)))
 
@@ -76,11 +91,17 @@ def evaluate(task: Task, y: np.ndarray, output: np.ndarray) -> dict[str, float]:
     """Every metric of a task: ``output`` is probabilities (classifiers) or values."""
     if task == Task.REGRESSION:
         return {"rmse": rmse(y, output), "mae": mae(y, output), "r2": r2(y, output)}
-    metrics = {"accuracy": accuracy(y, output), "log_loss": log_loss(y, output)}
+    top = output.argmax(axis=1)
+    metrics = {
+        "accuracy": accuracy(y, output),
+        "log_loss": log_loss(y, output),
+        "macro_f1": macro_f1(y, output),
+        "calibration_error": expected_calibration_error(
+            output[np.arange(len(y)), top], (top == y).astype(np.float64)
+        ),
+    }
     if task == Task.BINARY:
         metrics["roc_auc"] = roc_auc(y, output[:, 1])
-    else:
-        metrics["macro_f1"] = macro_f1(y, output)
     return metrics
 
 

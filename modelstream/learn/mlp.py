@@ -29,8 +29,9 @@ import numpy as np
 from modelstream.contracts.builders import LinearTensors
 from modelstream.contracts.records import DenseLayer, ModelBody, Task
 from modelstream.errors import ArtifactVerificationError
-from modelstream.learn.objectives import EPS, sigmoid, softmax
+from modelstream.learn.objectives import EPS, link, sigmoid, softmax
 from modelstream.learn.sgd import GDConfig
+from modelstream.learn.stopping import EarlyStopping
 from modelstream.registry.artifact import from_tensor, to_tensor
 
 ADAM_BETAS = (0.9, 0.999)
@@ -67,13 +68,7 @@ class MLPModel:
 
     def proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n × n_classes); for regression, the predicted values (n)."""
-        z = self.logits(X)
-        if self.task == Task.BINARY:
-            p1 = sigmoid(z[:, 0])
-            return np.column_stack((1.0 - p1, p1))
-        if self.task == Task.MULTICLASS:
-            return softmax(z)
-        return z[:, 0]
+        return link(self.task, self.logits(X))
 
     def output(self, X: np.ndarray) -> np.ndarray:
         return self.proba(X)
@@ -255,8 +250,9 @@ def fit_mlp_grid(
     X_train, y_train = X[train_idx], y[train_idx]
     X_val, y_val = X[val_idx], y[val_idx]
     n_train = X_train.shape[0]
-    l2 = np.asarray(l2_values, dtype=np.float64)
+    l2 = np.asarray(l2_values, dtype=np.float64)  # of the models still training
     start = initial_layers([d, *config.hidden, k], config.seed)
+    # parameters of the alive models only (leading axis); best: every model's, by grid place
     Ws = [np.repeat(W[None], groups, axis=0) for W, _ in start]
     bs = [np.repeat(b[None], groups, axis=0) for _, b in start]
     params = Ws + bs
@@ -264,14 +260,12 @@ def fit_mlp_grid(
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     best = [p.copy() for p in params]
-    best_loss = np.full(groups, np.inf)
-    stopped_at = np.zeros(groups, dtype=np.int64)
-    stale = np.zeros(groups, dtype=np.int64)
-    active = np.ones(groups, dtype=bool)
+    stopping = EarlyStopping(groups, config.patience, config.tolerance)
     batch = max(1, min(config.batch_size, n_train))
     beta1, beta2 = ADAM_BETAS
     step = 0
     epoch = 0
+    count = len(Ws)
     for epoch in range(1, config.max_epochs + 1):
         lr = config.learning_rate / (1.0 + config.lr_decay * (epoch - 1))
         perm = rng.permutation(n_train)
@@ -285,25 +279,23 @@ def fit_mlp_grid(
                 m_ += (1 - beta1) * grad
                 v_ *= beta2
                 v_ += (1 - beta2) * grad * grad
-                # stopped models keep their parameters (their updates are masked)
-                update = lr * correction * m_ / (np.sqrt(v_) + ADAM_EPS)
-                update *= active.reshape((-1,) + (1,) * (p.ndim - 1))
-                p -= update
+                p -= lr * correction * m_ / (np.sqrt(v_) + ADAM_EPS)
         Xe, ye = (X_val, y_val) if n_val else (X_train, y_train)
-        val_loss = penalized_losses(task, Xe, ye, Ws, bs, l2)
-        improved = active & np.isfinite(val_loss) & (val_loss < best_loss - config.tolerance)
-        for g in np.flatnonzero(improved):
+        models = stopping.alive
+        for i in stopping.update(epoch, penalized_losses(task, Xe, ye, Ws, bs, l2)):
             for b_, p in zip(best, params, strict=True):
-                b_[g] = p[g]
-        best_loss = np.where(improved, val_loss, best_loss)
-        stale = np.where(improved, 0, stale + 1)
-        done = active & ((stale >= config.patience) | ~np.isfinite(val_loss))
-        stopped_at[done] = epoch
-        active &= ~done
-        if not active.any():
+                b_[models[i]] = p[i]
+        if not stopping.kept.all():  # stopped models leave the pass
+            kept = stopping.kept
+            params = [p[kept] for p in params]
+            m, v = [a[kept] for a in m], [a[kept] for a in v]
+            Ws, bs = params[:count], params[count:]
+            l2 = l2[kept]
+        if not len(stopping.alive):
             break
-    stopped_at[active] = epoch
-    count = len(Ws)
+    stopping.finish(epoch)
+    best_loss = stopping.best_loss
+    stopped_at = stopping.stopped_at
     fits = []
     for model in range(groups):
         chosen = best if np.isfinite(best_loss[model]) else first

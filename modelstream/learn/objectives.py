@@ -37,6 +37,17 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return shifted
 
 
+def link(task: Task, z: np.ndarray) -> np.ndarray:
+    """A model's answers from its outputs ``z`` (n × k): class probabilities (n × classes,
+    by the sigmoid or the softmax) or, for regression, the values (n)."""
+    if task == Task.BINARY:
+        p1 = sigmoid(z[:, 0])
+        return np.column_stack((1.0 - p1, p1))
+    if task == Task.MULTICLASS:
+        return softmax(z)
+    return z[:, 0]
+
+
 class Objective(Protocol):
     @property
     def task(self) -> Task: ...

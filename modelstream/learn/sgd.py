@@ -19,6 +19,7 @@ import numpy as np
 
 from modelstream.contracts.records import Task
 from modelstream.learn.objectives import objective_for
+from modelstream.learn.stopping import EarlyStopping
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def fit_linear_grid(
     l2_values: tuple[float, ...],
 ) -> list[LinearFit]:
     """Fit one model per L2 value in a single pass: the models share the shuffles (same
-    seed), so each equals its own separate run up to BLAS rounding, at the cost of one."""
+    seed), so each equals its own separate run up to BLAS rounding; a model that stopped
+    early leaves the pass."""
     objective = objective_for(task)
     n, d = X.shape
     k = objective.outputs(n_classes)
@@ -83,26 +85,25 @@ def fit_linear_grid(
     X_train, y_train = Xa[train_idx], y[train_idx]
     X_val, y_val = Xa[val_idx], y[val_idx]
     n_train = X_train.shape[0]
-    l2 = np.asarray(l2_values, dtype=np.float64)
-    penalty_mask = np.repeat(l2, k)[None, :] * np.r_[np.ones(d), 0.0][:, None]
+    l2 = np.asarray(l2_values, dtype=np.float64)  # of the models still training
+    unpenalized_intercept = np.r_[np.ones(d), 0.0][:, None]
+    penalty_mask = np.repeat(l2, k)[None, :] * unpenalized_intercept
 
-    W = np.zeros((d + 1, groups * k))
+    W = np.zeros((d + 1, groups * k))  # the alive models' columns only
     velocity = np.zeros_like(W)
     grad = np.empty_like(W)
-    best_loss = np.full(groups, np.inf)
-    best_W = W.copy()
-    stopped_at = np.zeros(groups, dtype=np.int64)
-    stale = np.zeros(groups, dtype=np.int64)
-    active = np.ones(groups, dtype=bool)
+    best_W = W.copy()  # every model's, by its place in the grid
+    stopping = EarlyStopping(groups, config.patience, config.tolerance)
     batch = max(1, min(config.batch_size, n_train))
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
+        alive = len(stopping.alive)
         lr = config.learning_rate / (1.0 + config.lr_decay * (epoch - 1))
         perm = rng.permutation(n_train)
         Xs, ys = X_train[perm], y_train[perm]  # one gather per epoch; batches are views
         for start in range(0, n_train, batch):
             Xb = Xs[start : start + batch]
-            residual = objective.residual(Xb, ys[start : start + batch], W, groups)
+            residual = objective.residual(Xb, ys[start : start + batch], W, alive)
             np.matmul(Xb.T, residual, out=grad)
             grad += penalty_mask * W
             velocity *= config.momentum
@@ -110,19 +111,21 @@ def fit_linear_grid(
             velocity -= grad
             W += velocity
         Xe, ye = (X_val, y_val) if n_val else (X_train, y_train)
-        penalty = 0.5 * l2 * (W[:d] * W[:d]).reshape(d, groups, k).sum(axis=(0, 2))
-        val_loss = objective.losses(Xe, ye, W, groups) + penalty
-        improved = active & np.isfinite(val_loss) & (val_loss < best_loss - config.tolerance)
-        for g in np.flatnonzero(improved):
-            best_W[:, g * k : (g + 1) * k] = W[:, g * k : (g + 1) * k]
-        best_loss = np.where(improved, val_loss, best_loss)
-        stale = np.where(improved, 0, stale + 1)
-        done = active & ((stale >= config.patience) | ~np.isfinite(val_loss))
-        stopped_at[done] = epoch
-        active &= ~done
-        if not active.any():
+        penalty = 0.5 * l2 * (W[:d] * W[:d]).reshape(d, alive, k).sum(axis=(0, 2))
+        models = stopping.alive
+        for i in stopping.update(epoch, objective.losses(Xe, ye, W, alive) + penalty):
+            g = models[i]
+            best_W[:, g * k : (g + 1) * k] = W[:, i * k : (i + 1) * k]
+        if not stopping.kept.all():  # stopped models leave the pass
+            columns = (np.flatnonzero(stopping.kept)[:, None] * k + np.arange(k)).ravel()
+            W, velocity = W[:, columns], velocity[:, columns]
+            grad = np.empty_like(W)
+            l2 = l2[stopping.kept]
+            penalty_mask = np.repeat(l2, k)[None, :] * unpenalized_intercept
+        if not len(stopping.alive):
             break
-    stopped_at[active] = epoch
+    stopping.finish(epoch)
+    stopped_at, best_loss = stopping.stopped_at, stopping.best_loss
     return [
         LinearFit(
             W=best_W[:d, g * k : (g + 1) * k].copy(),

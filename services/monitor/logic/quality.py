@@ -30,6 +30,7 @@ import numpy as np
 from river import drift
 
 from modelstream.contracts.records import Label, MetricWindowState, QualitySums, Task
+from modelstream.learn.metrics import expected_calibration_error
 
 
 @dataclass
@@ -196,21 +197,6 @@ def quality_of(sums: QualitySums) -> dict[str, float]:
         / n
     )
     return out
-
-
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
-) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by size."""
-    if len(confidence) == 0:
-        return 0.0
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(error)
 
 
 class ErrorDrift:

@@ -104,3 +104,21 @@ def test_artifact_round_trip_encryption_scoring_and_onnx_export():
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(None, {"features": X.astype(np.float32)})
     np.testing.assert_allclose(probabilities, trained.model.proba(X), atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["BINARY", "MULTICLASS", "REGRESSION"])
+def test_a_grid_model_equals_its_own_run_after_others_stopped_early(task):
+    """Models that stop leave the batched pass; the others go on as if alone."""
+    from modelstream.learn.mlp import fit_mlp, fit_mlp_grid
+
+    X, y, k = _problem(task, n=120)
+    config = GDConfig(hidden=(8,), learning_rate=0.05, max_epochs=150, patience=3, seed=2)
+    grid = (1e-4, 0.3, 3.0)
+    fits = fit_mlp_grid(X, y, task, 3 if k == 3 else 2, config, grid)
+    assert len({f.epochs_run for f in fits}) > 1  # they stopped at different epochs
+    for l2, fit in zip(grid, fits, strict=True):
+        alone = fit_mlp(X, y, task, 3 if k == 3 else 2, config.with_l2(l2))
+        assert fit.epochs_run == alone.epochs_run
+        for (W, b), (W1, b1) in zip(fit.layers, alone.layers, strict=True):
+            np.testing.assert_allclose(W, W1, atol=1e-9)
+            np.testing.assert_allclose(b, b1, atol=1e-9)

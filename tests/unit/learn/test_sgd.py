@@ -64,3 +64,26 @@ def test_logistic_regression_matches_scikit_learn():
     reference = LogisticRegression(C=1 / (len(y) * l2), tol=1e-10, max_iter=10000).fit(X, y)
     assert np.allclose(fit.W[:, 0], reference.coef_[0], atol=2e-3)
     assert fit.b[0] == pytest.approx(reference.intercept_[0], abs=2e-3)
+
+
+@pytest.mark.parametrize(("task", "classes"), [("BINARY", 2), ("MULTICLASS", 3), ("REGRESSION", 1)])
+def test_a_grid_model_equals_its_own_run_after_others_stopped_early(task, classes):
+    """Models that stop leave the batched pass; the others go on as if alone."""
+    from modelstream.learn.sgd import fit_linear_grid
+
+    X = RNG.normal(size=(300, 5))
+    z = X @ RNG.normal(size=5)
+    y = {
+        "BINARY": (z > 0).astype(int),
+        "MULTICLASS": np.digitize(z, [-0.5, 0.5]),
+        "REGRESSION": z + 0.3 * RNG.normal(size=300),
+    }[task]
+    config = GDConfig(max_epochs=80, patience=4, seed=3)
+    grid = (1e-5, 1e-2, 1.0)
+    fits = fit_linear_grid(X, y, task, classes, config, grid)
+    assert len({f.epochs_run for f in fits}) > 1  # they stopped at different epochs
+    for l2, fit in zip(grid, fits, strict=True):
+        alone = fit_linear(X, y, task, classes, config.with_l2(l2))
+        assert fit.epochs_run == alone.epochs_run
+        np.testing.assert_allclose(fit.W, alone.W, atol=1e-9)
+        np.testing.assert_allclose(fit.b, alone.b, atol=1e-9)

@@ -8,6 +8,7 @@ from river import datasets
 
 from modelstream.contracts.records import Task
 from modelstream.learn.linear import LinearModel
+from modelstream.learn.metrics import expected_calibration_error
 from modelstream.learn.procedure import train
 from modelstream.learn.sgd import GDConfig
 from modelstream.services.monitor.logic.learner import OnlineLearner
@@ -17,7 +18,6 @@ from modelstream.services.monitor.logic.quality import (
     LiveMetrics,
     Outcome,
     add_sums,
-    expected_calibration_error,
     outcome,
     quality_of,
     summarize,

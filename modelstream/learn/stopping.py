@@ -1,0 +1,48 @@
+"""Early stopping for a grid of models trained side by side (learn/sgd.py, learn/mlp.py).
+
+Each model keeps the loss of its best epoch and stops after ``patience`` epochs without
+improving on it by ``tolerance``, or at once on a non-finite loss. Stopped models leave the
+batched pass: the trainers keep only the :attr:`~EarlyStopping.alive` models' parameters, so
+a grid costs what its running models cost, not what its slowest one does.
+
+>>> import numpy as np
+>>> stopping = EarlyStopping(groups=2, patience=1, tolerance=0.0)
+>>> stopping.update(1, np.array([1.0, 1.0])).tolist()  # both improved
+[0, 1]
+>>> _ = stopping.update(2, np.array([0.5, 2.0]))  # model 1 did not: it stops
+>>> stopping.alive.tolist(), stopping.stopped_at.tolist()
+([0], [0, 2])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class EarlyStopping:
+    def __init__(self, groups: int, patience: int, tolerance: float) -> None:
+        self.patience = patience
+        self.tolerance = tolerance
+        self.best_loss = np.full(groups, np.inf)
+        self.stale = np.zeros(groups, dtype=np.int64)
+        self.stopped_at = np.zeros(groups, dtype=np.int64)
+        self.alive = np.arange(groups)  # the models still training, in grid order
+
+    def update(self, epoch: int, losses: np.ndarray) -> np.ndarray:
+        """Record the epoch's losses of the alive models (in :attr:`alive` order); returns
+        the positions among them that improved (the caller keeps their parameters as the
+        best). Models that stop leave :attr:`alive` after the call."""
+        models = self.alive
+        finite = np.isfinite(losses)
+        improved = finite & (losses < self.best_loss[models] - self.tolerance)
+        self.best_loss[models[improved]] = losses[improved]
+        self.stale[models] = np.where(improved, 0, self.stale[models] + 1)
+        done = ~finite | (self.stale[models] >= self.patience)
+        self.stopped_at[models[done]] = epoch
+        self.alive = models[~done]
+        self.kept = ~done  # which of the models passed in remain, for compacting arrays
+        return np.flatnonzero(improved)
+
+    def finish(self, epoch: int) -> None:
+        """The last epoch ran: models still training stop there."""
+        self.stopped_at[self.alive] = epoch
