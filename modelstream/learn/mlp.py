@@ -245,6 +245,7 @@ def fit_mlp_grid(
     groups = len(l2_values)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
+    # a network keeps its split on small data too: stopping early regularizes it
     n_val = round(n * config.validation_fraction) if n >= 20 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     X_train, y_train = X[train_idx], y[train_idx]

@@ -19,7 +19,7 @@ import numpy as np
 
 from modelstream.contracts.records import Task
 from modelstream.learn.objectives import objective_for
-from modelstream.learn.stopping import EarlyStopping
+from modelstream.learn.stopping import EarlyStopping, validation_rows
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def fit_linear_grid(
     groups = len(l2_values)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
-    n_val = round(n * config.validation_fraction) if n >= 20 else 0
+    n_val = validation_rows(n, config.validation_fraction)
     # A ones column carries the intercepts as the last weight row, so one matrix product
     # and one update serve weights and intercepts alike; its penalty is masked off.
     Xa = np.hstack((X, np.ones((n, 1))))

@@ -33,7 +33,6 @@ from modelstream.kafka.topology import (
     ensure_fits,
 )
 from modelstream.kafka.writers import AuditWriter, DeadLetterWriter
-from modelstream.learn.sgd import GDConfig
 from modelstream.registry.artifact import (
     MAKER_OF_ORIGIN,
     decode_artifact,
@@ -81,16 +80,7 @@ class TrainerApp(Lifecycle):
         super().__init__()
         self.settings = settings
         self.codec = default_codec()
-        self.logic = TrainerLogic(
-            GDConfig(
-                learning_rate=settings.learning_rate,
-                lr_decay=settings.lr_decay,
-                batch_size=settings.batch_size,
-                max_epochs=settings.max_epochs,
-                patience=settings.patience,
-                validation_fraction=settings.validation_fraction,
-            )
-        )
+        self.logic = TrainerLogic(settings.descent())
         self.training_topic = settings.topic(TRAINING)
         self.group = settings.group(SERVICE)
         self.producer = make_producer(settings, transactional_id=settings.transactional_id(SERVICE))

@@ -155,22 +155,15 @@ class TrainerLogic:
         inferred = d.fixed(d.feature_names, classes) if classes != d.classes else None
         X = np.vstack([e.x for e in examples])
         y = labels_to_targets(labels, d.task, classes)
-        config = GDConfig(
-            learning_rate=self.gd.learning_rate,
-            lr_decay=self.gd.lr_decay,
-            momentum=self.gd.momentum,
-            batch_size=self.gd.batch_size,
-            max_epochs=self.gd.max_epochs,
-            patience=self.gd.patience,
-            validation_fraction=self.gd.validation_fraction,
-            seed=d.seed,
-        )
-        if d.family == "mlp":
-            config = mlp_config(config, d.hidden or DEFAULT_HIDDEN)
-        elif d.family == "gbdt":
-            config = replace(config, family="gbdt", learning_rate=LEARNING_RATE)
         trained = train(
-            X, y, d.task, d.feature_names, classes, config, d.l2_grid or DEFAULT_L2_GRID, d.cv_folds
+            X,
+            y,
+            d.task,
+            d.feature_names,
+            classes,
+            procedure_config(d, self.gd),
+            d.l2_grid or DEFAULT_L2_GRID,
+            d.cv_folds,
         )
         body = trained_candidate(
             name, trained, lineage_ranges(topic, examples), len(examples), parent_version
@@ -181,6 +174,26 @@ class TrainerLogic:
         window = self.windows[name]
         window.new_since_training = 0
         window.train_requested = False
+
+
+def procedure_config(d: Definition, gd: GDConfig) -> GDConfig:
+    """The hyper-parameters the trainer runs a definition's family with: the service's
+    descent settings (``gd``), the definition's seed, and each family's own."""
+    config = GDConfig(
+        learning_rate=gd.learning_rate,
+        lr_decay=gd.lr_decay,
+        momentum=gd.momentum,
+        batch_size=gd.batch_size,
+        max_epochs=gd.max_epochs,
+        patience=gd.patience,
+        validation_fraction=gd.validation_fraction,
+        seed=d.seed,
+    )
+    if d.family == "mlp":
+        return mlp_config(config, d.hidden or DEFAULT_HIDDEN)
+    if d.family == "gbdt":
+        return replace(config, family="gbdt", learning_rate=LEARNING_RATE)
+    return config
 
 
 def lineage_ranges(topic: str, examples: Iterable[Example]) -> list[OffsetRange]:

@@ -53,8 +53,9 @@ def test_the_l2_search_finds_the_known_answer():
     X = RNG.normal(size=(300, 2))
     y = (X[:, 0] * X[:, 1] > 0).astype(int)
     config = GDConfig(seed=0, hidden=(16,), learning_rate=0.01, max_epochs=150, patience=30)
-    best, scores = search_l2(X, y, "BINARY", 2, config, (1e-4, 1e2), 3)
-    assert best == 1e-4 and scores[0] > 0.85 > scores[1]
+    search = search_l2(X, y, "BINARY", 2, config, (1e-4, 1e2), 3)
+    assert search.l2 <= 1e-4 and search.scores[0] > 0.85 > search.scores[1]
+    assert search.tried == (1e-10, 1e-4, 1e2)  # the weak edge won: a step beyond it tried
 
 
 def _digits_mlp(seed: int = 0):
