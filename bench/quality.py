@@ -62,7 +62,7 @@ from modelstream.contracts.records import Action, Task, TrainingExample
 from modelstream.kafka.control import send_command
 from modelstream.kafka.topology import create_topics
 from modelstream.learn.cv import folds_for
-from modelstream.learn.gbdt import COMPLEXITY_GRID
+from modelstream.learn.gbdt import COMPLEXITY_GRID, RATE_GRID
 from modelstream.learn.metrics import evaluate
 from modelstream.learn.procedure import DEFAULT_L2_GRID, train
 from modelstream.registry.artifact import decrypt_tensors, generate_keys, load_public_key
@@ -183,8 +183,8 @@ def ours_fit(family: str, task: Task, X: np.ndarray, y: np.ndarray, seed: int) -
     classes = [str(c) for c in range(int(y.max()) + 1)] if task != Task.REGRESSION else []
     names = [f"f{i}" for i in range(X.shape[1])]
     trained = train(X, y, task, names, classes, config, DEFAULT_L2_GRID, INNER)
-    if family == "gbdt":  # every (L2, leaves) pair on every fold, then the refit
-        tried = len(trained.l2_grid) * len(COMPLEXITY_GRID)
+    if family == "gbdt":  # every (L2, leaves, rate) on every fold, then the refit
+        tried = len(trained.l2_grid) * len(COMPLEXITY_GRID) * len(RATE_GRID)
     else:  # the grid and its refinements on every fold, then the refit
         tried = len(trained.l2_tried)
     return trained.model, tried * trained.cv_folds + 1

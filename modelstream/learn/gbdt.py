@@ -29,6 +29,9 @@ from modelstream.contracts.records import Task
 # (num_leaves, min_data_in_leaf) pairs searched with every L2 value: a small, shallow
 # ensemble and LightGBM's defaults.
 COMPLEXITY_GRID: tuple[tuple[int, int], ...] = ((7, 5), (31, 20))
+# learning rates searched with each: LightGBM's default, and half of it (on small data the
+# smaller step generalizes better at the same number of rounds)
+RATE_GRID: tuple[float, ...] = (0.05, 0.1)
 N_ESTIMATORS = 100
 LEARNING_RATE = 0.1
 ONNX_OPSET = 15

@@ -14,7 +14,14 @@ import numpy as np
 
 from modelstream.contracts.records import Task
 from modelstream.learn.cv import folds_for
-from modelstream.learn.gbdt import COMPLEXITY_GRID, N_ESTIMATORS, GBDTModel, GBDTParams, fit_gbdt
+from modelstream.learn.gbdt import (
+    COMPLEXITY_GRID,
+    N_ESTIMATORS,
+    RATE_GRID,
+    GBDTModel,
+    GBDTParams,
+    fit_gbdt,
+)
 from modelstream.learn.linear import LinearModel, standardization
 from modelstream.learn.metrics import PRIMARY, evaluate
 from modelstream.learn.mlp import MLPModel, fit_mlp, fit_mlp_grid
@@ -187,6 +194,7 @@ def gbdt_params(config: GDConfig) -> GBDTParams:
         num_leaves=config.num_leaves,
         min_data_in_leaf=config.min_data_in_leaf,
         seed=config.seed,
+        learning_rate=config.learning_rate,
     )
 
 
@@ -199,33 +207,40 @@ def search_gbdt(
     grid: Sequence[float],
     k: int,
 ) -> tuple[GDConfig, tuple[float, ...]]:
-    """Mean CV score of each (L2, num_leaves, min_data_in_leaf); returns the best settings
-    and, per L2 value, its best score over the complexities. Ties go to the stronger
-    regularization, then the simpler trees."""
+    """Mean CV score of each (L2, num_leaves, min_data_in_leaf, learning rate), ranked as
+    :func:`search_l2` ranks strengths (CV log-loss, or RMSE); returns the best settings and,
+    per L2 value, its best mean primary metric over the rest. Ties go to the stronger
+    regularization, then the simpler trees, then the smaller step."""
     folds = folds_for(task, y, k, config.seed)
     candidates = [
-        replace(config, l2=l2, num_leaves=leaves, min_data_in_leaf=min_data)
+        replace(config, l2=l2, num_leaves=leaves, min_data_in_leaf=min_data, learning_rate=rate)
         for l2 in (grid or (config.l2,))
         for leaves, min_data in COMPLEXITY_GRID
+        for rate in RATE_GRID
     ]
-    means = []
+    losses, primaries = [], []
+    name, larger_is_better = PRIMARY[task]
     for candidate in candidates:
-        scores = []
+        loss, primary = [], []
         for train_idx, test_idx in folds:
             model = fit_gbdt(X[train_idx], y[train_idx], task, [], classes, gbdt_params(candidate))
-            scores.append(primary_score(task, y[test_idx], model.output(X[test_idx])))
-        means.append(float(np.mean(scores)))
-    best = max(
+            metrics = evaluate(task, y[test_idx], model.output(X[test_idx]))
+            loss.append(metrics["log_loss"] if task != Task.REGRESSION else metrics["rmse"])
+            primary.append(metrics[name] if larger_is_better else -metrics[name])
+        losses.append(float(np.mean(loss)))
+        primaries.append(float(np.mean(primary)))
+    best = min(
         range(len(candidates)),
         key=lambda i: (
-            round(means[i], 12),
-            candidates[i].l2,
-            -candidates[i].num_leaves,
-            candidates[i].min_data_in_leaf,
+            round(losses[i], 12) if np.isfinite(losses[i]) else np.inf,
+            -candidates[i].l2,
+            candidates[i].num_leaves,
+            -candidates[i].min_data_in_leaf,
+            candidates[i].learning_rate,
         ),
     )
     per_l2 = tuple(
-        max(m for c, m in zip(candidates, means, strict=True) if c.l2 == l2)
+        max(m for c, m in zip(candidates, primaries, strict=True) if c.l2 == l2)
         for l2 in (grid or (config.l2,))
     )
     return candidates[best], per_l2
