@@ -75,13 +75,6 @@ def fit_fixed(
     return model, fit.epochs_run
 
 
-def primary_score(task: Task, y: np.ndarray, output: np.ndarray) -> float:
-    """The task's primary metric, oriented so that larger is better."""
-    name, larger_is_better = PRIMARY[task]
-    value = evaluate(task, y, output)[name]
-    return value if larger_is_better else -value
-
-
 @dataclass(frozen=True)
 class L2Search:
     """What the L2 search found: the chosen strength, the grid's mean CV primary metric per

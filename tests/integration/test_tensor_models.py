@@ -257,6 +257,31 @@ async def predict(
     return [by_id[rid] for rid in ids]
 
 
+async def send_feedback(
+    stack: Stack, model: str, served: list[dict[str, Any]], labels: Any
+) -> None:
+    """One labelled feedback per served prediction, keyed by its request id."""
+    await produce(
+        stack.base,
+        "feedback",
+        [
+            (
+                p["request_id"].encode(),
+                CODEC.encode(
+                    Feedback,
+                    {
+                        "request_id": p["request_id"],
+                        "model": model,
+                        "label": FASHION_CLASSES[int(y)],
+                        "timestamp_ms": None,
+                    },
+                ),
+            )
+            for p, y in zip(served, labels, strict=True)
+        ],
+    )
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -791,25 +816,7 @@ async def test_shifted_images_raise_a_score_drift_event(stack):  # type: ignore[
         seen = outcomes(await read_all(stack.base, "monitor-outcomes"))
         rows = [bytes_tensor("image", png(img)) for img in batch]
         served = await predict(stack, "fashion", rows, prefix)
-        await produce(
-            stack.base,
-            "feedback",
-            [
-                (
-                    p["request_id"].encode(),
-                    CODEC.encode(
-                        Feedback,
-                        {
-                            "request_id": p["request_id"],
-                            "model": "fashion",
-                            "label": FASHION_CLASSES[int(y)],
-                            "timestamp_ms": None,
-                        },
-                    ),
-                )
-                for p, y in zip(served, labels, strict=True)
-            ],
-        )
+        await send_feedback(stack, "fashion", served, labels)
         await consume_until(
             stack.base, "monitor-outcomes", lambda r, seen=seen: outcomes(r) >= seen + 400
         )
@@ -994,20 +1001,7 @@ async def test_a_head_learned_on_an_image_embedding_is_gated_and_served(stack, t
     )
     served = await predict(stack, name, [bytes_tensor("image", png(i)) for i in stream], "head")
     assert {p["version"] for p in served} == {1}
-    await produce(
-        stack.base,
-        "feedback",
-        [
-            (
-                p["request_id"].encode(),
-                CODEC.encode(
-                    Feedback,
-                    {"request_id": p["request_id"], "model": name, "label": FASHION_CLASSES[y]},
-                ),
-            )
-            for p, y in zip(served, stream_y, strict=True)
-        ],
-    )
+    await send_feedback(stack, name, served, stream_y)
     public = load_public_key(stack.keys / "modelstream.pub")
     deadline = time.monotonic() + 180
     while True:
