@@ -75,6 +75,11 @@ def fit_fixed(
     return model, fit.epochs_run
 
 
+# rounds of the L2 search after its grid: one step beyond an edge, halving the step around
+# the best, and once more if the halving found a new best
+SEARCH_ROUNDS = 3
+
+
 @dataclass(frozen=True)
 class L2Search:
     """What the L2 search found: the chosen strength, the grid's mean CV primary metric per
@@ -96,20 +101,28 @@ def search_l2(
     grid: Sequence[float],
     k: int,
 ) -> L2Search:
-    """Choose L2 by k-fold CV: the grid first (trained at once per fold), then the two
-    strengths half-way (in log scale) to the best one's neighbours, or a step beyond it at
-    the grid's edge. A classifier's strengths are ranked by their mean CV log-loss, which
-    moves smoothly with the strength (accuracy moves a row at a time, and on small data
-    ties half the grid); a regression by RMSE. Remaining ties go to the stronger."""
+    """Choose L2 by k-fold CV: the grid first (trained at once per fold), then rounds
+    around the best so far: a grid step beyond it while it sits at an edge of what was
+    tried (once: never more than a step beyond the grid), and the strengths half-way (in
+    log scale) to its neighbours while they are a whole grid step away (at most
+    :data:`SEARCH_ROUNDS` rounds). A classifier's strengths
+    are ranked by their mean CV log-loss, which moves smoothly with the strength (accuracy
+    moves a row at a time, and on small data ties half the grid); a regression by RMSE.
+    Remaining ties go to the stronger."""
     folds = folds_for(task, y, k, config.seed)
     first = _cv_scores(X, y, task, n_classes, config, tuple(grid), folds)
-    values = sorted(set(float(v) for v in grid))
-    coarse_best = values[_best(first, tuple(grid), values)]
-    refinements = _around(coarse_best, values)
     tried = {float(v): first[i] for i, v in enumerate(grid)}
-    if refinements:
-        second = _cv_scores(X, y, task, n_classes, config, refinements, folds)
-        tried.update({v: second[i] for i, v in enumerate(refinements)})
+    values = sorted(tried)
+    step = float(np.log10(values[1] / values[0])) if len(values) > 1 else 0.0
+    for _ in range(SEARCH_ROUNDS):
+        order = sorted(tried)
+        best = order[_best([tried[v] for v in order], tuple(order), order)]
+        bounds = (values[0] / 10**step, values[-1] * 10**step)
+        proposals = tuple(v for v in _around(best, order, step, bounds) if v not in tried)
+        if not proposals:
+            break
+        scores = _cv_scores(X, y, task, n_classes, config, proposals, folds)
+        tried.update(zip(proposals, scores, strict=True))
     order = sorted(tried)
     ranked = [tried[v] for v in order]
     chosen = order[_best(ranked, tuple(order), order)]
@@ -167,18 +180,24 @@ def _best(scores: Sequence[FoldScores], grid: tuple[float, ...], values: list[fl
     return values.index(min(values, key=key))
 
 
-def _around(best: float, values: list[float]) -> tuple[float, ...]:
-    """Strengths half-way (geometrically) between ``best`` and its neighbours in the grid;
-    at an edge, one grid step beyond it."""
-    if len(values) < 2:
+def _around(
+    best: float, tried: list[float], step: float, bounds: tuple[float, float]
+) -> tuple[float, ...]:
+    """The strengths to try next around ``best`` (``tried`` sorted, ``step`` the grid's
+    step in decades): one step beyond it at an edge, within ``bounds``; else, on each side
+    whose neighbour is a whole step away, the strength half-way (geometrically) to it."""
+    if step <= 0:
         return ()
-    i = values.index(best)
-    step = np.log10(values[1]) - np.log10(values[0]) if len(values) > 1 else 1.0
-    lower = values[i - 1] if i > 0 else best / 10**step
-    upper = values[i + 1] if i < len(values) - 1 else best * 10**step
-    if i > 0 and i < len(values) - 1:
-        return (float(np.sqrt(lower * best)), float(np.sqrt(best * upper)))
-    return (float(lower),) if i == 0 else (float(upper),)
+    i = tried.index(best)
+    slack = 1 + 1e-9
+    if i == 0 and best / 10**step * slack >= bounds[0]:
+        return (best / 10**step,)
+    if i == len(tried) - 1 and best * 10**step <= bounds[1] * slack:
+        return (best * 10**step,)
+    neighbours = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried)]
+    return tuple(
+        float(np.sqrt(best * n)) for n in neighbours if abs(np.log10(n / best)) * slack >= step
+    )
 
 
 def gbdt_params(config: GDConfig) -> GBDTParams:

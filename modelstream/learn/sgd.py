@@ -19,7 +19,7 @@ import numpy as np
 
 from modelstream.contracts.records import Task
 from modelstream.learn.objectives import objective_for
-from modelstream.learn.stopping import EarlyStopping, validation_rows
+from modelstream.learn.stopping import CONVERGENCE_REDUCTIONS, EarlyStopping, validation_rows
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,15 @@ def fit_linear_grid(
     velocity = np.zeros_like(W)
     grad = np.empty_like(W)
     best_W = W.copy()  # every model's, by its place in the grid
-    stopping = EarlyStopping(groups, config.patience, config.tolerance)
+    stopping = EarlyStopping(
+        groups, config.patience, config.tolerance, 0 if n_val else CONVERGENCE_REDUCTIONS
+    )
     batch = max(1, min(config.batch_size, n_train))
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         alive = len(stopping.alive)
         lr = config.learning_rate / (1.0 + config.lr_decay * (epoch - 1))
+        steps = np.repeat(lr * stopping.step_scale[stopping.alive], k)[None, :]
         perm = rng.permutation(n_train)
         Xs, ys = X_train[perm], y_train[perm]  # one gather per epoch; batches are views
         for start in range(0, n_train, batch):
@@ -107,7 +110,7 @@ def fit_linear_grid(
             np.matmul(Xb.T, residual, out=grad)
             grad += penalty_mask * W
             velocity *= config.momentum
-            grad *= lr
+            grad *= steps
             velocity -= grad
             W += velocity
         Xe, ye = (X_val, y_val) if n_val else (X_train, y_train)
