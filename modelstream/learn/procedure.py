@@ -105,10 +105,10 @@ def search_l2(
     around the best so far: a grid step beyond it while it sits at an edge of what was
     tried (once: never more than a step beyond the grid), and the strengths half-way (in
     log scale) to its neighbours while they are a whole grid step away (at most
-    :data:`SEARCH_ROUNDS` rounds). A classifier's strengths
-    are ranked by their mean CV log-loss, which moves smoothly with the strength (accuracy
-    moves a row at a time, and on small data ties half the grid); a regression by RMSE.
-    Remaining ties go to the stronger."""
+    :data:`SEARCH_ROUNDS` rounds). A classifier's strengths are ranked by their mean CV
+    log-loss, which moves smoothly with the strength (accuracy moves a row at a time, and
+    on small data ties half the grid); a regression by RMSE. Remaining ties go to the
+    stronger."""
     folds = folds_for(task, y, k, config.seed)
     first = _cv_scores(X, y, task, n_classes, config, tuple(grid), folds)
     tried = {float(v): first[i] for i, v in enumerate(grid)}

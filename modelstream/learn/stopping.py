@@ -68,7 +68,7 @@ class EarlyStopping:
 MIN_VALIDATION_ROWS = 500
 # Step reductions of a model converging on its own training loss: at a constant step,
 # momentum descent stalls where its noise hides further progress (on 2,000 Fashion-MNIST
-# images 12 % above the optimum's penalized loss, 1.5 points of accuracy lost)
+# images 12 % above the optimum's penalized loss, about 2 points of accuracy lost)
 CONVERGENCE_REDUCTIONS = 3
 
 
