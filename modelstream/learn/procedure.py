@@ -75,9 +75,9 @@ def fit_fixed(
     return model, fit.epochs_run
 
 
-# rounds of the L2 search after its grid: one step beyond an edge, halving the step around
-# the best, and once more if the halving found a new best
-SEARCH_ROUNDS = 3
+# rounds of the L2 search after its grid: one step beyond an edge, then halving the step
+# around the best (a log-spaced grid needs no more)
+SEARCH_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,16 @@ def search_l2(
     grid: Sequence[float],
     k: int,
 ) -> L2Search:
-    """Choose L2 by k-fold CV: the grid first (trained at once per fold), then rounds
-    around the best so far: a grid step beyond it while it sits at an edge of what was
-    tried (once: never more than a step beyond the grid), and the strengths half-way (in
-    log scale) to its neighbours while they are a whole grid step away (at most
-    :data:`SEARCH_ROUNDS` rounds). A classifier's strengths are ranked by their mean CV
-    log-loss, which moves smoothly with the strength (accuracy moves a row at a time, and
-    on small data ties half the grid); a regression by RMSE. Remaining ties go to the
-    stronger."""
+    """Choose L2 by k-fold CV: the grid first (log-spaced: its first step is taken as its
+    step), trained at once per fold, then rounds around the best so far: a grid step beyond
+    it while it sits at an edge of what was tried (never more than a step beyond the grid),
+    and the strengths half-way (in log scale) to its neighbours while they are a whole grid
+    step away (at most :data:`SEARCH_ROUNDS` rounds). A classifier's strengths are ranked
+    by their mean CV log-loss, which moves smoothly with the strength (accuracy moves a row
+    at a time, and on small data ties half the grid); a regression by RMSE. Remaining ties
+    go to the stronger."""
+    if any(not v > 0 for v in grid):
+        raise ValueError(f"L2 grid values must be > 0, got {list(grid)}")
     folds = folds_for(task, y, k, config.seed)
     first = _cv_scores(X, y, task, n_classes, config, tuple(grid), folds)
     tried = {float(v): first[i] for i, v in enumerate(grid)}

@@ -3,8 +3,9 @@
 Each model keeps the loss of its best epoch and stops after ``patience`` epochs without
 improving on it by ``tolerance``, or at once on a non-finite loss. Given ``reductions``,
 a model that stalls first takes a step ``REDUCTION`` times smaller (:attr:`step_scale`)
-that many times, and stops only when it stalls at the smallest: a model that converges on
-its own training loss then reaches the optimum rather than the noise floor of its step.
+that many times, and stops only when it stalls at the smallest (or at the epoch cap): a
+model that converges on its own training loss then reaches the optimum rather than the
+noise floor of its step.
 
 Stopped models leave the batched pass: the trainers keep only the
 :attr:`~EarlyStopping.alive` models' parameters, so a grid costs what its running models

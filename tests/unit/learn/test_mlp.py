@@ -55,7 +55,7 @@ def test_the_l2_search_finds_the_known_answer():
     config = GDConfig(seed=0, hidden=(16,), learning_rate=0.01, max_epochs=150, patience=30)
     search = search_l2(X, y, "BINARY", 2, config, (1e-4, 1e2), 3)
     assert search.l2 <= 1e-4 and search.scores[0] > 0.85 > search.scores[1]
-    # the weak edge won: a step beyond it tried, then half-way to each neighbour
+    # the weak edge won: a step beyond it tried, then half-way from the winner to 1e-4
     assert search.tried[:3] == pytest.approx((1e-10, 1e-7, 1e-4)) and search.tried[-1] == 1e2
 
 
