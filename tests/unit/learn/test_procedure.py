@@ -69,3 +69,14 @@ def test_a_small_data_set_is_learned_as_well_as_scikit_learns_logistic_regressio
         theirs = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
         ours_right = int((ours.model.output(Xt).argmax(axis=1) == yt).sum())
         assert ours_right >= int((theirs.predict(Xt) == yt).sum()) - 1
+
+
+def test_the_l2_search_refuses_a_strength_that_is_not_positive():
+    import numpy as np
+
+    from modelstream.learn.procedure import search_l2
+
+    X, y = np.zeros((20, 2)), np.arange(20) % 2
+    for grid in ((0.0, 1e-2), (1e-3, -1.0), (float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="must be > 0"):
+            search_l2(X, y, "BINARY", 2, GDConfig(), grid, 2)
