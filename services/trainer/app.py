@@ -101,6 +101,9 @@ class TrainerApp(Lifecycle):
         self.keyring = maker_keyring(settings)
         self.registry_key = public_key(settings)
         self.last_trained_ms: dict[str, int] = {}
+        # TRAIN commands waiting for this trainer to read its partitions of `training` up to
+        # where they ended when the command came (None: those ends not asked for yet)
+        self.train_after: dict[str, dict[TopicPartition, int] | None] = {}
 
     async def start(self) -> None:
         await self.own(self.producer)
@@ -156,13 +159,14 @@ class TrainerApp(Lifecycle):
                 and model in self.logic.windows
                 and cmd["issued_at_ms"] > self.last_trained_ms.get(model, 0)
             ):
-                self.logic.request_training(model)
+                self.train_after[model] = None
 
     def _apply_command(self, cmd: Command, replay: bool) -> None:
         if cmd["action"] == Action.DEFINE:
             self.logic.define(Definition.from_command(cmd))
         elif cmd["action"] == Action.TRAIN and not replay:
-            self.logic.request_training(cmd["model"])
+            self.logic.require_model(cmd["model"])
+            self.train_after[cmd["model"]] = None
 
     async def rebuild(self, assigned: list[TopicPartition]) -> None:
         """Refill the windows of newly assigned partitions from the log: from the oldest
@@ -206,6 +210,7 @@ class TrainerApp(Lifecycle):
             batch = await self.consumer.getmany(timeout_ms=200)
             await self.lag.report()
             await self.control.poll()
+            await self._release_train_requests()
             if not batch and not self.logic.due_models():
                 continue
             # Everything is decided before the transaction opens (training may take long);
@@ -231,6 +236,24 @@ class TrainerApp(Lifecycle):
                     )
             for outcome in outcomes:
                 outcome.committed()
+
+    async def _release_train_requests(self) -> None:
+        """A TRAIN command trains on every example written before it, not on the part this
+        trainer happens to have read (on 2,100 wide rows, a command that came at start-up
+        trained on the first fetch): a request waits until this trainer's position in each
+        of its partitions reaches the end that partition had when the command was seen."""
+        assigned = self.consumer.assignment()
+        if not self.train_after or not assigned:
+            return
+        for model, ends in list(self.train_after.items()):
+            if ends is None:
+                ends = self.train_after[model] = await self.consumer.end_offsets(list(assigned))
+            for tp, end in ends.items():
+                if tp in assigned and await self.consumer.position(tp) < end:
+                    break
+            else:
+                del self.train_after[model]
+                self.logic.request_training(model)
 
     def _accept(self, record: ConsumerRecord) -> Failure | None:
         """Take one example into its model's window, or say why it cannot be."""

@@ -95,11 +95,13 @@ class TrainerLogic:
         else:
             window.redefine(definition)
 
-    def request_training(self, model: str) -> None:
-        window = self.windows.get(model)
-        if window is None:
+    def require_model(self, model: str) -> None:
+        if model not in self.windows:
             raise InvalidEventError("unknown-model", f"no model named {model!r} is defined")
-        window.train_requested = True
+
+    def request_training(self, model: str) -> None:
+        self.require_model(model)
+        self.windows[model].train_requested = True
 
     def accept(
         self, example: TrainingExample, partition: int, offset: int, *, count_as_new: bool = True
