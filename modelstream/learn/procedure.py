@@ -116,25 +116,22 @@ def search_l2(
     tried = {float(v): first[i] for i, v in enumerate(grid)}
     values = sorted(tried)
     step = float(np.log10(values[1] / values[0])) if len(values) > 1 else 0.0
+    bounds = (values[0] / 10**step, values[-1] * 10**step)
     for _ in range(SEARCH_ROUNDS):
-        order = sorted(tried)
-        best = order[_best([tried[v] for v in order], tuple(order), order)]
-        bounds = (values[0] / 10**step, values[-1] * 10**step)
-        proposals = tuple(v for v in _around(best, order, step, bounds) if v not in tried)
+        best = _best(tried)
+        proposals = tuple(v for v in _around(best, sorted(tried), step, bounds) if v not in tried)
         if not proposals:
             break
         scores = _cv_scores(X, y, task, n_classes, config, proposals, folds)
         tried.update(zip(proposals, scores, strict=True))
-    order = sorted(tried)
-    ranked = [tried[v] for v in order]
-    chosen = order[_best(ranked, tuple(order), order)]
+    chosen = _best(tried)
     primary = tried[chosen][1]
     return L2Search(
         chosen,
         tuple(float(tried[float(v)][1].mean()) for v in grid),
         float(primary.mean()),
         float(primary.std()),
-        tuple(order),
+        tuple(sorted(tried)),
     )
 
 
@@ -170,16 +167,15 @@ def _cv_scores(
     return [(loss[:, g], primary[:, g]) for g in range(len(grid))]
 
 
-def _best(scores: Sequence[FoldScores], grid: tuple[float, ...], values: list[float]) -> int:
-    """The index in ``values`` of the strength with the lowest mean selection loss (NaN
-    losses last; ties to the stronger)."""
-    by_value = {float(v): s for v, s in zip(grid, scores, strict=True)}
+def _best(tried: dict[float, FoldScores]) -> float:
+    """The strength with the lowest mean selection loss (NaN losses last; ties to the
+    stronger)."""
 
     def key(v: float) -> tuple[float, float]:
-        mean = float(np.mean(by_value[v][0]))
+        mean = float(np.mean(tried[v][0]))
         return (round(mean, 12) if np.isfinite(mean) else np.inf, -v)
 
-    return values.index(min(values, key=key))
+    return min(tried, key=key)
 
 
 def _around(
